@@ -1,0 +1,286 @@
+//! The pool's region, its shards and buffer handles.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use memmap2::MmapMut;
+
+/// Errors creating a pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The chunk size is not a power of two of at least 4 KiB.
+    #[error("chunk size {0} must be a power of two of at least 4096")]
+    ChunkSize(usize),
+    /// Zero chunks or a size that overflows.
+    #[error("bad chunk count {0}")]
+    Count(usize),
+    /// Mapping the region failed.
+    #[error("mapping {bytes} bytes of buffer memory failed: {source}")]
+    Map {
+        /// Size asked for.
+        bytes: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A contiguous piece of DMA-able memory: virtual address, IOVA and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaSeg {
+    /// Virtual address.
+    pub addr: *mut u8,
+    /// I/O virtual address (equal to `addr` when no IOMMU mapping was set).
+    pub iova: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+// SAFETY: a DmaSeg is a plain description of memory (address, length). Who may touch
+// that memory and when is governed by the DmaBuf that owns it and by the submit contract
+// of the queue pair; moving the description between threads does not touch it.
+unsafe impl Send for DmaSeg {}
+
+impl DmaSeg {
+    /// An empty segment (padding in fixed arrays).
+    pub const EMPTY: DmaSeg = DmaSeg { addr: std::ptr::null_mut(), iova: 0, len: 0 };
+}
+
+struct Region {
+    map: MmapMut,
+    iova_base: std::sync::atomic::AtomicU64,
+}
+
+/// The whole pool; split it into shards with [`DmaPool::shards`].
+pub struct DmaPool {
+    region: Arc<Region>,
+    chunk_size: usize,
+    count: usize,
+    hugepages: bool,
+}
+
+impl DmaPool {
+    /// Maps `count` chunks of `chunk_size` bytes, on hugepages when `hugepages` is true
+    /// and the machine has them.
+    pub fn new(chunk_size: usize, count: usize, hugepages: bool) -> Result<DmaPool, PoolError> {
+        if !chunk_size.is_power_of_two() || chunk_size < 4096 {
+            return Err(PoolError::ChunkSize(chunk_size));
+        }
+        let bytes = chunk_size.checked_mul(count).filter(|&b| b > 0).ok_or(PoolError::Count(count))?;
+        let (map, huge) = map_region(bytes, hugepages)?;
+        let base = map.as_ptr() as u64;
+        Ok(DmaPool {
+            region: Arc::new(Region { map, iova_base: std::sync::atomic::AtomicU64::new(base) }),
+            chunk_size,
+            count,
+            hugepages: huge,
+        })
+    }
+
+    /// Size of one chunk.
+    pub fn chunk_size(&self) -> usize {
+        self.chunk_size
+    }
+
+    /// Number of chunks.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// True when the region lives on hugepages.
+    pub fn on_hugepages(&self) -> bool {
+        self.hugepages
+    }
+
+    /// The region's address and length, for an IOMMU mapping.
+    pub fn region(&self) -> (*mut u8, usize) {
+        (self.region.map.as_ptr() as *mut u8, self.region.map.len())
+    }
+
+    /// Sets the IOVA at which the region was mapped into an IOMMU. Call before any
+    /// buffer is taken from a shard.
+    pub fn set_iova_base(&self, iova: u64) {
+        self.region.iova_base.store(iova, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Splits the chunks evenly into `n` shards (the remainder goes to the first).
+    pub fn shards(&self, n: usize) -> Vec<PoolShard> {
+        assert!(n > 0);
+        let per = self.count / n;
+        assert!(per > 0, "{} chunks cannot feed {n} shards", self.count);
+        let iova_base = self.region.iova_base.load(std::sync::atomic::Ordering::Acquire);
+        let base = self.region.map.as_ptr() as *mut u8;
+        let mut start = 0;
+        (0..n)
+            .map(|i| {
+                let take = if i == 0 { per + self.count % n } else { per };
+                let free = (start..start + take).rev().map(|c| c as u32).collect();
+                start += take;
+                PoolShard {
+                    _region: self.region.clone(),
+                    base,
+                    iova_base,
+                    chunk_size: self.chunk_size,
+                    free,
+                    total: take,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn map_region(bytes: usize, hugepages: bool) -> Result<(MmapMut, bool), PoolError> {
+    const HUGE: usize = 2 << 20;
+    if hugepages {
+        let rounded = bytes.div_ceil(HUGE) * HUGE;
+        if let Ok(m) = memmap2::MmapOptions::new().len(rounded).huge(Some(21)).populate().map_anon() {
+            return Ok((m, true));
+        }
+    }
+    let m = memmap2::MmapOptions::new()
+        .len(bytes)
+        .populate()
+        .map_anon()
+        .map_err(|source| PoolError::Map { bytes, source })?;
+    Ok((m, false))
+}
+
+/// A reactor's share of the pool: a stack of free chunks.
+pub struct PoolShard {
+    _region: Arc<Region>,
+    base: *mut u8,
+    iova_base: u64,
+    chunk_size: usize,
+    free: Vec<u32>,
+    total: usize,
+}
+
+// SAFETY: the shard owns the chunks on its free list exclusively; the region they live
+// in is kept alive by the Arc. Moving the shard to the reactor thread that uses it moves
+// that exclusive ownership with it.
+unsafe impl Send for PoolShard {}
+
+impl PoolShard {
+    /// Takes a buffer, or `None` when the shard is empty (back-pressure).
+    pub fn get(&mut self) -> Option<DmaBuf> {
+        let index = self.free.pop()?;
+        let off = index as usize * self.chunk_size;
+        // SAFETY: `index` < chunks of this shard, so `off` is inside the mapping.
+        let ptr = unsafe { self.base.add(off) };
+        Some(DmaBuf {
+            index,
+            ptr: NonNull::new(ptr).expect("mapping is never at address 0"),
+            iova: self.iova_base + off as u64,
+            len: self.chunk_size as u32,
+        })
+    }
+
+    /// Returns a buffer taken from this pool.
+    pub fn put(&mut self, buf: DmaBuf) {
+        debug_assert!(!self.free.contains(&buf.index), "double free of chunk {}", buf.index);
+        assert!(self.free.len() < self.total, "more buffers returned than taken");
+        self.free.push(buf.index);
+    }
+
+    /// Free buffers.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Buffers this shard owns in all.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Size of each buffer.
+    pub fn chunk_size(&self) -> usize {
+        self.chunk_size
+    }
+}
+
+/// A unique handle on one pool chunk.
+#[derive(Debug)]
+pub struct DmaBuf {
+    index: u32,
+    ptr: NonNull<u8>,
+    iova: u64,
+    len: u32,
+}
+
+// SAFETY: a DmaBuf is the unique handle on its chunk; sending it sends that ownership.
+unsafe impl Send for DmaBuf {}
+
+impl DmaBuf {
+    /// Capacity in bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Never true: chunks are at least 4 KiB.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The bytes, for the CPU.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the handle is unique, the chunk lies inside the live mapping, and no
+        // device accesses it unless a request owns it (submit's contract).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len as usize) }
+    }
+
+    /// The bytes, for the CPU, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as for `as_slice`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len as usize) }
+    }
+
+    /// A segment of `len` bytes at `off` inside this buffer, for a device request.
+    pub fn seg(&self, off: usize, len: usize) -> DmaSeg {
+        assert!(off + len <= self.len as usize, "segment {off}+{len} beyond buffer {}", self.len);
+        DmaSeg {
+            // SAFETY: in bounds, checked above.
+            addr: unsafe { self.ptr.as_ptr().add(off) },
+            iova: self.iova + off as u64,
+            len: len as u32,
+        }
+    }
+
+    /// The buffer's IOVA.
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_hand_out_distinct_chunks_and_take_them_back() {
+        let pool = DmaPool::new(4096, 10, false).unwrap();
+        let mut shards = pool.shards(3);
+        assert_eq!(shards.iter().map(|s| s.total()).sum::<usize>(), 10);
+        let mut bufs: Vec<DmaBuf> = Vec::new();
+        for s in shards.iter_mut() {
+            while let Some(b) = s.get() {
+                bufs.push(b);
+            }
+        }
+        assert_eq!(bufs.len(), 10);
+        let mut addrs: Vec<u64> = bufs.iter().map(|b| b.iova()).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 10);
+        bufs[0].as_mut_slice().fill(0xab);
+        assert!(bufs[0].as_slice().iter().all(|&b| b == 0xab));
+        let b = bufs.pop().unwrap();
+        shards[0].put(b);
+        assert_eq!(shards[0].available(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_chunk_sizes() {
+        assert!(matches!(DmaPool::new(1000, 4, false), Err(PoolError::ChunkSize(1000))));
+        assert!(matches!(DmaPool::new(4096, 0, false), Err(PoolError::Count(0))));
+    }
+}

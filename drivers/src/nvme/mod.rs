@@ -1,0 +1,1 @@
+//! Userspace NVMe driver over VFIO (its own issue).

@@ -1,0 +1,1 @@
+//! Identify data structures (filled in by a later change).

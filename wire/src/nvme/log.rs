@@ -1,0 +1,1 @@
+//! Log pages (filled in by a later change).
