@@ -6,8 +6,10 @@
 //! its buffer shard. The [`control`] thread owns the page store's metadata, serves the
 //! management [`rpc`] and hands new state to reactors by message.
 
+pub mod cli;
 pub mod control;
 pub mod reactor;
 pub mod rpc;
+pub mod serve;
 pub mod target;
 pub mod volume;

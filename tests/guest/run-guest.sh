@@ -90,9 +90,10 @@ ARGS=(-nodefaults -no-user-config -M q35 "${ACC[@]}" -m "$MEM" -smp "$CPUS"
       -netdev "user,id=n0$NETOPTS" -device virtio-net-pci,netdev=n0,romfile=)
 # shellcheck disable=SC2206
 [ -n "$QARGS" ] && ARGS+=($QARGS)
-# panic=-1: reboot at once on a kernel panic, and -no-reboot turns that into
+# panic=-1: reboot at once on a kernel panic (oops=panic: also on an oops, so
+# that a kernel BUG does not leave a hung guest), and -no-reboot turns that into
 # QEMU exiting, so a crashed guest ends the run instead of hanging it.
-ARGS+=(-append "console=ttyS0 quiet panic=-1 $KARGS")
+ARGS+=(-append "console=ttyS0 quiet panic=-1 oops=panic $KARGS")
 
 echo "run-guest: accel=$ACCEL kernel=$KVER cpus=$CPUS mem=${MEM}M timeout=${TIMEOUT}s" >&2
 START=$(date +%s.%N)

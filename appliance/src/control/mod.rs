@@ -1,1 +1,486 @@
-//! (being written)
+//! The control thread: owner of the page store's metadata and of group decisions.
+//!
+//! Reactors never touch the page store. They send [`ControlMsg`]s (allocate a page,
+//! free a page, a barrier finished) and get [`ReactorMsg`]s back; management calls
+//! arrive as [`RpcCall`]s. The thread batches what arrives together: all allocations
+//! of one batch cost one flush and one metadata write per touched block (group commit).
+//!
+//! Grace periods: a freed slot (whole-page deallocate, deleted volume) sits in the page
+//! store's quarantine until every reactor has answered a barrier sent after the free,
+//! i.e. until no device I/O that could still address the old mapping is in flight.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use quire_wire::nvme::Status;
+use serde_json::{json, Value};
+
+use crate::reactor::stats::{get, VolumeCounters};
+use crate::reactor::{ControlMsg, ReactorHandle, ReactorMsg};
+use crate::rpc::methods as m;
+use crate::rpc::{RpcCall, RpcError};
+use crate::target::subsystem::Registry;
+use crate::volume::routing::{Epoch, PeerId, RoutingTable};
+use crate::volume::store::{PageStore, StoreError};
+use crate::volume::{VolumeId, VolumeView, PAGE_SIZE_DEFAULT};
+
+/// Messages handled per batch at most.
+const BATCH_MAX: usize = 4096;
+/// The local peer (single-peer build).
+pub const LOCAL_PEER: PeerId = PeerId(0);
+
+/// A barrier in flight.
+struct PendingBarrier {
+    generation: u64,
+    acks: usize,
+    /// Quarantine generation to release when it completes.
+    release_upto: u64,
+}
+
+/// What the control thread is built from.
+pub struct ControlParts {
+    /// The page store.
+    pub store: PageStore,
+    /// The target's registry.
+    pub registry: Arc<Registry>,
+    /// Every reactor.
+    pub reactors: Vec<ReactorHandle>,
+    /// Inbound messages.
+    pub rx: Receiver<ControlMsg>,
+    /// Allowed hosts per volume name, from the configuration.
+    pub allowed_hosts: HashMap<String, Vec<String>>,
+    /// Description of the backing device (management).
+    pub device: String,
+}
+
+/// The control thread's state.
+pub struct Control {
+    store: PageStore,
+    registry: Arc<Registry>,
+    reactors: Vec<ReactorHandle>,
+    rx: Receiver<ControlMsg>,
+    allowed_hosts: HashMap<String, Vec<String>>,
+    device: String,
+    routing: HashMap<VolumeId, Arc<RoutingTable>>,
+    counters: HashMap<VolumeId, Arc<[Arc<VolumeCounters>]>>,
+    barrier_next: u64,
+    barrier: Option<PendingBarrier>,
+    quarantine_upto: Option<u64>,
+}
+
+impl Control {
+    /// Builds the control thread and hands every existing volume to the reactors.
+    pub fn new(parts: ControlParts) -> Control {
+        let mut c = Control {
+            store: parts.store,
+            registry: parts.registry,
+            reactors: parts.reactors,
+            rx: parts.rx,
+            allowed_hosts: parts.allowed_hosts,
+            device: parts.device,
+            routing: HashMap::new(),
+            counters: HashMap::new(),
+            barrier_next: 0,
+            barrier: None,
+            quarantine_upto: None,
+        };
+        for v in c.store.volumes() {
+            c.publish(v);
+        }
+        c
+    }
+
+    /// Creates `name` unless it exists (start-up volumes from the configuration).
+    pub fn ensure_volume(&mut self, name: &str, size: u64, page_size: u64, block_size: u32) -> Result<(), StoreError> {
+        if self.store.volume_by_name(name).is_some() {
+            return Ok(());
+        }
+        let v = self.store.create_volume(name, size, page_size, block_size)?;
+        tracing::info!(volume = name, size = v.info.size_bytes(), "volume created");
+        self.publish(v);
+        Ok(())
+    }
+
+    /// Gives a new or changed volume to the registry and to every reactor.
+    fn publish(&mut self, view: Arc<VolumeView>) {
+        let id = view.info.id;
+        let routing = match self.routing.get(&id) {
+            Some(r) if r.len() == view.info.num_pages => r.clone(),
+            Some(r) => Arc::new(r.grown(view.info.num_pages)),
+            None => Arc::new(RoutingTable::all_local(LOCAL_PEER, view.info.num_pages, Epoch(1))),
+        };
+        self.routing.insert(id, routing.clone());
+        let counters = self
+            .counters
+            .entry(id)
+            .or_insert_with(|| self.reactors.iter().map(|_| Arc::new(VolumeCounters::default())).collect())
+            .clone();
+        let hosts = self.allowed_hosts.get(&view.info.name).cloned();
+        self.registry.upsert_volume(&view.info, hosts);
+        for (i, r) in self.reactors.iter().enumerate() {
+            r.send(ReactorMsg::VolumeUpdated {
+                view: view.clone(),
+                routing: routing.clone(),
+                counters: counters[i].clone(),
+                all_counters: counters.clone(),
+            });
+        }
+    }
+
+    /// Runs until a Shutdown message.
+    pub fn run(mut self) {
+        let mut batch = Vec::with_capacity(BATCH_MAX);
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(m) => batch.push(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while batch.len() < BATCH_MAX {
+                match self.rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            if !self.handle_batch(&mut batch) {
+                break;
+            }
+            self.maybe_start_barrier();
+        }
+        for r in &self.reactors {
+            r.send(ReactorMsg::Shutdown);
+        }
+    }
+
+    /// Handles one batch; false on Shutdown.
+    fn handle_batch(&mut self, batch: &mut Vec<ControlMsg>) -> bool {
+        let mut allocs: Vec<(usize, VolumeId, u64)> = Vec::new();
+        let mut frees: Vec<(usize, VolumeId, u64, u64)> = Vec::new();
+        let mut rpcs = Vec::new();
+        let mut stop = false;
+        for msg in batch.drain(..) {
+            match msg {
+                ControlMsg::Alloc { reactor, volume, page } => allocs.push((reactor, volume, page)),
+                ControlMsg::Free { reactor, volume, page, cookie } => frees.push((reactor, volume, page, cookie)),
+                ControlMsg::BarrierDone { reactor: _, generation } => self.on_barrier_done(generation),
+                ControlMsg::Rpc(call) => rpcs.push(call),
+                ControlMsg::Shutdown => stop = true,
+            }
+        }
+        if !allocs.is_empty() {
+            self.allocate(&allocs);
+        }
+        if !frees.is_empty() {
+            self.free(&frees);
+        }
+        for call in rpcs {
+            let result = self.rpc(&call);
+            call.respond(result);
+        }
+        !stop
+    }
+
+    fn allocate(&mut self, allocs: &[(usize, VolumeId, u64)]) {
+        let pages: Vec<(VolumeId, u64)> = allocs.iter().map(|&(_, v, p)| (v, p)).collect();
+        let results = self.store.allocate_pages(&pages);
+        let mut answered: BTreeMap<(usize, VolumeId, u64), ()> = BTreeMap::new();
+        for (&(reactor, volume, page), result) in allocs.iter().zip(results) {
+            if answered.insert((reactor, volume, page), ()).is_some() {
+                continue;
+            }
+            let result = result.map_err(|e| {
+                tracing::warn!(volume = volume.0, page, "page allocation failed: {e}");
+                store_status(&e)
+            });
+            self.reactors[reactor].send(ReactorMsg::AllocDone { volume, page, result });
+        }
+    }
+
+    fn free(&mut self, frees: &[(usize, VolumeId, u64, u64)]) {
+        let pages: Vec<(VolumeId, u64)> = frees.iter().map(|&(_, v, p, _)| (v, p)).collect();
+        let result = self.store.free_pages(&pages);
+        let reply = match result {
+            Ok(generation) => {
+                self.quarantine_upto = Some(generation);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("freeing pages failed: {e}");
+                Err(store_status(&e))
+            }
+        };
+        for &(reactor, _, _, cookie) in frees {
+            self.reactors[reactor].send(ReactorMsg::FreeDone { cookie, result: reply });
+        }
+    }
+
+    fn maybe_start_barrier(&mut self) {
+        if self.barrier.is_some() {
+            return;
+        }
+        let Some(upto) = self.quarantine_upto.take() else { return };
+        self.barrier_next += 1;
+        let generation = self.barrier_next;
+        self.barrier = Some(PendingBarrier { generation, acks: 0, release_upto: upto });
+        for r in &self.reactors {
+            r.send(ReactorMsg::Barrier(generation));
+        }
+    }
+
+    fn on_barrier_done(&mut self, generation: u64) {
+        let Some(b) = self.barrier.as_mut() else { return };
+        assert_eq!(b.generation, generation, "reactors answer barriers in order");
+        b.acks += 1;
+        if b.acks == self.reactors.len() {
+            let released = self.store.release_quarantine(b.release_upto);
+            tracing::debug!(released, "quarantined slots released");
+            self.barrier = None;
+        }
+    }
+
+    // ----- management -----------------------------------------------------------------
+
+    fn rpc(&mut self, call: &RpcCall) -> Result<Value, RpcError> {
+        match call.method.as_str() {
+            m::VOLUME_CREATE => {
+                let p: m::VolumeCreateParams = call.params()?;
+                let v = self
+                    .store
+                    .create_volume(
+                        &p.name,
+                        p.size,
+                        p.page_size.unwrap_or(PAGE_SIZE_DEFAULT),
+                        p.block_size.unwrap_or(4096),
+                    )
+                    .map_err(store_rpc_error)?;
+                tracing::info!(volume = %p.name, size = v.info.size_bytes(), "volume created");
+                self.publish(v.clone());
+                Ok(json!(volume_entry(&v)))
+            }
+            m::VOLUME_LIST => Ok(json!(self.store.volumes().iter().map(|v| volume_entry(v)).collect::<Vec<_>>())),
+            m::VOLUME_GROW => {
+                let p: m::VolumeGrowParams = call.params()?;
+                let id = self.volume_id(&p.name)?;
+                let old = self.store.volume(id).expect("found by name").info.size_bytes();
+                if p.size <= old {
+                    return Err(RpcError::invalid_params(format!(
+                        "size {} must exceed the current size {old}",
+                        p.size
+                    )));
+                }
+                let v = self.store.grow_volume(id, p.size).map_err(store_rpc_error)?;
+                self.publish(v.clone());
+                for c in self.registry.controllers_of(id) {
+                    c.namespace_changed(1);
+                }
+                tracing::info!(volume = %p.name, size = v.info.size_bytes(), "volume grown");
+                Ok(json!(volume_entry(&v)))
+            }
+            m::VOLUME_DELETE => {
+                let p: m::VolumeNameParams = call.params()?;
+                let id = self.volume_id(&p.name)?;
+                self.delete_volume(id)?;
+                tracing::info!(volume = %p.name, "volume deleted");
+                Ok(json!(true))
+            }
+            m::SUBSYSTEM_LIST => Ok(self.subsystem_list()),
+            m::SUBSYSTEM_ALLOW_HOST | m::SUBSYSTEM_DISALLOW_HOST => {
+                let p: m::SubsystemHostParams = call.params()?;
+                let allow = call.method == m::SUBSYSTEM_ALLOW_HOST;
+                let mut r = self.registry.lock();
+                let s = r
+                    .subsystems
+                    .get_mut(&p.nqn)
+                    .ok_or_else(|| RpcError::not_found(format!("no subsystem {}", p.nqn)))?;
+                if s.volume().is_none() {
+                    return Err(RpcError::invalid_params("the discovery subsystem admits every host"));
+                }
+                s.allowed_hosts.retain(|h| h != &p.host);
+                if allow {
+                    s.allowed_hosts.push(p.host.clone());
+                }
+                let hosts = s.allowed_hosts.clone();
+                let name = s.volume().map(|v| v.name.clone()).unwrap_or_default();
+                r.discovery_genctr += 1;
+                drop(r);
+                self.allowed_hosts.insert(name, hosts);
+                Ok(json!(true))
+            }
+            m::CONTROLLER_LIST => Ok(self.controller_list()),
+            m::STATS_VOLUMES => Ok(self.stats_volumes()),
+            m::STATS_REACTORS => Ok(self.stats_reactors()),
+            m::STORE_INFO => {
+                let cap = self.store.capacity();
+                Ok(json!(m::StoreInfo {
+                    device: self.device.clone(),
+                    size: cap.total_bytes,
+                    used: cap.used_bytes,
+                    free: cap.free_bytes,
+                    volumes: self.store.volumes().len() as u32,
+                }))
+            }
+            other => Err(RpcError::method_not_found(other)),
+        }
+    }
+
+    fn volume_id(&self, name: &str) -> Result<VolumeId, RpcError> {
+        self.store
+            .volume_by_name(name)
+            .map(|v| v.info.id)
+            .ok_or_else(|| RpcError::not_found(format!("no volume named {name:?}")))
+    }
+
+    /// Deletes a volume while hosts may be connected: new I/O to it fails with Invalid
+    /// Namespace from the moment the reactors drop it; its slots are reused only after
+    /// the reactors have drained what was in flight.
+    fn delete_volume(&mut self, id: VolumeId) -> Result<(), RpcError> {
+        for c in self.registry.remove_volume(id) {
+            c.namespace_changed(1);
+        }
+        for r in &self.reactors {
+            r.send(ReactorMsg::VolumeRemoved(id));
+        }
+        self.routing.remove(&id);
+        self.counters.remove(&id);
+        let generation = self.store.delete_volume(id).map_err(store_rpc_error)?;
+        self.quarantine_upto = Some(generation);
+        Ok(())
+    }
+
+    fn subsystem_list(&self) -> Value {
+        let r = self.registry.lock();
+        let list: Vec<m::SubsystemEntry> = r
+            .subsystems
+            .values()
+            .filter_map(|s| {
+                let v = s.volume()?;
+                Some(m::SubsystemEntry {
+                    nqn: s.nqn.clone(),
+                    volume: v.name.clone(),
+                    allowed_hosts: s.allowed_hosts.clone(),
+                    controllers: r.controllers.values().filter(|c| c.subnqn == s.nqn).count() as u32,
+                })
+            })
+            .collect();
+        json!(list)
+    }
+
+    fn controller_list(&self) -> Value {
+        let r = self.registry.lock();
+        let list: Vec<m::ControllerEntry> = r
+            .controllers
+            .values()
+            .map(|c| {
+                let st = c.state();
+                let mut queues =
+                    vec![m::QueueEntry { qid: 0, reactor: c.admin_reactor as u32, depth: 0, peer: String::new() }];
+                queues.extend(st.connected_qids.iter().map(|&qid| m::QueueEntry {
+                    qid,
+                    reactor: 0,
+                    depth: 0,
+                    peer: String::new(),
+                }));
+                m::ControllerEntry {
+                    cntlid: c.cntlid,
+                    subnqn: c.subnqn.clone(),
+                    hostnqn: c.hostnqn.clone(),
+                    hostid: uuid_string(&c.hostid),
+                    kato_ms: c.kato_ms(),
+                    queues,
+                }
+            })
+            .collect();
+        json!(list)
+    }
+
+    fn stats_volumes(&self) -> Value {
+        let list: Vec<m::VolumeStatsEntry> = self
+            .store
+            .volumes()
+            .iter()
+            .map(|v| {
+                let cs = self.counters.get(&v.info.id);
+                let sum = |f: fn(&VolumeCounters) -> &std::sync::atomic::AtomicU64| {
+                    cs.map_or(0, |cs| cs.iter().map(|c| get(f(c))).sum())
+                };
+                m::VolumeStatsEntry {
+                    name: v.info.name.clone(),
+                    read_ops: sum(|c| &c.read_ops),
+                    write_ops: sum(|c| &c.write_ops),
+                    read_bytes: sum(|c| &c.read_bytes),
+                    write_bytes: sum(|c| &c.write_bytes),
+                    other_ops: sum(|c| &c.other_ops),
+                    errors: sum(|c| &c.errors),
+                }
+            })
+            .collect();
+        json!(list)
+    }
+
+    fn stats_reactors(&self) -> Value {
+        let list: Vec<m::ReactorStatsEntry> = self
+            .reactors
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let s = &r.stats;
+                m::ReactorStatsEntry {
+                    reactor: i as u32,
+                    core: r.core.map(|c| c as u32),
+                    connections: get(&s.connections) as u32,
+                    polls: get(&s.polls),
+                    busy_polls: get(&s.busy_polls),
+                    sleeps: get(&s.sleeps),
+                    io_ops: get(&s.commands),
+                    rx_bytes: get(&s.rx_bytes),
+                    tx_bytes: get(&s.tx_bytes),
+                    rx_copied_bytes: get(&s.rx_copied_bytes),
+                    tx_copied_bytes: get(&s.tx_copied_bytes),
+                }
+            })
+            .collect();
+        json!(list)
+    }
+}
+
+fn volume_entry(v: &VolumeView) -> m::VolumeEntry {
+    let i = &v.info;
+    m::VolumeEntry {
+        name: i.name.clone(),
+        id: i.id.0,
+        size: i.size_bytes(),
+        page_size: i.page_size,
+        block_size: i.block_size,
+        pages: i.num_pages,
+        allocated_pages: v.pages.allocated(),
+        nqn: i.nqn(),
+        uuid: uuid_string(&i.uuid),
+        nguid: i.nguid.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+/// A 16-byte identifier in the 8-4-4-4-12 form.
+pub fn uuid_string(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn store_status(e: &StoreError) -> Status {
+    match e {
+        StoreError::NoSpace { .. } => Status::CAPACITY_EXCEEDED.with_dnr(),
+        StoreError::NoSuchVolume(_) | StoreError::PageOutOfRange { .. } => Status::INVALID_NAMESPACE.with_dnr(),
+        _ => Status::INTERNAL_ERROR,
+    }
+}
+
+fn store_rpc_error(e: StoreError) -> RpcError {
+    match e {
+        StoreError::NameTaken(_) => RpcError::already_exists(e.to_string()),
+        StoreError::NoSuchVolume(_) => RpcError::not_found(e.to_string()),
+        StoreError::NoSpace { .. } | StoreError::TooManyVolumes => RpcError::no_space(e.to_string()),
+        StoreError::Invalid { .. } => RpcError::invalid_params(e.to_string()),
+        _ => RpcError::internal(e.to_string()),
+    }
+}

@@ -1,1 +1,616 @@
-//! (being written)
+//! Reactors: one thread per core, pinned, each owning its share of the work.
+//!
+//! A reactor owns its connections (queue pairs), its device queue pair, its shard of
+//! the buffer pool and its copy of the volume tables, and runs one poll loop:
+//!
+//! 1. readiness of its sockets (and listeners, on the reactor that accepts),
+//! 2. messages from the control thread (new connections, new volume tables, answers),
+//! 3. receive and execute on every connection with bytes to read,
+//! 4. device completions, requests parked on a full device queue or an empty pool,
+//! 5. sends, then one device kick for the whole batch,
+//! 6. timers (keep-alive, teardown) every [`TICK`].
+//!
+//! Nothing on this path takes a lock or writes memory another reactor writes. Poll
+//! modes: `Busy` never sleeps (the appliance); `Hybrid` spins for a while after the last
+//! work, then sleeps in `epoll_wait` until a socket, the device's completion event fd
+//! or a message wakes it (development machines and CI, which have 2 cores).
+
+pub mod msg;
+pub mod stats;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_queue::ArrayQueue;
+use mio::{Events, Interest, Poll, Token, Waker};
+use quire_drivers::{DmaSeg, IoRequest, PoolShard, QueuePair, SubmitError};
+
+use crate::target::subsystem::Registry;
+use crate::target::tcp::qpair::{ConnState, TcpQpair};
+use crate::volume::routing::RoutingTable;
+use crate::volume::{VolumeId, VolumeView};
+pub use msg::{ControlMsg, ReactorMsg};
+use stats::{add, ReactorStats, VolumeCounters};
+
+/// Connections one reactor serves at most.
+pub const CONNS_MAX: usize = 1024;
+/// Timer period.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Completions handled per device poll.
+const COMPLETIONS_MAX: usize = 256;
+/// Sleep while device I/O is outstanding on a device without a completion fd.
+const DEVICE_NAP: Duration = Duration::from_micros(50);
+
+const TOKEN_WAKER: Token = Token(usize::MAX);
+const TOKEN_DEVICE: Token = Token(usize::MAX - 1);
+const TOKEN_LISTENER_BASE: usize = usize::MAX - 16;
+
+/// How a reactor waits for work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollMode {
+    /// Never sleep.
+    Busy,
+    /// Spin for `spin` after the last work, then sleep until woken.
+    Hybrid {
+        /// How long to keep spinning.
+        spin: Duration,
+    },
+}
+
+/// A request of a connection on this reactor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReqRef {
+    /// Connection slot.
+    pub conn: u32,
+    /// Request slot.
+    pub req: u16,
+}
+
+impl ReqRef {
+    fn tag(self, parity: u8) -> u64 {
+        (u64::from(parity) << 63) | (u64::from(self.conn) << 16) | u64::from(self.req)
+    }
+
+    fn from_tag(tag: u64) -> (ReqRef, u8) {
+        let r = ReqRef { conn: ((tag >> 16) & 0xffff_ffff) as u32, req: (tag & 0xffff) as u16 };
+        (r, (tag >> 63) as u8)
+    }
+}
+
+/// What a reactor holds for one volume.
+pub struct VolumeEntry {
+    /// Facts and page table.
+    pub view: Arc<VolumeView>,
+    /// Routing table.
+    pub routing: Arc<RoutingTable>,
+    /// This reactor's counters.
+    pub counters: Arc<VolumeCounters>,
+    /// Every reactor's counters for the volume (SMART log).
+    pub all_counters: Arc<[Arc<VolumeCounters>]>,
+}
+
+/// A handle to send a reactor messages.
+#[derive(Clone)]
+pub struct ReactorHandle {
+    /// Inbound ring.
+    pub inbox: Arc<ArrayQueue<ReactorMsg>>,
+    /// Wakes the reactor's poller.
+    pub waker: Arc<Waker>,
+    /// The reactor's counters.
+    pub stats: Arc<ReactorStats>,
+    /// The core it is pinned to, if any.
+    pub core: Option<usize>,
+}
+
+impl ReactorHandle {
+    /// Sends a message, waiting while the ring is full (the reactor drains it every
+    /// loop). Fails only if the reactor stopped.
+    pub fn send(&self, mut msg: ReactorMsg) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.inbox.push(msg) {
+                Ok(()) => break,
+                Err(m) if Instant::now() < deadline => {
+                    msg = m;
+                    let _ = self.waker.wake();
+                    std::thread::yield_now();
+                }
+                Err(_) => {
+                    tracing::error!("reactor inbox stayed full for 5 s; message dropped");
+                    return;
+                }
+            }
+        }
+        let _ = self.waker.wake();
+    }
+}
+
+/// Grace periods: a generation is finished once every device request submitted before
+/// it started has completed (requests carry the parity of the generation they were
+/// submitted in).
+#[derive(Default)]
+struct Barrier {
+    parity: u8,
+    inflight: [u64; 2],
+    draining: Option<(u64, u8)>,
+    queued: VecDeque<u64>,
+}
+
+/// Everything the request machinery of one reactor needs.
+pub struct ReactorCtx {
+    /// Reactor number.
+    pub id: usize,
+    /// The device queue pair.
+    pub dev: Box<dyn QueuePair>,
+    /// Device block size.
+    pub dev_block_size: u64,
+    /// Deallocated device blocks read back as zeroes.
+    pub dev_dealloc_zeroes: bool,
+    /// Buffer shard.
+    pub pool: PoolShard,
+    /// Volumes by id.
+    pub volumes: HashMap<VolumeId, VolumeEntry>,
+    /// Subsystems and controllers.
+    pub registry: Arc<Registry>,
+    /// Counters.
+    pub stats: Arc<ReactorStats>,
+    /// Requests waiting for buffers, in arrival order.
+    pub buf_waiters: VecDeque<ReqRef>,
+    /// Requests waiting for room in the device queue.
+    pub dev_waiters: VecDeque<ReqRef>,
+    /// Scratch list of segments for building device requests.
+    pub segs: Vec<DmaSeg>,
+    /// When the reactor started (power-on hours).
+    pub started: Instant,
+    control: Sender<ControlMsg>,
+    control_backlog: VecDeque<ControlMsg>,
+    alloc_waiters: HashMap<(VolumeId, u64), Vec<ReqRef>>,
+    free_waiters: HashMap<u64, ReqRef>,
+    next_cookie: u64,
+    barrier: Barrier,
+}
+
+impl ReactorCtx {
+    /// Submits a device request for `rref`; the buffers it names belong to that
+    /// request, which stays out of `Free` until the completion arrives.
+    pub fn submit(&mut self, req: &mut IoRequest, rref: ReqRef) -> Result<(), SubmitError> {
+        req.tag = rref.tag(self.barrier.parity);
+        // SAFETY: the segments point into pool buffers owned by request `rref`. A request
+        // with device parts outstanding stays in `Executing`/`WaitingDevice`, and its
+        // connection keeps it (and its buffers) until the completion is polled, even
+        // while closing (`TcpQpair::maybe_closed`), so the memory outlives the device's
+        // use of it and nobody else touches it meanwhile.
+        let res = unsafe { self.dev.submit(req) };
+        if res.is_ok() {
+            self.barrier.inflight[usize::from(self.barrier.parity)] += 1;
+            add(&self.stats.device_requests, 1);
+        }
+        res
+    }
+
+    /// Parks `rref` until page `page` of `volume` is allocated.
+    pub fn alloc_wait(&mut self, volume: VolumeId, page: u64, rref: ReqRef) {
+        let waiters = self.alloc_waiters.entry((volume, page)).or_default();
+        let first = waiters.is_empty();
+        waiters.push(rref);
+        if first {
+            self.send_control(ControlMsg::Alloc { reactor: self.id, volume, page });
+        }
+    }
+
+    /// Asks the control thread to free whole `page` of `volume` for `rref`.
+    pub fn free_wait(&mut self, volume: VolumeId, page: u64, rref: ReqRef) {
+        self.next_cookie += 1;
+        let cookie = self.next_cookie;
+        self.free_waiters.insert(cookie, rref);
+        self.send_control(ControlMsg::Free { reactor: self.id, volume, page, cookie });
+    }
+
+    fn send_control(&mut self, msg: ControlMsg) {
+        if !self.control_backlog.is_empty() {
+            self.control_backlog.push_back(msg);
+            return;
+        }
+        match self.control.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(m)) => self.control_backlog.push_back(m),
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn flush_control_backlog(&mut self) {
+        while let Some(m) = self.control_backlog.pop_front() {
+            match self.control.try_send(m) {
+                Ok(()) => {}
+                Err(TrySendError::Full(m)) => {
+                    self.control_backlog.push_front(m);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    fn barrier_start(&mut self, generation: u64) {
+        if self.barrier.draining.is_some() {
+            self.barrier.queued.push_back(generation);
+            return;
+        }
+        let old = self.barrier.parity;
+        self.barrier.parity ^= 1;
+        self.barrier.draining = Some((generation, old));
+    }
+
+    fn barrier_check(&mut self) {
+        let Some((generation, old)) = self.barrier.draining else { return };
+        if self.barrier.inflight[usize::from(old)] != 0 {
+            return;
+        }
+        self.barrier.draining = None;
+        self.send_control(ControlMsg::BarrierDone { reactor: self.id, generation });
+        if let Some(next) = self.barrier.queued.pop_front() {
+            self.barrier_start(next);
+        }
+    }
+}
+
+/// Parts a reactor is built from (see `serve`).
+pub struct ReactorParts {
+    /// Reactor number.
+    pub id: usize,
+    /// Core to pin to.
+    pub core: Option<usize>,
+    /// Poll mode.
+    pub mode: PollMode,
+    /// Device queue pair.
+    pub dev: Box<dyn QueuePair>,
+    /// Device block size.
+    pub dev_block_size: u64,
+    /// Deallocated blocks read zeroes.
+    pub dev_dealloc_zeroes: bool,
+    /// Buffer shard.
+    pub pool: PoolShard,
+    /// Registry.
+    pub registry: Arc<Registry>,
+    /// Channel to the control thread.
+    pub control: Sender<ControlMsg>,
+    /// Listeners to accept on (`true` = discovery port); only one reactor has them.
+    pub listeners: Vec<(std::net::TcpListener, bool)>,
+}
+
+/// A reactor, ready to run on its thread.
+pub struct Reactor {
+    ctx: ReactorCtx,
+    poll: Poll,
+    inbox: Arc<ArrayQueue<ReactorMsg>>,
+    conns: Vec<Option<TcpQpair>>,
+    free_conns: Vec<u32>,
+    listeners: Vec<(mio::net::TcpListener, bool)>,
+    peers: Vec<ReactorHandle>,
+    next_peer: usize,
+    mode: PollMode,
+    core: Option<usize>,
+    last_work: Instant,
+    last_tick: Instant,
+    completions: Vec<quire_drivers::Completion>,
+}
+
+impl Reactor {
+    /// Builds a reactor and the handle others use to reach it.
+    pub fn new(parts: ReactorParts) -> std::io::Result<(Reactor, ReactorHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), TOKEN_WAKER)?);
+        let inbox = Arc::new(ArrayQueue::new(msg::INBOX_MAX));
+        let stats = Arc::new(ReactorStats::default());
+        if let Some(fd) = parts.dev.completion_fd() {
+            poll.registry().register(&mut mio::unix::SourceFd(&fd), TOKEN_DEVICE, Interest::READABLE)?;
+        }
+        let mut listeners = Vec::new();
+        for (i, (l, disc)) in parts.listeners.into_iter().enumerate() {
+            l.set_nonblocking(true)?;
+            let mut l = mio::net::TcpListener::from_std(l);
+            poll.registry().register(&mut l, Token(TOKEN_LISTENER_BASE + i), Interest::READABLE)?;
+            listeners.push((l, disc));
+        }
+        let handle = ReactorHandle { inbox: inbox.clone(), waker, stats: stats.clone(), core: parts.core };
+        let ctx = ReactorCtx {
+            id: parts.id,
+            dev: parts.dev,
+            dev_block_size: parts.dev_block_size,
+            dev_dealloc_zeroes: parts.dev_dealloc_zeroes,
+            pool: parts.pool,
+            volumes: HashMap::new(),
+            registry: parts.registry,
+            stats,
+            buf_waiters: VecDeque::new(),
+            dev_waiters: VecDeque::new(),
+            segs: Vec::with_capacity(quire_drivers::block::SEGS_MAX),
+            started: Instant::now(),
+            control: parts.control,
+            control_backlog: VecDeque::new(),
+            alloc_waiters: HashMap::new(),
+            free_waiters: HashMap::new(),
+            next_cookie: 0,
+            barrier: Barrier::default(),
+        };
+        let reactor = Reactor {
+            ctx,
+            poll,
+            inbox,
+            conns: Vec::new(),
+            free_conns: Vec::new(),
+            listeners,
+            peers: Vec::new(),
+            next_peer: 0,
+            mode: parts.mode,
+            core: parts.core,
+            last_work: Instant::now(),
+            last_tick: Instant::now(),
+            completions: Vec::with_capacity(COMPLETIONS_MAX),
+        };
+        Ok((reactor, handle))
+    }
+
+    /// Gives the accepting reactor the handles of all reactors (itself included), to
+    /// spread connections across them.
+    pub fn set_peers(&mut self, peers: Vec<ReactorHandle>) {
+        self.peers = peers;
+    }
+
+    /// Runs the poll loop until told to stop.
+    pub fn run(mut self) {
+        if let Some(core) = self.core {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                tracing::warn!(reactor = self.ctx.id, core, "could not pin the reactor to its core");
+            }
+        }
+        tracing::info!(reactor = self.ctx.id, core = ?self.core, mode = ?self.mode, "reactor running");
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.timeout();
+            if timeout != Some(Duration::ZERO) {
+                add(&self.ctx.stats.sleeps, 1);
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("poll failed: {e}");
+                }
+            }
+            let mut work = !events.is_empty();
+            for ev in events.iter() {
+                self.on_event(ev);
+            }
+            match self.drain_inbox() {
+                None => break,
+                Some(w) => work |= w,
+            }
+            work |= self.receive_all();
+            work |= self.poll_device();
+            work |= self.retry_waiters();
+            self.flush_all();
+            self.ctx.dev.kick();
+            self.ctx.flush_control_backlog();
+            self.ctx.barrier_check();
+            if self.last_tick.elapsed() >= TICK {
+                self.tick();
+            }
+            add(&self.ctx.stats.polls, 1);
+            if work {
+                add(&self.ctx.stats.busy_polls, 1);
+                self.last_work = Instant::now();
+            }
+        }
+        tracing::info!(reactor = self.ctx.id, "reactor stopped");
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let spin = match self.mode {
+            PollMode::Busy => return Some(Duration::ZERO),
+            PollMode::Hybrid { spin } => spin,
+        };
+        let pending_local = !self.ctx.buf_waiters.is_empty()
+            || !self.ctx.dev_waiters.is_empty()
+            || !self.ctx.control_backlog.is_empty()
+            || self.conns.iter().flatten().any(|c| c.rx.staged_len() > 0 && c.rx.can_progress() || c.wants_flush());
+        if pending_local || self.last_work.elapsed() < spin {
+            return Some(Duration::ZERO);
+        }
+        if self.ctx.dev.outstanding() > 0 && self.ctx.dev.completion_fd().is_none() {
+            return Some(DEVICE_NAP);
+        }
+        Some(TICK)
+    }
+
+    fn on_event(&mut self, ev: &mio::event::Event) {
+        match ev.token() {
+            TOKEN_WAKER | TOKEN_DEVICE => {}
+            Token(t) if t >= TOKEN_LISTENER_BASE => self.accept(t - TOKEN_LISTENER_BASE),
+            Token(t) => {
+                if let Some(Some(c)) = self.conns.get_mut(t) {
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        c.rx.readable = true;
+                    }
+                    if ev.is_writable() {
+                        c.tx.blocked = false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, i: usize) {
+        loop {
+            let (stream, peer) = match self.listeners[i].0.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            let discovery = self.listeners[i].1;
+            let _ = stream.set_nodelay(true);
+            // SAFETY-free conversion: mio hands out its own type; reactors take std streams.
+            let std_stream: std::net::TcpStream = stream.into();
+            tracing::debug!(%peer, discovery, "accepted connection");
+            if self.peers.is_empty() {
+                self.add_connection(std_stream, discovery);
+            } else {
+                let target = self.next_peer % self.peers.len();
+                self.next_peer += 1;
+                self.peers[target].send(ReactorMsg::NewConnection(std_stream, discovery));
+            }
+        }
+    }
+
+    fn add_connection(&mut self, stream: std::net::TcpStream, discovery: bool) {
+        let Ok(peer) = stream.peer_addr() else { return };
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let index = match self.free_conns.pop() {
+            Some(i) => i,
+            None if self.conns.len() < CONNS_MAX => {
+                self.conns.push(None);
+                (self.conns.len() - 1) as u32
+            }
+            None => {
+                tracing::warn!(%peer, "reactor {} has {CONNS_MAX} connections; refusing", self.ctx.id);
+                return;
+            }
+        };
+        let mut sock = mio::net::TcpStream::from_std(stream);
+        if let Err(e) =
+            self.poll.registry().register(&mut sock, Token(index as usize), Interest::READABLE | Interest::WRITABLE)
+        {
+            tracing::warn!(%peer, "cannot poll the connection: {e}");
+            self.free_conns.push(index);
+            return;
+        }
+        self.conns[index as usize] = Some(TcpQpair::new(index, sock, peer, discovery, &self.ctx));
+        add(&self.ctx.stats.connections, 1);
+    }
+
+    /// Handles inbound messages; `None` means stop.
+    fn drain_inbox(&mut self) -> Option<bool> {
+        let mut work = false;
+        while let Some(m) = self.inbox.pop() {
+            work = true;
+            match m {
+                ReactorMsg::NewConnection(s, disc) => self.add_connection(s, disc),
+                ReactorMsg::VolumeUpdated { view, routing, counters, all_counters } => {
+                    self.ctx.volumes.insert(view.info.id, VolumeEntry { view, routing, counters, all_counters });
+                }
+                ReactorMsg::VolumeRemoved(id) => {
+                    self.ctx.volumes.remove(&id);
+                }
+                ReactorMsg::AllocDone { volume, page, result } => {
+                    for w in self.ctx.alloc_waiters.remove(&(volume, page)).unwrap_or_default() {
+                        if let Some(Some(c)) = self.conns.get_mut(w.conn as usize) {
+                            c.on_control_done(w.req, result.map(|_| ()), &mut self.ctx);
+                        }
+                    }
+                }
+                ReactorMsg::FreeDone { cookie, result } => {
+                    if let Some(w) = self.ctx.free_waiters.remove(&cookie) {
+                        if let Some(Some(c)) = self.conns.get_mut(w.conn as usize) {
+                            c.on_control_done(w.req, result, &mut self.ctx);
+                        }
+                    }
+                }
+                ReactorMsg::Barrier(g) => self.ctx.barrier_start(g),
+                ReactorMsg::Shutdown => return None,
+            }
+        }
+        Some(work)
+    }
+
+    fn receive_all(&mut self) -> bool {
+        let mut work = false;
+        for c in self.conns.iter_mut().flatten() {
+            if c.rx.can_progress() && matches!(c.state(), ConnState::AwaitingICReq | ConnState::Ready) {
+                let before = c.rx.staged_len();
+                c.receive(&mut self.ctx);
+                work |= c.rx.readable || before != c.rx.staged_len();
+            }
+        }
+        work
+    }
+
+    fn poll_device(&mut self) -> bool {
+        let mut done = std::mem::take(&mut self.completions);
+        self.ctx.dev.poll(COMPLETIONS_MAX, &mut |c| done.push(c));
+        let work = !done.is_empty();
+        for c in done.drain(..) {
+            let (rref, parity) = ReqRef::from_tag(c.tag);
+            let n = &mut self.ctx.barrier.inflight[usize::from(parity)];
+            assert!(*n > 0, "completion for a request that was never counted");
+            *n -= 1;
+            let conn = self.conns.get_mut(rref.conn as usize).and_then(Option::as_mut);
+            let conn = conn.expect("a connection lives until its device I/O has come home");
+            conn.on_device_completion(rref.req, c.result, &mut self.ctx);
+        }
+        self.completions = done;
+        work
+    }
+
+    fn retry_waiters(&mut self) -> bool {
+        let mut work = false;
+        for _ in 0..self.ctx.dev_waiters.len() {
+            let Some(w) = self.ctx.dev_waiters.pop_front() else { break };
+            if let Some(Some(c)) = self.conns.get_mut(w.conn as usize) {
+                c.resume(w.req, &mut self.ctx);
+                work = true;
+            }
+        }
+        while self.ctx.pool.available() > 0 {
+            let Some(w) = self.ctx.buf_waiters.pop_front() else { break };
+            let before = self.ctx.buf_waiters.len();
+            if let Some(Some(c)) = self.conns.get_mut(w.conn as usize) {
+                c.resume(w.req, &mut self.ctx);
+                work = true;
+            }
+            if self.ctx.buf_waiters.len() > before {
+                // It went back to the queue: not enough buffers yet.
+                break;
+            }
+        }
+        work
+    }
+
+    fn flush_all(&mut self) {
+        for c in self.conns.iter_mut().flatten() {
+            if c.wants_flush() {
+                c.flush(&mut self.ctx);
+            }
+            if c.state() == ConnState::Draining {
+                c.maybe_closed(&mut self.ctx);
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.last_tick = Instant::now();
+        for i in 0..self.conns.len() {
+            let Some(c) = self.conns[i].as_mut() else { continue };
+            c.tick(&mut self.ctx);
+            if c.state() == ConnState::Closed {
+                let mut c = self.conns[i].take().expect("checked above");
+                c.on_closed(&self.ctx);
+                let _ = self.poll.registry().deregister(&mut c.sock);
+                self.free_conns.push(i as u32);
+                self.ctx.stats.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                // Forget parked references to the old connection.
+                self.ctx.buf_waiters.retain(|w| w.conn != i as u32);
+                self.ctx.dev_waiters.retain(|w| w.conn != i as u32);
+            }
+        }
+    }
+
+    /// Describes the connections (management).
+    pub fn id(&self) -> usize {
+        self.ctx.id
+    }
+}

@@ -1,1 +1,87 @@
-//! (being written)
+//! Per-volume routing table: page → owning peer, with a group epoch.
+//!
+//! Every reactor holds its own immutable copy (`Arc<RoutingTable>`). The control
+//! plane builds a new version and sends it to each reactor by message; a reactor swaps
+//! its `Arc` between two I/Os, and the old version is freed when the last reactor has
+//! dropped it (read-copy-update, with the `Arc` count as the grace period). In this
+//! single-peer build every page is owned by the local peer; the group issue adds
+//! remote owners, forwarding and stale-epoch handling on top of the same lookup.
+
+/// Identity of a peer in the group.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PeerId(pub u16);
+
+/// A version number of the group's routing decisions; higher is newer.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Epoch(pub u64);
+
+/// Where a page's I/O goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Route {
+    /// This peer owns the page.
+    Local,
+    /// Another peer owns the page.
+    Remote(PeerId),
+}
+
+/// One version of a volume's routing table.
+#[derive(Debug)]
+pub struct RoutingTable {
+    /// The version.
+    pub epoch: Epoch,
+    /// The peer this table was built for.
+    pub local: PeerId,
+    /// Owner of each page.
+    owners: Box<[PeerId]>,
+}
+
+impl RoutingTable {
+    /// A table where `local` owns all `num_pages` pages.
+    pub fn all_local(local: PeerId, num_pages: u64, epoch: Epoch) -> RoutingTable {
+        RoutingTable { epoch, local, owners: vec![local; num_pages as usize].into_boxed_slice() }
+    }
+
+    /// The next version with `num_pages` pages; new pages go to `local`.
+    pub fn grown(&self, num_pages: u64) -> RoutingTable {
+        assert!(num_pages >= self.owners.len() as u64, "routing tables only grow");
+        let mut owners = self.owners.to_vec();
+        owners.resize(num_pages as usize, self.local);
+        RoutingTable { epoch: Epoch(self.epoch.0 + 1), local: self.local, owners: owners.into() }
+    }
+
+    /// Number of pages.
+    pub fn len(&self) -> u64 {
+        self.owners.len() as u64
+    }
+
+    /// True for a table of no pages.
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+
+    /// Where I/O for `page` goes.
+    #[inline]
+    pub fn route(&self, page: u64) -> Route {
+        let owner = self.owners[page as usize];
+        if owner == self.local {
+            Route::Local
+        } else {
+            Route::Remote(owner)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_local_routes_locally_and_grows_with_a_new_epoch() {
+        let t = RoutingTable::all_local(PeerId(3), 4, Epoch(7));
+        assert_eq!(t.route(3), Route::Local);
+        let g = t.grown(10);
+        assert_eq!(g.len(), 10);
+        assert_eq!(g.epoch, Epoch(8));
+        assert_eq!(g.route(9), Route::Local);
+    }
+}

@@ -1,1 +1,1779 @@
-//! (being written)
+//! The per-peer page store: volumes, their pages' slots on the device, and the
+//! metadata that makes both survive a crash at any instant.
+//!
+//! The store runs on the control thread. It owns the device's metadata ([`meta`]) and
+//! the slot allocator ([`alloc`]), and publishes each volume as a [`VolumeView`] whose
+//! page table reactors read without locks. It does its metadata I/O synchronously
+//! through its own queue pair and a small buffer pool of its own: submit, kick, poll
+//! until done. Metadata changes are rare next to data I/O (a page is allocated once),
+//! so the simplicity is worth more than overlapping them.
+//!
+//! Crash safety rests on three rules:
+//! - Every metadata block has two copies; an update writes the older copy with FUA
+//!   ([`meta`]), so a torn write loses only the update that was never acknowledged.
+//!   Updates to one block never overlap: every call waits for its writes, and all the
+//!   changes one call makes to a block go out in one write (group commit of a batch).
+//! - A page is mapped only to a zeroed slot: [`PageStore::allocate_pages`] zeroes the
+//!   new slots, flushes, and only then writes their records, and only then sets the
+//!   page table. After a crash a page is either unmapped (reads zeroes, which is right:
+//!   the write that wanted the page was not acknowledged) or mapped to zeroes.
+//! - A page is unmapped on the device before its slot can be reused:
+//!   [`PageStore::free_pages`] persists the cleared records, then clears the page
+//!   table, then quarantines the slot until every reactor has drained the I/O that may
+//!   still address it ([`PageStore::release_quarantine`]).
+//!
+//! Free space is derived at open from the slot records; a volume left half-deleted by
+//! a crash (marked deleting in the table) is finished at open.
+//!
+//! [`meta`]: super::meta
+//! [`alloc`]: super::alloc
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use quire_drivers::{
+    BlockDevice, DeviceInfo, DmaBuf, DmaPool, IoError, IoRequest, Op, PoolShard, QueuePair, SubmitError,
+};
+
+use super::alloc::{BuddyAllocator, ORDER_MAX};
+use super::meta::{
+    self, Header, Kind, Layout, SlotRecord, Superblock, VolumeEntry, VolumeState, ENTRIES_PER_BLOCK, META_BLOCK_SIZE,
+    RECORDS_PER_BLOCK, UNIT_BYTES, UNIT_SHIFT, VOLUMES_MAX,
+};
+use super::{check_name, PageTable, VolumeId, VolumeInfo, VolumeView, PAGE_SIZE_MAX, PAGE_SIZE_MIN};
+
+/// Largest metadata buffer (and so the largest metadata read at open).
+pub const META_BUF_BYTES_MAX: usize = 256 << 10;
+/// Metadata buffers in the store's pool: two copies of two stretches read at once.
+pub const META_BUFS: usize = 4;
+/// Most pages a volume may have (its page table takes 8 bytes of memory per page).
+pub const PAGES_PER_VOLUME_MAX: u64 = 1 << 26;
+/// Largest Write Zeroes request: NVMe's 16-bit block count at 512-byte blocks.
+pub const ZEROES_BYTES_MAX: u64 = 32 << 20;
+/// A good depth for the store's queue pair.
+pub const QPAIR_DEPTH: u32 = 64;
+
+const _: () = assert!(META_BUF_BYTES_MAX % META_BLOCK_SIZE == 0);
+const _: () = assert!(META_BUFS % 2 == 0);
+const _: () = assert!(PAGE_SIZE_MAX >> UNIT_SHIFT == 1 << ORDER_MAX);
+const _: () = assert!(ZEROES_BYTES_MAX % UNIT_BYTES == 0);
+
+/// Why a page store operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No valid superblock on the device.
+    #[error("the device is not formatted (no valid superblock)")]
+    NotFormatted,
+    /// An argument is out of its allowed values.
+    #[error("invalid {field} {value}: must be {allowed}")]
+    Invalid {
+        /// The argument's name.
+        field: &'static str,
+        /// What was given.
+        value: String,
+        /// What is allowed.
+        allowed: String,
+    },
+    /// A volume of that name exists.
+    #[error("a volume named {0:?} already exists")]
+    NameTaken(String),
+    /// No volume with that id.
+    #[error("no volume with id {}", .0 .0)]
+    NoSuchVolume(VolumeId),
+    /// The page is beyond the end of the volume.
+    #[error("page {page} is beyond volume {}'s {num_pages} pages", volume.0)]
+    PageOutOfRange {
+        /// Volume.
+        volume: VolumeId,
+        /// Page asked for.
+        page: u64,
+        /// Pages in the volume.
+        num_pages: u64,
+    },
+    /// The device has no free slot of the size needed.
+    #[error("no free slot of {slot_bytes} bytes on the device")]
+    NoSpace {
+        /// Slot size asked for.
+        slot_bytes: u64,
+    },
+    /// The volume table is full.
+    #[error("the volume table is full ({VOLUMES_MAX} volumes)")]
+    TooManyVolumes,
+    /// The device cannot hold a page store, or no longer matches it.
+    #[error("unsuitable device: {0}")]
+    Device(String),
+    /// The metadata on the device is inconsistent.
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+    /// A device request failed.
+    #[error("device I/O failed: {0}")]
+    Io(IoError),
+    /// The device refused a request.
+    #[error("device refused a request: {0}")]
+    Submit(SubmitError),
+    /// The metadata buffer pool could not be created.
+    #[error("metadata buffer pool: {0}")]
+    Pool(String),
+    /// An earlier metadata write failed; what is on the device is no longer known.
+    #[error("an earlier metadata write failed: reopen the page store")]
+    Failed,
+}
+
+/// Result of this module.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Space on the device's data region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Size of the data region.
+    pub total_bytes: u64,
+    /// In slots (including slots waiting in quarantine).
+    pub used_bytes: u64,
+    /// Free for new slots.
+    pub free_bytes: u64,
+}
+
+/// Synchronous I/O through the store's own queue pair and buffers.
+struct MetaIo {
+    qpair: Box<dyn QueuePair>,
+    shard: PoolShard,
+    _pool: DmaPool,
+    /// Bytes of one buffer (a multiple of the metadata block size).
+    buf_bytes: usize,
+    /// Device block size.
+    block_bytes: u64,
+}
+
+impl MetaIo {
+    fn new(qpair: Box<dyn QueuePair>, info: &DeviceInfo) -> Result<MetaIo> {
+        let max = (info.max_transfer_bytes as usize).min(META_BUF_BYTES_MAX);
+        if max < 2 * META_BLOCK_SIZE {
+            return Err(StoreError::Device(format!("largest transfer {max} is below 8192 bytes")));
+        }
+        // The largest power of two that fits: the pool wants one.
+        let buf_bytes = 1usize << max.ilog2();
+        let pool = DmaPool::new(buf_bytes, META_BUFS, false).map_err(|e| StoreError::Pool(e.to_string()))?;
+        let shard = pool.shards(1).pop().expect("one shard");
+        assert_eq!(shard.total(), META_BUFS);
+        Ok(MetaIo { qpair, shard, _pool: pool, buf_bytes, block_bytes: u64::from(info.block_size) })
+    }
+
+    fn buf(&mut self) -> DmaBuf {
+        self.shard.get().expect("at most META_BUFS metadata buffers are in use at once")
+    }
+
+    /// A request over `len` bytes at device byte `offset`.
+    fn request(&self, op: Op, offset: u64, len: u64, tag: u64, seg: Option<quire_drivers::DmaSeg>) -> IoRequest {
+        assert!(offset % self.block_bytes == 0 && len % self.block_bytes == 0);
+        let blocks = u32::try_from(len / self.block_bytes).expect("request under 4 G blocks");
+        match seg {
+            Some(s) => IoRequest::with_segs(op, offset / self.block_bytes, blocks, tag, &[s]),
+            None => IoRequest::no_data(op, offset / self.block_bytes, blocks, tag),
+        }
+    }
+
+    /// Carries out `reqs` and waits for all of them; returns each one's result.
+    ///
+    /// # Safety
+    /// The memory the requests' segments describe must stay valid, and untouched by
+    /// anyone else, until this call returns (it returns only when every submitted
+    /// request has completed).
+    unsafe fn run(&mut self, reqs: &[IoRequest]) -> Result<Vec<std::result::Result<(), IoError>>> {
+        let mut results: Vec<Option<std::result::Result<(), IoError>>> = vec![None; reqs.len()];
+        let (mut submitted, mut completed) = (0, 0);
+        let mut refused = None;
+        while completed < submitted || (submitted < reqs.len() && refused.is_none()) {
+            while submitted < reqs.len() && refused.is_none() {
+                let mut req = reqs[submitted];
+                req.tag = submitted as u64;
+                // SAFETY: the caller keeps the memory valid until we return, and we
+                // return only after polling every submitted request's completion.
+                match unsafe { self.qpair.submit(&req) } {
+                    Ok(()) => submitted += 1,
+                    Err(SubmitError::QueueFull) if completed < submitted => break,
+                    Err(e) => refused = Some(e),
+                }
+            }
+            self.qpair.kick();
+            let n = self.qpair.poll(reqs.len(), &mut |c| {
+                let slot = &mut results[c.tag as usize];
+                assert!(slot.is_none(), "request {} completed twice", c.tag);
+                *slot = Some(c.result);
+            });
+            completed += n;
+            if n == 0 {
+                // Nothing to do on the control thread but wait for the device.
+                std::thread::yield_now();
+            }
+        }
+        if let Some(e) = refused {
+            return Err(StoreError::Submit(e));
+        }
+        assert_eq!(completed, reqs.len());
+        Ok(results.into_iter().map(|r| r.expect("every request completed")).collect())
+    }
+}
+
+/// Which copy of a metadata block to write next, and with which sequence number.
+#[derive(Clone, Copy, Debug, Default)]
+struct Copies {
+    /// Sequence number of copies A and B (0: not valid).
+    seq: [u64; 2],
+}
+
+impl Copies {
+    /// The copy holding the older state (A on a tie) and the number to write it with.
+    fn next(&self) -> (usize, u64) {
+        let copy = usize::from(self.seq[0] > self.seq[1]);
+        (copy, self.seq[0].max(self.seq[1]) + 1)
+    }
+}
+
+/// A volume as the store keeps it.
+#[derive(Debug)]
+struct Volume {
+    /// Position in the volume table.
+    pos: usize,
+    /// What reactors see.
+    view: Arc<VolumeView>,
+}
+
+/// A freed slot that reactors may still address.
+#[derive(Clone, Copy, Debug)]
+struct Quarantined {
+    generation: u64,
+    unit: u64,
+    order: u8,
+}
+
+/// A new slot of an [`PageStore::allocate_pages`] batch.
+#[derive(Clone, Copy, Debug)]
+struct Fresh {
+    volume: VolumeId,
+    page: u64,
+    unit: u64,
+    order: u8,
+    /// Set when zeroing the slot failed.
+    error: Option<IoError>,
+}
+
+/// What open read from the device's metadata blocks.
+struct Loaded {
+    table: Vec<Option<VolumeEntry>>,
+    records: Vec<(u64, SlotRecord)>,
+    copies: Vec<Copies>,
+    /// Copies that carry this format's magic but failed their checks (torn writes).
+    damaged: u64,
+}
+
+/// The page store of one device. See the module documentation.
+pub struct PageStore {
+    info: DeviceInfo,
+    io: MetaIo,
+    sb: Superblock,
+    layout: Layout,
+    /// Per logical metadata block.
+    copies: Vec<Copies>,
+    /// Volume table positions.
+    table: Vec<Option<VolumeEntry>>,
+    volumes: BTreeMap<VolumeId, Volume>,
+    /// First unit → record, for every slot in use.
+    records: BTreeMap<u64, SlotRecord>,
+    alloc: BuddyAllocator,
+    quarantine: VecDeque<Quarantined>,
+    generation: u64,
+    failed: bool,
+}
+
+impl std::fmt::Debug for PageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageStore")
+            .field("device", &self.info.name)
+            .field("layout", &self.layout)
+            .field("volumes", &self.volumes.len())
+            .field("slots", &self.records.len())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+fn check_device(info: &DeviceInfo) -> Result<()> {
+    let bs = info.block_size as usize;
+    if !bs.is_power_of_two() || bs > META_BLOCK_SIZE {
+        return Err(StoreError::Device(format!("block size {bs} is not a power of two up to {META_BLOCK_SIZE}")));
+    }
+    Ok(())
+}
+
+/// Reads both superblock copies.
+fn read_superblock(io: &mut MetaIo) -> Result<Option<(Superblock, Copies)>> {
+    let buf = io.buf();
+    let req = io.request(Op::Read, 0, 2 * META_BLOCK_SIZE as u64, 0, Some(buf.seg(0, 2 * META_BLOCK_SIZE)));
+    // SAFETY: `buf` is ours and lives until after `run` returns.
+    let result = unsafe { io.run(&[req]) };
+    let picked = match &result {
+        Ok(r) if r[0].is_ok() => pick_superblock(&buf.as_slice()[..2 * META_BLOCK_SIZE]),
+        _ => Ok(None),
+    };
+    io.shard.put(buf);
+    result?[0].map_err(StoreError::Io)?;
+    picked
+}
+
+/// Of the two superblock copies in `blocks`, the valid one with the higher sequence
+/// number wins. A copy of another format counts as invalid, so that the next update
+/// overwrites it rather than the winner.
+fn pick_superblock(blocks: &[u8]) -> Result<Option<(Superblock, Copies)>> {
+    assert_eq!(blocks.len(), 2 * META_BLOCK_SIZE);
+    let mut found: [Option<(Header, Superblock)>; 2] = [None, None];
+    for (copy, block) in blocks.chunks_exact(META_BLOCK_SIZE).enumerate() {
+        let Ok(header) = meta::check(block, Kind::Super, 0, None) else { continue };
+        // A well-sealed superblock this build cannot read must stop the open: calling
+        // the device unformatted could get it formatted over.
+        let sb = Superblock::decode(block, &header)
+            .map_err(|e| StoreError::Corrupt(format!("superblock copy {copy}: {e}")))?;
+        found[copy] = Some((header, sb));
+    }
+    let winner = match &found {
+        [None, None] => return Ok(None),
+        [Some(a), None] => a,
+        [None, Some(b)] => b,
+        [Some(a), Some(b)] => {
+            if b.0.seq > a.0.seq {
+                b
+            } else {
+                a
+            }
+        }
+    };
+    let mut copies = Copies::default();
+    for (copy, f) in found.iter().enumerate() {
+        if let Some((h, _)) = f.as_ref().filter(|(h, _)| h.format_id == winner.0.format_id) {
+            copies.seq[copy] = h.seq;
+        }
+    }
+    Ok(Some((winner.1.clone(), copies)))
+}
+
+/// Reads copies A and B of every logical block after the superblock, in large
+/// sequential reads of both areas side by side, and keeps the valid copy with the
+/// higher sequence number of each.
+fn load_blocks(io: &mut MetaIo, layout: &Layout, format_id: u64) -> Result<Loaded> {
+    let n = layout.logical_blocks();
+    let per_buf = (io.buf_bytes / META_BLOCK_SIZE) as u64;
+    let mut loaded = Loaded {
+        table: vec![None; VOLUMES_MAX],
+        records: Vec::new(),
+        copies: vec![Copies::default(); n as usize],
+        damaged: 0,
+    };
+    let mut start = 1;
+    while start < n {
+        // One wave: META_BUFS / 2 stretches of blocks, each read from both areas.
+        let mut stretches: Vec<(u64, u64, [DmaBuf; 2])> = Vec::with_capacity(META_BUFS / 2);
+        let mut reqs = Vec::with_capacity(META_BUFS);
+        while stretches.len() < META_BUFS / 2 && start < n {
+            let count = per_buf.min(n - start);
+            let len = count * META_BLOCK_SIZE as u64;
+            let bufs = [io.buf(), io.buf()];
+            for (copy, buf) in bufs.iter().enumerate() {
+                let seg = buf.seg(0, len as usize);
+                reqs.push(io.request(Op::Read, layout.offset(start, copy), len, 0, Some(seg)));
+            }
+            stretches.push((start, count, bufs));
+            start += count;
+        }
+        // SAFETY: the buffers stay in `stretches` until after `run` returns.
+        let outcome = unsafe { io.run(&reqs) }
+            .and_then(|results| results.into_iter().try_for_each(|r| r.map_err(StoreError::Io)))
+            .and_then(|()| {
+                stretches.iter().try_for_each(|(first, count, bufs)| {
+                    (0..*count).try_for_each(|k| {
+                        let at = k as usize * META_BLOCK_SIZE;
+                        let a = &bufs[0].as_slice()[at..at + META_BLOCK_SIZE];
+                        let b = &bufs[1].as_slice()[at..at + META_BLOCK_SIZE];
+                        loaded.take(layout, first + k, [a, b], format_id)
+                    })
+                })
+            });
+        for (_, _, bufs) in stretches {
+            for buf in bufs {
+                io.shard.put(buf);
+            }
+        }
+        outcome?;
+    }
+    Ok(loaded)
+}
+
+impl Loaded {
+    /// Takes in both copies of logical block `logical`.
+    fn take(&mut self, layout: &Layout, logical: u64, blocks: [&[u8]; 2], format_id: u64) -> Result<()> {
+        let kind = layout.kind(logical);
+        let mut best: Option<(usize, u64)> = None;
+        for (copy, block) in blocks.iter().enumerate() {
+            match meta::check(block, kind, logical, Some(format_id)) {
+                Ok(h) => {
+                    self.copies[logical as usize].seq[copy] = h.seq;
+                    if best.map_or(true, |(_, seq)| h.seq > seq) {
+                        best = Some((copy, h.seq));
+                    }
+                }
+                Err(meta::MetaError::Crc | meta::MetaError::Index { .. }) => self.damaged += 1,
+                Err(_) => {}
+            }
+        }
+        // Neither copy valid: the block was never written by this format (or its first
+        // write tore, and was never acknowledged): it is empty.
+        let Some((copy, _)) = best else { return Ok(()) };
+        let block = blocks[copy];
+        match kind {
+            Kind::Super => unreachable!("logical block {logical} is past the superblock"),
+            Kind::Volumes => self.take_volumes(logical - 1, block),
+            Kind::Slots => self.take_records(layout, logical - 1 - layout.volume_blocks, block),
+        }
+    }
+
+    fn take_volumes(&mut self, t: u64, block: &[u8]) -> Result<()> {
+        for slot in 0..ENTRIES_PER_BLOCK {
+            let pos = t as usize * ENTRIES_PER_BLOCK + slot;
+            let entry = VolumeEntry::decode(block, slot)
+                .map_err(|e| StoreError::Corrupt(format!("volume table entry {pos}: {e}")))?;
+            match self.table.get_mut(pos) {
+                Some(place) => *place = entry,
+                None if entry.is_none() => {}
+                None => return Err(StoreError::Corrupt(format!("volume table entry {pos} beyond {VOLUMES_MAX}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn take_records(&mut self, layout: &Layout, s: u64, block: &[u8]) -> Result<()> {
+        for slot in 0..RECORDS_PER_BLOCK {
+            let Some(record) = SlotRecord::decode(block, slot) else { continue };
+            let unit = s * RECORDS_PER_BLOCK as u64 + slot as u64;
+            if unit >= layout.data_units {
+                return Err(StoreError::Corrupt(format!("slot record at unit {unit} beyond the data region")));
+            }
+            self.records.push((unit, record));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, value: impl std::fmt::Display, allowed: impl Into<String>) -> StoreError {
+    StoreError::Invalid { field, value: value.to_string(), allowed: allowed.into() }
+}
+
+/// A volume's facts from its table entry; `None` when the entry is malformed.
+fn entry_info(e: &VolumeEntry) -> Option<VolumeInfo> {
+    let page_ok = (PAGE_SIZE_MIN.ilog2()..=PAGE_SIZE_MAX.ilog2()).contains(&u32::from(e.page_shift));
+    let block_ok = e.block_shift == 9 || e.block_shift == 12;
+    let pages_ok = (1..=PAGES_PER_VOLUME_MAX).contains(&e.num_pages);
+    (page_ok && block_ok && pages_ok && check_name(&e.name).is_ok()).then(|| VolumeInfo {
+        id: VolumeId(e.id),
+        name: e.name.clone(),
+        uuid: e.uuid,
+        nguid: e.nguid,
+        page_size: 1 << e.page_shift,
+        block_size: 1 << e.block_shift,
+        num_pages: e.num_pages,
+    })
+}
+
+/// The slot order of a page size.
+fn order_of(page_size: u64) -> u8 {
+    assert!(page_size.is_power_of_two() && (PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&page_size));
+    (page_size >> UNIT_SHIFT).ilog2() as u8
+}
+
+impl PageStore {
+    /// Opens the page store on `dev`, doing its metadata I/O through `qpair`.
+    /// Fails with [`StoreError::NotFormatted`] when the device has no valid superblock.
+    pub fn open(dev: &dyn BlockDevice, qpair: Box<dyn QueuePair>) -> Result<PageStore> {
+        let info = dev.info().clone();
+        check_device(&info)?;
+        let mut io = MetaIo::new(qpair, &info)?;
+        let (sb, copies) = read_superblock(&mut io)?.ok_or(StoreError::NotFormatted)?;
+        PageStore::load(info, io, sb, copies)
+    }
+
+    /// Formats `dev` as an empty page store of the group/peer `uuid`. Only the two
+    /// superblocks are written: blocks of an earlier format no longer count.
+    pub fn format(dev: &dyn BlockDevice, qpair: Box<dyn QueuePair>, uuid: [u8; 16]) -> Result<PageStore> {
+        let info = dev.info().clone();
+        check_device(&info)?;
+        let io = MetaIo::new(qpair, &info)?;
+        PageStore::format_with(info, io, uuid)
+    }
+
+    /// Opens the page store on `dev`, formatting it with a random uuid when it has none.
+    pub fn open_or_format(dev: &dyn BlockDevice, qpair: Box<dyn QueuePair>) -> Result<PageStore> {
+        let info = dev.info().clone();
+        check_device(&info)?;
+        let mut io = MetaIo::new(qpair, &info)?;
+        match read_superblock(&mut io)? {
+            Some((sb, copies)) => PageStore::load(info, io, sb, copies),
+            None => PageStore::format_with(info, io, meta::random_uuid()),
+        }
+    }
+
+    fn new(info: DeviceInfo, io: MetaIo, sb: Superblock) -> PageStore {
+        let layout = sb.layout;
+        PageStore {
+            info,
+            io,
+            copies: vec![Copies::default(); layout.logical_blocks() as usize],
+            table: vec![None; VOLUMES_MAX],
+            volumes: BTreeMap::new(),
+            records: BTreeMap::new(),
+            alloc: BuddyAllocator::new(layout.data_units),
+            quarantine: VecDeque::new(),
+            generation: 0,
+            failed: false,
+            layout,
+            sb,
+        }
+    }
+
+    fn format_with(info: DeviceInfo, io: MetaIo, uuid: [u8; 16]) -> Result<PageStore> {
+        let layout = Layout::for_device(info.size_bytes()).map_err(|e| StoreError::Device(e.to_string()))?;
+        let format_id = std::iter::repeat_with(meta::random_u64).find(|&f| f != 0).expect("endless");
+        let sb = Superblock {
+            format_id,
+            device_bytes: info.size_bytes(),
+            device_block_size: info.block_size,
+            layout,
+            uuid,
+            next_volume_id: 1,
+        };
+        let mut store = PageStore::new(info, io, sb);
+        store.write_superblock_pair()?;
+        tracing::info!(device = %store.info.name, ?layout, "page store formatted");
+        Ok(store)
+    }
+
+    /// Writes both superblock copies with sequence 1 in one request (format only): a
+    /// copy of an earlier format must not outlive this one.
+    fn write_superblock_pair(&mut self) -> Result<()> {
+        let mut buf = self.io.buf();
+        for copy in 0..2 {
+            let block = &mut buf.as_mut_slice()[copy * META_BLOCK_SIZE..][..META_BLOCK_SIZE];
+            self.sb.encode(block);
+            meta::seal(block, Kind::Super, Header { seq: 1, index: 0, format_id: self.sb.format_id });
+        }
+        let len = 2 * META_BLOCK_SIZE;
+        let req = self.io.request(Op::Write { fua: true }, 0, len as u64, 0, Some(buf.seg(0, len)));
+        // SAFETY: `buf` lives until after `run` returns.
+        let result = unsafe { self.io.run(&[req]) };
+        self.io.shard.put(buf);
+        result?[0].map_err(StoreError::Io)?;
+        self.copies[0] = Copies { seq: [1, 1] };
+        Ok(())
+    }
+
+    fn load(info: DeviceInfo, mut io: MetaIo, sb: Superblock, sb_copies: Copies) -> Result<PageStore> {
+        let layout = sb.layout;
+        layout
+            .validate(info.size_bytes())
+            .map_err(|e| StoreError::Device(format!("{e}; the device has {} bytes", info.size_bytes())))?;
+        let loaded = load_blocks(&mut io, &layout, sb.format_id)?;
+        if loaded.damaged > 0 {
+            tracing::info!(
+                copies = loaded.damaged,
+                "metadata copies damaged by interrupted writes; using the other copies"
+            );
+        }
+        let mut store = PageStore::new(info, io, sb);
+        store.copies = loaded.copies;
+        store.copies[0] = sb_copies;
+        store.rebuild(loaded.table, loaded.records)?;
+        tracing::info!(
+            device = %store.info.name,
+            volumes = store.volumes.len(),
+            slots = store.records.len(),
+            "page store opened"
+        );
+        Ok(store)
+    }
+
+    /// Builds volumes, page tables and free space from what open read, and finishes
+    /// what a crash interrupted (deletions, the next volume id).
+    fn rebuild(&mut self, table: Vec<Option<VolumeEntry>>, records: Vec<(u64, SlotRecord)>) -> Result<()> {
+        let mut deleting = BTreeSet::new();
+        let mut max_id = 0;
+        for (pos, entry) in table.iter().enumerate() {
+            let Some(e) = entry else { continue };
+            let info = entry_info(e).ok_or_else(|| StoreError::Corrupt(format!("volume table entry {pos}: {e:?}")))?;
+            if info.block_size < self.info.block_size {
+                return Err(StoreError::Device(format!(
+                    "volume {} has {}-byte blocks, below the device's {}",
+                    info.name, info.block_size, self.info.block_size
+                )));
+            }
+            let clash = self.volumes.values().any(|v| v.view.info.name == info.name);
+            if clash || self.volumes.contains_key(&info.id) {
+                return Err(StoreError::Corrupt(format!("volume {} ({}) appears twice", e.id, e.name)));
+            }
+            max_id = max_id.max(e.id);
+            match e.state {
+                VolumeState::Live => {}
+                VolumeState::Deleting => {
+                    deleting.insert(info.id);
+                }
+            }
+            let pages = Arc::new(PageTable::new(info.num_pages));
+            self.volumes.insert(info.id, Volume { pos, view: Arc::new(VolumeView { info, pages }) });
+        }
+        self.table = table;
+        let mut dirty = BTreeSet::new();
+        for (unit, record) in records {
+            let id = VolumeId(record.volume_id);
+            match self.volumes.get(&id) {
+                Some(_) if deleting.contains(&id) => {
+                    dirty.insert(self.layout.slot_block_of(unit));
+                }
+                Some(v) => {
+                    let view = v.view.clone();
+                    self.take_record(&view, unit, record)?;
+                }
+                None => {
+                    tracing::warn!(
+                        unit,
+                        volume = record.volume_id,
+                        "clearing the slot record of a volume that does not exist"
+                    );
+                    dirty.insert(self.layout.slot_block_of(unit));
+                }
+            }
+        }
+        // Finish deletions: the records first, then the entries.
+        self.write_blocks(&dirty.into_iter().collect::<Vec<_>>())?;
+        let mut table_dirty = BTreeSet::new();
+        for id in deleting {
+            let v = self.volumes.remove(&id).expect("collected above");
+            self.table[v.pos] = None;
+            table_dirty.insert(self.table_block(v.pos));
+            tracing::info!(volume = id.0, "finished deleting a volume");
+        }
+        self.write_blocks(&table_dirty.into_iter().collect::<Vec<_>>())?;
+        // A crash may have kept the entry of a new volume but not the superblock that
+        // counted it; an id must never come back.
+        let next = self.sb.next_volume_id.max(max_id.saturating_add(1));
+        if next != self.sb.next_volume_id {
+            self.sb.next_volume_id = next;
+            self.write_blocks(&[0])?;
+        }
+        Ok(())
+    }
+
+    /// Maps one slot found at open.
+    fn take_record(&mut self, view: &VolumeView, unit: u64, record: SlotRecord) -> Result<()> {
+        let order = order_of(view.info.page_size);
+        if record.order != order || record.page >= view.info.num_pages {
+            return Err(StoreError::Corrupt(format!("slot record at unit {unit} does not fit its volume: {record:?}")));
+        }
+        self.alloc
+            .mark_used(unit, order)
+            .map_err(|e| StoreError::Corrupt(format!("slot record at unit {unit}: {e}")))?;
+        if view.pages.get(record.page).is_some() {
+            return Err(StoreError::Corrupt(format!(
+                "page {} of volume {} has two slots",
+                record.page, record.volume_id
+            )));
+        }
+        view.pages.set(record.page, self.layout.unit_offset(unit));
+        self.records.insert(unit, record);
+        Ok(())
+    }
+
+    fn table_block(&self, pos: usize) -> u64 {
+        self.layout.volume_block((pos / ENTRIES_PER_BLOCK) as u64)
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.failed {
+            return Err(StoreError::Failed);
+        }
+        Ok(())
+    }
+
+    /// Fills `block` with the current contents of logical block `logical` (the header
+    /// is sealed afterwards).
+    fn encode_block(&self, logical: u64, block: &mut [u8]) {
+        block.fill(0);
+        match self.layout.kind(logical) {
+            Kind::Super => self.sb.encode(block),
+            Kind::Volumes => {
+                let first = (logical - 1) as usize * ENTRIES_PER_BLOCK;
+                for slot in 0..ENTRIES_PER_BLOCK {
+                    VolumeEntry::encode(self.table.get(first + slot).and_then(Option::as_ref), block, slot);
+                }
+            }
+            Kind::Slots => {
+                let first = (logical - 1 - self.layout.volume_blocks) * RECORDS_PER_BLOCK as u64;
+                for (&unit, record) in self.records.range(first..first + RECORDS_PER_BLOCK as u64) {
+                    SlotRecord::encode(Some(record), block, (unit - first) as usize);
+                }
+            }
+        }
+    }
+
+    /// Persists the current contents of the given logical blocks: each goes to its
+    /// older copy with the next sequence number, with FUA, all in one batch (group
+    /// commit). A failure leaves the device's state unknown and fails the store.
+    fn write_blocks(&mut self, logical: &[u64]) -> Result<()> {
+        self.check_alive()?;
+        debug_assert!(logical.iter().collect::<BTreeSet<_>>().len() == logical.len(), "duplicate blocks");
+        let per_buf = self.io.buf_bytes / META_BLOCK_SIZE;
+        for wave in logical.chunks(per_buf * META_BUFS) {
+            let mut bufs: Vec<DmaBuf> = (0..wave.len().div_ceil(per_buf)).map(|_| self.io.buf()).collect();
+            let mut reqs = Vec::with_capacity(wave.len());
+            let mut targets = Vec::with_capacity(wave.len());
+            for (i, &l) in wave.iter().enumerate() {
+                let off = (i % per_buf) * META_BLOCK_SIZE;
+                let (copy, seq) = self.copies[l as usize].next();
+                let block = &mut bufs[i / per_buf].as_mut_slice()[off..off + META_BLOCK_SIZE];
+                self.encode_block(l, block);
+                meta::seal(block, self.layout.kind(l), Header { seq, index: l, format_id: self.sb.format_id });
+                let seg = bufs[i / per_buf].seg(off, META_BLOCK_SIZE);
+                let at = self.layout.offset(l, copy);
+                reqs.push(self.io.request(Op::Write { fua: true }, at, META_BLOCK_SIZE as u64, 0, Some(seg)));
+                targets.push((l as usize, copy, seq));
+            }
+            // SAFETY: the buffers stay in `bufs` until after `run` returns.
+            let results = unsafe { self.io.run(&reqs) };
+            for buf in bufs {
+                self.io.shard.put(buf);
+            }
+            let results = results.inspect_err(|_| self.failed = true)?;
+            let mut first_error = None;
+            for ((l, copy, seq), result) in targets.into_iter().zip(results) {
+                match result {
+                    Ok(()) => self.copies[l].seq[copy] = seq,
+                    Err(e) => {
+                        self.copies[l].seq[copy] = 0;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                self.failed = true;
+                tracing::error!(error = %e, "metadata write failed; the page store stops");
+                return Err(StoreError::Io(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a volume of `size_bytes` (rounded up to whole pages; the returned view
+    /// says the actual size) with pages of `page_size` and logical blocks of
+    /// `block_size`. Takes no space until pages are written.
+    pub fn create_volume(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        page_size: u64,
+        block_size: u32,
+    ) -> Result<Arc<VolumeView>> {
+        self.check_alive()?;
+        check_name(name).map_err(|e| invalid("name", format!("{name:?}"), e))?;
+        if self.volume_by_name(name).is_some() {
+            return Err(StoreError::NameTaken(name.to_owned()));
+        }
+        if !page_size.is_power_of_two() || !(PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&page_size) {
+            return Err(invalid(
+                "page_size",
+                page_size,
+                format!("a power of two from {PAGE_SIZE_MIN} (64 KiB) to {PAGE_SIZE_MAX} (1 GiB)"),
+            ));
+        }
+        let device_block = self.info.block_size;
+        if !(block_size == 512 || block_size == 4096) || block_size < device_block {
+            return Err(invalid(
+                "block_size",
+                block_size,
+                format!("512 or 4096, and at least the device's block size {device_block}"),
+            ));
+        }
+        let num_pages = size_to_pages(size_bytes, page_size, block_size)?;
+        let pos = self.table.iter().position(Option::is_none).ok_or(StoreError::TooManyVolumes)?;
+        let id = self.sb.next_volume_id;
+        let next = id.checked_add(1).ok_or(StoreError::TooManyVolumes)?;
+        let (uuid, nguid) = meta::derive_ids(&self.sb.uuid, id);
+        let entry = VolumeEntry {
+            id,
+            state: VolumeState::Live,
+            name: name.to_owned(),
+            page_shift: page_size.ilog2() as u8,
+            block_shift: block_size.ilog2() as u8,
+            num_pages,
+            uuid,
+            nguid,
+        };
+        let info = entry_info(&entry).expect("validated above");
+        self.table[pos] = Some(entry);
+        self.sb.next_volume_id = next;
+        // The entry goes before the superblock; if only the entry lands, open derives
+        // the next id from it.
+        self.write_blocks(&[self.table_block(pos), 0])?;
+        let view = Arc::new(VolumeView { info, pages: Arc::new(PageTable::new(num_pages)) });
+        self.volumes.insert(VolumeId(id), Volume { pos, view: view.clone() });
+        tracing::info!(volume = id, name, size_bytes = view.info.size_bytes(), page_size, "volume created");
+        Ok(view)
+    }
+
+    /// Grows a volume to `size_bytes` (rounded up to whole pages). The new view has a
+    /// new page table with the old one's entries; the caller hands it to the reactors
+    /// before allocating pages for them (the old table gets no new entries).
+    pub fn grow_volume(&mut self, id: VolumeId, size_bytes: u64) -> Result<Arc<VolumeView>> {
+        self.check_alive()?;
+        let v = self.volumes.get(&id).ok_or(StoreError::NoSuchVolume(id))?;
+        let old = v.view.info.clone();
+        let num_pages = size_to_pages(size_bytes, old.page_size, old.block_size)?;
+        if num_pages < old.num_pages {
+            return Err(invalid("size_bytes", size_bytes, format!("at least the current size {}", old.size_bytes())));
+        }
+        if num_pages == old.num_pages {
+            return Ok(v.view.clone());
+        }
+        let pos = v.pos;
+        self.table[pos].as_mut().expect("live volume has an entry").num_pages = num_pages;
+        self.write_blocks(&[self.table_block(pos)])?;
+        let v = self.volumes.get_mut(&id).expect("checked above");
+        let pages = Arc::new(v.view.pages.grown(num_pages));
+        v.view = Arc::new(VolumeView { info: VolumeInfo { num_pages, ..old }, pages });
+        assert_eq!(v.view.pages.len(), num_pages);
+        Ok(v.view.clone())
+    }
+
+    /// Deletes a volume: marks it deleting, frees its slots (into quarantine, under
+    /// the returned generation), then removes its entry. A crash in between is
+    /// finished at the next open.
+    pub fn delete_volume(&mut self, id: VolumeId) -> Result<u64> {
+        self.check_alive()?;
+        let v = self.volumes.get(&id).ok_or(StoreError::NoSuchVolume(id))?;
+        let (pos, view) = (v.pos, v.view.clone());
+        self.table[pos].as_mut().expect("live volume has an entry").state = VolumeState::Deleting;
+        self.write_blocks(&[self.table_block(pos)])?;
+        let units: Vec<u64> = self.records.iter().filter(|(_, r)| r.volume_id == id.0).map(|(&u, _)| u).collect();
+        let generation = self.unmap(&view, &units)?;
+        self.table[pos] = None;
+        self.write_blocks(&[self.table_block(pos)])?;
+        self.volumes.remove(&id);
+        assert!(view.pages.allocated() == 0);
+        tracing::info!(volume = id.0, slots = units.len(), "volume deleted");
+        Ok(generation)
+    }
+
+    /// Clears the records of `units` (slots of `view`'s volume) on the device, then the
+    /// page table, then quarantines the slots under a new generation.
+    fn unmap(&mut self, view: &VolumeView, units: &[u64]) -> Result<u64> {
+        let mut dirty = BTreeSet::new();
+        let mut freed = Vec::with_capacity(units.len());
+        for &unit in units {
+            let record = self.records.remove(&unit).expect("unit holds a slot");
+            assert_eq!(record.volume_id, view.info.id.0);
+            dirty.insert(self.layout.slot_block_of(unit));
+            freed.push((unit, record));
+        }
+        self.write_blocks(&dirty.into_iter().collect::<Vec<_>>())?;
+        self.generation += 1;
+        for (unit, record) in freed {
+            assert_eq!(view.pages.get(record.page), Some(self.layout.unit_offset(unit)));
+            view.pages.clear(record.page);
+            self.quarantine.push_back(Quarantined { generation: self.generation, unit, order: record.order });
+        }
+        Ok(self.generation)
+    }
+
+    fn check_page(&self, volume: VolumeId, page: u64) -> Result<Arc<VolumeView>> {
+        let v = self.volumes.get(&volume).ok_or(StoreError::NoSuchVolume(volume))?;
+        let num_pages = v.view.info.num_pages;
+        if page >= num_pages {
+            return Err(StoreError::PageOutOfRange { volume, page, num_pages });
+        }
+        Ok(v.view.clone())
+    }
+
+    /// Gives each requested page a slot: returns, per request, the slot's device byte
+    /// offset (the page's existing slot if it has one) or why not. New slots are
+    /// zeroed and flushed before their records are written, and the page table is set
+    /// only after that.
+    pub fn allocate_pages(&mut self, requests: &[(VolumeId, u64)]) -> Vec<Result<u64>> {
+        let mut results: Vec<Option<Result<u64>>> = vec![None; requests.len()];
+        let mut fresh: Vec<Fresh> = Vec::new();
+        let mut owners: Vec<(usize, usize)> = Vec::new(); // (request, fresh)
+        let mut seen: HashMap<(VolumeId, u64), usize> = HashMap::new();
+        for (i, &(volume, page)) in requests.iter().enumerate() {
+            let view = match self.check_alive().and_then(|()| self.check_page(volume, page)) {
+                Ok(view) => view,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            if let Some(offset) = view.pages.get(page) {
+                results[i] = Some(Ok(offset));
+            } else if let Some(&f) = seen.get(&(volume, page)) {
+                owners.push((i, f));
+            } else {
+                let order = order_of(view.info.page_size);
+                match self.alloc.allocate(order) {
+                    Some(unit) => {
+                        seen.insert((volume, page), fresh.len());
+                        owners.push((i, fresh.len()));
+                        fresh.push(Fresh { volume, page, unit, order, error: None });
+                    }
+                    None => results[i] = Some(Err(StoreError::NoSpace { slot_bytes: view.info.page_size })),
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let outcome = self.map_fresh(&mut fresh);
+            for (i, f) in owners {
+                let slot = &fresh[f];
+                results[i] = Some(match (&outcome, slot.error) {
+                    (Err(e), _) => Err(e.clone()),
+                    (Ok(()), Some(e)) => Err(StoreError::Io(e)),
+                    (Ok(()), None) => Ok(self.layout.unit_offset(slot.unit)),
+                });
+            }
+        }
+        results.into_iter().map(|r| r.expect("every request answered")).collect()
+    }
+
+    /// Zeroes, flushes, persists and maps the new slots of a batch. A slot whose zeroing
+    /// failed gets its error and goes back to the allocator.
+    fn map_fresh(&mut self, fresh: &mut [Fresh]) -> Result<()> {
+        let mut reqs = Vec::with_capacity(fresh.len() + 1);
+        let mut owner = Vec::with_capacity(fresh.len());
+        for (f, slot) in fresh.iter().enumerate() {
+            let slot_bytes = UNIT_BYTES << slot.order;
+            let piece = slot_bytes.min(ZEROES_BYTES_MAX);
+            let start = self.layout.unit_offset(slot.unit);
+            for k in 0..slot_bytes / piece {
+                reqs.push(self.io.request(Op::WriteZeroes, start + k * piece, piece, 0, None));
+                owner.push(f);
+            }
+        }
+        reqs.push(self.io.request(Op::Flush, 0, 0, 0, None));
+        // SAFETY: none of these requests carries memory.
+        let results = match unsafe { self.io.run(&reqs) } {
+            Ok(results) => results,
+            Err(e) => {
+                self.give_back(fresh.iter());
+                return Err(e);
+            }
+        };
+        let flushed = results[reqs.len() - 1];
+        for (&f, result) in owner.iter().zip(&results) {
+            if let Err(e) = result.and(flushed) {
+                fresh[f].error.get_or_insert(e);
+            }
+        }
+        self.give_back(fresh.iter().filter(|f| f.error.is_some()));
+        let mut dirty = BTreeSet::new();
+        for slot in fresh.iter().filter(|f| f.error.is_none()) {
+            let record = SlotRecord { volume_id: slot.volume.0, order: slot.order, flags: 0, page: slot.page };
+            let previous = self.records.insert(slot.unit, record);
+            assert!(previous.is_none(), "unit {} handed out twice", slot.unit);
+            dirty.insert(self.layout.slot_block_of(slot.unit));
+        }
+        self.write_blocks(&dirty.into_iter().collect::<Vec<_>>())?;
+        for slot in fresh.iter().filter(|f| f.error.is_none()) {
+            let pages = &self.volumes[&slot.volume].view.pages;
+            assert!(pages.get(slot.page).is_none());
+            pages.set(slot.page, self.layout.unit_offset(slot.unit));
+        }
+        Ok(())
+    }
+
+    fn give_back<'a>(&mut self, slots: impl Iterator<Item = &'a Fresh>) {
+        for slot in slots {
+            self.alloc.free(slot.unit, slot.order);
+        }
+    }
+
+    /// Unmaps the given pages (unmapped ones are skipped): the cleared records are
+    /// persisted first, then the page tables cleared; the slots wait in quarantine
+    /// under the returned generation until [`PageStore::release_quarantine`].
+    /// Validates every request before changing anything.
+    pub fn free_pages(&mut self, pages: &[(VolumeId, u64)]) -> Result<u64> {
+        self.check_alive()?;
+        let mut by_volume: BTreeMap<VolumeId, (Arc<VolumeView>, BTreeSet<u64>)> = BTreeMap::new();
+        for &(volume, page) in pages {
+            let view = self.check_page(volume, page)?;
+            if let Some(offset) = view.pages.get(page) {
+                by_volume
+                    .entry(volume)
+                    .or_insert_with(|| (view, BTreeSet::new()))
+                    .1
+                    .insert(self.layout.unit_at(offset));
+            }
+        }
+        let mut dirty = BTreeSet::new();
+        let mut freed = Vec::new();
+        for (view, units) in by_volume.values() {
+            for &unit in units {
+                let record = self.records.remove(&unit).expect("mapped page has a record");
+                assert_eq!(record.volume_id, view.info.id.0);
+                dirty.insert(self.layout.slot_block_of(unit));
+                freed.push((view.clone(), unit, record));
+            }
+        }
+        self.write_blocks(&dirty.into_iter().collect::<Vec<_>>())?;
+        self.generation += 1;
+        for (view, unit, record) in freed {
+            view.pages.clear(record.page);
+            self.quarantine.push_back(Quarantined { generation: self.generation, unit, order: record.order });
+        }
+        Ok(self.generation)
+    }
+
+    /// Returns the slots freed under generations up to `generation` to the allocator
+    /// (call once no reactor can still address them); returns how many.
+    pub fn release_quarantine(&mut self, generation: u64) -> usize {
+        let mut released = 0;
+        while let Some(q) = self.quarantine.front().copied().filter(|q| q.generation <= generation) {
+            self.quarantine.pop_front();
+            self.alloc.free(q.unit, q.order);
+            released += 1;
+        }
+        released
+    }
+
+    /// Slots waiting in quarantine.
+    pub fn quarantined(&self) -> usize {
+        self.quarantine.len()
+    }
+
+    /// Every volume, by id.
+    pub fn volumes(&self) -> Vec<Arc<VolumeView>> {
+        self.volumes.values().map(|v| v.view.clone()).collect()
+    }
+
+    /// The volume with id `id`.
+    pub fn volume(&self, id: VolumeId) -> Option<Arc<VolumeView>> {
+        self.volumes.get(&id).map(|v| v.view.clone())
+    }
+
+    /// The volume named `name`.
+    pub fn volume_by_name(&self, name: &str) -> Option<Arc<VolumeView>> {
+        self.volumes.values().find(|v| v.view.info.name == name).map(|v| v.view.clone())
+    }
+
+    /// Space in the data region.
+    pub fn capacity(&self) -> Capacity {
+        let total_bytes = self.layout.data_units * UNIT_BYTES;
+        let free_bytes = self.alloc.free_units() * UNIT_BYTES;
+        Capacity { total_bytes, used_bytes: total_bytes - free_bytes, free_bytes }
+    }
+
+    /// The group/peer uuid given at format.
+    pub fn uuid(&self) -> [u8; 16] {
+        self.sb.uuid
+    }
+
+    /// Where everything is on the device.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// True once a metadata write has failed (every change is refused until reopen).
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+}
+
+/// Pages of a volume of `size_bytes`; the size must be a positive multiple of the
+/// block size and hold at most [`PAGES_PER_VOLUME_MAX`] pages.
+fn size_to_pages(size_bytes: u64, page_size: u64, block_size: u32) -> Result<u64> {
+    let max = PAGES_PER_VOLUME_MAX * page_size;
+    if size_bytes == 0 || size_bytes % u64::from(block_size) != 0 || size_bytes > max {
+        return Err(invalid(
+            "size_bytes",
+            size_bytes,
+            format!("a positive multiple of the block size {block_size}, at most {max} ({PAGES_PER_VOLUME_MAX} pages)"),
+        ));
+    }
+    Ok(size_bytes.div_ceil(page_size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quire_drivers::ram::RamDevice;
+    use quire_drivers::{Completion, DmaSeg};
+    use std::sync::Mutex;
+
+    const MIB: u64 = 1 << 20;
+    const SYNC_TAG: u64 = u64::MAX;
+
+    fn qp(dev: &dyn BlockDevice) -> Box<dyn QueuePair> {
+        dev.create_qpair(QPAIR_DEPTH).unwrap()
+    }
+
+    fn format(dev: &dyn BlockDevice) -> PageStore {
+        PageStore::format(dev, qp(dev), [7; 16]).unwrap()
+    }
+
+    fn reopen(dev: &dyn BlockDevice) -> PageStore {
+        PageStore::open(dev, qp(dev)).unwrap()
+    }
+
+    fn allocate(store: &mut PageStore, requests: &[(VolumeId, u64)]) -> Vec<u64> {
+        store.allocate_pages(requests).into_iter().map(|r| r.unwrap()).collect()
+    }
+
+    /// One synchronous request over `buf` (test-side I/O: slot contents, patterns).
+    fn sync_io(qp: &mut dyn QueuePair, op: Op, lba: u64, buf: &mut [u8], block: u64, stash: &mut VecDeque<Completion>) {
+        let seg = DmaSeg { addr: buf.as_mut_ptr(), iova: buf.as_ptr() as u64, len: buf.len() as u32 };
+        let req = IoRequest::with_segs(op, lba, (buf.len() as u64 / block) as u32, SYNC_TAG, &[seg]);
+        // SAFETY: `buf` stays borrowed until the completion is polled below.
+        unsafe { qp.submit(&req) }.expect("test queue pair has room");
+        qp.kick();
+        let mut done = false;
+        while !done {
+            qp.poll(usize::MAX, &mut |c| {
+                if c.tag == SYNC_TAG {
+                    assert_eq!(c.result, Ok(()));
+                    done = true;
+                } else {
+                    stash.push_back(c);
+                }
+            });
+        }
+    }
+
+    /// When the power goes out: at write number `at` (counting Write, WriteZeroes and
+    /// Deallocate from 0); that write is torn (only its first half of bytes lands) or
+    /// dropped, and every later one is dropped.
+    #[derive(Clone, Copy, Debug)]
+    struct Plan {
+        at: u64,
+        tear: bool,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Fate {
+        Apply,
+        Tear,
+        Drop,
+    }
+
+    struct CrashState {
+        writes: u64,
+        /// Read requests submitted by users of the device.
+        reads: u64,
+        plan: Option<Plan>,
+        /// Model a volatile write cache that loses every write not made durable by a
+        /// Flush or FUA before the crash.
+        lose_unflushed: bool,
+        /// The durable contents of every block written since the last Flush without
+        /// FUA (what the block reverts to when the cache is lost).
+        undo: BTreeMap<u64, Vec<u8>>,
+    }
+
+    impl CrashState {
+        fn crashed(&self) -> bool {
+            self.plan.is_some_and(|p| self.writes > p.at)
+        }
+    }
+
+    /// A RAM device that crashes as planned. After [`CrashDevice::crash`] it is a plain
+    /// device again holding what survived, for the reopen.
+    struct CrashDevice {
+        inner: RamDevice,
+        info: DeviceInfo,
+        state: Arc<Mutex<CrashState>>,
+    }
+
+    impl CrashDevice {
+        fn new(size: u64, block: u32, plan: Option<Plan>, lose_unflushed: bool) -> CrashDevice {
+            let inner = RamDevice::new(size, block).unwrap();
+            let info = DeviceInfo { name: "crash".into(), volatile_write_cache: true, ..inner.info().clone() };
+            let state = CrashState { writes: 0, reads: 0, plan, lose_unflushed, undo: BTreeMap::new() };
+            CrashDevice { inner, info, state: Arc::new(Mutex::new(state)) }
+        }
+
+        fn writes(&self) -> u64 {
+            self.state.lock().unwrap().writes
+        }
+
+        /// The power goes out now (if it has not already): the volatile cache is lost
+        /// when so planned, and the device serves what remains from now on.
+        fn crash(&self) {
+            let mut st = self.state.lock().unwrap();
+            let undo = std::mem::take(&mut st.undo);
+            if st.lose_unflushed {
+                let mut q = self.inner.create_qpair(4).unwrap();
+                for (lba, mut pre) in undo {
+                    sync_io(
+                        &mut *q,
+                        Op::Write { fua: true },
+                        lba,
+                        &mut pre,
+                        u64::from(self.info.block_size),
+                        &mut VecDeque::new(),
+                    );
+                }
+            }
+            st.plan = None;
+            st.lose_unflushed = false;
+        }
+    }
+
+    impl BlockDevice for CrashDevice {
+        fn info(&self) -> &DeviceInfo {
+            &self.info
+        }
+
+        fn create_qpair(&self, depth: u32) -> std::io::Result<Box<dyn QueuePair>> {
+            Ok(Box::new(CrashQueuePair {
+                inner: self.inner.create_qpair(depth + 4)?,
+                state: self.state.clone(),
+                block: u64::from(self.info.block_size),
+                depth,
+                stash: VecDeque::new(),
+            }))
+        }
+    }
+
+    struct CrashQueuePair {
+        inner: Box<dyn QueuePair>,
+        state: Arc<Mutex<CrashState>>,
+        block: u64,
+        depth: u32,
+        stash: VecDeque<Completion>,
+    }
+
+    impl CrashQueuePair {
+        fn read(&mut self, lba: u64, blocks: u32) -> Vec<u8> {
+            let mut v = vec![0; (u64::from(blocks) * self.block) as usize];
+            sync_io(&mut *self.inner, Op::Read, lba, &mut v, self.block, &mut self.stash);
+            v
+        }
+    }
+
+    impl QueuePair for CrashQueuePair {
+        unsafe fn submit(&mut self, req: &IoRequest) -> std::result::Result<(), SubmitError> {
+            if self.outstanding() >= self.depth {
+                return Err(SubmitError::QueueFull);
+            }
+            let state = self.state.clone();
+            let mut st = state.lock().unwrap();
+            let fate = match req.op {
+                Op::Read => {
+                    st.reads += 1;
+                    Fate::Apply
+                }
+                Op::Flush => {
+                    if !st.crashed() {
+                        st.undo.clear();
+                    }
+                    Fate::Apply
+                }
+                Op::Write { .. } | Op::WriteZeroes | Op::Deallocate => {
+                    let k = st.writes;
+                    st.writes += 1;
+                    match st.plan {
+                        None => Fate::Apply,
+                        Some(p) if k < p.at => Fate::Apply,
+                        Some(p) if k == p.at && p.tear => Fate::Tear,
+                        Some(_) => Fate::Drop,
+                    }
+                }
+            };
+            if fate != Fate::Drop && st.lose_unflushed && !matches!(req.op, Op::Read | Op::Flush) {
+                let blocks = req.lba..req.lba + u64::from(req.num_blocks);
+                if matches!(req.op, Op::Write { fua: true }) {
+                    // Durable now: it supersedes any cached write to the same blocks.
+                    blocks.for_each(|b| drop(st.undo.remove(&b)));
+                } else {
+                    let pre = self.read(req.lba, req.num_blocks);
+                    for (b, bytes) in blocks.zip(pre.chunks_exact(self.block as usize)) {
+                        st.undo.entry(b).or_insert_with(|| bytes.to_vec());
+                    }
+                }
+            }
+            match fate {
+                // SAFETY: forwarded under our caller's contract.
+                Fate::Apply => unsafe { self.inner.submit(req) },
+                Fate::Drop => {
+                    self.stash.push_back(Completion { tag: req.tag, result: Ok(()) });
+                    Ok(())
+                }
+                Fate::Tear => {
+                    let mut image = self.read(req.lba, req.num_blocks);
+                    let half = image.len() / 2;
+                    if matches!(req.op, Op::Write { .. }) {
+                        let mut pos = 0;
+                        for seg in req.segs() {
+                            let n = (seg.len as usize).min(half.saturating_sub(pos));
+                            // SAFETY: the caller keeps the segment valid until completion.
+                            let src = unsafe { std::slice::from_raw_parts(seg.addr, n) };
+                            image[pos..pos + n].copy_from_slice(src);
+                            pos += seg.len as usize;
+                        }
+                    } else {
+                        image[..half].fill(0);
+                    }
+                    sync_io(
+                        &mut *self.inner,
+                        Op::Write { fua: true },
+                        req.lba,
+                        &mut image,
+                        self.block,
+                        &mut self.stash,
+                    );
+                    self.stash.push_back(Completion { tag: req.tag, result: Ok(()) });
+                    Ok(())
+                }
+            }
+        }
+
+        fn kick(&mut self) {
+            self.inner.kick();
+        }
+
+        fn poll(&mut self, max: usize, on_complete: &mut dyn FnMut(Completion)) -> usize {
+            let mut n = 0;
+            while n < max {
+                let Some(c) = self.stash.pop_front() else { break };
+                on_complete(c);
+                n += 1;
+            }
+            n + self.inner.poll(max - n, on_complete)
+        }
+
+        fn outstanding(&self) -> u32 {
+            self.inner.outstanding() + self.stash.len() as u32
+        }
+    }
+
+    /// What the store says it holds: volumes (name, pages) and mapped pages by id.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    struct State {
+        volumes: BTreeMap<u32, (String, u64)>,
+        maps: BTreeMap<(u32, u64), u64>,
+    }
+
+    fn state_of(store: &PageStore) -> State {
+        let mut s = State::default();
+        for v in store.volumes() {
+            s.volumes.insert(v.info.id.0, (v.info.name.clone(), v.info.num_pages));
+            for p in 0..v.info.num_pages {
+                if let Some(off) = v.pages.get(p) {
+                    s.maps.insert((v.info.id.0, p), off);
+                }
+            }
+        }
+        s
+    }
+
+    fn tag(volume: u32, page: u64) -> u64 {
+        1 << 63 | u64::from(volume) << 32 | page
+    }
+
+    /// Writes `volume`/`page`'s tag over the first and last 4 KiB of its slot, as a
+    /// host write would (FUA: acknowledged means durable).
+    fn write_pattern(q: &mut dyn QueuePair, block: u64, slot: u64, slot_bytes: u64, volume: u32, page: u64) {
+        let mut buf: Vec<u8> = tag(volume, page).to_le_bytes().repeat(512);
+        for at in [slot, slot + slot_bytes - 4096] {
+            sync_io(q, Op::Write { fua: true }, at / block, &mut buf, block, &mut VecDeque::new());
+        }
+    }
+
+    /// Every word of every mapped slot is zero or the page's own tag: no page ever
+    /// shows another page's (or a freed page's) data.
+    fn check_slot_contents(dev: &dyn BlockDevice, store: &PageStore) {
+        let block = u64::from(dev.info().block_size);
+        let mut q = qp(dev);
+        for v in store.volumes() {
+            let mut buf = vec![0u8; v.info.page_size as usize];
+            for p in 0..v.info.num_pages {
+                let Some(off) = v.pages.get(p) else { continue };
+                sync_io(&mut *q, Op::Read, off / block, &mut buf, block, &mut VecDeque::new());
+                let want = tag(v.info.id.0, p);
+                for w in buf.chunks_exact(8) {
+                    let w = u64::from_le_bytes(w.try_into().unwrap());
+                    assert!(w == 0 || w == want, "page {p} of volume {} holds {w:#x}", v.info.id.0);
+                }
+            }
+        }
+    }
+
+    /// No two mapped slots overlap, and free space is what the slots leave.
+    fn check_slots_disjoint(store: &PageStore) {
+        let mut slots: Vec<(u64, u64)> = Vec::new();
+        for v in store.volumes() {
+            slots.extend((0..v.info.num_pages).filter_map(|p| v.pages.get(p)).map(|o| (o, o + v.info.page_size)));
+        }
+        slots.sort_unstable();
+        for w in slots.windows(2) {
+            assert!(w[0].1 <= w[1].0, "slots {:?} and {:?} overlap", w[0], w[1]);
+        }
+        let used: u64 = slots.iter().map(|(a, b)| b - a).sum();
+        let cap = store.capacity();
+        assert_eq!(cap.used_bytes, used + store.quarantine.iter().map(|q| UNIT_BYTES << q.order).sum::<u64>());
+        assert_eq!(cap.free_bytes + cap.used_bytes, cap.total_bytes);
+    }
+
+    #[test]
+    fn format_open_round_trip() {
+        let dev = RamDevice::new(64 * MIB, 512).unwrap();
+        assert_eq!(PageStore::open(&dev, qp(&dev)).unwrap_err(), StoreError::NotFormatted);
+        let store = format(&dev);
+        let cap = store.capacity();
+        assert_eq!(cap.total_bytes, 64 * MIB - store.layout().data_offset);
+        assert_eq!((cap.used_bytes, cap.free_bytes), (0, cap.total_bytes));
+        drop(store);
+        let store = reopen(&dev);
+        assert_eq!(store.uuid(), [7; 16]);
+        assert_eq!(store.capacity(), cap);
+        assert!(store.volumes().is_empty());
+
+        let blank = RamDevice::new(64 * MIB, 4096).unwrap();
+        let uuid = PageStore::open_or_format(&blank, qp(&blank)).unwrap().uuid();
+        assert_eq!(PageStore::open_or_format(&blank, qp(&blank)).unwrap().uuid(), uuid);
+        assert_eq!(uuid[6] >> 4, 4, "a random v4 uuid");
+
+        let tiny = RamDevice::new(2 * MIB, 512).unwrap();
+        assert!(matches!(PageStore::format(&tiny, qp(&tiny), [1; 16]), Err(StoreError::Device(_))));
+    }
+
+    #[test]
+    fn reformat_forgets_the_old_volumes() {
+        let dev = RamDevice::new(64 * MIB, 512).unwrap();
+        let mut store = format(&dev);
+        let v = store.create_volume("old", MIB, 64 << 10, 512).unwrap();
+        allocate(&mut store, &[(v.info.id, 0)]);
+        // Bump the sequence numbers well above what the new format starts with.
+        for i in 0..5 {
+            store.grow_volume(v.info.id, MIB * (2 + i)).unwrap();
+        }
+        drop(store);
+        drop(PageStore::format(&dev, qp(&dev), [9; 16]).unwrap());
+        let store = reopen(&dev);
+        assert_eq!(store.uuid(), [9; 16]);
+        assert!(store.volumes().is_empty());
+        assert_eq!(store.capacity().used_bytes, 0);
+    }
+
+    #[test]
+    fn volumes_survive_reopen() {
+        let dev = RamDevice::new(64 * MIB, 512).unwrap();
+        let mut store = format(&dev);
+        let a = store.create_volume("a", 10 * MIB + 512, 4 * MIB, 512).unwrap();
+        assert_eq!((a.info.num_pages, a.info.size_bytes()), (3, 12 * MIB), "rounded up to whole pages");
+        let b = store.create_volume("b", 1 << 40, 1 << 30, 4096).unwrap();
+        let c = store.create_volume("c", MIB, 64 << 10, 4096).unwrap();
+        assert_eq!((a.info.id, b.info.id, c.info.id), (VolumeId(1), VolumeId(2), VolumeId(3)));
+        assert_ne!(a.info.uuid, b.info.uuid);
+        assert_ne!(a.info.uuid, a.info.nguid);
+        let grown = store.grow_volume(a.info.id, 20 * MIB).unwrap();
+        assert_eq!(grown.info.num_pages, 5);
+        assert_eq!(store.grow_volume(a.info.id, 20 * MIB).unwrap().pages.len(), 5);
+        store.delete_volume(c.info.id).unwrap();
+        assert!(matches!(store.grow_volume(c.info.id, MIB), Err(StoreError::NoSuchVolume(_))));
+        let before: Vec<VolumeInfo> = store.volumes().iter().map(|v| v.info.clone()).collect();
+        drop(store);
+
+        let mut store = reopen(&dev);
+        let after: Vec<VolumeInfo> = store.volumes().iter().map(|v| v.info.clone()).collect();
+        assert_eq!(after, before);
+        assert_eq!(store.volume_by_name("b").unwrap().info.size_bytes(), 1 << 40);
+        assert!(store.volume_by_name("c").is_none());
+        // Ids are never reused, even after the highest one was deleted and reopened.
+        assert_eq!(store.create_volume("c", MIB, 64 << 10, 4096).unwrap().info.id, VolumeId(4));
+        assert_eq!(store.create_volume("a", MIB, 64 << 10, 4096).unwrap_err(), StoreError::NameTaken("a".into()));
+    }
+
+    #[test]
+    fn pages_survive_reopen_with_the_same_slots() {
+        let dev = RamDevice::new(64 * MIB, 4096).unwrap();
+        let mut store = format(&dev);
+        let a = store.create_volume("a", 16 * MIB, MIB, 4096).unwrap().info.id;
+        let b = store.create_volume("b", 16 * MIB, 64 << 10, 4096).unwrap().info.id;
+        let slots = allocate(&mut store, &[(a, 3), (b, 0), (a, 0), (b, 200), (a, 3)]);
+        assert_eq!(slots[0], slots[4], "a page asked twice gets one slot");
+        assert_eq!(allocate(&mut store, &[(a, 3)]), vec![slots[0]], "allocation is idempotent");
+        assert_eq!(slots[0] % MIB, store.layout().data_offset % MIB, "slots are size-aligned");
+        check_slots_disjoint(&store);
+        let used = store.capacity().used_bytes;
+        assert_eq!(used, 2 * MIB + 2 * (64 << 10));
+        let gen = store.free_pages(&[(b, 0), (b, 1)]).unwrap();
+        assert_eq!(store.volume(b).unwrap().pages.get(0), None);
+        assert_eq!(store.quarantined(), 1);
+        assert_eq!(store.capacity().used_bytes, used, "quarantined slots are not free yet");
+        let fresh = allocate(&mut store, &[(b, 5)]);
+        assert_ne!(fresh[0], slots[1], "a quarantined slot is not handed out");
+        assert_eq!(store.release_quarantine(gen - 1), 0);
+        assert_eq!(store.release_quarantine(gen), 1);
+        let state = state_of(&store);
+        let cap = store.capacity();
+        drop(store);
+
+        let store = reopen(&dev);
+        assert_eq!(state_of(&store), state);
+        assert_eq!(store.capacity(), cap);
+        check_slots_disjoint(&store);
+    }
+
+    #[test]
+    fn no_space_is_reported_per_page() {
+        let dev = RamDevice::new(4 * MIB, 512).unwrap();
+        let mut store = format(&dev);
+        let units = store.layout().data_units;
+        let v = store.create_volume("thin", 64 * MIB, 64 << 10, 512).unwrap().info.id;
+        let big = store.create_volume("big", 64 * MIB, 4 * MIB, 512).unwrap().info.id;
+        let requests: Vec<(VolumeId, u64)> = (0..units + 2).map(|p| (v, p)).collect();
+        let results = store.allocate_pages(&requests);
+        assert!(results[..units as usize].iter().all(Result::is_ok));
+        assert_eq!(results[units as usize], Err(StoreError::NoSpace { slot_bytes: 64 << 10 }));
+        assert_eq!(store.capacity().free_bytes, 0);
+        assert_eq!(store.allocate_pages(&[(big, 0)]), vec![Err(StoreError::NoSpace { slot_bytes: 4 * MIB })]);
+        let pages: Vec<(VolumeId, u64)> = (0..units).map(|p| (v, p)).collect();
+        let gen = store.free_pages(&pages).unwrap();
+        store.release_quarantine(gen);
+        assert_eq!(store.capacity().free_bytes, units * UNIT_BYTES);
+        let results = store.allocate_pages(&[(big, 0), (v, 999_999), (VolumeId(99), 0)]);
+        assert_eq!(results[0].is_ok(), units >= 64);
+        assert!(matches!(results[1], Err(StoreError::PageOutOfRange { page: 999_999, .. })));
+        assert_eq!(results[2], Err(StoreError::NoSuchVolume(VolumeId(99))));
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let dev = RamDevice::new(64 * MIB, 4096).unwrap();
+        let mut store = format(&dev);
+        let field = |r: Result<Arc<VolumeView>>| match r {
+            Err(StoreError::Invalid { field, allowed, .. }) => (field, allowed),
+            other => panic!("expected an invalid-argument error, got {other:?}"),
+        };
+        assert_eq!(field(store.create_volume("Bad Name", MIB, MIB, 4096)).0, "name");
+        let (f, allowed) = field(store.create_volume("v", MIB, 3 * MIB, 4096));
+        assert_eq!(f, "page_size");
+        assert!(allowed.contains("65536") && allowed.contains("1073741824"), "{allowed}");
+        assert_eq!(field(store.create_volume("v", MIB, 32 << 10, 4096)).0, "page_size");
+        assert_eq!(field(store.create_volume("v", MIB, 2 << 30, 4096)).0, "page_size");
+        let (f, allowed) = field(store.create_volume("v", MIB, MIB, 512));
+        assert_eq!(f, "block_size");
+        assert!(allowed.contains("512 or 4096") && allowed.contains("4096"), "{allowed}");
+        assert_eq!(field(store.create_volume("v", MIB, MIB, 1024)).0, "block_size");
+        assert_eq!(field(store.create_volume("v", 0, MIB, 4096)).0, "size_bytes");
+        assert_eq!(field(store.create_volume("v", MIB + 512, MIB, 4096)).0, "size_bytes");
+        assert_eq!(field(store.create_volume("v", 1 << 62, 64 << 10, 4096)).0, "size_bytes");
+        let v = store.create_volume("v", 2 * MIB, MIB, 4096).unwrap();
+        assert_eq!(field(store.grow_volume(v.info.id, MIB)).0, "size_bytes");
+        let msg = store.create_volume("w", MIB, 3 * MIB, 4096).unwrap_err().to_string();
+        assert!(msg.contains("page_size") && msg.contains("3145728"), "{msg}");
+    }
+
+    #[test]
+    fn overlapping_records_are_refused_at_open() {
+        let dev = RamDevice::new(64 * MIB, 512).unwrap();
+        let mut store = format(&dev);
+        let v = store.create_volume("v", 4 * MIB, MIB, 512).unwrap().info.id;
+        let w = store.create_volume("w", 4 * MIB, 64 << 10, 512).unwrap().info.id;
+        let slot = allocate(&mut store, &[(v, 0)])[0];
+        // Forge a record for a page of `w` inside the slot of `v`'s page 0.
+        let unit = store.layout().unit_at(slot) + 4;
+        store.records.insert(unit, SlotRecord { volume_id: w.0, order: 0, flags: 0, page: 1 });
+        let block = store.layout().slot_block_of(unit);
+        store.write_blocks(&[block]).unwrap();
+        drop(store);
+        let err = PageStore::open(&dev, qp(&dev)).unwrap_err();
+        assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("overlaps")), "{err}");
+    }
+
+    #[test]
+    fn superblock_copies_of_another_format_do_not_count() {
+        let uuid = [3; 16];
+        let sb = |format_id| Superblock {
+            format_id,
+            device_bytes: 64 * MIB,
+            device_block_size: 512,
+            layout: Layout::for_device(64 * MIB).unwrap(),
+            uuid,
+            next_volume_id: 1,
+        };
+        let mut blocks = vec![0u8; 2 * META_BLOCK_SIZE];
+        let (a, b) = blocks.split_at_mut(META_BLOCK_SIZE);
+        sb(5).encode(a);
+        meta::seal(a, Kind::Super, Header { seq: 9, index: 0, format_id: 5 });
+        sb(6).encode(b);
+        meta::seal(b, Kind::Super, Header { seq: 4, index: 0, format_id: 6 });
+        let (won, copies) = pick_superblock(&blocks).unwrap().unwrap();
+        assert_eq!(won.format_id, 5);
+        assert_eq!(copies.seq, [9, 0]);
+        assert_eq!(copies.next(), (1, 10), "the stale copy is overwritten, not the winner");
+        blocks[100] ^= 1;
+        let (won, copies) = pick_superblock(&blocks).unwrap().unwrap();
+        assert_eq!((won.format_id, copies.seq), (6, [0, 4]));
+    }
+
+    /// The scripted life of a store that the crash test cuts short everywhere. Calls
+    /// `acked` after each operation returns, as the point where it is acknowledged.
+    fn script(dev: &CrashDevice, acked: &mut dyn FnMut(&PageStore)) {
+        let Ok(mut store) = PageStore::format(dev, qp(dev), [5; 16]) else { return };
+        acked(&store);
+        // Take the first 252 units out of the allocator (no records: the space is free
+        // again after a reopen), so that the script's slots straddle the boundary
+        // between the first two slot record blocks.
+        for (unit, order) in [(0, 7), (128, 6), (192, 5), (224, 4), (240, 3), (248, 2)] {
+            store.alloc.mark_used(unit, order).unwrap();
+        }
+        let block = u64::from(dev.info().block_size);
+        let mut data = qp(dev);
+        let mut alloc = |store: &mut PageStore, reqs: &[(VolumeId, u64)]| {
+            for (&(v, p), r) in reqs.iter().zip(store.allocate_pages(reqs)) {
+                let slot = r.unwrap();
+                let page_size = store.volume(v).unwrap().info.page_size;
+                write_pattern(&mut *data, block, slot, page_size, v.0, p);
+            }
+        };
+        let a = store.create_volume("alpha", MIB, 64 << 10, 4096).unwrap().info.id;
+        acked(&store);
+        let b = store.create_volume("beta", MIB, 128 << 10, 512).unwrap().info.id;
+        acked(&store);
+        alloc(&mut store, &[(a, 0), (a, 1), (a, 2), (a, 5), (b, 0)]);
+        acked(&store);
+        alloc(&mut store, &[(a, 2), (b, 3), (a, 7), (a, 7)]);
+        acked(&store);
+        let gen = store.free_pages(&[(a, 1), (a, 5)]).unwrap();
+        store.release_quarantine(gen);
+        acked(&store);
+        // Reuses a freed slot that still holds page 1's data.
+        alloc(&mut store, &[(a, 9)]);
+        acked(&store);
+        store.grow_volume(a, 2 * MIB).unwrap();
+        acked(&store);
+        alloc(&mut store, &[(a, 20), (a, 31)]);
+        acked(&store);
+        let gen = store.delete_volume(b).unwrap();
+        store.release_quarantine(gen);
+        acked(&store);
+        let c = store.create_volume("gamma", MIB / 2, 64 << 10, 4096).unwrap().info.id;
+        acked(&store);
+        alloc(&mut store, &(0..8).map(|p| (c, p)).collect::<Vec<_>>());
+        acked(&store);
+        store.free_pages(&[(c, 3)]).unwrap();
+        acked(&store);
+        store.delete_volume(a).unwrap();
+        acked(&store);
+        let d = store.create_volume("delta", MIB, 64 << 10, 512).unwrap().info.id;
+        acked(&store);
+        alloc(&mut store, &[(d, 0), (d, 15)]);
+        acked(&store);
+    }
+
+    /// `got` must equal `before` where `before` and `after` agree, and be one of them
+    /// where they differ (the operation in flight at the crash may or may not be in).
+    fn check_between<K: Ord + Copy + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+        what: &str,
+        got: &BTreeMap<K, V>,
+        before: &BTreeMap<K, V>,
+        after: &BTreeMap<K, V>,
+    ) {
+        let keys: BTreeSet<K> = got.keys().chain(before.keys()).chain(after.keys()).copied().collect();
+        for k in keys {
+            let (g, b, a) = (got.get(&k), before.get(&k), after.get(&k));
+            assert!(g == b || g == a, "{what} {k:?}: found {g:?}, acknowledged {b:?}, in flight {a:?}");
+        }
+    }
+
+    const CRASH_DEVICE_BYTES: u64 = 24 * MIB;
+
+    #[test]
+    fn every_crash_point_keeps_every_acknowledged_operation() {
+        // The uncut run: the state acknowledged after each operation, and how many
+        // writes the device had seen by then.
+        let dev = CrashDevice::new(CRASH_DEVICE_BYTES, 512, None, false);
+        let mut history: Vec<(u64, State)> = Vec::new();
+        script(&dev, &mut |store| history.push((dev.writes(), state_of(store))));
+        let total = dev.writes();
+        assert!(total > 60, "the script writes {total} times");
+        let mut runs = 0;
+        for at in 0..=total {
+            for (tear, lose_unflushed) in [(false, false), (true, false), (false, true), (true, true)] {
+                let dev = CrashDevice::new(CRASH_DEVICE_BYTES, 512, Some(Plan { at, tear }), lose_unflushed);
+                script(&dev, &mut |_| {});
+                dev.crash();
+                check_crash(&dev, &history, at);
+                runs += 1;
+            }
+        }
+        eprintln!("{runs} crash runs over {total} writes");
+    }
+
+    fn check_crash(dev: &CrashDevice, history: &[(u64, State)], at: u64) {
+        let ctx = format!("crash at write {at}");
+        // Operations acknowledged before the crash, and the one in flight.
+        let Some(acked) = history.iter().rposition(|(w, _)| *w <= at) else {
+            // Format itself was cut short: either no store or an empty one.
+            match PageStore::open(dev, qp(dev)) {
+                Err(StoreError::NotFormatted) => {}
+                Ok(store) => assert_eq!(state_of(&store), State::default(), "{ctx}"),
+                Err(e) => panic!("{ctx}: {e}"),
+            }
+            return;
+        };
+        let before = &history[acked].1;
+        let after = &history.get(acked + 1).unwrap_or(&history[acked]).1;
+        let mut store = PageStore::open(dev, qp(dev)).unwrap_or_else(|e| panic!("{ctx}: open failed: {e}"));
+        let got = state_of(&store);
+        check_between(&format!("{ctx}: volume"), &got.volumes, &before.volumes, &after.volumes);
+        check_between(&format!("{ctx}: page"), &got.maps, &before.maps, &after.maps);
+        assert!(got.maps.keys().all(|(v, _)| got.volumes.contains_key(v)), "{ctx}");
+        // Deletion is all or nothing: a volume that survives keeps all its pages.
+        for id in got.volumes.keys().filter(|id| !after.volumes.contains_key(id)) {
+            let pages =
+                |s: &State| s.maps.iter().filter(|((v, _), _)| v == id).map(|(k, o)| (*k, *o)).collect::<Vec<_>>();
+            assert_eq!(pages(&got), pages(before), "{ctx}: volume {id} half deleted");
+        }
+        check_slots_disjoint(&store);
+        check_slot_contents(dev, &store);
+        // The store keeps working after the crash, and never reuses an acknowledged id.
+        let max_id = history[..=acked].iter().flat_map(|(_, s)| s.volumes.keys()).max().copied().unwrap_or(0);
+        let v = store.create_volume("zz", MIB, 64 << 10, 512).unwrap().info.id;
+        assert!(v.0 > max_id, "{ctx}: volume id {} reused", v.0);
+        let slot = store.allocate_pages(&[(v, 3)])[0].clone().unwrap();
+        let expected = state_of(&store);
+        assert_eq!(expected.maps.get(&(v.0, 3)), Some(&slot));
+        drop(store);
+        let store = reopen(dev);
+        assert_eq!(state_of(&store), expected, "{ctx}: after further changes");
+        check_slots_disjoint(&store);
+    }
+
+    #[test]
+    fn eight_gib_device_opens_with_few_large_reads() {
+        let dev = CrashDevice::new(8 << 30, 4096, None, false);
+        let mut store = format(&dev);
+        let v = store.create_volume("big", 64 << 30, 64 << 10, 4096).unwrap().info.id;
+        // Steer the slots to the end of the device (the last record blocks): hold every
+        // whole GiB while allocating, then give them back.
+        let held: Vec<u64> = std::iter::from_fn(|| store.alloc.allocate(ORDER_MAX)).collect();
+        assert_eq!(held.len(), 7);
+        let slots = allocate(&mut store, &(0..600).map(|p| (v, p * 1000)).collect::<Vec<_>>());
+        for u in held {
+            store.alloc.free(u, ORDER_MAX);
+        }
+        assert!(slots.iter().all(|&s| s >= 7 << 30));
+        let state = state_of(&store);
+        let layout = *store.layout();
+        drop(store);
+        let reads_before = dev.state.lock().unwrap().reads;
+        let t = std::time::Instant::now();
+        let store = reopen(&dev);
+        let elapsed = t.elapsed();
+        let reads = dev.state.lock().unwrap().reads - reads_before;
+        assert_eq!(state_of(&store), state);
+        assert_eq!(store.capacity().used_bytes, 600 * (64 << 10));
+        assert!(layout.slot_blocks > 500);
+        assert!(reads <= 1 + layout.meta_bytes() / (META_BUF_BYTES_MAX as u64 / 2), "{reads} reads");
+        eprintln!("8 GiB: {} metadata bytes read in {reads} requests, open took {elapsed:?}", layout.meta_bytes());
+    }
+}

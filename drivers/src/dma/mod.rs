@@ -12,4 +12,4 @@
 
 mod pool;
 
-pub use pool::{DmaBuf, DmaPool, DmaSeg, PoolShard, PoolError};
+pub use pool::{DmaBuf, DmaPool, DmaSeg, PoolError, PoolShard};

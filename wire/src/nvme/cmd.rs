@@ -166,12 +166,7 @@ pub struct Sgl {
 impl Sgl {
     /// Decodes a descriptor.
     pub fn from_bytes(b: &[u8; 16]) -> Sgl {
-        Sgl {
-            addr: get_u64(b, 0),
-            len: get_u32(b, 8),
-            kind: b[15] >> 4,
-            subtype: b[15] & 0xf,
-        }
+        Sgl { addr: get_u64(b, 0), len: get_u32(b, 8), kind: b[15] >> 4, subtype: b[15] & 0xf }
     }
 
     /// Encodes a descriptor.

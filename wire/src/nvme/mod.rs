@@ -1,9 +1,12 @@
 //! NVMe base and NVMe over Fabrics formats: 64-byte commands, 16-byte completions,
-//! status codes, opcodes, Identify data structures and log pages.
+//! status codes, opcodes, Identify data structures, log pages, features and Dataset
+//! Management ranges.
 
 pub mod cmd;
 pub mod cpl;
+pub mod dsm;
 pub mod fabrics;
+pub mod features;
 pub mod identify;
 pub mod log;
 pub mod opcode;

@@ -109,8 +109,7 @@ impl Status {
     pub const CONFLICTING_ATTRIBUTES: Status = specific(0x80);
 
     /// Media: unrecovered read error.
-    pub const UNRECOVERED_READ_ERROR: Status =
-        Status { sct: SCT_MEDIA, sc: 0x81, dnr: false, more: false };
+    pub const UNRECOVERED_READ_ERROR: Status = Status { sct: SCT_MEDIA, sc: 0x81, dnr: false, more: false };
     /// Media: write fault.
     pub const WRITE_FAULT: Status = Status { sct: SCT_MEDIA, sc: 0x80, dnr: false, more: false };
 
@@ -144,12 +143,7 @@ impl Status {
 
     /// Decodes the 15-bit status field.
     pub fn from_field(f: u16) -> Status {
-        Status {
-            sc: (f & 0xff) as u8,
-            sct: ((f >> 8) & 0x7) as u8,
-            more: f & (1 << 13) != 0,
-            dnr: f & (1 << 14) != 0,
-        }
+        Status { sc: (f & 0xff) as u8, sct: ((f >> 8) & 0x7) as u8, more: f & (1 << 13) != 0, dnr: f & (1 << 14) != 0 }
     }
 }
 

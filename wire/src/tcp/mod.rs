@@ -16,8 +16,12 @@
 //! end the connection with a termination request PDU (H2CTermReq from the host,
 //! C2HTermReq from the controller) that names the error (FES) and the offending byte
 //! offset in the header (FEI).
+//!
+//! [`stream::PduReader`] splits a received byte stream into these PDUs incrementally.
 
 pub mod digest;
 pub mod pdu;
+pub mod stream;
 
 pub use pdu::*;
+pub use stream::PduReader;

@@ -31,6 +31,8 @@ pub const MAX_HEADER_LEN: usize = IC_HLEN + DIGEST_LEN;
 pub const TERM_REQ_MAX_DATA: usize = 152;
 /// Largest PDU length any party may send to us (guards plen against nonsense).
 pub const PLEN_MAX: u32 = 16 << 20;
+/// Smallest MAXH2CDATA an ICResp may announce.
+pub const ICRESP_MAXH2CDATA_MIN: u32 = 4096;
 
 /// PDU flag: a header digest follows the header.
 pub const FLAG_HDGST: u8 = 0x01;
@@ -93,25 +95,14 @@ impl PduType {
             PduType::ICReq | PduType::ICResp => IC_HLEN,
             PduType::CapsuleCmd => CAPSULE_CMD_HLEN,
             PduType::CapsuleResp => CAPSULE_RESP_HLEN,
-            PduType::H2CTermReq
-            | PduType::C2HTermReq
-            | PduType::H2CData
-            | PduType::C2HData
-            | PduType::R2T => DATA_HLEN,
+            PduType::H2CTermReq | PduType::C2HTermReq | PduType::H2CData | PduType::C2HData | PduType::R2T => DATA_HLEN,
         }
     }
 
     /// Whether a header digest covers this PDU type once digests are on
     /// (never for ICReq/ICResp and termination requests).
     pub fn has_hdgst(self) -> bool {
-        matches!(
-            self,
-            PduType::CapsuleCmd
-                | PduType::CapsuleResp
-                | PduType::H2CData
-                | PduType::C2HData
-                | PduType::R2T
-        )
+        matches!(self, PduType::CapsuleCmd | PduType::CapsuleResp | PduType::H2CData | PduType::C2HData | PduType::R2T)
     }
 
     /// Whether this PDU type may carry data covered by a data digest.
@@ -278,17 +269,12 @@ impl CommonHeader {
     pub fn layout(&self, role: Role, digests: Option<Digests>) -> Result<Layout, TermError> {
         let pdu_type = PduType::from_u8(self.pdu_type).ok_or(TermError::field(0))?;
         let expected = match role {
-            Role::Controller => matches!(
-                pdu_type,
-                PduType::ICReq | PduType::H2CTermReq | PduType::CapsuleCmd | PduType::H2CData
-            ),
+            Role::Controller => {
+                matches!(pdu_type, PduType::ICReq | PduType::H2CTermReq | PduType::CapsuleCmd | PduType::H2CData)
+            }
             Role::Host => matches!(
                 pdu_type,
-                PduType::ICResp
-                    | PduType::C2HTermReq
-                    | PduType::CapsuleResp
-                    | PduType::C2HData
-                    | PduType::R2T
+                PduType::ICResp | PduType::C2HTermReq | PduType::CapsuleResp | PduType::C2HData | PduType::R2T
             ),
         };
         if !expected {
@@ -351,10 +337,7 @@ impl CommonHeader {
         if pdo < header_total || pdo > plen {
             return Err(TermError::field(3));
         }
-        let data_len = plen
-            .checked_sub(pdo + ddgst_len)
-            .filter(|&n| n > 0)
-            .ok_or(TermError::field(4))?;
+        let data_len = plen.checked_sub(pdo + ddgst_len).filter(|&n| n > 0).ok_or(TermError::field(4))?;
         Ok(Layout { pdu_type, hlen, hdgst_len, pad_len: pdo - header_total, data_len, ddgst_len })
     }
 }
@@ -470,15 +453,28 @@ pub fn decode(layout: &Layout, b: &[u8]) -> Result<Pdu, TermError> {
                 maxr2t: get_u32(h, 12),
             })
         }
-        PduType::ICResp => Pdu::ICResp(ICResp {
-            pfv: get_u16(h, 8),
-            cpda: h[10],
-            digests: Digests { header: h[11] & DGST_HDGST != 0, data: h[11] & DGST_DDGST != 0 },
-            maxh2cdata: get_u32(h, 12),
-        }),
-        PduType::H2CTermReq | PduType::C2HTermReq => {
-            Pdu::TermReq { fes: get_u16(h, 8), fei: get_u32(h, 10) }
+        PduType::ICResp => {
+            let pfv = get_u16(h, 8);
+            if pfv != 0 {
+                return Err(TermError::unsupported(8));
+            }
+            let cpda = h[10];
+            if cpda > 31 {
+                return Err(TermError::field(10));
+            }
+            // MAXH2CDATA is at least 4096 and a multiple of 4 (NVMe/TCP 1.0, ICResp).
+            let maxh2cdata = get_u32(h, 12);
+            if maxh2cdata < ICRESP_MAXH2CDATA_MIN || !maxh2cdata.is_multiple_of(4) {
+                return Err(TermError::field(12));
+            }
+            Pdu::ICResp(ICResp {
+                pfv,
+                cpda,
+                digests: Digests { header: h[11] & DGST_HDGST != 0, data: h[11] & DGST_DDGST != 0 },
+                maxh2cdata,
+            })
         }
+        PduType::H2CTermReq | PduType::C2HTermReq => Pdu::TermReq { fes: get_u16(h, 8), fei: get_u32(h, 10) },
         PduType::CapsuleCmd => {
             let mut sqe = [0u8; 64];
             sqe.copy_from_slice(&h[8..72]);
@@ -490,29 +486,33 @@ pub fn decode(layout: &Layout, b: &[u8]) -> Result<Pdu, TermError> {
             Pdu::CapsuleResp(Completion::from_bytes(&cqe))
         }
         PduType::H2CData | PduType::C2HData => {
+            let is_h2c = layout.pdu_type == PduType::H2CData;
+            // TTAG (bytes 10..12) and the SUCCESS flag exist only in one direction
+            // each; in the other they are reserved and must not leak into the result.
             let d = DataHeader {
                 cccid: get_u16(h, 8),
-                ttag: get_u16(h, 10),
+                ttag: if is_h2c { get_u16(h, 10) } else { 0 },
                 datao: get_u32(h, 12),
                 datal: get_u32(h, 16),
                 last: flags & FLAG_LAST_PDU != 0,
-                success: flags & FLAG_SUCCESS != 0,
+                success: !is_h2c && flags & FLAG_SUCCESS != 0,
             };
+            // SUCCESS is only valid on the last C2HData PDU of a transfer.
+            if d.success && !d.last {
+                return Err(TermError::field(1));
+            }
             if d.datal as usize != layout.data_len {
                 return Err(TermError::field(16));
             }
-            if layout.pdu_type == PduType::H2CData {
+            if is_h2c {
                 Pdu::H2CData(d)
             } else {
                 Pdu::C2HData(d)
             }
         }
-        PduType::R2T => Pdu::R2T(R2t {
-            cccid: get_u16(h, 8),
-            ttag: get_u16(h, 10),
-            r2to: get_u32(h, 12),
-            r2tl: get_u32(h, 16),
-        }),
+        PduType::R2T => {
+            Pdu::R2T(R2t { cccid: get_u16(h, 8), ttag: get_u16(h, 10), r2to: get_u32(h, 12), r2tl: get_u32(h, 16) })
+        }
     })
 }
 
@@ -727,10 +727,7 @@ mod tests {
         assert_eq!(ch.layout(Role::Controller, None).unwrap_err().fes, Fes::PduSequenceError);
         let ic = encode_icreq(&ICReq { pfv: 0, hpda: 0, digests: Digests::default(), maxr2t: 0 });
         let ch = CommonHeader::parse(ic.as_bytes());
-        assert_eq!(
-            ch.layout(Role::Controller, Some(Digests::default())).unwrap_err().fes,
-            Fes::PduSequenceError
-        );
+        assert_eq!(ch.layout(Role::Controller, Some(Digests::default())).unwrap_err().fes, Fes::PduSequenceError);
     }
 
     #[test]
@@ -770,5 +767,37 @@ mod tests {
         let h = encode_h2c_data(&h2c, d);
         let l = CommonHeader::parse(h.as_bytes()).layout(Role::Controller, Some(d)).unwrap();
         assert_eq!(decode(&l, h.as_bytes()).unwrap(), Pdu::H2CData(h2c));
+    }
+
+    #[test]
+    fn reserved_direction_fields_do_not_leak_and_success_needs_last() {
+        let d = Digests::default();
+        let c2h = DataHeader { cccid: 3, ttag: 0, datao: 0, datal: 8, last: true, success: true };
+        let mut b = encode_c2h_data(&c2h, d).as_bytes().to_vec();
+        b[10] = 0x77; // reserved in C2HData
+        let l = CommonHeader::parse(&b).layout(Role::Host, Some(d)).unwrap();
+        assert_eq!(decode(&l, &b).unwrap(), Pdu::C2HData(c2h));
+        b[1] &= !FLAG_LAST_PDU; // SUCCESS without LAST_PDU
+        assert_eq!(decode(&l, &b).unwrap_err(), TermError::field(1));
+        let h2c = DataHeader { cccid: 3, ttag: 9, datao: 0, datal: 8, last: false, success: false };
+        let mut b = encode_h2c_data(&h2c, d).as_bytes().to_vec();
+        b[1] |= FLAG_SUCCESS; // reserved in H2CData
+        let l = CommonHeader::parse(&b).layout(Role::Controller, Some(d)).unwrap();
+        assert_eq!(decode(&l, &b).unwrap(), Pdu::H2CData(h2c));
+    }
+
+    #[test]
+    fn icresp_fields_are_validated() {
+        let good = ICResp { pfv: 0, cpda: 0, digests: Digests::default(), maxh2cdata: 4096 };
+        let check = |r: ICResp| {
+            let h = encode_icresp(&r);
+            let l = CommonHeader::parse(h.as_bytes()).layout(Role::Host, None).unwrap();
+            decode(&l, h.as_bytes())
+        };
+        assert_eq!(check(good), Ok(Pdu::ICResp(good)));
+        assert_eq!(check(ICResp { pfv: 1, ..good }), Err(TermError::unsupported(8)));
+        assert_eq!(check(ICResp { cpda: 32, ..good }), Err(TermError::field(10)));
+        assert_eq!(check(ICResp { maxh2cdata: 4092, ..good }), Err(TermError::field(12)));
+        assert_eq!(check(ICResp { maxh2cdata: 8194, ..good }), Err(TermError::field(12)));
     }
 }

@@ -1,0 +1,603 @@
+//! The management CLI: `quire volume …`, `quire subsystem …`, … as JSON-RPC calls.
+//!
+//! Each subcommand maps to exactly one RPC method (see [`crate::rpc`] for the
+//! reference), so the CLI is three small steps that are tested apart: arguments →
+//! `(method, params)` ([`ClientCommand::request`]), the call ([`crate::rpc::call`]),
+//! and the result → text ([`render`]): a table whose columns are a list of keys
+//! ([`Column`]), a key/value record, or a one-line confirmation. `--json` prints the
+//! result as the daemon sent it, for scripts.
+//!
+//! Exit codes: 0 success; 1 the daemon answered with an error (no such volume, …);
+//! 2 the daemon could not be reached or answered nonsense.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use crate::rpc::methods::{self, SubsystemHostParams, VolumeCreateParams, VolumeGrowParams, VolumeNameParams};
+use crate::rpc::{self, ClientError};
+
+/// Management commands, run against a serving daemon.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum ClientCommand {
+    /// Create, list, grow and delete volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// NVMe subsystems (one per volume) and the hosts allowed on them.
+    #[command(subcommand)]
+    Subsystem(SubsystemCommand),
+    /// Connected NVMe controllers.
+    #[command(subcommand)]
+    Controller(ControllerCommand),
+    /// I/O and reactor counters.
+    #[command(subcommand)]
+    Stats(StatsCommand),
+    /// The page store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `quire volume …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum VolumeCommand {
+    /// Create a volume (thin: it takes space as it is written).
+    Create {
+        /// Name: a-z 0-9 . _ - (becomes the subsystem NQN's suffix).
+        name: String,
+        /// Size, e.g. 10G (a multiple of the page size).
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+        /// Page size, e.g. 4M (a power of two, 64K..1G).
+        #[arg(long, value_parser = size_arg)]
+        page_size: Option<u64>,
+        /// Logical block size: 512 or 4096.
+        #[arg(long)]
+        block_size: Option<u32>,
+    },
+    /// List volumes.
+    List,
+    /// Grow a volume to a new, larger size.
+    Grow {
+        /// The volume.
+        name: String,
+        /// New total size, e.g. 20G.
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+    },
+    /// Delete a volume and free its pages.
+    Delete {
+        /// The volume.
+        name: String,
+    },
+}
+
+/// `quire subsystem …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum SubsystemCommand {
+    /// List subsystems.
+    List,
+    /// Allow a host NQN to connect (the first one closes the subsystem to others).
+    AllowHost {
+        /// Subsystem NQN.
+        nqn: String,
+        /// Host NQN.
+        host: String,
+    },
+    /// Remove a host NQN from the allowed list.
+    DisallowHost {
+        /// Subsystem NQN.
+        nqn: String,
+        /// Host NQN.
+        host: String,
+    },
+}
+
+/// `quire controller …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum ControllerCommand {
+    /// List connected controllers and their queues.
+    List,
+}
+
+/// `quire stats …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum StatsCommand {
+    /// Per-volume I/O counters.
+    Volumes,
+    /// Per-reactor poll and traffic counters.
+    Reactors,
+}
+
+/// `quire store …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum StoreCommand {
+    /// Capacity and use of the page store.
+    Info,
+}
+
+/// Parses a `--size`-style argument; clap adds the flag name to the message.
+fn size_arg(text: &str) -> Result<u64, String> {
+    quire_config::parse_size("size", text).map_err(|_| format!("expected {}", quire_config::size::SIZE_EXPECTED))
+}
+
+/// How a cell is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// As is (strings unquoted), left-aligned.
+    Text,
+    /// A count, right-aligned.
+    Number,
+    /// Bytes with a binary unit (`10G`, `1.5M`), right-aligned.
+    Bytes,
+    /// A list joined with commas; `empty` when the list is empty.
+    List {
+        /// Shown for an empty list.
+        empty: &'static str,
+    },
+    /// The number of elements of a list, right-aligned.
+    Len,
+}
+
+/// One column of a table: which key of each row object, under which header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// Key in the row object.
+    pub key: &'static str,
+    /// Header text.
+    pub header: &'static str,
+    /// How to show the value.
+    pub format: Format,
+}
+
+const fn column(key: &'static str, header: &'static str, format: Format) -> Column {
+    Column { key, header, format }
+}
+
+const VOLUME_COLUMNS: &[Column] = &[
+    column("name", "NAME", Format::Text),
+    column("id", "ID", Format::Number),
+    column("size", "SIZE", Format::Bytes),
+    column("page_size", "PAGE", Format::Bytes),
+    column("block_size", "BLOCK", Format::Number),
+    column("pages", "PAGES", Format::Number),
+    column("allocated_pages", "ALLOCATED", Format::Number),
+    column("nqn", "NQN", Format::Text),
+    column("uuid", "UUID", Format::Text),
+];
+
+const SUBSYSTEM_COLUMNS: &[Column] = &[
+    column("nqn", "NQN", Format::Text),
+    column("volume", "VOLUME", Format::Text),
+    column("controllers", "CONTROLLERS", Format::Number),
+    column("allowed_hosts", "ALLOWED HOSTS", Format::List { empty: "(any)" }),
+];
+
+const CONTROLLER_COLUMNS: &[Column] = &[
+    column("cntlid", "CNTLID", Format::Number),
+    column("subnqn", "SUBSYSTEM", Format::Text),
+    column("hostnqn", "HOST", Format::Text),
+    column("hostid", "HOSTID", Format::Text),
+    column("kato_ms", "KATO MS", Format::Number),
+    column("queues", "QUEUES", Format::Len),
+];
+
+const VOLUME_STATS_COLUMNS: &[Column] = &[
+    column("name", "VOLUME", Format::Text),
+    column("read_ops", "READS", Format::Number),
+    column("write_ops", "WRITES", Format::Number),
+    column("read_bytes", "READ", Format::Bytes),
+    column("write_bytes", "WRITTEN", Format::Bytes),
+    column("other_ops", "OTHER", Format::Number),
+    column("errors", "ERRORS", Format::Number),
+];
+
+const REACTOR_STATS_COLUMNS: &[Column] = &[
+    column("reactor", "REACTOR", Format::Number),
+    column("core", "CORE", Format::Number),
+    column("connections", "CONNS", Format::Number),
+    column("polls", "POLLS", Format::Number),
+    column("busy_polls", "BUSY", Format::Number),
+    column("sleeps", "SLEEPS", Format::Number),
+    column("io_ops", "IO OPS", Format::Number),
+    column("rx_bytes", "RX", Format::Bytes),
+    column("tx_bytes", "TX", Format::Bytes),
+    column("rx_copied_bytes", "RX COPIED", Format::Bytes),
+    column("tx_copied_bytes", "TX COPIED", Format::Bytes),
+];
+
+const STORE_FIELDS: &[Column] = &[
+    column("device", "device", Format::Text),
+    column("size", "size", Format::Bytes),
+    column("used", "used", Format::Bytes),
+    column("free", "free", Format::Bytes),
+    column("volumes", "volumes", Format::Number),
+];
+
+/// How a command's result is shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum View {
+    /// A table; an object result is one row.
+    Table(&'static [Column]),
+    /// One `key: value` line per column.
+    Record(&'static [Column]),
+    /// A fixed confirmation line.
+    Done(String),
+}
+
+impl ClientCommand {
+    /// The RPC method and params this command calls.
+    pub fn request(&self) -> (&'static str, Value) {
+        match self {
+            ClientCommand::Volume(VolumeCommand::Create { name, size, page_size, block_size }) => {
+                let params = VolumeCreateParams {
+                    name: name.clone(),
+                    size: *size,
+                    page_size: *page_size,
+                    block_size: *block_size,
+                };
+                (methods::VOLUME_CREATE, to_value(&params))
+            }
+            ClientCommand::Volume(VolumeCommand::List) => (methods::VOLUME_LIST, Value::Null),
+            ClientCommand::Volume(VolumeCommand::Grow { name, size }) => {
+                (methods::VOLUME_GROW, to_value(&VolumeGrowParams { name: name.clone(), size: *size }))
+            }
+            ClientCommand::Volume(VolumeCommand::Delete { name }) => {
+                (methods::VOLUME_DELETE, to_value(&VolumeNameParams { name: name.clone() }))
+            }
+            ClientCommand::Subsystem(SubsystemCommand::List) => (methods::SUBSYSTEM_LIST, Value::Null),
+            ClientCommand::Subsystem(SubsystemCommand::AllowHost { nqn, host }) => {
+                let params = SubsystemHostParams { nqn: nqn.clone(), host: host.clone() };
+                (methods::SUBSYSTEM_ALLOW_HOST, to_value(&params))
+            }
+            ClientCommand::Subsystem(SubsystemCommand::DisallowHost { nqn, host }) => {
+                let params = SubsystemHostParams { nqn: nqn.clone(), host: host.clone() };
+                (methods::SUBSYSTEM_DISALLOW_HOST, to_value(&params))
+            }
+            ClientCommand::Controller(ControllerCommand::List) => (methods::CONTROLLER_LIST, Value::Null),
+            ClientCommand::Stats(StatsCommand::Volumes) => (methods::STATS_VOLUMES, Value::Null),
+            ClientCommand::Stats(StatsCommand::Reactors) => (methods::STATS_REACTORS, Value::Null),
+            ClientCommand::Store(StoreCommand::Info) => (methods::STORE_INFO, Value::Null),
+        }
+    }
+
+    /// How this command's result is shown.
+    pub fn view(&self) -> View {
+        match self {
+            ClientCommand::Volume(VolumeCommand::Create { .. } | VolumeCommand::Grow { .. } | VolumeCommand::List) => {
+                View::Table(VOLUME_COLUMNS)
+            }
+            ClientCommand::Volume(VolumeCommand::Delete { name }) => View::Done(format!("deleted volume {name}")),
+            ClientCommand::Subsystem(SubsystemCommand::List) => View::Table(SUBSYSTEM_COLUMNS),
+            ClientCommand::Subsystem(SubsystemCommand::AllowHost { nqn, host }) => {
+                View::Done(format!("host {host} may connect to {nqn}"))
+            }
+            ClientCommand::Subsystem(SubsystemCommand::DisallowHost { nqn, host }) => {
+                View::Done(format!("host {host} may no longer connect to {nqn}"))
+            }
+            ClientCommand::Controller(ControllerCommand::List) => View::Table(CONTROLLER_COLUMNS),
+            ClientCommand::Stats(StatsCommand::Volumes) => View::Table(VOLUME_STATS_COLUMNS),
+            ClientCommand::Stats(StatsCommand::Reactors) => View::Table(REACTOR_STATS_COLUMNS),
+            ClientCommand::Store(StoreCommand::Info) => View::Record(STORE_FIELDS),
+        }
+    }
+}
+
+/// A params struct as JSON.
+fn to_value<T: serde::Serialize>(params: &T) -> Value {
+    serde_json::to_value(params).expect("params structs always serialize")
+}
+
+/// Runs `cmd` against the daemon at `socket`, printing to stdout (errors to stderr).
+pub fn run(cmd: ClientCommand, socket: &Path, json: bool) -> ExitCode {
+    run_with(&cmd, socket, json, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())
+}
+
+/// [`run`] with the output streams given (for tests).
+pub fn run_with(cmd: &ClientCommand, socket: &Path, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    let (method, params) = cmd.request();
+    let result = match rpc::call(socket, method, params) {
+        Ok(result) => result,
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return match error {
+                ClientError::Rpc(_) => ExitCode::from(1),
+                ClientError::Connect { .. } | ClientError::Io { .. } | ClientError::Protocol(_) => ExitCode::from(2),
+            };
+        }
+    };
+    let text = if json {
+        serde_json::to_string_pretty(&result).expect("a Value always serializes") + "\n"
+    } else {
+        render(&cmd.view(), &result)
+    };
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot write the output: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The text for `result` shown as `view`.
+pub fn render(view: &View, result: &Value) -> String {
+    match view {
+        View::Table(columns) => match result {
+            Value::Array(rows) => render_table(rows, columns),
+            Value::Object(_) => render_table(std::slice::from_ref(result), columns),
+            other => format!("{other}\n"),
+        },
+        View::Record(fields) => render_record(result, fields),
+        View::Done(line) => format!("{line}\n"),
+    }
+}
+
+/// A table: a header line, then a line per row; columns two spaces apart, numbers
+/// right-aligned, no trailing spaces.
+pub fn render_table(rows: &[Value], columns: &[Column]) -> String {
+    assert!(!columns.is_empty());
+    let cells: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| cell(row, c)).collect()).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|row| row[i].chars().count()).chain([c.header.len()]).max().unwrap_or(0))
+        .collect();
+    let headers: Vec<String> = columns.iter().map(|c| c.header.to_string()).collect();
+    let mut text = String::new();
+    for line in std::iter::once(&headers).chain(cells.iter()) {
+        let mut parts = Vec::with_capacity(columns.len());
+        for ((value, column), width) in line.iter().zip(columns).zip(&widths) {
+            let right = matches!(column.format, Format::Number | Format::Bytes | Format::Len);
+            parts.push(if right { format!("{value:>width$}") } else { format!("{value:<width$}") });
+        }
+        text.push_str(parts.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// `key: value` lines, keys padded to one width.
+pub fn render_record(record: &Value, fields: &[Column]) -> String {
+    let width = fields.iter().map(|f| f.header.len()).max().unwrap_or(0) + 1;
+    let mut text = String::new();
+    for field in fields {
+        let label = format!("{}:", field.header);
+        text.push_str(format!("{label:<width$} {}", cell(record, field)).trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// One cell: `row[column.key]` formatted; a missing or null value is `-`.
+fn cell(row: &Value, column: &Column) -> String {
+    let value = row.get(column.key).unwrap_or(&Value::Null);
+    match (column.format, value) {
+        (_, Value::Null) => "-".to_string(),
+        (Format::Bytes, Value::Number(n)) => n.as_u64().map_or_else(|| n.to_string(), format_bytes),
+        (Format::Len, Value::Array(items)) => items.len().to_string(),
+        (Format::List { empty }, Value::Array(items)) if items.is_empty() => empty.to_string(),
+        (Format::List { .. }, Value::Array(items)) => items.iter().map(plain).collect::<Vec<_>>().join(","),
+        (_, value) => plain(value),
+    }
+}
+
+/// A JSON value as text, strings without quotes.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Bool(true) => "yes".to_string(),
+        Value::Bool(false) => "no".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Bytes with the largest binary unit that keeps the value ≥ 1: `512B`, `4K`, `1.5G`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && bytes >= 1u64 << (10 * (unit + 1)) {
+        unit += 1;
+    }
+    let scale = 1u64 << (10 * unit);
+    if bytes.is_multiple_of(scale) {
+        format!("{}{}", bytes / scale, UNITS[unit])
+    } else {
+        // Display only; the precision lost here is one decimal of a human-sized number.
+        #[allow(clippy::cast_precision_loss)]
+        let value = bytes as f64 / scale as f64;
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use serde_json::json;
+
+    use super::*;
+    use crate::rpc::{RpcCall, RpcError};
+
+    #[derive(clap::Parser, Debug)]
+    struct TestCli {
+        #[command(subcommand)]
+        command: ClientCommand,
+    }
+
+    /// What `volume_list` returns for one volume.
+    fn sample_volume(name: &str, id: u32) -> Value {
+        json!({
+            "name": name, "id": id, "size": 10u64 << 30, "page_size": 4u64 << 20, "block_size": 4096,
+            "pages": 2560, "allocated_pages": 3, "nqn": format!("nqn.2024-01.io.quire:{name}"),
+            "uuid": "8f1c2d3e-0000-4000-8000-000000000001", "nguid": "8f1c2d3e000040008000000000000001",
+        })
+    }
+
+    fn parse(args: &[&str]) -> ClientCommand {
+        TestCli::try_parse_from(std::iter::once("quire").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+    }
+
+    fn request(args: &[&str]) -> (&'static str, Value) {
+        parse(args).request()
+    }
+
+    #[test]
+    fn volume_create_sends_sizes_as_bytes() {
+        let (method, params) = request(&["volume", "create", "db", "--size", "10G"]);
+        assert_eq!(method, "volume_create");
+        assert_eq!(params, json!({"name": "db", "size": 10u64 << 30}));
+        let (_, params) =
+            request(&["volume", "create", "db", "--size", "1GiB", "--page-size", "64K", "--block-size", "512"]);
+        assert_eq!(params, json!({"name": "db", "size": 1u64 << 30, "page_size": 65536, "block_size": 512}));
+    }
+
+    #[test]
+    fn bad_size_is_a_usage_error_naming_the_flag() {
+        let error = TestCli::try_parse_from(["quire", "volume", "create", "db", "--size", "10X"]).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("--size") && message.contains("expected a size such as"), "{message}");
+        assert!(TestCli::try_parse_from(["quire", "volume", "create", "db"]).is_err(), "--size is required");
+    }
+
+    #[test]
+    fn every_command_maps_to_its_method() {
+        let cases: [(&[&str], &str, Value); 10] = [
+            (&["volume", "list"], "volume_list", Value::Null),
+            (&["volume", "grow", "db", "--size", "20G"], "volume_grow", json!({"name": "db", "size": 20u64 << 30})),
+            (&["volume", "delete", "db"], "volume_delete", json!({"name": "db"})),
+            (&["subsystem", "list"], "subsystem_list", Value::Null),
+            (
+                &["subsystem", "allow-host", "nqn.s", "nqn.h"],
+                "subsystem_allow_host",
+                json!({"nqn": "nqn.s", "host": "nqn.h"}),
+            ),
+            (
+                &["subsystem", "disallow-host", "nqn.s", "nqn.h"],
+                "subsystem_disallow_host",
+                json!({"nqn": "nqn.s", "host": "nqn.h"}),
+            ),
+            (&["controller", "list"], "controller_list", Value::Null),
+            (&["stats", "volumes"], "stats_volumes", Value::Null),
+            (&["stats", "reactors"], "stats_reactors", Value::Null),
+            (&["store", "info"], "store_info", Value::Null),
+        ];
+        for (args, method, params) in cases {
+            assert_eq!(request(args), (method, params), "{args:?}");
+            assert!(methods::ALL.contains(&method));
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns_and_formats_cells() {
+        let columns = [
+            column("name", "NAME", Format::Text),
+            column("size", "SIZE", Format::Bytes),
+            column("n", "N", Format::Number),
+            column("hosts", "HOSTS", Format::List { empty: "(any)" }),
+            column("queues", "QUEUES", Format::Len),
+        ];
+        let rows = [
+            json!({"name": "a", "size": 1u64 << 30, "n": 5, "hosts": [], "queues": [1, 2, 3]}),
+            json!({"name": "longer", "size": 1536, "n": 12345, "hosts": ["nqn.x", "nqn.y"], "queues": []}),
+            json!({"name": "c"}),
+        ];
+        let expected = "\
+NAME    SIZE      N  HOSTS        QUEUES
+a         1G      5  (any)             3
+longer  1.5K  12345  nqn.x,nqn.y       0
+c          -      -  -                 -
+";
+        assert_eq!(render_table(&rows, &columns), expected);
+    }
+
+    #[test]
+    fn empty_table_is_its_header() {
+        assert_eq!(render_table(&[], VOLUME_STATS_COLUMNS), "VOLUME  READS  WRITES  READ  WRITTEN  OTHER  ERRORS\n");
+    }
+
+    #[test]
+    fn object_result_is_one_row_and_record_lines_up() {
+        let text = render(&View::Table(VOLUME_COLUMNS), &sample_volume("db", 2));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NAME  ID  SIZE  PAGE  BLOCK  PAGES  ALLOCATED  NQN"), "{text}");
+        assert!(
+            lines[1].starts_with("db     2   10G    4M   4096   2560          3  nqn.2024-01.io.quire:db"),
+            "{text}"
+        );
+        let store = json!({"device": "file:quire.img", "size": 8u64 << 30, "used": 12u64 << 20, "free": (8u64 << 30) - (12 << 20), "volumes": 1});
+        let expected = "device:  file:quire.img\nsize:    8G\nused:    12M\nfree:    8.0G\nvolumes: 1\n";
+        assert_eq!(render(&View::Record(STORE_FIELDS), &store), expected);
+        assert_eq!(render(&View::Done("deleted volume db".into()), &json!(true)), "deleted volume db\n");
+    }
+
+    #[test]
+    fn bytes_use_binary_units() {
+        assert_eq!(format_bytes(0), "0B");
+        assert_eq!(format_bytes(1023), "1023B");
+        assert_eq!(format_bytes(4096), "4K");
+        assert_eq!(format_bytes(1536), "1.5K");
+        assert_eq!(format_bytes(10 << 30), "10G");
+        assert_eq!(format_bytes(3 << 40), "3T");
+    }
+
+    /// A control thread that serves `volume_list` from a fixed list and fails
+    /// `volume_delete` of anything.
+    fn fake_control() -> crossbeam_channel::Sender<RpcCall> {
+        let (calls, inbox) = crossbeam_channel::bounded::<RpcCall>(4);
+        std::thread::spawn(move || {
+            for call in inbox {
+                let result = match call.method.as_str() {
+                    methods::VOLUME_LIST => Ok(json!([sample_volume("db", 1), sample_volume("logs", 2)])),
+                    methods::VOLUME_DELETE => call
+                        .params::<VolumeNameParams>()
+                        .and_then(|p| Err(RpcError::not_found(format!("no volume named {:?}", p.name)))),
+                    other => Err(RpcError::method_not_found(other)),
+                };
+                call.respond(result);
+            }
+        });
+        calls
+    }
+
+    #[test]
+    fn run_against_the_rpc_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("quire.sock");
+        let _server = rpc::spawn(&socket, fake_control()).unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let list = parse(&["volume", "list"]);
+        assert_eq!(run_with(&list, &socket, false, &mut out, &mut err), ExitCode::SUCCESS);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("NAME"), "{text}");
+        assert!(lines[1].starts_with("db ") && lines[2].starts_with("logs "), "{text}");
+
+        let mut out = Vec::new();
+        assert_eq!(run_with(&list, &socket, true, &mut out, &mut err), ExitCode::SUCCESS);
+        let parsed: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed[1]["name"], "logs");
+        assert!(err.is_empty());
+
+        let delete = parse(&["volume", "delete", "ghost"]);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(run_with(&delete, &socket, false, &mut out, &mut err), ExitCode::from(1));
+        assert!(out.is_empty());
+        assert_eq!(String::from_utf8(err).unwrap(), "error: no volume named \"ghost\" (code 1000)\n");
+    }
+
+    #[test]
+    fn run_without_a_daemon_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("absent.sock");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with(&parse(&["store", "info"]), &socket, false, &mut out, &mut err);
+        assert_eq!(code, ExitCode::from(2));
+        let message = String::from_utf8(err).unwrap();
+        assert!(message.contains("is `quire serve` running?"), "{message}");
+    }
+}

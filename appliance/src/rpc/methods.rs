@@ -1,0 +1,249 @@
+//! Method names and the typed shape of their params and results.
+//!
+//! The module doc of [`crate::rpc`] is the reference; these types are the same
+//! reference in a form the compiler checks. The CLI builds its params from them and
+//! the control thread reads them with [`crate::rpc::RpcCall::params`], so the two ends
+//! cannot drift apart. Params refuse unknown fields, so a misspelt parameter is
+//! `INVALID_PARAMS` rather than silently ignored; results are plain data.
+
+use serde::{Deserialize, Serialize};
+
+/// `volume_create`.
+pub const VOLUME_CREATE: &str = "volume_create";
+/// `volume_list`.
+pub const VOLUME_LIST: &str = "volume_list";
+/// `volume_grow`.
+pub const VOLUME_GROW: &str = "volume_grow";
+/// `volume_delete`.
+pub const VOLUME_DELETE: &str = "volume_delete";
+/// `subsystem_list`.
+pub const SUBSYSTEM_LIST: &str = "subsystem_list";
+/// `subsystem_allow_host`.
+pub const SUBSYSTEM_ALLOW_HOST: &str = "subsystem_allow_host";
+/// `subsystem_disallow_host`.
+pub const SUBSYSTEM_DISALLOW_HOST: &str = "subsystem_disallow_host";
+/// `controller_list`.
+pub const CONTROLLER_LIST: &str = "controller_list";
+/// `stats_volumes`.
+pub const STATS_VOLUMES: &str = "stats_volumes";
+/// `stats_reactors`.
+pub const STATS_REACTORS: &str = "stats_reactors";
+/// `store_info`.
+pub const STORE_INFO: &str = "store_info";
+
+/// Every method, in the reference's order.
+pub const ALL: [&str; 11] = [
+    VOLUME_CREATE,
+    VOLUME_LIST,
+    VOLUME_GROW,
+    VOLUME_DELETE,
+    SUBSYSTEM_LIST,
+    SUBSYSTEM_ALLOW_HOST,
+    SUBSYSTEM_DISALLOW_HOST,
+    CONTROLLER_LIST,
+    STATS_VOLUMES,
+    STATS_REACTORS,
+    STORE_INFO,
+];
+
+/// Params of `volume_create`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCreateParams {
+    /// `[a-z0-9._-]{1,64}`.
+    pub name: String,
+    /// Bytes, a multiple of the page size.
+    pub size: u64,
+    /// Bytes; default 4 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u64>,
+    /// 512 or 4096; default 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+}
+
+/// Params of `volume_grow`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeGrowParams {
+    /// The volume.
+    pub name: String,
+    /// The new total size in bytes.
+    pub size: u64,
+}
+
+/// Params of `volume_delete`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeNameParams {
+    /// The volume.
+    pub name: String,
+}
+
+/// Params of `subsystem_allow_host` and `subsystem_disallow_host`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemHostParams {
+    /// The subsystem NQN.
+    pub nqn: String,
+    /// The host NQN.
+    pub host: String,
+}
+
+/// One entry of `volume_list` (and the result of `volume_create`, `volume_grow`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeEntry {
+    /// Name.
+    pub name: String,
+    /// Group-wide id.
+    pub id: u32,
+    /// Bytes.
+    pub size: u64,
+    /// Bytes.
+    pub page_size: u64,
+    /// Bytes.
+    pub block_size: u32,
+    /// size / page_size.
+    pub pages: u64,
+    /// Pages written at least once.
+    pub allocated_pages: u64,
+    /// The subsystem NQN.
+    pub nqn: String,
+    /// Namespace UUID, 8-4-4-4-12.
+    pub uuid: String,
+    /// Namespace NGUID, 32 hex digits.
+    pub nguid: String,
+}
+
+/// One entry of `subsystem_list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubsystemEntry {
+    /// Subsystem NQN.
+    pub nqn: String,
+    /// The volume it serves.
+    pub volume: String,
+    /// Host NQNs allowed; empty = any.
+    pub allowed_hosts: Vec<String>,
+    /// Controllers connected now.
+    pub controllers: u32,
+}
+
+/// One queue of a controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// Queue id (0 = admin).
+    pub qid: u16,
+    /// Reactor index serving it.
+    pub reactor: u32,
+    /// SQ size.
+    pub depth: u32,
+    /// The host's socket address.
+    pub peer: String,
+}
+
+/// One entry of `controller_list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerEntry {
+    /// Controller id, unique in the group.
+    pub cntlid: u16,
+    /// Subsystem NQN.
+    pub subnqn: String,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Host identifier (UUID form).
+    pub hostid: String,
+    /// Keep-alive timeout, ms; 0 = none.
+    pub kato_ms: u32,
+    /// Admin and I/O queues.
+    pub queues: Vec<QueueEntry>,
+}
+
+/// One entry of `stats_volumes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStatsEntry {
+    /// Volume name.
+    pub name: String,
+    /// Reads completed.
+    pub read_ops: u64,
+    /// Writes completed.
+    pub write_ops: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Flush, write zeroes, deallocate.
+    pub other_ops: u64,
+    /// Commands completed with an error status.
+    pub errors: u64,
+}
+
+/// One entry of `stats_reactors`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactorStatsEntry {
+    /// Reactor index.
+    pub reactor: u32,
+    /// Pinned core, if pinned.
+    pub core: Option<u32>,
+    /// Host connections owned.
+    pub connections: u32,
+    /// Poll-loop iterations.
+    pub polls: u64,
+    /// Iterations that found work.
+    pub busy_polls: u64,
+    /// Hybrid-mode sleeps.
+    pub sleeps: u64,
+    /// I/O commands completed.
+    pub io_ops: u64,
+    /// Bytes received from sockets.
+    pub rx_bytes: u64,
+    /// Bytes sent on sockets.
+    pub tx_bytes: u64,
+    /// Received payload bytes copied in userspace.
+    pub rx_copied_bytes: u64,
+    /// Sent payload bytes copied in userspace.
+    pub tx_copied_bytes: u64,
+}
+
+/// The result of `store_info`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    /// The backing device(s).
+    pub device: String,
+    /// Bytes.
+    pub size: u64,
+    /// Bytes in use.
+    pub used: u64,
+    /// Bytes free.
+    pub free: u64,
+    /// Number of volumes.
+    pub volumes: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_are_snake_case_noun_verb_and_unique() {
+        let mut names = ALL.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+        for name in ALL {
+            assert!(name.contains('_') && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{name}");
+        }
+    }
+
+    #[test]
+    fn optional_params_are_left_out() {
+        let params = VolumeCreateParams { name: "a".into(), size: 1 << 30, page_size: None, block_size: Some(512) };
+        assert_eq!(serde_json::to_value(&params).unwrap(), json!({"name": "a", "size": 1u64 << 30, "block_size": 512}));
+    }
+
+    #[test]
+    fn params_refuse_unknown_fields() {
+        let error = serde_json::from_value::<VolumeGrowParams>(json!({"name": "a", "size": 1, "force": true}));
+        assert!(error.unwrap_err().to_string().contains("unknown field `force`"));
+    }
+}

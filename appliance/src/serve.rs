@@ -1,0 +1,323 @@
+//! `quire serve`: bring a peer up from its configuration, run it, bring it down.
+//!
+//! Order of bring-up: the backing device, the page store on it (formatted on first
+//! use), the buffer pool, the registry, the listening sockets, the reactors (each with
+//! its own device queue pair and buffer shard), the control thread's state with the
+//! configured volumes, and the management socket. Then reactors run on their threads
+//! and the control thread runs on this one until SIGINT or SIGTERM.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quire_config::{Config, DeviceKind, PollMode as CfgPoll};
+use quire_drivers::uring::{DirectIo, UringDevice, UringOptions};
+use quire_drivers::{BlockDevice, DmaPool};
+
+use crate::control::{Control, ControlParts};
+use crate::reactor::msg::CONTROL_INBOX_MAX;
+use crate::reactor::{ControlMsg, PollMode, Reactor, ReactorParts};
+use crate::target::subsystem::{Listener, Registry};
+use crate::target::TargetParams;
+use crate::volume::store::PageStore;
+
+/// Depth of each reactor's device queue pair.
+const DEVICE_QUEUE_DEPTH: u32 = 1024;
+/// Depth of the page store's own queue pair.
+const STORE_QUEUE_DEPTH: u32 = 64;
+
+/// Why the peer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Something in the configuration cannot be served.
+    #[error("{0}")]
+    Config(String),
+    /// The backing device could not be opened.
+    #[error("device {path}: {reason}")]
+    Device {
+        /// Which device.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The page store on the device could not be opened or formatted.
+    #[error("page store on {device}: {reason}")]
+    Store {
+        /// Which device.
+        device: String,
+        /// Why.
+        reason: String,
+    },
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another quire or nvmet serving there?)")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Anything else at start-up.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn open_device(cfg: &Config) -> Result<(Arc<dyn BlockDevice>, String), ServeError> {
+    if cfg.devices.len() != 1 {
+        return Err(ServeError::Config(format!(
+            "device: {} devices configured; this version serves exactly one device per peer",
+            cfg.devices.len()
+        )));
+    }
+    let d = &cfg.devices[0];
+    let direct = match d.direct_io {
+        quire_config::DirectIo::Auto => DirectIo::Auto,
+        quire_config::DirectIo::On => DirectIo::On,
+        quire_config::DirectIo::Off => DirectIo::Off,
+    };
+    match d.kind {
+        DeviceKind::File | DeviceKind::Block => {
+            let path = cfg.resolve(d.path.as_deref().expect("validated: file and block devices have a path"));
+            let create_size = if d.kind == DeviceKind::File { d.size.map(|s| s.bytes()) } else { None };
+            let dev = UringDevice::open(&path, UringOptions { direct, create_size, block_size_hint: None })
+                .map_err(|e| ServeError::Device { path: path.display().to_string(), reason: e.to_string() })?;
+            let desc = format!(
+                "{} {} ({}, {} bytes)",
+                if d.kind == DeviceKind::File { "file" } else { "block device" },
+                path.display(),
+                if dev.is_direct() { "O_DIRECT" } else { "buffered" },
+                dev.info().size_bytes()
+            );
+            Ok((Arc::new(dev), desc))
+        }
+        DeviceKind::Ram => {
+            let size = d.size.expect("validated: ram devices have a size").bytes();
+            let dev = quire_drivers::ram::RamDevice::new(size, 4096)
+                .map_err(|e| ServeError::Device { path: "ram".into(), reason: e.to_string() })?;
+            Ok((Arc::new(dev), format!("ram ({size} bytes, lost at exit)")))
+        }
+        DeviceKind::Nvme => Err(ServeError::Config(
+            "device.kind = \"nvme\": the VFIO NVMe driver is not wired into `quire serve` yet".into(),
+        )),
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })
+}
+
+/// Runs a peer until SIGINT or SIGTERM.
+pub fn serve(cfg: Config) -> Result<(), ServeError> {
+    cfg.validate().map_err(|e| ServeError::Config(e.to_string()))?;
+    std::fs::create_dir_all(&cfg.peer.data_dir)
+        .map_err(|e| ServeError::Io(format!("cannot create data_dir {}: {e}", cfg.peer.data_dir.display())))?;
+    let (dev, device_desc) = open_device(&cfg)?;
+    let store_qp = dev.create_qpair(STORE_QUEUE_DEPTH).map_err(|e| ServeError::Io(format!("device queue: {e}")))?;
+    let store = PageStore::open_or_format(&*dev, store_qp)
+        .map_err(|e| ServeError::Store { device: device_desc.clone(), reason: e.to_string() })?;
+
+    let t = &cfg.target;
+    let params = TargetParams {
+        max_queue_depth: t.max_queue_depth as u16,
+        max_io_queues: t.max_io_queues as u16,
+        in_capsule_data_size: t.in_capsule_data_size.bytes() as u32,
+        max_transfer_size: t.max_transfer_size.bytes() as u32,
+        max_h2c_data: t.max_h2c_data.bytes() as u32,
+        peer_name: cfg.peer.name.clone(),
+    };
+    let registry = Arc::new(Registry::new(params));
+
+    let io_listener = bind(SocketAddr::new(t.listen, t.port))?;
+    let mut listeners = vec![(io_listener, false)];
+    if t.discovery_port != 0 && t.discovery_port != t.port {
+        listeners.push((bind(SocketAddr::new(t.listen, t.discovery_port))?, true));
+    }
+    let mut bound = Vec::new();
+    for (l, discovery) in &listeners {
+        let addr = l.local_addr().map_err(|e| ServeError::Io(e.to_string()))?;
+        bound.push(Listener { addr, discovery: *discovery });
+    }
+    registry.lock().listeners = bound.clone();
+
+    let n = cfg.reactors.count() as usize;
+    let pool = DmaPool::new(cfg.buffers.chunk_size.bytes() as usize, cfg.buffers.count as usize, cfg.buffers.hugepages)
+        .map_err(|e| ServeError::Io(format!("buffer pool: {e}")))?;
+    let cores = cfg.reactors.cores();
+    let available: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
+    let mode = match cfg.reactors.poll {
+        CfgPoll::Busy => PollMode::Busy,
+        CfgPoll::Hybrid => PollMode::Hybrid { spin: Duration::from_micros(u64::from(cfg.reactors.spin_us)) },
+    };
+    let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_INBOX_MAX);
+    let info = dev.info().clone();
+    let mut reactors = Vec::new();
+    let mut handles = Vec::new();
+    let mut listeners = Some(listeners);
+    for (i, shard) in pool.shards(n).into_iter().enumerate() {
+        let core = cores.get(i).map(|&c| c as usize).filter(|c| available.contains(c));
+        let (r, h) = Reactor::new(ReactorParts {
+            id: i,
+            core,
+            mode,
+            dev: dev.create_qpair(DEVICE_QUEUE_DEPTH).map_err(|e| ServeError::Io(format!("device queue: {e}")))?,
+            dev_block_size: u64::from(info.block_size),
+            dev_dealloc_zeroes: info.deallocate_reads_zeroes,
+            pool: shard,
+            registry: registry.clone(),
+            control: control_tx.clone(),
+            listeners: if i == 0 { listeners.take().expect("first reactor") } else { Vec::new() },
+        })
+        .map_err(|e| ServeError::Io(format!("reactor {i}: {e}")))?;
+        reactors.push(r);
+        handles.push(h);
+    }
+    reactors[0].set_peers(handles.clone());
+
+    let allowed_hosts: HashMap<String, Vec<String>> =
+        cfg.volumes.iter().map(|v| (v.name.clone(), v.allowed_hosts.clone())).collect();
+    let mut control = Control::new(ControlParts {
+        store,
+        registry: registry.clone(),
+        reactors: handles.clone(),
+        rx: control_rx,
+        allowed_hosts,
+        device: device_desc.clone(),
+    });
+    for v in &cfg.volumes {
+        control.ensure_volume(&v.name, v.size.bytes(), v.page_size.bytes(), v.block_size).map_err(|e| {
+            ServeError::Store { device: device_desc.clone(), reason: format!("volume {}: {e}", v.name) }
+        })?;
+    }
+
+    // Management socket: calls reach the control thread through its channel.
+    let socket = cfg.rpc_socket_path();
+    let (rpc_tx, rpc_rx) = crossbeam_channel::bounded::<crate::rpc::RpcCall>(64);
+    let _rpc = crate::rpc::spawn(&socket, rpc_tx)
+        .map_err(|e| ServeError::Io(format!("RPC socket {}: {e}", socket.display())))?;
+    let bridge_tx = control_tx.clone();
+    std::thread::Builder::new()
+        .name("quire-rpc-bridge".into())
+        .spawn(move || {
+            for call in rpc_rx {
+                if bridge_tx.send(ControlMsg::Rpc(call)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| ServeError::Io(e.to_string()))?;
+
+    // SIGINT / SIGTERM: ask the control thread to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| ServeError::Io(format!("signal handler: {e}")))?;
+    }
+    let stop_tx = control_tx.clone();
+    std::thread::Builder::new()
+        .name("quire-signals".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            tracing::info!("signal received: shutting down");
+            let _ = stop_tx.send(ControlMsg::Shutdown);
+        })
+        .map_err(|e| ServeError::Io(e.to_string()))?;
+
+    let mut threads = Vec::new();
+    for r in reactors {
+        let name = format!("quire-reactor-{}", r.id());
+        threads.push(
+            std::thread::Builder::new().name(name).spawn(move || r.run()).map_err(|e| ServeError::Io(e.to_string()))?,
+        );
+    }
+    print_banner(&cfg, &bound, &socket, &device_desc, n);
+    control.run();
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn print_banner(cfg: &Config, bound: &[Listener], socket: &std::path::Path, device: &str, reactors: usize) {
+    let io = bound.iter().find(|l| !l.discovery).expect("an I/O listener").addr;
+    let disc = bound.iter().find(|l| l.discovery).map(|l| l.addr).unwrap_or(io);
+    let host = if io.ip().is_unspecified() { "<this host's address>".to_string() } else { io.ip().to_string() };
+    println!(
+        "quire {} serving on {io} (discovery {disc}), {reactors} reactor(s), device: {device}",
+        env!("CARGO_PKG_VERSION")
+    );
+    for v in &cfg.volumes {
+        println!("volume {:?}: nqn.2026-11.io.quire:{}", v.name, v.name);
+    }
+    println!("Connect from a Linux host (nvme-cli):");
+    println!("  nvme discover -t tcp -a {host} -s {}", disc.port());
+    if let Some(v) = cfg.volumes.first() {
+        println!("  nvme connect -t tcp -a {host} -s {} -n nqn.2026-11.io.quire:{}", io.port(), v.name);
+    }
+    println!("Manage: quire --socket {} volume list", socket.display());
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+}
+
+/// The data directory a command-line override gives.
+pub fn apply_overrides(cfg: &mut Config, o: &Overrides) {
+    if let Some(d) = &o.data_dir {
+        cfg.peer.data_dir = d.clone();
+    }
+    if let Some(ip) = o.listen {
+        cfg.target.listen = ip;
+    }
+    if let Some(p) = o.port {
+        cfg.target.port = p;
+    }
+    if let Some(p) = o.discovery_port {
+        cfg.target.discovery_port = p;
+    }
+    if let Some(n) = o.reactors {
+        cfg.reactors.count = Some(n);
+        cfg.reactors.cores.clear();
+    }
+    if let Some(p) = o.poll {
+        cfg.reactors.poll = p;
+    }
+    if let Some(s) = &o.socket {
+        cfg.peer.rpc_socket = Some(s.clone());
+    }
+}
+
+/// Command-line overrides of configuration keys.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Overrides {
+    /// Overrides peer.data_dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides target.listen.
+    #[arg(long)]
+    pub listen: Option<std::net::IpAddr>,
+    /// Overrides target.port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Overrides target.discovery_port (0 = none).
+    #[arg(long)]
+    pub discovery_port: Option<u16>,
+    /// Overrides reactors.count (reactors are then pinned to cores 0..N).
+    #[arg(long)]
+    pub reactors: Option<u32>,
+    /// Overrides reactors.poll: busy or hybrid.
+    #[arg(long, value_parser = parse_poll)]
+    pub poll: Option<CfgPoll>,
+    /// Overrides peer.rpc_socket.
+    #[arg(long = "rpc-socket")]
+    pub socket: Option<PathBuf>,
+}
+
+fn parse_poll(s: &str) -> Result<CfgPoll, String> {
+    match s {
+        "busy" => Ok(CfgPoll::Busy),
+        "hybrid" => Ok(CfgPoll::Hybrid),
+        _ => Err(format!("{s:?}: expected busy or hybrid")),
+    }
+}

@@ -1,0 +1,167 @@
+//! Subsystems, host allow-lists and the controllers that live in them.
+//!
+//! One NVM subsystem per volume, NQN `nqn.2026-11.io.quire:<volume>`, namespace 1;
+//! plus the discovery subsystem. The registry is consulted when a host connects, by
+//! admin commands and by management calls; the I/O path never touches it, so a mutex
+//! is the right tool here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use quire_wire::nvme::DISCOVERY_NQN;
+
+use crate::target::ctrlr::Controller;
+use crate::target::TargetParams;
+use crate::volume::{VolumeId, VolumeInfo};
+
+/// What kind of subsystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubsystemKind {
+    /// The discovery subsystem.
+    Discovery,
+    /// An NVM subsystem serving one volume as namespace 1.
+    Volume(VolumeInfo),
+}
+
+/// One subsystem.
+#[derive(Clone, Debug)]
+pub struct Subsystem {
+    /// Its NQN.
+    pub nqn: String,
+    /// Discovery or volume.
+    pub kind: SubsystemKind,
+    /// Host NQNs allowed to connect; empty = any host.
+    pub allowed_hosts: Vec<String>,
+    /// Serial number reported in Identify Controller.
+    pub serial: String,
+}
+
+impl Subsystem {
+    /// True when `hostnqn` may connect.
+    pub fn allows(&self, hostnqn: &str) -> bool {
+        self.allowed_hosts.is_empty() || self.allowed_hosts.iter().any(|h| h == hostnqn)
+    }
+
+    /// The volume this subsystem serves, if any.
+    pub fn volume(&self) -> Option<&VolumeInfo> {
+        match &self.kind {
+            SubsystemKind::Discovery => None,
+            SubsystemKind::Volume(v) => Some(v),
+        }
+    }
+}
+
+/// A listening address and what it is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// Address (after binding: the real port).
+    pub addr: SocketAddr,
+    /// True for the discovery port.
+    pub discovery: bool,
+}
+
+/// Registry contents.
+#[derive(Default)]
+pub struct RegistryInner {
+    /// Subsystems by NQN.
+    pub subsystems: BTreeMap<String, Subsystem>,
+    /// Live controllers by controller ID.
+    pub controllers: BTreeMap<u16, Arc<Controller>>,
+    /// Listening addresses.
+    pub listeners: Vec<Listener>,
+    next_cntlid: u16,
+    /// Discovery log generation counter (bumped whenever the log changes).
+    pub discovery_genctr: u64,
+}
+
+/// The target's registry of subsystems and controllers.
+pub struct Registry {
+    inner: Mutex<RegistryInner>,
+    /// The target's limits.
+    pub params: TargetParams,
+}
+
+/// Controller IDs 0xFFF0..=0xFFFF are reserved by the specification.
+const CNTLID_MAX: u16 = 0xffef;
+
+impl Registry {
+    /// A registry with only the discovery subsystem.
+    pub fn new(params: TargetParams) -> Registry {
+        let mut inner = RegistryInner { next_cntlid: 1, ..Default::default() };
+        inner.subsystems.insert(
+            DISCOVERY_NQN.to_string(),
+            Subsystem {
+                nqn: DISCOVERY_NQN.to_string(),
+                kind: SubsystemKind::Discovery,
+                allowed_hosts: Vec::new(),
+                serial: serial_for(&params.peer_name, 0),
+            },
+        );
+        Registry { inner: Mutex::new(inner), params }
+    }
+
+    /// Locks the registry. Never held across I/O.
+    pub fn lock(&self) -> MutexGuard<'_, RegistryInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds (or replaces the facts of) the subsystem serving `volume`.
+    pub fn upsert_volume(&self, volume: &VolumeInfo, allowed_hosts: Option<Vec<String>>) {
+        let mut r = self.lock();
+        let nqn = volume.nqn();
+        let serial = serial_for(&self.params.peer_name, volume.id.0);
+        let entry = r.subsystems.entry(nqn.clone()).or_insert_with(|| Subsystem {
+            nqn: nqn.clone(),
+            kind: SubsystemKind::Volume(volume.clone()),
+            allowed_hosts: Vec::new(),
+            serial,
+        });
+        entry.kind = SubsystemKind::Volume(volume.clone());
+        if let Some(hosts) = allowed_hosts {
+            entry.allowed_hosts = hosts;
+        }
+        r.discovery_genctr += 1;
+    }
+
+    /// Removes the subsystem of `volume`; returns the controllers that were in it.
+    pub fn remove_volume(&self, volume: VolumeId) -> Vec<Arc<Controller>> {
+        let mut r = self.lock();
+        let nqn = r.subsystems.values().find(|s| s.volume().map(|v| v.id) == Some(volume)).map(|s| s.nqn.clone());
+        if let Some(nqn) = nqn {
+            r.subsystems.remove(&nqn);
+            r.discovery_genctr += 1;
+        }
+        r.controllers.values().filter(|c| c.volume == Some(volume)).cloned().collect()
+    }
+
+    /// Picks a free controller ID. Controller IDs are unique on this peer; the group
+    /// issue partitions the space between peers.
+    pub fn next_cntlid(inner: &mut RegistryInner) -> Option<u16> {
+        for _ in 0..CNTLID_MAX {
+            let id = inner.next_cntlid;
+            inner.next_cntlid = if id >= CNTLID_MAX { 1 } else { id + 1 };
+            if !inner.controllers.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Forgets a controller (its admin queue went away or it timed out).
+    pub fn remove_controller(&self, cntlid: u16) {
+        self.lock().controllers.remove(&cntlid);
+    }
+
+    /// The controllers of the subsystem serving `volume`.
+    pub fn controllers_of(&self, volume: VolumeId) -> Vec<Arc<Controller>> {
+        self.lock().controllers.values().filter(|c| c.volume == Some(volume)).cloned().collect()
+    }
+}
+
+/// A serial number: peer name and subsystem number, at most 20 characters.
+pub fn serial_for(peer: &str, n: u32) -> String {
+    let mut s = format!("{}-{n:04}", peer.chars().take(14).collect::<String>());
+    s.truncate(20);
+    s
+}

@@ -1,0 +1,577 @@
+//! One NVMe/TCP connection: one queue pair of one controller.
+//!
+//! The connection's own life is a state machine ([`ConnState`]): it waits for the
+//! host's ICReq, serves commands, and on a fatal protocol error sends a termination
+//! request and closes — this connection only. Before its memory is released it drains:
+//! every request that the device still works on must come home first, because the
+//! device may be writing into that request's buffers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use quire_drivers::DmaBuf;
+use quire_wire::nvme::opcode::{self, Direction};
+use quire_wire::nvme::{Command, Completion, Status};
+use quire_wire::tcp::{
+    encode_c2h_data, encode_capsule_resp, encode_icresp, encode_r2t, encode_term_req, DataHeader, Digests, ICReq,
+    ICResp, Layout, Pdu, R2t, Role, TermError,
+};
+
+use crate::reactor::stats::add;
+use crate::reactor::{ReactorCtx, ReqRef};
+use crate::target::ctrlr::{Controller, AER_MAX};
+use crate::target::tcp::req::{ReqState, ReqTable, Xfer};
+use crate::target::tcp::rx::{Rx, RxPhase};
+use crate::target::tcp::tx::{AfterSend, Flushed, Tx, TxEntry};
+use crate::target::{admin, io};
+
+/// Status: Transient Transport Error (data digest mismatch).
+pub const TRANSIENT_TRANSPORT_ERROR: Status = Status { sct: 0, sc: 0x22, dnr: false, more: false };
+
+/// Where the connection is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConnState {
+    /// Waiting for the host's ICReq.
+    AwaitingICReq,
+    /// Initialized: commands flow.
+    Ready,
+    /// Fatal error or host termination: the termination PDU (if any) is being sent;
+    /// nothing more is received.
+    Terminating,
+    /// The socket is shut; waiting for the device to finish with the remaining
+    /// requests' buffers.
+    Draining,
+    /// Everything came home; the reactor may drop the connection.
+    Closed,
+}
+
+/// Facts of the queue this connection carries, fixed by ICReq and Connect.
+#[derive(Debug)]
+pub struct QueueInfo {
+    /// Queue ID once connected (0 = admin).
+    pub qid: Option<u16>,
+    /// Submission queue size (1-based).
+    pub sqsize: u16,
+    /// The controller once connected.
+    pub ctrlr: Option<Arc<Controller>>,
+    /// Digests negotiated by ICReq (None before).
+    pub digests: Option<Digests>,
+    /// SQ flow control disabled by the host at Connect (allows C2H SUCCESS).
+    pub sqflow_disabled: bool,
+    /// Submission queue head reported in completions.
+    pub sqhd: u16,
+    /// Command IDs of outstanding Asynchronous Event Requests (admin queue).
+    pub aers: Vec<u16>,
+    /// The reactor serving this connection.
+    pub reactor: usize,
+    /// Accepted on the discovery port.
+    pub discovery_port: bool,
+    /// The local address the host reached (for discovery log entries).
+    pub local_ip: std::net::IpAddr,
+}
+
+/// One connection.
+pub struct TcpQpair {
+    /// Slot in the reactor's connection table.
+    pub index: u32,
+    /// The socket.
+    pub sock: mio::net::TcpStream,
+    /// The host's address.
+    pub peer: SocketAddr,
+    pub(crate) state: ConnState,
+    /// The queue's facts.
+    pub q: QueueInfo,
+    pub(crate) rx: Rx,
+    pub(crate) tx: Tx,
+    pub(crate) reqs: ReqTable,
+    /// Why the connection closed (for the log).
+    pub close_reason: Option<String>,
+    /// When teardown started.
+    pub closing_since: Option<Instant>,
+}
+
+impl TcpQpair {
+    /// A new connection in slot `index`, with request slots for the deepest queue the
+    /// target allows (plus AERs).
+    pub fn new(
+        index: u32,
+        sock: mio::net::TcpStream,
+        peer: SocketAddr,
+        discovery_port: bool,
+        ctx: &ReactorCtx,
+    ) -> TcpQpair {
+        let p = &ctx.registry.params;
+        let slots = usize::from(p.max_queue_depth) + AER_MAX + 1;
+        let bufs_max = (p.max_transfer_size as usize).div_ceil(ctx.pool.chunk_size()).max(1);
+        let local_ip = sock.local_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        TcpQpair {
+            index,
+            sock,
+            peer,
+            state: ConnState::AwaitingICReq,
+            q: QueueInfo {
+                qid: None,
+                sqsize: 0,
+                ctrlr: None,
+                digests: None,
+                sqflow_disabled: false,
+                sqhd: 0,
+                aers: Vec::with_capacity(AER_MAX),
+                reactor: ctx.id,
+                discovery_port,
+                local_ip,
+            },
+            rx: Rx::new(),
+            tx: Tx::new(slots * 3 + 4),
+            reqs: ReqTable::new(slots, bufs_max),
+            close_reason: None,
+            closing_since: None,
+        }
+    }
+
+    /// The connection's state.
+    pub fn state(&self) -> ConnState {
+        self.state
+    }
+
+    /// Requests not yet free.
+    pub fn active_requests(&self) -> u32 {
+        self.reqs.active()
+    }
+
+    fn rref(&self, req: u16) -> ReqRef {
+        ReqRef { conn: self.index, req }
+    }
+
+    // ----- PDUs from the host -------------------------------------------------------
+
+    /// Handles one decoded PDU header (the receive path calls this).
+    pub(crate) fn on_pdu(&mut self, pdu: Pdu, layout: &Layout, ctx: &mut ReactorCtx) -> Result<(), TermError> {
+        match pdu {
+            Pdu::ICReq(req) => self.on_icreq(req, ctx.registry.params.max_h2c_data),
+            Pdu::TermReq { fes, fei } => {
+                self.rx.phase = RxPhase::Discard { remaining: layout.data_len };
+                self.begin_close(format!("host terminated the connection (fes {fes:#x}, fei {fei})"));
+                Ok(())
+            }
+            Pdu::CapsuleCmd(cmd) => self.on_capsule(cmd, layout, ctx),
+            Pdu::H2CData(h) => self.rx.on_h2c_data(&h, layout, &mut self.reqs, ctx.registry.params.max_h2c_data),
+            Pdu::ICResp(_) | Pdu::CapsuleResp(_) | Pdu::C2HData(_) | Pdu::R2T(_) => {
+                unreachable!("layout() rejects host-bound PDUs on the controller side")
+            }
+        }
+    }
+
+    fn on_icreq(&mut self, req: ICReq, maxh2cdata: u32) -> Result<(), TermError> {
+        assert_eq!(self.state, ConnState::AwaitingICReq);
+        self.q.digests = Some(req.digests);
+        let resp = ICResp { pfv: 0, cpda: 0, digests: req.digests, maxh2cdata };
+        self.tx.push(TxEntry::header(encode_icresp(&resp), AfterSend::Nothing));
+        self.state = ConnState::Ready;
+        Ok(())
+    }
+
+    fn on_capsule(&mut self, cmd: Command, layout: &Layout, ctx: &mut ReactorCtx) -> Result<(), TermError> {
+        let p = &ctx.registry.params;
+        let Some(idx) = self.reqs.get(cmd) else {
+            // The host has more commands outstanding than its queue holds.
+            return Err(TermError::sequence());
+        };
+        self.q.sqhd = if self.q.sqsize == 0 { 0 } else { (self.q.sqhd + 1) % self.q.sqsize };
+        let sgl = cmd.sgl();
+        let in_capsule = layout.data_len as u32;
+        if in_capsule > 0 {
+            let limit = if self.q.qid.unwrap_or(0) == 0 { 8192 } else { p.in_capsule_data_size };
+            if in_capsule > limit.max(quire_wire::nvme::fabrics::CONNECT_DATA_SIZE as u32) {
+                return Err(TermError::limit(4));
+            }
+            let r = self.reqs.req_mut(idx);
+            if !sgl.is_in_capsule() || sgl.len != in_capsule || sgl.addr != 0 {
+                // Receive and drop the data; fail the command.
+                r.status = if sgl.is_in_capsule() {
+                    Status::DATA_SGL_LENGTH_INVALID
+                } else {
+                    Status::SGL_DESCRIPTOR_TYPE_INVALID
+                }
+                .with_dnr();
+                self.rx.phase = RxPhase::Discard { remaining: layout.after_header() };
+                self.reqs.set_state(idx, ReqState::ReadyToComplete);
+                self.process(idx, ctx);
+                return Ok(());
+            }
+            r.xfer = Xfer::InCapsule;
+            r.data_len = in_capsule;
+            self.rx.phase = RxPhase::WaitBuffer { req: idx, pad: layout.pad_len, ddgst: layout.ddgst_len != 0 };
+            self.reqs.set_state(idx, ReqState::NeedBuffer);
+            self.process(idx, ctx);
+            return Ok(());
+        }
+        let r = self.reqs.req_mut(idx);
+        // A Fabrics command's data direction is in its command type, not its opcode.
+        let dir =
+            if cmd.opcode == opcode::FABRICS { opcode::direction(cmd.fctype()) } else { opcode::direction(cmd.opcode) };
+        let len = if sgl.is_transport() || sgl.is_in_capsule() { sgl.len } else { 0 };
+        if len == 0 || dir == Direction::None {
+            self.reqs.set_state(idx, ReqState::ReadyToExecute);
+        } else if !sgl.is_transport() {
+            r.status = Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr();
+            self.reqs.set_state(idx, ReqState::ReadyToComplete);
+        } else if len > p.max_transfer_size {
+            r.status = Status::INVALID_FIELD.with_dnr();
+            self.reqs.set_state(idx, ReqState::ReadyToComplete);
+        } else {
+            r.data_len = len;
+            r.xfer = match dir {
+                Direction::HostToController => Xfer::H2C,
+                _ => Xfer::C2H,
+            };
+            self.reqs.set_state(idx, ReqState::NeedBuffer);
+        }
+        self.process(idx, ctx);
+        Ok(())
+    }
+
+    // ----- the request state machine ------------------------------------------------
+
+    /// Advances request `idx` until it waits on something outside.
+    pub fn process(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        loop {
+            let state = self.reqs.req(idx).state();
+            match state {
+                ReqState::Free => return,
+                ReqState::New => unreachable!("a new request is given a path when its capsule arrives"),
+                ReqState::NeedBuffer => self.need_buffer(idx, ctx),
+                ReqState::ReceivingCapsuleData | ReqState::AwaitingH2C => return,
+                ReqState::ReadyToExecute => self.execute(idx, ctx),
+                ReqState::Executing | ReqState::WaitingDevice | ReqState::WaitingControl | ReqState::AwaitingEvent => {
+                    return
+                }
+                ReqState::ReadyToComplete => self.queue_response(idx, ctx),
+                ReqState::Transmitting => return,
+            }
+            if self.reqs.req(idx).state() == state {
+                return;
+            }
+        }
+    }
+
+    fn need_buffer(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        if self.state != ConnState::Ready {
+            // A closing connection takes no more buffers.
+            self.reqs.set_state(idx, ReqState::ReadyToComplete);
+            return;
+        }
+        if !take_buffers(&mut self.reqs, idx, ctx) {
+            ctx.buf_waiters.push_back(self.rref(idx));
+            return;
+        }
+        let r = self.reqs.req(idx);
+        match r.xfer {
+            Xfer::InCapsule => {
+                self.rx.start_in_capsule(idx, r.data_len);
+                self.reqs.set_state(idx, ReqState::ReceivingCapsuleData);
+            }
+            Xfer::H2C => {
+                let r2t = R2t { cccid: r.cmd.cid, ttag: idx, r2to: 0, r2tl: r.data_len };
+                let d = self.q.digests.unwrap_or_default();
+                self.tx.push(TxEntry::header(encode_r2t(&r2t, d), AfterSend::Nothing));
+                self.reqs.set_state(idx, ReqState::AwaitingH2C);
+            }
+            Xfer::C2H => self.reqs.set_state(idx, ReqState::ReadyToExecute),
+            Xfer::None => unreachable!("requests without data need no buffer"),
+        }
+    }
+
+    fn execute(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        let cmd = self.reqs.req(idx).cmd;
+        if !self.reqs.req(idx).status.is_success() {
+            self.reqs.set_state(idx, ReqState::ReadyToComplete);
+            return;
+        }
+        if cmd.opcode == opcode::FABRICS || self.q.qid == Some(0) || self.q.qid.is_none() {
+            let rref = self.rref(idx);
+            let next = admin::execute(&mut self.q, &mut self.reqs, idx, rref, ctx);
+            if next == admin::Next::CloseAfterResponse {
+                self.reqs.set_state(idx, ReqState::ReadyToComplete);
+                self.queue_response(idx, ctx);
+                self.begin_close("host disconnected".into());
+                return;
+            }
+            return;
+        }
+        let rref = self.rref(idx);
+        io::execute(&self.q, &mut self.reqs, idx, rref, ctx);
+    }
+
+    fn queue_response(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        let d = self.q.digests.unwrap_or_default();
+        let r = self.reqs.req(idx);
+        if r.status.is_success() {
+            add(&ctx.stats.commands, 1);
+        } else if let Some(c) = &self.q.ctrlr {
+            c.log_error(self.q.qid.unwrap_or(0), r.cmd.cid, r.status, r.cmd.nsid, r.cmd.slba());
+        }
+        if self.state == ConnState::Draining || self.state == ConnState::Closed || self.state == ConnState::Terminating
+        {
+            release_buffers(&mut self.reqs, idx, ctx);
+            self.reqs.set_state(idx, ReqState::Free);
+            return;
+        }
+        let mut cpl = Completion::new(r.cmd.cid, r.status);
+        cpl.dw0 = r.dw0;
+        cpl.dw1 = r.dw1;
+        cpl.sqid = self.q.qid.unwrap_or(0);
+        cpl.sqhd = self.q.sqhd;
+        if r.xfer == Xfer::C2H && r.status.is_success() && r.c2h_len > 0 {
+            let success = self.q.sqflow_disabled;
+            let hdr = DataHeader { cccid: r.cmd.cid, ttag: 0, datao: 0, datal: r.c2h_len, last: true, success };
+            let ddgst = d.data.then(|| data_crc(&r.bufs, r.c2h_len as usize));
+            let after = if success { AfterSend::FreeReq(idx) } else { AfterSend::Nothing };
+            self.tx.push(TxEntry::with_data(encode_c2h_data(&hdr, d), 0, idx, r.c2h_len, ddgst, after));
+            if success {
+                self.reqs.set_state(idx, ReqState::Transmitting);
+                return;
+            }
+        }
+        self.tx.push(TxEntry::header(encode_capsule_resp(&cpl, d), AfterSend::FreeReq(idx)));
+        self.reqs.set_state(idx, ReqState::Transmitting);
+    }
+
+    /// A device part of request `idx` completed.
+    pub fn on_device_completion(&mut self, idx: u16, result: Result<(), quire_drivers::IoError>, ctx: &mut ReactorCtx) {
+        io::on_part_done(&mut self.reqs, idx, result);
+        if self.reqs.req(idx).pending == 0 && self.reqs.req(idx).state() == ReqState::Executing {
+            self.reqs.set_state(idx, ReqState::ReadyToComplete);
+            self.process(idx, ctx);
+        }
+        self.maybe_closed(ctx);
+    }
+
+    /// The control thread answered an allocation or free for request `idx`.
+    pub fn on_control_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
+        let r = self.reqs.req_mut(idx);
+        if let Err(s) = result {
+            r.fail(s);
+        }
+        assert!(r.pending > 0);
+        r.pending -= 1;
+        if r.pending == 0 {
+            let next = match r.state() {
+                // Allocations done: run the command again, now every page is mapped.
+                ReqState::WaitingControl => ReqState::ReadyToExecute,
+                ReqState::Executing => ReqState::ReadyToComplete,
+                s => unreachable!("control answer for a request in state {s:?}"),
+            };
+            self.reqs.set_state(idx, next);
+            self.process(idx, ctx);
+        }
+        self.maybe_closed(ctx);
+    }
+
+    /// Retries a request parked on a full device queue or an empty buffer pool.
+    pub fn resume(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        match self.reqs.req(idx).state() {
+            ReqState::WaitingDevice => {
+                self.reqs.set_state(idx, ReqState::ReadyToExecute);
+                self.process(idx, ctx);
+            }
+            ReqState::NeedBuffer => self.process(idx, ctx),
+            _ => {}
+        }
+        self.maybe_closed(ctx);
+    }
+
+    // ----- sending ------------------------------------------------------------------
+
+    /// Writes queued PDUs; frees requests whose responses went out.
+    pub fn flush(&mut self, ctx: &mut ReactorCtx) {
+        if self.tx.is_empty() || self.tx.blocked || matches!(self.state, ConnState::Draining | ConnState::Closed) {
+            return;
+        }
+        let mut out = Flushed::default();
+        let res = self.tx.flush(&mut self.sock, &self.reqs, &mut out);
+        add(&ctx.stats.tx_bytes, out.bytes as u64);
+        for idx in out.freed {
+            release_buffers(&mut self.reqs, idx, ctx);
+            self.reqs.set_state(idx, ReqState::Free);
+        }
+        if let Err(e) = res {
+            self.begin_close(format!("send failed: {e}"));
+            self.shutdown_socket();
+        } else if out.close {
+            self.shutdown_socket();
+        }
+    }
+
+    /// True when there is something to send and the socket may take it.
+    pub fn wants_flush(&self) -> bool {
+        !self.tx.is_empty() && !self.tx.blocked
+    }
+
+    // ----- errors and teardown ------------------------------------------------------
+
+    /// A fatal transport error: send the termination request, then close.
+    pub fn fatal(&mut self, err: TermError, header: &[u8]) {
+        if self.state != ConnState::AwaitingICReq && self.state != ConnState::Ready {
+            return;
+        }
+        let n = header.len().min(self.tx.term_data.len());
+        self.tx.term_data[..n].copy_from_slice(&header[..n]);
+        self.tx.push(TxEntry::term(encode_term_req(Role::Controller, err.fes, err.fei, n), n));
+        self.begin_close(format!("fatal transport error {:?} at byte {}", err.fes, err.fei));
+    }
+
+    /// Stops receiving; the connection closes once its queued PDUs are out (or at once
+    /// when the socket is gone) and its requests have come home.
+    pub fn begin_close(&mut self, reason: String) {
+        if matches!(self.state, ConnState::Terminating | ConnState::Draining | ConnState::Closed) {
+            return;
+        }
+        tracing::info!(peer = %self.peer, qid = ?self.q.qid, "closing connection: {reason}");
+        self.close_reason = Some(reason);
+        self.state = ConnState::Terminating;
+        self.closing_since = Some(Instant::now());
+        if self.tx.is_empty() {
+            self.shutdown_socket();
+        }
+    }
+
+    /// Shuts the socket and starts draining.
+    pub fn shutdown_socket(&mut self) {
+        if matches!(self.state, ConnState::Draining | ConnState::Closed) {
+            return;
+        }
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        self.state = ConnState::Draining;
+        if self.closing_since.is_none() {
+            self.closing_since = Some(Instant::now());
+        }
+    }
+
+    /// Frees what can be freed of a draining connection; moves it to Closed when every
+    /// request has come home.
+    pub fn maybe_closed(&mut self, ctx: &mut ReactorCtx) {
+        if self.state != ConnState::Draining {
+            return;
+        }
+        // Requests not waiting on the device or the control thread can go now.
+        for state in [
+            ReqState::NeedBuffer,
+            ReqState::ReceivingCapsuleData,
+            ReqState::AwaitingH2C,
+            ReqState::ReadyToExecute,
+            ReqState::ReadyToComplete,
+            ReqState::Transmitting,
+            ReqState::WaitingDevice,
+            ReqState::AwaitingEvent,
+        ] {
+            let idxs: Vec<u16> = self.reqs.in_state(state).collect();
+            for idx in idxs {
+                release_buffers(&mut self.reqs, idx, ctx);
+                self.reqs.set_state(idx, ReqState::Free);
+            }
+        }
+        let waiting = self.reqs.count(ReqState::Executing) + self.reqs.count(ReqState::WaitingControl);
+        if waiting == 0 {
+            assert_eq!(self.reqs.active(), 0, "every request must be home before close");
+            self.state = ConnState::Closed;
+        }
+    }
+
+    /// Periodic checks: keep-alive, dead controller, async events, stuck termination.
+    pub fn tick(&mut self, ctx: &mut ReactorCtx) {
+        if let Some(c) = self.q.ctrlr.clone() {
+            if self.state == ConnState::Ready {
+                if c.is_dead() {
+                    self.begin_close("controller torn down".into());
+                } else if self.q.qid == Some(0) && c.keepalive_expired() {
+                    tracing::warn!(cntlid = c.cntlid, host = %c.hostnqn, "keep-alive timeout: tearing the controller down");
+                    c.kill();
+                    ctx.registry.remove_controller(c.cntlid);
+                    self.begin_close("keep-alive timeout".into());
+                } else if self.q.qid == Some(0) {
+                    self.deliver_events(&c);
+                }
+            }
+        }
+        if self.state == ConnState::Terminating {
+            // A host that does not read its termination PDU does not hold us forever.
+            if self.closing_since.is_some_and(|t| t.elapsed().as_secs() >= 2) {
+                self.shutdown_socket();
+            }
+        }
+        self.maybe_closed(ctx);
+    }
+
+    fn deliver_events(&mut self, c: &Controller) {
+        while !self.q.aers.is_empty() {
+            let Some(ev) = c.take_event() else { return };
+            let cid = self.q.aers.remove(0);
+            let d = self.q.digests.unwrap_or_default();
+            let mut cpl = Completion::new(cid, Status::SUCCESS);
+            cpl.dw0 = ev;
+            cpl.sqhd = self.q.sqhd;
+            // The AER's request slot is found by its command ID.
+            let idx = (0..self.reqs.len() as u16)
+                .find(|&i| {
+                    self.reqs.req(i).state() == ReqState::AwaitingEvent
+                        && self.reqs.req(i).cmd.cid == cid
+                        && self.reqs.req(i).cmd.opcode == opcode::ADMIN_ASYNC_EVENT_REQUEST
+                })
+                .expect("an outstanding AER has a slot");
+            self.reqs.set_state(idx, ReqState::Transmitting);
+            self.tx.push(TxEntry::header(encode_capsule_resp(&cpl, d), AfterSend::FreeReq(idx)));
+        }
+    }
+
+    /// Ends the association when the admin queue goes away.
+    pub fn on_closed(&mut self, ctx: &ReactorCtx) {
+        if let (Some(0), Some(c)) = (self.q.qid, &self.q.ctrlr) {
+            c.kill();
+            ctx.registry.remove_controller(c.cntlid);
+        }
+        if let (Some(q), Some(c)) = (self.q.qid, &self.q.ctrlr) {
+            if q != 0 {
+                c.state().connected_qids.remove(&q);
+            }
+        }
+    }
+}
+
+/// CRC32C over the first `len` bytes of `bufs`.
+pub fn data_crc(bufs: &[DmaBuf], len: usize) -> u32 {
+    let mut crc = 0u32;
+    let mut left = len;
+    for b in bufs {
+        if left == 0 {
+            break;
+        }
+        let n = left.min(b.len());
+        crc = quire_wire::tcp::digest::crc32c_append(crc, &b.as_slice()[..n]);
+        left -= n;
+    }
+    crc
+}
+
+/// Takes enough pool buffers for request `idx`'s data; all or nothing.
+fn take_buffers(reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> bool {
+    let r = reqs.req_mut(idx);
+    let chunk = ctx.pool.chunk_size();
+    let need = (r.data_len as usize).div_ceil(chunk).max(1);
+    if ctx.pool.available() < need {
+        return false;
+    }
+    for _ in 0..need {
+        r.bufs.push(ctx.pool.get().expect("counted above"));
+    }
+    true
+}
+
+/// Gives request `idx`'s buffers back to the pool.
+pub fn release_buffers(reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) {
+    let r = reqs.req_mut(idx);
+    for b in r.bufs.drain(..) {
+        ctx.pool.put(b);
+    }
+}

@@ -1,1 +1,0 @@
-//! io_uring backend (written in the next change).

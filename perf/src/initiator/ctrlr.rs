@@ -1,0 +1,469 @@
+//! A controller seen from the host: the admin queue and what it is used for.
+//!
+//! Bring-up follows `nvme_ctrlr.c`'s order: ICReq/ICResp, Fabrics Connect (queue 0,
+//! dynamic controller ID), Property Get of CAP and VS, Property Set of CC (EN=1,
+//! IOSQES=6, IOCQES=4), a wait for CSTS.RDY bounded by CAP.TO, Identify Controller.
+//! The admin queue stays blocking: every command is sent and waited for, with a
+//! deadline. While workers run, the owner calls [`Controller::keep_alive_if_due`]
+//! often enough that a Keep Alive goes out every KATO/2.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use quire_wire::nvme::fabrics::{
+    ConnectCmd, ConnectData, CC_EN, CC_SHN_SHIFT, CNTLID_DYNAMIC, CSTS_CFS, CSTS_RDY, CSTS_SHST_COMPLETE, PROP_CAP,
+    PROP_CC, PROP_CSTS, PROP_VS,
+};
+use quire_wire::nvme::{opcode, Command, DISCOVERY_NQN};
+use quire_wire::tcp::Digests;
+
+use super::connection::{Connection, ConnectionParams, DataDir, BLOCKING_SLICE};
+use super::identify::{
+    discovery_numrec, parse_discovery, DiscoveryEntry, IdentifyController, IdentifyNamespace, DISCOVERY_ENTRY_LEN,
+    DISCOVERY_HEADER_LEN, IDENTIFY_LEN, SUBTYPE_NVME,
+};
+use super::{Error, Result};
+
+/// Admin queue depth.
+const ADMIN_DEPTH: u16 = 8;
+/// Admin slot buffer: Identify data, a discovery log of up to 63 entries.
+const ADMIN_BUF_LEN: usize = 64 << 10;
+/// CC.IOSQES: 64-byte submission queue entries (2^6).
+const CC_IOSQES: u32 = 6 << 16;
+/// CC.IOCQES: 16-byte completion queue entries (2^4).
+const CC_IOCQES: u32 = 4 << 20;
+/// Feature identifier: Number of Queues.
+const FID_NUM_QUEUES: u32 = 0x07;
+/// Log page identifier: discovery.
+const LID_DISCOVERY: u8 = 0x70;
+
+/// How to reach and identify to a controller.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Target address.
+    pub addr: SocketAddr,
+    /// Subsystem NQN; `None` discovers it (first NVM subsystem in the discovery log).
+    pub subnqn: Option<String>,
+    /// Host NQN.
+    pub hostnqn: String,
+    /// Host identifier.
+    pub hostid: [u8; 16],
+    /// Digests to ask for.
+    pub digests: Digests,
+    /// Keep Alive Timeout in milliseconds (0 = none).
+    pub kato_ms: u32,
+    /// Deadline of connects and of each admin command.
+    pub timeout: Duration,
+}
+
+impl ControllerOptions {
+    /// Options with a fresh random host identity, no digests, KATO 10 s, 5 s deadlines.
+    pub fn new(addr: SocketAddr, subnqn: Option<String>) -> ControllerOptions {
+        let hostid = random_id();
+        ControllerOptions {
+            addr,
+            subnqn,
+            hostnqn: format!("nqn.2014-08.org.nvmexpress:uuid:{}", uuid_string(&hostid)),
+            hostid,
+            digests: Digests::default(),
+            kato_ms: 10_000,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A connected, enabled controller and its admin queue.
+pub struct Controller {
+    admin: Connection,
+    opts: ControllerOptions,
+    subnqn: String,
+    cntlid: u16,
+    cap: u64,
+    vs: u32,
+    ident: IdentifyController,
+    last_keep_alive: Instant,
+}
+
+impl Controller {
+    /// Connects the admin queue, enables the controller and identifies it. Discovers
+    /// the subsystem NQN first when the options leave it out.
+    pub fn connect(opts: &ControllerOptions) -> Result<Controller> {
+        let subnqn = match &opts.subnqn {
+            Some(n) => n.clone(),
+            None => {
+                let entries = discover(opts)?;
+                let e = entries.iter().find(|e| e.subtype == SUBTYPE_NVME).ok_or(Error::NoSubsystem)?;
+                e.subnqn.clone()
+            }
+        };
+        Controller::attach(opts, subnqn)
+    }
+
+    fn attach(opts: &ControllerOptions, subnqn: String) -> Result<Controller> {
+        let params = ConnectionParams {
+            addr: opts.addr,
+            digests: opts.digests,
+            depth: ADMIN_DEPTH,
+            buf_len: ADMIN_BUF_LEN,
+            timeout: opts.timeout,
+        };
+        let mut admin = Connection::connect(&params)?;
+        let cntlid = fabrics_connect(&mut admin, opts, &subnqn, 0, ADMIN_DEPTH * 4 - 1, CNTLID_DYNAMIC)?;
+        let mut c = Controller {
+            admin,
+            opts: opts.clone(),
+            subnqn,
+            cntlid,
+            cap: 0,
+            vs: 0,
+            ident: IdentifyController::default(),
+            last_keep_alive: Instant::now(),
+        };
+        c.cap = c.property_get(PROP_CAP, true)?;
+        c.vs = c.property_get(PROP_VS, false)? as u32;
+        c.enable()?;
+        let data = c.identify(1, 0)?;
+        c.ident = IdentifyController::parse(&data);
+        Ok(c)
+    }
+
+    /// Sets CC.EN and waits for CSTS.RDY within CAP.TO (500 ms units).
+    fn enable(&mut self) -> Result<()> {
+        let cc = CC_EN | CC_IOSQES | CC_IOCQES;
+        self.property_set(PROP_CC, u64::from(cc), false)?;
+        let to_ms = ((self.cap >> 24) & 0xff).max(1) * 500;
+        let deadline = Instant::now() + Duration::from_millis(to_ms);
+        loop {
+            let csts = self.property_get(PROP_CSTS, false)? as u32;
+            if csts & CSTS_CFS != 0 {
+                return Err(Error::Controller("CSTS.CFS set while enabling".into()));
+            }
+            if csts & CSTS_RDY != 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout("CSTS.RDY after CC.EN=1"));
+            }
+            std::thread::sleep(BLOCKING_SLICE);
+        }
+    }
+
+    /// The subsystem NQN connected to.
+    pub fn subnqn(&self) -> &str {
+        &self.subnqn
+    }
+
+    /// The controller ID the target gave this host.
+    pub fn cntlid(&self) -> u16 {
+        self.cntlid
+    }
+
+    /// Controller Capabilities.
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Version register (major in bits 31:16, minor in 15:8).
+    pub fn version(&self) -> u32 {
+        self.vs
+    }
+
+    /// Identify Controller data.
+    pub fn identity(&self) -> &IdentifyController {
+        &self.ident
+    }
+
+    /// The options this controller was connected with.
+    pub fn options(&self) -> &ControllerOptions {
+        &self.opts
+    }
+
+    /// Digests in force on the admin queue.
+    pub fn digests(&self) -> Digests {
+        self.admin.digests()
+    }
+
+    /// Reads a property (4 or 8 bytes).
+    pub fn property_get(&mut self, offset: u32, size8: bool) -> Result<u64> {
+        let cmd = Command {
+            opcode: opcode::FABRICS,
+            nsid: u32::from(opcode::FCTYPE_PROPERTY_GET),
+            cdw10: u32::from(size8),
+            cdw11: offset,
+            ..Default::default()
+        };
+        let (d, _) = self.admin.execute(cmd, DataDir::None, &[], 0, "Property Get", self.opts.timeout)?;
+        Ok(u64::from(d.dw0) | if size8 { u64::from(d.dw1) << 32 } else { 0 })
+    }
+
+    /// Writes a property (4 or 8 bytes).
+    pub fn property_set(&mut self, offset: u32, value: u64, size8: bool) -> Result<()> {
+        let cmd = Command {
+            opcode: opcode::FABRICS,
+            nsid: u32::from(opcode::FCTYPE_PROPERTY_SET),
+            cdw10: u32::from(size8),
+            cdw11: offset,
+            cdw12: value as u32,
+            cdw13: (value >> 32) as u32,
+            ..Default::default()
+        };
+        self.admin.execute(cmd, DataDir::None, &[], 0, "Property Set", self.opts.timeout)?;
+        Ok(())
+    }
+
+    /// Identify with `cns` for `nsid`: the 4096 data bytes.
+    pub fn identify(&mut self, cns: u8, nsid: u32) -> Result<Vec<u8>> {
+        let cmd = Command { opcode: opcode::ADMIN_IDENTIFY, nsid, cdw10: u32::from(cns), ..Default::default() };
+        let t = self.opts.timeout;
+        let (_, data) = self.admin.execute(cmd, DataDir::FromController, &[], IDENTIFY_LEN as u32, "Identify", t)?;
+        Ok(data)
+    }
+
+    /// Identify Namespace `nsid`.
+    pub fn identify_namespace(&mut self, nsid: u32) -> Result<IdentifyNamespace> {
+        Ok(IdentifyNamespace::parse(&self.identify(0, nsid)?))
+    }
+
+    /// The active namespace IDs (Identify CNS 2), falling back to probing 1..=NN
+    /// with Identify Namespace when the controller does not support the list.
+    pub fn active_namespaces(&mut self) -> Result<Vec<u32>> {
+        match self.identify(2, 0) {
+            Ok(list) => Ok(list
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .take_while(|&n| n != 0)
+                .collect()),
+            Err(Error::Status { .. }) => {
+                let mut v = Vec::new();
+                for nsid in 1..=self.ident.nn.min(1024) {
+                    if self.identify_namespace(nsid)?.is_active() {
+                        v.push(nsid);
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Set Features / Number of Queues: asks for `n` I/O queue pairs, returns how
+    /// many the controller granted.
+    pub fn set_num_queues(&mut self, n: u16) -> Result<u16> {
+        assert!(n >= 1);
+        let want = u32::from(n - 1);
+        let cmd = Command {
+            opcode: opcode::ADMIN_SET_FEATURES,
+            cdw10: FID_NUM_QUEUES,
+            cdw11: want | (want << 16),
+            ..Default::default()
+        };
+        let t = self.opts.timeout;
+        let (d, _) = self.admin.execute(cmd, DataDir::None, &[], 0, "Set Features (Number of Queues)", t)?;
+        let sq = (d.dw0 & 0xffff) + 1;
+        let cq = (d.dw0 >> 16) + 1;
+        Ok(sq.min(cq).min(0xffff) as u16)
+    }
+
+    /// Sends a Keep Alive.
+    pub fn keep_alive(&mut self) -> Result<()> {
+        let cmd = Command { opcode: opcode::ADMIN_KEEP_ALIVE, ..Default::default() };
+        self.admin.execute(cmd, DataDir::None, &[], 0, "Keep Alive", self.opts.timeout)?;
+        self.last_keep_alive = Instant::now();
+        Ok(())
+    }
+
+    /// Sends a Keep Alive when half the keep-alive timeout has passed since the last.
+    /// Returns whether it sent one.
+    pub fn keep_alive_if_due(&mut self) -> Result<bool> {
+        if self.opts.kato_ms == 0 {
+            return Ok(false);
+        }
+        let half = Duration::from_millis(u64::from(self.opts.kato_ms) / 2);
+        if self.last_keep_alive.elapsed() < half {
+            return Ok(false);
+        }
+        self.keep_alive()?;
+        Ok(true)
+    }
+
+    /// Get Log Page `lid`: `len` bytes (a multiple of 4) from byte `offset`.
+    pub fn get_log_page(&mut self, lid: u8, len: u32, offset: u64) -> Result<Vec<u8>> {
+        assert!(len >= 4 && len % 4 == 0, "log pages are read in dwords");
+        assert!(len as usize <= ADMIN_BUF_LEN);
+        let numd = len / 4 - 1;
+        let cmd = Command {
+            opcode: opcode::ADMIN_GET_LOG_PAGE,
+            cdw10: u32::from(lid) | ((numd & 0xffff) << 16),
+            cdw11: numd >> 16,
+            cdw12: offset as u32,
+            cdw13: (offset >> 32) as u32,
+            ..Default::default()
+        };
+        let t = self.opts.timeout;
+        let (_, data) = self.admin.execute(cmd, DataDir::FromController, &[], len, "Get Log Page", t)?;
+        Ok(data)
+    }
+
+    /// Reads the whole discovery log page (header first, then every record).
+    pub fn discovery_log(&mut self) -> Result<Vec<DiscoveryEntry>> {
+        let head = self.get_log_page(LID_DISCOVERY, DISCOVERY_HEADER_LEN as u32, 0)?;
+        let max = (ADMIN_BUF_LEN - DISCOVERY_HEADER_LEN) / DISCOVERY_ENTRY_LEN;
+        let numrec = (discovery_numrec(&head) as usize).min(max);
+        if numrec == 0 {
+            return Ok(Vec::new());
+        }
+        let len = DISCOVERY_HEADER_LEN + numrec * DISCOVERY_ENTRY_LEN;
+        let page = self.get_log_page(LID_DISCOVERY, len as u32, 0)?;
+        Ok(parse_discovery(&page))
+    }
+
+    /// Connects I/O queue `qid` to this controller with `depth` command slots of
+    /// `buf_len` bytes each; the connection comes back in polled (non-blocking) mode.
+    pub fn connect_io_queue(&self, qid: u16, depth: u16, buf_len: usize) -> Result<Connection> {
+        assert!(qid >= 1, "queue 0 is the admin queue");
+        let params = ConnectionParams {
+            addr: self.opts.addr,
+            digests: self.opts.digests,
+            depth,
+            buf_len,
+            timeout: self.opts.timeout,
+        };
+        let mut conn = Connection::connect(&params)?;
+        let mqes = (self.cap & 0xffff) as u16;
+        let sqsize = depth.min(mqes.max(1));
+        fabrics_connect(&mut conn, &self.opts, &self.subnqn, qid, sqsize, self.cntlid)?;
+        let icd = self.ident.in_capsule_bytes();
+        conn.set_in_capsule_max(icd);
+        conn.set_polled()?;
+        Ok(conn)
+    }
+
+    /// Normal shutdown (CC.SHN = 01b, wait for CSTS.SHST complete), then closes the
+    /// admin connection.
+    pub fn shutdown(mut self) -> Result<()> {
+        let cc = CC_EN | CC_IOSQES | CC_IOCQES | (1 << CC_SHN_SHIFT);
+        self.property_set(PROP_CC, u64::from(cc), false)?;
+        let deadline = Instant::now() + self.opts.timeout;
+        loop {
+            let csts = self.property_get(PROP_CSTS, false)? as u32;
+            if csts & (3 << 2) == CSTS_SHST_COMPLETE {
+                break;
+            }
+            if Instant::now() > deadline {
+                self.admin.close();
+                return Err(Error::Timeout("CSTS.SHST after CC.SHN"));
+            }
+            std::thread::sleep(BLOCKING_SLICE);
+        }
+        self.admin.close();
+        Ok(())
+    }
+}
+
+/// Connects to the discovery subsystem at `opts.addr` and reads its log page.
+pub fn discover(opts: &ControllerOptions) -> Result<Vec<DiscoveryEntry>> {
+    let mut o = opts.clone();
+    o.kato_ms = 0;
+    let mut c = Controller::attach(&o, DISCOVERY_NQN.to_string())?;
+    let entries = c.discovery_log()?;
+    // The log is what matters; a discovery controller that does not shut down
+    // cleanly is closed anyway.
+    let _ = c.shutdown();
+    Ok(entries)
+}
+
+/// Sends Fabrics Connect for queue `qid` and returns the controller ID.
+fn fabrics_connect(
+    conn: &mut Connection,
+    opts: &ControllerOptions,
+    subnqn: &str,
+    qid: u16,
+    sqsize: u16,
+    cntlid: u16,
+) -> Result<u16> {
+    let kato_ms = if qid == 0 { opts.kato_ms } else { 0 };
+    let cmd = ConnectCmd { recfmt: 0, qid, sqsize, cattr: 0, kato_ms }.to_command(0);
+    let data = ConnectData { hostid: opts.hostid, cntlid, subnqn: subnqn.to_string(), hostnqn: opts.hostnqn.clone() }
+        .to_bytes();
+    let what = if qid == 0 { "Fabrics Connect (admin queue)" } else { "Fabrics Connect (I/O queue)" };
+    match conn.execute(cmd, DataDir::ToController, &data, 0, what, opts.timeout) {
+        Ok((d, _)) => Ok((d.dw0 & 0xffff) as u16),
+        Err(Error::Status { status, dw0, .. }) => {
+            Err(Error::ConnectRejected { status, detail: connect_detail(status, dw0) })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Names the parameter a Connect Invalid Parameters status points at (DW0: IATTR in
+/// bits 23:16, bit 0 set for the Connect data; IPO, the byte offset, in bits 15:0).
+fn connect_detail(status: quire_wire::nvme::Status, dw0: u32) -> String {
+    let key = quire_wire::nvme::Status { dnr: false, more: false, ..status };
+    if key != quire_wire::nvme::Status::CONNECT_INVALID_PARAMETERS {
+        return String::new();
+    }
+    let in_data = (dw0 >> 16) & 1 == 1;
+    let ipo = dw0 & 0xffff;
+    let name = match (in_data, ipo) {
+        (true, 0) => "HOSTID",
+        (true, 16) => "CNTLID",
+        (true, 256) => "SUBNQN (no such subsystem, or this host may not use it)",
+        (true, 512) => "HOSTNQN",
+        (false, 42) | (false, 40) => "QID",
+        (false, 44) => "SQSIZE",
+        (false, 48) => "KATO",
+        _ => "?",
+    };
+    format!(": invalid {} at byte {ipo} of the {}", name, if in_data { "Connect data" } else { "command" })
+}
+
+/// 16 random bytes (host identifier), from the standard library's per-process
+/// random hash keys mixed with the clock.
+fn random_id() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        h.write_u32(std::process::id());
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out[6] = (out[6] & 0x0f) | 0x40;
+    out[8] = (out[8] & 0x3f) | 0x80;
+    out
+}
+
+fn uuid_string(b: &[u8; 16]) -> String {
+    let h: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_identity_is_a_version_4_uuid() {
+        let o = ControllerOptions::new("127.0.0.1:4420".parse().unwrap(), None);
+        let u = o.hostnqn.rsplit(':').next().unwrap();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(o.hostid, ControllerOptions::new(o.addr, None).hostid);
+    }
+
+    #[test]
+    fn connect_rejections_name_the_parameter() {
+        let s = quire_wire::nvme::Status::CONNECT_INVALID_PARAMETERS.with_dnr();
+        assert!(connect_detail(s, 0x1_0100).contains("SUBNQN"));
+        assert!(connect_detail(s, 44).contains("SQSIZE"));
+        assert_eq!(connect_detail(quire_wire::nvme::Status::CONNECT_INVALID_HOST, 0), "");
+    }
+}

@@ -1,0 +1,154 @@
+//! `--plot FILE.svg`: the latency histogram and its CDF on a log-scaled time axis.
+//!
+//! A self-contained SVG (no scripts, no external fonts) so that it renders in a
+//! browser or a README as is. Bars: share of I/Os per logarithmic bin (left axis);
+//! line: cumulative share (right axis, 0–100 %).
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+const W: f64 = 900.0;
+const H: f64 = 460.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 830.0;
+const TOP: f64 = 50.0;
+const BOTTOM: f64 = 390.0;
+/// Bins across the latency range.
+const BINS: usize = 60;
+
+/// The SVG document for latencies `hist` (ns), titled `title`.
+pub fn svg(hist: &Histogram<u64>, title: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, escape(title));
+    if hist.is_empty() {
+        let _ =
+            writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">no I/O completed</text></svg>"#, W / 2.0, H / 2.0);
+        return s;
+    }
+    let lo_us = (hist.min().max(1) as f64 / 1000.0).max(0.001);
+    let hi_us = (hist.max() as f64 / 1000.0).max(lo_us * 1.01);
+    let (l0, l1) = (lo_us.log10(), hi_us.log10());
+    let x_of = |us: f64| LEFT + (us.max(lo_us).log10() - l0) / (l1 - l0) * (RIGHT - LEFT);
+    let mut bins = [0u64; BINS];
+    for v in hist.iter_recorded() {
+        let us = v.value_iterated_to() as f64 / 1000.0;
+        let f = ((us.max(lo_us).log10() - l0) / (l1 - l0) * BINS as f64) as usize;
+        bins[f.min(BINS - 1)] += v.count_since_last_iteration();
+    }
+    let total = hist.len() as f64;
+    let peak = *bins.iter().max().expect("bins") as f64 / total;
+    let bar_w = (RIGHT - LEFT) / BINS as f64;
+    for (i, &n) in bins.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        let h = n as f64 / total / peak * (BOTTOM - TOP);
+        let _ = writeln!(
+            s,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#4c78a8"><title>{:.3}–{:.3} us: {n} I/Os</title></rect>"##,
+            LEFT + i as f64 * bar_w,
+            BOTTOM - h,
+            (bar_w - 1.0).max(1.0),
+            h,
+            10f64.powf(l0 + (l1 - l0) * i as f64 / BINS as f64),
+            10f64.powf(l0 + (l1 - l0) * (i + 1) as f64 / BINS as f64),
+        );
+    }
+    let mut pts = String::new();
+    let mut so_far = 0u64;
+    let _ = write!(pts, "{LEFT:.1},{BOTTOM:.1} ");
+    for v in hist.iter_recorded() {
+        so_far += v.count_since_last_iteration();
+        let x = x_of(v.value_iterated_to() as f64 / 1000.0);
+        let y = BOTTOM - so_far as f64 / total * (BOTTOM - TOP);
+        let _ = write!(pts, "{x:.1},{y:.1} ");
+    }
+    let _ = writeln!(s, r##"<polyline points="{pts}" fill="none" stroke="#e45756" stroke-width="2"/>"##);
+    axes(&mut s, lo_us, hi_us, &x_of, peak);
+    s.push_str("</svg>\n");
+    s
+}
+
+fn axes(s: &mut String, lo_us: f64, hi_us: f64, x_of: &dyn Fn(f64) -> f64, peak: f64) {
+    let _ = writeln!(s, r#"<path d="M{LEFT},{TOP} V{BOTTOM} H{RIGHT} V{TOP}" fill="none" stroke="black"/>"#);
+    let mut decade = 10f64.powf(lo_us.log10().floor());
+    while decade <= hi_us * 1.0001 {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            if v < lo_us * 0.9999 || v > hi_us * 1.0001 {
+                continue;
+            }
+            let x = x_of(v);
+            let _ =
+                writeln!(s, r#"<line x1="{x:.1}" y1="{BOTTOM}" x2="{x:.1}" y2="{}" stroke="black"/>"#, BOTTOM + 5.0);
+            let _ = writeln!(s, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#, BOTTOM + 19.0, fmt_us(v));
+        }
+        decade *= 10.0;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">latency (us, log scale)</text>"#,
+        (LEFT + RIGHT) / 2.0,
+        BOTTOM + 42.0
+    );
+    for i in 0..=4 {
+        let f = f64::from(i) / 4.0;
+        let y = BOTTOM - f * (BOTTOM - TOP);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{:.1}%</text>"#,
+            LEFT - 6.0,
+            y + 4.0,
+            f * peak * 100.0
+        );
+        let _ = writeln!(s, r#"<text x="{}" y="{:.1}">{:.0}%</text>"#, RIGHT + 6.0, y + 4.0, f * 100.0);
+    }
+    let _ = writeln!(s, r##"<text x="{LEFT}" y="{}" fill="#4c78a8">share of I/Os per bin</text>"##, TOP - 8.0);
+    let _ = writeln!(
+        s,
+        r##"<text x="{RIGHT}" y="{}" text-anchor="end" fill="#e45756">cumulative (CDF)</text>"##,
+        TOP - 8.0
+    );
+}
+
+fn fmt_us(v: f64) -> String {
+    if v >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+fn escape(t: &str) -> String {
+    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::new_histogram;
+
+    #[test]
+    fn svg_has_bars_a_cdf_and_log_ticks() {
+        let mut h = new_histogram();
+        for us in [5u64, 10, 10, 20, 150, 900] {
+            h.record(us * 1000).unwrap();
+        }
+        let s = svg(&h, "a <test>");
+        assert!(s.starts_with("<svg"));
+        assert!(s.trim_end().ends_with("</svg>"));
+        assert!(s.contains("a &lt;test&gt;"));
+        assert!(s.contains("<polyline"));
+        assert!(s.matches("<rect").count() >= 1 + 5);
+        for tick in [">10<", ">100<", ">500<"] {
+            assert!(s.contains(tick), "tick {tick} missing");
+        }
+        assert!(svg(&new_histogram(), "x").contains("no I/O completed"));
+    }
+}

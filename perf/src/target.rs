@@ -1,0 +1,339 @@
+//! What a transport ID opens: a target with namespaces, and I/O queues on them.
+//!
+//! The workload drives every kind of target through one small trait, [`IoQueue`]:
+//! submit with a tag, poll for completions. NVMe/TCP queues are initiator
+//! connections; RAM and FILE queues are quire-drivers queue pairs with buffers from
+//! a DMA pool. The admin side (keep-alive, shutdown) stays with [`Target`], which the
+//! main thread owns.
+
+use std::sync::Arc;
+
+use quire_drivers::block::{BlockDevice, IoRequest, Op, QueuePair, SubmitError};
+use quire_drivers::dma::{DmaBuf, DmaPool, PoolShard};
+use quire_drivers::ram::RamDevice;
+use quire_drivers::uring::{DirectIo, UringDevice, UringOptions};
+
+use crate::initiator::{self, Connection, Controller, ControllerOptions, DataDir};
+use crate::tid::{format_size, TransportId};
+
+/// Errors opening a target or its queues.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The NVMe/TCP side failed.
+    #[error(transparent)]
+    Nvme(#[from] initiator::Error),
+    /// A local device could not be opened.
+    #[error("{0}")]
+    Device(String),
+    /// The transport exists but is not supported yet.
+    #[error("{0} is not yet supported")]
+    Unsupported(&'static str),
+    /// Nothing to run on.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// Why a queue refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueError {
+    /// No free slot: poll, then retry.
+    Full,
+    /// The queue is dead (connection lost, protocol error).
+    Fatal(String),
+}
+
+/// Direction of one benchmark I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    /// Read.
+    Read,
+    /// Write.
+    Write,
+}
+
+/// One benchmark I/O.
+#[derive(Clone, Copy, Debug)]
+pub struct Io {
+    /// Direction.
+    pub kind: IoKind,
+    /// First block.
+    pub lba: u64,
+    /// Blocks.
+    pub nlb: u32,
+    /// Bytes (nlb × block size).
+    pub bytes: u32,
+    /// Caller's tag (below the queue's depth).
+    pub tag: u64,
+}
+
+/// A queue the workload submits to and polls.
+pub trait IoQueue: Send {
+    /// Queues `io`; for a write, `fill` writes the data into the I/O's buffer first.
+    fn submit(&mut self, io: &Io, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), QueueError>;
+    /// Hands each completion (tag, result, data buffer) to `on_done`.
+    fn poll(&mut self, on_done: &mut dyn FnMut(u64, Result<(), String>, &[u8])) -> Result<usize, QueueError>;
+    /// Closes the queue.
+    fn close(self: Box<Self>);
+}
+
+/// A namespace of a target.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    /// Index of its target.
+    pub target: usize,
+    /// Namespace ID.
+    pub nsid: u32,
+    /// Block size.
+    pub block_size: u32,
+    /// Blocks.
+    pub num_blocks: u64,
+    /// Report name ("TCP  (addr:… subnqn:…) NSID 1").
+    pub name: String,
+}
+
+enum Session {
+    Tcp { ctrl: Controller, next_qid: u16 },
+    Device { dev: Arc<dyn BlockDevice> },
+}
+
+/// An opened target.
+pub struct Target {
+    session: Session,
+    /// Its namespaces.
+    pub namespaces: Vec<Namespace>,
+    /// One line describing it ("Attached to …").
+    pub description: String,
+}
+
+/// How to open targets.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// NVMe/TCP header digests.
+    pub header_digest: bool,
+    /// NVMe/TCP data digests.
+    pub data_digest: bool,
+    /// Keep Alive Timeout.
+    pub kato_ms: u32,
+}
+
+impl Target {
+    /// Opens the target `tid` (index `index` in the run).
+    pub fn open(index: usize, tid: &TransportId, o: &OpenOptions) -> Result<Target, TargetError> {
+        match tid {
+            TransportId::Tcp { addr, subnqn } => {
+                let mut co = ControllerOptions::new(*addr, subnqn.clone());
+                co.digests.header = o.header_digest;
+                co.digests.data = o.data_digest;
+                co.kato_ms = o.kato_ms;
+                let mut ctrl = Controller::connect(&co)?;
+                let base = tid.name(Some(ctrl.subnqn()));
+                let mut namespaces = Vec::new();
+                for nsid in ctrl.active_namespaces()? {
+                    let id = ctrl.identify_namespace(nsid)?;
+                    if id.is_active() {
+                        namespaces.push(Namespace {
+                            target: index,
+                            nsid,
+                            block_size: id.block_size,
+                            num_blocks: id.nsze,
+                            name: format!("{base} NSID {nsid}"),
+                        });
+                    }
+                }
+                let ident = ctrl.identity();
+                let description = format!(
+                    "Attached to NVMe over Fabrics controller at {addr}: {} (cntlid {}, model '{}', serial '{}')",
+                    ctrl.subnqn(),
+                    ctrl.cntlid(),
+                    ident.model,
+                    ident.serial
+                );
+                Ok(Target { session: Session::Tcp { ctrl, next_qid: 1 }, namespaces, description })
+            }
+            TransportId::Ram { size, block_size } => {
+                let dev =
+                    RamDevice::new(*size, *block_size).map_err(|e| TargetError::Device(format!("RAM device: {e}")))?;
+                let description = format!("Attached to RAM device of {}", format_size(*size));
+                Ok(Target::device(index, tid, Arc::new(dev), description))
+            }
+            TransportId::File { path, size, direct } => {
+                let direct = match direct.as_str() {
+                    "on" => DirectIo::On,
+                    "off" => DirectIo::Off,
+                    _ => DirectIo::Auto,
+                };
+                let opts = UringOptions { direct, create_size: *size, block_size_hint: None };
+                let dev = UringDevice::open(path, opts).map_err(|e| TargetError::Device(e.to_string()))?;
+                let description = format!(
+                    "Attached to {} through io_uring ({})",
+                    path.display(),
+                    if dev.is_direct() { "O_DIRECT" } else { "buffered" }
+                );
+                Ok(Target::device(index, tid, Arc::new(dev), description))
+            }
+            TransportId::Pcie { .. } => Err(TargetError::Unsupported("trtype:PCIe (the VFIO driver)")),
+        }
+    }
+
+    fn device(index: usize, tid: &TransportId, dev: Arc<dyn BlockDevice>, description: String) -> Target {
+        let info = dev.info();
+        let ns = Namespace {
+            target: index,
+            nsid: 1,
+            block_size: info.block_size,
+            num_blocks: info.num_blocks,
+            name: format!("{} NSID 1", tid.name(None)),
+        };
+        Target { session: Session::Device { dev }, namespaces: vec![ns], description }
+    }
+
+    /// Asks for `n` I/O queues up front (NVMe/TCP: Set Features, Number of Queues).
+    pub fn reserve_queues(&mut self, n: u16) -> Result<(), TargetError> {
+        match &mut self.session {
+            Session::Tcp { ctrl, .. } => {
+                let granted = ctrl.set_num_queues(n)?;
+                if granted < n {
+                    return Err(TargetError::Unusable(format!(
+                        "the controller grants {granted} I/O queues, the run needs {n}: lower -P or the core count"
+                    )));
+                }
+                Ok(())
+            }
+            Session::Device { .. } => Ok(()),
+        }
+    }
+
+    /// Opens an I/O queue on `ns` with `depth` slots of `buf_len` bytes.
+    pub fn open_queue(&mut self, ns: &Namespace, depth: u32, buf_len: usize) -> Result<Box<dyn IoQueue>, TargetError> {
+        match &mut self.session {
+            Session::Tcp { ctrl, next_qid } => {
+                let conn = ctrl.connect_io_queue(*next_qid, depth as u16, buf_len)?;
+                *next_qid += 1;
+                Ok(Box::new(TcpQueue { conn, nsid: ns.nsid }))
+            }
+            Session::Device { dev } => {
+                let qp = dev.create_qpair(depth).map_err(|e| TargetError::Device(format!("queue pair: {e}")))?;
+                let chunk = buf_len.next_power_of_two().max(4096);
+                let pool =
+                    DmaPool::new(chunk, depth as usize, false).map_err(|e| TargetError::Device(e.to_string()))?;
+                let mut shard = pool.shards(1).pop().expect("one shard");
+                let bufs = (0..depth).map(|_| shard.get().expect("pool sized to depth")).collect();
+                Ok(Box::new(DeviceQueue { qp, bufs, shard, lens: vec![0; depth as usize] }))
+            }
+        }
+    }
+
+    /// Periodic admin work (Keep Alive when due).
+    pub fn tick(&mut self) -> Result<(), TargetError> {
+        match &mut self.session {
+            Session::Tcp { ctrl, .. } => {
+                ctrl.keep_alive_if_due()?;
+                Ok(())
+            }
+            Session::Device { .. } => Ok(()),
+        }
+    }
+
+    /// Shuts the target down (NVMe/TCP: CC.SHN, then close).
+    pub fn close(self) -> Result<(), TargetError> {
+        match self.session {
+            Session::Tcp { ctrl, .. } => Ok(ctrl.shutdown()?),
+            Session::Device { .. } => Ok(()),
+        }
+    }
+}
+
+/// An I/O queue over an NVMe/TCP connection.
+struct TcpQueue {
+    conn: Connection,
+    nsid: u32,
+}
+
+impl IoQueue for TcpQueue {
+    fn submit(&mut self, io: &Io, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), QueueError> {
+        let (cmd, dir) = match io.kind {
+            IoKind::Read => (initiator::read(self.nsid, io.lba, io.nlb), DataDir::FromController),
+            IoKind::Write => (initiator::write(self.nsid, io.lba, io.nlb), DataDir::ToController),
+        };
+        match self.conn.submit(cmd, dir, io.bytes, io.tag, fill) {
+            Ok(_) => Ok(()),
+            Err(initiator::Error::QueueFull) => Err(QueueError::Full),
+            Err(e) => Err(QueueError::Fatal(e.to_string())),
+        }
+    }
+
+    fn poll(&mut self, on_done: &mut dyn FnMut(u64, Result<(), String>, &[u8])) -> Result<usize, QueueError> {
+        self.conn
+            .poll(&mut |d, data| {
+                let r = if d.status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("NVMe status {} ({})", d.status, initiator::status_name(d.status)))
+                };
+                on_done(d.tag, r, data)
+            })
+            .map_err(|e| QueueError::Fatal(e.to_string()))
+    }
+
+    fn close(self: Box<Self>) {
+        self.conn.close();
+    }
+}
+
+/// An I/O queue over a quire-drivers queue pair. Field order matters: the queue
+/// pair is dropped before the buffers it may still point at.
+struct DeviceQueue {
+    qp: Box<dyn QueuePair>,
+    /// One buffer per tag.
+    bufs: Vec<DmaBuf>,
+    shard: PoolShard,
+    /// Bytes of the I/O in flight on each tag.
+    lens: Vec<u32>,
+}
+
+impl IoQueue for DeviceQueue {
+    fn submit(&mut self, io: &Io, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), QueueError> {
+        let tag = io.tag as usize;
+        assert!(tag < self.bufs.len(), "tag {tag} beyond the queue depth");
+        let buf = &mut self.bufs[tag];
+        assert!(io.bytes as usize <= buf.len());
+        let op = match io.kind {
+            IoKind::Read => Op::Read,
+            IoKind::Write => {
+                fill(&mut buf.as_mut_slice()[..io.bytes as usize]);
+                Op::Write { fua: false }
+            }
+        };
+        let req = IoRequest::with_segs(op, io.lba, io.nlb, io.tag, &[buf.seg(0, io.bytes as usize)]);
+        // SAFETY: the buffer belongs to this queue and to this tag alone; the workload
+        // does not reuse a tag before its completion, and nothing reads or writes the
+        // buffer until `poll` reports it; `qp` is dropped before `bufs`.
+        match unsafe { self.qp.submit(&req) } {
+            Ok(()) => {
+                self.lens[tag] = io.bytes;
+                Ok(())
+            }
+            Err(SubmitError::QueueFull) => Err(QueueError::Full),
+            Err(SubmitError::Invalid(m)) => Err(QueueError::Fatal(format!("device rejected the request: {m}"))),
+        }
+    }
+
+    fn poll(&mut self, on_done: &mut dyn FnMut(u64, Result<(), String>, &[u8])) -> Result<usize, QueueError> {
+        self.qp.kick();
+        let bufs = &self.bufs;
+        let lens = &self.lens;
+        Ok(self.qp.poll(usize::MAX, &mut |c| {
+            let tag = c.tag as usize;
+            let data = &bufs[tag].as_slice()[..lens[tag] as usize];
+            on_done(c.tag, c.result.map_err(|e| e.to_string()), data)
+        }))
+    }
+
+    fn close(self: Box<Self>) {
+        let DeviceQueue { qp, bufs, mut shard, .. } = *self;
+        drop(qp);
+        for b in bufs {
+            shard.put(b);
+        }
+    }
+}

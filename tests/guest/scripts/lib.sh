@@ -1,0 +1,139 @@
+# lib.sh: helpers shared by the guest-side test scripts (sourced, busybox ash).
+#
+# The scripts run inside the e2e guest (run-guest.sh) as the real Linux
+# NVMe/TCP host against a target on the host machine.  They take their
+# parameters from environment variables:
+#   PORT        the target's NVMe/TCP I/O port                    (required)
+#   NQN         the subsystem NQN to connect to                   (required)
+#   DISC_PORT   the discovery port                          (default: $PORT)
+#   ADDR        the target's address                    (default: 10.0.2.2)
+#               10.0.2.2 is the host's 127.0.0.1 under QEMU user networking
+#               and the only address tests may use; the scripts' self-test
+#               points ADDR at a kernel nvmet target inside the guest.
+#   NSID        namespace to use                               (default: 1)
+#   CTRL_LOSS_TMO, RECONNECT_DELAY   nvme connect options  (default: 5, 1)
+#   CONNECT_OPTS  extra "nvme connect" options
+#   DEV_WAIT    seconds to wait for the namespace's block device (default 30)
+# Output: "MARK <what>" progress lines, "FAIL: <why>" and diagnostics on
+# error (exit code non-zero), "PASS <script>" on success.
+set -eu
+set -o pipefail
+
+ADDR=${ADDR:-10.0.2.2}
+DISC_PORT=${DISC_PORT:-${PORT:-}}
+NSID=${NSID:-1}
+CTRL_LOSS_TMO=${CTRL_LOSS_TMO:-5}
+RECONNECT_DELAY=${RECONNECT_DELAY:-1}
+CONNECT_OPTS=${CONNECT_OPTS:-}
+DEV_WAIT=${DEV_WAIT:-30}
+SCRIPT_NAME=${SCRIPT_NAME:-$(basename "$0")}
+CTRL=
+DEV=
+
+mark() { echo "MARK $*"; }
+fail() { echo "FAIL: $SCRIPT_NAME: $*"; exit 1; }
+need_env() {
+  for v in "$@"; do
+    eval "[ -n \"\${$v:-}\" ]" || fail "environment variable $v is not set"
+  done
+}
+
+# centiseconds since boot (deadline arithmetic without floating point)
+now_cs() { awk '{ printf "%d\n", $1 * 100 }' /proc/uptime; }
+
+# wait_until SECS DESCRIPTION CMD...: poll CMD every 0.2 s until it succeeds;
+# fail after SECS seconds.
+wait_until() {
+  _secs=$1 _what=$2
+  shift 2
+  _end=$(( $(now_cs) + _secs * 100 ))
+  until "$@"; do
+    [ "$(now_cs)" -lt "$_end" ] || fail "timed out after ${_secs}s waiting for $_what"
+    sleep 0.2
+  done
+}
+
+# On any failure: show what the host side saw (kernel log, controllers).
+on_exit() {
+  _rc=$?
+  if [ "$_rc" -ne 0 ]; then
+    echo "=== $SCRIPT_NAME failed (rc=$_rc): diagnostics"
+    for c in /sys/class/nvme/nvme*; do
+      [ -e "$c" ] || continue
+      echo "$(basename "$c"): state=$(cat "$c/state" 2>/dev/null) nqn=$(cat "$c/subsysnqn" 2>/dev/null) addr=$(cat "$c/address" 2>/dev/null)"
+    done
+    dmesg | tail -n 40
+    # leave no controller behind for a next script in the same guest
+    [ -z "$CTRL" ] || nvme disconnect -n "$NQN" >/dev/null 2>&1 || true
+  fi
+}
+trap on_exit EXIT
+
+# find_ctrl: set CTRL (e.g. nvme0) to the TCP controller for $NQN at $ADDR:$PORT
+find_ctrl() {
+  CTRL=
+  for c in /sys/class/nvme/nvme*; do
+    [ -e "$c/subsysnqn" ] || continue
+    [ "$(cat "$c/subsysnqn")" = "$NQN" ] || continue
+    [ "$(cat "$c/transport")" = tcp ] || continue
+    a=",$(cat "$c/address"),"
+    case $a in *",traddr=$ADDR,"*) ;; *) continue ;; esac
+    case $a in *",trsvcid=$PORT,"*) ;; *) continue ;; esac
+    CTRL=$(basename "$c")
+    return 0
+  done
+  return 1
+}
+
+# find_dev: set DEV (e.g. /dev/nvme0n1) to the block device of namespace
+# $NSID of $NQN.  With native multipath (Debian's default) that is the
+# subsystem's head device; hidden per-path devices (nvmeXcYnZ) are skipped.
+find_dev() {
+  DEV=
+  for b in /sys/block/nvme*n*; do
+    [ -e "$b" ] || continue
+    case $(basename "$b") in nvme*c*n*) continue ;; esac
+    parent=$(dirname "$(readlink -f "$b")")
+    [ "$(cat "$parent/subsysnqn" 2>/dev/null)" = "$NQN" ] || continue
+    [ "$(cat "$b/nsid" 2>/dev/null || echo 1)" = "$NSID" ] || continue
+    [ -b "/dev/$(basename "$b")" ] || continue
+    DEV=/dev/$(basename "$b")
+    return 0
+  done
+  return 1
+}
+
+ctrl_state() { cat "/sys/class/nvme/$CTRL/state" 2>/dev/null || echo gone; }
+
+# connect [extra nvme-connect options]: connect to $NQN at $ADDR:$PORT and
+# wait (bounded) for the controller and the namespace's block device.
+connect() {
+  modprobe nvme-tcp
+  mark "connect $ADDR:$PORT $NQN"
+  # shellcheck disable=SC2086
+  nvme connect -t tcp -a "$ADDR" -s "$PORT" -n "$NQN" \
+    --ctrl-loss-tmo="$CTRL_LOSS_TMO" --reconnect-delay="$RECONNECT_DELAY" $CONNECT_OPTS "$@" ||
+    fail "nvme connect to $ADDR:$PORT $NQN failed"
+  wait_until "$DEV_WAIT" "the controller of $NQN" find_ctrl
+  wait_until "$DEV_WAIT" "controller $CTRL to be live" ctrl_is live
+  wait_until "$DEV_WAIT" "the block device of $NQN namespace $NSID" find_dev
+  mark "connected ctrl=$CTRL dev=$DEV cntlid=$(cat "/sys/class/nvme/$CTRL/cntlid")"
+}
+ctrl_is() { [ "$(ctrl_state)" = "$1" ]; }
+no_ctrl() { ! find_ctrl; }
+
+# disconnect: disconnect every controller of $NQN and wait until it is gone.
+disconnect() {
+  out=$(nvme disconnect -n "$NQN") || fail "nvme disconnect -n $NQN failed"
+  echo "$out"
+  case $out in *"disconnected 0 "*) fail "nvme disconnect found no controller for $NQN" ;; esac
+  wait_until 15 "the controllers of $NQN to go away" no_ctrl
+  mark "disconnected"
+}
+
+# lba_size: the namespace's logical block size in bytes
+lba_size() { cat "/sys/block/$(basename "$DEV")/queue/logical_block_size"; }
+# dev_bytes: the namespace's size in bytes
+dev_bytes() { echo $(( $(cat "/sys/block/$(basename "$DEV")/size") * 512 )); }
+
+pass() { mark "pass"; echo "PASS $SCRIPT_NAME"; }
