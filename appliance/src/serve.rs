@@ -108,8 +108,83 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })
 }
 
+/// A running peer: its threads, its bound addresses and a way to stop it.
+pub struct Running {
+    control_tx: crossbeam_channel::Sender<ControlMsg>,
+    control: Option<std::thread::JoinHandle<()>>,
+    reactors: Vec<std::thread::JoinHandle<()>>,
+    socket: PathBuf,
+    _rpc: crate::rpc::RpcServerHandle,
+    /// The I/O listener's address (the real port when 0 was asked for).
+    pub io_addr: SocketAddr,
+    /// The discovery listener's address (the I/O one when there is no separate one).
+    pub discovery_addr: SocketAddr,
+    /// Description of the backing device.
+    pub device: String,
+}
+
+impl Running {
+    /// The management socket.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Asks the peer to stop.
+    pub fn request_stop(&self) {
+        let _ = self.control_tx.send(ControlMsg::Shutdown);
+    }
+
+    /// Waits until the peer has stopped (after [`Running::request_stop`] or a signal).
+    pub fn wait(mut self) {
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
+        }
+        for t in self.reactors.drain(..) {
+            let _ = t.join();
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Stops the peer and waits for it.
+    pub fn shutdown(self) {
+        self.request_stop();
+        self.wait();
+    }
+}
+
 /// Runs a peer until SIGINT or SIGTERM.
 pub fn serve(cfg: Config) -> Result<(), ServeError> {
+    let running = start(cfg.clone())?;
+    // SIGINT / SIGTERM: ask the control thread to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| ServeError::Io(format!("signal handler: {e}")))?;
+    }
+    let stop_tx = running.control_tx.clone();
+    std::thread::Builder::new()
+        .name("quire-signals".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            tracing::info!("signal received: shutting down");
+            let _ = stop_tx.send(ControlMsg::Shutdown);
+        })
+        .map_err(|e| ServeError::Io(e.to_string()))?;
+    print_banner(
+        &cfg,
+        running.io_addr,
+        running.discovery_addr,
+        running.socket(),
+        &running.device,
+        cfg.reactors.count() as usize,
+    );
+    running.wait();
+    Ok(())
+}
+
+/// Brings a peer up and returns once it serves.
+pub fn start(cfg: Config) -> Result<Running, ServeError> {
     cfg.validate().map_err(|e| ServeError::Config(e.to_string()))?;
     std::fs::create_dir_all(&cfg.peer.data_dir)
         .map_err(|e| ServeError::Io(format!("cannot create data_dir {}: {e}", cfg.peer.data_dir.display())))?;
@@ -194,7 +269,7 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
     // Management socket: calls reach the control thread through its channel.
     let socket = cfg.rpc_socket_path();
     let (rpc_tx, rpc_rx) = crossbeam_channel::bounded::<crate::rpc::RpcCall>(64);
-    let _rpc = crate::rpc::spawn(&socket, rpc_tx)
+    let rpc = crate::rpc::spawn(&socket, rpc_tx)
         .map_err(|e| ServeError::Io(format!("RPC socket {}: {e}", socket.display())))?;
     let bridge_tx = control_tx.clone();
     std::thread::Builder::new()
@@ -208,23 +283,6 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         })
         .map_err(|e| ServeError::Io(e.to_string()))?;
 
-    // SIGINT / SIGTERM: ask the control thread to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| ServeError::Io(format!("signal handler: {e}")))?;
-    }
-    let stop_tx = control_tx.clone();
-    std::thread::Builder::new()
-        .name("quire-signals".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            tracing::info!("signal received: shutting down");
-            let _ = stop_tx.send(ControlMsg::Shutdown);
-        })
-        .map_err(|e| ServeError::Io(e.to_string()))?;
-
     let mut threads = Vec::new();
     for r in reactors {
         let name = format!("quire-reactor-{}", r.id());
@@ -232,19 +290,32 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
             std::thread::Builder::new().name(name).spawn(move || r.run()).map_err(|e| ServeError::Io(e.to_string()))?,
         );
     }
-    print_banner(&cfg, &bound, &socket, &device_desc, n);
-    control.run();
-    for t in threads {
-        let _ = t.join();
-    }
-    let _ = std::fs::remove_file(&socket);
-    tracing::info!("stopped");
-    Ok(())
+    let control = std::thread::Builder::new()
+        .name("quire-control".into())
+        .spawn(move || control.run())
+        .map_err(|e| ServeError::Io(e.to_string()))?;
+    let io_addr = bound.iter().find(|l| !l.discovery).expect("an I/O listener").addr;
+    let discovery_addr = bound.iter().find(|l| l.discovery).map(|l| l.addr).unwrap_or(io_addr);
+    Ok(Running {
+        control_tx,
+        control: Some(control),
+        reactors: threads,
+        socket,
+        _rpc: rpc,
+        io_addr,
+        discovery_addr,
+        device: device_desc,
+    })
 }
 
-fn print_banner(cfg: &Config, bound: &[Listener], socket: &std::path::Path, device: &str, reactors: usize) {
-    let io = bound.iter().find(|l| !l.discovery).expect("an I/O listener").addr;
-    let disc = bound.iter().find(|l| l.discovery).map(|l| l.addr).unwrap_or(io);
+fn print_banner(
+    cfg: &Config,
+    io: SocketAddr,
+    disc: SocketAddr,
+    socket: &std::path::Path,
+    device: &str,
+    reactors: usize,
+) {
     let host = if io.ip().is_unspecified() { "<this host's address>".to_string() } else { io.ip().to_string() };
     println!(
         "quire {} serving on {io} (discovery {disc}), {reactors} reactor(s), device: {device}",

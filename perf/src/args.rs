@@ -203,7 +203,7 @@ impl Args {
         if self.depth == 0 || self.depth > DEPTH_MAX {
             return bad(format!("-q {} must be from 1 to {DEPTH_MAX}", self.depth));
         }
-        if self.io_size == 0 || self.io_size > IO_SIZE_MAX || self.io_size % 512 != 0 {
+        if self.io_size == 0 || self.io_size > IO_SIZE_MAX || !self.io_size.is_multiple_of(512) {
             return bad(format!("-o {} must be a multiple of 512 up to {IO_SIZE_MAX}", self.io_size));
         }
         if self.qpairs == 0 || self.qpairs > QPAIRS_MAX {

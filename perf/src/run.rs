@@ -146,7 +146,7 @@ fn prepare_and_run(cfg: &Config, targets: &mut [Target], namespaces: &[Namespace
     }
     let psize = if cfg.verify { prefill_size(cfg) } else { cfg.io_size };
     for ns in namespaces {
-        if cfg.io_size % ns.block_size != 0 {
+        if !cfg.io_size.is_multiple_of(ns.block_size) {
             return Err(format!("-o {} is not a multiple of {}'s block size {}", cfg.io_size, ns.name, ns.block_size));
         }
         let need = u64::from(psize / ns.block_size);
@@ -359,7 +359,9 @@ fn keep_time(targets: &mut [Target], shared: &Shared, timing: Timing, n: usize) 
             let dt = now.duration_since(last.2).as_secs_f64();
             let iops = (ios - last.0) as f64 / dt;
             let mibps = (bytes - last.1) as f64 / dt / (1024.0 * 1024.0);
-            let tag = if measure_start.is_none() { " (warm-up)" } else { "" };
+            // The second that just ended was warm-up if measuring began at its end.
+            let warm = measure_start.is_none_or(|m| m + Duration::from_millis(500) > now);
+            let tag = if warm { " (warm-up)" } else { "" };
             println!(
                 "[{:>4}s] IOPS: {iops:>12.2}  MiB/s: {mibps:>10.2}{tag}",
                 now.duration_since(start).as_secs_f64().round()

@@ -66,12 +66,15 @@ pub struct Io {
     pub tag: u64,
 }
 
+/// What a queue calls for each completion: tag, result, the I/O's data buffer.
+pub type OnDone<'a> = dyn FnMut(u64, Result<(), String>, &[u8]) + 'a;
+
 /// A queue the workload submits to and polls.
 pub trait IoQueue: Send {
     /// Queues `io`; for a write, `fill` writes the data into the I/O's buffer first.
     fn submit(&mut self, io: &Io, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), QueueError>;
     /// Hands each completion (tag, result, data buffer) to `on_done`.
-    fn poll(&mut self, on_done: &mut dyn FnMut(u64, Result<(), String>, &[u8])) -> Result<usize, QueueError>;
+    fn poll(&mut self, on_done: &mut OnDone<'_>) -> Result<usize, QueueError>;
     /// Closes the queue.
     fn close(self: Box<Self>);
 }
@@ -92,7 +95,7 @@ pub struct Namespace {
 }
 
 enum Session {
-    Tcp { ctrl: Controller, next_qid: u16 },
+    Tcp { ctrl: Box<Controller>, next_qid: u16 },
     Device { dev: Arc<dyn BlockDevice> },
 }
 
@@ -148,7 +151,7 @@ impl Target {
                     ident.model,
                     ident.serial
                 );
-                Ok(Target { session: Session::Tcp { ctrl, next_qid: 1 }, namespaces, description })
+                Ok(Target { session: Session::Tcp { ctrl: Box::new(ctrl), next_qid: 1 }, namespaces, description })
             }
             TransportId::Ram { size, block_size } => {
                 let dev =
@@ -262,7 +265,7 @@ impl IoQueue for TcpQueue {
         }
     }
 
-    fn poll(&mut self, on_done: &mut dyn FnMut(u64, Result<(), String>, &[u8])) -> Result<usize, QueueError> {
+    fn poll(&mut self, on_done: &mut OnDone<'_>) -> Result<usize, QueueError> {
         self.conn
             .poll(&mut |d, data| {
                 let r = if d.status.is_success() {
@@ -318,7 +321,7 @@ impl IoQueue for DeviceQueue {
         }
     }
 
-    fn poll(&mut self, on_done: &mut dyn FnMut(u64, Result<(), String>, &[u8])) -> Result<usize, QueueError> {
+    fn poll(&mut self, on_done: &mut OnDone<'_>) -> Result<usize, QueueError> {
         self.qp.kick();
         let bufs = &self.bufs;
         let lens = &self.lens;

@@ -178,7 +178,7 @@ impl Job {
         depth: u32,
         seed: u64,
     ) -> Job {
-        assert!(io_size % block_size == 0, "I/O size is a multiple of the block size");
+        assert!(io_size.is_multiple_of(block_size), "I/O size is a multiple of the block size");
         assert!(region_ios > 0 && !queues.is_empty());
         let nq = queues.len();
         Job {
@@ -234,7 +234,7 @@ impl Job {
     fn top_up(&mut self, plan: &Plan) -> Result<(), String> {
         let nq = self.queues.len();
         let mut full_queues = 0;
-        while self.outstanding < plan.depth && self.limit.map_or(true, |l| self.submitted < l) {
+        while self.outstanding < plan.depth && self.limit.is_none_or(|l| self.submitted < l) {
             let q = self.next_queue;
             let Some(&tag) = self.free_tags[q].last() else {
                 self.next_queue = (q + 1) % nq;
@@ -439,7 +439,7 @@ fn pattern_word(lba: u64, seed: u64, i: usize) -> u64 {
 /// Fills `buf` (whole blocks of `bs` bytes starting at `lba`) with the pattern:
 /// each block starts with its LBA, the rest is derived from LBA, seed and position.
 pub fn fill_pattern(buf: &mut [u8], lba: u64, bs: usize, seed: u64) {
-    assert!(bs >= 8 && buf.len() % bs == 0, "whole blocks of at least 8 bytes");
+    assert!(bs >= 8 && buf.len().is_multiple_of(bs), "whole blocks of at least 8 bytes");
     for (b, block) in buf.chunks_mut(bs).enumerate() {
         for (i, w) in block.chunks_exact_mut(8).enumerate() {
             w.copy_from_slice(&pattern_word(lba + b as u64, seed, i).to_le_bytes());
@@ -493,7 +493,7 @@ mod tests {
         fn submit(&mut self, _: &Io, _: &mut dyn FnMut(&mut [u8])) -> Result<(), QueueError> {
             Err(QueueError::Full)
         }
-        fn poll(&mut self, _: &mut dyn FnMut(u64, Result<(), String>, &[u8])) -> Result<usize, QueueError> {
+        fn poll(&mut self, _: &mut crate::target::OnDone<'_>) -> Result<usize, QueueError> {
             Ok(0)
         }
         fn close(self: Box<Self>) {}

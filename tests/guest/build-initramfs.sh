@@ -54,6 +54,7 @@ inputs_hash() {
   {
     cat "$HERE/build-initramfs.sh" "$HERE/init.sh"
     echo "$KVER $MODS $BINS"
+    # shellcheck disable=SC2086  # a word list
     dpkg-query -W -f '${Package} ${Version}\n' $PKGS 2>/dev/null || true
   } | sha256sum | cut -d' ' -f1
 }
@@ -81,7 +82,7 @@ depmod -b "$ROOT" "$KVER"
 for m in $MODS; do
   modprobe -d "$ROOT" -S "$KVER" --show-depends "$m" || die "kernel module $m not found in $KVER"
 done | awk '$1 == "insmod" {print $2}' | sort -u | while read -r ko; do
-  rel=${ko#"$ROOT"/lib/modules/$KVER/}
+  rel=${ko#"$ROOT/lib/modules/$KVER/"}
   mkdir -p "lib/modules/$KVER/$(dirname "$rel")"
   cp "$ko" "lib/modules/$KVER/$rel"
 done

@@ -125,7 +125,7 @@ QEMU_LIBS=$(for f in "${FILES[@]}"; do
               case $(dpkg-deb -f "$f" Package) in qemu-system-x86|qemu-system-common) dpkg-deb -f "$f" Depends ;; esac
             done | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/ //g' |
             grep -v -E '^(qemu-|seabios|ipxe-qemu|$)' | sort -u)
-# shellcheck disable=SC2086
+# shellcheck disable=SC2206  # word lists -> array
 INSTALL=($HOST_PKGS $QEMU_LIBS)
 # Refuse anything that would make apt *remove* packages (e.g. a backports
 # qemu-utils, or a dynamic busybox that busybox-static replaces): this is a

@@ -57,7 +57,7 @@ if grep -qw guest.shell /proc/cmdline; then
   setsid cttyhack sh
   rc=$?
 elif [ -f /guest/run.sh ]; then
-  cd /guest
+  cd /guest || true   # (never exit: PID 1 exiting panics the kernel)
   sh /guest/run.sh < /dev/null
   rc=$?
 else

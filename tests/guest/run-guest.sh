@@ -29,7 +29,7 @@ ROOT=${ROOT:-$HERE/root}
 OUT=${OUT:-$HERE/out}
 usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$HERE/run-guest.sh" >&2; exit 2; }
 
-CPUS=2 MEM=1024 TIMEOUT=300 FILES= KARGS= NETOPTS= LOG= ACCEL=auto QARGS=
+CPUS=2 MEM=1024 TIMEOUT=300 FILES='' KARGS='' NETOPTS='' LOG='' ACCEL=auto QARGS=''
 while getopts "c:m:t:f:A:n:l:a:Q:h" o; do
   case $o in
     c) CPUS=$OPTARG ;; m) MEM=$OPTARG ;; t) TIMEOUT=$OPTARG ;; f) FILES=$OPTARG ;;
@@ -59,6 +59,7 @@ if [ "$ACCEL" = auto ]; then
   # fails, so also look for vmx/svm.
   if [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then ACCEL=kvm; else ACCEL=tcg; fi
 fi
+# shellcheck disable=SC2054  # commas inside QEMU option values
 if [ "$ACCEL" = kvm ]; then ACC=(-accel kvm -cpu host)
 else ACC=(-accel tcg,thread=multi -cpu max); fi
 # firmware (SeaBIOS, option ROMs) from the extracted packages, not the host
@@ -69,6 +70,7 @@ done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/run-guest.XXXXXX")
 QPID=
+# shellcheck disable=SC2317  # called by the trap
 cleanup() {
   if [ -n "$QPID" ]; then kill "$QPID" 2>/dev/null || true; fi
   rm -rf "$WORK"
@@ -84,6 +86,7 @@ cp "$SCRIPT" "$WORK/x/guest/run.sh"
 (cd "$WORK/x" && find . | cpio -o -H newc --quiet -R 0:0) > "$WORK/extra.cpio"
 cat "$OUT/initramfs-$KVER.cpio" "$WORK/extra.cpio" > "$WORK/initrd"
 
+# shellcheck disable=SC2054  # commas inside QEMU option values
 ARGS=(-nodefaults -no-user-config -M q35 "${ACC[@]}" -m "$MEM" -smp "$CPUS"
       -display none -monitor none -serial stdio -no-reboot
       -kernel "$KERNEL" -initrd "$WORK/initrd"

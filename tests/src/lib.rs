@@ -99,7 +99,10 @@ pub fn in_ci() -> bool {
 /// Only checks that the files `scripts/install-test-deps.sh` provides exist;
 /// it does not boot anything.
 pub fn guest_available() -> Result<(), String> {
-    let dir = guest_dir();
+    check_guest_dir(&guest_dir())
+}
+
+fn check_guest_dir(dir: &Path) -> Result<(), String> {
     let fix = "run `scripts/install-test-deps.sh` as root (Debian bookworm)";
     let qemu = dir.join("root/usr/bin/qemu-system-x86_64");
     if !qemu.is_file() {
@@ -139,9 +142,13 @@ pub fn guest_available() -> Result<(), String> {
 /// }
 /// ```
 pub fn require_guest(test: &str) -> bool {
-    match guest_available() {
+    decide_guest(test, guest_available(), in_ci())
+}
+
+fn decide_guest(test: &str, available: Result<(), String>, ci: bool) -> bool {
+    match available {
         Ok(()) => true,
-        Err(why) if in_ci() => panic!("{test}: the e2e guest is required in CI: {why}"),
+        Err(why) if ci => panic!("{test}: the e2e guest is required in CI: {why}"),
         Err(why) => {
             eprintln!("SKIPPED: {test}: {why}");
             false
@@ -461,6 +468,12 @@ impl Guest {
         read_log(&self.log_path)
     }
 
+    /// The pid of `run-guest.sh`, which is also the id of the process group
+    /// that QEMU runs in; `None` once the guest was killed.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// True while the guest runs.
     pub fn is_running(&mut self) -> bool {
         self.poll();
@@ -771,6 +784,21 @@ mod tests {
         let start = Instant::now();
         assert!(wait_for_port(port, deadline(Duration::from_millis(300))).is_err());
         assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn missing_guest_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_guest_dir(dir.path()).unwrap_err();
+        assert!(err.contains("qemu-system-x86_64") && err.contains("install-test-deps.sh"), "{err}");
+        assert!(!decide_guest("t", Err(err), false), "outside CI: skip");
+        assert!(decide_guest("t", Ok(()), true));
+    }
+
+    #[test]
+    #[should_panic(expected = "required in CI")]
+    fn missing_guest_fails_in_ci() {
+        decide_guest("t", Err("no guest".into()), true);
     }
 
     #[test]

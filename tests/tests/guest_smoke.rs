@@ -74,3 +74,46 @@ echo "MARK done"
     assert!(start.elapsed() < Duration::from_secs(120));
     assert_eq!(g.wait().rc, 0);
 }
+
+/// Processes (pid, command) in process group `pgid`.
+fn group_members(pgid: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // fields after the ")" that ends the command: state ppid pgrp ...
+        let Some((comm, rest)) = stat.rsplit_once(") ") else { continue };
+        if rest.split(' ').nth(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) {
+            found.push((pid, comm.to_owned()));
+        }
+    }
+    found
+}
+
+#[test]
+fn guest_is_killed_on_drop_and_on_timeout() {
+    if !require_guest("guest_is_killed_on_drop_and_on_timeout") {
+        return;
+    }
+    let _one_guest_at_a_time = serial();
+    let opts =
+        GuestOptions { cpus: 1, label: "smoke-kill".into(), ..GuestOptions::with_timeout(Duration::from_secs(300)) };
+    let mut g = Guest::spawn("echo MARK sleeping; sleep 600", &[], &opts).expect("spawn guest");
+    g.wait_for_log("MARK sleeping", deadline(Duration::from_secs(120))).unwrap();
+    let pgid = g.pid().expect("running");
+    assert!(group_members(pgid).iter().any(|(_, c)| c.contains("qemu")), "QEMU runs in the guest's group");
+    let start = Instant::now();
+    drop(g);
+    assert!(start.elapsed() < Duration::from_secs(15), "drop took {:.1?}", start.elapsed());
+    // reaped children vanish at once; give stragglers a moment
+    let gone = deadline(Duration::from_secs(10));
+    while !group_members(pgid).is_empty() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(group_members(pgid), vec![], "processes left behind by a dropped guest");
+
+    // run-guest.sh's own limit: a script that outlives -t gives rc 124
+    let r = run_guest("sleep 600", &[], Duration::from_secs(2));
+    assert_eq!(r.rc, 124, "log:\n{}", r.log);
+    assert!(r.elapsed < Duration::from_secs(30), "{:.1?}", r.elapsed);
+}

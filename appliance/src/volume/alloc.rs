@@ -165,7 +165,7 @@ impl BuddyAllocator {
             return Err(AllocError::Order(order));
         }
         let size = 1u64 << order;
-        if unit % size != 0 || unit.checked_add(size).map_or(true, |end| end > self.units) {
+        if !unit.is_multiple_of(size) || unit.checked_add(size).is_none_or(|end| end > self.units) {
             return Err(AllocError::Range { unit, order, units: self.units });
         }
         Ok(())

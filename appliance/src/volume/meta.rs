@@ -65,7 +65,7 @@ const _: () = assert!(HEADER_LEN + RECORDS_PER_BLOCK * RECORD_LEN <= META_BLOCK_
 const _: () = assert!(HEADER_LEN + ENTRIES_PER_BLOCK * ENTRY_LEN <= META_BLOCK_SIZE);
 const _: () = assert!(NAME_LEN == super::NAME_LEN_MAX);
 const _: () = assert!(super::PAGE_SIZE_MIN == UNIT_BYTES);
-const _: () = assert!(DATA_ALIGN % META_BLOCK_SIZE as u64 == 0 && DATA_ALIGN % UNIT_BYTES == 0);
+const _: () = assert!(DATA_ALIGN.is_multiple_of(META_BLOCK_SIZE as u64) && DATA_ALIGN.is_multiple_of(UNIT_BYTES));
 
 /// Why a metadata block or field was rejected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -244,11 +244,11 @@ impl Layout {
         if self.data_units == 0 || self.data_units > self.slot_blocks.saturating_mul(RECORDS_PER_BLOCK as u64) {
             return bad("data units and slot records disagree");
         }
-        if self.data_offset % DATA_ALIGN != 0 || self.data_offset < self.meta_bytes() {
+        if !self.data_offset.is_multiple_of(DATA_ALIGN) || self.data_offset < self.meta_bytes() {
             return bad("data region overlaps the metadata or is misaligned");
         }
         let end = self.data_units.checked_mul(UNIT_BYTES).and_then(|b| b.checked_add(self.data_offset));
-        if end.map_or(true, |e| e > device_bytes) {
+        if end.is_none_or(|e| e > device_bytes) {
             return bad("data region beyond the device");
         }
         Ok(())
@@ -313,7 +313,7 @@ impl Layout {
 
     /// Data unit at device byte offset `offset` (inverse of [`Layout::unit_offset`]).
     pub fn unit_at(&self, offset: u64) -> u64 {
-        assert!(offset >= self.data_offset && (offset - self.data_offset) % UNIT_BYTES == 0);
+        assert!(offset >= self.data_offset && (offset - self.data_offset).is_multiple_of(UNIT_BYTES));
         (offset - self.data_offset) >> UNIT_SHIFT
     }
 }

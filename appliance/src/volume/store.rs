@@ -53,10 +53,10 @@ pub const ZEROES_BYTES_MAX: u64 = 32 << 20;
 /// A good depth for the store's queue pair.
 pub const QPAIR_DEPTH: u32 = 64;
 
-const _: () = assert!(META_BUF_BYTES_MAX % META_BLOCK_SIZE == 0);
-const _: () = assert!(META_BUFS % 2 == 0);
+const _: () = assert!(META_BUF_BYTES_MAX.is_multiple_of(META_BLOCK_SIZE));
+const _: () = assert!(META_BUFS.is_multiple_of(2));
 const _: () = assert!(PAGE_SIZE_MAX >> UNIT_SHIFT == 1 << ORDER_MAX);
-const _: () = assert!(ZEROES_BYTES_MAX % UNIT_BYTES == 0);
+const _: () = assert!(ZEROES_BYTES_MAX.is_multiple_of(UNIT_BYTES));
 
 /// Why a page store operation failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -164,7 +164,7 @@ impl MetaIo {
 
     /// A request over `len` bytes at device byte `offset`.
     fn request(&self, op: Op, offset: u64, len: u64, tag: u64, seg: Option<quire_drivers::DmaSeg>) -> IoRequest {
-        assert!(offset % self.block_bytes == 0 && len % self.block_bytes == 0);
+        assert!(offset.is_multiple_of(self.block_bytes) && len.is_multiple_of(self.block_bytes));
         let blocks = u32::try_from(len / self.block_bytes).expect("request under 4 G blocks");
         match seg {
             Some(s) => IoRequest::with_segs(op, offset / self.block_bytes, blocks, tag, &[s]),
@@ -415,7 +415,7 @@ impl Loaded {
             match meta::check(block, kind, logical, Some(format_id)) {
                 Ok(h) => {
                     self.copies[logical as usize].seq[copy] = h.seq;
-                    if best.map_or(true, |(_, seq)| h.seq > seq) {
+                    if best.is_none_or(|(_, seq)| h.seq > seq) {
                         best = Some((copy, h.seq));
                     }
                 }
@@ -1090,7 +1090,7 @@ impl PageStore {
 /// block size and hold at most [`PAGES_PER_VOLUME_MAX`] pages.
 fn size_to_pages(size_bytes: u64, page_size: u64, block_size: u32) -> Result<u64> {
     let max = PAGES_PER_VOLUME_MAX * page_size;
-    if size_bytes == 0 || size_bytes % u64::from(block_size) != 0 || size_bytes > max {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(block_size)) || size_bytes > max {
         return Err(invalid(
             "size_bytes",
             size_bytes,

@@ -21,7 +21,7 @@ use quire_wire::tcp::Digests;
 use super::connection::{Connection, ConnectionParams, DataDir, BLOCKING_SLICE};
 use super::identify::{
     discovery_numrec, parse_discovery, DiscoveryEntry, IdentifyController, IdentifyNamespace, DISCOVERY_ENTRY_LEN,
-    DISCOVERY_HEADER_LEN, IDENTIFY_LEN, SUBTYPE_NVME,
+    DISCOVERY_HEADER_LEN, IDENTIFY_LEN, SUBTYPE_NVME, TRTYPE_TCP,
 };
 use super::{Error, Result};
 
@@ -93,7 +93,14 @@ impl Controller {
             Some(n) => n.clone(),
             None => {
                 let entries = discover(opts)?;
-                let e = entries.iter().find(|e| e.subtype == SUBTYPE_NVME).ok_or(Error::NoSubsystem)?;
+                // The first NVM subsystem, preferring one reachable over TCP.
+                let nvm = |e: &&DiscoveryEntry| e.subtype == SUBTYPE_NVME;
+                let e = entries
+                    .iter()
+                    .filter(nvm)
+                    .find(|e| e.trtype == TRTYPE_TCP)
+                    .or_else(|| entries.iter().find(nvm))
+                    .ok_or(Error::NoSubsystem)?;
                 e.subnqn.clone()
             }
         };
@@ -289,7 +296,7 @@ impl Controller {
 
     /// Get Log Page `lid`: `len` bytes (a multiple of 4) from byte `offset`.
     pub fn get_log_page(&mut self, lid: u8, len: u32, offset: u64) -> Result<Vec<u8>> {
-        assert!(len >= 4 && len % 4 == 0, "log pages are read in dwords");
+        assert!(len >= 4 && len.is_multiple_of(4), "log pages are read in dwords");
         assert!(len as usize <= ADMIN_BUF_LEN);
         let numd = len / 4 - 1;
         let cmd = Command {

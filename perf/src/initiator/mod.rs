@@ -81,6 +81,14 @@ pub enum Error {
         /// Completion dword 0 (Connect puts the offending parameter here).
         dw0: u32,
     },
+    /// Fabrics Connect was refused.
+    #[error("Connect rejected: NVMe status {status} ({}){detail}", status_name(*status))]
+    ConnectRejected {
+        /// The status.
+        status: Status,
+        /// Which parameter, when the target says.
+        detail: String,
+    },
     /// Nothing came back before the deadline.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),

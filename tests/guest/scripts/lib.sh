@@ -14,6 +14,8 @@
 #   CTRL_LOSS_TMO, RECONNECT_DELAY   nvme connect options  (default: 5, 1)
 #   CONNECT_OPTS  extra "nvme connect" options
 #   DEV_WAIT    seconds to wait for the namespace's block device (default 30)
+#   HOSTNQN, HOSTID  the host identity to connect with (default: the random
+#               one init.sh made at boot, printed on its GUEST_UP line)
 # Output: "MARK <what>" progress lines, "FAIL: <why>" and diagnostics on
 # error (exit code non-zero), "PASS <script>" on success.
 set -eu
@@ -29,6 +31,8 @@ DEV_WAIT=${DEV_WAIT:-30}
 SCRIPT_NAME=${SCRIPT_NAME:-$(basename "$0")}
 CTRL=
 DEV=
+if [ -n "${HOSTNQN:-}" ]; then echo "$HOSTNQN" > /etc/nvme/hostnqn; fi
+if [ -n "${HOSTID:-}" ]; then echo "$HOSTID" > /etc/nvme/hostid; fi
 
 mark() { echo "MARK $*"; }
 fail() { echo "FAIL: $SCRIPT_NAME: $*"; exit 1; }
@@ -105,6 +109,7 @@ find_dev() {
 
 ctrl_state() { cat "/sys/class/nvme/$CTRL/state" 2>/dev/null || echo gone; }
 
+# shellcheck disable=SC2120  # options are optional
 # connect [extra nvme-connect options]: connect to $NQN at $ADDR:$PORT and
 # wait (bounded) for the controller and the namespace's block device.
 connect() {

@@ -8,7 +8,7 @@ export ADDR=127.0.0.1 PORT=4420 DISC_PORT=4420 NQN=nqn.2024-01.io.quire.test:sta
 TESTS=${TESTS:-discover-connect fio-verify zeroes-dealloc-flush fs-write fs-check keepalive-loss}
 export EXPECT_SERIAL=QUIRE-STANDIN-1 EXPECT_SIZE=$(( STANDIN_MB * 1048576 ))
 # the guest's own loopback carries this traffic: freeze lo, not eth0
-export FREEZE_IF=lo DOWN_SECS=${DOWN_SECS:-8}
+export FREEZE_IF=lo DOWN_SECS="${DOWN_SECS:-8}"
 failed=
 for t in $TESTS; do
   echo "=== selftest: $t"
