@@ -136,11 +136,25 @@ mod tests {
             size: Some(ByteSize::mib(64)),
             direct_io: DirectIo::Auto,
             pci_address: None,
+            bind_vfio: false,
         });
         config.validate().unwrap();
         let text = config.to_toml();
         assert_eq!(Config::from_str(&text).unwrap(), config, "{text}");
         assert_eq!(Config::from_str(&Config::default().to_toml()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn nvme_device_from_toml() {
+        let text = "[[device]]\nkind = \"nvme\"\npci_address = \"0000:00:04.0\"\nbind_vfio = true\n";
+        let config = Config::from_str(text).unwrap();
+        assert_eq!(config.devices[0].pci_address.as_deref(), Some("0000:00:04.0"));
+        assert!(config.devices[0].bind_vfio);
+        assert_eq!(Config::from_str(&config.to_toml()).unwrap(), config);
+        let text = "[[device]]\nkind = \"nvme\"\npci_address = \"0000:00:04.0\"\n";
+        assert!(!Config::from_str(text).unwrap().devices[0].bind_vfio, "bind_vfio defaults to false");
+        let message = error("[[device]]\nkind = \"nvme\"\npci_address = \"0000:00:04.0\"\nbind_vfio = \"yes\"\n");
+        assert!(message.starts_with("device[0].bind_vfio: invalid type"), "{message}");
     }
 
     #[test]

@@ -208,6 +208,11 @@ pub struct Device {
     /// nvme: the controller's PCI address, `DDDD:BB:DD.F`.
     #[serde(default, deserialize_with = "empty_as_none", skip_serializing_if = "Option::is_none")]
     pub pci_address: Option<String>,
+    /// nvme: hand the controller to `vfio-pci` at start-up (sysfs `driver_override`)
+    /// and give it back to its previous driver at exit. Off, the operator binds it
+    /// beforehand and the daemon needs no write access to sysfs.
+    #[serde(default)]
+    pub bind_vfio: bool,
 }
 
 impl Device {
@@ -219,6 +224,7 @@ impl Device {
             size: Some(ByteSize::gib(8)),
             direct_io: DirectIo::Auto,
             pci_address: None,
+            bind_vfio: false,
         }
     }
 }

@@ -267,21 +267,30 @@ fn device_path(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
 fn device_file(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
     device_path(device, key)?;
     device_size(device, key)?;
-    absent(&device.pci_address, key("pci_address"), |a| quoted(a), device.kind)
+    absent(&device.pci_address, key("pci_address"), |a| quoted(a), device.kind)?;
+    no_vfio(device, key)
 }
 
 fn device_block(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
     device_path(device, key)?;
     absent(&device.size, key("size"), |s| size_text(*s), device.kind)?;
-    absent(&device.pci_address, key("pci_address"), |a| quoted(a), device.kind)
+    absent(&device.pci_address, key("pci_address"), |a| quoted(a), device.kind)?;
+    no_vfio(device, key)
 }
 
 fn device_ram(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
     device_size(device, key)?;
     absent(&device.path, key("path"), |p| path_text(p), device.kind)?;
     absent(&device.pci_address, key("pci_address"), |a| quoted(a), device.kind)?;
+    no_vfio(device, key)?;
     let direct = device.direct_io;
     ensure(direct == DirectIo::Auto, &key("direct_io"), quoted(direct.as_str()), "\"auto\" for a ram device")
+}
+
+/// `bind_vfio` only means something for an nvme device.
+fn no_vfio(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
+    let expected = format!("false for {} device (only nvme devices are bound to vfio-pci)", a_kind(device.kind));
+    ensure(!device.bind_vfio, &key("bind_vfio"), "true", expected)
 }
 
 fn device_nvme(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
@@ -366,6 +375,7 @@ mod tests {
             size: Some(ByteSize(size)),
             direct_io: DirectIo::Auto,
             pci_address: None,
+            bind_vfio: false,
         }
     }
 
@@ -376,6 +386,7 @@ mod tests {
             size: None,
             direct_io: DirectIo::Auto,
             pci_address: Some(address.to_string()),
+            bind_vfio: false,
         }
     }
 
@@ -585,6 +596,7 @@ mod tests {
             size: None,
             direct_io: DirectIo::On,
             pci_address: None,
+            bind_vfio: false,
         };
         valid(|c| c.devices = vec![block.clone()]);
         let message = invalid(|c| c.devices = vec![Device { size: Some(ByteSize::gib(1)), ..block.clone() }]);
@@ -615,6 +627,21 @@ mod tests {
         }
         let message = invalid(|c| c.devices = vec![Device { size: Some(ByteSize::gib(1)), ..nvme("0000:01:00.0") }]);
         assert_eq!(message, "device[0].size = \"1G\": expected no value for an nvme device");
+        valid(|c| c.devices = vec![Device { bind_vfio: true, ..nvme("0000:01:00.0") }]);
+    }
+
+    #[test]
+    fn bind_vfio_only_for_nvme() {
+        let message = invalid(|c| c.devices[0].bind_vfio = true);
+        assert_eq!(
+            message,
+            "device[0].bind_vfio = true: expected false for a file device (only nvme devices are bound to vfio-pci)"
+        );
+        let message = invalid(|c| c.devices = vec![Device { bind_vfio: true, ..ram(1 << 20) }]);
+        assert!(message.starts_with("device[0].bind_vfio = true: expected false for a ram device"), "{message}");
+        let block = Device { kind: DeviceKind::Block, path: Some("/dev/sdb".into()), size: None, ..ram(1 << 20) };
+        let message = invalid(|c| c.devices = vec![Device { bind_vfio: true, ..block }]);
+        assert!(message.starts_with("device[0].bind_vfio = true: expected false for a block device"), "{message}");
     }
 
     #[test]

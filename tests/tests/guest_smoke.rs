@@ -66,6 +66,16 @@ echo "MARK done"
     let r = g.wait();
     r.assert_success("closed-port discovery");
     assert!(r.marks().contains(&"done"));
+    // the shared guest scripts take the same path and fail cleanly
+    let g = Guest::spawn_script(
+        "discover-connect.sh",
+        &[("PORT", &port), ("NQN", "nqn.2024-01.io.quire.test:none")],
+        &opts,
+    )
+    .expect("spawn guest");
+    let r = g.wait();
+    assert_eq!(r.rc, 1, "log:\n{}", r.log);
+    assert!(r.log.contains("FAIL: discover-connect.sh: nvme discover failed"), "log:\n{}", r.log);
     // a pattern that never comes: reported as soon as the guest has exited
     let mut g = Guest::spawn("exit 0", &[], &opts).expect("spawn guest");
     let start = Instant::now();

@@ -137,7 +137,8 @@ pub struct Capacity {
 struct MetaIo {
     qpair: Box<dyn QueuePair>,
     shard: PoolShard,
-    _pool: DmaPool,
+    /// The store's own pool when it was not given a shard of the peer's.
+    _pool: Option<DmaPool>,
     /// Bytes of one buffer (a multiple of the metadata block size).
     buf_bytes: usize,
     /// Device block size.
@@ -145,16 +146,29 @@ struct MetaIo {
 }
 
 impl MetaIo {
-    fn new(qpair: Box<dyn QueuePair>, info: &DeviceInfo) -> Result<MetaIo> {
-        let max = (info.max_transfer_bytes as usize).min(META_BUF_BYTES_MAX);
+    /// Buffers come from `shard` (at least [`META_BUFS`] chunks of memory the device
+    /// can reach: a shard of an IOMMU-mapped pool for a VFIO device), or from a small
+    /// pool of the store's own.
+    fn new(qpair: Box<dyn QueuePair>, info: &DeviceInfo, shard: Option<PoolShard>) -> Result<MetaIo> {
+        let mut max = (info.max_transfer_bytes as usize).min(META_BUF_BYTES_MAX);
+        if let Some(s) = &shard {
+            max = max.min(s.chunk_size());
+        }
         if max < 2 * META_BLOCK_SIZE {
-            return Err(StoreError::Device(format!("largest transfer {max} is below 8192 bytes")));
+            return Err(StoreError::Device(format!("largest transfer or buffer {max} is below 8192 bytes")));
         }
         // The largest power of two that fits: the pool wants one.
         let buf_bytes = 1usize << max.ilog2();
-        let pool = DmaPool::new(buf_bytes, META_BUFS, false).map_err(|e| StoreError::Pool(e.to_string()))?;
-        let shard = pool.shards(1).pop().expect("one shard");
-        assert_eq!(shard.total(), META_BUFS);
+        let (shard, pool) = match shard {
+            Some(shard) => (shard, None),
+            None => {
+                let pool = DmaPool::new(buf_bytes, META_BUFS, false).map_err(|e| StoreError::Pool(e.to_string()))?;
+                (pool.shards(1).pop().expect("one shard"), Some(pool))
+            }
+        };
+        if shard.available() < META_BUFS {
+            return Err(StoreError::Pool(format!("{} metadata buffers given, {META_BUFS} needed", shard.available())));
+        }
         Ok(MetaIo { qpair, shard, _pool: pool, buf_bytes, block_bytes: u64::from(info.block_size) })
     }
 
@@ -493,7 +507,7 @@ impl PageStore {
     pub fn open(dev: &dyn BlockDevice, qpair: Box<dyn QueuePair>) -> Result<PageStore> {
         let info = dev.info().clone();
         check_device(&info)?;
-        let mut io = MetaIo::new(qpair, &info)?;
+        let mut io = MetaIo::new(qpair, &info, None)?;
         let (sb, copies) = read_superblock(&mut io)?.ok_or(StoreError::NotFormatted)?;
         PageStore::load(info, io, sb, copies)
     }
@@ -503,15 +517,26 @@ impl PageStore {
     pub fn format(dev: &dyn BlockDevice, qpair: Box<dyn QueuePair>, uuid: [u8; 16]) -> Result<PageStore> {
         let info = dev.info().clone();
         check_device(&info)?;
-        let io = MetaIo::new(qpair, &info)?;
+        let io = MetaIo::new(qpair, &info, None)?;
         PageStore::format_with(info, io, uuid)
     }
 
     /// Opens the page store on `dev`, formatting it with a random uuid when it has none.
     pub fn open_or_format(dev: &dyn BlockDevice, qpair: Box<dyn QueuePair>) -> Result<PageStore> {
+        PageStore::open_or_format_in(dev, qpair, None)
+    }
+
+    /// [`PageStore::open_or_format`] with the metadata buffers taken from `shard`
+    /// (at least [`META_BUFS`] free chunks): a device behind an IOMMU (VFIO) reaches
+    /// only the peer's mapped pool, not a pool of the store's own.
+    pub fn open_or_format_in(
+        dev: &dyn BlockDevice,
+        qpair: Box<dyn QueuePair>,
+        shard: Option<PoolShard>,
+    ) -> Result<PageStore> {
         let info = dev.info().clone();
         check_device(&info)?;
-        let mut io = MetaIo::new(qpair, &info)?;
+        let mut io = MetaIo::new(qpair, &info, shard)?;
         match read_superblock(&mut io)? {
             Some((sb, copies)) => PageStore::load(info, io, sb, copies),
             None => PageStore::format_with(info, io, meta::random_uuid()),
@@ -1418,6 +1443,23 @@ mod tests {
         let cap = store.capacity();
         assert_eq!(cap.used_bytes, used + store.quarantine.iter().map(|q| UNIT_BYTES << q.order).sum::<u64>());
         assert_eq!(cap.free_bytes + cap.used_bytes, cap.total_bytes);
+    }
+
+    #[test]
+    fn metadata_buffers_from_a_given_shard() {
+        let dev = RamDevice::new(64 * MIB, 512).unwrap();
+        let pool = DmaPool::new(64 << 10, 8, false).unwrap();
+        let mut shard = pool.shards(1).pop().unwrap();
+        let few = shard.split_off(META_BUFS - 1).unwrap();
+        let err = PageStore::open_or_format_in(&dev, qp(&dev), Some(few)).err().expect("too few buffers");
+        assert!(matches!(err, StoreError::Pool(_)), "{err:?}");
+        let uuid = PageStore::open_or_format_in(&dev, qp(&dev), shard.split_off(1)).err();
+        assert!(uuid.is_some(), "one buffer is not enough either");
+        let mine = shard.split_off(META_BUFS).unwrap();
+        let store = PageStore::open_or_format_in(&dev, qp(&dev), Some(mine)).unwrap();
+        let uuid = store.uuid();
+        drop(store);
+        assert_eq!(reopen(&dev).uuid(), uuid, "the format written through the shard's buffers reads back");
     }
 
     #[test]

@@ -182,6 +182,25 @@ impl PoolShard {
         self.free.push(buf.index);
     }
 
+    /// Moves `count` free chunks into a new shard (for a user with a small fixed need,
+    /// such as the page store's metadata I/O, that must use memory the device can
+    /// reach). `None` when fewer than `count` chunks are free.
+    pub fn split_off(&mut self, count: usize) -> Option<PoolShard> {
+        assert!(count > 0, "an empty shard is of no use");
+        let keep = self.free.len().checked_sub(count)?;
+        let free = self.free.split_off(keep);
+        self.total -= count;
+        assert_eq!(free.len(), count);
+        Some(PoolShard {
+            _region: self._region.clone(),
+            base: self.base,
+            iova_base: self.iova_base,
+            chunk_size: self.chunk_size,
+            free,
+            total: count,
+        })
+    }
+
     /// Free buffers.
     pub fn available(&self) -> usize {
         self.free.len()
@@ -276,6 +295,25 @@ mod tests {
         let b = bufs.pop().unwrap();
         shards[0].put(b);
         assert_eq!(shards[0].available(), 1);
+    }
+
+    #[test]
+    fn split_off_moves_free_chunks() {
+        let pool = DmaPool::new(4096, 8, false).unwrap();
+        let mut shard = pool.shards(1).pop().unwrap();
+        let held = shard.get().unwrap();
+        assert!(shard.split_off(8).is_none(), "only 7 chunks are free");
+        let mut small = shard.split_off(3).unwrap();
+        assert_eq!((small.total(), small.available()), (3, 3));
+        assert_eq!((shard.total(), shard.available()), (5, 4));
+        let bufs: Vec<DmaBuf> = std::iter::from_fn(|| small.get()).collect();
+        assert_eq!(bufs.len(), 3);
+        assert!(bufs.iter().all(|b| b.iova() != held.iova()));
+        for b in bufs {
+            small.put(b);
+        }
+        shard.put(held);
+        assert_eq!(shard.available(), 5);
     }
 
     #[test]

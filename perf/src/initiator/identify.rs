@@ -216,6 +216,24 @@ mod tests {
     }
 
     #[test]
+    fn agrees_with_the_wire_crates_builders() {
+        use quire_wire::nvme::identify as wire;
+        let id = wire::ControllerIdentity {
+            serial: "S1".into(),
+            model: "Quire".into(),
+            cntlid: 9,
+            nn: 4,
+            subnqn: "nqn.2026-11.io.quire:demo".into(),
+            ioccsz: wire::ioccsz_for(8192),
+            ..Default::default()
+        };
+        let c = IdentifyController::parse(&wire::build_controller(&id)[..]);
+        assert_eq!((c.serial.as_str(), c.model.as_str(), c.cntlid, c.nn), ("S1", "Quire", 9, 4));
+        assert_eq!(c.subnqn, "nqn.2026-11.io.quire:demo");
+        assert_eq!(c.in_capsule_bytes(), 8192);
+    }
+
+    #[test]
     fn discovery_entries_are_cut_at_what_was_read() {
         let mut b = vec![0u8; DISCOVERY_HEADER_LEN + 2 * DISCOVERY_ENTRY_LEN];
         put_u64(&mut b, 8, 3);
