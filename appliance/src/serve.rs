@@ -1,10 +1,14 @@
 //! `quire serve`: bring a peer up from its configuration, run it, bring it down.
 //!
-//! Order of bring-up: the backing device, the page store on it (formatted on first
-//! use), the buffer pool, the registry, the listening sockets, the reactors (each with
-//! its own device queue pair and buffer shard), the control thread's state with the
-//! configured volumes, and the management socket. Then reactors run on their threads
-//! and the control thread runs on this one until SIGINT or SIGTERM.
+//! Order of bring-up: the buffer pool, the backing device (a VFIO NVMe controller maps
+//! the pool into its IOMMU as it opens, so the pool must exist first and be split into
+//! shards only afterwards), the page store on it (formatted on first use; on an NVMe
+//! device its metadata buffers are a few chunks of the mapped pool), the registry, the
+//! listening sockets, the reactors (each with its own device queue pair and buffer
+//! shard), the control thread's state with the configured volumes, and the management
+//! socket. Then reactors run on their threads and the control thread runs on this one
+//! until SIGINT or SIGTERM. A controller that `quire` bound to vfio-pci itself
+//! (`bind_vfio = true`) goes back to its previous driver once everything has stopped.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quire_config::{Config, DeviceKind, PollMode as CfgPoll};
+use quire_drivers::nvme::{self, Binding, NvmeDevice, NvmeError, NvmeOptions, VfioError};
 use quire_drivers::uring::{DirectIo, UringDevice, UringOptions};
 use quire_drivers::{BlockDevice, DmaPool};
 
@@ -22,7 +27,7 @@ use crate::reactor::msg::CONTROL_INBOX_MAX;
 use crate::reactor::{ControlMsg, PollMode, Reactor, ReactorParts};
 use crate::target::subsystem::{Listener, Registry};
 use crate::target::TargetParams;
-use crate::volume::store::PageStore;
+use crate::volume::store::{PageStore, META_BUFS};
 
 /// Depth of each reactor's device queue pair.
 const DEVICE_QUEUE_DEPTH: u32 = 1024;
@@ -64,7 +69,19 @@ pub enum ServeError {
     Io(String),
 }
 
-fn open_device(cfg: &Config) -> Result<(Arc<dyn BlockDevice>, String), ServeError> {
+/// The opened backing device.
+struct Opened {
+    dev: Arc<dyn BlockDevice>,
+    /// For the banner and errors.
+    desc: String,
+    /// The driver binding to give back at exit (`bind_vfio = true`).
+    binding: Option<Binding>,
+    /// The device reaches only the IOMMU-mapped pool (VFIO): the page store must take
+    /// its metadata buffers from it.
+    mapped_pool_only: bool,
+}
+
+fn open_device(cfg: &Config, pool: &DmaPool) -> Result<Opened, ServeError> {
     if cfg.devices.len() != 1 {
         return Err(ServeError::Config(format!(
             "device: {} devices configured; this version serves exactly one device per peer",
@@ -77,6 +94,7 @@ fn open_device(cfg: &Config) -> Result<(Arc<dyn BlockDevice>, String), ServeErro
         quire_config::DirectIo::On => DirectIo::On,
         quire_config::DirectIo::Off => DirectIo::Off,
     };
+    let plain = |dev: Arc<dyn BlockDevice>, desc: String| Opened { dev, desc, binding: None, mapped_pool_only: false };
     match d.kind {
         DeviceKind::File | DeviceKind::Block => {
             let path = cfg.resolve(d.path.as_deref().expect("validated: file and block devices have a path"));
@@ -90,17 +108,76 @@ fn open_device(cfg: &Config) -> Result<(Arc<dyn BlockDevice>, String), ServeErro
                 if dev.is_direct() { "O_DIRECT" } else { "buffered" },
                 dev.info().size_bytes()
             );
-            Ok((Arc::new(dev), desc))
+            Ok(plain(Arc::new(dev), desc))
         }
         DeviceKind::Ram => {
             let size = d.size.expect("validated: ram devices have a size").bytes();
             let dev = quire_drivers::ram::RamDevice::new(size, 4096)
                 .map_err(|e| ServeError::Device { path: "ram".into(), reason: e.to_string() })?;
-            Ok((Arc::new(dev), format!("ram ({size} bytes, lost at exit)")))
+            Ok(plain(Arc::new(dev), format!("ram ({size} bytes, lost at exit)")))
         }
-        DeviceKind::Nvme => Err(ServeError::Config(
-            "device.kind = \"nvme\": the VFIO NVMe driver is not wired into `quire serve` yet".into(),
-        )),
+        DeviceKind::Nvme => {
+            let bdf = d.pci_address.as_deref().expect("validated: nvme devices have a PCI address");
+            open_nvme(bdf, d.bind_vfio, pool)
+        }
+    }
+}
+
+/// Opens the NVMe controller at `bdf` through VFIO (binding it to vfio-pci first when
+/// `bind` is set, and giving it back if opening fails), mapping `pool` into its IOMMU.
+fn open_nvme(bdf: &str, bind: bool, pool: &DmaPool) -> Result<Opened, ServeError> {
+    let fail = |reason: String| ServeError::Device { path: format!("nvme {bdf}"), reason };
+    let binding = if bind {
+        let b =
+            nvme::bind_vfio(bdf).map_err(|e| fail(format!("cannot bind it to vfio-pci: {e} (see docs/vfio.md)")))?;
+        tracing::info!(bdf, previous = ?b.previous, "bound to vfio-pci");
+        Some(b)
+    } else {
+        None
+    };
+    let dev = match NvmeDevice::open(bdf, pool, NvmeOptions::default()) {
+        Ok(dev) => dev,
+        Err(e) => {
+            let reason = nvme_hint(&e, bind);
+            if let Some(b) = binding {
+                give_back(b);
+            }
+            return Err(fail(reason));
+        }
+    };
+    let info = dev.info();
+    let c = dev.controller();
+    let desc = format!(
+        "nvme {bdf} through VFIO ('{}' serial '{}', namespace 1: {} blocks of {} bytes, {} I/O queues)",
+        c.model.trim(),
+        c.serial.trim(),
+        info.num_blocks,
+        info.block_size,
+        dev.io_queues()
+    );
+    Ok(Opened { dev: Arc::new(dev), desc, binding, mapped_pool_only: true })
+}
+
+/// The driver's reason, with what the operator can do about it.
+fn nvme_hint(e: &NvmeError, bound_by_us: bool) -> String {
+    let hint = match e {
+        NvmeError::Vfio(VfioError::NotVfioPci { .. }) if !bound_by_us => {
+            "; set bind_vfio = true in its [[device]] table, or bind it to vfio-pci by hand (docs/vfio.md)"
+        }
+        NvmeError::Vfio(VfioError::InUse(_)) => "; is another quire (or a VM) using it?",
+        NvmeError::Vfio(_) => " (docs/vfio.md)",
+        _ => "",
+    };
+    format!("{e}{hint}")
+}
+
+/// Gives a controller back to the driver it had before `quire` bound it to vfio-pci.
+fn give_back(binding: Binding) {
+    let bdf = binding.bdf.clone();
+    let previous = binding.previous.clone();
+    match binding.restore() {
+        Ok(()) => tracing::info!(bdf, ?previous, "given back to its previous driver"),
+        Err(e) => tracing::warn!(bdf, "could not give the device back to {previous:?}: {e}"),
     }
 }
 
@@ -121,6 +198,8 @@ pub struct Running {
     pub discovery_addr: SocketAddr,
     /// Description of the backing device.
     pub device: String,
+    /// A controller `quire` bound to vfio-pci, given back once everything stopped.
+    binding: Option<Binding>,
 }
 
 impl Running {
@@ -141,6 +220,11 @@ impl Running {
         }
         for t in self.reactors.drain(..) {
             let _ = t.join();
+        }
+        // Every queue pair lived on those threads: the controller has been shut down
+        // and its VFIO files closed, so the kernel can take it back.
+        if let Some(b) = self.binding.take() {
+            give_back(b);
         }
         tracing::info!("stopped");
     }
@@ -188,9 +272,38 @@ pub fn start(cfg: Config) -> Result<Running, ServeError> {
     cfg.validate().map_err(|e| ServeError::Config(e.to_string()))?;
     std::fs::create_dir_all(&cfg.peer.data_dir)
         .map_err(|e| ServeError::Io(format!("cannot create data_dir {}: {e}", cfg.peer.data_dir.display())))?;
-    let (dev, device_desc) = open_device(&cfg)?;
+    // The pool first: a VFIO device maps it into its IOMMU as it opens.
+    let n = cfg.reactors.count() as usize;
+    let pool = DmaPool::new(cfg.buffers.chunk_size.bytes() as usize, cfg.buffers.count as usize, cfg.buffers.hugepages)
+        .map_err(|e| ServeError::Io(format!("buffer pool: {e}")))?;
+    let opened = open_device(&cfg, &pool)?;
+    let binding = opened.binding.clone();
+    match start_on(cfg, pool, n, opened) {
+        Ok(running) => Ok(running),
+        Err(e) => {
+            // start_on has dropped the device and its queue pairs by now.
+            if let Some(b) = binding {
+                give_back(b);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The rest of [`start`] once the pool and the device exist.
+fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Running, ServeError> {
+    let Opened { dev, desc: device_desc, binding, mapped_pool_only } = opened;
+    let mut shards = pool.shards(n);
+    let store_shard = if mapped_pool_only {
+        let shard = shards[0].split_off(META_BUFS).ok_or_else(|| {
+            ServeError::Config(format!("buffers.count: too few chunks for the page store's {META_BUFS} buffers"))
+        })?;
+        Some(shard)
+    } else {
+        None
+    };
     let store_qp = dev.create_qpair(STORE_QUEUE_DEPTH).map_err(|e| ServeError::Io(format!("device queue: {e}")))?;
-    let store = PageStore::open_or_format(&*dev, store_qp)
+    let store = PageStore::open_or_format_in(&*dev, store_qp, store_shard)
         .map_err(|e| ServeError::Store { device: device_desc.clone(), reason: e.to_string() })?;
 
     let t = &cfg.target;
@@ -216,9 +329,6 @@ pub fn start(cfg: Config) -> Result<Running, ServeError> {
     }
     registry.lock().listeners = bound.clone();
 
-    let n = cfg.reactors.count() as usize;
-    let pool = DmaPool::new(cfg.buffers.chunk_size.bytes() as usize, cfg.buffers.count as usize, cfg.buffers.hugepages)
-        .map_err(|e| ServeError::Io(format!("buffer pool: {e}")))?;
     let cores = cfg.reactors.cores();
     let available: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
     let mode = match cfg.reactors.poll {
@@ -230,7 +340,7 @@ pub fn start(cfg: Config) -> Result<Running, ServeError> {
     let mut reactors = Vec::new();
     let mut handles = Vec::new();
     let mut listeners = Some(listeners);
-    for (i, shard) in pool.shards(n).into_iter().enumerate() {
+    for (i, shard) in shards.into_iter().enumerate() {
         let core = cores.get(i).map(|&c| c as usize).filter(|c| available.contains(c));
         let (r, h) = Reactor::new(ReactorParts {
             id: i,
@@ -305,6 +415,7 @@ pub fn start(cfg: Config) -> Result<Running, ServeError> {
         io_addr,
         discovery_addr,
         device: device_desc,
+        binding,
     })
 }
 

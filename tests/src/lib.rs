@@ -286,6 +286,9 @@ pub struct GuestOptions {
     pub netdev_opts: Vec<String>,
     /// A folder whose contents are also copied into the guest's `/guest`.
     pub files: Option<PathBuf>,
+    /// Extra QEMU arguments (`-Q`, split on whitespace by `run-guest.sh`), e.g.
+    /// `-device intel-iommu,intremap=on` or an emulated NVMe drive.
+    pub qemu_args: Vec<String>,
     /// Name used in the log file's name.
     pub label: String,
 }
@@ -299,6 +302,7 @@ impl Default for GuestOptions {
             kernel_args: vec!["nvme_core.admin_timeout=5".to_owned()],
             netdev_opts: Vec::new(),
             files: None,
+            qemu_args: Vec::new(),
             label: "guest".to_owned(),
         }
     }
@@ -439,6 +443,9 @@ impl Guest {
         }
         for n in &opts.netdev_opts {
             cmd.arg("-n").arg(n);
+        }
+        for q in &opts.qemu_args {
+            cmd.arg("-Q").arg(q);
         }
         cmd.arg(&main_path)
             .stdin(Stdio::null())

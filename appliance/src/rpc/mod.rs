@@ -67,7 +67,8 @@
 //!   the namespace UUID in the 8-4-4-4-12 form, `nguid` 32 hex digits.
 //! - `volume_grow`: `size` is the new total size, larger than the current one and a
 //!   multiple of the page size; hosts see a namespace-attribute-changed event.
-//! - `volume_delete`: fails with `INVALID_STATE` while controllers are connected.
+//! - `volume_delete`: allowed while hosts are connected: their I/O to it then completes
+//!   with Invalid Namespace and their controllers get a namespace-changed event.
 //! - `subsystem_list`: `allowed_hosts` empty means any host may connect;
 //!   `controllers` is the number connected now.
 //! - `subsystem_allow_host` / `subsystem_disallow_host`: `nqn` is the subsystem,

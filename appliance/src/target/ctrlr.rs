@@ -24,7 +24,7 @@ pub const ERROR_LOG_MAX: usize = 64;
 pub const EVENTS_MAX: usize = 16;
 
 /// Async event: notice, namespace attribute changed, log page 04h.
-pub const AEN_NS_CHANGED: u32 = 0x02 | (0x00 << 8) | (0x04 << 16);
+pub const AEN_NS_CHANGED: u32 = 0x02 | (0x04 << 16);
 /// Async event: notice, discovery log page change, log page 70h.
 pub const AEN_DISCOVERY_CHANGED: u32 = 0x02 | (0xf0 << 8) | (0x70 << 16);
 /// Async event: notice, ANA change, log page 0Ch.

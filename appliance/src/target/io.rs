@@ -83,7 +83,9 @@ fn check_and_run(
                 return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
             }
             let write = cmd.opcode == opcode::NVM_WRITE;
-            if r.cursor == 0 && r.pending == 0 {
+            // Counted once: a write that waited for page allocation (or a command
+            // parked on a full device queue) runs again from cursor 0.
+            if !std::mem::replace(&mut r.counted, true) {
                 count_rw(vol, write, len);
             }
             if write {
@@ -98,7 +100,7 @@ fn check_and_run(
             Ok(())
         }
         opcode::NVM_FLUSH => {
-            if reqs.req(idx).cursor == 0 && reqs.req(idx).pending == 0 {
+            if !std::mem::replace(&mut reqs.req_mut(idx).counted, true) {
                 add(&vol.counters.other_ops, 1);
             }
             if reqs.req(idx).cursor == 0 {
@@ -110,7 +112,7 @@ fn check_and_run(
         opcode::NVM_WRITE_ZEROES => {
             let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
             check_range(slba, nlb, info.num_blocks())?;
-            if reqs.req(idx).cursor == 0 && reqs.req(idx).pending == 0 {
+            if !std::mem::replace(&mut reqs.req_mut(idx).counted, true) {
                 add(&vol.counters.other_ops, 1);
             }
             let kind = if cmd.cdw12 & WZ_DEAC != 0 { Kind::Deallocate } else { Kind::Zeroes };
@@ -303,7 +305,7 @@ fn dataset_management(
     }
     let vol = &ctx.volumes[&vol_id];
     let num_blocks = vol.view.info.num_blocks();
-    if reqs.req(idx).cursor == 0 && reqs.req(idx).pending == 0 {
+    if !std::mem::replace(&mut reqs.req_mut(idx).counted, true) {
         add(&vol.counters.other_ops, 1);
     }
     if cmd.cdw11 & DSM_AD == 0 {

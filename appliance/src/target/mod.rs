@@ -48,4 +48,4 @@ impl Default for TargetParams {
     }
 }
 
-const _: () = assert!(crate::volume::split::PARTS_MAX as u64 >= (4 << 20) / crate::volume::PAGE_SIZE_MIN + 1);
+const _: () = assert!(crate::volume::split::PARTS_MAX as u64 > (4 << 20) / crate::volume::PAGE_SIZE_MIN);

@@ -1451,7 +1451,7 @@ mod tests {
         let pool = DmaPool::new(64 << 10, 8, false).unwrap();
         let mut shard = pool.shards(1).pop().unwrap();
         let few = shard.split_off(META_BUFS - 1).unwrap();
-        let err = PageStore::open_or_format_in(&dev, qp(&dev), Some(few)).err().expect("too few buffers");
+        let err = PageStore::open_or_format_in(&dev, qp(&dev), Some(few)).expect_err("too few buffers");
         assert!(matches!(err, StoreError::Pool(_)), "{err:?}");
         let uuid = PageStore::open_or_format_in(&dev, qp(&dev), shard.split_off(1)).err();
         assert!(uuid.is_some(), "one buffer is not enough either");

@@ -110,6 +110,10 @@ pub struct Req {
     pub cursor: u64,
     /// Allocations requested in the current pass.
     pub alloc_waits: u32,
+    /// The command was counted in the volume's statistics. A command executes again
+    /// after waiting for page allocations or room in the device queue, with nothing
+    /// submitted yet; this flag keeps it from being counted twice.
+    pub counted: bool,
 }
 
 impl Req {
@@ -128,6 +132,7 @@ impl Req {
             pending: 0,
             cursor: 0,
             alloc_waits: 0,
+            counted: false,
         }
     }
 
@@ -237,6 +242,7 @@ impl ReqTable {
         r.pending = 0;
         r.cursor = 0;
         r.alloc_waits = 0;
+        r.counted = false;
         r.state = ReqState::New;
         self.counts[ReqState::Free.index()] -= 1;
         self.counts[ReqState::New.index()] += 1;

@@ -376,7 +376,7 @@ impl TcpQpair {
         let r = self.reqs.req(req);
         let chunk = r.bufs[0].len();
         let first = start as usize / chunk;
-        let ok = if start as usize % chunk == 0 {
+        let ok = if (start as usize).is_multiple_of(chunk) {
             data_crc(&r.bufs[first..], len as usize) == got
         } else {
             let v = r.data_vec(start as usize, len as usize);

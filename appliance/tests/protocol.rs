@@ -1,0 +1,483 @@
+//! Positive protocol behaviour of the NVMe/TCP target, end to end over real sockets
+//! against an in-process target: initialization, Fabrics, Identify, logs, features,
+//! async events, data paths with and without digests, thin provisioning and management
+//! changes seen by connected hosts.
+
+mod common;
+
+use common::*;
+use quire_wire::nvme::dsm::{write_ranges, DsmCommand, DsmRange};
+use quire_wire::nvme::fabrics::{CNTLID_DYNAMIC, CSTS_RDY, PROP_CAP, PROP_CSTS, PROP_VS};
+use quire_wire::nvme::features as feat;
+use quire_wire::nvme::identify::{self as ident, NsDescriptor};
+use quire_wire::nvme::log;
+use quire_wire::nvme::{opcode, Command, Status, DISCOVERY_NQN};
+use quire_wire::tcp::Digests;
+use serde_json::json;
+
+const NONE: Digests = Digests { header: false, data: false };
+const BOTH: Digests = Digests { header: true, data: true };
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn icresp_echoes_digests_and_announces_maxh2cdata() {
+    let t = TestTarget::start();
+    for d in [NONE, Digests { header: true, data: false }, Digests { header: false, data: true }, BOTH] {
+        let mut c = Conn::open(t.io_addr);
+        let r = c.icreq(d);
+        assert_eq!(r.pfv, 0);
+        assert_eq!(r.cpda, 0);
+        assert_eq!(r.digests, d, "digests echo what the host asked");
+        assert_eq!(r.maxh2cdata, MAXH2CDATA);
+    }
+}
+
+#[test]
+fn connect_admin_properties_and_identify_controller() {
+    let t = TestTarget::start();
+    let mut a = Conn::init(t.io_addr, NONE);
+    let cntlid = a.connect_admin(&nqn("demo"), HOSTNQN, 0);
+    assert!(cntlid >= 1 && cntlid < 0xfff0, "a dynamic controller ID: {cntlid}");
+    let cap = a.prop_get(PROP_CAP, true).expect("CAP");
+    assert_eq!(cap & 0xffff, u64::from(MAX_QUEUE_DEPTH) - 1, "MQES");
+    assert_ne!(cap & (1 << 16), 0, "CQR");
+    assert_ne!(cap & (1 << 37), 0, "CSS: NVM command set");
+    assert_eq!(a.prop_get(PROP_VS, false), Ok(0x0001_0400));
+    assert_eq!(a.prop_get(PROP_CSTS, false).expect("CSTS") as u32 & CSTS_RDY, 0, "not ready before CC.EN");
+    // Admin commands other than Fabrics wait for CC.EN.
+    let d = a.identify_raw(ident::CNS_CONTROLLER, 0);
+    assert_eq!(d.status(), Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+    a.enable();
+    let id = ident::parse_controller(&a.identify(ident::CNS_CONTROLLER, 0));
+    assert_eq!(id.model, "Quire");
+    assert_eq!(id.subnqn, nqn("demo"));
+    assert_eq!(id.cntlid, cntlid);
+    assert_eq!(id.cntrltype, ident::CNTRLTYPE_IO);
+    assert_eq!(ident::mdts_bytes(id.mdts), Some(MDTS_BYTES as u64), "MDTS = max_transfer_size");
+    assert_eq!(ident::in_capsule_bytes(id.ioccsz), ICD_MAX as u32, "IOCCSZ = 64 + in_capsule_data_size");
+    assert_eq!(id.iorcsz, 1);
+    assert_ne!(id.sgls & ident::SGLS_SUPPORTED, 0);
+    assert_ne!(id.sgls & ident::SGLS_OFFSET, 0, "in-capsule data offsets");
+    assert_ne!(id.sgls & ident::SGLS_TRANSPORT_DATA_BLOCK, 0);
+    assert_eq!(id.sqes, ident::SQES_64);
+    assert_eq!(id.cqes, ident::CQES_16);
+    assert_eq!(id.nn, 1);
+    assert_eq!(id.maxcmd, MAX_QUEUE_DEPTH);
+    assert_ne!(id.oncs & ident::ONCS_WRITE_ZEROES, 0);
+    assert_ne!(id.oncs & ident::ONCS_DSM, 0);
+    assert_ne!(id.oaes & ident::OAES_NS_ATTR, 0);
+    assert!(!id.serial.is_empty());
+}
+
+#[test]
+fn identify_namespace_descriptors_and_active_list() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    let vol = t.volume("demo");
+    let ns = ident::parse_namespace(&h.admin.identify(ident::CNS_NAMESPACE, 1));
+    assert_eq!(ns.nsze, DEMO_SIZE / 4096);
+    assert_eq!(ns.ncap, ns.nsze);
+    assert_eq!(ns.nuse, 0, "nothing written yet");
+    assert_eq!(ns.lbaf0.lbads, 12);
+    assert_eq!(ns.block_bytes(), 4096);
+    assert_ne!(ns.nsfeat & ident::NSFEAT_THIN, 0);
+    assert_eq!(hex(&ns.nguid), vol["nguid"].as_str().expect("nguid"));
+    let descs = ident::parse_ns_descriptors(&h.admin.identify(ident::CNS_NS_DESCRIPTORS, 1));
+    assert!(descs.contains(&NsDescriptor::Nguid(ns.nguid)));
+    assert!(descs.contains(&NsDescriptor::Csi(ident::CSI_NVM)));
+    let uuid = descs
+        .iter()
+        .find_map(|d| if let NsDescriptor::Uuid(u) = d { Some(*u) } else { None })
+        .expect("a UUID descriptor");
+    assert_eq!(hex(&uuid), vol["uuid"].as_str().expect("uuid").replace('-', ""));
+    assert_eq!(ident::parse_ns_list(&h.admin.identify(ident::CNS_ACTIVE_NS_LIST, 0)), vec![1]);
+    assert!(ident::parse_ns_list(&h.admin.identify(ident::CNS_ACTIVE_NS_LIST, 1)).is_empty());
+    // Another volume, another namespace identity.
+    let mut s = Host::connect(t.io_addr, "small");
+    let ns2 = ident::parse_namespace(&s.admin.identify(ident::CNS_NAMESPACE, 1));
+    assert_eq!(ns2.nsze, (16 << 20) / 4096);
+    assert_ne!(ns2.nguid, ns.nguid);
+    // A namespace that does not exist.
+    let d = s.admin.identify_raw(ident::CNS_NAMESPACE, 2);
+    assert_eq!(d.status(), Status::INVALID_NAMESPACE.with_dnr());
+}
+
+#[test]
+fn discovery_controller_lists_every_volume() {
+    let t = TestTarget::start();
+    let mut d = Conn::init(t.discovery_addr, NONE);
+    d.connect_admin(DISCOVERY_NQN, HOSTNQN, 0);
+    d.enable();
+    let id = ident::parse_controller(&d.identify(ident::CNS_CONTROLLER, 0));
+    assert_eq!(id.cntrltype, ident::CNTRLTYPE_DISCOVERY);
+    assert_eq!(id.subnqn, DISCOVERY_NQN);
+    // Header first (as Linux does), then the whole log.
+    let hdr = log::parse_discovery_header(&d.get_log(log::LID_DISCOVERY, 0, 0, 1024).ok().data).expect("header");
+    assert!(hdr.numrec >= 2);
+    let len = log::discovery_log_len(hdr.numrec as usize) as u32;
+    let (hdr2, entries) = log::parse_discovery_log(&d.get_log(log::LID_DISCOVERY, 0, 0, len).ok().data).unwrap();
+    assert_eq!(hdr2.genctr, hdr.genctr);
+    assert_eq!(entries.len() as u64, hdr.numrec);
+    for v in ["demo", "small"] {
+        let e = entries.iter().find(|e| e.subnqn == nqn(v)).unwrap_or_else(|| panic!("{v} listed"));
+        assert_eq!(e.subtype, log::SUBTYPE_NVME);
+        assert_eq!(e.trtype, log::TRTYPE_TCP);
+        assert_eq!(e.traddr, "127.0.0.1");
+        assert_eq!(e.trsvcid, t.io_addr.port().to_string());
+    }
+    // Discovery controllers serve no I/O logs.
+    assert_eq!(d.get_log(log::LID_SMART, 0xffff_ffff, 0, 512).status(), Status::INVALID_FIELD.with_dnr());
+    // A new volume shows up with a new generation.
+    t.rpc("volume_create", json!({"name": "third", "size": 4u64 << 20, "page_size": 1u64 << 20}));
+    let (hdr3, entries) = log::parse_discovery_log(&d.get_log(log::LID_DISCOVERY, 0, 0, 8192).ok().data).unwrap();
+    assert!(hdr3.genctr > hdr.genctr);
+    assert!(entries.iter().any(|e| e.subnqn == nqn("third")));
+}
+
+fn round_trips(digests: Digests) {
+    let t = TestTarget::start();
+    let mut h = Host::connect_with(t.io_addr, "demo", HOSTNQN, digests, 1);
+    let io = h.io();
+    io.round_trip(0, &pattern(1, 4096)); // in the capsule
+    io.round_trip(10, &pattern(2, 8192)); // in the capsule, the largest
+    io.round_trip(300, &pattern(3, 128 << 10)); // R2T, two H2CData PDUs
+    io.round_trip(1024, &pattern(4, MDTS_BYTES)); // R2T, 16 H2CData PDUs, page aligned
+    io.round_trip(2000, &pattern(5, MDTS_BYTES)); // across a page boundary
+    // The data stays where it was written.
+    assert!(io.read(0, 1).ok().data == pattern(1, 4096));
+    assert!(io.read(300, 32).ok().data == pattern(3, 128 << 10));
+}
+
+#[test]
+fn write_read_round_trip_without_digests() {
+    round_trips(NONE);
+}
+
+#[test]
+fn write_read_round_trip_with_header_and_data_digests() {
+    round_trips(BOTH);
+}
+
+#[test]
+fn write_read_round_trip_with_header_digest_only() {
+    round_trips(Digests { header: true, data: false });
+}
+
+#[test]
+fn io_across_page_boundaries() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    let io = h.io();
+    // 3 pages touched by one write: the tail of page 0, all of page 1, the head of page 2.
+    let data = pattern(7, (256 + 10) * 4096);
+    let slba = 256 - 5;
+    io.round_trip(slba, &data[..MDTS_BYTES]);
+    // Read back in pieces that straddle the boundaries differently.
+    let a = io.read(250, 8).ok().data;
+    assert!(a[..4096] == [0u8; 4096][..], "the block before the write is still zero");
+    assert!(a[4096..] == data[..7 * 4096]);
+    // Small pieces around the next boundary, in the capsule.
+    io.round_trip(3 * 256 - 1, &pattern(8, 8192));
+    assert!(io.read(3 * 256 - 2, 4).ok().data[4096..12288] == pattern(8, 8192)[..]);
+}
+
+#[test]
+fn unwritten_pages_read_zeroes_and_allocate_only_when_written() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    assert_eq!(t.allocated_pages("demo"), 0);
+    let z = h.io().read(5 * 256, 256).ok().data;
+    assert!(z.iter().all(|&b| b == 0), "a never-written page reads zeroes");
+    assert_eq!(t.allocated_pages("demo"), 0, "reading allocates nothing");
+    h.io().write(5 * 256 + 3, &pattern(1, 4096)).ok();
+    assert_eq!(t.allocated_pages("demo"), 1);
+    h.io().write(7 * 256 - 1, &pattern(2, 8192)).ok();
+    assert_eq!(t.allocated_pages("demo"), 3, "a write across a boundary allocates both pages");
+    let r = h.io().read(5 * 256, 4).ok().data;
+    assert!(r[..3 * 4096].iter().all(|&b| b == 0));
+    assert!(r[3 * 4096..] == pattern(1, 4096));
+    let ns = ident::parse_namespace(&h.admin.identify(ident::CNS_NAMESPACE, 1));
+    assert_eq!(ns.nuse, 3 * 256, "NUSE counts allocated pages");
+}
+
+fn write_zeroes(io: &mut Conn, slba: u64, nlb: u32, deac: bool) -> Status {
+    let mut c = io.rw_cmd(opcode::NVM_WRITE_ZEROES, slba, nlb);
+    if deac {
+        c.cdw12 |= 1 << 25;
+    }
+    io.exec(c, None, 0).status()
+}
+
+fn deallocate(io: &mut Conn, ranges: &[(u64, u32)]) -> Status {
+    let rs: Vec<DsmRange> =
+        ranges.iter().map(|&(slba, nlb)| DsmRange { context_attributes: 0, nlb, slba }).collect();
+    let mut buf = vec![0u8; rs.len() * 16];
+    write_ranges(&rs, &mut buf);
+    let cmd = DsmCommand { ranges: rs.len(), idr: false, idw: false, deallocate: true }.to_command(0, 1);
+    io.exec(cmd, Some(buf), 0).status()
+}
+
+#[test]
+fn write_zeroes_and_deallocate_free_whole_pages_and_zero_partial_ranges() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    let io = h.io();
+    for p in 0..4u64 {
+        io.write(p * 256, &pattern(p as u32, MDTS_BYTES)).ok();
+    }
+    assert_eq!(t.allocated_pages("demo"), 4);
+    // Write Zeroes of the whole page 1: freed.
+    assert!(write_zeroes(io, 256, 256, false).is_success());
+    assert_eq!(t.allocated_pages("demo"), 3);
+    assert!(io.read(256, 256).ok().data.iter().all(|&b| b == 0));
+    // Deallocate of the whole page 2 (and a range of nothing): freed.
+    assert!(deallocate(io, &[(512, 256), (0, 0)]).is_success());
+    assert_eq!(t.allocated_pages("demo"), 2);
+    assert!(io.read(512, 256).ok().data.iter().all(|&b| b == 0));
+    // Partial ranges zero exactly their blocks.
+    assert!(write_zeroes(io, 10, 3, true).is_success());
+    assert!(deallocate(io, &[(3 * 256 + 100, 2)]).is_success());
+    assert_eq!(t.allocated_pages("demo"), 2, "partial ranges keep the page");
+    let p0 = io.read(0, 256).ok().data;
+    let want0 = pattern(0, MDTS_BYTES);
+    assert!(p0[..10 * 4096] == want0[..10 * 4096]);
+    assert!(p0[10 * 4096..13 * 4096].iter().all(|&b| b == 0));
+    assert!(p0[13 * 4096..] == want0[13 * 4096..]);
+    let p3 = io.read(3 * 256, 256).ok().data;
+    let want3 = pattern(3, MDTS_BYTES);
+    assert!(p3[..100 * 4096] == want3[..100 * 4096]);
+    assert!(p3[100 * 4096..102 * 4096].iter().all(|&b| b == 0));
+    assert!(p3[102 * 4096..] == want3[102 * 4096..]);
+    // A freed page can be written again.
+    io.round_trip(256 + 17, &pattern(99, 4096));
+    assert_eq!(t.allocated_pages("demo"), 3);
+}
+
+#[test]
+fn flush_fua_and_keep_alive() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    let io = h.io();
+    let flush = Command { opcode: opcode::NVM_FLUSH, nsid: 1, ..Default::default() };
+    assert!(io.exec(flush, None, 0).status().is_success());
+    let mut w = io.rw_cmd(opcode::NVM_WRITE, 40, 2);
+    w.cdw12 |= 1 << 30;
+    let data = pattern(4, 8192);
+    assert!(io.exec(w, Some(data.clone()), 0).status().is_success());
+    assert!(io.read(40, 2).ok().data == data);
+    let mut r = io.rw_cmd(opcode::NVM_READ, 40, 2);
+    r.cdw12 |= 1 << 30;
+    assert!(io.exec(r, None, 8192).ok().data == data, "FUA read");
+    let ka = Command { opcode: opcode::ADMIN_KEEP_ALIVE, ..Default::default() };
+    assert!(h.admin.exec(ka, None, 0).status().is_success());
+}
+
+#[test]
+fn set_and_get_features() {
+    let t = TestTarget::start();
+    let mut a = Conn::init(t.io_addr, NONE);
+    a.connect_admin(&nqn("demo"), HOSTNQN, 0);
+    a.enable();
+    // Number of Queues: capped at max_io_queues (4), 0-based in both halves.
+    let c = a.set_feature(feat::FID_NUMBER_OF_QUEUES, 7 | (7 << 16));
+    assert!(c.status().is_success());
+    assert_eq!(c.dw0, 3 | (3 << 16));
+    let c = a.set_feature(feat::FID_NUMBER_OF_QUEUES, 1 | (1 << 16));
+    assert_eq!(c.dw0, 1 | (1 << 16));
+    assert_eq!(a.get_feature(feat::FID_NUMBER_OF_QUEUES, 0, 0, 0).ok().cpl.dw0, 1 | (1 << 16));
+    // Keep Alive Timer.
+    assert!(a.set_feature(feat::FID_KEEP_ALIVE_TIMER, 30_000).status().is_success());
+    assert_eq!(a.get_feature(feat::FID_KEEP_ALIVE_TIMER, 0, 0, 0).ok().cpl.dw0, 30_000);
+    // Async Event Configuration.
+    let aec = feat::AEC_NS_ATTR | feat::AEC_ANA_CHANGE;
+    assert!(a.set_feature(feat::FID_ASYNC_EVENT_CONFIG, aec).status().is_success());
+    assert_eq!(a.get_feature(feat::FID_ASYNC_EVENT_CONFIG, 0, 0, 0).ok().cpl.dw0, aec);
+    assert_eq!(a.get_feature(feat::FID_ASYNC_EVENT_CONFIG, feat::SEL_DEFAULT, 0, 0).ok().cpl.dw0, 0);
+    // Volatile Write Cache.
+    assert!(a.set_feature(feat::FID_VOLATILE_WRITE_CACHE, 0).status().is_success());
+    assert_eq!(a.get_feature(feat::FID_VOLATILE_WRITE_CACHE, 0, 0, 0).ok().cpl.dw0, 0);
+    assert!(a.set_feature(feat::FID_VOLATILE_WRITE_CACHE, 1).status().is_success());
+    assert_eq!(a.get_feature(feat::FID_VOLATILE_WRITE_CACHE, 0, 0, 0).ok().cpl.dw0, 1);
+    // Host Identifier: the 128-bit one given at Connect; not settable on fabrics.
+    let d = a.get_feature(feat::FID_HOST_IDENTIFIER, 0, 1, 16).ok();
+    assert_eq!(d.data, HOSTID);
+    let d = a.get_feature(feat::FID_HOST_IDENTIFIER, 0, 0, 8);
+    assert_eq!(d.status(), Status::INVALID_FIELD.with_dnr(), "the 64-bit host identifier does not exist");
+    assert_eq!(
+        a.set_feature(feat::FID_HOST_IDENTIFIER, 1).status(),
+        Status::COMMAND_SEQUENCE_ERROR.with_dnr()
+    );
+    // Unknown feature.
+    assert_eq!(a.set_feature(0x7e, 0).status(), Status::INVALID_FIELD.with_dnr());
+}
+
+#[test]
+fn smart_and_error_logs() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    let smart = |h: &mut Host| log::SmartLog::parse(&h.admin.get_log(log::LID_SMART, 0xffff_ffff, 0, 512).ok().data).unwrap();
+    let before = smart(&mut h);
+    for i in 0..4 {
+        h.io().write(i * 8, &pattern(i as u32, 128 << 10)).ok();
+    }
+    h.io().read(0, 32).ok();
+    let after = smart(&mut h);
+    assert_eq!(after.host_write_commands, before.host_write_commands + 4);
+    assert_eq!(after.host_read_commands, before.host_read_commands + 1);
+    assert!(after.data_units_written >= before.data_units_written + 1, "512 KiB is 1000 units of 512 bytes");
+    // An LBA out of range lands in the error log.
+    let nsze = DEMO_SIZE / 4096;
+    let cmd = h.io().rw_cmd(opcode::NVM_READ, nsze - 1, 2);
+    let cid = h.io().submit(cmd, None, 8192);
+    let d = h.io().wait(cid);
+    assert_eq!(d.status(), Status::LBA_OUT_OF_RANGE.with_dnr());
+    let raw = h.admin.get_log(log::LID_ERROR, 0, 0, 64 * 4).ok().data;
+    let e = log::ErrorLogEntry::parse(&raw[..64]).expect("entry");
+    assert!(e.error_count >= 1);
+    assert_eq!(e.cid, cid);
+    assert_eq!(e.sqid, 1);
+    assert_eq!(e.nsid, 1);
+    assert_eq!(e.lba, nsze - 1);
+    assert_eq!(Status::from_field(e.status_field >> 1), Status::LBA_OUT_OF_RANGE.with_dnr());
+    assert!(smart(&mut h).error_log_entries >= 1);
+}
+
+#[test]
+fn async_event_after_volume_grow_and_changed_namespace_list() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    assert!(h.admin.set_feature(feat::FID_ASYNC_EVENT_CONFIG, feat::AEC_NS_ATTR).status().is_success());
+    let aer = Command { opcode: opcode::ADMIN_ASYNC_EVENT_REQUEST, ..Default::default() };
+    let cid = h.admin.submit(aer, None, 0);
+    // Other admin commands complete while the AER waits.
+    let ka = Command { opcode: opcode::ADMIN_KEEP_ALIVE, ..Default::default() };
+    assert!(h.admin.exec(ka, None, 0).status().is_success());
+    let empty = h.admin.get_log(log::LID_CHANGED_NS, 0xffff_ffff, 0, 4096).ok().data;
+    assert!(log::parse_changed_ns_log(&empty).is_empty());
+    t.rpc("volume_grow", json!({"name": "demo", "size": DEMO_SIZE * 2}));
+    let d = h.admin.wait(cid).ok();
+    assert_eq!(d.cpl.dw0 & 0x7, 0x2, "a notice");
+    assert_eq!((d.cpl.dw0 >> 8) & 0xff, 0x00, "namespace attribute changed");
+    assert_eq!((d.cpl.dw0 >> 16) & 0xff, u32::from(log::LID_CHANGED_NS));
+    let changed = h.admin.get_log(log::LID_CHANGED_NS, 0xffff_ffff, 0, 4096).ok().data;
+    assert_eq!(log::parse_changed_ns_log(&changed), vec![1]);
+    let again = h.admin.get_log(log::LID_CHANGED_NS, 0xffff_ffff, 0, 4096).ok().data;
+    assert!(log::parse_changed_ns_log(&again).is_empty(), "reading the log clears it");
+    let ns = ident::parse_namespace(&h.admin.identify(ident::CNS_NAMESPACE, 1));
+    assert_eq!(ns.nsze, DEMO_SIZE * 2 / 4096);
+    // The new blocks are usable.
+    h.io().round_trip(DEMO_SIZE * 2 / 4096 - 8, &pattern(3, 32 << 10));
+}
+
+#[test]
+fn several_io_queues_on_one_controller_and_two_controllers() {
+    let t = TestTarget::start();
+    let mut a = Host::connect_with(t.io_addr, "demo", HOSTNQN, NONE, 3);
+    let other = "nqn.2014-08.org.nvmexpress:uuid:0b0e0f00-0000-4000-8000-000000000002";
+    let mut b = Host::connect_with(t.io_addr, "demo", other, BOTH, 2);
+    assert_ne!(a.cntlid, b.cntlid);
+    for (i, q) in a.io.iter_mut().enumerate() {
+        q.round_trip(i as u64 * 1000, &pattern(i as u32, 64 << 10));
+    }
+    for (i, q) in b.io.iter_mut().enumerate() {
+        q.round_trip(5000 + i as u64 * 1000, &pattern(10 + i as u32, 64 << 10));
+    }
+    // Each sees the other's data: same namespace.
+    assert!(a.io[2].read(6000, 16).ok().data == pattern(11, 64 << 10));
+    assert!(b.io[0].read(0, 16).ok().data == pattern(0, 64 << 10));
+    // Commands spread over queues in flight at once.
+    let mut cids = Vec::new();
+    for (i, q) in a.io.iter_mut().enumerate() {
+        for j in 0..8u64 {
+            let lba = 9000 + (i as u64 * 8 + j) * 4;
+            let cmd = q.rw_cmd(opcode::NVM_WRITE, lba, 4);
+            cids.push((i, q.submit(cmd, Some(pattern((i * 8) as u32 + j as u32, 16384)), 0)));
+        }
+    }
+    for (i, cid) in cids {
+        a.io[i].wait(cid).ok();
+    }
+    assert!(a.io[1].read(9000 + 8 * 4, 4).ok().data == pattern(8, 16384));
+    // A fourth queue was not granted.
+    let mut q = Conn::init(t.io_addr, NONE);
+    let c = q.connect_raw(4, 15, &nqn("demo"), HOSTNQN, HOSTID, a.cntlid, 0);
+    assert_eq!(c.status(), Status::CONNECT_INVALID_PARAMETERS.with_dnr());
+    let list = t.controllers();
+    assert_eq!(list.len(), 2);
+}
+
+#[test]
+fn volume_deleted_while_connected() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "small");
+    h.io().round_trip(0, &pattern(1, 4096));
+    assert!(h.admin.set_feature(feat::FID_ASYNC_EVENT_CONFIG, feat::AEC_NS_ATTR).status().is_success());
+    let aer = Command { opcode: opcode::ADMIN_ASYNC_EVENT_REQUEST, ..Default::default() };
+    let cid = h.admin.submit(aer, None, 0);
+    t.rpc("volume_delete", json!({"name": "small"}));
+    let d = h.io().read(0, 8);
+    assert_eq!(d.status(), Status::INVALID_NAMESPACE.with_dnr());
+    let w = h.io().write(0, &pattern(2, 4096));
+    assert_eq!(w.status(), Status::INVALID_NAMESPACE.with_dnr());
+    let ev = h.admin.wait(cid).ok();
+    assert_eq!(ev.cpl.dw0 & 0xff_ff07, 0x04_0002, "namespace attribute changed notice");
+    assert!(ident::parse_ns_list(&h.admin.identify(ident::CNS_ACTIVE_NS_LIST, 0)).is_empty());
+    // Other volumes are untouched.
+    let mut d = Host::connect(t.io_addr, "demo");
+    d.io().round_trip(0, &pattern(3, 8192));
+}
+
+#[test]
+fn host_allow_list_refuses_other_hosts() {
+    let t = TestTarget::start();
+    let allowed = "nqn.2014-08.org.nvmexpress:uuid:0b0e0f00-0000-4000-8000-0000000000aa";
+    t.rpc("subsystem_allow_host", json!({"nqn": nqn("demo"), "host": allowed}));
+    let mut c = Conn::init(t.io_addr, NONE);
+    let cpl = c.connect_raw(0, 15, &nqn("demo"), HOSTNQN, HOSTID, CNTLID_DYNAMIC, 0);
+    let s = cpl.status();
+    assert_eq!((s.sct, s.sc, s.dnr), (1, 0x84, true), "Connect Invalid Host");
+    // The allowed host connects; other subsystems still admit anyone.
+    let mut h = Host::connect_with(t.io_addr, "demo", allowed, NONE, 1);
+    h.io().round_trip(0, &pattern(1, 4096));
+    Host::connect(t.io_addr, "small");
+    // The discovery log shows the refused host only what it may connect to.
+    let mut d = Conn::init(t.io_addr, NONE);
+    d.connect_admin(DISCOVERY_NQN, HOSTNQN, 0);
+    d.enable();
+    let (_, entries) = log::parse_discovery_log(&d.get_log(log::LID_DISCOVERY, 0, 0, 8192).ok().data).unwrap();
+    assert!(!entries.iter().any(|e| e.subnqn == nqn("demo")));
+    assert!(entries.iter().any(|e| e.subnqn == nqn("small")));
+}
+
+#[test]
+fn disconnect_and_controller_teardown() {
+    let t = TestTarget::start();
+    let h = Host::connect(t.io_addr, "demo");
+    assert_eq!(t.controllers().len(), 1);
+    t.wait_connections(2);
+    drop(h);
+    t.wait_connections(0);
+    wait_until("the controller to go away", || t.controllers().is_empty());
+    // Fabrics Disconnect on an I/O queue: answered, then the connection closes.
+    let mut h = Host::connect(t.io_addr, "demo");
+    let disc = Command { opcode: opcode::FABRICS, nsid: u32::from(opcode::FCTYPE_DISCONNECT), ..Default::default() };
+    assert!(h.io().exec(disc, None, 0).status().is_success());
+    h.io().expect_closed();
+    h.admin.identify(ident::CNS_CONTROLLER, 0);
+}
+
+#[test]
+fn keep_alive_timeout_tears_down_a_silent_host() {
+    let t = TestTarget::start();
+    let mut a = Conn::init(t.io_addr, NONE);
+    a.connect_admin(&nqn("demo"), HOSTNQN, 200);
+    a.enable();
+    assert_eq!(t.controllers().len(), 1);
+    // Say nothing: the controller goes away and the target closes the connection.
+    a.expect_closed();
+    wait_until("the controller to go away", || t.controllers().is_empty());
+    t.wait_connections(0);
+}
