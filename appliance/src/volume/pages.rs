@@ -68,3 +68,45 @@ impl PageTable {
         self.slots.iter().filter(|s| s.load(Ordering::Relaxed) != 0).count() as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unwritten_pages_read_none_and_mapped_pages_their_slot() {
+        let t = PageTable::new(4);
+        assert_eq!(t.len(), 4);
+        assert!((0..4).all(|p| t.get(p).is_none()));
+        // Offset 0 is a valid slot: the stored value is offset + 1, so it is not "unwritten".
+        t.set(0, 0);
+        t.set(3, 8 << 20);
+        assert_eq!(t.get(0), Some(0));
+        assert_eq!(t.get(3), Some(8 << 20));
+        assert_eq!(t.get(1), None);
+        assert_eq!(t.allocated(), 2);
+        t.clear(0);
+        assert_eq!(t.get(0), None);
+        assert_eq!(t.allocated(), 1);
+    }
+
+    #[test]
+    fn grown_table_keeps_every_mapping_and_adds_unwritten_pages() {
+        let t = PageTable::new(3);
+        t.set(1, 4 << 20);
+        let g = t.grown(5);
+        assert_eq!(g.len(), 5);
+        assert_eq!(g.get(1), Some(4 << 20));
+        assert!(g.get(3).is_none() && g.get(4).is_none());
+        // The old table is unaffected by changes to the new one (read-copy-update).
+        g.set(4, 12 << 20);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.allocated(), 1);
+    }
+
+    #[test]
+    #[should_panic]
+    fn shrinking_is_refused() {
+        PageTable::new(3).grown(2);
+    }
+}
