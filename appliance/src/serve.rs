@@ -160,15 +160,23 @@ fn open_nvme(bdf: &str, bind: bool, pool: &DmaPool) -> Result<Opened, ServeError
 
 /// The driver's reason, with what the operator can do about it.
 fn nvme_hint(e: &NvmeError, bound_by_us: bool) -> String {
-    let hint = match e {
-        NvmeError::Vfio(VfioError::NotVfioPci { .. }) if !bound_by_us => {
-            "; set bind_vfio = true in its [[device]] table, or bind it to vfio-pci by hand (docs/vfio.md)"
+    match e {
+        NvmeError::Vfio(VfioError::NotVfioPci { bdf, driver }) => {
+            let now = match driver {
+                Some(d) => format!("the kernel driver {d}"),
+                None => "no driver".to_string(),
+            };
+            let todo = if bound_by_us {
+                "something re-bound it while quire was starting"
+            } else {
+                "set bind_vfio = true in its [[device]] table, or bind it to vfio-pci by hand (docs/vfio.md)"
+            };
+            format!("{bdf} is bound to {now}, not vfio-pci: {todo}")
         }
-        NvmeError::Vfio(VfioError::InUse(_)) => "; is another quire (or a VM) using it?",
-        NvmeError::Vfio(_) => " (docs/vfio.md)",
-        _ => "",
-    };
-    format!("{e}{hint}")
+        NvmeError::Vfio(VfioError::InUse(_)) => format!("{e}; is another quire (or a VM) using it?"),
+        NvmeError::Vfio(_) => format!("{e} (docs/vfio.md)"),
+        _ => e.to_string(),
+    }
 }
 
 /// Gives a controller back to the driver it had before `quire` bound it to vfio-pci.
@@ -198,6 +206,10 @@ pub struct Running {
     pub discovery_addr: SocketAddr,
     /// Description of the backing device.
     pub device: String,
+    /// The device itself, dropped only after every queue pair (on the threads): the
+    /// last owner of a VFIO controller shuts it down and closes its files, which must
+    /// happen after the queue pairs' doorbell mappings are gone.
+    dev: Option<Arc<dyn BlockDevice>>,
     /// A controller `quire` bound to vfio-pci, given back once everything stopped.
     binding: Option<Binding>,
 }
@@ -221,8 +233,10 @@ impl Running {
         for t in self.reactors.drain(..) {
             let _ = t.join();
         }
-        // Every queue pair lived on those threads: the controller has been shut down
-        // and its VFIO files closed, so the kernel can take it back.
+        // Every queue pair lived on those threads. Dropping the device now shuts an
+        // NVMe controller down (CC.SHN) and closes its VFIO files, so that the kernel
+        // can take it back.
+        drop(self.dev.take());
         if let Some(b) = self.binding.take() {
             give_back(b);
         }
@@ -415,6 +429,7 @@ fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Runn
         io_addr,
         discovery_addr,
         device: device_desc,
+        dev: Some(dev),
         binding,
     })
 }
@@ -501,5 +516,52 @@ fn parse_poll(s: &str) -> Result<CfgPoll, String> {
         "busy" => Ok(CfgPoll::Busy),
         "hybrid" => Ok(CfgPoll::Hybrid),
         _ => Err(format!("{s:?}: expected busy or hybrid")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvme_errors_say_what_to_do() {
+        let unbound =
+            NvmeError::Vfio(VfioError::NotVfioPci { bdf: "0000:01:00.0".into(), driver: Some("nvme".into()) });
+        let text = nvme_hint(&unbound, false);
+        assert_eq!(
+            text,
+            "0000:01:00.0 is bound to the kernel driver nvme, not vfio-pci: set bind_vfio = true in its [[device]] \
+             table, or bind it to vfio-pci by hand (docs/vfio.md)"
+        );
+        let none = NvmeError::Vfio(VfioError::NotVfioPci { bdf: "0000:01:00.0".into(), driver: None });
+        assert!(nvme_hint(&none, true).contains("bound to no driver"));
+        let iommu = nvme_hint(&NvmeError::Vfio(VfioError::NoIommu("0000:01:00.0".into())), false);
+        assert!(iommu.contains("intel_iommu=on") && iommu.ends_with("(docs/vfio.md)"), "{iommu}");
+        assert_eq!(nvme_hint(&NvmeError::Timeout("CSTS.RDY"), true), "controller timed out waiting for CSTS.RDY");
+    }
+
+    #[test]
+    fn missing_nvme_device_fails_to_start_with_its_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::from_str(&text_of(&dir)).unwrap();
+        let err = start(cfg).err().expect("no such device");
+        let text = err.to_string();
+        assert!(matches!(err, ServeError::Device { .. }), "{text}");
+        assert!(text.starts_with("device nvme 0000:ff:1f.7: "), "{text}");
+        // Either VFIO is missing on this machine or the function is: both say so.
+        assert!(text.contains("/dev/vfio/vfio missing") || text.contains("no PCI function 0000:ff:1f.7"), "{text}");
+        let cfg = Config::from_str(&format!("{}bind_vfio = true\n", text_of(&dir))).unwrap();
+        let text = start(cfg).err().expect("no such device").to_string();
+        assert_eq!(
+            text,
+            "device nvme 0000:ff:1f.7: cannot bind it to vfio-pci: no PCI function 0000:ff:1f.7 (see docs/vfio.md)"
+        );
+    }
+
+    fn text_of(dir: &tempfile::TempDir) -> String {
+        format!(
+            "[peer]\ndata_dir = {:?}\n[buffers]\ncount = 64\n[[device]]\nkind = \"nvme\"\npci_address = \"0000:ff:1f.7\"\n",
+            dir.path().display().to_string()
+        )
     }
 }

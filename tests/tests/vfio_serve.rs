@@ -5,6 +5,8 @@
 //! hugepages and QEMU's emulated NVMe controller (512-byte LBAs) on a scratch image.
 //! The kernel's `nvme` driver owns the controller at first, as on a real machine. The
 //! guest script then:
+//! 0. checks that `quire` with `bind_vfio = false` refuses the controller (still on
+//!    `nvme`) with an error that says what to do, and leaves it where it was;
 //! 1. starts the real `quire` binary with `[[device]] kind = "nvme"`, `bind_vfio = true`
 //!    (quire takes the controller from `nvme`, binds it to vfio-pci, formats its page
 //!    store on it and serves a 32 MiB volume with 4 KiB blocks);
@@ -115,7 +117,9 @@ stop_quire() {
   kill "$watchdog" 2>/dev/null || true
   sed "s/^/quire-$1: /" "$QLOG"
   [ "$rc" -eq 0 ] || fail "quire exited with $rc after SIGTERM ($1)"
+  grep -q "NVMe controller shut down" "$QLOG" || fail "quire did not shut the controller down (CC.SHN) ($1)"
   grep -q "given back to its previous driver" "$QLOG" || fail "quire did not give $BDF back ($1)"
+  if grep -q "ERROR" "$QLOG"; then fail "quire logged errors ($1)"; fi
   wait_until 30 "$BDF back on the kernel nvme driver" drv_is nvme
   mark "quire $1 stopped rc=$rc, $BDF driver=$(drv)"
 }
@@ -126,6 +130,17 @@ fio_job() {
   grep -E 'IOPS=|err=' /tmp/fio.out || true
   grep -Eq 'err= *0' /tmp/fio.out || { cat /tmp/fio.out; fail "fio $* reported errors"; }
 }
+
+# --- the SSD still on the kernel driver and bind_vfio = false: a clear refusal ---
+sed 's/^bind_vfio = true/bind_vfio = false/' quire.toml > unbound.toml
+rc=0
+./quire serve -c unbound.toml > /tmp/unbound.log 2>&1 || rc=$?
+sed 's/^/quire-unbound: /' /tmp/unbound.log
+[ "$rc" -ne 0 ] || fail "quire served a controller bound to nvme"
+grep -q "not vfio-pci" /tmp/unbound.log && grep -q "bind_vfio = true" /tmp/unbound.log ||
+  fail "no clear error for a controller not bound to vfio-pci"
+drv_is nvme || fail "the refused start moved $BDF to $(drv)"
+mark "unbound controller refused rc=$rc"
 
 # --- first run: format, write, verify ---
 start_quire first
@@ -228,6 +243,7 @@ fn quire_serves_a_vfio_nvme_ssd_to_the_kernel_host_and_keeps_data_across_restart
     result.assert_success("vfio_serve guest script");
     let marks = result.marks();
     for expected in [
+        "unbound controller refused",
         "quire first serving",
         "dd 4MiB verified",
         "fio 8MiB written and verified",

@@ -105,8 +105,10 @@ struct Req {
 
 /// A queue pair on an [`super::NvmeDevice`], for one thread.
 pub struct NvmeQueuePair {
-    ctrl: Arc<Controller>,
+    // Fields drop in declaration order: the ring (which maps BAR0 through its doorbells)
+    // must go before the controller, whose last reference closes the VFIO device.
     ring: Ring,
+    ctrl: Arc<Controller>,
     /// The controller generation the queues were created in.
     generation: u64,
     ns: NsParams,
