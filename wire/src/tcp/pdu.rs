@@ -648,6 +648,30 @@ pub fn encode_c2h_data(hdr: &DataHeader, d: Digests) -> HeaderBuf {
     })
 }
 
+/// Encodes a C2HData header whose data starts at a multiple of `(hpda + 1) * 4` bytes
+/// from the start of the PDU, as a host that sent HPDA in its ICReq requires. Returns
+/// the header and the number of zero bytes to send between it and the data.
+pub fn encode_c2h_data_aligned(hdr: &DataHeader, d: Digests, hpda: u8) -> (HeaderBuf, u8) {
+    assert!(hpda <= 31, "HPDA is 0..=31");
+    let mut b = encode_c2h_data(hdr, d);
+    let unit = (usize::from(hpda) + 1) * 4;
+    let header = b.len();
+    let pad = header.next_multiple_of(unit) - header;
+    if pad == 0 || hdr.datal == 0 {
+        return (b, 0);
+    }
+    // PDO and PLEN grow by the padding; the header digest covers them, so redo it.
+    let hlen = PduType::C2HData.hlen();
+    b.bytes[3] = (header + pad) as u8;
+    let plen = get_u32(&b.bytes, 4) + pad as u32;
+    put_u32(&mut b.bytes, 4, plen);
+    if d.header {
+        let crc = crc32c(&b.bytes[..hlen]);
+        put_u32(&mut b.bytes, hlen, crc);
+    }
+    (b, pad as u8)
+}
+
 /// Encodes an H2CData header for `hdr.datal` bytes of data.
 pub fn encode_h2c_data(hdr: &DataHeader, d: Digests) -> HeaderBuf {
     let flags = if hdr.last { FLAG_LAST_PDU } else { 0 };
@@ -753,6 +777,25 @@ mod tests {
         let l = ch.layout(Role::Host, Some(Digests::default())).unwrap();
         assert_eq!(l.data_len, 72);
         assert_eq!(decode(&l, h.as_bytes()).unwrap(), Pdu::TermReq { fes: 1, fei: 2 });
+    }
+
+    #[test]
+    fn aligned_c2h_data_pads_to_hpda_and_stays_valid() {
+        let d = Digests { header: true, data: true };
+        let c2h = DataHeader { cccid: 9, ttag: 0, datao: 0, datal: 4096, last: true, success: false };
+        let (plain, pad0) = encode_c2h_data_aligned(&c2h, d, 0);
+        assert_eq!(pad0, 0);
+        assert_eq!(plain.as_bytes(), encode_c2h_data(&c2h, d).as_bytes());
+        // HPDA 7: data on a 32-byte boundary; the header plus digest is 28 bytes.
+        let (h, pad) = encode_c2h_data_aligned(&c2h, d, 7);
+        assert_eq!(pad, 4);
+        let ch = CommonHeader::parse(h.as_bytes());
+        assert_eq!(ch.pdo, 32);
+        assert_eq!(ch.plen as usize, 28 + 4 + 4096 + 4);
+        let l = ch.layout(Role::Host, Some(d)).unwrap();
+        assert_eq!(l.pad_len, 4);
+        assert_eq!(l.data_len, 4096);
+        assert_eq!(decode(&l, h.as_bytes()).unwrap(), Pdu::C2HData(c2h));
     }
 
     #[test]
