@@ -99,7 +99,7 @@ fn open_device(cfg: &Config, pool: &DmaPool) -> Result<Opened, ServeError> {
         DeviceKind::File | DeviceKind::Block => {
             let path = cfg.resolve(d.path.as_deref().expect("validated: file and block devices have a path"));
             let create_size = if d.kind == DeviceKind::File { d.size.map(|s| s.bytes()) } else { None };
-            let dev = UringDevice::open(&path, UringOptions { direct, create_size, block_size_hint: None })
+            let dev = UringDevice::open(&path, UringOptions { direct, create_size, block_size_hint: Some(512) })
                 .map_err(|e| ServeError::Device { path: path.display().to_string(), reason: e.to_string() })?;
             let desc = format!(
                 "{} {} ({}, {} bytes)",
@@ -112,7 +112,7 @@ fn open_device(cfg: &Config, pool: &DmaPool) -> Result<Opened, ServeError> {
         }
         DeviceKind::Ram => {
             let size = d.size.expect("validated: ram devices have a size").bytes();
-            let dev = quire_drivers::ram::RamDevice::new(size, 4096)
+            let dev = quire_drivers::ram::RamDevice::new(size, 512)
                 .map_err(|e| ServeError::Device { path: "ram".into(), reason: e.to_string() })?;
             Ok(plain(Arc::new(dev), format!("ram ({size} bytes, lost at exit)")))
         }

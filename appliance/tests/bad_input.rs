@@ -57,11 +57,17 @@ fn wrong_pdu_types_and_sequence() {
     let t = TestTarget::start();
     let mut w = Witness::new(&t);
     // Unknown PDU type.
-    expect_fatal(&t, NONE, |c| {
-        let mut b = plain_capsule(c, opcode::NVM_FLUSH);
-        b[0] = 0x0f;
-        b
-    }, INVALID_HEADER, 0);
+    expect_fatal(
+        &t,
+        NONE,
+        |c| {
+            let mut b = plain_capsule(c, opcode::NVM_FLUSH);
+            b[0] = 0x0f;
+            b
+        },
+        INVALID_HEADER,
+        0,
+    );
     w.check(&t);
     // PDU types only a controller sends.
     let r2t = |_: &Conn| encode_r2t(&R2t { cccid: 1, ttag: 0, r2to: 0, r2tl: 4096 }, NONE).as_bytes().to_vec();
@@ -107,51 +113,93 @@ fn bad_lengths_offsets_and_header_digest() {
     let t = TestTarget::start();
     let mut w = Witness::new(&t);
     // HLEN wrong.
-    expect_fatal(&t, NONE, |c| {
-        let mut b = plain_capsule(c, opcode::NVM_FLUSH);
-        b[2] = 64;
-        b
-    }, INVALID_HEADER, 2);
+    expect_fatal(
+        &t,
+        NONE,
+        |c| {
+            let mut b = plain_capsule(c, opcode::NVM_FLUSH);
+            b[2] = 64;
+            b
+        },
+        INVALID_HEADER,
+        2,
+    );
     // PLEN smaller than HLEN.
-    expect_fatal(&t, NONE, |c| {
-        let mut b = plain_capsule(c, opcode::NVM_FLUSH);
-        put_u32(&mut b, 4, 40);
-        b
-    }, INVALID_HEADER, 4);
+    expect_fatal(
+        &t,
+        NONE,
+        |c| {
+            let mut b = plain_capsule(c, opcode::NVM_FLUSH);
+            put_u32(&mut b, 4, 40);
+            b
+        },
+        INVALID_HEADER,
+        4,
+    );
     // PLEN absurdly large.
-    expect_fatal(&t, NONE, |c| {
-        let mut b = plain_capsule(c, opcode::NVM_FLUSH);
-        put_u32(&mut b, 4, 0xffff_fff0);
-        b
-    }, INVALID_HEADER, 4);
+    expect_fatal(
+        &t,
+        NONE,
+        |c| {
+            let mut b = plain_capsule(c, opcode::NVM_FLUSH);
+            put_u32(&mut b, 4, 0xffff_fff0);
+            b
+        },
+        INVALID_HEADER,
+        4,
+    );
     w.check(&t);
     // PDO inside the header (a capsule with in-capsule data).
-    expect_fatal(&t, NONE, |c| {
-        let mut cmd = c.rw_cmd(opcode::NVM_WRITE, 0, 1);
-        cmd.cid = 3;
-        cmd.set_sgl(Sgl::in_capsule(4096));
-        let mut b = c.capsule_bytes(&cmd, &[0u8; 4096]);
-        b[3] = 16;
-        b
-    }, INVALID_HEADER, 3);
+    expect_fatal(
+        &t,
+        NONE,
+        |c| {
+            let mut cmd = c.rw_cmd(opcode::NVM_WRITE, 0, 1);
+            cmd.cid = 3;
+            cmd.set_sgl(Sgl::in_capsule(4096));
+            let mut b = c.capsule_bytes(&cmd, &[0u8; 4096]);
+            b[3] = 16;
+            b
+        },
+        INVALID_HEADER,
+        3,
+    );
     // The header digest flag without negotiated digests.
-    expect_fatal(&t, NONE, |c| {
-        let mut b = plain_capsule(c, opcode::NVM_FLUSH);
-        b[1] |= 0x01;
-        b
-    }, INVALID_HEADER, 1);
+    expect_fatal(
+        &t,
+        NONE,
+        |c| {
+            let mut b = plain_capsule(c, opcode::NVM_FLUSH);
+            b[1] |= 0x01;
+            b
+        },
+        INVALID_HEADER,
+        1,
+    );
     // A wrong header digest (digests on).
-    expect_fatal(&t, BOTH, |c| {
-        let mut b = plain_capsule(c, opcode::NVM_FLUSH);
-        b[72] ^= 0x5a;
-        b
-    }, HEADER_DIGEST, 0);
+    expect_fatal(
+        &t,
+        BOTH,
+        |c| {
+            let mut b = plain_capsule(c, opcode::NVM_FLUSH);
+            b[72] ^= 0x5a;
+            b
+        },
+        HEADER_DIGEST,
+        0,
+    );
     // A header digest that is right for a different header.
-    expect_fatal(&t, BOTH, |c| {
-        let mut b = plain_capsule(c, opcode::NVM_FLUSH);
-        b[40] ^= 1;
-        b
-    }, HEADER_DIGEST, 0);
+    expect_fatal(
+        &t,
+        BOTH,
+        |c| {
+            let mut b = plain_capsule(c, opcode::NVM_FLUSH);
+            b[40] ^= 1;
+            b
+        },
+        HEADER_DIGEST,
+        0,
+    );
     w.check(&t);
 }
 
@@ -306,7 +354,8 @@ fn bad_h2c(t: &TestTarget, edit: impl FnOnce(&R2t) -> DataHeader, fes: u16, fei:
 fn bad_h2c_data() {
     let t = TestTarget::start();
     let mut w = Witness::new(&t);
-    let good = |r: &R2t| DataHeader { cccid: r.cccid, ttag: r.ttag, datao: 0, datal: 4096, last: false, success: false };
+    let good =
+        |r: &R2t| DataHeader { cccid: r.cccid, ttag: r.ttag, datao: 0, datal: 4096, last: false, success: false };
     // A transfer tag beyond every slot, and one naming a free slot.
     bad_h2c(&t, |r| DataHeader { ttag: 0xfff0, ..good(r) }, INVALID_HEADER, 10);
     bad_h2c(&t, |r| DataHeader { ttag: r.ttag.wrapping_add(1), ..good(r) }, INVALID_HEADER, 10);
@@ -318,26 +367,31 @@ fn bad_h2c_data() {
     bad_h2c(&t, |r| DataHeader { datal: (256 << 10) + 4096, ..good(r) }, LIMIT, 16);
     bad_h2c(&t, |r| DataHeader { datal: MAXH2CDATA + 4096, ..good(r) }, LIMIT, 16);
     w.check(&t);
-    // Beyond the transfer within MAXH2CDATA: the last piece runs past the end.
+    // Beyond the transfer within MAXH2CDATA: a 4K piece, then 64K pieces; the last
+    // one runs 4K past the end.
     let (mut h, r) = pending_write(&t);
     let io = h.io();
     let mut off = 0u32;
-    while off < (256 << 10) - MAXH2CDATA {
-        let hdr = DataHeader { datao: off, datal: MAXH2CDATA, ..good(&r) };
-        let b = io.h2c_bytes(&hdr, &pattern(2, MAXH2CDATA as usize));
-        io.send_raw(&b).expect("send");
-        off += MAXH2CDATA;
+    while off < 256 << 10 {
+        let len = if off == 0 { 4096 } else { MAXH2CDATA };
+        let hdr = DataHeader { datao: off, datal: len, ..good(&r) };
+        let b = io.h2c_bytes(&hdr, &pattern(2, len as usize));
+        let _ = io.send_raw(&b);
+        off += len;
     }
-    let hdr = DataHeader { datao: off, datal: MAXH2CDATA + 4096, ..good(&r) };
-    let hdr = DataHeader { datal: MAXH2CDATA, datao: off + 4096, ..hdr };
-    let b = io.h2c_bytes(&hdr, &pattern(3, MAXH2CDATA as usize));
-    let _ = io.send_raw(&b);
-    assert_eq!(io.expect_term(), (OUT_OF_RANGE, 12));
+    assert_eq!(io.expect_term(), (OUT_OF_RANGE, 16));
+    drop(h);
     // H2CData with no write waiting at all.
-    expect_fatal(&t, NONE, |c| {
-        let hdr = DataHeader { cccid: 1, ttag: 0, datao: 0, datal: 512, last: true, success: false };
-        c.h2c_bytes(&hdr, &[0; 512])
-    }, INVALID_HEADER, 10);
+    expect_fatal(
+        &t,
+        NONE,
+        |c| {
+            let hdr = DataHeader { cccid: 1, ttag: 0, datao: 0, datal: 512, last: true, success: false };
+            c.h2c_bytes(&hdr, &[0; 512])
+        },
+        INVALID_HEADER,
+        10,
+    );
     w.check(&t);
 }
 
@@ -474,7 +528,7 @@ fn unknown_opcodes_and_commands_out_of_sequence() {
     assert!(b.prop_set(PROP_CC, CC_EN | (7 << 16) | (4 << 20)).is_success());
     let csts = b.prop_get(quire_wire::nvme::fabrics::PROP_CSTS, false).expect("CSTS") as u32;
     assert_eq!(csts & 0x3, 0x2, "CFS set, RDY clear");
-    drop((a, q, b));
+    drop((h, a, q, b));
     w.check(&t);
 }
 
@@ -587,14 +641,44 @@ fn host_termination_request_closes_only_that_connection() {
     let t = TestTarget::start();
     let mut w = Witness::new(&t);
     let mut h = Host::connect(t.io_addr, "demo");
-    let mut b = quire_wire::tcp::encode_term_req(quire_wire::tcp::Role::Host, Fes::PduSequenceError, 0, 8)
-        .as_bytes()
-        .to_vec();
+    let mut b =
+        quire_wire::tcp::encode_term_req(quire_wire::tcp::Role::Host, Fes::PduSequenceError, 0, 8).as_bytes().to_vec();
     b.extend_from_slice(&[0xee; 8]);
     h.io().send_raw(&b).expect("send");
     h.io().expect_closed();
     // The controller lives on: its admin queue is still there.
     h.admin.identify(ident::CNS_CONTROLLER, 0);
+    drop(h);
+    w.check(&t);
+}
+
+#[test]
+fn in_capsule_write_while_r2t_writes_hold_the_pool() {
+    let t = TestTarget::start();
+    let mut w = Witness::new(&t);
+    let mut h = Host::connect(t.io_addr, "demo");
+    let io = h.io();
+    // 20 writes of 1M (8 chunks each) need more than a reactor's share of the pool
+    // (128 chunks of 128K): 16 get their buffers and an R2T, the rest wait for buffers.
+    let mut cids = Vec::new();
+    for i in 0..20u64 {
+        let cmd = io.rw_cmd(opcode::NVM_WRITE, i * 256, 256);
+        cids.push((i, io.submit(cmd, Some(pattern(i as u32, MDTS_BYTES)), 0)));
+    }
+    // A write with its data in the capsule needs one more buffer. Its data must not
+    // block the receive path for good: the H2CData of the writes above comes after it.
+    let cmd = io.rw_cmd(opcode::NVM_WRITE, 20 * 256, 1);
+    let small = io.submit(cmd, Some(pattern(99, 4096)), 0);
+    for &(_, cid) in &cids {
+        io.wait(cid).ok();
+    }
+    let s = io.wait(small).status();
+    assert!(s.is_success() || (s == Status { sct: 0, sc: 0x21, dnr: false, more: false }), "{s}");
+    // Everything arrived (the in-capsule write again, if it was interrupted).
+    io.round_trip(20 * 256, &pattern(99, 4096));
+    for (i, _) in cids {
+        assert!(io.read(i * 256, 256).ok().data == pattern(i as u32, MDTS_BYTES), "write {i}");
+    }
     drop(h);
     w.check(&t);
 }

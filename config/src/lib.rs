@@ -258,7 +258,10 @@ mod tests {
 
     #[test]
     fn validation_errors_after_parsing() {
-        assert_eq!(error("[target]\nport = 0\n"), "target.port = 0: expected 1..=65535");
+        assert_eq!(
+            error("[target]\nport = 4420\ndiscovery_port = 4420\n"),
+            "target.discovery_port = 4420: expected 0 (none) or a port other than target.port (4420)"
+        );
     }
 
     #[test]

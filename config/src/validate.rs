@@ -154,10 +154,11 @@ fn reactors(reactors: &Reactors) -> Result {
 fn target(target: &Target, buffers: &Buffers) -> Result {
     let listen = target.listen;
     ensure(!listen.is_multicast(), "target.listen", quoted(&listen.to_string()), "a unicast IP address")?;
-    ensure(target.port != 0, "target.port", target.port, "1..=65535")?;
+    // target.port = 0 asks the OS for any free port (tests, several peers on one host);
+    // the bound port is printed and reported by `quire serve`.
     let discovery = target.discovery_port;
     let expected = format!("0 (none) or a port other than target.port ({})", target.port);
-    ensure(discovery != target.port, "target.discovery_port", discovery, expected)?;
+    ensure(discovery == 0 || discovery != target.port, "target.discovery_port", discovery, expected)?;
     let depth = target.max_queue_depth;
     let range = QUEUE_DEPTH_MIN..=QUEUE_DEPTH_MAX;
     ensure(range.contains(&depth), "target.max_queue_depth", depth, format!("{QUEUE_DEPTH_MIN}..={QUEUE_DEPTH_MAX}"))?;
@@ -167,6 +168,15 @@ fn target(target: &Target, buffers: &Buffers) -> Result {
     let mdts = target.max_transfer_size;
     let ok = mdts.0.is_power_of_two() && (TRANSFER_SIZE_MIN..=TRANSFER_SIZE_MAX).contains(&mdts.0);
     ensure(ok, "target.max_transfer_size", size_text(mdts), "a power of two from 4K to 4M")?;
+    // One command's data is a list of chunks that a device request must be able to name.
+    let chunk = buffers.chunk_size;
+    if chunk.0.is_power_of_two() && chunk.0 >= 4096 {
+        let expected = format!(
+            "at least target.max_transfer_size / {CHUNKS_PER_COMMAND_MAX} ({}): one command's data spans at most {CHUNKS_PER_COMMAND_MAX} chunks",
+            ByteSize(mdts.0.div_ceil(CHUNKS_PER_COMMAND_MAX))
+        );
+        ensure(mdts.0.div_ceil(chunk.0) <= CHUNKS_PER_COMMAND_MAX, "buffers.chunk_size", size_text(chunk), expected)?;
+    }
     let h2c = target.max_h2c_data;
     let ok = h2c.0 >= 4096 && h2c.0.is_multiple_of(4096) && h2c <= mdts;
     let expected = format!("a multiple of 4K from 4K to target.max_transfer_size ({mdts})");
@@ -201,6 +211,9 @@ fn buffers(buffers: &Buffers, target: &Target) -> Result {
     let expected = format!("enough chunks of {chunk} for one target.max_transfer_size ({mdts})");
     ensure(bytes >= mdts.0, "buffers.count", count, expected)
 }
+
+/// Chunks one command's data may span (the drivers' segments per request).
+pub const CHUNKS_PER_COMMAND_MAX: u64 = 32;
 
 fn log(log: &Log) -> Result {
     let ok = !log.level.trim().is_empty() && !log.level.contains(char::is_whitespace);
@@ -456,7 +469,10 @@ mod tests {
             invalid(|c| c.target.listen = multicast),
             "target.listen = \"224.0.0.1\": expected a unicast IP address"
         );
-        assert_eq!(invalid(|c| c.target.port = 0), "target.port = 0: expected 1..=65535");
+        valid(|c| {
+            c.target.port = 0;
+            c.target.discovery_port = 0;
+        });
         assert_eq!(
             invalid(|c| c.target.discovery_port = 4420),
             "target.discovery_port = 4420: expected 0 (none) or a port other than target.port (4420)"
@@ -488,6 +504,8 @@ mod tests {
         let message = invalid(|c| {
             c.buffers.chunk_size = ByteSize::kib(4);
             c.buffers.count = 1024;
+            c.target.max_transfer_size = ByteSize::kib(128);
+            c.target.max_h2c_data = ByteSize::kib(128);
             c.target.in_capsule_data_size = ByteSize::kib(8);
         });
         assert!(
@@ -531,6 +549,22 @@ mod tests {
         );
         assert!(invalid(|c| c.target.keep_alive_timeout_ms_max = Some(3_600_001)).ends_with(expected));
         valid(|c| c.target.keep_alive_timeout_ms_max = Some(100));
+    }
+
+    #[test]
+    fn chunks_per_command_are_bounded() {
+        let message = invalid(|c| {
+            c.target.max_transfer_size = ByteSize::mib(4);
+            c.buffers.chunk_size = ByteSize::kib(64);
+        });
+        assert!(
+            message.starts_with("buffers.chunk_size = \"64K\": expected at least target.max_transfer_size / 32 (128K)"),
+            "{message}"
+        );
+        valid(|c| {
+            c.target.max_transfer_size = ByteSize::mib(4);
+            c.buffers.chunk_size = ByteSize::kib(128);
+        });
     }
 
     #[test]

@@ -404,7 +404,7 @@ impl Reactor {
             // at it every CLOCK_EVERY iterations, a hybrid one every time (it needs the
             // time of the last work to decide when to sleep).
             iteration = iteration.wrapping_add(1);
-            if self.mode != PollMode::Busy || iteration % CLOCK_EVERY == 0 {
+            if self.mode != PollMode::Busy || iteration.is_multiple_of(CLOCK_EVERY) {
                 let now = Instant::now();
                 if work {
                     self.last_work = now;

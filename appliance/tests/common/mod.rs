@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 use quire_appliance::serve::Running;
 use quire_config::Config;
 use quire_wire::nvme::cmd::Sgl;
-use quire_wire::nvme::fabrics::{
-    ConnectCmd, ConnectData, CC_EN, CNTLID_DYNAMIC, CSTS_RDY, PROP_CC, PROP_CSTS,
-};
+use quire_wire::nvme::fabrics::{ConnectCmd, ConnectData, CC_EN, CNTLID_DYNAMIC, CSTS_RDY, PROP_CC, PROP_CSTS};
 use quire_wire::nvme::identify::IdentifyRequest;
 use quire_wire::nvme::log::LogPageRequest;
 use quire_wire::nvme::{opcode, Command, Completion, Status};
@@ -745,11 +743,9 @@ impl Host {
         let n = u32::from(queues.max(1) - 1);
         let c = admin.set_feature(quire_wire::nvme::features::FID_NUMBER_OF_QUEUES, n | (n << 16));
         assert!(c.status().is_success(), "set number of queues: {}", c.status());
-        let block_size =
-            quire_wire::nvme::identify::parse_namespace(&admin.identify(0, 1)).block_bytes() as u32;
+        let block_size = quire_wire::nvme::identify::parse_namespace(&admin.identify(0, 1)).block_bytes() as u32;
         admin.block_size = block_size;
-        let mut h =
-            Host { admin, io: Vec::new(), cntlid, subnqn, hostnqn: hostnqn.into(), addr, digests };
+        let mut h = Host { admin, io: Vec::new(), cntlid, subnqn, hostnqn: hostnqn.into(), addr, digests };
         for _ in 0..queues {
             h.add_io_queue();
         }

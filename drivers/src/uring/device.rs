@@ -50,7 +50,7 @@ impl UringDevice {
                 file.set_len(create).map_err(sizing)?;
                 size = create;
             }
-            (Backing::File, size, if direct { 4096 } else { 512 })
+            (Backing::File, size, if direct { direct_io_granularity(&file) } else { 512 })
         } else {
             return Err(UringError::NotFileOrBlockDevice { path: path.into() });
         };
@@ -59,10 +59,9 @@ impl UringDevice {
         if num_blocks == 0 {
             return Err(UringError::Empty { path: path.into(), block_size });
         }
-        let memory_align = match (direct, backing) {
-            (false, _) => 1,
-            (true, Backing::File) => 512,
-            (true, Backing::BlockDevice) => block_size_min,
+        let memory_align = match direct {
+            false => 1,
+            true => block_size_min,
         };
         tracing::info!(path = %path.display(), direct, ?backing, block_size, num_blocks, "io_uring device open");
         Ok(UringDevice {
@@ -145,7 +144,22 @@ fn probe_outcome(probe: io::Result<File>) -> io::Result<Option<File>> {
     }
 }
 
-/// The hint raised to the backing's minimum, or the backing's default.
+/// The smallest direct I/O the file's file system accepts: 512 bytes when a 512-byte
+/// read at a 512-byte offset into 512-aligned memory works, else 4096. (`statx`'s
+/// `STATX_DIOALIGN` says the same on new kernels; the probe works everywhere.)
+fn direct_io_granularity(file: &File) -> u32 {
+    use std::os::unix::fs::FileExt;
+    // Anonymous mappings are page aligned, so the buffer is 512-aligned.
+    let Ok(mut page) = memmap2::MmapOptions::new().len(4096).map_anon() else { return 4096 };
+    match file.read_at(&mut page[..512], 512) {
+        Ok(_) => 512,
+        Err(_) => 4096,
+    }
+}
+
+/// The hint raised to the backing's minimum, or the backing's default (4096 for files,
+/// the logical block size for block devices). Ask for 512 to serve volumes of
+/// 512-byte blocks from a file.
 fn choose_block_size(backing: Backing, minimum: u32, hint: Option<u32>) -> Result<u32, UringError> {
     assert!(minimum.is_power_of_two() && minimum >= 512, "minimum block size {minimum}");
     let Some(hint) = hint else {
@@ -173,7 +187,7 @@ mod tests {
     fn creates_a_sparse_file_of_the_asked_size() {
         let dir = disk_dir();
         let path = dir.path().join("dev");
-        let dev = UringDevice::open(&path, opts(DirectIo::Auto, Some(64 << 20), None)).unwrap();
+        let dev = UringDevice::open(&path, opts(DirectIo::Auto, Some(64 << 20), Some(4096))).unwrap();
         assert_eq!(dev.info().size_bytes(), 64 << 20);
         assert_eq!(dev.info().block_size, 4096);
         assert_eq!(dev.backing(), Backing::File);
@@ -202,7 +216,10 @@ mod tests {
         let path = dir.path().join("dev");
         let direct = UringDevice::open(&path, opts(DirectIo::On, Some(1 << 20), Some(512))).unwrap();
         assert!(direct.is_direct());
-        assert_eq!(direct.info().block_size, 4096, "O_DIRECT files never go below 4096");
+        let granularity = direct_io_granularity(&File::open(&path).unwrap());
+        assert_eq!(direct.info().block_size, granularity, "O_DIRECT files go down to what the file system allows");
+        let default = UringDevice::open(&path, opts(DirectIo::On, None, None)).unwrap();
+        assert_eq!(default.info().block_size, 4096, "no hint: 4096 for files");
         let buffered = UringDevice::open(&path, opts(DirectIo::Off, None, Some(512))).unwrap();
         assert_eq!(buffered.info().block_size, 512);
         let big = UringDevice::open(&path, opts(DirectIo::Off, None, Some(16384))).unwrap();

@@ -14,8 +14,8 @@ use quire_drivers::DmaBuf;
 use quire_wire::nvme::opcode::{self, Direction};
 use quire_wire::nvme::{Command, Completion, Status};
 use quire_wire::tcp::{
-    encode_c2h_data, encode_capsule_resp, encode_icresp, encode_r2t, encode_term_req, DataHeader, Digests, ICReq,
-    ICResp, Layout, Pdu, R2t, Role, TermError,
+    encode_c2h_data_aligned, encode_capsule_resp, encode_icresp, encode_r2t, encode_term_req, DataHeader, Digests,
+    ICReq, ICResp, Layout, Pdu, R2t, Role, TermError,
 };
 
 use crate::reactor::stats::add;
@@ -28,6 +28,9 @@ use crate::target::{admin, io};
 
 /// Status: Transient Transport Error (data digest mismatch).
 pub const TRANSIENT_TRANSPORT_ERROR: Status = Status { sct: 0, sc: 0x22, dnr: false, more: false };
+
+/// Status: Command Interrupted (retryable: the host tries the command again).
+pub const COMMAND_INTERRUPTED: Status = Status { sct: 0, sc: 0x21, dnr: false, more: false };
 
 /// Where the connection is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -57,6 +60,9 @@ pub struct QueueInfo {
     pub ctrlr: Option<Arc<Controller>>,
     /// Digests negotiated by ICReq (None before).
     pub digests: Option<Digests>,
+    /// Host PDU data alignment from ICReq: C2H data starts at a multiple of
+    /// `(hpda + 1) * 4` bytes into its PDU.
+    pub hpda: u8,
     /// SQ flow control disabled by the host at Connect (allows C2H SUCCESS).
     pub sqflow_disabled: bool,
     /// Submission queue head reported in completions.
@@ -115,6 +121,7 @@ impl TcpQpair {
                 sqsize: 0,
                 ctrlr: None,
                 digests: None,
+                hpda: 0,
                 sqflow_disabled: false,
                 sqhd: 0,
                 aers: Vec::with_capacity(AER_MAX),
@@ -166,6 +173,7 @@ impl TcpQpair {
     fn on_icreq(&mut self, req: ICReq, maxh2cdata: u32) -> Result<(), TermError> {
         assert_eq!(self.state, ConnState::AwaitingICReq);
         self.q.digests = Some(req.digests);
+        self.q.hpda = req.hpda;
         let resp = ICResp { pfv: 0, cpda: 0, digests: req.digests, maxh2cdata };
         self.tx.push(TxEntry::header(encode_icresp(&resp), AfterSend::Nothing));
         self.state = ConnState::Ready;
@@ -174,18 +182,21 @@ impl TcpQpair {
 
     fn on_capsule(&mut self, cmd: Command, layout: &Layout, ctx: &mut ReactorCtx) -> Result<(), TermError> {
         let p = &ctx.registry.params;
+        let in_capsule = layout.data_len as u32;
+        // Checked before a request slot is taken: a fatal error must not leave a slot
+        // in `New`, which teardown cannot free (it asserted "every request must be home
+        // before close" and took the reactor down; found by tests/bad_input.rs).
+        let limit = if self.q.qid.unwrap_or(0) == 0 { 8192 } else { p.in_capsule_data_size };
+        if in_capsule > limit.max(quire_wire::nvme::fabrics::CONNECT_DATA_SIZE as u32) {
+            return Err(TermError::limit(4));
+        }
         let Some(idx) = self.reqs.get(cmd) else {
             // The host has more commands outstanding than its queue holds.
             return Err(TermError::sequence());
         };
         self.q.sqhd = if self.q.sqsize == 0 { 0 } else { (self.q.sqhd + 1) % self.q.sqsize };
         let sgl = cmd.sgl();
-        let in_capsule = layout.data_len as u32;
         if in_capsule > 0 {
-            let limit = if self.q.qid.unwrap_or(0) == 0 { 8192 } else { p.in_capsule_data_size };
-            if in_capsule > limit.max(quire_wire::nvme::fabrics::CONNECT_DATA_SIZE as u32) {
-                return Err(TermError::limit(4));
-            }
             let r = self.reqs.req_mut(idx);
             if !sgl.is_in_capsule() || sgl.len != in_capsule || sgl.addr != 0 {
                 // Receive and drop the data; fail the command.
@@ -263,6 +274,14 @@ impl TcpQpair {
             return;
         }
         if !take_buffers(&mut self.reqs, idx, ctx) {
+            if self.reqs.req(idx).xfer == Xfer::InCapsule && self.reqs.count(ReqState::AwaitingH2C) > 0 {
+                // Waiting would stop this connection's receive path while its own R2T
+                // writes hold the buffers and need that path for their H2CData: a
+                // deadlock that also kept the buffers after the host closed (found by
+                // tests/bad_input.rs). Drop the capsule's data and let the host retry.
+                self.drop_in_capsule(idx);
+                return;
+            }
             ctx.buf_waiters.push_back(self.rref(idx));
             return;
         }
@@ -281,6 +300,20 @@ impl TcpQpair {
             Xfer::C2H => self.reqs.set_state(idx, ReqState::ReadyToExecute),
             Xfer::None => unreachable!("requests without data need no buffer"),
         }
+    }
+
+    /// Fails in-capsule request `idx`, still waiting for buffers, with Command
+    /// Interrupted (the host retries it) and skips its data on the socket.
+    fn drop_in_capsule(&mut self, idx: u16) {
+        let RxPhase::WaitBuffer { req, pad, ddgst } = self.rx.phase else {
+            unreachable!("in-capsule data waits for buffers in the WaitBuffer phase")
+        };
+        assert_eq!(req, idx);
+        let r = self.reqs.req_mut(idx);
+        let remaining = pad + r.data_len as usize + if ddgst { quire_wire::tcp::DIGEST_LEN } else { 0 };
+        r.fail(COMMAND_INTERRUPTED);
+        self.rx.phase = RxPhase::Discard { remaining };
+        self.reqs.set_state(idx, ReqState::ReadyToComplete);
     }
 
     fn execute(&mut self, idx: u16, ctx: &mut ReactorCtx) {
@@ -328,7 +361,10 @@ impl TcpQpair {
             let hdr = DataHeader { cccid: r.cmd.cid, ttag: 0, datao: 0, datal: r.c2h_len, last: true, success };
             let ddgst = d.data.then(|| data_crc(&r.bufs, r.c2h_len as usize));
             let after = if success { AfterSend::FreeReq(idx) } else { AfterSend::Nothing };
-            self.tx.push(TxEntry::with_data(encode_c2h_data(&hdr, d), 0, idx, r.c2h_len, ddgst, after));
+            // The host's HPDA says where C2H data must start; 0 (what Linux and SPDK
+            // ask for) needs no padding.
+            let (header, pad) = encode_c2h_data_aligned(&hdr, d, self.q.hpda);
+            self.tx.push(TxEntry::with_data(header, pad, idx, r.c2h_len, ddgst, after));
             if success {
                 self.reqs.set_state(idx, ReqState::Transmitting);
                 return;
@@ -399,7 +435,10 @@ impl TcpQpair {
         if let Err(e) = res {
             self.begin_close(format!("send failed: {e}"));
             self.shutdown_socket();
-        } else if out.close {
+        } else if out.close || (self.state == ConnState::Terminating && self.tx.is_empty()) {
+            // A closing connection (host termination request, Disconnect) closes as
+            // soon as its last queued PDU is out, not at the 2 s fallback in `tick`
+            // (found by tests/fuzz_conn.rs: every such case took 2 s).
             self.shutdown_socket();
         }
     }

@@ -21,6 +21,8 @@ use crate::target::tcp::req::{ReqState, ReqTable};
 
 /// Size of the header staging buffer.
 pub const STAGING_SIZE: usize = 16 << 10;
+/// Slices of one direct read: a command's chunks and the staging buffer.
+const IOV_RX_MAX: usize = quire_config::validate::CHUNKS_PER_COMMAND_MAX as usize + 1;
 /// PDUs handled per call before the reactor moves on to other connections.
 const PDU_BUDGET: u32 = 64;
 
@@ -171,7 +173,13 @@ impl Rx {
             return Err(TermError::field(10));
         }
         let r = reqs.req(h.ttag);
-        if r.state() != ReqState::AwaitingH2C || r.cmd.cid != h.cccid {
+        // A tag that names no transfer in progress is an error in TTAG (byte 10), not
+        // in CCCID; only a live tag with another command's ID is a CCCID error (as
+        // SPDK reports them; found by tests/bad_input.rs).
+        if r.state() != ReqState::AwaitingH2C {
+            return Err(TermError::field(10));
+        }
+        if r.cmd.cid != h.cccid {
             return Err(TermError::field(8));
         }
         if h.datal > max_h2c_data {
@@ -326,7 +334,10 @@ impl TcpQpair {
         self.rx.end = 0;
         let r = self.reqs.req_mut(req);
         let chunk = r.bufs[0].len();
-        let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(r.bufs.len() + 1);
+        // No allocation per read: the slices live on the stack (a command spans at most
+        // CHUNKS_PER_COMMAND_MAX chunks, one more for the staging buffer).
+        let mut iov: [IoSliceMut<'_>; IOV_RX_MAX] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
+        let mut n_iov = 0;
         let (mut pos, mut left) = (off as usize, remaining as usize);
         let first = pos / chunk;
         for b in r.bufs[first..].iter_mut() {
@@ -335,12 +346,15 @@ impl TcpQpair {
             }
             let o = pos % chunk;
             let n = left.min(chunk - o);
-            iov.push(IoSliceMut::new(&mut b.as_mut_slice()[o..o + n]));
+            iov[n_iov] = IoSliceMut::new(&mut b.as_mut_slice()[o..o + n]);
+            n_iov += 1;
             pos += n;
             left -= n;
         }
-        iov.push(IoSliceMut::new(&mut self.rx.staging[..]));
-        let res = self.sock.read_vectored(&mut iov);
+        assert_eq!(left, 0, "the request's buffers hold its data");
+        iov[n_iov] = IoSliceMut::new(&mut self.rx.staging[..]);
+        n_iov += 1;
+        let res = self.sock.read_vectored(&mut iov[..n_iov]);
         drop(iov);
         match res {
             Ok(0) => {
