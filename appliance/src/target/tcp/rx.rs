@@ -355,7 +355,6 @@ impl TcpQpair {
         iov[n_iov] = IoSliceMut::new(&mut self.rx.staging[..]);
         n_iov += 1;
         let res = self.sock.read_vectored(&mut iov[..n_iov]);
-        drop(iov);
         match res {
             Ok(0) => {
                 self.begin_close("host closed the connection".into());
