@@ -259,7 +259,6 @@ impl Controller {
             return Ok(()); // someone else reset it meanwhile
         }
         tracing::warn!(bdf = self.pci.bdf(), "resetting NVMe controller");
-        admin.ring.reset();
         let result = enable(&self.mmio, &self.cap, &mut admin)
             .and_then(|()| set_queue_count(&self.mmio, &mut admin))
             .and_then(|granted| {
@@ -329,6 +328,9 @@ fn enable(mmio: &Mmio, cap: &Cap, admin: &mut Admin) -> Result<(), NvmeError> {
                 wait_step(csts & regs::CSTS_RDY == 0, deadline, state, InitState::ConfigureAdmin)?
             }
             InitState::ConfigureAdmin => {
+                // Only now, with the controller stopped, can nothing land in the old
+                // admin CQ any more (a late completion would look new to a fresh ring).
+                admin.ring.reset();
                 mmio.write32(regs::AQA, regs::aqa(u32::from(admin.ring.entries())));
                 mmio.write64(regs::ASQ, admin.ring.sq_iova());
                 mmio.write64(regs::ACQ, admin.ring.cq_iova());
@@ -446,6 +448,7 @@ pub fn io_error(status: Status) -> crate::block::IoError {
 mod tests {
     use super::*;
     use crate::block::IoError;
+    use crate::nvme::test_utils::{FakeConfig, FakeController};
 
     #[test]
     fn statuses_map_to_block_errors() {
@@ -455,6 +458,69 @@ mod tests {
         assert_eq!(io_error(Status::ABORTED_SQ_DELETION), IoError::Aborted);
         assert_eq!(io_error(Status::UNRECOVERED_READ_ERROR), IoError::Media(0x281));
         assert_eq!(io_error(Status::INTERNAL_ERROR), IoError::Media(0x06));
+    }
+
+    fn open(cfg: FakeConfig) -> (Arc<FakeController>, Result<Controller, NvmeError>) {
+        let fake = FakeController::new(cfg);
+        let ctrl = Controller::start(fake.pci());
+        (fake, ctrl)
+    }
+
+    #[test]
+    fn bring_up_waits_for_not_ready_then_ready_and_identifies() {
+        // Left enabled by a previous owner, and slow to change CSTS.RDY either way: the
+        // admin queue may only be programmed once RDY is 0, and used once it is 1.
+        let cfg = FakeConfig { start_enabled: true, ready_delay: 40, mdts: 5, io_queues: 3, ..FakeConfig::default() };
+        let (fake, ctrl) = open(cfg);
+        let ctrl = ctrl.expect("bring-up");
+        let s = fake.stats();
+        assert!(s.protocol_errors.is_empty(), "{:?}", s.protocol_errors);
+        assert_eq!((s.resets, s.enables), (1, 1));
+        assert_eq!(ctrl.data().model, "Quire fake NVMe controller");
+        assert_eq!(ctrl.data().max_transfer_bytes(), Some(128 << 10));
+        assert_eq!(ctrl.io_queues(), 3);
+        let ns = ctrl.identify_namespace(1).unwrap().expect("namespace 1 is active");
+        assert_eq!((ns.nsze, ns.block_size), (4096, 512));
+        assert!(ns.deallocate_reads_zeroes);
+        assert_eq!(ctrl.identify_namespace(2).unwrap(), None);
+        drop(ctrl);
+        assert_eq!(fake.stats().shutdowns, 1, "CC.SHN on drop");
+    }
+
+    #[test]
+    fn bring_up_gives_up_after_cap_to() {
+        let fake = FakeController::new(FakeConfig { cap_to: 1, ..FakeConfig::default() });
+        fake.stall_ready(true);
+        let t0 = Instant::now();
+        let e = Controller::start(fake.pci()).err().expect("never ready");
+        let took = t0.elapsed();
+        assert!(matches!(e, NvmeError::Timeout("CSTS.RDY = 1 after enable")), "{e}");
+        assert!(took >= Duration::from_millis(500), "CAP.TO is 500 ms, gave up after {took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn a_device_that_is_gone_is_refused_at_once() {
+        let fake = FakeController::new(FakeConfig::default());
+        fake.vanish();
+        assert!(matches!(Controller::start(fake.pci()), Err(NvmeError::Gone)));
+    }
+
+    #[test]
+    fn reset_reprograms_the_admin_queue_and_bumps_the_generation() {
+        let (fake, ctrl) = open(FakeConfig::default());
+        let ctrl = ctrl.unwrap();
+        for g in 0..3 {
+            assert_eq!(ctrl.generation(), g);
+            ctrl.reset(g).expect("reset");
+            ctrl.reset(g).expect("a stale generation is a no-op");
+            // The admin queue works from its first slot again.
+            assert!(ctrl.identify_namespace(1).unwrap().is_some());
+        }
+        let s = fake.stats();
+        assert_eq!(s.resets, 3);
+        assert!(s.protocol_errors.is_empty(), "{:?}", s.protocol_errors);
+        assert!(!ctrl.failed());
     }
 
     #[test]

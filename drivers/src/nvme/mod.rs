@@ -21,7 +21,9 @@
 //! Files: `vfio.rs` (all the unsafe: VFIO, BAR0, DMA memory), `regs.rs` (registers),
 //! `ctrlr.rs` (bring-up, admin, reset, shutdown), `ring.rs` (SQ/CQ mechanics),
 //! `qpair.rs` (requests, PRPs, splitting, polling, timeouts), `prp.rs`, `identify.rs`,
-//! `bind.rs` (hand a device to vfio-pci and back).
+//! `bind.rs` (hand a device to vfio-pci and back); in unit tests, `test_utils.rs` (a
+//! software NVMe controller behind the `#[cfg(test)]` seam of `vfio.rs`, on which the
+//! error paths — timeouts, Abort, resets, CSTS.CFS, a vanished device — are tested).
 
 mod bind;
 mod ctrlr;
@@ -30,6 +32,8 @@ mod prp;
 mod qpair;
 mod regs;
 mod ring;
+#[cfg(test)]
+mod test_utils;
 mod vfio;
 
 use std::sync::Arc;
@@ -109,7 +113,11 @@ impl NvmeDevice {
     /// [`POOL_IOVA_BASE`] (and tells the pool, so take shards only afterwards), brings
     /// the controller up and identifies namespace `opts.nsid`.
     pub fn open(bdf: &str, pool: &DmaPool, opts: NvmeOptions) -> Result<NvmeDevice, NvmeError> {
-        let pci = VfioPci::open(bdf)?;
+        NvmeDevice::with_pci(VfioPci::open(bdf)?, pool, opts)
+    }
+
+    /// [`NvmeDevice::open`] on a function already opened (unit tests open a model).
+    fn with_pci(pci: VfioPci, pool: &DmaPool, opts: NvmeOptions) -> Result<NvmeDevice, NvmeError> {
         let iova = pci.map_pool(pool)?;
         let len = pool.region().1;
         pool.set_iova_base(iova);
@@ -124,7 +132,7 @@ impl NvmeDevice {
         let max_transfer_bytes = (u64::from(cmd_blocks_max) * u64::from(ns.block_size) * u64::from(qpair::SPLIT_MAX))
             .min(u64::from(u32::MAX)) as u32;
         let info = DeviceInfo {
-            name: format!("nvme:{bdf}/ns{}", opts.nsid),
+            name: format!("nvme:{}/ns{}", ctrl.pci().bdf(), opts.nsid),
             block_size: ns.block_size,
             num_blocks: ns.nsze,
             max_transfer_bytes,

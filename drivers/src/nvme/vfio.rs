@@ -15,6 +15,14 @@
 //!   device may write it at any time;
 //! - [`VfioPci`]: container + group + device, BAR0, bus mastering, IOMMU maps.
 //!
+//! The test seam (a `#[cfg(test)]` twin, in the manner of rust-vmm's `vfio-ioctls`):
+//! in unit-test builds only, [`Mmio`] may forward its accesses to a [`DeviceModel`]
+//! (a software NVMe controller, `test_utils.rs`), and [`VfioPci`] may stand for such a
+//! model instead of a VFIO device, its DMA areas being plain memory with IOVA =
+//! virtual address that the model is told about. Outside `cfg(test)` the model field
+//! and the model variant do not exist, so the register accessors of the real path
+//! compile to exactly what they were: the seam costs nothing there.
+//!
 //! IOVA layout (one container per controller): the peer's buffer pool is mapped at
 //! [`POOL_IOVA_BASE`] in every container, so that one `DmaSeg::iova` is valid for every
 //! controller; the driver's own areas come from a bump allocator starting at
@@ -112,6 +120,23 @@ pub enum VfioError {
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, VfioError>;
 
+/// A software device behind a register window and an IOMMU (unit tests only).
+///
+/// [`Mmio`] forwards every register access to it; [`VfioPci::model`] tells it which
+/// IOVA ranges are mapped (the IOVA of test memory is its virtual address), so that it
+/// can refuse DMA anywhere else, as an IOMMU would.
+#[cfg(test)]
+pub trait DeviceModel: Send + Sync {
+    /// A 32-bit register read at `off`.
+    fn read32(&self, off: usize) -> u32;
+    /// A 32-bit register write at `off`.
+    fn write32(&self, off: usize, value: u32);
+    /// `iova..iova+len` is mapped (IOVA = virtual address).
+    fn dma_map(&self, iova: u64, len: usize);
+    /// `iova..iova+len` is no longer mapped.
+    fn dma_unmap(&self, iova: u64, len: usize);
+}
+
 /// A mapped register window read and written with volatile accesses.
 ///
 /// Invariant: `ptr..ptr+len` is mapped for as long as `_owner` lives.
@@ -119,6 +144,9 @@ pub struct Mmio {
     ptr: *mut u8,
     len: usize,
     _owner: MmapRaw,
+    /// Unit tests: the software device that answers instead of the memory.
+    #[cfg(test)]
+    model: Option<Arc<dyn DeviceModel>>,
 }
 
 // SAFETY: MMIO registers are accessed only with volatile loads and stores of naturally
@@ -134,7 +162,21 @@ impl Mmio {
     pub fn anonymous(len: usize) -> Result<Mmio> {
         let map = MmapOptions::new().len(len).map_anon().map_err(|source| VfioError::Map { bytes: len, source })?;
         let raw = MmapRaw::from(map);
-        Ok(Mmio { ptr: raw.as_mut_ptr(), len, _owner: raw })
+        Ok(Mmio {
+            ptr: raw.as_mut_ptr(),
+            len,
+            _owner: raw,
+            #[cfg(test)]
+            model: None,
+        })
+    }
+
+    /// A window of `len` bytes whose accesses go to `model` (unit tests).
+    #[cfg(test)]
+    pub fn model(len: usize, model: Arc<dyn DeviceModel>) -> Result<Mmio> {
+        let mut mmio = Mmio::anonymous(len)?;
+        mmio.model = Some(model);
+        Ok(mmio)
     }
 
     /// Size of the window.
@@ -151,6 +193,10 @@ impl Mmio {
     #[inline]
     pub fn read32(&self, off: usize) -> u32 {
         assert!(off.is_multiple_of(4) && off + 4 <= self.len, "register {off:#x} outside BAR");
+        #[cfg(test)]
+        if let Some(model) = &self.model {
+            return model.read32(off);
+        }
         // SAFETY: aligned and inside the mapping (asserted); volatile because the
         // device changes registers behind the compiler's back.
         unsafe { std::ptr::read_volatile(self.ptr.add(off).cast::<u32>()) }
@@ -163,6 +209,10 @@ impl Mmio {
         // Everything written to queue memory before this register write (SQ entries,
         // PRP lists) must be visible to the device first.
         std::sync::atomic::fence(Ordering::Release);
+        #[cfg(test)]
+        if let Some(model) = &self.model {
+            return model.write32(off, value);
+        }
         // SAFETY: aligned and inside the mapping (asserted); a volatile store is a
         // single MMIO write.
         unsafe { std::ptr::write_volatile(self.ptr.add(off).cast::<u32>(), value) }
@@ -191,6 +241,9 @@ pub struct DmaArea {
     iova: u64,
     /// The container it is mapped into (None: unit tests, IOVA = virtual address).
     container: Option<Arc<VfioContainer>>,
+    /// Unit tests: the software device it is mapped into.
+    #[cfg(test)]
+    model: Option<Arc<dyn DeviceModel>>,
     _map: MmapRaw,
 }
 
@@ -203,7 +256,15 @@ impl DmaArea {
     pub fn anonymous(len: usize) -> Result<DmaArea> {
         let map = map_zeroed(len)?;
         let ptr = map.as_mut_ptr();
-        Ok(DmaArea { ptr, len: map.len(), iova: ptr as u64, container: None, _map: map })
+        Ok(DmaArea {
+            ptr,
+            len: map.len(),
+            iova: ptr as u64,
+            container: None,
+            #[cfg(test)]
+            model: None,
+            _map: map,
+        })
     }
 
     /// The virtual address.
@@ -292,6 +353,10 @@ impl Drop for DmaArea {
                 tracing::warn!(iova = self.iova, len = self.len, "IOMMU unmap failed: {e}");
             }
         }
+        #[cfg(test)]
+        if let Some(model) = &self.model {
+            model.dma_unmap(self.iova, self.len);
+        }
     }
 }
 
@@ -311,8 +376,18 @@ pub struct VfioPci {
     next_iova: AtomicU64,
     /// Pool regions mapped through [`VfioPci::map_pool`] (IOVA, length).
     pool_maps: std::sync::Mutex<Vec<(u64, usize)>>,
-    device: VfioDevice,
-    container: Arc<VfioContainer>,
+    backend: Backend,
+}
+
+/// What stands behind a [`VfioPci`]: a VFIO device, or (unit tests) a software model.
+enum Backend {
+    Vfio {
+        /// Held for the device's file descriptor: it keeps the function ours.
+        _device: VfioDevice,
+        container: Arc<VfioContainer>,
+    },
+    #[cfg(test)]
+    Model(Arc<dyn DeviceModel>),
 }
 
 impl VfioPci {
@@ -325,16 +400,27 @@ impl VfioPci {
         let ops: Arc<dyn VfioOps> = container.clone();
         let device = VfioDevice::new(&sysfs, ops, false).map_err(|e| open_error(bdf, e))?;
         let bar0 = map_bar0(bdf, &device)?;
-        let pci = VfioPci {
+        enable_bus_master(bdf, &device)?;
+        Ok(VfioPci {
             bdf: bdf.to_owned(),
             bar0: Arc::new(bar0),
             next_iova: AtomicU64::new(AREA_IOVA_BASE),
             pool_maps: std::sync::Mutex::new(Vec::new()),
-            device,
-            container,
-        };
-        pci.enable_bus_master()?;
-        Ok(pci)
+            backend: Backend::Vfio { _device: device, container },
+        })
+    }
+
+    /// A function whose BAR0 and IOMMU are `model` (unit tests): DMA areas are plain
+    /// memory with IOVA = virtual address, announced to the model.
+    #[cfg(test)]
+    pub fn model(name: &str, bar_len: usize, model: Arc<dyn DeviceModel>) -> Result<VfioPci> {
+        Ok(VfioPci {
+            bdf: name.to_owned(),
+            bar0: Arc::new(Mmio::model(bar_len, model.clone())?),
+            next_iova: AtomicU64::new(0),
+            pool_maps: std::sync::Mutex::new(Vec::new()),
+            backend: Backend::Model(model),
+        })
     }
 
     /// PCI address.
@@ -347,21 +433,18 @@ impl VfioPci {
         &self.bar0
     }
 
-    fn enable_bus_master(&self) -> Result<()> {
-        let mut word = [0u8; 2];
-        self.device.region_read(REGION_CONFIG, &mut word, PCI_COMMAND);
-        let command = u16::from_le_bytes(word) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
-        self.device.region_write(REGION_CONFIG, &command.to_le_bytes(), PCI_COMMAND);
-        self.device.region_read(REGION_CONFIG, &mut word, PCI_COMMAND);
-        let back = u16::from_le_bytes(word);
-        if back & (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER) != PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER {
-            return Err(VfioError::BusMaster(self.bdf.clone()));
-        }
-        Ok(())
-    }
-
     /// A zeroed DMA area of at least `len` bytes mapped into this device's IOMMU.
     pub fn alloc_area(&self, len: usize) -> Result<DmaArea> {
+        let container = match &self.backend {
+            Backend::Vfio { container, .. } => container,
+            #[cfg(test)]
+            Backend::Model(model) => {
+                let mut area = DmaArea::anonymous(len)?;
+                model.dma_map(area.iova, area.len);
+                area.model = Some(model.clone());
+                return Ok(area);
+            }
+        };
         let map = map_zeroed(len)?;
         let bytes = map.len();
         let iova = self.next_iova.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -372,8 +455,16 @@ impl VfioPci {
         // SAFETY: `ptr..ptr+bytes` is a fresh anonymous mapping owned by the DmaArea we
         // return, which unmaps the IOVA range before the memory (Drop), and which never
         // creates Rust references into it (raw-pointer accessors only).
-        unsafe { self.container.vfio_dma_map(iova, bytes, ptr) }.map_err(VfioError::Vfio)?;
-        Ok(DmaArea { ptr, len: bytes, iova, container: Some(self.container.clone()), _map: map })
+        unsafe { container.vfio_dma_map(iova, bytes, ptr) }.map_err(VfioError::Vfio)?;
+        Ok(DmaArea {
+            ptr,
+            len: bytes,
+            iova,
+            container: Some(container.clone()),
+            #[cfg(test)]
+            model: None,
+            _map: map,
+        })
     }
 
     /// Maps the buffer pool's region at [`POOL_IOVA_BASE`] and returns that IOVA.
@@ -388,11 +479,21 @@ impl VfioPci {
             return Err(VfioError::IovaSpace(len as u64));
         }
         let bytes = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let container = match &self.backend {
+            Backend::Vfio { container, .. } => container,
+            #[cfg(test)]
+            Backend::Model(model) => {
+                // No IOMMU translation: the pool's IOVA is its virtual address.
+                model.dma_map(addr as u64, bytes);
+                self.pool_maps.lock().expect("not poisoned").push((addr as u64, bytes));
+                return Ok(addr as u64);
+            }
+        };
         // SAFETY: the kernel pins the pages, so the device can only ever reach this
         // pool's memory. The pool hands its chunks out as raw-pointer DmaBufs whose
         // CPU access is fenced by the submit/poll contract of the queue pair, the
         // exclusion vfio_dma_map asks for.
-        unsafe { self.container.vfio_dma_map(POOL_IOVA_BASE, bytes, addr) }.map_err(VfioError::Vfio)?;
+        unsafe { container.vfio_dma_map(POOL_IOVA_BASE, bytes, addr) }.map_err(VfioError::Vfio)?;
         self.pool_maps.lock().expect("not poisoned").push((POOL_IOVA_BASE, bytes));
         Ok(POOL_IOVA_BASE)
     }
@@ -401,8 +502,16 @@ impl VfioPci {
 impl Drop for VfioPci {
     fn drop(&mut self) {
         let maps = std::mem::take(&mut *self.pool_maps.lock().expect("not poisoned"));
+        let container = match &self.backend {
+            Backend::Vfio { container, .. } => container,
+            #[cfg(test)]
+            Backend::Model(model) => {
+                maps.iter().for_each(|&(iova, len)| model.dma_unmap(iova, len));
+                return;
+            }
+        };
         for (iova, len) in maps {
-            if let Err(e) = self.container.vfio_dma_unmap(iova, len) {
+            if let Err(e) = container.vfio_dma_unmap(iova, len) {
                 tracing::warn!(iova, len, "IOMMU unmap of the pool failed: {e}");
             }
         }
@@ -433,6 +542,19 @@ fn precheck(bdf: &str, sysfs: &std::path::Path) -> Result<()> {
     }
 }
 
+fn enable_bus_master(bdf: &str, device: &VfioDevice) -> Result<()> {
+    let mut word = [0u8; 2];
+    device.region_read(REGION_CONFIG, &mut word, PCI_COMMAND);
+    let command = u16::from_le_bytes(word) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER | PCI_COMMAND_INTX_DISABLE;
+    device.region_write(REGION_CONFIG, &command.to_le_bytes(), PCI_COMMAND);
+    device.region_read(REGION_CONFIG, &mut word, PCI_COMMAND);
+    let back = u16::from_le_bytes(word);
+    if back & (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER) != PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER {
+        return Err(VfioError::BusMaster(bdf.to_owned()));
+    }
+    Ok(())
+}
+
 fn open_error(bdf: &str, e: vfio_ioctls::VfioError) -> VfioError {
     match e {
         vfio_ioctls::VfioError::GroupViable => VfioError::NotViable(bdf.to_owned()),
@@ -459,7 +581,13 @@ fn map_bar0(bdf: &str, device: &VfioDevice) -> Result<Mmio> {
         .len(len)
         .map_raw(device.as_raw_fd())
         .map_err(|source| VfioError::Map { bytes: len, source })?;
-    Ok(Mmio { ptr: map.as_mut_ptr(), len, _owner: map })
+    Ok(Mmio {
+        ptr: map.as_mut_ptr(),
+        len,
+        _owner: map,
+        #[cfg(test)]
+        model: None,
+    })
 }
 
 #[cfg(test)]
