@@ -682,3 +682,21 @@ fn in_capsule_write_while_r2t_writes_hold_the_pool() {
     drop(h);
     w.check(&t);
 }
+
+#[test]
+fn sockets_that_never_connect_are_dropped_after_the_connect_timeout() {
+    let t = TestTarget::start();
+    let mut w = Witness::new(&t);
+    // One socket that sends nothing, one that stops after ICReq: neither becomes a
+    // queue, so the target lets go of both once CONNECT_TIMEOUT (10 s) has passed.
+    let silent = Conn::open(t.io_addr);
+    let after_ic = Conn::init(t.io_addr, NONE);
+    t.wait_connections(w.baseline + 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while t.connections() > w.baseline {
+        assert!(std::time::Instant::now() < deadline, "the idle sockets were not dropped within 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop((silent, after_ic));
+    w.check(&t);
+}

@@ -30,6 +30,16 @@ pub const AEN_DISCOVERY_CHANGED: u32 = 0x02 | (0xf0 << 8) | (0x70 << 16);
 /// Async event: notice, ANA change, log page 0Ch.
 pub const AEN_ANA_CHANGED: u32 = 0x02 | (0x03 << 8) | (0x0c << 16);
 
+/// The Asynchronous Event Configuration bit that enables event `dw0`.
+fn aec_bit(dw0: u32) -> u32 {
+    match dw0 {
+        AEN_NS_CHANGED => quire_wire::nvme::features::AEC_NS_ATTR,
+        AEN_ANA_CHANGED => quire_wire::nvme::features::AEC_ANA_CHANGE,
+        AEN_DISCOVERY_CHANGED => quire_wire::nvme::features::AEC_DISCOVERY_CHANGE,
+        _ => u32::MAX,
+    }
+}
+
 /// One entry of the Error Information log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErrorEntry {
@@ -231,6 +241,11 @@ impl Controller {
     /// Queues an async event for the host (if its class is enabled).
     pub fn post_event(&self, dw0: u32) {
         let mut st = self.state();
+        // Notices are sent only for the classes the host enabled with Set Features
+        // (Asynchronous Event Configuration); the log pages still record the change.
+        if st.async_event_config & aec_bit(dw0) == 0 {
+            return;
+        }
         if st.events.len() < EVENTS_MAX && !st.events.contains(&dw0) {
             st.events.push_back(dw0);
         }
@@ -297,6 +312,11 @@ mod tests {
     fn events_queue_and_drain() {
         let c = ctrlr();
         assert_eq!(c.take_event(), None);
+        // Not enabled by the host: recorded in the log, not sent.
+        c.namespace_changed(1);
+        assert_eq!(c.take_event(), None);
+        assert!(c.state().changed_ns.contains(&1));
+        c.state().async_event_config = quire_wire::nvme::features::AEC_NS_ATTR;
         c.namespace_changed(1);
         c.namespace_changed(1);
         assert_eq!(c.take_event(), Some(AEN_NS_CHANGED));

@@ -26,6 +26,9 @@ use crate::target::tcp::rx::{Rx, RxPhase};
 use crate::target::tcp::tx::{AfterSend, Flushed, Tx, TxEntry};
 use crate::target::{admin, io};
 
+/// Time a new connection has to complete ICReq and Connect.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Status: Transient Transport Error (data digest mismatch).
 pub const TRANSIENT_TRANSPORT_ERROR: Status = Status { sct: 0, sc: 0x22, dnr: false, more: false };
 
@@ -95,6 +98,8 @@ pub struct TcpQpair {
     pub close_reason: Option<String>,
     /// When teardown started.
     pub closing_since: Option<Instant>,
+    /// When the connection was accepted (to bound the time to a Connect).
+    pub accepted: Instant,
 }
 
 impl TcpQpair {
@@ -134,6 +139,7 @@ impl TcpQpair {
             reqs: ReqTable::new(slots, bufs_max),
             close_reason: None,
             closing_since: None,
+            accepted: Instant::now(),
         }
     }
 
@@ -520,6 +526,14 @@ impl TcpQpair {
 
     /// Periodic checks: keep-alive, dead controller, async events, stuck termination.
     pub fn tick(&mut self, ctx: &mut ReactorCtx) {
+        // A socket that never becomes a queue (no ICReq, or no Connect after it) would
+        // hold its slot and memory forever: Linux nvmet and SPDK drop those too.
+        if self.q.qid.is_none()
+            && matches!(self.state, ConnState::AwaitingICReq | ConnState::Ready)
+            && self.accepted.elapsed() >= CONNECT_TIMEOUT
+        {
+            self.begin_close(format!("no Connect within {} s", CONNECT_TIMEOUT.as_secs()));
+        }
         if let Some(c) = self.q.ctrlr.clone() {
             if self.state == ConnState::Ready {
                 if c.is_dead() {
