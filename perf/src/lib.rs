@@ -9,6 +9,7 @@ pub mod initiator;
 pub mod plot;
 pub mod report;
 pub mod run;
+pub mod signal;
 pub mod target;
 pub mod tid;
 pub mod workload;

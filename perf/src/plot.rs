@@ -2,7 +2,11 @@
 //!
 //! A self-contained SVG (no scripts, no external fonts) so that it renders in a
 //! browser or a README as is. Bars: share of I/Os per logarithmic bin (left axis);
-//! line: cumulative share (right axis, 0–100 %).
+//! line: cumulative share (right axis, 0–100 %); dashed lines: p50, p99, p99.9.
+//!
+//! The axis ends a little above p99.99, not at the maximum: one stall of a few
+//! milliseconds would otherwise squeeze every other I/O into a single bar. I/Os
+//! beyond the axis count in the last bar, and the maximum is printed under the title.
 
 use std::fmt::Write as _;
 
@@ -16,6 +20,12 @@ const TOP: f64 = 50.0;
 const BOTTOM: f64 = 390.0;
 /// Bins across the latency range.
 const BINS: usize = 60;
+/// The axis ends at this quantile times [`AXIS_HEADROOM`] (or at the maximum).
+const AXIS_QUANTILE: f64 = 0.9999;
+/// Room above [`AXIS_QUANTILE`].
+const AXIS_HEADROOM: f64 = 1.25;
+/// Percentiles marked with a dashed line.
+const MARKS: [(f64, &str); 3] = [(50.0, "p50"), (99.0, "p99"), (99.9, "p99.9")];
 
 /// The SVG document for latencies `hist` (ns), titled `title`.
 pub fn svg(hist: &Histogram<u64>, title: &str) -> String {
@@ -32,9 +42,22 @@ pub fn svg(hist: &Histogram<u64>, title: &str) -> String {
         return s;
     }
     let lo_us = (hist.min().max(1) as f64 / 1000.0).max(0.001);
-    let hi_us = (hist.max() as f64 / 1000.0).max(lo_us * 1.01);
+    let max_us = hist.max() as f64 / 1000.0;
+    let axis_us = hist.value_at_quantile(AXIS_QUANTILE) as f64 / 1000.0 * AXIS_HEADROOM;
+    let hi_us = axis_us.min(max_us).max(lo_us * 1.01);
+    assert!(hi_us > lo_us);
+    if max_us > hi_us {
+        let beyond = hist.count_between(((hi_us * 1000.0) as u64).saturating_add(1), hist.max());
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="40" text-anchor="middle" font-size="11">max {:.1} us; {beyond} I/Os ({:.4} %) beyond the axis, counted in the last bar</text>"#,
+            W / 2.0,
+            max_us,
+            beyond as f64 * 100.0 / hist.len() as f64
+        );
+    }
     let (l0, l1) = (lo_us.log10(), hi_us.log10());
-    let x_of = |us: f64| LEFT + (us.max(lo_us).log10() - l0) / (l1 - l0) * (RIGHT - LEFT);
+    let x_of = |us: f64| LEFT + (us.clamp(lo_us, hi_us).log10() - l0) / (l1 - l0) * (RIGHT - LEFT);
     let mut bins = [0u64; BINS];
     for v in hist.iter_recorded() {
         let us = v.value_iterated_to() as f64 / 1000.0;
@@ -70,6 +93,16 @@ pub fn svg(hist: &Histogram<u64>, title: &str) -> String {
         let _ = write!(pts, "{x:.1},{y:.1} ");
     }
     let _ = writeln!(s, r##"<polyline points="{pts}" fill="none" stroke="#e45756" stroke-width="2"/>"##);
+    for (i, (pct, name)) in MARKS.iter().enumerate() {
+        let us = hist.value_at_percentile(*pct) as f64 / 1000.0;
+        let x = x_of(us);
+        let y = TOP + 14.0 + 14.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{BOTTOM}" stroke="#555" stroke-dasharray="4 3"/><text x="{:.1}" y="{y:.1}" fill="#333" stroke="white" stroke-width="3" paint-order="stroke">{name} {us:.2} us</text>"##,
+            x + 4.0
+        );
+    }
     axes(&mut s, lo_us, hi_us, &x_of, peak);
     s.push_str("</svg>\n");
     s
@@ -78,8 +111,11 @@ pub fn svg(hist: &Histogram<u64>, title: &str) -> String {
 fn axes(s: &mut String, lo_us: f64, hi_us: f64, x_of: &dyn Fn(f64) -> f64, peak: f64) {
     let _ = writeln!(s, r#"<path d="M{LEFT},{TOP} V{BOTTOM} H{RIGHT} V{TOP}" fill="none" stroke="black"/>"#);
     let mut decade = 10f64.powf(lo_us.log10().floor());
+    // Within about a decade, 1, 2, 5 leave too few ticks.
+    let fine = hi_us / lo_us < 20.0;
+    let steps: &[f64] = if fine { &[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0] } else { &[1.0, 2.0, 5.0] };
     while decade <= hi_us * 1.0001 {
-        for m in [1.0, 2.0, 5.0] {
+        for &m in steps {
             let v = decade * m;
             if v < lo_us * 0.9999 || v > hi_us * 1.0001 {
                 continue;
@@ -118,10 +154,10 @@ fn axes(s: &mut String, lo_us: f64, hi_us: f64, x_of: &dyn Fn(f64) -> f64, peak:
 }
 
 fn fmt_us(v: f64) -> String {
-    if v >= 1.0 {
+    if v >= 1.0 && v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
-        format!("{v}")
+        format!("{}", (v * 1000.0).round() / 1000.0)
     }
 }
 
@@ -150,5 +186,19 @@ mod tests {
             assert!(s.contains(tick), "tick {tick} missing");
         }
         assert!(svg(&new_histogram(), "x").contains("no I/O completed"));
+        assert!(!s.contains("beyond the axis"), "the axis reaches the maximum of a short tail");
+    }
+
+    #[test]
+    fn a_rare_stall_does_not_stretch_the_axis() {
+        let mut h = new_histogram();
+        h.record_n(5_000, 100_000).unwrap();
+        h.record_n(6_000, 10_000).unwrap();
+        h.record(3_000_000).unwrap();
+        let s = svg(&h, "t");
+        assert!(s.contains("max 3000.") && s.contains(" us; 1 I/Os (0.0009 %) beyond the axis"), "{s}");
+        assert!(!s.contains(">1000<") && !s.contains(">2000<"), "the axis stops near p99.99: {s}");
+        assert!(s.contains(">5<") && s.contains(">6<"), "fine ticks inside one decade: {s}");
+        assert!(s.contains("p50 5.00 us") && s.contains("p99.9 6.00 us"), "{s}");
     }
 }

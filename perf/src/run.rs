@@ -5,7 +5,9 @@
 //! controllers alive, then print and write the results.
 //!
 //! Every failure ends with a message on stderr, whatever results were measured so
-//! far, and exit status 1 (2 for bad options).
+//! far, and exit status 1 (2 for bad options). Ctrl-C stops the run and prints the
+//! results measured so far, with exit status 130 (128 + SIGINT) so that scripts can
+//! tell a cut-short run from a complete one.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::args::{Args, Config};
 use crate::plot;
 use crate::report::{self, JsonMismatch, JsonReport, JsonRow, JsonVerify, Row};
+use crate::signal;
 use crate::target::{Namespace, OpenOptions, Target};
 use crate::tid::format_size;
 use crate::workload::{run_worker, Job, Plan, Shared, WorkerOutcome, PHASE_MEASURE, PHASE_STOP, PHASE_WARMUP};
@@ -22,6 +25,8 @@ use crate::workload::{run_worker, Job, Plan, Shared, WorkerOutcome, PHASE_MEASUR
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit status: bad options.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit status: stopped by Ctrl-C (the results so far were printed).
+pub const EXIT_INTERRUPTED: i32 = 130;
 /// Under `--verify`, the part of each namespace the run covers.
 pub const VERIFY_REGION_MAX: u64 = 64 << 20;
 /// Largest write of the `--verify` prefill.
@@ -76,7 +81,14 @@ pub fn run(cfg: &Config) -> i32 {
     }
     println!("Initializing NVMe Controllers");
     let mut targets: Vec<Target> = Vec::new();
-    let o = OpenOptions { header_digest: cfg.header_digest, data_digest: cfg.data_digest, kato_ms: cfg.kato_ms };
+    let io_buf_len = if cfg.verify { cfg.io_size.max(PREFILL_IO_MAX) } else { cfg.io_size } as usize;
+    let o = OpenOptions {
+        header_digest: cfg.header_digest,
+        data_digest: cfg.data_digest,
+        kato_ms: cfg.kato_ms,
+        io_buf_len,
+        io_bufs: cfg.cores.len() * cfg.qpairs as usize * cfg.depth as usize,
+    };
     for (i, tid) in cfg.targets.iter().enumerate() {
         match Target::open(i, tid, &o) {
             Ok(t) => {
@@ -136,19 +148,39 @@ fn region_blocks(cfg: &Config, ns: &Namespace, prefill_size: u32) -> u64 {
     (cap / unit * unit).max(unit)
 }
 
-fn prefill_size(cfg: &Config) -> u32 {
-    (PREFILL_IO_MAX / cfg.io_size).max(1) * cfg.io_size
+/// Size of the `--verify` prefill writes: a multiple of `-o` of at most
+/// [`PREFILL_IO_MAX`] and at most what every namespace takes in one I/O.
+fn prefill_size(cfg: &Config, namespaces: &[Namespace]) -> u32 {
+    let cap = namespaces.iter().filter_map(|n| n.max_io_bytes).fold(u64::from(PREFILL_IO_MAX), u64::min) as u32;
+    let size = (cap / cfg.io_size).max(1) * cfg.io_size;
+    assert!(size >= cfg.io_size && size.is_multiple_of(cfg.io_size));
+    size
+}
+
+/// Refuses an I/O size that a namespace's controller cannot take in one command.
+fn check_io_size(cfg: &Config, ns: &Namespace) -> Result<(), String> {
+    if !cfg.io_size.is_multiple_of(ns.block_size) {
+        return Err(format!("-o {} is not a multiple of {}'s block size {}", cfg.io_size, ns.name, ns.block_size));
+    }
+    match ns.max_io_bytes {
+        Some(max) if u64::from(cfg.io_size) > max => Err(format!(
+            "-o {} exceeds the largest transfer {} accepts in one command ({max} bytes; NVMe: MDTS): \
+             use -o {max} or less",
+            cfg.io_size, ns.name
+        )),
+        Some(_) | None => Ok(()),
+    }
 }
 
 fn prepare_and_run(cfg: &Config, targets: &mut [Target], namespaces: &[Namespace]) -> Result<i32, String> {
     if namespaces.is_empty() {
         return Err("no active namespace on the targets".into());
     }
-    let psize = if cfg.verify { prefill_size(cfg) } else { cfg.io_size };
     for ns in namespaces {
-        if !cfg.io_size.is_multiple_of(ns.block_size) {
-            return Err(format!("-o {} is not a multiple of {}'s block size {}", cfg.io_size, ns.name, ns.block_size));
-        }
+        check_io_size(cfg, ns)?;
+    }
+    let psize = if cfg.verify { prefill_size(cfg, namespaces) } else { cfg.io_size };
+    for ns in namespaces {
         let need = u64::from(psize / ns.block_size);
         if ns.num_blocks < need {
             return Err(format!("{} ({} blocks) is smaller than one I/O", ns.name, ns.num_blocks));
@@ -186,6 +218,9 @@ fn prepare_and_run(cfg: &Config, targets: &mut [Target], namespaces: &[Namespace
         workers[p.worker].push(Job::new(p.ns, ns.block_size, cfg.io_size, 0, region_ios, queues, cfg.depth, seed));
     }
     println!("Initialization complete. Launching workers.");
+    if let Err(e) = signal::install() {
+        eprintln!("quire-perf: Ctrl-C will not print partial results: {e}");
+    }
     if cfg.verify {
         let (w, failure) = prefill(cfg, targets, namespaces, workers, psize);
         workers = w;
@@ -257,6 +292,9 @@ fn prefill(
     let timing = Timing { warmup: Duration::ZERO, time: None, progress: false };
     let (outcomes, admin_error) = run_phase(cfg, targets, workers, plan, timing);
     let mut failure = admin_error;
+    if failure.is_none() && signal::interrupted() {
+        failure = Some("interrupted (Ctrl-C)".into());
+    }
     let mut back = Vec::new();
     for o in outcomes {
         if failure.is_none() {
@@ -334,6 +372,9 @@ fn keep_time(targets: &mut [Target], shared: &Shared, timing: Timing, n: usize) 
     while shared.finished.load(Ordering::Acquire) < n as u64 {
         std::thread::sleep(TICK);
         let now = Instant::now();
+        if signal::interrupted() {
+            shared.phase.store(PHASE_STOP, Ordering::Release);
+        }
         if measure_start.is_none() && now >= start + timing.warmup {
             shared.phase.store(PHASE_MEASURE, Ordering::Release);
             measure_start = Some(now);
@@ -410,8 +451,12 @@ fn finish(cfg: &Config, namespaces: &[Namespace], outcomes: &[WorkerOutcome], ad
     for f in &failures {
         eprintln!("quire-perf: {f}");
     }
+    let interrupted = signal::interrupted();
     if !failures.is_empty() {
         println!("Partial results (the run did not complete):");
+    } else if interrupted {
+        let secs = outcomes.iter().map(|o| o.measured.as_secs_f64()).fold(0.0, f64::max);
+        println!("Interrupted (Ctrl-C): results of the first {secs:.1} s measured");
     }
     print!("{}", report::table(&rows));
     let total = report::total(&rows);
@@ -435,7 +480,14 @@ fn finish(cfg: &Config, namespaces: &[Namespace], outcomes: &[WorkerOutcome], ad
             println!("  mismatch: {} LBA {} (first bad byte {})", m.device, m.lba, m.offset);
         }
     }
-    let mut code = if failures.is_empty() { 0 } else { EXIT_FAILURE };
+    let mut code = match (failures.is_empty(), interrupted) {
+        (false, _) => EXIT_FAILURE,
+        (true, true) => EXIT_INTERRUPTED,
+        (true, false) => 0,
+    };
+    if interrupted {
+        failures.push("interrupted (Ctrl-C)".into());
+    }
     let json = JsonReport {
         tool: "quire-perf".into(),
         version: env!("CARGO_PKG_VERSION").into(),

@@ -3,13 +3,16 @@
 //! The workload drives every kind of target through one small trait, [`IoQueue`]:
 //! submit with a tag, poll for completions. NVMe/TCP queues are initiator
 //! connections; RAM and FILE queues are quire-drivers queue pairs with buffers from
-//! a DMA pool. The admin side (keep-alive, shutdown) stays with [`Target`], which the
-//! main thread owns.
+//! a DMA pool. PCIe queues are the VFIO NVMe driver's queue pairs: the device reaches
+//! only memory mapped into its IOMMU, so the target maps one pool when it opens the
+//! device and every queue takes its buffers from that pool. The admin side
+//! (keep-alive, shutdown) stays with [`Target`], which the main thread owns.
 
 use std::sync::Arc;
 
 use quire_drivers::block::{BlockDevice, IoRequest, Op, QueuePair, SubmitError};
 use quire_drivers::dma::{DmaBuf, DmaPool, PoolShard};
+use quire_drivers::nvme::{NvmeDevice, NvmeError, NvmeOptions, VfioError};
 use quire_drivers::ram::RamDevice;
 use quire_drivers::uring::{DirectIo, UringDevice, UringOptions};
 
@@ -25,9 +28,6 @@ pub enum TargetError {
     /// A local device could not be opened.
     #[error("{0}")]
     Device(String),
-    /// The transport exists but is not supported yet.
-    #[error("{0} is not yet supported")]
-    Unsupported(&'static str),
     /// Nothing to run on.
     #[error("{0}")]
     Unusable(String),
@@ -92,11 +92,22 @@ pub struct Namespace {
     pub num_blocks: u64,
     /// Report name ("TCP  (addr:… subnqn:…) NSID 1").
     pub name: String,
+    /// Largest transfer of one I/O the target accepts (NVMe: MDTS), `None` = no limit.
+    pub max_io_bytes: Option<u64>,
 }
 
 enum Session {
-    Tcp { ctrl: Box<Controller>, next_qid: u16 },
-    Device { dev: Arc<dyn BlockDevice> },
+    Tcp {
+        ctrl: Box<Controller>,
+        next_qid: u16,
+    },
+    /// A quire-drivers device. `dma` holds the buffers of a device that reaches memory
+    /// through an IOMMU (PCIe): its queues split their buffers off it. Without it,
+    /// each queue maps its own pool.
+    Device {
+        dev: Arc<dyn BlockDevice>,
+        dma: Option<PoolShard>,
+    },
 }
 
 /// An opened target.
@@ -117,6 +128,10 @@ pub struct OpenOptions {
     pub data_digest: bool,
     /// Keep Alive Timeout.
     pub kato_ms: u32,
+    /// Bytes of the largest I/O of the run (sizes the buffers of a PCIe device).
+    pub io_buf_len: usize,
+    /// I/O buffers a PCIe device may need: cores × queues per namespace × depth.
+    pub io_bufs: usize,
 }
 
 impl Target {
@@ -131,15 +146,17 @@ impl Target {
                 let mut ctrl = Controller::connect(&co)?;
                 let base = tid.name(Some(ctrl.subnqn()));
                 let mut namespaces = Vec::new();
+                let max_io_bytes = ctrl.max_transfer_bytes();
                 for nsid in ctrl.active_namespaces()? {
-                    let id = ctrl.identify_namespace(nsid)?;
-                    if id.is_active() {
+                    let ns = ctrl.identify_namespace(nsid)?;
+                    if ns.is_active() {
                         namespaces.push(Namespace {
                             target: index,
                             nsid,
-                            block_size: id.block_size,
-                            num_blocks: id.nsze,
+                            block_size: ns.block_size,
+                            num_blocks: ns.id.nsze,
                             name: format!("{base} NSID {nsid}"),
+                            max_io_bytes,
                         });
                     }
                 }
@@ -151,13 +168,14 @@ impl Target {
                     ident.model,
                     ident.serial
                 );
-                Ok(Target { session: Session::Tcp { ctrl: Box::new(ctrl), next_qid: 1 }, namespaces, description })
+                let session = Session::Tcp { ctrl: Box::new(ctrl), next_qid: 1 };
+                Ok(Target { session, namespaces, description })
             }
             TransportId::Ram { size, block_size } => {
                 let dev =
                     RamDevice::new(*size, *block_size).map_err(|e| TargetError::Device(format!("RAM device: {e}")))?;
                 let description = format!("Attached to RAM device of {}", format_size(*size));
-                Ok(Target::device(index, tid, Arc::new(dev), description))
+                Ok(Target::device(index, tid, Arc::new(dev), None, description))
             }
             TransportId::File { path, size, direct } => {
                 let direct = match direct.as_str() {
@@ -172,22 +190,43 @@ impl Target {
                     path.display(),
                     if dev.is_direct() { "O_DIRECT" } else { "buffered" }
                 );
-                Ok(Target::device(index, tid, Arc::new(dev), description))
+                Ok(Target::device(index, tid, Arc::new(dev), None, description))
             }
-            TransportId::Pcie { .. } => Err(TargetError::Unsupported("trtype:PCIe (the VFIO driver)")),
+            TransportId::Pcie { traddr, nsid } => {
+                let (dev, shard) = open_pcie(traddr, *nsid, o)?;
+                let c = dev.controller();
+                let description = format!(
+                    "Attached to NVMe Controller at {traddr} through VFIO: model '{}', serial '{}', {} I/O queues",
+                    c.model,
+                    c.serial,
+                    dev.io_queues()
+                );
+                Ok(Target::device(index, tid, Arc::new(dev), Some(shard), description))
+            }
         }
     }
 
-    fn device(index: usize, tid: &TransportId, dev: Arc<dyn BlockDevice>, description: String) -> Target {
+    fn device(
+        index: usize,
+        tid: &TransportId,
+        dev: Arc<dyn BlockDevice>,
+        dma: Option<PoolShard>,
+        description: String,
+    ) -> Target {
         let info = dev.info();
+        let nsid = match tid {
+            TransportId::Pcie { nsid, .. } => *nsid,
+            TransportId::Tcp { .. } | TransportId::Ram { .. } | TransportId::File { .. } => 1,
+        };
         let ns = Namespace {
             target: index,
-            nsid: 1,
+            nsid,
             block_size: info.block_size,
             num_blocks: info.num_blocks,
-            name: format!("{} NSID 1", tid.name(None)),
+            name: format!("{} NSID {nsid}", tid.name(None)),
+            max_io_bytes: Some(u64::from(info.max_transfer_bytes)),
         };
-        Target { session: Session::Device { dev }, namespaces: vec![ns], description }
+        Target { session: Session::Device { dev, dma }, namespaces: vec![ns], description }
     }
 
     /// Asks for `n` I/O queues up front (NVMe/TCP: Set Features, Number of Queues).
@@ -214,13 +253,32 @@ impl Target {
                 *next_qid += 1;
                 Ok(Box::new(TcpQueue { conn, nsid: ns.nsid }))
             }
-            Session::Device { dev } => {
+            Session::Device { dev, dma } => {
+                let mut shard = match dma {
+                    Some(all) => {
+                        if all.chunk_size() < buf_len {
+                            return Err(TargetError::Unusable(format!(
+                                "I/O buffers of {} bytes, the device's pool has {}",
+                                buf_len,
+                                all.chunk_size()
+                            )));
+                        }
+                        all.split_off(depth as usize).ok_or_else(|| {
+                            TargetError::Unusable(format!(
+                                "the device's buffer pool is exhausted ({} buffers left, {depth} needed)",
+                                all.available()
+                            ))
+                        })?
+                    }
+                    None => {
+                        let chunk = buf_len.next_power_of_two().max(4096);
+                        let pool = DmaPool::new(chunk, depth as usize, false)
+                            .map_err(|e| TargetError::Device(e.to_string()))?;
+                        pool.shards(1).pop().expect("one shard")
+                    }
+                };
                 let qp = dev.create_qpair(depth).map_err(|e| TargetError::Device(format!("queue pair: {e}")))?;
-                let chunk = buf_len.next_power_of_two().max(4096);
-                let pool =
-                    DmaPool::new(chunk, depth as usize, false).map_err(|e| TargetError::Device(e.to_string()))?;
-                let mut shard = pool.shards(1).pop().expect("one shard");
-                let bufs = (0..depth).map(|_| shard.get().expect("pool sized to depth")).collect();
+                let bufs = (0..depth).map(|_| shard.get().expect("shard sized to depth")).collect();
                 Ok(Box::new(DeviceQueue { qp, bufs, shard, lens: vec![0; depth as usize] }))
             }
         }
@@ -243,6 +301,52 @@ impl Target {
             Session::Tcp { ctrl, .. } => Ok(ctrl.shutdown()?),
             Session::Device { .. } => Ok(()),
         }
+    }
+}
+
+/// Where the kernel lists PCI functions.
+const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
+
+/// Opens the NVMe controller at `bdf` through VFIO, with a DMA pool for every I/O
+/// buffer of the run mapped into its IOMMU; returns the device and the pool's buffers.
+fn open_pcie(bdf: &str, nsid: u32, o: &OpenOptions) -> Result<(NvmeDevice, PoolShard), TargetError> {
+    assert!(o.io_bufs > 0 && o.io_buf_len > 0, "a run has at least one I/O buffer");
+    let sysfs = std::path::Path::new(SYSFS_PCI_DEVICES).join(bdf);
+    if !sysfs.exists() {
+        return Err(TargetError::Device(format!(
+            "no PCI function {bdf} on this machine (lspci -D lists them; traddr is domain:bus:device.function)"
+        )));
+    }
+    let chunk = o.io_buf_len.next_power_of_two().max(4096);
+    let pool = DmaPool::new(chunk, o.io_bufs, true).map_err(|e| TargetError::Device(format!("DMA pool: {e}")))?;
+    let opts = NvmeOptions { nsid, ..NvmeOptions::default() };
+    let dev = NvmeDevice::open(bdf, &pool, opts).map_err(|e| TargetError::Device(pcie_error(bdf, &e)))?;
+    // Shards only after `open`: it sets the pool's IOVA base.
+    let shard = pool.shards(1).pop().expect("one shard");
+    assert_eq!(shard.available(), o.io_bufs);
+    Ok((dev, shard))
+}
+
+/// The driver's message, with what to do about the common set-up mistakes (the
+/// caller prefixes the transport ID, which names the device).
+fn pcie_error(bdf: &str, e: &NvmeError) -> String {
+    let dev = format!("{SYSFS_PCI_DEVICES}/{bdf}");
+    match e {
+        NvmeError::Vfio(VfioError::NotVfioPci { driver, .. }) => {
+            let (now, unbind) = match driver {
+                Some(d) => (format!("bound to {d}"), format!("echo {bdf} > {dev}/driver/unbind; ")),
+                None => ("bound to no driver".to_string(), String::new()),
+            };
+            format!(
+                "the device is {now}, not vfio-pci; bind it with: \
+                 echo vfio-pci > {dev}/driver_override; {unbind}echo {bdf} > /sys/bus/pci/drivers_probe"
+            )
+        }
+        NvmeError::Vfio(VfioError::NoVfio) => format!("{e}: modprobe vfio-pci"),
+        NvmeError::Vfio(VfioError::NoIommu(_)) => {
+            format!("{e}; in a VM, give it a vIOMMU (QEMU: -device intel-iommu,intremap=on)")
+        }
+        _ => e.to_string(),
     }
 }
 

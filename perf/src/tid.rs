@@ -7,7 +7,8 @@
 //! - `trtype:RAM size:64M [bs:512]`: a RAM block device (quire-drivers);
 //! - `trtype:FILE path:/x [size:1G] [direct:auto|on|off]`: a file or kernel block
 //!   device through io_uring (`size` creates a missing file);
-//! - `trtype:PCIe traddr:0000:00:04.0`: a local NVMe device through VFIO.
+//! - `trtype:PCIe traddr:0000:00:04.0 [ns:1]`: a local NVMe device through VFIO (the
+//!   domain may be left out: `traddr:00:04.0`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -76,8 +77,10 @@ pub enum TransportId {
     },
     /// Local NVMe device through VFIO.
     Pcie {
-        /// PCI address.
+        /// PCI address, normalized to `dddd:bb:dd.f` (lower case).
         traddr: String,
+        /// Namespace to use.
+        nsid: u32,
     },
 }
 
@@ -102,7 +105,7 @@ impl TransportId {
             "tcp" => ("TCP", &["trtype", "adrfam", "traddr", "trsvcid", "subnqn"]),
             "ram" => ("RAM", &["trtype", "size", "bs"]),
             "file" => ("FILE", &["trtype", "path", "size", "direct"]),
-            "pcie" => ("PCIe", &["trtype", "traddr"]),
+            "pcie" => ("PCIe", &["trtype", "traddr", "ns"]),
             _ => return Err(TidError::UnknownTrtype(trtype.into())),
         };
         if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
@@ -153,7 +156,14 @@ impl TransportId {
             }
             _ => {
                 let traddr = get("traddr").ok_or(TidError::Missing("traddr"))?;
-                Ok(TransportId::Pcie { traddr: traddr.into() })
+                let bdf = parse_bdf(traddr).ok_or(TidError::BadValue { key: "traddr", value: traddr.into() })?;
+                let ns = get("ns").unwrap_or("1");
+                let nsid = ns
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n != 0 && n != u32::MAX)
+                    .ok_or(TidError::BadValue { key: "ns", value: ns.into() })?;
+                Ok(TransportId::Pcie { traddr: bdf, nsid })
             }
         }
     }
@@ -167,9 +177,27 @@ impl TransportId {
             }
             TransportId::Ram { size, .. } => format!("RAM  (size:{})", format_size(*size)),
             TransportId::File { path, .. } => format!("FILE (path:{})", path.display()),
-            TransportId::Pcie { traddr } => format!("PCIE ({traddr})"),
+            TransportId::Pcie { traddr, .. } => format!("PCIE ({traddr})"),
         }
     }
+}
+
+/// Normalizes a PCI address `[domain:]bus:device.function` (hexadecimal; domain up to
+/// 4 digits, bus 2, device 2 below 0x20, function 1 below 8) to `dddd:bb:dd.f`, the
+/// form sysfs uses; `None` when it is not one.
+pub fn parse_bdf(s: &str) -> Option<String> {
+    let (rest, function) = s.rsplit_once('.')?;
+    let mut parts: Vec<&str> = rest.split(':').collect();
+    if parts.len() == 2 {
+        parts.insert(0, "0");
+    }
+    let [domain, bus, device] = parts[..] else { return None };
+    let hex = |t: &str, digits: usize, max: u32| {
+        let ok = !t.is_empty() && t.len() <= digits && t.chars().all(|c| c.is_ascii_hexdigit());
+        u32::from_str_radix(t, 16).ok().filter(|&v| ok && v <= max)
+    };
+    let (d, b, v, f) = (hex(domain, 4, 0xffff)?, hex(bus, 2, 0xff)?, hex(device, 2, 0x1f)?, hex(function, 1, 7)?);
+    Some(format!("{d:04x}:{b:02x}:{v:02x}.{f:x}"))
 }
 
 /// Parses a byte count with an optional K/M/G/T suffix (powers of 1024; a trailing
@@ -226,8 +254,31 @@ mod tests {
         );
         assert_eq!(
             TransportId::parse("trtype:PCIe traddr:0000:00:04.0").unwrap(),
-            TransportId::Pcie { traddr: "0000:00:04.0".into() }
+            TransportId::Pcie { traddr: "0000:00:04.0".into(), nsid: 1 }
         );
+    }
+
+    #[test]
+    fn pcie_addresses_are_normalized_and_checked() {
+        assert_eq!(
+            TransportId::parse("trtype:pcie traddr:00:1F.7 ns:2").unwrap(),
+            TransportId::Pcie { traddr: "0000:00:1f.7".into(), nsid: 2 }
+        );
+        assert_eq!(parse_bdf("1:a:3.1").as_deref(), Some("0001:0a:03.1"));
+        for bad in ["0000:00:04", "00:04.8", "00:20.0", "0000:100:00.0", "x:00:04.0", "0:0:0:0.0", ".0", "00:04."] {
+            assert_eq!(parse_bdf(bad), None, "{bad}");
+        }
+        assert!(matches!(
+            TransportId::parse("trtype:PCIe traddr:00:04"),
+            Err(TidError::BadValue { key: "traddr", .. })
+        ));
+        assert!(matches!(
+            TransportId::parse("trtype:PCIe traddr:00:04.0 ns:0"),
+            Err(TidError::BadValue { key: "ns", .. })
+        ));
+        assert_eq!(TransportId::parse("trtype:PCIe"), Err(TidError::Missing("traddr")));
+        let t = TransportId::parse("trtype:PCIe traddr:00:04.0").unwrap();
+        assert_eq!(t.name(None), "PCIE (0000:00:04.0)");
     }
 
     #[test]

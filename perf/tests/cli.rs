@@ -194,9 +194,20 @@ fn bad_input_gives_a_clear_message_and_a_non_zero_exit() {
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("cannot connect to 127.0.0.1"), "{err}");
 
-    let o = perf(&["-w", "read", "-t", "1", "-r", "trtype:PCIe traddr:0000:00:04.0"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("not yet supported"));
+    // No such PCI function: named, with where to look, before any VFIO work.
+    let o = perf(&["-w", "read", "-t", "1", "-r", "trtype:PCIe traddr:ff:1f.7"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no PCI function 0000:ff:1f.7"), "{err}");
+    let o = perf(&["-w", "read", "-t", "1", "-r", "trtype:PCIe traddr:00:04"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("bad traddr"), "{}", text(&o).1);
+
+    // Larger than one command may carry (the RAM device takes 1 MiB).
+    let o = perf(&["-w", "read", "-o", "2M", "-t", "1", "-r", "trtype:RAM size:16M"]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("-o 2097152 exceeds the largest transfer") && err.contains("1048576 bytes"), "{err}");
 
     let o = perf(&["-w", "read", "-o", "4096", "-t", "1", "-r", "trtype:RAM size:1M bs:8k"]);
     assert_eq!(o.status.code(), Some(1));
@@ -208,4 +219,43 @@ fn bad_input_gives_a_clear_message_and_a_non_zero_exit() {
 
     let o = perf(&["--compare", "/nonexistent/a.json", "/nonexistent/b.json"]);
     assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_prints_what_was_measured() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("partial.json");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_quire-perf"))
+        .args(["-q", "4", "-w", "randread", "-t", "60", "-L", "-r", "trtype:RAM size:16M", "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        let progress = l.starts_with('[') && l.contains("IOPS:");
+        seen.push(l);
+        if progress {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains("IOPS:")), "no progress line: {seen:?}");
+    let kill = Command::new("kill").args(["-INT", &run.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = run.wait().unwrap();
+    let out = seen.join("\n");
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(out.contains("Interrupted (Ctrl-C)"), "{out}");
+    let total = out.lines().find(|l| l.starts_with("Total")).expect("total row");
+    assert!(numbers(total)[0] > 0.0, "{total}");
+    assert!(out.contains("Summary latency data"), "-L percentiles are printed too: {out}");
+    let j = load(&json);
+    assert!(!j.complete);
+    assert!(j.error.as_deref().is_some_and(|e| e.contains("interrupted")), "{:?}", j.error);
+    assert!(j.total.ios > 0);
 }

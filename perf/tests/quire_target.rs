@@ -110,6 +110,12 @@ fn wrong_nqn_and_a_target_that_dies_mid_run() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("Connect rejected"), "{err}");
 
+    // Quire announces MDTS 1 MiB: a larger -o is refused at connect, before any I/O.
+    let o = perf(&["-w", "read", "-o", "2M", "-t", "1", "-r", &q.tid(true)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("exceeds the largest transfer") && err.contains("NVMe: MDTS"), "{err}");
+
     let tid = q.tid(true);
     let mut run = Command::new(env!("CARGO_BIN_EXE_quire-perf"))
         .args(["-q", "4", "-w", "randread", "-t", "30", "-r", &tid])

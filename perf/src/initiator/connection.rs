@@ -11,10 +11,18 @@
 //! The same code serves blocking sockets (admin queue: a read waits at most
 //! [`BLOCKING_SLICE`], so deadlines can be checked) and non-blocking ones (I/O queues
 //! polled by a worker: a read that would block ends the pass).
+//!
+//! A polled connection asks an edge-triggered epoll whether bytes arrived before it
+//! reads, as SPDK's socket groups do, and stops reading once a read comes back short.
+//! An empty poll then costs an `epoll_wait`, which looks at a ready list, instead of
+//! a `recvfrom`, which takes the socket lock: on loopback the target's CPU delivers
+//! into that socket under the same lock, so polling with `recvfrom` slows the
+//! target down (measured: about 4 % of IOPS at queue depth 32 against one core).
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use quire_wire::nvme::cmd::Sgl;
@@ -149,6 +157,36 @@ pub struct Connection {
     phase: RxPhase,
     /// Set once the connection failed: every later call reports it.
     failed: Option<String>,
+    /// Polled mode: bytes may be waiting (an epoll event came, or the last read
+    /// filled its buffer). A read that returns short or would block clears it, so
+    /// the connection does not read again before epoll reports new bytes.
+    rx_ready: bool,
+    /// Polled mode: edge-triggered readiness of the socket.
+    readiness: Option<Readiness>,
+}
+
+/// An epoll instance watching one socket for bytes to read.
+struct Readiness {
+    poll: mio::Poll,
+    events: mio::Events,
+}
+
+impl Readiness {
+    fn new(sock: &TcpStream) -> std::io::Result<Readiness> {
+        let poll = mio::Poll::new()?;
+        let fd = sock.as_raw_fd();
+        poll.registry().register(&mut mio::unix::SourceFd(&fd), mio::Token(0), mio::Interest::READABLE)?;
+        Ok(Readiness { poll, events: mio::Events::with_capacity(1) })
+    }
+
+    /// Whether bytes (or a hang-up) arrived since the last call; never waits.
+    fn arrived(&mut self) -> std::io::Result<bool> {
+        match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+            Ok(()) => Ok(!self.events.is_empty()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Connection {
@@ -204,6 +242,8 @@ impl Connection {
             layout: None,
             phase: RxPhase::Header,
             failed: None,
+            rx_ready: true,
+            readiness: None,
         })
     }
 
@@ -250,6 +290,8 @@ impl Connection {
     /// Switches to non-blocking mode, for a worker that polls.
     pub fn set_polled(&mut self) -> Result<()> {
         self.sock.set_nonblocking(true)?;
+        self.readiness = Some(Readiness::new(&self.sock)?);
+        self.rx_ready = true;
         self.blocking = false;
         Ok(())
     }
@@ -468,12 +510,20 @@ impl Connection {
         }
     }
 
-    /// Reads and processes PDUs until the socket has nothing more (non-blocking) or a
-    /// completion is ready (blocking).
+    /// Reads and processes PDUs until the socket has nothing more (non-blocking: a
+    /// short read says so) or a completion is ready (blocking).
     fn receive(&mut self) -> Result<()> {
+        if let Some(r) = &mut self.readiness {
+            if !self.rx_ready {
+                self.rx_ready = r.arrived()?;
+            }
+        }
         loop {
             if self.stage_start == self.stage_end {
                 if self.blocking && !self.done.is_empty() {
+                    return Ok(());
+                }
+                if !self.rx_ready && !self.blocking {
                     return Ok(());
                 }
                 if let RxPhase::Data { c2h } = self.phase {
@@ -501,10 +551,14 @@ impl Connection {
                 Ok(0) => return Err(Error::Closed),
                 Ok(n) => {
                     self.stage_end = n;
+                    self.rx_ready = n == self.staging.len();
                     return Ok(true);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if would_block(&e) => return Ok(false),
+                Err(e) if would_block(&e) => {
+                    self.rx_ready = false;
+                    return Ok(false);
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -674,10 +728,14 @@ impl Connection {
                     Ok(got) => {
                         c2h.done += got.min(want);
                         self.stage_end = got.saturating_sub(want);
+                        self.rx_ready = got == want + self.staging.len();
                         break;
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) if would_block(&e) => break,
+                    Err(e) if would_block(&e) => {
+                        self.rx_ready = false;
+                        break;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }

@@ -15,14 +15,17 @@ use quire_wire::nvme::fabrics::{
     ConnectCmd, ConnectData, CC_EN, CC_SHN_SHIFT, CNTLID_DYNAMIC, CSTS_CFS, CSTS_RDY, CSTS_SHST_COMPLETE, PROP_CAP,
     PROP_CC, PROP_CSTS, PROP_VS,
 };
+use quire_wire::nvme::identify::{
+    self as ident, in_capsule_bytes, parse_controller, parse_namespace, parse_ns_list, ControllerIdentity,
+    NamespaceIdentity, CNS_ACTIVE_NS_LIST, CNS_CONTROLLER, CNS_NAMESPACE, IDENTIFY_DATA_SIZE,
+};
+use quire_wire::nvme::log::{
+    parse_discovery_header, DiscoveryEntry, DISCOVERY_RECORD_SIZE, LID_DISCOVERY, SUBTYPE_NVME, TRTYPE_TCP,
+};
 use quire_wire::nvme::{opcode, Command, DISCOVERY_NQN};
 use quire_wire::tcp::Digests;
 
 use super::connection::{Connection, ConnectionParams, DataDir, BLOCKING_SLICE};
-use super::identify::{
-    discovery_numrec, parse_discovery, DiscoveryEntry, IdentifyController, IdentifyNamespace, DISCOVERY_ENTRY_LEN,
-    DISCOVERY_HEADER_LEN, IDENTIFY_LEN, SUBTYPE_NVME, TRTYPE_TCP,
-};
 use super::{Error, Result};
 
 /// Admin queue depth.
@@ -35,8 +38,47 @@ const CC_IOSQES: u32 = 6 << 16;
 const CC_IOCQES: u32 = 4 << 20;
 /// Feature identifier: Number of Queues.
 const FID_NUM_QUEUES: u32 = 0x07;
-/// Log page identifier: discovery.
-const LID_DISCOVERY: u8 = 0x70;
+/// Discovery log records the admin buffer holds after the header.
+const DISCOVERY_RECORDS_MAX: usize = ADMIN_BUF_LEN / DISCOVERY_RECORD_SIZE - 1;
+const _: () = assert!(ADMIN_BUF_LEN >= 2 * DISCOVERY_RECORD_SIZE, "the admin buffer holds a header and a record");
+const _: () = assert!(ADMIN_BUF_LEN >= IDENTIFY_DATA_SIZE, "the admin buffer holds an Identify page");
+
+/// Identify Namespace as the host uses it: the shared parse, plus the block size of
+/// the LBA format in use (the shared structure keeps LBA format 0 only, while a
+/// namespace may be formatted with another).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    /// The Identify Namespace fields.
+    pub id: NamespaceIdentity,
+    /// Block size in bytes of the format in use (0 when the format is not one a host
+    /// can use: LBADS outside 9..=16).
+    pub block_size: u32,
+}
+
+impl NamespaceInfo {
+    /// Parses Identify Namespace data (4096 bytes).
+    pub fn parse(b: &[u8]) -> NamespaceInfo {
+        assert!(b.len() >= IDENTIFY_DATA_SIZE, "Identify data is 4096 bytes");
+        let id = parse_namespace(b);
+        let format = usize::from(id.flbas & 0xf);
+        let lbads = b[ident::ns_off::LBAF0 + 4 * format + 2];
+        let block_size = if (9..=16).contains(&lbads) { 1u32 << lbads } else { 0 };
+        assert!(block_size == 0 || block_size.is_power_of_two());
+        NamespaceInfo { id, block_size }
+    }
+
+    /// Whether the namespace exists (inactive namespaces identify as all zeroes).
+    pub fn is_active(&self) -> bool {
+        self.id.nsze > 0 && self.block_size > 0
+    }
+}
+
+/// Largest transfer of one command that MDTS allows, in bytes (`None`: no limit).
+/// MDTS counts in units of the controller's minimum page size (CAP.MPSMIN).
+pub fn mdts_limit_bytes(mdts: u8, cap: u64) -> Option<u64> {
+    let mpsmin_shift = 12 + ((cap >> 48) & 0xf);
+    (mdts != 0).then(|| 1u64 << (u64::from(mdts) + mpsmin_shift).min(63))
+}
 
 /// How to reach and identify to a controller.
 #[derive(Clone, Debug)]
@@ -81,7 +123,7 @@ pub struct Controller {
     cntlid: u16,
     cap: u64,
     vs: u32,
-    ident: IdentifyController,
+    ident: ControllerIdentity,
     last_keep_alive: Instant,
 }
 
@@ -124,14 +166,14 @@ impl Controller {
             cntlid,
             cap: 0,
             vs: 0,
-            ident: IdentifyController::default(),
+            ident: ControllerIdentity::default(),
             last_keep_alive: Instant::now(),
         };
         c.cap = c.property_get(PROP_CAP, true)?;
         c.vs = c.property_get(PROP_VS, false)? as u32;
         c.enable()?;
-        let data = c.identify(1, 0)?;
-        c.ident = IdentifyController::parse(&data);
+        let data = c.identify(CNS_CONTROLLER, 0)?;
+        c.ident = parse_controller(&data);
         Ok(c)
     }
 
@@ -177,8 +219,13 @@ impl Controller {
     }
 
     /// Identify Controller data.
-    pub fn identity(&self) -> &IdentifyController {
+    pub fn identity(&self) -> &ControllerIdentity {
         &self.ident
+    }
+
+    /// Largest transfer of one command in bytes (MDTS; `None` = no limit).
+    pub fn max_transfer_bytes(&self) -> Option<u64> {
+        mdts_limit_bytes(self.ident.mdts, self.cap)
     }
 
     /// The options this controller was connected with.
@@ -223,24 +270,21 @@ impl Controller {
     pub fn identify(&mut self, cns: u8, nsid: u32) -> Result<Vec<u8>> {
         let cmd = Command { opcode: opcode::ADMIN_IDENTIFY, nsid, cdw10: u32::from(cns), ..Default::default() };
         let t = self.opts.timeout;
-        let (_, data) = self.admin.execute(cmd, DataDir::FromController, &[], IDENTIFY_LEN as u32, "Identify", t)?;
+        let (_, data) =
+            self.admin.execute(cmd, DataDir::FromController, &[], IDENTIFY_DATA_SIZE as u32, "Identify", t)?;
         Ok(data)
     }
 
     /// Identify Namespace `nsid`.
-    pub fn identify_namespace(&mut self, nsid: u32) -> Result<IdentifyNamespace> {
-        Ok(IdentifyNamespace::parse(&self.identify(0, nsid)?))
+    pub fn identify_namespace(&mut self, nsid: u32) -> Result<NamespaceInfo> {
+        Ok(NamespaceInfo::parse(&self.identify(CNS_NAMESPACE, nsid)?))
     }
 
     /// The active namespace IDs (Identify CNS 2), falling back to probing 1..=NN
     /// with Identify Namespace when the controller does not support the list.
     pub fn active_namespaces(&mut self) -> Result<Vec<u32>> {
-        match self.identify(2, 0) {
-            Ok(list) => Ok(list
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .take_while(|&n| n != 0)
-                .collect()),
+        match self.identify(CNS_ACTIVE_NS_LIST, 0) {
+            Ok(list) => Ok(parse_ns_list(&list)),
             Err(Error::Status { .. }) => {
                 let mut v = Vec::new();
                 for nsid in 1..=self.ident.nn.min(1024) {
@@ -313,16 +357,17 @@ impl Controller {
     }
 
     /// Reads the whole discovery log page (header first, then every record).
+    /// Reads the discovery log page: the header, then the records (at most
+    /// [`DISCOVERY_RECORDS_MAX`], what the admin buffer holds).
     pub fn discovery_log(&mut self) -> Result<Vec<DiscoveryEntry>> {
-        let head = self.get_log_page(LID_DISCOVERY, DISCOVERY_HEADER_LEN as u32, 0)?;
-        let max = (ADMIN_BUF_LEN - DISCOVERY_HEADER_LEN) / DISCOVERY_ENTRY_LEN;
-        let numrec = (discovery_numrec(&head) as usize).min(max);
-        if numrec == 0 {
+        let head = self.get_log_page(LID_DISCOVERY, DISCOVERY_RECORD_SIZE as u32, 0)?;
+        let numrec = parse_discovery_header(&head).map_err(|e| Error::Protocol(format!("discovery log: {e}")))?.numrec;
+        let n = usize::try_from(numrec).unwrap_or(usize::MAX).min(DISCOVERY_RECORDS_MAX);
+        if n == 0 {
             return Ok(Vec::new());
         }
-        let len = DISCOVERY_HEADER_LEN + numrec * DISCOVERY_ENTRY_LEN;
-        let page = self.get_log_page(LID_DISCOVERY, len as u32, 0)?;
-        Ok(parse_discovery(&page))
+        let page = self.get_log_page(LID_DISCOVERY, ((n + 1) * DISCOVERY_RECORD_SIZE) as u32, 0)?;
+        discovery_records(&page, n)
     }
 
     /// Connects I/O queue `qid` to this controller with `depth` command slots of
@@ -340,7 +385,7 @@ impl Controller {
         let mqes = (self.cap & 0xffff) as u16;
         let sqsize = depth.min(mqes.max(1));
         fabrics_connect(&mut conn, &self.opts, &self.subnqn, qid, sqsize, self.cntlid)?;
-        let icd = self.ident.in_capsule_bytes();
+        let icd = in_capsule_bytes(self.ident.ioccsz);
         conn.set_in_capsule_max(icd);
         conn.set_polled()?;
         Ok(conn)
@@ -378,6 +423,17 @@ pub fn discover(opts: &ControllerOptions) -> Result<Vec<DiscoveryEntry>> {
     // cleanly is closed anyway.
     let _ = c.shutdown();
     Ok(entries)
+}
+
+/// The first `n` records of a discovery log page read into `page` (header first).
+fn discovery_records(page: &[u8], n: usize) -> Result<Vec<DiscoveryEntry>> {
+    assert!(page.len() >= (n + 1) * DISCOVERY_RECORD_SIZE, "the page holds the records asked for");
+    (1..=n)
+        .map(|i| {
+            DiscoveryEntry::parse(&page[i * DISCOVERY_RECORD_SIZE..])
+                .map_err(|e| Error::Protocol(format!("discovery log record {i}: {e}")))
+        })
+        .collect()
 }
 
 /// Sends Fabrics Connect for queue `qid` and returns the controller ID.
@@ -464,6 +520,64 @@ mod tests {
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
         assert_ne!(o.hostid, ControllerOptions::new(o.addr, None).hostid);
+    }
+
+    #[test]
+    fn namespace_block_size_follows_the_format_in_use() {
+        let mut b = vec![0u8; IDENTIFY_DATA_SIZE];
+        b[..8].copy_from_slice(&1000u64.to_le_bytes());
+        b[ident::ns_off::FLBAS] = 1;
+        b[ident::ns_off::LBAF0 + 2] = 9;
+        b[ident::ns_off::LBAF0 + 4 + 2] = 12;
+        let n = NamespaceInfo::parse(&b);
+        assert_eq!(n.block_size, 4096);
+        assert_eq!(n.id.nsze, 1000);
+        assert!(n.is_active());
+        assert!(!NamespaceInfo::parse(&vec![0u8; IDENTIFY_DATA_SIZE]).is_active());
+        b[ident::ns_off::LBAF0 + 4 + 2] = 30;
+        assert_eq!(NamespaceInfo::parse(&b).block_size, 0, "an unusable LBADS gives no block size");
+    }
+
+    #[test]
+    fn namespace_info_agrees_with_the_wire_crates_builder() {
+        let id = NamespaceIdentity::thin_shared(1 << 20, 0, 4096, 4 << 20, 1, [7; 16]);
+        let n = NamespaceInfo::parse(&ident::build_namespace(&id)[..]);
+        assert_eq!((n.block_size, n.id.nsze, n.id.nguid), (4096, 1 << 20, [7; 16]));
+    }
+
+    #[test]
+    fn controller_identity_gives_in_capsule_size_and_mdts() {
+        let id = ControllerIdentity {
+            serial: "S1".into(),
+            model: "Quire".into(),
+            cntlid: 9,
+            mdts: 5,
+            ioccsz: ident::ioccsz_for(8192),
+            ..Default::default()
+        };
+        let c = parse_controller(&ident::build_controller(&id)[..]);
+        assert_eq!((c.serial.as_str(), c.model.as_str(), c.cntlid), ("S1", "Quire", 9));
+        assert_eq!(in_capsule_bytes(c.ioccsz), 8192);
+        assert_eq!(mdts_limit_bytes(c.mdts, 0), Some(128 << 10));
+        // CAP.MPSMIN = 1: 8 KiB pages.
+        assert_eq!(mdts_limit_bytes(c.mdts, 1 << 48), Some(256 << 10));
+        assert_eq!(mdts_limit_bytes(0, 0), None);
+    }
+
+    #[test]
+    fn discovery_records_are_cut_at_what_was_read() {
+        let entries: Vec<DiscoveryEntry> = (0..3)
+            .map(|i| DiscoveryEntry::tcp_ipv4(SUBTYPE_NVME, i, "10.0.0.1", 4420 + i, &format!("nqn.a:{i}")))
+            .collect();
+        let page = quire_wire::nvme::log::build_discovery_log(1, &entries);
+        let head = parse_discovery_header(&page).unwrap();
+        assert_eq!(head.numrec, 3);
+        let v = discovery_records(&page[..3 * DISCOVERY_RECORD_SIZE], 2).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].subnqn, "nqn.a:1");
+        assert_eq!(v[1].trsvcid, "4421");
+        assert_eq!(v[1].traddr, "10.0.0.1");
+        assert_eq!(v[1].trtype, TRTYPE_TCP);
     }
 
     #[test]

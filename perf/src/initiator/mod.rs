@@ -26,13 +26,13 @@
 mod cmd;
 mod connection;
 mod ctrlr;
-mod identify;
 mod slot;
 
 pub use cmd::{dsm_deallocate, flush, read, write, write_zeroes, DsmRange};
 pub use connection::{Connection, ConnectionParams, DataDir, Done};
-pub use ctrlr::{discover, Controller, ControllerOptions};
-pub use identify::{DiscoveryEntry, IdentifyController, IdentifyNamespace};
+pub use ctrlr::{discover, mdts_limit_bytes, Controller, ControllerOptions, NamespaceInfo};
+pub use quire_wire::nvme::identify::{ControllerIdentity, NamespaceIdentity};
+pub use quire_wire::nvme::log::DiscoveryEntry;
 pub use slot::SlotState;
 
 use quire_wire::nvme::Status;
