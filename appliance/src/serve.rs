@@ -328,6 +328,7 @@ fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Runn
         max_transfer_size: t.max_transfer_size.bytes() as u32,
         max_h2c_data: t.max_h2c_data.bytes() as u32,
         peer_name: cfg.peer.name.clone(),
+        zero_copy_send: t.zero_copy_send,
     };
     let registry = Arc::new(Registry::new(params));
 

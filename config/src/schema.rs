@@ -140,6 +140,9 @@ pub struct Target {
     /// Cap on a host's keep-alive timeout in ms (100..=3 600 000); `None` = no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_alive_timeout_ms_max: Option<u32>,
+    /// Send payloads with MSG_ZEROCOPY where the kernel allows it (off by default:
+    /// measured slower than copying on loopback, see perf/bench/RESULTS.md).
+    pub zero_copy_send: bool,
 }
 
 impl Default for Target {
@@ -154,6 +157,7 @@ impl Default for Target {
             max_transfer_size: ByteSize::mib(1),
             max_h2c_data: ByteSize::kib(128),
             keep_alive_timeout_ms_max: None,
+            zero_copy_send: false,
         }
     }
 }

@@ -136,6 +136,11 @@ pub struct Args {
     /// Keep Alive Timeout in milliseconds for NVMe/TCP controllers.
     #[arg(long = "kato-ms", default_value_t = 10_000)]
     pub kato_ms: u32,
+    /// Keep NVMe/TCP submission queue flow control on. By default I/O queues ask for
+    /// it off (as `nvme connect --disable-sqflow` does), which lets a target end a
+    /// successful read with its data PDU alone (C2HData SUCCESS, NVMe/TCP TP 8000).
+    #[arg(long = "sq-flow-control")]
+    pub sq_flow_control: bool,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -188,6 +193,8 @@ pub struct Config {
     pub verify: bool,
     /// Keep Alive Timeout.
     pub kato_ms: u32,
+    /// Ask I/O queues to disable SQ flow control.
+    pub disable_sqflow: bool,
 }
 
 impl Args {
@@ -245,6 +252,7 @@ impl Args {
             seed: self.seed,
             verify: self.verify,
             kato_ms: self.kato_ms,
+            disable_sqflow: !self.sq_flow_control,
         })
     }
 }

@@ -86,6 +86,7 @@ pub fn run(cfg: &Config) -> i32 {
         header_digest: cfg.header_digest,
         data_digest: cfg.data_digest,
         kato_ms: cfg.kato_ms,
+        disable_sqflow: cfg.disable_sqflow,
         io_buf_len,
         io_bufs: cfg.cores.len() * cfg.qpairs as usize * cfg.depth as usize,
     };

@@ -128,6 +128,8 @@ pub struct OpenOptions {
     pub data_digest: bool,
     /// Keep Alive Timeout.
     pub kato_ms: u32,
+    /// Ask I/O queues to disable SQ flow control.
+    pub disable_sqflow: bool,
     /// Bytes of the largest I/O of the run (sizes the buffers of a PCIe device).
     pub io_buf_len: usize,
     /// I/O buffers a PCIe device may need: cores × queues per namespace × depth.
@@ -143,6 +145,7 @@ impl Target {
                 co.digests.header = o.header_digest;
                 co.digests.data = o.data_digest;
                 co.kato_ms = o.kato_ms;
+                co.disable_sqflow = o.disable_sqflow;
                 let mut ctrl = Controller::connect(&co)?;
                 let base = tid.name(Some(ctrl.subnqn()));
                 let mut namespaces = Vec::new();

@@ -438,6 +438,7 @@ impl Control {
                     tx_bytes: get(&s.tx_bytes),
                     rx_copied_bytes: get(&s.rx_copied_bytes),
                     tx_copied_bytes: get(&s.tx_copied_bytes),
+                    zero_copy_sends: get(&s.zero_copy_sends),
                 }
             })
             .collect();

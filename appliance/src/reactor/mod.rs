@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError};
 use crossbeam_queue::ArrayQueue;
 use mio::{Events, Interest, Poll, Token, Waker};
-use quire_drivers::{DmaSeg, IoRequest, PoolShard, QueuePair, SubmitError};
+use quire_drivers::{IoRequest, PoolShard, QueuePair, SubmitError};
 
 use crate::target::subsystem::Registry;
 use crate::target::tcp::qpair::{ConnState, TcpQpair};
@@ -162,8 +162,9 @@ pub struct ReactorCtx {
     pub buf_waiters: VecDeque<ReqRef>,
     /// Requests waiting for room in the device queue.
     pub dev_waiters: VecDeque<ReqRef>,
-    /// Scratch list of segments for building device requests.
-    pub segs: Vec<DmaSeg>,
+    /// The device request being built: reused for every part, so that no 800-byte
+    /// request is built or copied per I/O (set it up with [`ReactorCtx::prepare`]).
+    pub dev_req: IoRequest,
     /// When the reactor started (power-on hours).
     pub started: Instant,
     control: Sender<ControlMsg>,
@@ -175,16 +176,25 @@ pub struct ReactorCtx {
 }
 
 impl ReactorCtx {
-    /// Submits a device request for `rref`; the buffers it names belong to that
-    /// request, which stays out of `Free` until the completion arrives.
-    pub fn submit(&mut self, req: &mut IoRequest, rref: ReqRef) -> Result<(), SubmitError> {
-        req.tag = rref.tag(self.barrier.parity);
+    /// Starts a new device request in `dev_req`: operation, range, no segments yet.
+    #[inline]
+    pub fn prepare(&mut self, op: quire_drivers::Op, lba: u64, num_blocks: u32) {
+        self.dev_req.op = op;
+        self.dev_req.lba = lba;
+        self.dev_req.num_blocks = num_blocks;
+        self.dev_req.nsegs = 0;
+    }
+
+    /// Submits the request prepared in `dev_req` for `rref`; the buffers it names belong
+    /// to that request, which stays out of `Free` until the completion arrives.
+    pub fn submit_prepared(&mut self, rref: ReqRef) -> Result<(), SubmitError> {
+        self.dev_req.tag = rref.tag(self.barrier.parity);
         // SAFETY: the segments point into pool buffers owned by request `rref`. A request
         // with device parts outstanding stays in `Executing`/`WaitingDevice`, and its
         // connection keeps it (and its buffers) until the completion is polled, even
         // while closing (`TcpQpair::maybe_closed`), so the memory outlives the device's
         // use of it and nobody else touches it meanwhile.
-        let res = unsafe { self.dev.submit(req) };
+        let res = unsafe { self.dev.submit(&self.dev_req) };
         if res.is_ok() {
             self.barrier.inflight[usize::from(self.barrier.parity)] += 1;
             add(&self.stats.device_requests, 1);
@@ -328,7 +338,7 @@ impl Reactor {
             stats,
             buf_waiters: VecDeque::new(),
             dev_waiters: VecDeque::new(),
-            segs: Vec::with_capacity(quire_drivers::block::SEGS_MAX),
+            dev_req: IoRequest::no_data(quire_drivers::Op::Flush, 0, 0, 0),
             started: Instant::now(),
             control: parts.control,
             control_backlog: VecDeque::new(),
@@ -443,6 +453,10 @@ impl Reactor {
                 if let Some(Some(c)) = self.conns.get_mut(t) {
                     if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                         c.rx.readable = true;
+                    }
+                    if ev.is_error() {
+                        // Zero-copy completions wait on the socket's error queue.
+                        c.tx.zc_ready = true;
                     }
                     if ev.is_writable() {
                         c.tx.blocked = false;

@@ -33,6 +33,8 @@ pub struct ReactorStats {
     pub zero_filled_bytes: AtomicU64,
     /// Device requests submitted.
     pub device_requests: AtomicU64,
+    /// Sends made with MSG_ZEROCOPY.
+    pub zero_copy_sends: AtomicU64,
 }
 
 /// Per-volume counters on one reactor.

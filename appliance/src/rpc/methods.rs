@@ -202,6 +202,9 @@ pub struct ReactorStatsEntry {
     pub rx_copied_bytes: u64,
     /// Sent payload bytes copied in userspace.
     pub tx_copied_bytes: u64,
+    /// Sends made zero-copy (MSG_ZEROCOPY).
+    #[serde(default)]
+    pub zero_copy_sends: u64,
 }
 
 /// The result of `store_info`.

@@ -487,6 +487,9 @@ fn discovery_log(q: &QueueInfo, c: &Controller, ctx: &ReactorCtx) -> Vec<u8> {
             };
             let mut e = DiscoveryEntry::tcp_ipv4(subtype, portid as u16, &addr, l.addr.port(), &s.nqn);
             e.asqsz = ctx.registry.params.max_queue_depth;
+            // Hosts may disable SQ flow control on these queues (then reads end with
+            // their C2HData PDU alone).
+            e.treq |= log::TREQ_DISABLE_SQFLOW;
             entries.push(e);
         }
     }

@@ -9,7 +9,7 @@
 //! whole page give the page back. When the device queue is full, the request parks in
 //! `WaitingDevice` and resumes where it stopped (`Req::cursor`).
 
-use quire_drivers::{IoError, IoRequest, Op, SubmitError};
+use quire_drivers::{IoError, Op, SubmitError};
 use quire_wire::nvme::{opcode, Status};
 
 use crate::reactor::stats::add;
@@ -104,8 +104,8 @@ fn check_and_run(
                 add(&vol.counters.other_ops, 1);
             }
             if reqs.req(idx).cursor == 0 {
-                let mut dev = IoRequest::no_data(Op::Flush, 0, 0, 0);
-                let _parked_or_done = submit_part(reqs, idx, rref, &mut dev, 1, ctx);
+                ctx.prepare(Op::Flush, 0, 0);
+                let _parked_or_done = submit_part(reqs, idx, rref, 1, ctx);
             }
             Ok(())
         }
@@ -230,15 +230,14 @@ fn run_parts(
             (Kind::Zeroes | Kind::Deallocate, Some(lba)) => {
                 let op =
                     if kind == Kind::Deallocate && ctx.dev_dealloc_zeroes { Op::Deallocate } else { Op::WriteZeroes };
-                let mut dev = IoRequest::no_data(op, lba, dev_blocks, 0);
-                submit_part(reqs, idx, rref, &mut dev, part.num_blocks, ctx)
+                ctx.prepare(op, lba, dev_blocks);
+                submit_part(reqs, idx, rref, part.num_blocks, ctx)
             }
             (Kind::Read | Kind::Write { .. }, Some(lba)) => {
                 let op = if let Kind::Write { fua } = kind { Op::Write { fua } } else { Op::Read };
-                ctx.segs.clear();
-                reqs.req(idx).segs(data_off, part.num_blocks * bs, &mut ctx.segs);
-                let mut dev = IoRequest::with_segs(op, lba, dev_blocks, 0, &ctx.segs);
-                submit_part(reqs, idx, rref, &mut dev, part.num_blocks, ctx)
+                ctx.prepare(op, lba, dev_blocks);
+                reqs.req(idx).segs_into(data_off, part.num_blocks * bs, &mut ctx.dev_req);
+                submit_part(reqs, idx, rref, part.num_blocks, ctx)
             }
         };
         match step {
@@ -260,17 +259,10 @@ enum Step {
     Stop,
 }
 
-/// Submits one device request for `blocks` blocks of the command; on a full queue the
-/// request parks in `WaitingDevice`.
-fn submit_part(
-    reqs: &mut ReqTable,
-    idx: u16,
-    rref: ReqRef,
-    dev: &mut IoRequest,
-    blocks: u64,
-    ctx: &mut ReactorCtx,
-) -> Step {
-    match ctx.submit(dev, rref) {
+/// Submits the device request prepared in `ctx.dev_req` for `blocks` blocks of the
+/// command; on a full queue the request parks in `WaitingDevice`.
+fn submit_part(reqs: &mut ReqTable, idx: u16, rref: ReqRef, blocks: u64, ctx: &mut ReactorCtx) -> Step {
+    match ctx.submit_prepared(rref) {
         Ok(()) => {
             let r = reqs.req_mut(idx);
             r.pending += 1;

@@ -33,6 +33,8 @@ pub struct TargetParams {
     pub max_h2c_data: u32,
     /// Name of this peer (serial numbers, logs).
     pub peer_name: String,
+    /// Send payloads zero-copy (`MSG_ZEROCOPY`) where the kernel allows it.
+    pub zero_copy_send: bool,
 }
 
 impl Default for TargetParams {
@@ -44,6 +46,7 @@ impl Default for TargetParams {
             max_transfer_size: 1 << 20,
             max_h2c_data: 128 << 10,
             peer_name: "quire-0".into(),
+            zero_copy_send: false,
         }
     }
 }

@@ -142,6 +142,8 @@ fn map_region(bytes: usize, hugepages: bool) -> Result<(MmapMut, bool), PoolErro
         .populate()
         .map_anon()
         .map_err(|source| PoolError::Map { bytes, source })?;
+    // Without reserved hugepages, transparent huge pages still spare the TLB.
+    let _ = m.advise(memmap2::Advice::HugePage);
     Ok((m, false))
 }
 

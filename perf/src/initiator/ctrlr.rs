@@ -97,6 +97,8 @@ pub struct ControllerOptions {
     pub kato_ms: u32,
     /// Deadline of connects and of each admin command.
     pub timeout: Duration,
+    /// Ask I/O queues to disable SQ flow control (Connect CATTR bit 2).
+    pub disable_sqflow: bool,
 }
 
 impl ControllerOptions {
@@ -111,6 +113,7 @@ impl ControllerOptions {
             digests: Digests::default(),
             kato_ms: 10_000,
             timeout: Duration::from_secs(5),
+            disable_sqflow: false,
         }
     }
 }
@@ -446,7 +449,9 @@ fn fabrics_connect(
     cntlid: u16,
 ) -> Result<u16> {
     let kato_ms = if qid == 0 { opts.kato_ms } else { 0 };
-    let cmd = ConnectCmd { recfmt: 0, qid, sqsize, cattr: 0, kato_ms }.to_command(0);
+    // CATTR bit 2: disable SQ flow control (I/O queues only, as Linux's --disable-sqflow).
+    let cattr = if qid != 0 && opts.disable_sqflow { 0x4 } else { 0 };
+    let cmd = ConnectCmd { recfmt: 0, qid, sqsize, cattr, kato_ms }.to_command(0);
     let data = ConnectData { hostid: opts.hostid, cntlid, subnqn: subnqn.to_string(), hostnqn: opts.hostnqn.clone() }
         .to_bytes();
     let what = if qid == 0 { "Fabrics Connect (admin queue)" } else { "Fabrics Connect (I/O queue)" };

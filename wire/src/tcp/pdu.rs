@@ -523,6 +523,13 @@ pub struct HeaderBuf {
     len: u8,
 }
 
+impl Default for HeaderBuf {
+    /// An empty buffer (no PDU yet), for slots filled later.
+    fn default() -> HeaderBuf {
+        HeaderBuf { bytes: [0; MAX_HEADER_LEN], len: 0 }
+    }
+}
+
 impl std::fmt::Debug for HeaderBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeaderBuf").field("bytes", &self.as_bytes()).finish()

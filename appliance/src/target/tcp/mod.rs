@@ -10,3 +10,4 @@ pub mod qpair;
 pub mod req;
 pub mod rx;
 pub mod tx;
+pub mod zerocopy;

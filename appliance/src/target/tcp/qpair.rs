@@ -24,7 +24,18 @@ use crate::target::ctrlr::{Controller, AER_MAX};
 use crate::target::tcp::req::{ReqState, ReqTable, Xfer};
 use crate::target::tcp::rx::{Rx, RxPhase};
 use crate::target::tcp::tx::{AfterSend, Flushed, Tx, TxEntry};
+use crate::target::tcp::zerocopy;
 use crate::target::{admin, io};
+use std::os::fd::AsRawFd;
+
+/// Whether new connections send zero-copy.
+fn params_zero_copy(ctx: &ReactorCtx) -> bool {
+    ctx.registry.params.zero_copy_send
+}
+
+/// Held zero-copy requests that make a flush collect completions even without an
+/// error-queue event (a safety net; the event normally comes first).
+const ZC_REAP_BATCH: usize = 16;
 
 /// Time a new connection has to complete ICReq and Connect.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -116,6 +127,9 @@ impl TcpQpair {
         let slots = usize::from(p.max_queue_depth) + AER_MAX + 1;
         let bufs_max = (p.max_transfer_size as usize).div_ceil(ctx.pool.chunk_size()).max(1);
         let local_ip = sock.local_addr().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let zerocopy = params_zero_copy(ctx) && zerocopy::enable(sock.as_raw_fd()).is_ok();
+        let mut tx = Tx::new(slots * 3 + 4);
+        tx.zerocopy = zerocopy;
         TcpQpair {
             index,
             sock,
@@ -135,7 +149,7 @@ impl TcpQpair {
                 local_ip,
             },
             rx: Rx::new(),
-            tx: Tx::new(slots * 3 + 4),
+            tx,
             reqs: ReqTable::new(slots, bufs_max),
             close_reason: None,
             closing_since: None,
@@ -300,7 +314,9 @@ impl TcpQpair {
             Xfer::H2C => {
                 let r2t = R2t { cccid: r.cmd.cid, ttag: idx, r2to: 0, r2tl: r.data_len };
                 let d = self.q.digests.unwrap_or_default();
-                self.tx.push(TxEntry::header(encode_r2t(&r2t, d), AfterSend::Nothing));
+                let h = encode_r2t(&r2t, d);
+                self.reqs.req_mut(idx).hdrs[0] = h;
+                self.tx.push(TxEntry::req_header(h, idx, 0, AfterSend::Nothing));
                 self.reqs.set_state(idx, ReqState::AwaitingH2C);
             }
             Xfer::C2H => self.reqs.set_state(idx, ReqState::ReadyToExecute),
@@ -370,13 +386,19 @@ impl TcpQpair {
             // The host's HPDA says where C2H data must start; 0 (what Linux and SPDK
             // ask for) needs no padding.
             let (header, pad) = encode_c2h_data_aligned(&hdr, d, self.q.hpda);
+            // Stable copies for a zero-copy send (tx.rs); the queue keeps its own.
+            let r = self.reqs.req_mut(idx);
+            r.hdrs[0] = header;
+            r.ddgst = ddgst.unwrap_or(0).to_le_bytes();
             self.tx.push(TxEntry::with_data(header, pad, idx, r.c2h_len, ddgst, after));
             if success {
                 self.reqs.set_state(idx, ReqState::Transmitting);
                 return;
             }
         }
-        self.tx.push(TxEntry::header(encode_capsule_resp(&cpl, d), AfterSend::FreeReq(idx)));
+        let h = encode_capsule_resp(&cpl, d);
+        self.reqs.req_mut(idx).hdrs[1] = h;
+        self.tx.push(TxEntry::req_header(h, idx, 1, AfterSend::FreeReq(idx)));
         self.reqs.set_state(idx, ReqState::Transmitting);
     }
 
@@ -428,13 +450,30 @@ impl TcpQpair {
 
     /// Writes queued PDUs; frees requests whose responses went out.
     pub fn flush(&mut self, ctx: &mut ReactorCtx) {
-        if self.tx.is_empty() || self.tx.blocked || matches!(self.state, ConnState::Draining | ConnState::Closed) {
+        if matches!(self.state, ConnState::Draining | ConnState::Closed) {
             return;
         }
         let mut out = Flushed::default();
-        let res = self.tx.flush(&mut self.sock, &self.reqs, &mut out);
+        if !self.tx.held.is_empty() && (self.tx.zc_ready || self.tx.held.len() >= ZC_REAP_BATCH) {
+            self.tx.reap(self.sock.as_raw_fd(), &self.reqs, &mut out.freed);
+        }
+        let zc_before = self.tx.zc_sends;
+        let res = if self.tx.is_empty() || self.tx.blocked {
+            Ok(())
+        } else {
+            self.tx.flush(&mut self.sock, &mut self.reqs, &mut out)
+        };
         add(&ctx.stats.tx_bytes, out.bytes as u64);
+        add(&ctx.stats.zero_copy_sends, self.tx.zc_sends - zc_before);
         for idx in out.freed {
+            // A request whose bytes went out zero-copy keeps its buffers until the kernel
+            // is done with them.
+            if self.reqs.req(idx).zc_id.is_some_and(|id| !self.tx.zc_complete(id)) {
+                if !self.tx.held.contains(&idx) {
+                    self.tx.held.push_back(idx);
+                }
+                continue;
+            }
             release_buffers(&mut self.reqs, idx, ctx);
             self.reqs.set_state(idx, ReqState::Free);
         }
@@ -449,9 +488,10 @@ impl TcpQpair {
         }
     }
 
-    /// True when there is something to send and the socket may take it.
+    /// True when there is something to send and the socket may take it, or zero-copy
+    /// completions to collect.
     pub fn wants_flush(&self) -> bool {
-        !self.tx.is_empty() && !self.tx.blocked
+        (!self.tx.is_empty() && !self.tx.blocked) || (self.tx.zc_ready && !self.tx.held.is_empty())
     }
 
     // ----- errors and teardown ------------------------------------------------------
@@ -500,6 +540,9 @@ impl TcpQpair {
         if self.state != ConnState::Draining {
             return;
         }
+        // Held zero-copy requests may go too: the socket is shut, and the kernel only
+        // ever reads those pages to send them on it.
+        self.tx.held.clear();
         // Requests not waiting on the device or the control thread can go now.
         for state in [
             ReqState::NeedBuffer,
@@ -526,6 +569,10 @@ impl TcpQpair {
 
     /// Periodic checks: keep-alive, dead controller, async events, stuck termination.
     pub fn tick(&mut self, ctx: &mut ReactorCtx) {
+        if !self.tx.held.is_empty() {
+            // Collect zero-copy completions at least once a tick, event or not.
+            self.tx.zc_ready = true;
+        }
         // A socket that never becomes a queue (no ICReq, or no Connect after it) would
         // hold its slot and memory forever: Linux nvmet and SPDK drop those too.
         if self.q.qid.is_none()
@@ -574,7 +621,9 @@ impl TcpQpair {
                 })
                 .expect("an outstanding AER has a slot");
             self.reqs.set_state(idx, ReqState::Transmitting);
-            self.tx.push(TxEntry::header(encode_capsule_resp(&cpl, d), AfterSend::FreeReq(idx)));
+            let h = encode_capsule_resp(&cpl, d);
+            self.reqs.req_mut(idx).hdrs[1] = h;
+            self.tx.push(TxEntry::req_header(h, idx, 1, AfterSend::FreeReq(idx)));
         }
     }
 

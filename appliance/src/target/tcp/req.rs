@@ -108,6 +108,14 @@ pub struct Req {
     /// Blocks of the command already handed to the device (resumption point after a
     /// full device queue).
     pub cursor: u64,
+    /// Copies of this request's PDU headers (0: R2T or C2HData, 1: CapsuleResp) that
+    /// stay put until the request is freed, so that a zero-copy send may point at them.
+    pub hdrs: [quire_wire::tcp::HeaderBuf; 2],
+    /// Data digest of the C2HData PDU, likewise stable.
+    pub ddgst: [u8; 4],
+    /// The last zero-copy send that carried bytes of this request: its buffers and
+    /// headers stay untouched until the kernel reports that send complete.
+    pub zc_id: Option<u32>,
     /// Allocations requested in the current pass.
     pub alloc_waits: u32,
     /// The command was counted in the volume's statistics. A command executes again
@@ -131,6 +139,9 @@ impl Req {
             dw1: 0,
             pending: 0,
             cursor: 0,
+            hdrs: [quire_wire::tcp::HeaderBuf::default(); 2],
+            ddgst: [0; 4],
+            zc_id: None,
             alloc_waits: 0,
             counted: false,
         }
@@ -192,15 +203,17 @@ impl Req {
         v
     }
 
-    /// Device segments covering `len` bytes of data at `off`, appended to `out`.
-    pub fn segs(&self, off: u64, len: u64, out: &mut Vec<quire_drivers::DmaSeg>) {
+    /// Appends to `req` the device segments covering `len` bytes of data at `off`.
+    pub fn segs_into(&self, off: u64, len: u64, req: &mut quire_drivers::IoRequest) {
         let chunk = self.bufs[0].len() as u64;
         let (mut off, mut len) = (off, len);
         while len > 0 {
             let i = (off / chunk) as usize;
             let o = off % chunk;
             let n = len.min(chunk - o);
-            out.push(self.bufs[i].seg(o as usize, n as usize));
+            assert!(req.nsegs < quire_drivers::block::SEGS_MAX, "a part spans at most SEGS_MAX chunks");
+            req.segs[req.nsegs] = self.bufs[i].seg(o as usize, n as usize);
+            req.nsegs += 1;
             off += n;
             len -= n;
         }
@@ -241,6 +254,7 @@ impl ReqTable {
         r.dw1 = 0;
         r.pending = 0;
         r.cursor = 0;
+        r.zc_id = None;
         r.alloc_waits = 0;
         r.counted = false;
         r.state = ReqState::New;
