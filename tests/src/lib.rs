@@ -771,6 +771,76 @@ impl Drop for QuireProcess {
     }
 }
 
+// ----- guests with QEMU's NVMe controller behind a vIOMMU (VFIO tests) ----------------
+
+/// VFIO kernel modules in load order (dependencies first), relative to the guest
+/// kernel's module tree; the guest script `insmod`s them from `/guest`.
+pub const VFIO_MODULES: [&str; 6] = [
+    "kernel/virt/lib/irqbypass.ko",
+    "kernel/drivers/vfio/vfio.ko",
+    "kernel/drivers/vfio/vfio_iommu_type1.ko",
+    "kernel/drivers/vfio/vfio_virqfd.ko",
+    "kernel/drivers/vfio/pci/vfio-pci-core.ko",
+    "kernel/drivers/vfio/pci/vfio-pci.ko",
+];
+
+/// The newest kernel module tree of the guest kernel.
+pub fn guest_modules_dir() -> PathBuf {
+    let root = guest_dir().join("root/lib/modules");
+    let mut versions: Vec<PathBuf> =
+        fs::read_dir(&root).expect("guest module tree").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    versions.sort();
+    versions.pop().unwrap_or_else(|| panic!("no kernel under {}", root.display()))
+}
+
+/// Builds `target_args` (e.g. `["-p", "quire", "--bin", "quire"]`) in release mode,
+/// statically linked, so that it runs in the guest; returns `<target>/…/release/<path>`.
+pub fn build_static(target_args: &[&str], path: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let triple = "x86_64-unknown-linux-gnu";
+    let status = Command::new(cargo)
+        .current_dir(workspace_dir())
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--release", "--target", triple])
+        .args(target_args)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {target_args:?} statically failed");
+    let bin = target_dir().join(triple).join("release").join(path);
+    assert!(bin.is_file(), "{} missing after the build", bin.display());
+    bin
+}
+
+/// Copies `bin` into `dir` under `name`, without debug info (a smaller cpio unpacks
+/// faster in the guest), and the VFIO modules plus `extra_modules` beside it.
+pub fn stage_vfio_files(dir: &Path, bin: &Path, name: &str, extra_modules: &[&str]) {
+    let staged = dir.join(name);
+    fs::copy(bin, &staged).unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
+    let _ = Command::new("strip").arg("--strip-debug").arg(&staged).status();
+    let modules = guest_modules_dir();
+    for m in VFIO_MODULES.iter().chain(extra_modules) {
+        let src = modules.join(m);
+        let file = src.file_name().expect("module file name");
+        fs::copy(&src, dir.join(file)).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    }
+}
+
+/// Guest options for a VFIO test: a vIOMMU (`intel_iommu=on`), 64 hugepages, and an
+/// emulated NVMe controller with serial `serial` backed by the raw file `image`.
+pub fn vfio_guest_options(image: &Path, serial: &str, files: &Path, timeout: Duration, label: &str) -> GuestOptions {
+    let mut opts =
+        GuestOptions { timeout, files: Some(files.to_path_buf()), label: label.into(), ..Default::default() };
+    opts.kernel_args.extend(["intel_iommu=on".to_string(), "hugepages=64".to_string()]);
+    // discard=unmap: deallocated blocks read back as zeroes only when the backend
+    // really punches the holes.
+    opts.qemu_args = vec![
+        "-device intel-iommu,intremap=on".into(),
+        format!("-drive file={},if=none,id=nvm0,format=raw,cache=unsafe,discard=unmap", image.display()),
+        format!("-device nvme,serial={serial},drive=nvm0"),
+    ];
+    opts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

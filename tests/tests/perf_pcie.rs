@@ -11,21 +11,9 @@
 //! harness (`quire_tests`) boots the guest and skips the test outside CI when the
 //! guest is missing.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use quire_tests::{guest_dir, require_guest, run_guest_with, serial, target_dir, workspace_dir, GuestOptions};
-
-/// VFIO modules in load order (dependencies first), relative to the kernel's module tree.
-const VFIO_MODULES: [&str; 6] = [
-    "kernel/virt/lib/irqbypass.ko",
-    "kernel/drivers/vfio/vfio.ko",
-    "kernel/drivers/vfio/vfio_iommu_type1.ko",
-    "kernel/drivers/vfio/vfio_virqfd.ko",
-    "kernel/drivers/vfio/pci/vfio-pci-core.ko",
-    "kernel/drivers/vfio/pci/vfio-pci.ko",
-];
+use quire_tests::{build_static, require_guest, run_guest_with, serial, stage_vfio_files, vfio_guest_options};
 
 const GUEST_SCRIPT: &str = r#"# runs in the guest, in /guest next to the staged files
 for m in irqbypass vfio vfio_iommu_type1 vfio_virqfd vfio-pci-core vfio-pci; do
@@ -53,32 +41,6 @@ echo "=== two queue pairs"
 echo "QPAIRS_RC=$?"
 "#;
 
-fn kernel_version() -> Option<String> {
-    let mut versions: Vec<String> = std::fs::read_dir(guest_dir().join("root/lib/modules"))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect();
-    versions.sort();
-    versions.pop()
-}
-
-/// Builds quire-perf statically for the guest and returns its path.
-fn build_perf_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = "x86_64-unknown-linux-gnu";
-    let status = Command::new(cargo)
-        .current_dir(workspace_dir())
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "-p", "quire-perf", "--release", "--bin", "quire-perf", "--target", target])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building quire-perf for the guest failed");
-    let bin = target_dir().join(target).join("release/quire-perf");
-    assert!(bin.exists(), "{} missing after the build", bin.display());
-    bin
-}
-
-/// The text between `=== name` and the next `===` mark (or the end).
 fn section<'a>(log: &'a str, name: &str) -> &'a str {
     let start = log.find(&format!("=== {name}")).unwrap_or_else(|| panic!("no '{name}' section in:\n{log}"));
     let rest = &log[start..];
@@ -99,34 +61,13 @@ fn perf_drives_an_nvme_controller_through_vfio_in_a_guest() {
         return;
     }
     let _serial = serial();
-    let bin = build_perf_binary();
+    let bin = build_static(&["-p", "quire-perf", "--bin", "quire-perf"], "quire-perf");
     let files = tempfile::tempdir().expect("temp dir");
-    let staged = files.path().join("quire-perf");
-    std::fs::copy(&bin, &staged).expect("copy the binary");
-    // Debug info makes the binary larger and the guest's cpio slower to unpack.
-    let _ = Command::new("strip").arg("--strip-debug").arg(&staged).status();
-    let version = kernel_version().expect("require_guest found a kernel");
-    let modules = guest_dir().join("root/lib/modules").join(version);
-    for m in VFIO_MODULES {
-        let src = modules.join(m);
-        let name = src.file_name().expect("module file");
-        std::fs::copy(&src, files.path().join(name)).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-    }
+    stage_vfio_files(files.path(), &bin, "quire-perf", &[]);
     let work = tempfile::tempdir().expect("temp dir");
     let image = work.path().join("nvme.img");
     std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).expect("scratch image");
-    let opts = GuestOptions {
-        timeout: Duration::from_secs(300),
-        files: Some(PathBuf::from(files.path())),
-        kernel_args: vec!["intel_iommu=on".into(), "hugepages=64".into()],
-        qemu_args: vec![
-            "-device intel-iommu,intremap=on".into(),
-            format!("-drive file={},if=none,id=nvm0,format=raw,cache=unsafe", image.display()),
-            "-device nvme,serial=quire-perf,drive=nvm0".into(),
-        ],
-        label: "perf-pcie".into(),
-        ..GuestOptions::default()
-    };
+    let opts = vfio_guest_options(&image, "quire-perf", files.path(), Duration::from_secs(300), "perf-pcie");
     let result = run_guest_with(GUEST_SCRIPT, &[], &opts);
     println!("{}", result.log);
     result.assert_success("quire-perf in the guest");

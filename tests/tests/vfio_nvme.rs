@@ -14,21 +14,11 @@
 //! shared initramfs needs no change); `require_guest` skips the test outside CI when the
 //! guest is missing and fails it in CI.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use quire_tests::{guest_dir, require_guest, run_guest_with, serial, target_dir, workspace_dir, GuestOptions};
+use quire_tests::{build_static, require_guest, run_guest_with, serial, stage_vfio_files, vfio_guest_options};
 
 /// VFIO modules in load order (dependencies first), relative to the kernel's module tree.
-const VFIO_MODULES: [&str; 6] = [
-    "kernel/virt/lib/irqbypass.ko",
-    "kernel/drivers/vfio/vfio.ko",
-    "kernel/drivers/vfio/vfio_iommu_type1.ko",
-    "kernel/drivers/vfio/vfio_virqfd.ko",
-    "kernel/drivers/vfio/pci/vfio-pci-core.ko",
-    "kernel/drivers/vfio/pci/vfio-pci.ko",
-];
 
 /// The checks the example must report as passed.
 const CHECKS: [&str; 17] = [
@@ -59,67 +49,19 @@ echo "hugepages: $(cat /proc/sys/vm/nr_hugepages), IOMMU groups: $(ls /sys/kerne
 ./nvme_vfio_check auto
 "#;
 
-fn kernel_version() -> Option<String> {
-    let mut versions: Vec<String> = std::fs::read_dir(guest_dir().join("root/lib/modules"))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect();
-    versions.sort();
-    versions.pop()
-}
-
-/// Builds the check program statically for the guest and returns its path.
-fn build_check_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = "x86_64-unknown-linux-gnu";
-    let status = Command::new(cargo)
-        .current_dir(workspace_dir())
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "-p", "quire-drivers", "--release", "--example", "nvme_vfio_check", "--target", target])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building nvme_vfio_check failed");
-    let bin = target_dir().join(target).join("release/examples/nvme_vfio_check");
-    assert!(bin.exists(), "{} missing after the build", bin.display());
-    bin
-}
-
 #[test]
 fn vfio_nvme_driver_passes_its_checks_in_a_guest() {
     if !require_guest("vfio_nvme") {
         return;
     }
     let _serial = serial();
-    let bin = build_check_binary();
+    let bin = build_static(&["-p", "quire-drivers", "--example", "nvme_vfio_check"], "examples/nvme_vfio_check");
     let files = tempfile::tempdir().expect("temp dir");
-    let staged = files.path().join("nvme_vfio_check");
-    std::fs::copy(&bin, &staged).expect("copy the binary");
-    // Debug info makes the binary 4x larger and the guest's cpio slower to unpack.
-    let _ = Command::new("strip").arg("--strip-debug").arg(&staged).status();
-    let version = kernel_version().expect("require_guest found a kernel");
-    let modules = guest_dir().join("root/lib/modules").join(version);
-    for m in VFIO_MODULES {
-        let src = modules.join(m);
-        let name = src.file_name().expect("module file");
-        std::fs::copy(&src, files.path().join(name)).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-    }
+    stage_vfio_files(files.path(), &bin, "nvme_vfio_check", &[]);
     let work = tempfile::tempdir().expect("temp dir");
     let image = work.path().join("nvme.img");
     std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).expect("scratch image");
-    // discard=unmap: QEMU reports deallocated blocks as reading zeroes, which holds
-    // only when the backend really punches the holes.
-    let opts = GuestOptions {
-        timeout: Duration::from_secs(300),
-        files: Some(PathBuf::from(files.path())),
-        kernel_args: vec!["intel_iommu=on".into(), "hugepages=64".into()],
-        qemu_args: vec![
-            "-device intel-iommu,intremap=on".into(),
-            format!("-drive file={},if=none,id=nvm0,format=raw,cache=unsafe,discard=unmap", image.display()),
-            "-device nvme,serial=quire-vfio,drive=nvm0".into(),
-        ],
-        label: "vfio-nvme".into(),
-        ..GuestOptions::default()
-    };
+    let opts = vfio_guest_options(&image, "quire-vfio", files.path(), Duration::from_secs(300), "vfio-nvme");
     let result = run_guest_with(GUEST_SCRIPT, &[], &opts);
     println!("{}", result.log);
     result.assert_success("nvme_vfio_check in the guest");

@@ -23,24 +23,13 @@
 //! shared initramfs has neither). Software emulation is slow: the run takes a few
 //! minutes, most of it guest boot and TCG-emulated fio.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use quire_tests::{guest_dir, require_guest, run_guest_with, serial, workspace_dir, GuestOptions};
+use quire_tests::{build_static, require_guest, run_guest_with, serial, stage_vfio_files, vfio_guest_options};
 
-/// Kernel modules copied into the guest, in load order (dependencies first), relative
-/// to the kernel's module tree. `nvme.ko` needs `nvme-core`, which the guest's
-/// modprobe loads from the initramfs.
-const MODULES: [&str; 7] = [
-    "kernel/virt/lib/irqbypass.ko",
-    "kernel/drivers/vfio/vfio.ko",
-    "kernel/drivers/vfio/vfio_iommu_type1.ko",
-    "kernel/drivers/vfio/vfio_virqfd.ko",
-    "kernel/drivers/vfio/pci/vfio-pci-core.ko",
-    "kernel/drivers/vfio/pci/vfio-pci.ko",
-    "kernel/drivers/nvme/host/nvme.ko",
-];
+/// `nvme.ko` besides the VFIO modules (it needs `nvme-core`, which the guest's
+/// modprobe loads from the initramfs): the SSD starts on the kernel driver.
+const NVME_MODULE: &str = "kernel/drivers/nvme/host/nvme.ko";
 
 /// The volume served; its NQN is `nqn.2026-11.io.quire:<VOLUME>`.
 const VOLUME: &str = "vfio1";
@@ -173,69 +162,19 @@ stop_quire second
 pass
 "#;
 
-/// Builds `quire` statically for the guest and returns the binary's path.
-fn build_quire_static() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = "x86_64-unknown-linux-gnu";
-    let status = Command::new(cargo)
-        .current_dir(workspace_dir())
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "-p", "quire", "--release", "--bin", "quire", "--target", target])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building a static quire failed");
-    let bin = quire_tests::target_dir().join(target).join("release/quire");
-    assert!(bin.is_file(), "{} missing after the build", bin.display());
-    bin
-}
-
-/// The newest kernel module tree of the guest kernel.
-fn guest_modules() -> PathBuf {
-    let root = guest_dir().join("root/lib/modules");
-    let mut versions: Vec<PathBuf> =
-        std::fs::read_dir(&root).expect("guest module tree").filter_map(|e| e.ok().map(|e| e.path())).collect();
-    versions.sort();
-    versions.pop().unwrap_or_else(|| panic!("no kernel under {}", root.display()))
-}
-
-/// Copies the binary (stripped of debug info: a smaller cpio unpacks faster in the
-/// guest) and the kernel modules into `dir`.
-fn stage_files(dir: &Path, quire: &Path) {
-    let staged = dir.join("quire");
-    std::fs::copy(quire, &staged).expect("copy quire");
-    let _ = Command::new("strip").arg("--strip-debug").arg(&staged).status();
-    let modules = guest_modules();
-    for m in MODULES {
-        let src = modules.join(m);
-        let name = src.file_name().expect("module file name");
-        std::fs::copy(&src, dir.join(name)).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-    }
-}
-
 #[test]
 fn quire_serves_a_vfio_nvme_ssd_to_the_kernel_host_and_keeps_data_across_restarts() {
     if !require_guest("vfio_serve") {
         return;
     }
     let _serial = serial();
-    let quire = build_quire_static();
+    let quire = build_static(&["-p", "quire", "--bin", "quire"], "quire");
     let files = tempfile::tempdir().expect("temp dir");
-    stage_files(files.path(), &quire);
+    stage_vfio_files(files.path(), &quire, "quire", &[NVME_MODULE]);
     let image_dir = tempfile::tempdir().expect("temp dir");
     let image = image_dir.path().join("ssd.img");
     std::fs::File::create(&image).and_then(|f| f.set_len(128 << 20)).expect("scratch image");
-    let opts = GuestOptions {
-        timeout: Duration::from_secs(900),
-        files: Some(files.path().to_path_buf()),
-        kernel_args: vec!["nvme_core.admin_timeout=5".into(), "intel_iommu=on".into(), "hugepages=64".into()],
-        qemu_args: vec![
-            "-device intel-iommu,intremap=on".into(),
-            format!("-drive file={},if=none,id=ssd0,format=raw,cache=unsafe", image.display()),
-            "-device nvme,serial=quire-vfio-serve,drive=ssd0".into(),
-        ],
-        label: "vfio-serve".into(),
-        ..GuestOptions::default()
-    };
+    let opts = vfio_guest_options(&image, "quire-vfio-serve", files.path(), Duration::from_secs(900), "vfio-serve");
     let nqn = format!("nqn.2026-11.io.quire:{VOLUME}");
     let env = [("PORT", "4420"), ("NQN", nqn.as_str()), ("ADDR", "127.0.0.1"), ("VOL", VOLUME)];
     let result = run_guest_with(GUEST_SCRIPT, &env, &opts);
