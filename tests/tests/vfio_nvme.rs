@@ -18,8 +18,6 @@ use std::time::Duration;
 
 use quire_tests::{build_static, require_guest, run_guest_with, serial, stage_vfio_files, vfio_guest_options};
 
-/// VFIO modules in load order (dependencies first), relative to the kernel's module tree.
-
 /// The checks the example must report as passed.
 const CHECKS: [&str; 17] = [
     "PASS bind",
