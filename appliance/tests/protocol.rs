@@ -537,3 +537,41 @@ fn zero_copy_sends_deliver_the_right_data_and_release_buffers() {
         h.io().read((i % 4) * blocks, blocks as u32).ok();
     }
 }
+
+#[test]
+fn zeroes_and_deallocate_over_more_pages_than_one_window_of_parts() {
+    // 256 pages of 64 KiB: one command covering all of them runs in several windows
+    // of at most PARTS_MAX parts.
+    let t = TestTarget::start_with(|c| {
+        c.volumes.push(quire_config::Volume {
+            name: "many".into(),
+            size: quire_config::ByteSize::mib(16),
+            page_size: quire_config::ByteSize::kib(64),
+            block_size: 4096,
+            allowed_hosts: Vec::new(),
+        });
+    });
+    let mut h = Host::connect(t.io_addr, "many");
+    let blocks_per_page = 16u64;
+    let written = [0u64, 70, 140, 255];
+    for &p in &written {
+        h.io().round_trip(p * blocks_per_page, &pattern(p as u32, 8192));
+    }
+    assert_eq!(t.allocated_pages("many"), 4);
+    // Write Zeroes over the whole volume frees every written page.
+    assert_eq!(write_zeroes(h.io(), 0, 4096, false), Status::SUCCESS);
+    wait_until("pages freed by Write Zeroes", || t.allocated_pages("many") == 0);
+    for &p in &written {
+        h.io().round_trip(p * blocks_per_page, &pattern(1000 + p as u32, 4096));
+    }
+    // One DSM range over the whole volume, starting mid-page: whole pages are freed,
+    // the partial first page is zeroed in place.
+    assert_eq!(deallocate(h.io(), &[(1, 4095)]), Status::SUCCESS);
+    wait_until("pages freed by DSM", || t.allocated_pages("many") == 1);
+    for &p in &written {
+        let got = h.io().read(p * blocks_per_page + 1, 1).ok().data;
+        assert!(got.iter().all(|&b| b == 0), "page {p} reads zeroes after deallocate");
+    }
+    // LBA 0 was outside the range: still there.
+    assert_eq!(h.io().read(0, 1).ok().data, pattern(1000, 4096));
+}

@@ -16,7 +16,7 @@ use crate::reactor::stats::add;
 use crate::reactor::{ReactorCtx, ReqRef, VolumeEntry};
 use crate::target::tcp::qpair::QueueInfo;
 use crate::target::tcp::req::{ReqState, ReqTable};
-use crate::volume::split::split;
+use crate::volume::split::{split, PARTS_MAX};
 
 /// Write Zeroes: deallocate allowed (CDW12 bit 25).
 const WZ_DEAC: u32 = 1 << 25;
@@ -152,17 +152,26 @@ fn wait_for_pages(
     vol_id: crate::volume::VolumeId,
     ctx: &mut ReactorCtx,
 ) -> bool {
-    let vol = &ctx.volumes[&vol_id];
-    let info = &vol.view.info;
-    let pages = vol.view.pages.clone();
+    // Find the unmapped pages first, borrowing the page table: it is shared by every
+    // reactor, so cloning its Arc per I/O would bounce its count between cores. A write
+    // is at most MDTS long, so its parts fit the window.
     let start = slba + reqs.req(idx).cursor;
-    let mut waits = 0;
-    for part in split(start, slba + nlb - start, info.blocks_per_page(), u64::from(info.block_size)) {
-        if pages.get(part.page).is_none() {
-            ctx.alloc_wait(vol_id, part.page, rref);
-            waits += 1;
+    let mut unmapped = [0u64; PARTS_MAX];
+    let mut n = 0;
+    {
+        let vol = &ctx.volumes[&vol_id];
+        let info = &vol.view.info;
+        for part in split(start, slba + nlb - start, info.blocks_per_page(), u64::from(info.block_size)) {
+            if vol.view.pages.get(part.page).is_none() {
+                unmapped[n] = part.page;
+                n += 1;
+            }
         }
     }
+    for &page in &unmapped[..n] {
+        ctx.alloc_wait(vol_id, page, rref);
+    }
+    let waits = n as u32;
     if waits == 0 {
         return false;
     }
@@ -187,18 +196,62 @@ fn run_parts(
     base: u64,
     ctx: &mut ReactorCtx,
 ) -> bool {
-    let cursor = reqs.req(idx).cursor;
-    if cursor >= base + nlb {
-        return true;
+    loop {
+        let cursor = reqs.req(idx).cursor;
+        if cursor >= base + nlb {
+            return true;
+        }
+        let done_here = cursor.saturating_sub(base);
+        // Look up a window of parts' slots while borrowing the page table (shared by every
+        // reactor: no Arc clone, no count bouncing between cores per I/O), then run them.
+        // Write Zeroes and DSM ranges may have more parts than a window.
+        let mut slots = [None; PARTS_MAX];
+        let (bpp, bs, n) = {
+            let vol = &ctx.volumes[&vol_id];
+            let (bpp, bs) = (vol.view.info.blocks_per_page(), u64::from(vol.view.info.block_size));
+            let mut n = 0;
+            for part in split(slba + done_here, nlb - done_here, bpp, bs).take(PARTS_MAX) {
+                slots[n] = vol.view.pages.get(part.page);
+                n += 1;
+            }
+            (bpp, bs, n)
+        };
+        match run_window(
+            reqs,
+            idx,
+            rref,
+            vol_id,
+            (slba + done_here, nlb - done_here, done_here),
+            (bpp, bs),
+            &slots[..n],
+            kind,
+            ctx,
+        ) {
+            Step::Continue => assert!(reqs.req(idx).cursor > cursor, "a window of parts always advances the cursor"),
+            Step::Parked => return false,
+            Step::Stop => return true,
+        }
     }
-    let done_here = cursor.saturating_sub(base);
-    let vol = &ctx.volumes[&vol_id];
-    let (bpp, bs) = (vol.view.info.blocks_per_page(), u64::from(vol.view.info.block_size));
-    let pages = vol.view.pages.clone();
+}
+
+/// Runs the parts of `[lba, lba + blocks)` whose slots are `slots` (one per part, in
+/// order, possibly fewer than the range has: the rest waits for the next window);
+/// `done` blocks of the command's range precede `lba` (its data offset).
+#[allow(clippy::too_many_arguments)]
+fn run_window(
+    reqs: &mut ReqTable,
+    idx: u16,
+    rref: ReqRef,
+    vol_id: crate::volume::VolumeId,
+    (lba, blocks, done): (u64, u64, u64),
+    (bpp, bs): (u64, u64),
+    slots: &[Option<u64>],
+    kind: Kind,
+    ctx: &mut ReactorCtx,
+) -> Step {
     let dev_bs = ctx.dev_block_size;
-    for part in split(slba + done_here, nlb - done_here, bpp, bs) {
-        let data_off = part.data_offset + done_here * bs;
-        let slot = pages.get(part.page);
+    for (part, &slot) in split(lba, blocks, bpp, bs).zip(slots) {
+        let data_off = part.data_offset + done * bs;
         let whole_page = part.num_blocks == bpp;
         let dev_lba = slot.map(|s| (s + part.block_in_page * bs) / dev_bs);
         let dev_blocks = (part.num_blocks * bs / dev_bs) as u32;
@@ -240,13 +293,11 @@ fn run_parts(
                 submit_part(reqs, idx, rref, part.num_blocks, ctx)
             }
         };
-        match step {
-            Step::Continue => {}
-            Step::Parked => return false,
-            Step::Stop => return true,
+        if !matches!(step, Step::Continue) {
+            return step;
         }
     }
-    true
+    Step::Continue
 }
 
 /// What to do after one part.

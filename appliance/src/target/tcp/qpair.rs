@@ -468,10 +468,12 @@ impl TcpQpair {
         for idx in out.freed {
             // A request whose bytes went out zero-copy keeps its buffers until the kernel
             // is done with them.
+            // A request reaches `freed` once from the send path (never held before) or
+            // from `reap` (popped from `held` because its send is complete), so it is
+            // never pushed twice.
             if self.reqs.req(idx).zc_id.is_some_and(|id| !self.tx.zc_complete(id)) {
-                if !self.tx.held.contains(&idx) {
-                    self.tx.held.push_back(idx);
-                }
+                debug_assert!(!self.tx.held.contains(&idx), "request {idx} held twice");
+                self.tx.held.push_back(idx);
                 continue;
             }
             release_buffers(&mut self.reqs, idx, ctx);
