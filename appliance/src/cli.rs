@@ -9,9 +9,15 @@
 //!
 //! Exit codes: 0 success; 1 the daemon answered with an error (no such volume, …);
 //! 2 the daemon could not be reached or answered nonsense.
+//!
+//! One command runs offline, without a daemon: `quire store format`, which erases the
+//! device of a configuration (the same `--config` and flags as `quire serve`) and
+//! formats it as an empty page store. It refuses without `--yes`, and while a peer
+//! serves that configuration or holds that device. Exit codes: 0 formatted; 1 refused
+//! or failed; 2 a bad configuration.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::Value;
@@ -108,6 +114,8 @@ pub enum StatsCommand {
     Volumes,
     /// Per-reactor poll and traffic counters.
     Reactors,
+    /// Request state transitions taken since start (every reactor), with counts.
+    Requests,
 }
 
 /// `quire store …`.
@@ -115,6 +123,24 @@ pub enum StatsCommand {
 pub enum StoreCommand {
     /// Capacity and use of the page store.
     Info,
+    /// Erase the device and format it as an empty page store, offline (with
+    /// `quire serve` stopped). Every volume and all data on the device are lost.
+    Format(StoreFormatArgs),
+}
+
+/// `quire store format`: which device (the configuration of `quire serve`), and the
+/// operator's confirmation.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct StoreFormatArgs {
+    /// The configuration `quire serve` runs with (see config/default.toml); without
+    /// it, the embedded default (./quire-data/quire.img).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Confirms that everything on the device may be erased.
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub overrides: crate::serve::Overrides,
 }
 
 /// Parses a `--size`-style argument; clap adds the flag name to the message.
@@ -193,6 +219,9 @@ const VOLUME_STATS_COLUMNS: &[Column] = &[
     column("errors", "ERRORS", Format::Number),
 ];
 
+const TRANSITION_COLUMNS: &[Column] =
+    &[column("from", "FROM", Format::Text), column("to", "TO", Format::Text), column("count", "COUNT", Format::Number)];
+
 const REACTOR_STATS_COLUMNS: &[Column] = &[
     column("reactor", "REACTOR", Format::Number),
     column("core", "CORE", Format::Number),
@@ -258,7 +287,11 @@ impl ClientCommand {
             ClientCommand::Controller(ControllerCommand::List) => (methods::CONTROLLER_LIST, Value::Null),
             ClientCommand::Stats(StatsCommand::Volumes) => (methods::STATS_VOLUMES, Value::Null),
             ClientCommand::Stats(StatsCommand::Reactors) => (methods::STATS_REACTORS, Value::Null),
+            ClientCommand::Stats(StatsCommand::Requests) => (methods::STATS_REQUESTS, Value::Null),
             ClientCommand::Store(StoreCommand::Info) => (methods::STORE_INFO, Value::Null),
+            ClientCommand::Store(StoreCommand::Format(_)) => {
+                unreachable!("`quire store format` runs offline (run_with), never over RPC")
+            }
         }
     }
 
@@ -279,7 +312,9 @@ impl ClientCommand {
             ClientCommand::Controller(ControllerCommand::List) => View::Table(CONTROLLER_COLUMNS),
             ClientCommand::Stats(StatsCommand::Volumes) => View::Table(VOLUME_STATS_COLUMNS),
             ClientCommand::Stats(StatsCommand::Reactors) => View::Table(REACTOR_STATS_COLUMNS),
+            ClientCommand::Stats(StatsCommand::Requests) => View::Table(TRANSITION_COLUMNS),
             ClientCommand::Store(StoreCommand::Info) => View::Record(STORE_FIELDS),
+            ClientCommand::Store(StoreCommand::Format(_)) => View::Done(String::new()),
         }
     }
 }
@@ -296,6 +331,9 @@ pub fn run(cmd: ClientCommand, socket: &Path, json: bool) -> ExitCode {
 
 /// [`run`] with the output streams given (for tests).
 pub fn run_with(cmd: &ClientCommand, socket: &Path, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    if let ClientCommand::Store(StoreCommand::Format(args)) = cmd {
+        return store_format(args, json, out, err);
+    }
     let (method, params) = cmd.request();
     let result = match rpc::call(socket, method, params) {
         Ok(result) => result,
@@ -318,6 +356,70 @@ pub fn run_with(cmd: &ClientCommand, socket: &Path, json: bool, out: &mut dyn Wr
             let _ = writeln!(err, "error: cannot write the output: {error}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// `quire store format`: the configuration as `quire serve` would run it, then
+/// [`crate::serve::format_store`].
+fn store_format(args: &StoreFormatArgs, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    let mut cfg = match &args.config {
+        Some(path) => match quire_config::Config::from_file(path) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                let _ = writeln!(err, "error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => quire_config::Config::default(),
+    };
+    crate::serve::apply_overrides(&mut cfg, &args.overrides);
+    if let Err(e) = cfg.validate() {
+        let _ = writeln!(err, "error: {e}");
+        return ExitCode::from(2);
+    }
+    if !args.yes {
+        let _ = writeln!(
+            err,
+            "error: `quire store format` erases {} and every volume on it; add --yes to go ahead",
+            device_text(&cfg)
+        );
+        return ExitCode::from(1);
+    }
+    let done = match crate::serve::format_store(&cfg) {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let text = if json {
+        serde_json::to_string_pretty(&done).expect("a report always serializes") + "\n"
+    } else {
+        format!(
+            "formatted {}: an empty page store with {} of data space; before: {}\n",
+            done.device,
+            format_bytes(done.data_bytes),
+            done.previous
+        )
+    };
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let _ = writeln!(err, "error: cannot write the output: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The configured device, for messages: `file ./quire-data/quire.img`.
+fn device_text(cfg: &quire_config::Config) -> String {
+    match cfg.devices.first() {
+        None => "no device (none is configured)".to_string(),
+        Some(d) => match (&d.path, &d.pci_address) {
+            (Some(path), _) => format!("{} {}", d.kind, cfg.resolve(path).display()),
+            (None, Some(bdf)) => format!("{} {bdf}", d.kind),
+            (None, None) => d.kind.to_string(),
+        },
     }
 }
 
@@ -588,6 +690,68 @@ c          -      -  -                 -
         assert_eq!(run_with(&delete, &socket, false, &mut out, &mut err), ExitCode::from(1));
         assert!(out.is_empty());
         assert_eq!(String::from_utf8(err).unwrap(), "error: no volume named \"ghost\" (code 1000)\n");
+    }
+
+    #[test]
+    fn store_format_parses_the_flags_of_serve() {
+        let cmd = parse(&["store", "format", "--yes", "-c", "q.toml", "--data-dir", "/srv/q", "--port", "14420"]);
+        let ClientCommand::Store(StoreCommand::Format(args)) = cmd else { panic!("{cmd:?}") };
+        assert!(args.yes);
+        assert_eq!(args.config.as_deref(), Some(Path::new("q.toml")));
+        assert_eq!(args.overrides.data_dir.as_deref(), Some(Path::new("/srv/q")));
+        assert_eq!(args.overrides.port, Some(14420));
+        let ClientCommand::Store(StoreCommand::Format(args)) = parse(&["store", "format"]) else { panic!() };
+        assert!(!args.yes && args.config.is_none());
+    }
+
+    #[test]
+    fn store_format_runs_offline_and_only_with_yes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("quire.toml");
+        let data = dir.path().join("data");
+        std::fs::write(
+            &config,
+            format!(
+                "[peer]\ndata_dir = {:?}\n[[device]]\nkind = \"file\"\npath = \"dev.img\"\nsize = \"64M\"\n",
+                data.display().to_string()
+            ),
+        )
+        .unwrap();
+        let image = data.join("dev.img");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(&image, vec![0x42u8; 64 << 20]).unwrap();
+        let config_arg = config.display().to_string();
+        let nowhere = dir.path().join("no.sock");
+
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let cmd = parse(&["store", "format", "--config", &config_arg]);
+        assert_eq!(run_with(&cmd, &nowhere, false, &mut out, &mut err), ExitCode::from(1));
+        let message = String::from_utf8(err).unwrap();
+        assert_eq!(
+            message,
+            format!(
+                "error: `quire store format` erases file {} and every volume on it; add --yes to go ahead\n",
+                image.display()
+            )
+        );
+        assert!(std::fs::read(&image).unwrap().iter().all(|&b| b == 0x42), "nothing was written");
+
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let cmd = parse(&["store", "format", "--yes", "--config", &config_arg]);
+        assert_eq!(run_with(&cmd, &nowhere, false, &mut out, &mut err), ExitCode::SUCCESS, "{err:?}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(&format!("formatted file {} (", image.display())), "{text}");
+        assert!(text.ends_with("(starts with \"BBBBBBBBBBBBBBBB\" at byte 0)\n"), "{text}");
+        assert!(text.contains("an empty page store with 62M of data space; before: block 0 (byte 0) holds non-zero data (starts with \"BBBBBBBBBBBBBBBB\" at byte 0)\n"), "{text}");
+
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(run_with(&cmd, &nowhere, true, &mut out, &mut err), ExitCode::SUCCESS, "{err:?}");
+        let report: Value = serde_json::from_slice(&out).unwrap();
+        assert!(report["previous"].as_str().unwrap().starts_with("a Quire page store (peer uuid "), "{report}");
+
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let bad = parse(&["store", "format", "--yes", "--config", "/nonexistent/quire.toml"]);
+        assert_eq!(run_with(&bad, &nowhere, false, &mut out, &mut err), ExitCode::from(2));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! its buffer shard. The [`control`] thread owns the page store's metadata, serves the
 //! management [`rpc`] and hands new state to reactors by message.
 
+pub mod cast;
 pub mod cli;
 pub mod control;
 pub mod reactor;

@@ -2,8 +2,9 @@
 //!
 //! Order of bring-up: the buffer pool, the backing device (a VFIO NVMe controller maps
 //! the pool into its IOMMU as it opens, so the pool must exist first and be split into
-//! shards only afterwards), the page store on it (formatted on first use; on an NVMe
-//! device its metadata buffers are a few chunks of the mapped pool), the registry, the
+//! shards only afterwards), the page store on it (formatted only when the device is blank or a
+//! file this run created, see `PageStore::open_or_format_in`; on an NVMe device its
+//! metadata buffers are a few chunks of the mapped pool), the registry, the
 //! listening sockets, the reactors (each with its own device queue pair and buffer
 //! shard), the control thread's state with the configured volumes, and the management
 //! socket. Then reactors run on their threads and the control thread runs on this one
@@ -22,15 +23,14 @@ use quire_drivers::nvme::{self, Binding, NvmeDevice, NvmeError, NvmeOptions, Vfi
 use quire_drivers::uring::{DirectIo, UringDevice, UringOptions};
 use quire_drivers::{BlockDevice, DmaPool};
 
+use crate::cast::usize_from;
 use crate::control::{Control, ControlParts};
-use crate::reactor::msg::CONTROL_INBOX_MAX;
+use crate::reactor::msg::control_inbox_capacity;
 use crate::reactor::{ControlMsg, PollMode, Reactor, ReactorParts};
 use crate::target::subsystem::{Listener, Registry};
 use crate::target::TargetParams;
-use crate::volume::store::{PageStore, META_BUFS};
+use crate::volume::store::{Formatting, PageStore, StoreError, META_BUFS};
 
-/// Depth of each reactor's device queue pair.
-const DEVICE_QUEUE_DEPTH: u32 = 1024;
 /// Depth of the page store's own queue pair.
 const STORE_QUEUE_DEPTH: u32 = 64;
 
@@ -79,6 +79,43 @@ struct Opened {
     /// The device reaches only the IOMMU-mapped pool (VFIO): the page store must take
     /// its metadata buffers from it.
     mapped_pool_only: bool,
+    /// What the page store may do with a device that holds no page store.
+    formatting: Formatting,
+    /// An advisory lock (`flock`) on a file or block device, held while it is in use:
+    /// a second `quire serve` or `quire store format` on the same device is refused.
+    lock: Option<std::fs::File>,
+}
+
+/// The page store's formatting policy for a configured device: a file this run has
+/// just created is always formatted (it holds nothing); otherwise `[[device]] format`.
+fn formatting_of(policy: quire_config::Formatting, created: bool) -> Formatting {
+    match (policy, created) {
+        (_, true) | (quire_config::Formatting::IfBlank, _) => Formatting::IfBlank,
+        (quire_config::Formatting::Never, false) => Formatting::Never,
+    }
+}
+
+/// Takes the advisory lock of the device at `path`, or says who holds it.
+fn lock_device(path: &std::path::Path) -> Result<std::fs::File, ServeError> {
+    use std::os::fd::AsRawFd;
+    let fail = |reason: String| ServeError::Device { path: path.display().to_string(), reason };
+    let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open it to lock it: {e}")))?;
+    // SAFETY: flock on a descriptor we own; it touches no memory.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(fail("in use: another quire (serve or store format) holds its lock".into()));
+        }
+        // A file system without locks: carry on unprotected rather than refuse to serve.
+        tracing::warn!(path = %path.display(), "cannot lock the device ({e}); another quire could open it too");
+    }
+    Ok(file)
+}
+
+/// Depth of each reactor's device queue pair: `[[device]] queue_depth` of the first
+/// (only) device, or its default when none is configured (a device given by a test).
+fn device_queue_depth(cfg: &Config) -> u32 {
+    cfg.devices.first().map_or_else(quire_config::Device::queue_depth_default, |d| d.queue_depth)
 }
 
 fn open_device(cfg: &Config, pool: &DmaPool) -> Result<Opened, ServeError> {
@@ -94,13 +131,24 @@ fn open_device(cfg: &Config, pool: &DmaPool) -> Result<Opened, ServeError> {
         quire_config::DirectIo::On => DirectIo::On,
         quire_config::DirectIo::Off => DirectIo::Off,
     };
-    let plain = |dev: Arc<dyn BlockDevice>, desc: String| Opened { dev, desc, binding: None, mapped_pool_only: false };
+    let formatting = |created| formatting_of(d.format, created);
+    let plain = |dev: Arc<dyn BlockDevice>, desc: String, created: bool, lock: Option<std::fs::File>| Opened {
+        dev,
+        desc,
+        binding: None,
+        mapped_pool_only: false,
+        formatting: formatting(created),
+        lock,
+    };
     match d.kind {
         DeviceKind::File | DeviceKind::Block => {
             let path = cfg.resolve(d.path.as_deref().expect("validated: file and block devices have a path"));
             let create_size = if d.kind == DeviceKind::File { d.size.map(|s| s.bytes()) } else { None };
+            // Missing (or empty) before the open: this run creates it, sparse and blank.
+            let created = d.kind == DeviceKind::File && std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
             let dev = UringDevice::open(&path, UringOptions { direct, create_size, block_size_hint: Some(512) })
                 .map_err(|e| ServeError::Device { path: path.display().to_string(), reason: e.to_string() })?;
+            let lock = lock_device(&path)?;
             let desc = format!(
                 "{} {} ({}, {} bytes)",
                 if d.kind == DeviceKind::File { "file" } else { "block device" },
@@ -108,17 +156,20 @@ fn open_device(cfg: &Config, pool: &DmaPool) -> Result<Opened, ServeError> {
                 if dev.is_direct() { "O_DIRECT" } else { "buffered" },
                 dev.info().size_bytes()
             );
-            Ok(plain(Arc::new(dev), desc))
+            Ok(plain(Arc::new(dev), desc, created, Some(lock)))
         }
         DeviceKind::Ram => {
             let size = d.size.expect("validated: ram devices have a size").bytes();
             let dev = quire_drivers::ram::RamDevice::new(size, 512)
                 .map_err(|e| ServeError::Device { path: "ram".into(), reason: e.to_string() })?;
-            Ok(plain(Arc::new(dev), format!("ram ({size} bytes, lost at exit)")))
+            Ok(plain(Arc::new(dev), format!("ram ({size} bytes, lost at exit)"), true, None))
         }
         DeviceKind::Nvme => {
             let bdf = d.pci_address.as_deref().expect("validated: nvme devices have a PCI address");
-            open_nvme(bdf, d.bind_vfio, pool)
+            // The VFIO group is exclusive: a second user is refused as it opens.
+            let mut opened = open_nvme(bdf, d.bind_vfio, pool)?;
+            opened.formatting = formatting(false);
+            Ok(opened)
         }
     }
 }
@@ -155,7 +206,7 @@ fn open_nvme(bdf: &str, bind: bool, pool: &DmaPool) -> Result<Opened, ServeError
         info.block_size,
         dev.io_queues()
     );
-    Ok(Opened { dev: Arc::new(dev), desc, binding, mapped_pool_only: true })
+    Ok(Opened { dev: Arc::new(dev), desc, binding, mapped_pool_only: true, formatting: Formatting::Never, lock: None })
 }
 
 /// The driver's reason, with what the operator can do about it.
@@ -212,6 +263,8 @@ pub struct Running {
     dev: Option<Arc<dyn BlockDevice>>,
     /// A controller `quire` bound to vfio-pci, given back once everything stopped.
     binding: Option<Binding>,
+    /// The device's advisory lock, released when the peer is gone.
+    _device_lock: Option<std::fs::File>,
 }
 
 impl Running {
@@ -225,13 +278,19 @@ impl Running {
         let _ = self.control_tx.send(ControlMsg::Shutdown);
     }
 
-    /// Waits until the peer has stopped (after [`Running::request_stop`] or a signal).
-    pub fn wait(mut self) {
+    /// Waits until the peer has stopped (after [`Running::request_stop`] or a signal);
+    /// an error names the threads that panicked.
+    pub fn wait(mut self) -> Result<(), String> {
+        let mut panicked = Vec::new();
         if let Some(c) = self.control.take() {
-            let _ = c.join();
+            if c.join().is_err() {
+                panicked.push("control".to_string());
+            }
         }
-        for t in self.reactors.drain(..) {
-            let _ = t.join();
+        for (i, t) in self.reactors.drain(..).enumerate() {
+            if t.join().is_err() {
+                panicked.push(format!("reactor {i}"));
+            }
         }
         // Every queue pair lived on those threads. Dropping the device now shuts an
         // NVMe controller down (CC.SHN) and closes its VFIO files, so that the kernel
@@ -241,12 +300,17 @@ impl Running {
             give_back(b);
         }
         tracing::info!("stopped");
+        if panicked.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("threads that panicked: {}", panicked.join(", ")))
+        }
     }
 
-    /// Stops the peer and waits for it.
-    pub fn shutdown(self) {
+    /// Stops the peer and waits for it (see [`Running::wait`]).
+    pub fn shutdown(self) -> Result<(), String> {
         self.request_stop();
-        self.wait();
+        self.wait()
     }
 }
 
@@ -277,19 +341,13 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
         &running.device,
         cfg.reactors.count() as usize,
     );
-    running.wait();
-    Ok(())
+    running.wait().map_err(ServeError::Io)
 }
 
 /// Brings a peer up and returns once it serves.
 pub fn start(cfg: Config) -> Result<Running, ServeError> {
-    cfg.validate().map_err(|e| ServeError::Config(e.to_string()))?;
-    std::fs::create_dir_all(&cfg.peer.data_dir)
-        .map_err(|e| ServeError::Io(format!("cannot create data_dir {}: {e}", cfg.peer.data_dir.display())))?;
     // The pool first: a VFIO device maps it into its IOMMU as it opens.
-    let n = cfg.reactors.count() as usize;
-    let pool = DmaPool::new(cfg.buffers.chunk_size.bytes() as usize, cfg.buffers.count as usize, cfg.buffers.hugepages)
-        .map_err(|e| ServeError::Io(format!("buffer pool: {e}")))?;
+    let (n, pool) = prepare(&cfg)?;
     let opened = open_device(&cfg, &pool)?;
     let binding = opened.binding.clone();
     match start_on(cfg, pool, n, opened) {
@@ -304,9 +362,100 @@ pub fn start(cfg: Config) -> Result<Running, ServeError> {
     }
 }
 
+/// Validates `cfg`, makes its data directory and its buffer pool: the reactor count
+/// and the pool.
+fn prepare(cfg: &Config) -> Result<(usize, DmaPool), ServeError> {
+    cfg.validate().map_err(|e| ServeError::Config(e.to_string()))?;
+    std::fs::create_dir_all(&cfg.peer.data_dir)
+        .map_err(|e| ServeError::Io(format!("cannot create data_dir {}: {e}", cfg.peer.data_dir.display())))?;
+    let pool = DmaPool::new(
+        usize_from(cfg.buffers.chunk_size.bytes()),
+        usize_from(cfg.buffers.count.into()),
+        cfg.buffers.hugepages,
+    )
+    .map_err(|e| ServeError::Io(format!("buffer pool: {e}")))?;
+    Ok((cfg.reactors.count() as usize, pool))
+}
+
+/// Brings a peer up on a device the caller made (tests: a RAM device behind a
+/// fault-injecting one); the configuration's `[[device]]` is not used.
+pub fn start_with_device(cfg: Config, dev: Arc<dyn BlockDevice>, desc: &str) -> Result<Running, ServeError> {
+    let (n, pool) = prepare(&cfg)?;
+    let formatting = formatting_of(cfg.devices.first().map_or(quire_config::Formatting::IfBlank, |d| d.format), false);
+    let opened = Opened { dev, desc: desc.to_string(), binding: None, mapped_pool_only: false, formatting, lock: None };
+    start_on(cfg, pool, n, opened)
+}
+
+/// What `quire store format` did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Formatted {
+    /// The device, as `quire serve` describes it.
+    pub device: String,
+    /// What it held before.
+    pub previous: String,
+    /// Bytes of the new, empty page store's data region.
+    pub data_bytes: u64,
+}
+
+/// `quire store format`: erases the configured device and formats it as an empty page
+/// store with a new identity, offline. Refuses while a peer serves this
+/// configuration (its management socket answers) or holds the device (its lock, or
+/// the VFIO group of an NVMe device), and for a RAM device (nothing to keep).
+pub fn format_store(cfg: &Config) -> Result<Formatted, ServeError> {
+    cfg.validate().map_err(|e| ServeError::Config(e.to_string()))?;
+    if cfg.devices.len() != 1 {
+        return Err(ServeError::Config(format!(
+            "device: {} devices configured; this version serves exactly one device per peer",
+            cfg.devices.len()
+        )));
+    }
+    if cfg.devices[0].kind == DeviceKind::Ram {
+        return Err(ServeError::Config("device[0].kind = \"ram\": a RAM device is blank at every start".into()));
+    }
+    let socket = cfg.rpc_socket_path();
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(ServeError::Io(format!(
+            "a peer is serving this configuration (its management socket {} answers): stop it first",
+            socket.display()
+        )));
+    }
+    std::fs::create_dir_all(&cfg.peer.data_dir)
+        .map_err(|e| ServeError::Io(format!("cannot create data_dir {}: {e}", cfg.peer.data_dir.display())))?;
+    // Buffers for the metadata only (an NVMe device maps them into its IOMMU).
+    let pool = DmaPool::new(usize_from(cfg.buffers.chunk_size.bytes()), 4 * META_BUFS, cfg.buffers.hugepages)
+        .map_err(|e| ServeError::Io(format!("buffer pool: {e}")))?;
+    let opened = open_device(cfg, &pool)?;
+    let binding = opened.binding.clone();
+    let result = format_opened(&pool, &opened);
+    drop(opened);
+    if let Some(b) = binding {
+        give_back(b);
+    }
+    result
+}
+
+fn format_opened(pool: &DmaPool, opened: &Opened) -> Result<Formatted, ServeError> {
+    let fail = |e: &dyn std::fmt::Display| ServeError::Store { device: opened.desc.clone(), reason: e.to_string() };
+    let mut shard = pool.shards(1).pop().expect("one shard");
+    let mut shard = || if opened.mapped_pool_only { shard.split_off(META_BUFS) } else { None };
+    let qp = || opened.dev.create_qpair(STORE_QUEUE_DEPTH).map_err(|e| ServeError::Io(format!("device queue: {e}")));
+    let previous = match PageStore::inspect(&*opened.dev, qp()?, shard()) {
+        Ok(Some(uuid)) => format!("a Quire page store (peer uuid {})", crate::control::uuid_string(&uuid)),
+        Ok(None) => "blank".to_string(),
+        Err(StoreError::NotBlank(what) | StoreError::Damaged(what)) => what,
+        Err(StoreError::OtherVersion(v)) => format!("a Quire page store of format version {v}"),
+        Err(StoreError::Corrupt(what)) => format!("a Quire superblock that does not make sense ({what})"),
+        Err(e) => return Err(fail(&e)),
+    };
+    let store =
+        PageStore::format_in(&*opened.dev, qp()?, shard(), crate::volume::meta::random_uuid()).map_err(|e| fail(&e))?;
+    tracing::info!(device = %opened.desc, %previous, "page store formatted by the operator");
+    Ok(Formatted { device: opened.desc.clone(), previous, data_bytes: store.capacity().total_bytes })
+}
+
 /// The rest of [`start`] once the pool and the device exist.
 fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Running, ServeError> {
-    let Opened { dev, desc: device_desc, binding, mapped_pool_only } = opened;
+    let Opened { dev, desc: device_desc, binding, mapped_pool_only, formatting, lock } = opened;
     let mut shards = pool.shards(n);
     let store_shard = if mapped_pool_only {
         let shard = shards[0].split_off(META_BUFS).ok_or_else(|| {
@@ -317,16 +466,17 @@ fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Runn
         None
     };
     let store_qp = dev.create_qpair(STORE_QUEUE_DEPTH).map_err(|e| ServeError::Io(format!("device queue: {e}")))?;
-    let store = PageStore::open_or_format_in(&*dev, store_qp, store_shard)
+    let store = PageStore::open_or_format_in(&*dev, store_qp, store_shard, formatting)
         .map_err(|e| ServeError::Store { device: device_desc.clone(), reason: e.to_string() })?;
 
     let t = &cfg.target;
     let params = TargetParams {
-        max_queue_depth: t.max_queue_depth as u16,
-        max_io_queues: t.max_io_queues as u16,
-        in_capsule_data_size: t.in_capsule_data_size.bytes() as u32,
-        max_transfer_size: t.max_transfer_size.bytes() as u32,
-        max_h2c_data: t.max_h2c_data.bytes() as u32,
+        // All validated (config/src/validate.rs): depth ≤ 1024, queues ≤ 256, sizes ≤ 4M.
+        max_queue_depth: u16::try_from(t.max_queue_depth).expect("validated ≤ 1024"),
+        max_io_queues: u16::try_from(t.max_io_queues).expect("validated ≤ 256"),
+        in_capsule_data_size: u32::try_from(t.in_capsule_data_size.bytes()).expect("validated ≤ 128K"),
+        max_transfer_size: u32::try_from(t.max_transfer_size.bytes()).expect("validated ≤ 4M"),
+        max_h2c_data: u32::try_from(t.max_h2c_data.bytes()).expect("validated ≤ max_transfer_size"),
         peer_name: cfg.peer.name.clone(),
         zero_copy_send: t.zero_copy_send,
     };
@@ -350,7 +500,7 @@ fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Runn
         CfgPoll::Busy => PollMode::Busy,
         CfgPoll::Hybrid => PollMode::Hybrid { spin: Duration::from_micros(u64::from(cfg.reactors.spin_us)) },
     };
-    let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_INBOX_MAX);
+    let (control_tx, control_rx) = crossbeam_channel::bounded(control_inbox_capacity(n));
     let info = dev.info().clone();
     let mut reactors = Vec::new();
     let mut handles = Vec::new();
@@ -361,9 +511,12 @@ fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Runn
             id: i,
             core,
             mode,
-            dev: dev.create_qpair(DEVICE_QUEUE_DEPTH).map_err(|e| ServeError::Io(format!("device queue: {e}")))?,
+            dev: dev.create_qpair(device_queue_depth(&cfg)).map_err(|e| {
+                ServeError::Io(format!("device queue (device[0].queue_depth = {}): {e}", device_queue_depth(&cfg)))
+            })?,
             dev_block_size: u64::from(info.block_size),
             dev_dealloc_zeroes: info.deallocate_reads_zeroes,
+            dev_memory_align: info.memory_align,
             pool: shard,
             registry: registry.clone(),
             control: control_tx.clone(),
@@ -432,6 +585,7 @@ fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Runn
         device: device_desc,
         dev: Some(dev),
         binding,
+        _device_lock: lock,
     })
 }
 
@@ -487,7 +641,7 @@ pub fn apply_overrides(cfg: &mut Config, o: &Overrides) {
 }
 
 /// Command-line overrides of configuration keys.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
     /// Overrides peer.data_dir.
     #[arg(long)]
@@ -564,5 +718,129 @@ mod tests {
             "[peer]\ndata_dir = {:?}\n[buffers]\ncount = 64\n[[device]]\nkind = \"nvme\"\npci_address = \"0000:ff:1f.7\"\n",
             dir.path().display().to_string()
         )
+    }
+
+    /// A configuration of one reactor on a 64 MiB file device `dev.img` in `dir`, on
+    /// ports the OS picks.
+    fn file_config(dir: &std::path::Path, extra_device_keys: &str) -> Config {
+        let text = format!(
+            "[peer]\ndata_dir = {:?}\n[target]\nport = 0\ndiscovery_port = 0\n[reactors]\ncount = 1\n\
+             [buffers]\ncount = 64\nhugepages = false\n[log]\nlevel = \"warn\"\n\
+             [[device]]\nkind = \"file\"\npath = \"dev.img\"\nsize = \"64M\"\n{extra_device_keys}\n",
+            dir.display().to_string()
+        );
+        Config::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn a_file_created_at_first_start_is_formatted_and_reopened_after() {
+        let dir = tempfile::tempdir().unwrap();
+        // Even with format = "never": the file that quire creates is its own.
+        let cfg = file_config(dir.path(), "format = \"never\"");
+        start(cfg.clone()).unwrap().shutdown().unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("dev.img")).unwrap().len(), 64 << 20);
+        let running = start(cfg).unwrap();
+        let volumes = crate::rpc::client::call(running.socket(), "volume_list", serde_json::json!({})).unwrap();
+        assert_eq!(volumes[0]["name"], "demo");
+        running.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_file_holding_other_data_is_refused_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.img");
+        let mut image = vec![0u8; 64 << 20];
+        image[510..512].copy_from_slice(&[0x55, 0xaa]);
+        image[512..520].copy_from_slice(b"EFI PART");
+        std::fs::write(&path, &image).unwrap();
+        let err = start(file_config(dir.path(), "")).err().expect("refused");
+        let text = err.to_string();
+        assert!(matches!(err, ServeError::Store { .. }), "{text}");
+        assert!(text.starts_with(&format!("page store on file {} (", path.display())), "{text}");
+        assert!(
+            text.ends_with(
+                "no Quire superblock; block 0 (byte 510) holds non-zero data (a GPT partition table: \"EFI PART\" \
+                 at byte 512): refusing to format it; run `quire store format --yes` (with the configuration or \
+                 flags of `quire serve`) to erase it"
+            ),
+            "{text}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), image, "nothing was written");
+        // The operator's command erases it; then the peer starts.
+        let done = format_store(&file_config(dir.path(), "")).unwrap();
+        assert!(done.previous.contains("EFI PART"), "{done:?}");
+        assert!(done.data_bytes > 0);
+        start(file_config(dir.path(), "")).unwrap().shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_blank_file_is_formatted_unless_format_is_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.img");
+        std::fs::File::create(&path).unwrap().set_len(64 << 20).unwrap();
+        let err = start(file_config(dir.path(), "format = \"never\"")).err().expect("refused").to_string();
+        assert!(err.ends_with("no Quire superblock and the device is blank (not formatted); run `quire store format --yes` to format it"), "{err}");
+        start(file_config(dir.path(), "format = \"if-blank\"")).unwrap().shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_device_in_use_is_neither_served_twice_nor_formatted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = file_config(dir.path(), "");
+        let running = start(cfg.clone()).unwrap();
+        // The management socket answers: refused before the device is touched.
+        let err = format_store(&cfg).expect_err("refused").to_string();
+        assert!(err.starts_with("a peer is serving this configuration"), "{err}");
+        // Another configuration (other socket) on the same file: the lock refuses it.
+        let mut other = cfg.clone();
+        other.peer.rpc_socket = Some(dir.path().join("other.sock"));
+        let err = format_store(&other).expect_err("refused").to_string();
+        assert!(err.ends_with("in use: another quire (serve or store format) holds its lock"), "{err}");
+        let err = start(other).err().expect("refused").to_string();
+        assert!(err.ends_with("in use: another quire (serve or store format) holds its lock"), "{err}");
+        running.shutdown().unwrap();
+        let ram = Config::from_str("[[device]]\nkind = \"ram\"\nsize = \"64M\"\n").unwrap();
+        assert!(format_store(&ram).err().unwrap().to_string().contains("blank at every start"));
+    }
+
+    /// A RAM device that records the depth of every queue pair asked of it.
+    struct DepthRecorder {
+        inner: quire_drivers::ram::RamDevice,
+        depths: std::sync::Mutex<Vec<u32>>,
+    }
+
+    impl BlockDevice for DepthRecorder {
+        fn info(&self) -> &quire_drivers::DeviceInfo {
+            self.inner.info()
+        }
+
+        fn create_qpair(&self, depth: u32) -> std::io::Result<Box<dyn quire_drivers::QueuePair>> {
+            self.depths.lock().unwrap().push(depth);
+            self.inner.create_qpair(depth)
+        }
+    }
+
+    #[test]
+    fn reactors_open_their_device_queue_pairs_at_the_configured_depth() {
+        for (keys, want) in [("queue_depth = 3\n", 3), ("", 1024)] {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(
+                "[peer]\ndata_dir = {:?}\n[target]\nport = 0\ndiscovery_port = 0\n[reactors]\ncount = 2\n\
+                 [buffers]\ncount = 64\nhugepages = false\n[log]\nlevel = \"warn\"\n\
+                 [[device]]\nkind = \"ram\"\nsize = \"64M\"\n{keys}",
+                dir.path().display().to_string()
+            );
+            let cfg = Config::from_str(&text).unwrap();
+            let inner = quire_drivers::ram::RamDevice::new(64 << 20, 512).unwrap();
+            let dev = Arc::new(DepthRecorder { inner, depths: Default::default() });
+            start_with_device(cfg, dev.clone(), "recorder").unwrap().shutdown().unwrap();
+            // The page store's own queue pair, then one per reactor.
+            assert_eq!(*dev.depths.lock().unwrap(), vec![STORE_QUEUE_DEPTH, want, want], "{keys:?}");
+        }
+    }
+
+    #[test]
+    fn the_configured_io_uring_depth_limit_is_the_drivers() {
+        assert_eq!(quire_config::validate::URING_QUEUE_DEPTH_MAX, quire_drivers::uring::DEPTH_MAX);
     }
 }

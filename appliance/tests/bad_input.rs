@@ -4,6 +4,8 @@
 //! [`Witness`] host that was connected before it shows that every connection of the
 //! case is gone, that it can still write and read back, and that the target still
 //! accepts new hosts.
+// Test constants and sizes are small: a truncating cast would fail an assertion.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 mod common;
 
@@ -428,6 +430,33 @@ fn in_capsule_data_beyond_ioccsz() {
     let Pdu::CapsuleResp(c) = io.recv().expect("response").pdu else { panic!("expected a response") };
     assert_eq!(c.status(), Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr());
     io.round_trip(0, &pattern(2, 4096));
+    drop(h);
+    w.check(&t);
+}
+
+#[test]
+fn in_capsule_data_on_commands_that_read_or_carry_none() {
+    // In-capsule data becomes a request's buffer where it landed, read-only: a command
+    // that would write into it (a Read, an Identify) is refused with a status, and the
+    // connection goes on.
+    let t = TestTarget::start();
+    let mut w = Witness::new(&t);
+    let mut h = Host::connect(t.io_addr, "demo");
+    h.io().write(0, &pattern(3, 4096)).ok();
+    let io = h.io();
+    let mut cmd = io.rw_cmd(opcode::NVM_READ, 0, 1);
+    cmd.cid = 20;
+    cmd.set_sgl(Sgl::in_capsule(4096));
+    io.send_raw(&io.capsule_bytes(&cmd, &pattern(1, 4096))).expect("send");
+    let Pdu::CapsuleResp(c) = io.recv().expect("response").pdu else { panic!("expected a response") };
+    assert_eq!(c.status(), Status::INVALID_FIELD.with_dnr());
+    let mut id = Command { opcode: opcode::ADMIN_IDENTIFY, cid: 21, nsid: 0, cdw10: 1, ..Default::default() };
+    id.set_sgl(Sgl::in_capsule(4096));
+    let admin = &mut h.admin;
+    admin.send_raw(&admin.capsule_bytes(&id, &pattern(2, 4096))).expect("send");
+    let Pdu::CapsuleResp(c) = admin.recv().expect("response").pdu else { panic!("expected a response") };
+    assert_eq!(c.status(), Status::INVALID_FIELD.with_dnr());
+    assert_eq!(h.io().read(0, 1).ok().data, pattern(3, 4096), "the data the Read carried was not written");
     drop(h);
     w.check(&t);
 }

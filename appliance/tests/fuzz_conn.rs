@@ -9,6 +9,8 @@
 //! The number of cases comes from `PROPTEST_CASES` (default 64, so CI runs briefly),
 //! the seed from `PROPTEST_RNG_SEED` (default fixed, so CI runs the same cases).
 //! `FUZZ_SLOW=1` prints every case the target took more than 300 ms to close.
+// Test constants and sizes are small: a truncating cast would fail an assertion.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 mod common;
 

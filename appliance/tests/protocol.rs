@@ -2,6 +2,8 @@
 //! against an in-process target: initialization, Fabrics, Identify, logs, features,
 //! async events, data paths with and without digests, thin provisioning and management
 //! changes seen by connected hosts.
+// Test constants and sizes are small: a truncating cast would fail an assertion.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 mod common;
 

@@ -29,7 +29,9 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Location};
-pub use schema::{Buffers, Config, Device, DeviceKind, DirectIo, Log, Peer, PollMode, Reactors, Target, Volume};
+pub use schema::{
+    Buffers, Config, Device, DeviceKind, DirectIo, Formatting, Log, Peer, PollMode, Reactors, Target, Volume,
+};
 pub use size::{parse_size, ByteSize};
 
 /// The embedded default configuration, with a comment on every key.
@@ -137,6 +139,8 @@ mod tests {
             direct_io: DirectIo::Auto,
             pci_address: None,
             bind_vfio: false,
+            queue_depth: 4,
+            format: Formatting::Never,
         });
         config.validate().unwrap();
         let text = config.to_toml();
@@ -155,6 +159,21 @@ mod tests {
         assert!(!Config::from_str(text).unwrap().devices[0].bind_vfio, "bind_vfio defaults to false");
         let message = error("[[device]]\nkind = \"nvme\"\npci_address = \"0000:00:04.0\"\nbind_vfio = \"yes\"\n");
         assert!(message.starts_with("device[0].bind_vfio: invalid type"), "{message}");
+    }
+
+    #[test]
+    fn device_queue_depth_and_formatting_from_toml() {
+        let config = Config::from_str("[[device]]\nkind = \"ram\"\nsize = \"1G\"\n").unwrap();
+        assert_eq!(config.devices[0].queue_depth, 1024, "queue_depth defaults to 1024");
+        assert_eq!(config.devices[0].format, Formatting::IfBlank, "format defaults to if-blank");
+        let text = "[[device]]\nkind = \"ram\"\nsize = \"1G\"\nqueue_depth = 2\nformat = \"never\"\n";
+        let config = Config::from_str(text).unwrap();
+        assert_eq!((config.devices[0].queue_depth, config.devices[0].format), (2, Formatting::Never));
+        assert_eq!(Config::from_str(&config.to_toml()).unwrap(), config);
+        let message = error("[[device]]\nkind = \"ram\"\nsize = \"1G\"\nformat = \"always\"\n");
+        assert!(message.starts_with("device[0].format = \"always\": expected \"if-blank\" or \"never\""), "{message}");
+        let message = error("[[device]]\nkind = \"ram\"\nsize = \"1G\"\nqueue_depth = 0\n");
+        assert_eq!(message, "device[0].queue_depth = 0: expected 1..=65535");
     }
 
     #[test]

@@ -217,6 +217,13 @@ pub struct Device {
     /// beforehand and the daemon needs no write access to sysfs.
     #[serde(default)]
     pub bind_vfio: bool,
+    /// Depth of each reactor's queue pair on this device (requests in flight per
+    /// reactor), 1..=65535 (at most 4096 for file and block devices).
+    #[serde(default = "Device::queue_depth_default")]
+    pub queue_depth: u32,
+    /// What `quire serve` does with a device that holds no Quire page store.
+    #[serde(default)]
+    pub format: Formatting,
 }
 
 impl Device {
@@ -229,7 +236,14 @@ impl Device {
             direct_io: DirectIo::Auto,
             pci_address: None,
             bind_vfio: false,
+            queue_depth: Device::queue_depth_default(),
+            format: Formatting::IfBlank,
         }
+    }
+
+    /// The default `queue_depth`.
+    pub fn queue_depth_default() -> u32 {
+        1024
     }
 }
 
@@ -350,6 +364,28 @@ keyword_enum! {
         /// Never (through the page cache).
         Off = "off",
     } expected "\"auto\", \"on\" or \"off\""
+}
+
+keyword_enum! {
+    /// What `quire serve` does with a device that holds no Quire page store. A device
+    /// holding anything else (a partition table, a file system, damaged Quire
+    /// superblocks, a page store of another format version) is never formatted but by
+    /// `quire store format --yes`; a file that `quire serve` has just created is always
+    /// formatted.
+    Formatting {
+        /// Format it when it is blank: all zeroes where the page store's metadata and
+        /// the common disk labels would be (a new disk).
+        IfBlank = "if-blank",
+        /// Never: `quire store format --yes` formats it.
+        Never = "never",
+    } expected "\"if-blank\" or \"never\""
+}
+
+#[allow(clippy::derivable_impls)] // keyword_enum! owns the derive list
+impl Default for Formatting {
+    fn default() -> Formatting {
+        Formatting::IfBlank
+    }
 }
 
 #[allow(clippy::derivable_impls)] // keyword_enum! owns the derive list

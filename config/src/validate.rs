@@ -51,6 +51,11 @@ pub const POOL_BYTES_MAX: u64 = 64 << 30;
 pub const DEVICES_MAX: usize = 64;
 /// Smallest file or RAM device.
 pub const DEVICE_SIZE_MIN: u64 = 1 << 20;
+/// Deepest device queue pair of a reactor.
+pub const DEVICE_QUEUE_DEPTH_MAX: u32 = 65535;
+/// Deepest io_uring queue pair (file and block devices): the `quire-drivers` limit
+/// (`uring::DEPTH_MAX`, which a test of the appliance compares with this).
+pub const URING_QUEUE_DEPTH_MAX: u32 = 4096;
 /// Most volumes in the config file.
 pub const VOLUMES_MAX: usize = 1024;
 /// Longest volume or peer name.
@@ -193,9 +198,26 @@ fn in_capsule(size: ByteSize, chunk: ByteSize) -> Result {
     let key = "target.in_capsule_data_size";
     let ok = size.0 <= IN_CAPSULE_DATA_MAX && size.0.is_multiple_of(16);
     ensure(ok, key, size_text(size), "a multiple of 16 from 0 to 128K")?;
-    let expected = format!("at most buffers.chunk_size ({chunk}): capsule data lands in one chunk");
-    ensure(size <= chunk, key, size_text(size), expected)
+    // A connection receives into one chunk, and a capsule (header, padding, data,
+    // digest) always lands whole in it, behind at most a partial header moved to the
+    // chunk's start. Admin capsules carry up to 8K whatever the I/O setting.
+    let need = size.0.max(ADMIN_IN_CAPSULE_MAX) + RX_CHUNK_OVERHEAD;
+    let expected = format!(
+        "at most buffers.chunk_size ({chunk}) - {RX_CHUNK_OVERHEAD} (a whole capsule with its headers lands in one receive chunk); \
+         raise buffers.chunk_size to {} or lower this",
+        ByteSize(need.next_power_of_two())
+    );
+    ensure(need <= chunk.0, key, size_text(size), expected)
 }
+
+/// In-capsule data an admin command may carry (Connect's 1K, a Set Features
+/// payload): the receive path always has room for this much.
+pub const ADMIN_IN_CAPSULE_MAX: u64 = 8192;
+/// Receive-chunk bytes besides a capsule's data: a moved partial header, the
+/// capsule's header and its digest, padding before the data (≤ 255) and the data
+/// digest, with room to spare. `appliance/src/target/tcp/rx.rs` asserts that its
+/// reserve fits.
+pub const RX_CHUNK_OVERHEAD: u64 = 1024;
 
 fn buffers(buffers: &Buffers, target: &Target) -> Result {
     let chunk = buffers.chunk_size;
@@ -234,6 +256,7 @@ fn devices(devices: &[Device], have_volumes: bool) -> Result {
             DeviceKind::Ram => device_ram(device, &key)?,
             DeviceKind::Nvme => device_nvme(device, &key)?,
         }
+        queue_depth(device, &key)?;
         if let Some(path) = &device.path {
             ensure(paths.insert(path.clone()), &key("path"), path_text(path), "a path no other device uses")?;
         }
@@ -316,6 +339,18 @@ fn device_nvme(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
     ensure(direct == DirectIo::Auto, &key("direct_io"), quoted(direct.as_str()), "\"auto\" for an nvme device")
 }
 
+fn queue_depth(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
+    let depth = device.queue_depth;
+    let range = 1..=DEVICE_QUEUE_DEPTH_MAX;
+    ensure(range.contains(&depth), &key("queue_depth"), depth, format!("1..={DEVICE_QUEUE_DEPTH_MAX}"))?;
+    let uring = matches!(device.kind, DeviceKind::File | DeviceKind::Block);
+    let expected = format!(
+        "1..={URING_QUEUE_DEPTH_MAX} for {} device (an io_uring queue pair holds at most {URING_QUEUE_DEPTH_MAX} requests)",
+        a_kind(device.kind)
+    );
+    ensure(!uring || depth <= URING_QUEUE_DEPTH_MAX, &key("queue_depth"), depth, expected)
+}
+
 /// `DDDD:BB:DD.F`: domain, bus, device in hex, function 0..=7.
 pub fn is_pci_address(text: &str) -> bool {
     let bytes = text.as_bytes();
@@ -389,18 +424,29 @@ mod tests {
             direct_io: DirectIo::Auto,
             pci_address: None,
             bind_vfio: false,
+            queue_depth: 1024,
+            format: crate::schema::Formatting::IfBlank,
         }
     }
 
     fn nvme(address: &str) -> Device {
-        Device {
-            kind: DeviceKind::Nvme,
-            path: None,
-            size: None,
-            direct_io: DirectIo::Auto,
-            pci_address: Some(address.to_string()),
-            bind_vfio: false,
-        }
+        Device { kind: DeviceKind::Nvme, size: None, pci_address: Some(address.to_string()), ..ram(0) }
+    }
+
+    #[test]
+    fn device_queue_depth_range() {
+        assert_eq!(invalid(|c| c.devices[0].queue_depth = 0), "device[0].queue_depth = 0: expected 1..=65535");
+        assert_eq!(
+            invalid(|c| c.devices[0].queue_depth = 4097),
+            "device[0].queue_depth = 4097: expected 1..=4096 for a file device (an io_uring queue pair holds at \
+             most 4096 requests)"
+        );
+        let message = invalid(|c| c.devices = vec![Device { queue_depth: 65536, ..ram(1 << 20) }]);
+        assert_eq!(message, "device[0].queue_depth = 65536: expected 1..=65535");
+        valid(|c| c.devices[0].queue_depth = 1);
+        valid(|c| c.devices[0].queue_depth = 4096);
+        valid(|c| c.devices = vec![Device { queue_depth: 65535, ..ram(1 << 20) }]);
+        valid(|c| c.devices = vec![Device { queue_depth: 65535, ..nvme("0000:01:00.0") }]);
     }
 
     #[test]
@@ -509,9 +555,34 @@ mod tests {
             c.target.in_capsule_data_size = ByteSize::kib(8);
         });
         assert!(
-            message.starts_with("target.in_capsule_data_size = \"8K\": expected at most buffers.chunk_size (4K)"),
+            message
+                .starts_with("target.in_capsule_data_size = \"8K\": expected at most buffers.chunk_size (4K) - 1024"),
             "{message}"
         );
+        assert!(message.ends_with("raise buffers.chunk_size to 16K or lower this"), "{message}");
+        // Even without in-capsule data for I/O, an admin capsule (8K) must fit.
+        let message = invalid(|c| {
+            c.buffers.chunk_size = ByteSize::kib(8);
+            c.buffers.count = 1024;
+            c.target.max_transfer_size = ByteSize::kib(128);
+            c.target.max_h2c_data = ByteSize::kib(128);
+            c.target.in_capsule_data_size = ByteSize(0);
+        });
+        assert!(message.starts_with("target.in_capsule_data_size = 0: expected at most"), "{message}");
+        // 64K of in-capsule data needs a 128K chunk, not a 64K one.
+        let message = invalid(|c| {
+            c.buffers.chunk_size = ByteSize::kib(64);
+            c.target.max_transfer_size = ByteSize::kib(1024);
+            c.target.in_capsule_data_size = ByteSize::kib(64);
+        });
+        assert!(message.starts_with("target.in_capsule_data_size = \"64K\""), "{message}");
+        valid(|c| {
+            c.buffers.chunk_size = ByteSize::kib(16);
+            c.buffers.count = 1024;
+            c.target.max_transfer_size = ByteSize::kib(128);
+            c.target.max_h2c_data = ByteSize::kib(128);
+            c.target.in_capsule_data_size = ByteSize::kib(8);
+        });
         valid(|c| c.target.in_capsule_data_size = ByteSize(0));
     }
 
@@ -631,6 +702,8 @@ mod tests {
             direct_io: DirectIo::On,
             pci_address: None,
             bind_vfio: false,
+            queue_depth: 64,
+            format: crate::schema::Formatting::Never,
         };
         valid(|c| c.devices = vec![block.clone()]);
         let message = invalid(|c| c.devices = vec![Device { size: Some(ByteSize::gib(1)), ..block.clone() }]);

@@ -7,6 +7,9 @@
 //! up, and runs the checks of the driver's issue, printing one PASS/FAIL line each; the
 //! exit code is the number of failures (capped at 100). `--bench N` only runs N 4 KiB
 //! reads at queue depth 1 on one queue pair (for instruction counting).
+// Test constants are small (sizes, counts, tags of a check run); a truncation would
+// fail a check.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,10 +11,13 @@
 //! - [`uring`]: files and kernel block devices through `io_uring` (`O_DIRECT` where the
 //!   file system allows it).
 //! - [`nvme`]: the userspace NVMe driver over VFIO.
+//! - [`fault`]: a wrapper that injects faults (full queues, late and out-of-order
+//!   completions, media errors) into another device, for tests.
 #![deny(missing_docs)]
 
 pub mod block;
 pub mod dma;
+pub mod fault;
 pub mod nvme;
 pub mod ram;
 pub mod uring;

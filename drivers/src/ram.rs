@@ -41,6 +41,7 @@ impl RamDevice {
                 max_transfer_bytes: 1 << 20,
                 volatile_write_cache: false,
                 deallocate_reads_zeroes: true,
+                memory_align: 1,
             },
             mem: Arc::new(Memory { map }),
         })
@@ -87,8 +88,9 @@ impl RamQueuePair {
         if end > self.num_blocks {
             return Err(IoError::OutOfRange);
         }
-        let off = (req.lba * self.block_size) as usize;
-        let len = (u64::from(req.num_blocks) * self.block_size) as usize;
+        // Both inside the mapping (checked just above), whose length is a usize.
+        let off = usize::try_from(req.lba * self.block_size).expect("inside the mapping");
+        let len = usize::try_from(u64::from(req.num_blocks) * self.block_size).expect("inside the mapping");
         debug_assert!(off + len <= self.mem.map.len());
         match req.op {
             Op::Read | Op::Write { .. } => {
@@ -147,7 +149,7 @@ impl QueuePair for RamQueuePair {
     }
 
     fn outstanding(&self) -> u32 {
-        self.done.len() as u32
+        u32::try_from(self.done.len()).expect("at most the queue depth, a u32")
     }
 }
 

@@ -1,5 +1,7 @@
 //! Connects to an NVMe/TCP target, identifies it, writes and reads back a few blocks.
 //! Usage: probe ADDR:PORT [SUBNQN]
+// Test constants are small; a truncation would fail an assertion.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 use quire_perf::initiator::{self, Controller, ControllerOptions, DataDir};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

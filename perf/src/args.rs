@@ -234,7 +234,7 @@ impl Args {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             depth: self.depth,
-            io_size: self.io_size as u32,
+            io_size: u32::try_from(self.io_size).expect("checked against IO_SIZE_MAX above"),
             pattern,
             read_pct,
             time_s: self.time_s,

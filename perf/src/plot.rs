@@ -47,7 +47,11 @@ pub fn svg(hist: &Histogram<u64>, title: &str) -> String {
     let hi_us = axis_us.min(max_us).max(lo_us * 1.01);
     assert!(hi_us > lo_us);
     if max_us > hi_us {
-        let beyond = hist.count_between(((hi_us * 1000.0) as u64).saturating_add(1), hist.max());
+        // hi_us is positive and at most the histogram's max (a u64 of ns): the cast
+        // neither drops a sign nor saturates.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let hi_ns = (hi_us * 1000.0) as u64;
+        let beyond = hist.count_between(hi_ns.saturating_add(1), hist.max());
         let _ = writeln!(
             s,
             r#"<text x="{}" y="40" text-anchor="middle" font-size="11">max {:.1} us; {beyond} I/Os ({:.4} %) beyond the axis, counted in the last bar</text>"#,
@@ -61,6 +65,8 @@ pub fn svg(hist: &Histogram<u64>, title: &str) -> String {
     let mut bins = [0u64; BINS];
     for v in hist.iter_recorded() {
         let us = v.value_iterated_to() as f64 / 1000.0;
+        // Non-negative (us >= lo_us) and clamped to the last bin below; `as` saturates.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let f = ((us.max(lo_us).log10() - l0) / (l1 - l0) * BINS as f64) as usize;
         bins[f.min(BINS - 1)] += v.count_since_last_iteration();
     }

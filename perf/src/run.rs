@@ -152,7 +152,8 @@ fn region_blocks(cfg: &Config, ns: &Namespace, prefill_size: u32) -> u64 {
 /// Size of the `--verify` prefill writes: a multiple of `-o` of at most
 /// [`PREFILL_IO_MAX`] and at most what every namespace takes in one I/O.
 fn prefill_size(cfg: &Config, namespaces: &[Namespace]) -> u32 {
-    let cap = namespaces.iter().filter_map(|n| n.max_io_bytes).fold(u64::from(PREFILL_IO_MAX), u64::min) as u32;
+    let cap = namespaces.iter().filter_map(|n| n.max_io_bytes).fold(u64::from(PREFILL_IO_MAX), u64::min);
+    let cap = u32::try_from(cap).expect("at most PREFILL_IO_MAX, a u32");
     let size = (cap / cfg.io_size).max(1) * cfg.io_size;
     assert!(size >= cfg.io_size && size.is_multiple_of(cfg.io_size));
     size
@@ -194,7 +195,11 @@ fn prepare_and_run(cfg: &Config, targets: &mut [Target], namespaces: &[Namespace
         println!("Associating {} with lcore {}", namespaces[p.ns].name, cfg.cores[p.worker]);
     }
     for (ti, t) in targets.iter_mut().enumerate() {
-        let n = pairs.iter().filter(|p| namespaces[p.ns].target == ti).count() as u32 * cfg.qpairs;
+        let here = pairs.iter().filter(|p| namespaces[p.ns].target == ti).count();
+        let n = u32::try_from(here)
+            .ok()
+            .and_then(|h| h.checked_mul(cfg.qpairs))
+            .ok_or_else(|| "too many queues".to_string())?;
         if n > 0 {
             t.reserve_queues(u16::try_from(n).map_err(|_| "too many queues".to_string())?)
                 .map_err(|e| e.to_string())?;

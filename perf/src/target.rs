@@ -252,7 +252,9 @@ impl Target {
     pub fn open_queue(&mut self, ns: &Namespace, depth: u32, buf_len: usize) -> Result<Box<dyn IoQueue>, TargetError> {
         match &mut self.session {
             Session::Tcp { ctrl, next_qid } => {
-                let conn = ctrl.connect_io_queue(*next_qid, depth as u16, buf_len)?;
+                let depth = u16::try_from(depth)
+                    .map_err(|_| TargetError::Unusable(format!("queue depth {depth} beyond an NVMe/TCP queue")))?;
+                let conn = ctrl.connect_io_queue(*next_qid, depth, buf_len)?;
                 *next_qid += 1;
                 Ok(Box::new(TcpQueue { conn, nsid: ns.nsid }))
             }
@@ -403,8 +405,8 @@ struct DeviceQueue {
 
 impl IoQueue for DeviceQueue {
     fn submit(&mut self, io: &Io, fill: &mut dyn FnMut(&mut [u8])) -> Result<(), QueueError> {
-        let tag = io.tag as usize;
-        assert!(tag < self.bufs.len(), "tag {tag} beyond the queue depth");
+        let tag = usize::try_from(io.tag).unwrap_or(usize::MAX);
+        assert!(tag < self.bufs.len(), "tag {} beyond the queue depth", io.tag);
         let buf = &mut self.bufs[tag];
         assert!(io.bytes as usize <= buf.len());
         let op = match io.kind {
@@ -433,7 +435,7 @@ impl IoQueue for DeviceQueue {
         let bufs = &self.bufs;
         let lens = &self.lens;
         Ok(self.qp.poll(usize::MAX, &mut |c| {
-            let tag = c.tag as usize;
+            let tag = usize::try_from(c.tag).expect("tags are buffer indices (checked in submit)");
             let data = &bufs[tag].as_slice()[..lens[tag] as usize];
             on_done(c.tag, c.result.map_err(|e| e.to_string()), data)
         }))

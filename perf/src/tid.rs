@@ -135,8 +135,9 @@ impl TransportId {
                 let size = parse_size(sz).ok_or(TidError::BadValue { key: "size", value: sz.into() })?;
                 let bs = get("bs").unwrap_or("512");
                 let block_size = parse_size(bs)
+                    .and_then(|b| u32::try_from(b).ok())
                     .filter(|b| b.is_power_of_two() && (512..=65536).contains(b))
-                    .ok_or(TidError::BadValue { key: "bs", value: bs.into() })? as u32;
+                    .ok_or(TidError::BadValue { key: "bs", value: bs.into() })?;
                 if size < u64::from(block_size) {
                     return Err(TidError::BadValue { key: "size", value: sz.into() });
                 }

@@ -290,8 +290,9 @@ impl Job {
             let stats = &mut self.stats;
             let outstanding = &mut self.outstanding;
             let r = self.queues[q].poll(&mut |tag, result, data| {
-                let io = inflight[tag as usize].take().expect("completion for a tag in flight");
-                free.push(tag as u32);
+                let slot = u32::try_from(tag).expect("tags are u32 slots from the free list");
+                let io = inflight[slot as usize].take().expect("completion for a tag in flight");
+                free.push(slot);
                 *outstanding -= 1;
                 n += 1;
                 bytes += u64::from(io.bytes);
@@ -301,7 +302,8 @@ impl Job {
                             check_into(stats, data, io.lba, bs, plan.seed);
                         }
                         if measuring && plan.record {
-                            let ns = io.start.elapsed().as_nanos().clamp(1, u128::from(LATENCY_NS_MAX)) as u64;
+                            let ns = u64::try_from(io.start.elapsed().as_nanos().clamp(1, u128::from(LATENCY_NS_MAX)))
+                                .expect("clamped to LATENCY_NS_MAX, a u64");
                             stats.hist.record(ns).expect("clamped into the histogram's range");
                             stats.ios += 1;
                             stats.bytes += u64::from(io.bytes);
@@ -336,7 +338,8 @@ fn check_into(stats: &mut JobStats, data: &[u8], lba: u64, bs: usize, seed: u64)
         if let Some(offset) = check_block(block, lba + i as u64, seed) {
             stats.mismatch_count += 1;
             if stats.mismatches.len() < MISMATCHES_KEPT {
-                stats.mismatches.push(Mismatch { lba: lba + i as u64, offset: offset as u32 });
+                let offset = u32::try_from(offset).expect("an offset inside one block");
+                stats.mismatches.push(Mismatch { lba: lba + i as u64, offset });
             }
         }
     }

@@ -9,10 +9,25 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn quire_binary() -> Option<PathBuf> {
+/// The `quire` these tests drive: `$QUIRE_BIN` (scripts/test.sh sets it to the release
+/// build it just made), else the newer of `target/{release,debug}/quire` (a stale
+/// release build must not stand in for the code under test). No binary is a failure,
+/// not a skip: `cargo test --workspace` builds it.
+fn quire_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("QUIRE_BIN").filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        assert!(bin.is_file(), "QUIRE_BIN={} is not a file", bin.display());
+        return bin;
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    ["release", "debug"].iter().map(|p| target.join(p).join("quire")).find(|p| p.is_file())
+    ["release", "debug"]
+        .iter()
+        .map(|p| target.join(p).join("quire"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .expect("no target/{release,debug}/quire: build it (`cargo build -p quire`) or set QUIRE_BIN")
 }
 
 fn free_port() -> u16 {
@@ -69,10 +84,7 @@ fn perf(args: &[&str]) -> Output {
 
 #[test]
 fn every_workload_with_verify_against_quire() {
-    let Some(bin) = quire_binary() else {
-        eprintln!("SKIP: no target/{{release,debug}}/quire built");
-        return;
-    };
+    let bin = quire_binary();
     let q = Quire::start(&bin);
     let cases: [(&str, &[&str]); 6] = [
         ("read", &[]),
@@ -99,10 +111,7 @@ fn every_workload_with_verify_against_quire() {
 
 #[test]
 fn wrong_nqn_and_a_target_that_dies_mid_run() {
-    let Some(bin) = quire_binary() else {
-        eprintln!("SKIP: no target/{{release,debug}}/quire built");
-        return;
-    };
+    let bin = quire_binary();
     let mut q = Quire::start(&bin);
     let bad = format!("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:nqn.2026-11.io.quire:nope", q.port);
     let o = perf(&["-w", "read", "-t", "1", "-r", &bad]);

@@ -10,9 +10,15 @@
 //! - [`QuireProcess`]: the `quire` binary as a child process, its output in a
 //!   log file, killed on drop; [`QuireProcess::kill9`] for crash tests.
 //! - [`free_port`], [`wait_for_port`]: loopback ports for Quire to listen on.
-//! - [`guest_available`] / [`require_guest`]: whether the guest can boot here
-//!   (`scripts/install-test-deps.sh` has been run). Outside CI a test without
-//!   the guest prints `SKIPPED: <reason>` and returns; with `CI` set it fails.
+//! - [`guest_available`] / [`require_guest`] / [`require`]: whether the guest
+//!   (or another prerequisite, e.g. a built `quire-perf`) is there. A test
+//!   whose prerequisite is missing **fails** (panics, naming what is missing
+//!   and how to provide it), whether or not `CI` is set. Only a run that asked
+//!   to be partial (`QUIRE_TEST_PARTIAL=1`, which `scripts/test.sh --partial`
+//!   sets) skips it instead: the test prints `SKIPPED: <test>: <reason>`,
+//!   appends that line to the file named by `QUIRE_TEST_SKIP_FILE` (if set;
+//!   `scripts/test.sh` sets it and lists every skipped suite in its summary)
+//!   and returns.
 //!
 //! Inside the guest the host's `127.0.0.1` is [`HOST_FROM_GUEST`]
 //! (`10.0.2.2`, QEMU user networking): the only address guest scripts may
@@ -84,12 +90,25 @@ fn new_log_path(label: &str) -> PathBuf {
     log_dir().join(format!("{label}-{ms}-{}-{n}.log", std::process::id()))
 }
 
-/// True when running in CI (`CI` set to anything but empty, `0` or `false`):
-/// then a missing guest is a failure, not a skip.
-pub fn in_ci() -> bool {
-    match std::env::var("CI") {
-        Ok(v) => !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")),
-        Err(_) => false,
+/// The environment variable that makes a run partial: set to `1` (or any
+/// value but empty, `0` or `false`), a test whose prerequisite is missing is
+/// skipped and recorded instead of failing. `scripts/test.sh --partial` sets it.
+pub const PARTIAL_ENV: &str = "QUIRE_TEST_PARTIAL";
+
+/// The environment variable naming the file a partial run's skips are
+/// appended to, one `<test>: <reason>` line each (`scripts/test.sh` sets it).
+pub const SKIP_FILE_ENV: &str = "QUIRE_TEST_SKIP_FILE";
+
+/// True when the caller asked for a partial run ([`PARTIAL_ENV`] set to
+/// anything but empty, `0` or `false`). `CI` plays no part.
+pub fn partial_run() -> bool {
+    env_flag(std::env::var(PARTIAL_ENV).ok().as_deref())
+}
+
+fn env_flag(v: Option<&str>) -> bool {
+    match v {
+        Some(v) => !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")),
+        None => false,
     }
 }
 
@@ -132,28 +151,54 @@ fn check_guest_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// For the start of a guest test: `true` if the guest is available. If not,
-/// panics in CI (where the dependencies are installed, so this is a bug) and
-/// elsewhere prints `SKIPPED: <test>: <reason>` to stderr and returns `false`.
+/// For the start of a guest test: `true` if the guest is available
+/// ([`guest_available`]); otherwise what [`require`] does: panic, or in a
+/// partial run ([`partial_run`]) record the skip and return `false`.
 ///
 /// ```no_run
 /// if !quire_tests::require_guest("my_test") {
-///     return;
+///     return; // only in a partial run
 /// }
 /// ```
 pub fn require_guest(test: &str) -> bool {
-    decide_guest(test, guest_available(), in_ci())
+    require(test, guest_available())
 }
 
-fn decide_guest(test: &str, available: Result<(), String>, ci: bool) -> bool {
-    match available {
-        Ok(()) => true,
-        Err(why) if ci => panic!("{test}: the e2e guest is required in CI: {why}"),
-        Err(why) => {
-            eprintln!("SKIPPED: {test}: {why}");
-            false
+/// For a prerequisite of `test` (`Err` names what is missing and how to get
+/// it): `true` if it is there. If not, panics, unless the run is partial
+/// ([`partial_run`]): then prints `SKIPPED: <test>: <why>` to stderr,
+/// appends the same line (without `SKIPPED: `) to the file named by
+/// [`SKIP_FILE_ENV`] if set, and returns `false`.
+pub fn require(test: &str, prerequisite: Result<(), String>) -> bool {
+    let skip_file = std::env::var_os(SKIP_FILE_ENV).filter(|f| !f.is_empty()).map(PathBuf::from);
+    decide(test, prerequisite, partial_run(), skip_file.as_deref())
+}
+
+fn decide(test: &str, prerequisite: Result<(), String>, partial: bool, skip_file: Option<&Path>) -> bool {
+    let why = match prerequisite {
+        Ok(()) => return true,
+        Err(why) => why,
+    };
+    if !partial {
+        panic!(
+            "{test} cannot run here: {why}. This is a failure, not a skip: provide what is missing, \
+             or run `scripts/test.sh --partial` ({PARTIAL_ENV}=1) to skip it knowingly"
+        );
+    }
+    eprintln!("SKIPPED: {test}: {why}");
+    if let Some(file) = skip_file {
+        let line = format!("{test}: {}\n", why.replace('\n', " "));
+        let written = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .and_then(|mut f| io::Write::write_all(&mut f, line.as_bytes()));
+        if let Err(e) = written {
+            // a skip that cannot be recorded would be silent: fail instead
+            panic!("{test}: skipped ({why}), but recording the skip in {} failed: {e}", file.display());
         }
     }
+    false
 }
 
 /// A process-wide lock for tests that should not run their guests (or other
@@ -635,6 +680,14 @@ impl QuireProcess {
         Self::spawn_bin(&bin, args, &[])
     }
 
+    /// Starts `quire serve` on the data directory `dir`, NVMe/TCP on `port` and
+    /// discovery on `disc_port` (the embedded default otherwise).
+    pub fn serve(dir: &Path, port: u16, disc_port: u16) -> io::Result<QuireProcess> {
+        let dir = dir.display().to_string();
+        let (port, disc_port) = (port.to_string(), disc_port.to_string());
+        Self::spawn(&["serve", "--data-dir", &dir, "--port", &port, "--discovery-port", &disc_port])
+    }
+
     /// Starts `bin` with `args` and extra environment variables `env`
     /// (e.g. `RUST_LOG`), its output captured in a new log file.
     pub fn spawn_bin<S: AsRef<OsStr>>(bin: &Path, args: &[S], env: &[(&str, &str)]) -> io::Result<QuireProcess> {
@@ -868,14 +921,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = check_guest_dir(dir.path()).unwrap_err();
         assert!(err.contains("qemu-system-x86_64") && err.contains("install-test-deps.sh"), "{err}");
-        assert!(!decide_guest("t", Err(err), false), "outside CI: skip");
-        assert!(decide_guest("t", Ok(()), true));
+        assert!(decide("t", Ok(()), false, None), "present: run");
+        assert!(decide("t", Ok(()), true, None), "present: run, partial or not");
     }
 
     #[test]
-    #[should_panic(expected = "required in CI")]
-    fn missing_guest_fails_in_ci() {
-        decide_guest("t", Err("no guest".into()), true);
+    #[should_panic(expected = "cannot run here: no guest. This is a failure, not a skip")]
+    fn missing_prerequisite_fails_without_partial() {
+        decide("t", Err("no guest".into()), false, None);
+    }
+
+    #[test]
+    fn missing_prerequisite_is_recorded_in_a_partial_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("skips");
+        assert!(!decide("first_test", Err("no guest".into()), true, Some(&file)));
+        assert!(!decide("second_test", Err("no quire-perf\nbuild it".into()), true, Some(&file)));
+        assert!(decide("third_test", Ok(()), true, Some(&file)), "present: not recorded");
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text, "first_test: no guest\nsecond_test: no quire-perf build it\n");
+        // without a skip file a partial run still skips
+        assert!(!decide("t", Err("no guest".into()), true, None));
+    }
+
+    #[test]
+    #[should_panic(expected = "recording the skip")]
+    fn unrecordable_skip_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        decide("t", Err("no guest".into()), true, Some(&dir.path().join("missing-dir/skips")));
+    }
+
+    #[test]
+    fn partial_flag_values() {
+        assert!(!env_flag(None));
+        for off in ["", "0", "false", "FALSE"] {
+            assert!(!env_flag(Some(off)), "{off:?}");
+        }
+        for on in ["1", "yes", "true"] {
+            assert!(env_flag(Some(on)), "{on:?}");
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! Each test starts its own `quire serve` on free ports with a fresh data directory,
 //! so runs never collide with each other or with a `quire serve` someone left
 //! running, and boots a guest that runs one of `tests/guest/scripts/`. The guest
-//! reaches the host's 127.0.0.1 as 10.0.2.2. Tests skip (loudly) only where the guest
-//! cannot run here and CI is not set; in CI they fail instead.
+//! reaches the host's 127.0.0.1 as 10.0.2.2. Where the guest cannot run the tests fail;
+//! only a partial run (`scripts/test.sh --partial`) skips them, and records the skip.
 
 use std::path::Path;
 use std::process::Command;
@@ -75,16 +75,7 @@ fn target_tmp() -> std::path::PathBuf {
 }
 
 fn spawn(dir: &Path, port: u16, disc_port: u16) -> QuireProcess {
-    let args = [
-        "serve".to_string(),
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "--port".into(),
-        port.to_string(),
-        "--discovery-port".into(),
-        disc_port.to_string(),
-    ];
-    QuireProcess::spawn(&args).expect("start quire")
+    QuireProcess::serve(dir, port, disc_port).expect("start quire")
 }
 
 fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {

@@ -1,7 +1,7 @@
 //! Smoke test of the e2e harness itself: a guest boots, runs a script with
 //! the environment it was given, has the tools the e2e scripts need, reports
 //! the script's exit code, and streams its console for `wait_for_log`.
-//! Skips (loudly) without the guest outside CI; fails in CI.
+//! Fails without the guest (a partial run, `scripts/test.sh --partial`, skips it).
 
 use std::time::{Duration, Instant};
 

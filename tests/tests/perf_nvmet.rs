@@ -2,13 +2,16 @@
 //! kernel's nvmet-tcp in a QEMU guest (a file on ext4 on a RAM disk, exported
 //! through `hostfwd` on a free host port). Discovery, each workload, `--verify`
 //! with header and data digests, several queue pairs, and a wrong NQN.
-//! Skips (loudly) without the guest outside CI, or without a built `quire-perf`.
+//! Without the guest or a built `quire-perf` it fails (a partial run skips it and
+//! records the skip: see `quire_tests::require`).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use quire_tests::{deadline, free_port, require_guest, serial, target_dir, wait_for_port, Guest, GuestOptions};
+use quire_tests::{
+    deadline, free_port, require, require_guest, serial, target_dir, wait_for_port, Guest, GuestOptions,
+};
 
 const NQN: &str = "nqn.2024-01.io.quire.test:perf";
 
@@ -25,11 +28,16 @@ fn perf_against_kernel_nvmet() {
     if !require_guest("perf_against_kernel_nvmet") {
         return;
     }
-    let Some(bin) = perf_binary() else {
-        assert!(!quire_tests::in_ci(), "quire-perf is not built (cargo build -p quire-perf)");
-        eprintln!("SKIPPED: perf_against_kernel_nvmet: build quire-perf first");
+    let bin = perf_binary().ok_or_else(|| {
+        format!(
+            "no quire-perf in {}/{{release,debug}}: build it (cargo build --release -p quire-perf)",
+            target_dir().display()
+        )
+    });
+    if !require("perf_against_kernel_nvmet", bin.as_ref().map(|_| ()).map_err(Clone::clone)) {
         return;
-    };
+    }
+    let bin = bin.expect("checked by require");
     let _one_guest_at_a_time = serial();
     let port = free_port();
     let script = format!(

@@ -8,8 +8,8 @@
 //!
 //! quire-perf is built statically (`crt-static`) for the guest, which has no Rust
 //! runtime libraries, as `vfio_nvme.rs` does for the driver's check program; the
-//! harness (`quire_tests`) boots the guest and skips the test outside CI when the
-//! guest is missing.
+//! harness (`quire_tests`) boots the guest and fails the test when the guest is
+//! missing (a partial run skips it and records the skip).
 
 use std::time::Duration;
 

@@ -11,8 +11,8 @@
 //! runtime libraries. It runs on the harness of `quire_tests`: `GuestOptions::qemu_args`
 //! (extra QEMU devices), `kernel_args` and `files` (the binary and the VFIO kernel
 //! modules, taken from the extracted kernel and loaded by the guest script, so the
-//! shared initramfs needs no change); `require_guest` skips the test outside CI when the
-//! guest is missing and fails it in CI.
+//! shared initramfs needs no change); `require_guest` fails the test when the guest is
+//! missing (a partial run skips it and records the skip).
 
 use std::time::Duration;
 

@@ -16,6 +16,24 @@
 pub mod nvme;
 pub mod tcp;
 
+/// The low 32 bits of `v`: the first dword of a 64-bit field split across two dwords
+/// (an LBA in CDW10/11, a log offset in CDW12/13, a 64-bit register written as two
+/// halves). Dropping the high half is the point; [`hi32`] carries it.
+#[inline]
+pub fn lo32(v: u64) -> u32 {
+    // Deliberate split of a 64-bit field into dwords: the high half goes in `hi32`.
+    #[allow(clippy::cast_possible_truncation)]
+    let lo = v as u32;
+    lo
+}
+
+/// The high 32 bits of `v` (the second dword of a split 64-bit field, see [`lo32`]).
+#[inline]
+pub fn hi32(v: u64) -> u32 {
+    // A u64 shifted right by 32 has at most 32 significant bits: nothing is lost.
+    (v >> 32) as u32
+}
+
 /// Reads a little-endian `u16` at `off`.
 #[inline]
 pub fn get_u16(b: &[u8], off: usize) -> u16 {

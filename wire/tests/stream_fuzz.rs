@@ -13,6 +13,8 @@
 //! Unmutated streams must also decode to exactly the PDUs generated, digests good.
 //!
 //! CI runs it briefly; raise `PROPTEST_CASES` (default 2000) for a longer soak.
+// Test constants are small; a truncation would fail an assertion.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 mod common;
 

@@ -17,6 +17,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use quire_wire::nvme::Status;
 use serde_json::{json, Value};
 
+pub mod outbox;
+
+use crate::cast::sat_u32;
 use crate::reactor::stats::{get, VolumeCounters};
 use crate::reactor::{ControlMsg, ReactorHandle, ReactorMsg};
 use crate::rpc::methods as m;
@@ -25,6 +28,7 @@ use crate::target::subsystem::Registry;
 use crate::volume::routing::{Epoch, PeerId, RoutingTable};
 use crate::volume::store::{PageStore, StoreError};
 use crate::volume::{VolumeId, VolumeView, PAGE_SIZE_DEFAULT};
+use outbox::Outboxes;
 
 /// Messages handled per batch at most.
 const BATCH_MAX: usize = 4096;
@@ -68,6 +72,8 @@ pub struct Control {
     barrier_next: u64,
     barrier: Option<PendingBarrier>,
     quarantine_upto: Option<u64>,
+    /// Per reactor: messages its ring could not take yet, in order.
+    outboxes: Outboxes,
 }
 
 impl Control {
@@ -85,7 +91,9 @@ impl Control {
             barrier_next: 0,
             barrier: None,
             quarantine_upto: None,
+            outboxes: Outboxes::new(0),
         };
+        c.outboxes = Outboxes::new(c.reactors.len());
         for v in c.store.volumes() {
             c.publish(v);
         }
@@ -119,21 +127,33 @@ impl Control {
             .clone();
         let hosts = self.allowed_hosts.get(&view.info.name).cloned();
         self.registry.upsert_volume(&view.info, hosts);
-        for (i, r) in self.reactors.iter().enumerate() {
-            r.send(ReactorMsg::VolumeUpdated {
-                view: view.clone(),
-                routing: routing.clone(),
-                counters: counters[i].clone(),
-                all_counters: counters.clone(),
-            });
+        for i in 0..self.reactors.len() {
+            self.send(
+                i,
+                ReactorMsg::VolumeUpdated {
+                    view: view.clone(),
+                    routing: routing.clone(),
+                    counters: counters[i].clone(),
+                    all_counters: counters.clone(),
+                },
+            );
         }
+    }
+
+    /// Sends reactor `r` a message, now or as soon as its ring has room.
+    fn send(&mut self, r: usize, msg: ReactorMsg) {
+        self.outboxes.send(&self.reactors, r, msg);
     }
 
     /// Runs until a Shutdown message.
     pub fn run(mut self) {
         let mut batch = Vec::with_capacity(BATCH_MAX);
+        let mut backlog = false;
         loop {
-            match self.rx.recv_timeout(Duration::from_millis(50)) {
+            // A full reactor ring is drained by its reactor within a loop or so: come
+            // back for the outbox soon.
+            let wait = if backlog { Duration::from_millis(1) } else { Duration::from_millis(50) };
+            match self.rx.recv_timeout(wait) {
                 Ok(m) => batch.push(m),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -148,9 +168,14 @@ impl Control {
                 break;
             }
             self.maybe_start_barrier();
+            backlog = self.outboxes.flush(&self.reactors);
         }
-        for r in &self.reactors {
-            r.send(ReactorMsg::Shutdown);
+        for r in 0..self.reactors.len() {
+            self.send(r, ReactorMsg::Shutdown);
+        }
+        // The reactors keep draining their rings until they see Shutdown.
+        while self.outboxes.flush(&self.reactors) {
+            std::thread::sleep(Duration::from_micros(100));
         }
     }
 
@@ -185,16 +210,17 @@ impl Control {
     fn allocate(&mut self, allocs: &[(usize, VolumeId, u64)]) {
         let pages: Vec<(VolumeId, u64)> = allocs.iter().map(|&(_, v, p)| (v, p)).collect();
         let results = self.store.allocate_pages(&pages);
-        let mut answered: BTreeMap<(usize, VolumeId, u64), ()> = BTreeMap::new();
+        let mut asked: BTreeMap<(usize, VolumeId, u64), ()> = BTreeMap::new();
         for (&(reactor, volume, page), result) in allocs.iter().zip(results) {
-            if answered.insert((reactor, volume, page), ()).is_some() {
-                continue;
-            }
+            // A reactor asks once per page until answered (its waiters share the answer),
+            // and every message gets its answer: each carries a credit back.
+            let fresh = asked.insert((reactor, volume, page), ()).is_none();
+            assert!(fresh, "reactor {reactor} asked twice for page {page} of volume {}", volume.0);
             let result = result.map_err(|e| {
                 tracing::warn!(volume = volume.0, page, "page allocation failed: {e}");
                 store_status(&e)
             });
-            self.reactors[reactor].send(ReactorMsg::AllocDone { volume, page, result });
+            self.send(reactor, ReactorMsg::AllocDone { volume, page, result });
         }
     }
 
@@ -212,7 +238,7 @@ impl Control {
             }
         };
         for &(reactor, _, _, cookie) in frees {
-            self.reactors[reactor].send(ReactorMsg::FreeDone { cookie, result: reply });
+            self.send(reactor, ReactorMsg::FreeDone { cookie, result: reply });
         }
     }
 
@@ -224,8 +250,8 @@ impl Control {
         self.barrier_next += 1;
         let generation = self.barrier_next;
         self.barrier = Some(PendingBarrier { generation, acks: 0, release_upto: upto });
-        for r in &self.reactors {
-            r.send(ReactorMsg::Barrier(generation));
+        for r in 0..self.reactors.len() {
+            self.send(r, ReactorMsg::Barrier(generation));
         }
     }
 
@@ -311,6 +337,7 @@ impl Control {
             m::CONTROLLER_LIST => Ok(self.controller_list()),
             m::STATS_VOLUMES => Ok(self.stats_volumes()),
             m::STATS_REACTORS => Ok(self.stats_reactors()),
+            m::STATS_REQUESTS => Ok(self.stats_requests()),
             m::STORE_INFO => {
                 let cap = self.store.capacity();
                 Ok(json!(m::StoreInfo {
@@ -318,7 +345,7 @@ impl Control {
                     size: cap.total_bytes,
                     used: cap.used_bytes,
                     free: cap.free_bytes,
-                    volumes: self.store.volumes().len() as u32,
+                    volumes: sat_u32(self.store.volumes().len()),
                 }))
             }
             other => Err(RpcError::method_not_found(other)),
@@ -339,8 +366,8 @@ impl Control {
         for c in self.registry.remove_volume(id) {
             c.namespace_changed(1);
         }
-        for r in &self.reactors {
-            r.send(ReactorMsg::VolumeRemoved(id));
+        for r in 0..self.reactors.len() {
+            self.send(r, ReactorMsg::VolumeRemoved(id));
         }
         self.routing.remove(&id);
         self.counters.remove(&id);
@@ -360,7 +387,7 @@ impl Control {
                     nqn: s.nqn.clone(),
                     volume: v.name.clone(),
                     allowed_hosts: s.allowed_hosts.clone(),
-                    controllers: r.controllers.values().filter(|c| c.subnqn == s.nqn).count() as u32,
+                    controllers: sat_u32(r.controllers.values().filter(|c| c.subnqn == s.nqn).count()),
                 })
             })
             .collect();
@@ -375,7 +402,7 @@ impl Control {
             .map(|c| {
                 let st = c.state();
                 let mut queues =
-                    vec![m::QueueEntry { qid: 0, reactor: c.admin_reactor as u32, depth: 0, peer: String::new() }];
+                    vec![m::QueueEntry { qid: 0, reactor: sat_u32(c.admin_reactor), depth: 0, peer: String::new() }];
                 queues.extend(st.connected_qids.iter().map(|&qid| m::QueueEntry {
                     qid,
                     reactor: 0,
@@ -419,6 +446,20 @@ impl Control {
         json!(list)
     }
 
+    fn stats_requests(&self) -> Value {
+        use crate::target::tcp::req::{ReqState, REQ_STATES};
+        let mut list = Vec::new();
+        for (i, from) in ReqState::ALL.iter().enumerate() {
+            for (j, to) in ReqState::ALL.iter().enumerate() {
+                let count: u64 = self.reactors.iter().map(|r| get(&r.stats.transitions.0[i * REQ_STATES + j])).sum();
+                if count > 0 {
+                    list.push(m::TransitionEntry { from: format!("{from:?}"), to: format!("{to:?}"), count });
+                }
+            }
+        }
+        json!(list)
+    }
+
     fn stats_reactors(&self) -> Value {
         let list: Vec<m::ReactorStatsEntry> = self
             .reactors
@@ -427,9 +468,9 @@ impl Control {
             .map(|(i, r)| {
                 let s = &r.stats;
                 m::ReactorStatsEntry {
-                    reactor: i as u32,
-                    core: r.core.map(|c| c as u32),
-                    connections: get(&s.connections) as u32,
+                    reactor: sat_u32(i),
+                    core: r.core.map(sat_u32),
+                    connections: sat_u32(get(&s.connections)),
                     polls: get(&s.polls),
                     busy_polls: get(&s.busy_polls),
                     sleeps: get(&s.sleeps),
@@ -439,6 +480,11 @@ impl Control {
                     rx_copied_bytes: get(&s.rx_copied_bytes),
                     tx_copied_bytes: get(&s.tx_copied_bytes),
                     zero_copy_sends: get(&s.zero_copy_sends),
+                    buffers_free: get(&s.buffers_free),
+                    buffers_total: get(&s.buffers_total),
+                    requests_active: get(&s.requests_active),
+                    connections_closing: get(&s.connections_closing),
+                    retired_buffers: get(&s.retired_buffers),
                 }
             })
             .collect();

@@ -42,6 +42,8 @@ pub const TICK: Duration = Duration::from_millis(10);
 const COMPLETIONS_MAX: usize = 256;
 /// A busy reactor reads the clock once every this many loop iterations.
 const CLOCK_EVERY: u32 = 64;
+/// How long a stopping reactor waits for its device requests to come back.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// Sleep while device I/O is outstanding on a device without a completion fd.
 const DEVICE_NAP: Duration = Duration::from_micros(50);
 
@@ -107,25 +109,13 @@ pub struct ReactorHandle {
 }
 
 impl ReactorHandle {
-    /// Sends a message, waiting while the ring is full (the reactor drains it every
-    /// loop). Fails only if the reactor stopped.
-    pub fn send(&self, mut msg: ReactorMsg) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.inbox.push(msg) {
-                Ok(()) => break,
-                Err(m) if Instant::now() < deadline => {
-                    msg = m;
-                    let _ = self.waker.wake();
-                    std::thread::yield_now();
-                }
-                Err(_) => {
-                    tracing::error!("reactor inbox stayed full for 5 s; message dropped");
-                    return;
-                }
-            }
-        }
+    /// Puts a message on the reactor's ring and wakes it; a full ring gives the
+    /// message back, for the sender to keep and offer again (see `msg`: nothing is
+    /// dropped, nobody spins).
+    pub fn try_send(&self, msg: ReactorMsg) -> Result<(), ReactorMsg> {
+        let res = self.inbox.push(msg);
         let _ = self.waker.wake();
+        res
     }
 }
 
@@ -167,8 +157,17 @@ pub struct ReactorCtx {
     pub dev_req: IoRequest,
     /// When the reactor started (power-on hours).
     pub started: Instant,
+    /// Alignment the device wants of segment addresses and lengths.
+    pub dev_memory_align: u64,
     control: Sender<ControlMsg>,
+    /// Messages the control channel could not take yet (at most the credits plus one
+    /// barrier answer), in order.
     control_backlog: VecDeque<ControlMsg>,
+    /// Allocations and frees this reactor may still ask for (`msg::CONTROL_CREDITS`).
+    control_credits: u32,
+    /// Allocations and frees waiting for a credit, in order (at most one per part of
+    /// the requests this reactor serves).
+    credit_waiters: VecDeque<ControlMsg>,
     alloc_waiters: HashMap<(VolumeId, u64), Vec<ReqRef>>,
     free_waiters: HashMap<u64, ReqRef>,
     next_cookie: u64,
@@ -208,7 +207,7 @@ impl ReactorCtx {
         let first = waiters.is_empty();
         waiters.push(rref);
         if first {
-            self.send_control(ControlMsg::Alloc { reactor: self.id, volume, page });
+            self.send_credited(ControlMsg::Alloc { reactor: self.id, volume, page });
         }
     }
 
@@ -217,7 +216,27 @@ impl ReactorCtx {
         self.next_cookie += 1;
         let cookie = self.next_cookie;
         self.free_waiters.insert(cookie, rref);
-        self.send_control(ControlMsg::Free { reactor: self.id, volume, page, cookie });
+        self.send_credited(ControlMsg::Free { reactor: self.id, volume, page, cookie });
+    }
+
+    /// Sends an allocation or free, or keeps it until an answer returns a credit.
+    fn send_credited(&mut self, msg: ControlMsg) {
+        if self.control_credits == 0 {
+            self.credit_waiters.push_back(msg);
+            return;
+        }
+        self.control_credits -= 1;
+        self.send_control(msg);
+    }
+
+    /// An answer came back: its credit goes to the oldest message waiting for one.
+    fn credit_returned(&mut self) {
+        self.control_credits += 1;
+        assert!(self.control_credits <= msg::CONTROL_CREDITS, "more answers than requests");
+        if let Some(m) = self.credit_waiters.pop_front() {
+            self.control_credits -= 1;
+            self.send_control(m);
+        }
     }
 
     fn send_control(&mut self, msg: ControlMsg) {
@@ -290,6 +309,8 @@ pub struct ReactorParts {
     pub control: Sender<ControlMsg>,
     /// Listeners to accept on (`true` = discovery port); only one reactor has them.
     pub listeners: Vec<(std::net::TcpListener, bool)>,
+    /// Alignment the device wants of segment addresses and lengths.
+    pub dev_memory_align: u32,
 }
 
 /// A reactor, ready to run on its thread.
@@ -302,6 +323,8 @@ pub struct Reactor {
     listeners: Vec<(mio::net::TcpListener, bool)>,
     peers: Vec<ReactorHandle>,
     next_peer: usize,
+    /// Accepted connections another reactor's full ring could not take yet.
+    handoffs: VecDeque<(usize, std::net::TcpStream, bool)>,
     mode: PollMode,
     core: Option<usize>,
     last_work: Instant,
@@ -340,8 +363,11 @@ impl Reactor {
             dev_waiters: VecDeque::new(),
             dev_req: IoRequest::no_data(quire_drivers::Op::Flush, 0, 0, 0),
             started: Instant::now(),
+            dev_memory_align: u64::from(parts.dev_memory_align.max(1)),
             control: parts.control,
             control_backlog: VecDeque::new(),
+            control_credits: msg::CONTROL_CREDITS,
+            credit_waiters: VecDeque::new(),
             alloc_waiters: HashMap::new(),
             free_waiters: HashMap::new(),
             next_cookie: 0,
@@ -356,6 +382,7 @@ impl Reactor {
             listeners,
             peers: Vec::new(),
             next_peer: 0,
+            handoffs: VecDeque::new(),
             mode: parts.mode,
             core: parts.core,
             last_work: Instant::now(),
@@ -399,6 +426,7 @@ impl Reactor {
                 None => break,
                 Some(w) => work |= w,
             }
+            work |= self.hand_off();
             work |= self.receive_all();
             work |= self.poll_device();
             work |= self.retry_waiters();
@@ -424,7 +452,29 @@ impl Reactor {
                 }
             }
         }
+        self.drain_device();
         tracing::info!(reactor = self.ctx.id, "reactor stopped");
+    }
+
+    /// At shutdown: waits (bounded) for the device to finish what it was given, so that
+    /// no request's memory goes away under a device still working on it. Completions
+    /// are only counted; the hosts are gone.
+    fn drain_device(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        self.ctx.dev.kick();
+        while self.ctx.dev.outstanding() > 0 {
+            if Instant::now() >= deadline {
+                tracing::error!(
+                    reactor = self.ctx.id,
+                    outstanding = self.ctx.dev.outstanding(),
+                    "device requests still out at shutdown"
+                );
+                return;
+            }
+            if self.ctx.dev.poll(COMPLETIONS_MAX, &mut |_| {}) == 0 {
+                std::thread::sleep(DEVICE_NAP);
+            }
+        }
     }
 
     fn timeout(&self) -> Option<Duration> {
@@ -432,7 +482,8 @@ impl Reactor {
             PollMode::Busy => return Some(Duration::ZERO),
             PollMode::Hybrid { spin } => spin,
         };
-        let pending_local = !self.ctx.buf_waiters.is_empty()
+        let pending_local = !self.handoffs.is_empty()
+            || !self.ctx.buf_waiters.is_empty()
             || !self.ctx.dev_waiters.is_empty()
             || !self.ctx.control_backlog.is_empty()
             || self.conns.iter().flatten().any(|c| c.rx.staged_len() > 0 && c.rx.can_progress() || c.wants_flush());
@@ -486,9 +537,29 @@ impl Reactor {
             } else {
                 let target = self.next_peer % self.peers.len();
                 self.next_peer += 1;
-                self.peers[target].send(ReactorMsg::NewConnection(std_stream, discovery));
+                self.handoffs.push_back((target, std_stream, discovery));
             }
         }
+    }
+
+    /// Hands accepted connections to their reactors (this one's own are added at
+    /// once); a full ring keeps the rest for the next loop, in order.
+    fn hand_off(&mut self) -> bool {
+        let mut work = false;
+        while let Some((target, stream, discovery)) = self.handoffs.pop_front() {
+            work = true;
+            if target == self.ctx.id {
+                self.add_connection(stream, discovery);
+                continue;
+            }
+            if let Err(ReactorMsg::NewConnection(stream, discovery)) =
+                self.peers[target].try_send(ReactorMsg::NewConnection(stream, discovery))
+            {
+                self.handoffs.push_front((target, stream, discovery));
+                break;
+            }
+        }
+        work
     }
 
     fn add_connection(&mut self, stream: std::net::TcpStream, discovery: bool) {
@@ -500,7 +571,7 @@ impl Reactor {
             Some(i) => i,
             None if self.conns.len() < CONNS_MAX => {
                 self.conns.push(None);
-                (self.conns.len() - 1) as u32
+                u32::try_from(self.conns.len() - 1).expect("CONNS_MAX fits a u32")
             }
             None => {
                 tracing::warn!(%peer, "reactor {} has {CONNS_MAX} connections; refusing", self.ctx.id);
@@ -533,18 +604,19 @@ impl Reactor {
                     self.ctx.volumes.remove(&id);
                 }
                 ReactorMsg::AllocDone { volume, page, result } => {
-                    for w in self.ctx.alloc_waiters.remove(&(volume, page)).unwrap_or_default() {
-                        if let Some(Some(c)) = self.conns.get_mut(w.conn as usize) {
-                            c.on_control_done(w.req, result.map(|_| ()), &mut self.ctx);
-                        }
+                    self.ctx.credit_returned();
+                    let waiters = self.ctx.alloc_waiters.remove(&(volume, page));
+                    for w in waiters.expect("an allocation answer has its waiters") {
+                        // A request that waits for an answer keeps its connection open.
+                        let c = self.conns[w.conn as usize].as_mut().expect("a waiting request's connection lives");
+                        c.on_alloc_done(w.req, result.map(|_| ()), &mut self.ctx);
                     }
                 }
                 ReactorMsg::FreeDone { cookie, result } => {
-                    if let Some(w) = self.ctx.free_waiters.remove(&cookie) {
-                        if let Some(Some(c)) = self.conns.get_mut(w.conn as usize) {
-                            c.on_control_done(w.req, result, &mut self.ctx);
-                        }
-                    }
+                    self.ctx.credit_returned();
+                    let w = self.ctx.free_waiters.remove(&cookie).expect("a free answer has its waiter");
+                    let c = self.conns[w.conn as usize].as_mut().expect("a waiting request's connection lives");
+                    c.on_free_done(w.req, result, &mut self.ctx);
                 }
                 ReactorMsg::Barrier(g) => self.ctx.barrier_start(g),
                 ReactorMsg::Shutdown => return None,
@@ -556,6 +628,9 @@ impl Reactor {
     fn receive_all(&mut self) -> bool {
         let mut work = false;
         for c in self.conns.iter_mut().flatten() {
+            if c.rx.may_unstarve(&self.ctx.pool) {
+                c.rx.starved = false;
+            }
             if c.rx.can_progress() && matches!(c.state(), ConnState::AwaitingICReq | ConnState::Ready) {
                 let before = c.rx.staged_len();
                 c.receive(&mut self.ctx);
@@ -582,22 +657,23 @@ impl Reactor {
         work
     }
 
+    /// Requests parked on a full device queue or an empty pool try again. A request is
+    /// in one of these lists exactly while it is in `WaitingDevice` / `NeedBuffer`
+    /// (a closing connection takes its own out).
     fn retry_waiters(&mut self) -> bool {
         let mut work = false;
         for _ in 0..self.ctx.dev_waiters.len() {
             let Some(w) = self.ctx.dev_waiters.pop_front() else { break };
-            if let Some(Some(c)) = self.conns.get_mut(w.conn as usize) {
-                c.resume(w.req, &mut self.ctx);
-                work = true;
-            }
+            let c = self.conns[w.conn as usize].as_mut().expect("a parked request's connection lives");
+            c.resume_device(w.req, &mut self.ctx);
+            work = true;
         }
         while self.ctx.pool.available() > 0 {
             let Some(w) = self.ctx.buf_waiters.pop_front() else { break };
             let before = self.ctx.buf_waiters.len();
-            if let Some(Some(c)) = self.conns.get_mut(w.conn as usize) {
-                c.resume(w.req, &mut self.ctx);
-                work = true;
-            }
+            let c = self.conns[w.conn as usize].as_mut().expect("a parked request's connection lives");
+            c.resume_buffers(w.req, &mut self.ctx);
+            work = true;
             if self.ctx.buf_waiters.len() > before {
                 // It went back to the queue: not enough buffers yet.
                 break;
@@ -619,6 +695,18 @@ impl Reactor {
 
     fn tick(&mut self) {
         self.last_tick = Instant::now();
+        let active: u64 = self.conns.iter().flatten().map(|c| u64::from(c.active_requests())).sum();
+        let st = &self.ctx.stats;
+        st.requests_active.store(active, std::sync::atomic::Ordering::Relaxed);
+        let closing = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| matches!(c.state(), ConnState::Terminating | ConnState::Draining))
+            .count();
+        st.connections_closing.store(closing as u64, std::sync::atomic::Ordering::Relaxed);
+        st.buffers_free.store(self.ctx.pool.available() as u64, std::sync::atomic::Ordering::Relaxed);
+        st.buffers_total.store(self.ctx.pool.total() as u64, std::sync::atomic::Ordering::Relaxed);
         for i in 0..self.conns.len() {
             let Some(c) = self.conns[i].as_mut() else { continue };
             c.tick(&mut self.ctx);
@@ -626,11 +714,15 @@ impl Reactor {
                 let mut c = self.conns[i].take().expect("checked above");
                 c.on_closed(&self.ctx);
                 let _ = self.poll.registry().deregister(&mut c.sock);
-                self.free_conns.push(i as u32);
+                let index = u32::try_from(i).expect("at most CONNS_MAX connections");
+                self.free_conns.push(index);
                 self.ctx.stats.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                // Forget parked references to the old connection.
-                self.ctx.buf_waiters.retain(|w| w.conn != i as u32);
-                self.ctx.dev_waiters.retain(|w| w.conn != i as u32);
+                // Nothing may refer to the slot any more: its next connection would get
+                // the old one's answers.
+                let mine = |w: &ReqRef| w.conn == index;
+                assert!(!self.ctx.buf_waiters.iter().any(mine) && !self.ctx.dev_waiters.iter().any(mine));
+                debug_assert!(!self.ctx.alloc_waiters.values().flatten().any(mine));
+                debug_assert!(!self.ctx.free_waiters.values().any(mine));
             }
         }
     }

@@ -2,8 +2,20 @@
 //!
 //! Control → reactor messages travel on a bounded lock-free ring per reactor
 //! ([`crossbeam_queue::ArrayQueue`]) followed by a wake-up of the reactor's poller;
-//! reactor → control messages travel on one bounded channel. A full ring is
-//! back-pressure: the sender keeps the message and retries, it never grows the ring.
+//! reactor → control messages travel on one bounded channel. No message is ever
+//! dropped, and no sender spins on a full ring:
+//! - a reactor asks the control thread for at most [`CONTROL_CREDITS`] allocations and
+//!   frees at a time; a request that needs one more waits for a credit (its message
+//!   stays in the reactor, in order). Every answer returns a credit, so a reactor's
+//!   ring never holds more answers than it has credits, and the rings are sized for
+//!   that ([`INBOX_MAX`]);
+//! - the control thread keeps what a ring cannot take right now in an outbox per
+//!   reactor, in order, and moves it on at its next turn (it wakes every millisecond
+//!   while an outbox is not empty);
+//! - the accepting reactor keeps a new connection for another reactor whose ring is
+//!   full, and hands it over at its next loop;
+//! - a reactor keeps what the control channel cannot take in a backlog, bounded by its
+//!   credits plus the one barrier answer it can owe.
 
 use std::sync::Arc;
 
@@ -11,10 +23,22 @@ use crate::reactor::stats::VolumeCounters;
 use crate::volume::routing::RoutingTable;
 use crate::volume::{VolumeId, VolumeView};
 
-/// Capacity of each reactor's inbound ring.
-pub const INBOX_MAX: usize = 4096;
-/// Capacity of the reactors → control channel.
-pub const CONTROL_INBOX_MAX: usize = 16384;
+/// Allocations and frees one reactor may have outstanding at the control thread.
+pub const CONTROL_CREDITS: u32 = 1024;
+/// Capacity of each reactor's inbound ring: every answer the reactor can be owed, plus
+/// room for connections, volume updates and barriers.
+pub const INBOX_MAX: usize = CONTROL_CREDITS as usize + 1024;
+/// Messages of the management bridge the control channel has room for beside the
+/// reactors'.
+const RPC_ROOM: usize = 64;
+
+const _: () = assert!(INBOX_MAX > CONTROL_CREDITS as usize);
+
+/// Capacity of the reactors → control channel for `reactors` reactors: every credited
+/// request and barrier answer of every reactor, and the management bridge's calls.
+pub fn control_inbox_capacity(reactors: usize) -> usize {
+    reactors * (CONTROL_CREDITS as usize + 2) + RPC_ROOM
+}
 
 /// What a reactor is told.
 pub enum ReactorMsg {

@@ -6,9 +6,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::target::tcp::req::REQ_STATES;
+
 /// Per-reactor counters.
 #[derive(Debug, Default)]
 pub struct ReactorStats {
+    /// Request state transitions, `from * REQ_STATES + to` (added at every tick and
+    /// when a connection closes).
+    pub transitions: Transitions,
     /// Poll-loop iterations.
     pub polls: AtomicU64,
     /// Iterations that did work.
@@ -23,18 +28,55 @@ pub struct ReactorStats {
     pub rx_bytes: AtomicU64,
     /// Bytes sent to sockets.
     pub tx_bytes: AtomicU64,
-    /// Payload bytes copied in userspace on receive (in-capsule/H2C data that arrived in
-    /// the header staging buffer and had to be moved to its pool buffer).
+    /// Payload bytes copied in userspace on receive: H2CData payload that arrived in the
+    /// receive chunk together with its header, and in-capsule data the device could not
+    /// take where it landed (memory alignment). See `target/tcp/rx.rs`.
     pub rx_copied_bytes: AtomicU64,
-    /// Payload bytes copied in userspace on send (always zero: C2H data is sent from the
-    /// pool buffers with vectored writes).
+    /// Payload bytes copied in userspace on send. No send path copies payload today
+    /// (C2H data goes out from the requests' own pool buffers with vectored writes,
+    /// `tx.rs`), so nothing adds to it and it reads 0; it is reported beside
+    /// `rx_copied_bytes` so that a send path that ever copies has a place to say so.
     pub tx_copied_bytes: AtomicU64,
+    /// Pool buffers free (set at every tick).
+    pub buffers_free: AtomicU64,
+    /// Pool buffers this reactor owns.
+    pub buffers_total: AtomicU64,
+    /// Requests of this reactor's connections not free (set at every tick).
+    pub requests_active: AtomicU64,
+    /// Connections closing: terminating or draining their requests (set at every tick).
+    pub connections_closing: AtomicU64,
+    /// Pool buffers given up for good because the kernel never reported a zero-copy
+    /// send from them complete (they are never reused).
+    pub retired_buffers: AtomicU64,
     /// Payload bytes the target filled with zeroes itself (reads of unwritten pages).
     pub zero_filled_bytes: AtomicU64,
     /// Device requests submitted.
     pub device_requests: AtomicU64,
     /// Sends made with MSG_ZEROCOPY.
     pub zero_copy_sends: AtomicU64,
+}
+
+/// A counter per request state transition.
+#[derive(Debug)]
+pub struct Transitions(pub [AtomicU64; REQ_STATES * REQ_STATES]);
+
+impl Default for Transitions {
+    fn default() -> Self {
+        Transitions(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl Transitions {
+    /// Adds what a request table counted.
+    pub fn add(&self, t: &[[u32; REQ_STATES]; REQ_STATES]) {
+        for (from, row) in t.iter().enumerate() {
+            for (to, &n) in row.iter().enumerate() {
+                if n > 0 {
+                    add(&self.0[from * REQ_STATES + to], u64::from(n));
+                }
+            }
+        }
+    }
 }
 
 /// Per-volume counters on one reactor.

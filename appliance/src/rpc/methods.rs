@@ -28,11 +28,13 @@ pub const CONTROLLER_LIST: &str = "controller_list";
 pub const STATS_VOLUMES: &str = "stats_volumes";
 /// `stats_reactors`.
 pub const STATS_REACTORS: &str = "stats_reactors";
+/// `stats_requests`.
+pub const STATS_REQUESTS: &str = "stats_requests";
 /// `store_info`.
 pub const STORE_INFO: &str = "store_info";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -43,8 +45,20 @@ pub const ALL: [&str; 11] = [
     CONTROLLER_LIST,
     STATS_VOLUMES,
     STATS_REACTORS,
+    STATS_REQUESTS,
     STORE_INFO,
 ];
+
+/// One entry of `stats_requests`: how often requests went from one state to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionEntry {
+    /// State left.
+    pub from: String,
+    /// State entered.
+    pub to: String,
+    /// Times, summed over the reactors.
+    pub count: u64,
+}
 
 /// Params of `volume_create`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +219,21 @@ pub struct ReactorStatsEntry {
     /// Sends made zero-copy (MSG_ZEROCOPY).
     #[serde(default)]
     pub zero_copy_sends: u64,
+    /// Pool buffers of the reactor free at its last tick.
+    #[serde(default)]
+    pub buffers_free: u64,
+    /// Pool buffers the reactor owns.
+    #[serde(default)]
+    pub buffers_total: u64,
+    /// Requests of its connections not free at its last tick.
+    #[serde(default)]
+    pub requests_active: u64,
+    /// Connections closing (draining their requests) at its last tick.
+    #[serde(default)]
+    pub connections_closing: u64,
+    /// Buffers given up for good (zero-copy sends never completed).
+    #[serde(default)]
+    pub retired_buffers: u64,
 }
 
 /// The result of `store_info`.

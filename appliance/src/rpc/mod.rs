@@ -55,6 +55,7 @@
 //! | `controller_list` | none | `[{cntlid, subnqn, hostnqn, hostid, kato_ms, queues: [{qid, reactor, depth, peer}]}]` |
 //! | `stats_volumes` | none | `[{name, read_ops, write_ops, read_bytes, write_bytes, other_ops, errors}]` |
 //! | `stats_reactors` | none | `[{reactor, core, connections, polls, busy_polls, sleeps, io_ops, rx_bytes, tx_bytes, rx_copied_bytes, tx_copied_bytes}]` |
+//! | `stats_requests` | none | `[{from, to, count}]` |
 //! | `store_info` | none | `{device, size, used, free, volumes}` |
 //!
 //! Field meanings:
@@ -80,7 +81,12 @@
 //!   deallocate; `errors` counts commands completed with a non-zero status.
 //! - `stats_reactors`: `core` is the pinned core or `null`; `polls` counts poll-loop
 //!   iterations, `busy_polls` those that found work, `sleeps` hybrid-mode sleeps;
-//!   `*_copied_bytes` count payload bytes copied in userspace (zero on the fast path).
+//!   `*_copied_bytes` count payload bytes copied in userspace (zero on the fast path);
+//!   `buffers_free` / `buffers_total` the reactor's pool buffers, `requests_active` and
+//!   `connections_closing` what its connections hold (the last four as of its last
+//!   tick, every 10 ms).
+//! - `stats_requests`: request state transitions (`Executing` → `ReadyToComplete`, ...)
+//!   counted since start, summed over the reactors, the ones that happened only.
 //! - `store_info`: `device` describes the backing device(s); `size`, `used`, `free` in
 //!   bytes; `volumes` is the number of volumes.
 

@@ -17,6 +17,7 @@ use quire_wire::nvme::identify::{self as ident, ControllerIdentity, NamespaceIde
 use quire_wire::nvme::log::{self, AnaGroup, AnaState, DiscoveryEntry, LogPageRequest};
 use quire_wire::nvme::{opcode, Status, DISCOVERY_NQN};
 
+use crate::cast::{hi32, lo32, usize_from};
 use crate::reactor::stats::get;
 use crate::reactor::{ReactorCtx, ReqRef};
 use crate::target::ctrlr::{Controller, AER_MAX, ERROR_LOG_MAX};
@@ -66,7 +67,7 @@ impl Done {
 }
 
 /// Executes admin or Fabrics command `idx`; sets its next state.
-pub fn execute(q: &mut QueueInfo, reqs: &mut ReqTable, idx: u16, _rref: ReqRef, ctx: &mut ReactorCtx) -> Next {
+pub fn execute(q: &mut QueueInfo, reqs: &mut ReqTable, idx: u16, rref: ReqRef, ctx: &mut ReactorCtx) -> Next {
     let cmd = reqs.req(idx).cmd;
     let (done, next) = if cmd.opcode == opcode::FABRICS {
         fabrics(q, reqs, idx, ctx)
@@ -87,7 +88,32 @@ pub fn execute(q: &mut QueueInfo, reqs: &mut ReqTable, idx: u16, _rref: ReqRef, 
                     return Next::Continue;
                 }
             } else {
-                (admin(q, &ctrlr, reqs, idx, ctx), Next::Continue)
+                let done = admin(q, &ctrlr, reqs, idx, ctx);
+                if done.status.is_success() && disables_write_cache(&cmd) {
+                    // What the cache held must be on stable media before the host
+                    // hears that the cache is off.
+                    let r = reqs.req_mut(idx);
+                    r.dw0 = done.dw0;
+                    ctx.prepare(quire_drivers::Op::Flush, 0, 0);
+                    match ctx.submit_prepared(rref) {
+                        Ok(()) => {
+                            r.dev_inflight += 1;
+                            reqs.set_state(idx, ReqState::Executing);
+                        }
+                        Err(quire_drivers::SubmitError::QueueFull) => {
+                            // Runs again (idempotently) when the device has room.
+                            ctx.dev_waiters.push_back(rref);
+                            reqs.set_state(idx, ReqState::WaitingDevice);
+                        }
+                        Err(quire_drivers::SubmitError::Invalid(why)) => {
+                            tracing::error!("device refused a flush: {why}");
+                            r.fail(Status::INTERNAL_ERROR);
+                            reqs.set_state(idx, ReqState::ReadyToComplete);
+                        }
+                    }
+                    return Next::Continue;
+                }
+                (done, Next::Continue)
             }
         }
     };
@@ -97,6 +123,14 @@ pub fn execute(q: &mut QueueInfo, reqs: &mut ReqTable, idx: u16, _rref: ReqRef, 
     r.dw1 = done.dw1;
     reqs.set_state(idx, ReqState::ReadyToComplete);
     next
+}
+
+/// Set Features: Volatile Write Cache, off.
+fn disables_write_cache(cmd: &quire_wire::nvme::Command) -> bool {
+    let f = FeatureRequest::from_command(cmd);
+    cmd.opcode == opcode::ADMIN_SET_FEATURES
+        && f.fid == feat::FID_VOLATILE_WRITE_CACHE
+        && f.cdw11 & feat::VWC_ENABLE == 0
 }
 
 // ----- Fabrics ------------------------------------------------------------------------
@@ -115,7 +149,7 @@ fn fabrics(q: &mut QueueInfo, reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCt
             c.touch_keepalive();
             match p.offset {
                 PROP_CC => {
-                    c.set_cc(p.value as u32);
+                    c.set_cc(lo32(p.value)); // CC is a 4-byte property
                     (Done::ok(0), Next::Continue)
                 }
                 _ => (Done::err(Status::INVALID_FIELD.with_dnr()), Next::Continue),
@@ -143,7 +177,7 @@ fn property_get(q: &QueueInfo, p: &PropertyCmd, ctx: &ReactorCtx) -> Done {
         PROP_CSTS => u64::from(c.state().csts),
         _ => return Done::err(Status::INVALID_FIELD.with_dnr()),
     };
-    Done { status: Status::SUCCESS, dw0: value as u32, dw1: if p.size8 { (value >> 32) as u32 } else { 0 } }
+    Done { status: Status::SUCCESS, dw0: lo32(value), dw1: if p.size8 { hi32(value) } else { 0 } }
 }
 
 fn connect(q: &mut QueueInfo, reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> Done {
@@ -277,7 +311,7 @@ fn reply(reqs: &mut ReqTable, idx: u16, page: &[u8], want: usize) -> Done {
     if len > n {
         r.zero_data(n as u64, (len - n) as u64);
     }
-    r.c2h_len = len as u32;
+    r.c2h_len = u32::try_from(len).expect("a command's data length is a u32 (NLB or SGL length)");
     Done::ok(0)
 }
 
@@ -295,10 +329,10 @@ fn controller_identity(c: &Controller, ctx: &ReactorCtx) -> ControllerIdentity {
         oaes: ident::OAES_NS_ATTR | ident::OAES_ANA_CHANGE,
         cntrltype: ident::CNTRLTYPE_IO,
         acl: 3,
-        aerl: (AER_MAX - 1) as u8,
+        aerl: u8::try_from(AER_MAX - 1).expect("AER_MAX ≤ 256"),
         frmw: ident::FRMW_SLOT1_RO | (1 << ident::FRMW_SLOTS_SHIFT),
         lpa: ident::LPA_CMD_EFFECTS | ident::LPA_EXTENDED_DATA,
-        elpe: (ERROR_LOG_MAX - 1) as u8,
+        elpe: u8::try_from(ERROR_LOG_MAX - 1).expect("ERROR_LOG_MAX ≤ 256"),
         wctemp: 343,
         cctemp: 373,
         kas: 10,
@@ -429,7 +463,7 @@ fn get_log_page(q: &QueueInfo, c: &Controller, reqs: &mut ReqTable, idx: u16, ct
     let Some(window) = lp.window(data.len()) else {
         return Done::err(Status::INVALID_FIELD.with_dnr());
     };
-    reply(reqs, idx, &data[window], lp.len_bytes() as usize)
+    reply(reqs, idx, &data[window], usize_from(lp.len_bytes()))
 }
 
 fn smart_log(c: &Controller, ctx: &ReactorCtx) -> log::SmartLog {
@@ -472,7 +506,7 @@ fn discovery_log(q: &QueueInfo, c: &Controller, ctx: &ReactorCtx) -> Vec<u8> {
         if l.discovery {
             entries.push(DiscoveryEntry::tcp_ipv4(
                 log::SUBTYPE_CURRENT_DISCOVERY,
-                portid as u16,
+                port_id(portid),
                 &addr,
                 l.addr.port(),
                 DISCOVERY_NQN,
@@ -485,7 +519,7 @@ fn discovery_log(q: &QueueInfo, c: &Controller, ctx: &ReactorCtx) -> Vec<u8> {
                 SubsystemKind::Volume(_) if s.allows(&c.hostnqn) => log::SUBTYPE_NVME,
                 SubsystemKind::Volume(_) => continue,
             };
-            let mut e = DiscoveryEntry::tcp_ipv4(subtype, portid as u16, &addr, l.addr.port(), &s.nqn);
+            let mut e = DiscoveryEntry::tcp_ipv4(subtype, port_id(portid), &addr, l.addr.port(), &s.nqn);
             e.asqsz = ctx.registry.params.max_queue_depth;
             // Hosts may disable SQ flow control on these queues (then reads end with
             // their C2HData PDU alone).
@@ -494,6 +528,11 @@ fn discovery_log(q: &QueueInfo, c: &Controller, ctx: &ReactorCtx) -> Vec<u8> {
         }
     }
     log::build_discovery_log(r.discovery_genctr, &entries)
+}
+
+/// A listener's index as its discovery-log port id (listeners are a handful).
+fn port_id(index: usize) -> u16 {
+    u16::try_from(index).expect("fewer than 65536 listeners")
 }
 
 fn set_features(c: &Controller, f: &FeatureRequest) -> Done {
@@ -512,7 +551,7 @@ fn set_features(c: &Controller, f: &FeatureRequest) -> Done {
             }
             let max = u32::from(st.io_queues_granted.max(1));
             let granted = (nsqr.min(ncqr) + 1).min(max);
-            st.io_queues_granted = granted as u16;
+            st.io_queues_granted = u16::try_from(granted).expect("granted ≤ io_queues_granted, a u16");
             Done::ok((granted - 1) | ((granted - 1) << 16))
         }
         feat::FID_KEEP_ALIVE_TIMER => {
@@ -525,7 +564,9 @@ fn set_features(c: &Controller, f: &FeatureRequest) -> Done {
             Done::ok(0)
         }
         feat::FID_VOLATILE_WRITE_CACHE => {
-            st.vwc_enabled = f.cdw11 & feat::VWC_ENABLE != 0;
+            // Turning it off also flushes what the cache holds: `execute` submits a
+            // device Flush before the command completes.
+            c.set_write_cache(f.cdw11 & feat::VWC_ENABLE != 0);
             Done::ok(0)
         }
         // The host identifier is fixed by Connect on fabrics.
@@ -586,7 +627,7 @@ fn get_features(c: &Controller, reqs: &mut ReqTable, idx: u16, f: &FeatureReques
                 st.async_event_config
             }
         }
-        feat::FID_VOLATILE_WRITE_CACHE => u32::from(default || st.vwc_enabled),
+        feat::FID_VOLATILE_WRITE_CACHE => u32::from(default || c.write_cache_enabled()),
         feat::FID_TEMPERATURE_THRESHOLD if default || !st.features.contains_key(&f.fid) => 343,
         feat::FID_HOST_IDENTIFIER => {
             if f.cdw11 & 1 == 0 {

@@ -70,8 +70,6 @@ pub struct CtrlrState {
     pub connected_qids: BTreeSet<u16>,
     /// Raw values of features without special handling, by feature ID.
     pub features: BTreeMap<u8, u32>,
-    /// Volatile write cache enabled (feature 06h).
-    pub vwc_enabled: bool,
     /// Async Event Configuration (feature 0Bh).
     pub async_event_config: u32,
     /// Events waiting for an AER.
@@ -105,6 +103,9 @@ pub struct Controller {
     enabled: AtomicBool,
     dead: AtomicBool,
     events_pending: AtomicBool,
+    /// Volatile write cache enabled (feature 06h); read by every write on every
+    /// reactor, hence an atomic rather than part of the locked admin state.
+    write_cache: AtomicBool,
     kato_ms: AtomicU32,
     last_keepalive_ms: AtomicU64,
     state: Mutex<CtrlrState>,
@@ -136,6 +137,7 @@ impl Controller {
             enabled: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             events_pending: AtomicBool::new(false),
+            write_cache: AtomicBool::new(true),
             kato_ms: AtomicU32::new(kato_ms),
             last_keepalive_ms: AtomicU64::new(0),
             state: Mutex::new(CtrlrState {
@@ -144,7 +146,6 @@ impl Controller {
                 io_queues_granted: max_io_queues,
                 connected_qids: BTreeSet::new(),
                 features: BTreeMap::new(),
-                vwc_enabled: true,
                 async_event_config: 0,
                 events: VecDeque::with_capacity(EVENTS_MAX),
                 changed_ns: BTreeSet::new(),
@@ -171,6 +172,18 @@ impl Controller {
         self.dead.load(Ordering::Acquire)
     }
 
+    /// True while the host leaves the volatile write cache on (the default). Off, every
+    /// write is forced to stable media before it completes.
+    #[inline]
+    pub fn write_cache_enabled(&self) -> bool {
+        self.write_cache.load(Ordering::Acquire)
+    }
+
+    /// Turns the volatile write cache on or off (Set Features 06h).
+    pub fn set_write_cache(&self, on: bool) {
+        self.write_cache.store(on, Ordering::Release);
+    }
+
     /// Tears the controller down (keep-alive expiry, admin queue gone, subsystem gone).
     pub fn kill(&self) {
         self.enabled.store(false, Ordering::Release);
@@ -178,7 +191,7 @@ impl Controller {
     }
 
     fn now_ms(&self) -> u64 {
-        self.created.elapsed().as_millis() as u64
+        u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Restarts the keep-alive timer.

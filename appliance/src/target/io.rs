@@ -8,6 +8,12 @@
 //! (the request waits in `WaitingControl`); Write Zeroes and Deallocate that cover a
 //! whole page give the page back. When the device queue is full, the request parks in
 //! `WaitingDevice` and resumes where it stopped (`Req::cursor`).
+//!
+//! A pass over the command submits what it can and counts what went out
+//! (`dev_inflight`, `frees_inflight`, `allocs_inflight`); it never decides that the
+//! command is complete. It leaves the request in `Executing` (all submitted),
+//! `WaitingDevice` or `WaitingControl`, and the connection's state machine
+//! (`TcpQpair::process`) moves it on as the answers come back.
 
 use quire_drivers::{IoError, Op, SubmitError};
 use quire_wire::nvme::{opcode, Status};
@@ -45,9 +51,9 @@ pub fn execute(q: &QueueInfo, reqs: &mut ReqTable, idx: u16, rref: ReqRef, ctx: 
         }
     }
     if r.state() == ReqState::ReadyToExecute {
-        // Nothing left outstanding and nothing parked: done.
-        let next = if r.pending == 0 { ReqState::ReadyToComplete } else { ReqState::Executing };
-        reqs.set_state(idx, next);
+        // Not parked: everything is submitted (or the command failed); what is out
+        // comes back to `TcpQpair::process`.
+        reqs.set_state(idx, ReqState::Executing);
     }
 }
 
@@ -92,9 +98,12 @@ fn check_and_run(
                 if wait_for_pages(reqs, idx, rref, slba, nlb, vol_id, ctx) {
                     return Ok(());
                 }
-                run_parts(reqs, idx, rref, vol_id, slba, nlb, Kind::Write { fua: cmd.fua() }, 0, ctx);
+                // With the volatile write cache turned off (Set Features), a write is
+                // complete only once it is on stable media.
+                let fua = cmd.fua() || !ctrlr.write_cache_enabled();
+                run_parts(reqs, idx, rref, vol_id, slba, nlb, Kind::Write { fua }, 0, ctx);
             } else {
-                reqs.req_mut(idx).c2h_len = len as u32;
+                reqs.req_mut(idx).c2h_len = u32::try_from(len).expect("len == data_len, a u32");
                 run_parts(reqs, idx, rref, vol_id, slba, nlb, Kind::Read, 0, ctx);
             }
             Ok(())
@@ -171,12 +180,11 @@ fn wait_for_pages(
     for &page in &unmapped[..n] {
         ctx.alloc_wait(vol_id, page, rref);
     }
-    let waits = n as u32;
-    if waits == 0 {
+    if n == 0 {
         return false;
     }
     let r = reqs.req_mut(idx);
-    r.pending += waits;
+    r.allocs_inflight += u32::try_from(n).expect("at most PARTS_MAX");
     reqs.set_state(idx, ReqState::WaitingControl);
     true
 }
@@ -254,7 +262,7 @@ fn run_window(
         let data_off = part.data_offset + done * bs;
         let whole_page = part.num_blocks == bpp;
         let dev_lba = slot.map(|s| (s + part.block_in_page * bs) / dev_bs);
-        let dev_blocks = (part.num_blocks * bs / dev_bs) as u32;
+        let dev_blocks = u32::try_from(part.num_blocks * bs / dev_bs).expect("a part lies within one page");
         let step = match (kind, dev_lba) {
             (Kind::Read, None) => {
                 reqs.req_mut(idx).zero_data(data_off, part.num_blocks * bs);
@@ -265,7 +273,7 @@ fn run_window(
             (Kind::Write { .. }, None) => {
                 // The page was freed again after its allocation: allocate anew.
                 ctx.alloc_wait(vol_id, part.page, rref);
-                reqs.req_mut(idx).pending += 1;
+                reqs.req_mut(idx).allocs_inflight += 1;
                 reqs.set_state(idx, ReqState::WaitingControl);
                 Step::Parked
             }
@@ -276,7 +284,7 @@ fn run_window(
             (Kind::Zeroes | Kind::Deallocate, Some(_)) if whole_page => {
                 ctx.free_wait(vol_id, part.page, rref);
                 let r = reqs.req_mut(idx);
-                r.pending += 1;
+                r.frees_inflight += 1;
                 r.cursor += part.num_blocks;
                 Step::Continue
             }
@@ -316,7 +324,7 @@ fn submit_part(reqs: &mut ReqTable, idx: u16, rref: ReqRef, blocks: u64, ctx: &m
     match ctx.submit_prepared(rref) {
         Ok(()) => {
             let r = reqs.req_mut(idx);
-            r.pending += 1;
+            r.dev_inflight += 1;
             r.cursor += blocks;
             Step::Continue
         }
@@ -379,8 +387,8 @@ fn dataset_management(
 /// Accounts a finished device part of request `idx`.
 pub fn on_part_done(reqs: &mut ReqTable, idx: u16, result: Result<(), IoError>) {
     let r = reqs.req_mut(idx);
-    assert!(r.pending > 0, "completion for a request with nothing outstanding");
-    r.pending -= 1;
+    assert!(r.dev_inflight > 0, "request {idx}: device completion with no part outstanding: {r:?}");
+    r.dev_inflight -= 1;
     if let Err(e) = result {
         let write = r.cmd.opcode == opcode::NVM_WRITE;
         r.fail(match e {

@@ -93,7 +93,9 @@ impl BuddyAllocator {
     /// The free blocks as `(unit, order)`, lowest address first (for tests and
     /// diagnostics).
     pub fn free_blocks(&self) -> Vec<(u64, u8)> {
-        let mut v: Vec<(u64, u8)> = (0..ORDERS).flat_map(|o| self.free[o].iter().map(move |&u| (u, o as u8))).collect();
+        let mut v: Vec<(u64, u8)> = (0..ORDERS)
+            .flat_map(|o| self.free[o].iter().map(move |&u| (u, u8::try_from(o).expect("o ≤ ORDER_MAX"))))
+            .collect();
         v.sort_unstable();
         v
     }

@@ -1,15 +1,21 @@
-//! The page store's on-device metadata format.
+//! The page store's on-device metadata format (version 2).
 //!
-//! Everything the page store knows lives on its device, in 4096-byte metadata blocks
-//! at the start, followed by the data region of 64 KiB units:
+//! Everything the page store knows lives on its device, in 4096-byte metadata blocks,
+//! followed by the data region of 64 KiB units:
 //!
 //! ```text
-//! [SB A][SB B][area A: volume table blocks, slot record blocks][area B: same][pad][data…]
+//! byte 0        4 KiB               1 MiB        1 MiB + 4 KiB
+//! [SB A][ never written ... ][SB B][area A: volume table, slot records][area B: same][pad][data…]
+//!                                                                                      ^ 2 MiB-aligned
 //! ```
 //!
 //! - The **superblock** says how the device is laid out and who it belongs to (the
 //!   group/peer uuid, from which volume UUIDs and NGUIDs are derived) and holds the
-//!   next volume id (monotonic, never reused).
+//!   next volume id (monotonic, never reused). Copy A is at byte 0 and copy B at byte
+//!   [`SB_B_OFFSET`] (1 MiB), far apart as btrfs and ZFS keep theirs: a partition
+//!   table, a boot loader or a file system label written over the start of the device
+//!   (GPT takes the first 17 to 24 KiB) leaves copy B and both metadata areas intact.
+//!   The 1020 KiB between them is never written.
 //! - The **volume table** has one 128-byte entry per volume, [`VOLUMES_MAX`] in all.
 //! - The **slot records** have one 16-byte record per data unit; only the record at a
 //!   slot's first unit is meaningful and says which page of which volume lives there.
@@ -22,13 +28,32 @@
 //! update writes the copy holding the older sequence number, with the next sequence
 //! number, with FUA; at open the valid copy with the higher sequence number wins. A
 //! torn write therefore only damages the copy being written, whose update was never
-//! acknowledged, and the other copy still holds the previous state.
+//! acknowledged, and the other copy still holds the previous state. An update that
+//! finds the other copy invalid (never written, or torn by a crash) rewrites it too
+//! before it is acknowledged, so that an acknowledged block always has two valid
+//! copies: two damaged copies of one block are never the result of a crash, and the
+//! page store refuses to open rather than read the block as empty.
 //!
 //! The logical index in the header catches a write that landed in the wrong place; the
 //! format id (random at each format) makes blocks left over from an earlier format of
 //! the same device count as never written, so format only has to write the two
 //! superblocks. Both checks cost the header 16 bytes, which is why a block holds 254
 //! slot records rather than 255.
+//!
+//! Format 1 (before this one) kept copy B of the superblock at byte 4096, next to copy
+//! A, and the areas right after it. A device of format 1 is refused with an error
+//! that says so ([`MetaError::Version`]); it is never taken for an unformatted one.
+//!
+//! # What counts as a blank device
+//!
+//! The page store formats a device without being told to only when it is blank:
+//! every byte of [`Layout::blank_ranges`] reads as zero. Those are the first
+//! [`BLANK_HEAD_BYTES`] (2 MiB: both superblock copies, the start of area A, and where
+//! partition tables, boot sectors, LVM/LUKS/md labels and the superblocks of ext4,
+//! XFS and btrfs live), the volume table of both areas (in the first 2 MiB unless the
+//! device is large) and the last [`BLANK_TAIL_BYTES`] (1 MiB: GPT's backup, md 1.0 and
+//! ZFS's trailing labels). That is at most about 3.3 MiB read, whatever the device's
+//! size.
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -55,7 +80,13 @@ pub const VOLUME_TABLE_BLOCKS: u64 = VOLUMES_MAX.div_ceil(ENTRIES_PER_BLOCK) as 
 /// Alignment of the data region's start on the device.
 pub const DATA_ALIGN: u64 = 2 << 20;
 /// Version of this format.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Device byte offset of copy B of the superblock (copy A is at 0).
+pub const SB_B_OFFSET: u64 = 1 << 20;
+/// Bytes at the start of the device that must read as zero for it to count as blank.
+pub const BLANK_HEAD_BYTES: u64 = 2 << 20;
+/// Bytes at the end of the device that must read as zero for it to count as blank.
+pub const BLANK_TAIL_BYTES: u64 = 1 << 20;
 /// Longest volume name stored.
 pub const NAME_LEN: usize = 64;
 
@@ -66,6 +97,7 @@ const _: () = assert!(HEADER_LEN + ENTRIES_PER_BLOCK * ENTRY_LEN <= META_BLOCK_S
 const _: () = assert!(NAME_LEN == super::NAME_LEN_MAX);
 const _: () = assert!(super::PAGE_SIZE_MIN == UNIT_BYTES);
 const _: () = assert!(DATA_ALIGN.is_multiple_of(META_BLOCK_SIZE as u64) && DATA_ALIGN.is_multiple_of(UNIT_BYTES));
+const _: () = assert!(SB_B_OFFSET.is_multiple_of(META_BLOCK_SIZE as u64) && SB_B_OFFSET >= 64 << 10);
 
 /// Why a metadata block or field was rejected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -103,6 +135,12 @@ pub enum MetaError {
     /// The device cannot hold the metadata and at least one data unit.
     #[error("device of {0} bytes is too small for the page store")]
     TooSmall(u64),
+    /// A sound superblock of another version of this format.
+    #[error("Quire page store of format version {found}; this build reads version {FORMAT_VERSION} only")]
+    Version {
+        /// The version found.
+        found: u32,
+    },
 }
 
 /// Result of this module.
@@ -177,8 +215,8 @@ pub fn seal(block: &mut [u8], kind: Kind, header: Header) {
     put_u32(block, 4, crc);
 }
 
-/// Checks a block read from the device: magic of `kind`, checksum, logical `index`
-/// and, when given, the format id. Returns its header.
+/// Checks a block read from the device: magic of `kind`, checksum, the format id when
+/// given, and the logical `index`. Returns its header.
 pub fn check(block: &[u8], kind: Kind, index: u64, format_id: Option<u64>) -> Result<Header> {
     assert_eq!(block.len(), META_BLOCK_SIZE);
     let magic = get_u32(block, 0);
@@ -189,11 +227,13 @@ pub fn check(block: &[u8], kind: Kind, index: u64, format_id: Option<u64>) -> Re
         return Err(MetaError::Crc);
     }
     let header = Header { seq: get_u64(block, 8), index: get_u64(block, 16), format_id: get_u64(block, 24) };
-    if header.index != index {
-        return Err(MetaError::Index { found: header.index, expected: index });
-    }
+    // The format before the index: a sound block of an earlier format (of another
+    // layout) at this place is "never written", not a misdirected write.
     if let Some(expected) = format_id.filter(|&f| f != header.format_id) {
         return Err(MetaError::Format { found: header.format_id, expected });
+    }
+    if header.index != index {
+        return Err(MetaError::Index { found: header.index, expected: index });
     }
     if header.seq == 0 {
         return Err(MetaError::Field("sequence number 0".into()));
@@ -204,9 +244,10 @@ pub fn check(block: &[u8], kind: Kind, index: u64, format_id: Option<u64>) -> Re
 /// Where everything is on the device.
 ///
 /// Logical metadata blocks: 0 is the superblock, `1 ..= volume_blocks` the volume
-/// table, then `slot_blocks` blocks of slot records. Copy A of the superblock is
-/// device metadata block 0 and copy B block 1, so that open finds both without knowing
-/// the layout; the other blocks' copies A and B fill one area each after them.
+/// table, then `slot_blocks` blocks of slot records. Copy A of the superblock is at
+/// byte 0 and copy B at [`SB_B_OFFSET`], so that open finds both without knowing the
+/// layout; the other blocks' copies A and B fill one area each, A right after copy B
+/// of the superblock and B right after A.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// Blocks of the volume table (one copy).
@@ -219,6 +260,9 @@ pub struct Layout {
     pub data_units: u64,
 }
 
+/// Device metadata block of copy B of the superblock.
+const SB_B_BLOCK: u64 = SB_B_OFFSET / META_BLOCK_SIZE as u64;
+
 impl Layout {
     /// The layout for a device of `device_bytes`.
     pub fn for_device(device_bytes: u64) -> Result<Layout> {
@@ -226,7 +270,7 @@ impl Layout {
         // needs, which breaks the circle between metadata size and data size.
         let slot_blocks = (device_bytes >> UNIT_SHIFT).div_ceil(RECORDS_PER_BLOCK as u64).max(1);
         let mut layout = Layout { volume_blocks: VOLUME_TABLE_BLOCKS, slot_blocks, data_offset: 0, data_units: 0 };
-        layout.data_offset = layout.meta_bytes().next_multiple_of(DATA_ALIGN);
+        layout.data_offset = layout.meta_end().next_multiple_of(DATA_ALIGN);
         layout.data_units = device_bytes.saturating_sub(layout.data_offset) >> UNIT_SHIFT;
         if layout.data_units == 0 {
             return Err(MetaError::TooSmall(device_bytes));
@@ -244,7 +288,14 @@ impl Layout {
         if self.data_units == 0 || self.data_units > self.slot_blocks.saturating_mul(RECORDS_PER_BLOCK as u64) {
             return bad("data units and slot records disagree");
         }
-        if !self.data_offset.is_multiple_of(DATA_ALIGN) || self.data_offset < self.meta_bytes() {
+        // meta_end(), without overflowing on a corrupt superblock.
+        let meta_end = self
+            .slot_blocks
+            .checked_add(self.volume_blocks)
+            .and_then(|b| b.checked_mul(2))
+            .and_then(|b| b.checked_add(SB_B_BLOCK + 1))
+            .and_then(|b| b.checked_mul(META_BLOCK_SIZE as u64));
+        if !self.data_offset.is_multiple_of(DATA_ALIGN) || meta_end.is_none_or(|end| self.data_offset < end) {
             return bad("data region overlaps the metadata or is misaligned");
         }
         let end = self.data_units.checked_mul(UNIT_BYTES).and_then(|b| b.checked_add(self.data_offset));
@@ -259,22 +310,55 @@ impl Layout {
         1 + self.volume_blocks + self.slot_blocks
     }
 
-    /// Bytes of metadata on the device (both copies).
+    /// Bytes of metadata on the device (both copies of every block).
     pub fn meta_bytes(&self) -> u64 {
         2 * self.logical_blocks() * META_BLOCK_SIZE as u64
+    }
+
+    /// Device byte offset just past the last metadata block (the end of area B).
+    pub fn meta_end(&self) -> u64 {
+        self.area_start(1) * META_BLOCK_SIZE as u64 + (self.logical_blocks() - 1) * META_BLOCK_SIZE as u64
     }
 
     /// Device byte offset of copy `copy` (0 = A, 1 = B) of logical block `logical`.
     pub fn offset(&self, logical: u64, copy: usize) -> u64 {
         assert!(copy < 2);
         assert!(logical < self.logical_blocks());
-        let block = if logical == 0 { copy as u64 } else { self.area_start(copy) + logical - 1 };
+        let block = match (logical, copy) {
+            (0, 0) => 0,
+            (0, _) => SB_B_BLOCK,
+            _ => self.area_start(copy) + logical - 1,
+        };
         block * META_BLOCK_SIZE as u64
     }
 
     /// Device metadata block at which copy `copy` of logical block 1 lives.
     pub fn area_start(&self, copy: usize) -> u64 {
-        2 + copy as u64 * (self.logical_blocks() - 1)
+        SB_B_BLOCK + 1 + copy as u64 * (self.logical_blocks() - 1)
+    }
+
+    /// The byte ranges `[start, end)` of a device of `device_bytes` that must all read
+    /// as zero for the device to count as blank (see the module documentation),
+    /// sorted and disjoint. Without a layout (a device too small for one) the whole
+    /// device is checked.
+    pub fn blank_ranges(device_bytes: u64) -> Vec<(u64, u64)> {
+        let Ok(layout) = Layout::for_device(device_bytes) else { return vec![(0, device_bytes)] };
+        let table = layout.volume_blocks * META_BLOCK_SIZE as u64;
+        let mut ranges = vec![
+            (0, BLANK_HEAD_BYTES.min(device_bytes)),
+            (layout.offset(1, 0), layout.offset(1, 0) + table),
+            (layout.offset(1, 1), layout.offset(1, 1) + table),
+            (device_bytes.saturating_sub(BLANK_TAIL_BYTES), device_bytes),
+        ];
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        merged
     }
 
     /// What logical block `logical` holds.
@@ -341,26 +425,33 @@ impl Superblock {
         assert_eq!(block.len(), META_BLOCK_SIZE);
         block.fill(0);
         put_u32(block, 32, FORMAT_VERSION);
-        put_u32(block, 36, META_BLOCK_SIZE as u32);
+        put_u32(block, 36, u32::try_from(META_BLOCK_SIZE).expect("4096"));
         put_u64(block, 40, self.device_bytes);
         put_u32(block, 48, self.device_block_size);
-        put_u32(block, 52, VOLUMES_MAX as u32);
+        put_u32(block, 52, u32::try_from(VOLUMES_MAX).expect("1024"));
         put_u64(block, 56, self.layout.data_offset);
         put_u64(block, 64, self.layout.data_units);
         block[72..88].copy_from_slice(&self.uuid);
         put_u32(block, 88, self.next_volume_id);
-        put_u32(block, 92, self.layout.volume_blocks as u32);
+        put_u32(block, 92, u32::try_from(self.layout.volume_blocks).expect("VOLUME_TABLE_BLOCKS"));
         put_u64(block, 96, self.layout.slot_blocks);
+        put_u64(block, 104, SB_B_OFFSET);
     }
 
     /// Reads a superblock from a block that passed [`check`].
     pub fn decode(block: &[u8], header: &Header) -> Result<Superblock> {
         let version = get_u32(block, 32);
         if version != FORMAT_VERSION {
-            return Err(MetaError::Field(format!("format version {version}, this build reads {FORMAT_VERSION}")));
+            return Err(MetaError::Version { found: version });
         }
         if get_u32(block, 36) as usize != META_BLOCK_SIZE || get_u32(block, 52) as usize != VOLUMES_MAX {
             return Err(MetaError::Field("metadata block size or volume table size".into()));
+        }
+        if get_u64(block, 104) != SB_B_OFFSET {
+            return Err(MetaError::Field(format!(
+                "superblock copy B at {}, expected {SB_B_OFFSET}",
+                get_u64(block, 104)
+            )));
         }
         Ok(Superblock {
             format_id: header.format_id,
@@ -427,7 +518,7 @@ impl VolumeEntry {
         };
         e[5] = v.page_shift;
         e[6] = v.block_shift;
-        e[7] = v.name.len() as u8;
+        e[7] = u8::try_from(v.name.len()).expect("name.len() ≤ NAME_LEN, asserted above");
         put_u64(e, 8, v.num_pages);
         e[16..16 + v.name.len()].copy_from_slice(v.name.as_bytes());
         e[80..96].copy_from_slice(&v.uuid);
@@ -498,6 +589,49 @@ impl SlotRecord {
         let volume_id = get_u32(r, 0);
         (volume_id != 0).then(|| SlotRecord { volume_id, order: r[4], flags: r[5], page: get_u64(r, 8) })
     }
+}
+
+/// Well-known signatures of what may sit at the start of a device: (byte offset,
+/// bytes, what they mean). More specific entries come first (a GPT disk also carries
+/// the protective MBR's 0x55AA).
+const SIGNATURES: &[(usize, &[u8], &str)] = &[
+    (512, b"EFI PART", "a GPT partition table"),
+    (4096, b"EFI PART", "a GPT partition table (4 KiB sectors)"),
+    (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"),
+    (0, b"XFSB", "an XFS file system"),
+    (3, b"NTFS    ", "an NTFS file system"),
+    (512, b"LABELONE", "an LVM physical volume"),
+    (4096, &[0xfc, 0x4e, 0x2b, 0xa9], "an md RAID member (metadata 1.2)"),
+    (1080, &[0x53, 0xef], "an ext2/3/4 file system"),
+    (4086, b"SWAPSPACE2", "Linux swap space"),
+    (32769, b"CD001", "an ISO 9660 image"),
+    (65600, b"_BHRfS_M", "a btrfs file system"),
+    (510, &[0x55, 0xaa], "an MBR partition table or boot sector"),
+];
+
+/// Bytes from the start of a device that [`identify`] looks at.
+pub const IDENTIFY_BYTES: usize = 128 << 10;
+
+/// What the first bytes of a device (`head`, up to [`IDENTIFY_BYTES`]) look like, when
+/// they carry a well-known signature: e.g. `a GPT partition table: "EFI PART" at byte 512`.
+pub fn identify(head: &[u8]) -> Option<String> {
+    SIGNATURES.iter().find_map(|&(at, magic, what)| {
+        (head.get(at..at + magic.len()) == Some(magic)).then(|| format!("{what}: {} at byte {at}", show_bytes(magic)))
+    })
+}
+
+/// Bytes as a quoted string, printable ASCII as is and the rest as `\xNN`.
+pub fn show_bytes(bytes: &[u8]) -> String {
+    let mut text = String::from("\"");
+    for &b in bytes {
+        match b {
+            b'"' | b'\\' => text.push_str(&format!("\\{}", b as char)),
+            0x20..=0x7e => text.push(b as char),
+            _ => text.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    text.push('"');
+    text
 }
 
 /// splitmix64's finaliser: a cheap bijective mixer with full avalanche.
@@ -589,8 +723,9 @@ mod tests {
         let l = Layout::for_device(8 << 30).unwrap();
         assert_eq!(l.slot_blocks, (8u64 << 30 >> 16).div_ceil(254));
         assert_eq!(l.data_offset % DATA_ALIGN, 0);
-        assert!(l.data_offset >= l.meta_bytes());
-        assert!(l.meta_bytes() < 5 << 20, "{}", l.meta_bytes());
+        assert!(l.data_offset >= l.meta_end());
+        assert!(l.meta_end() < 6 << 20, "{}", l.meta_end());
+        assert_eq!(l.meta_end(), SB_B_OFFSET + l.meta_bytes() - META_BLOCK_SIZE as u64);
         assert_eq!(l.data_units, ((8u64 << 30) - l.data_offset) >> 16);
         l.validate(8 << 30).unwrap();
         assert!(l.validate(4 << 30).is_err());
@@ -599,10 +734,62 @@ mod tests {
         offs.sort_unstable();
         offs.dedup();
         assert_eq!(offs.len() as u64, 2 * l.logical_blocks());
-        assert_eq!(*offs.last().unwrap() + META_BLOCK_SIZE as u64, l.meta_bytes());
+        assert_eq!(*offs.last().unwrap() + META_BLOCK_SIZE as u64, l.meta_end());
         assert_eq!(l.kind(l.slot_block_of(l.data_units - 1)), Kind::Slots);
         assert_eq!(l.unit_at(l.unit_offset(77)), 77);
         assert_eq!(Layout::for_device(2 << 20), Err(MetaError::TooSmall(2 << 20)));
+    }
+
+    #[test]
+    fn superblock_copies_are_a_mebibyte_apart_and_nothing_else_is_near_copy_a() {
+        let l = Layout::for_device(64 << 20).unwrap();
+        assert_eq!((l.offset(0, 0), l.offset(0, 1)), (0, 1 << 20));
+        // Apart from copy A, no metadata block lies in the first MiB (where partition
+        // tables and boot loaders go), and the areas do not overlap.
+        for b in 1..l.logical_blocks() {
+            assert!(l.offset(b, 0) > SB_B_OFFSET && l.offset(b, 1) > l.offset(l.logical_blocks() - 1, 0), "{b}");
+        }
+        // A corrupt layout cannot overflow the checks.
+        let huge = Layout { slot_blocks: u64::MAX / 2, ..l };
+        assert!(huge.validate(64 << 20).is_err());
+    }
+
+    #[test]
+    fn blank_ranges_cover_both_superblocks_the_volume_tables_and_the_tail() {
+        let small = Layout::blank_ranges(64 << 20);
+        assert_eq!(small, vec![(0, BLANK_HEAD_BYTES), ((63 << 20), 64 << 20)]);
+        let size = 16u64 << 40;
+        let l = Layout::for_device(size).unwrap();
+        let table = VOLUME_TABLE_BLOCKS * META_BLOCK_SIZE as u64;
+        let big = Layout::blank_ranges(size);
+        assert_eq!(
+            big,
+            vec![(0, BLANK_HEAD_BYTES), (l.offset(1, 1), l.offset(1, 1) + table), (size - (1 << 20), size)]
+        );
+        assert!(l.offset(1, 0) + table <= BLANK_HEAD_BYTES, "area A's volume table is in the head");
+        let checked: u64 = big.iter().map(|(a, b)| b - a).sum();
+        assert!(checked < 7 << 19, "{checked} bytes");
+        assert_eq!(Layout::blank_ranges(1 << 20), vec![(0, 1 << 20)], "too small for a layout: all of it");
+    }
+
+    #[test]
+    fn a_superblock_of_format_1_is_told_apart() {
+        let sb = Superblock {
+            format_id: 3,
+            device_bytes: 1 << 30,
+            device_block_size: 512,
+            layout: Layout::for_device(1 << 30).unwrap(),
+            uuid: [1; 16],
+            next_volume_id: 2,
+        };
+        let mut b = vec![0u8; META_BLOCK_SIZE];
+        sb.encode(&mut b);
+        put_u32(&mut b, 32, 1);
+        seal(&mut b, Kind::Super, Header { seq: 1, index: 0, format_id: 3 });
+        let h = check(&b, Kind::Super, 0, None).unwrap();
+        let err = Superblock::decode(&b, &h).unwrap_err();
+        assert_eq!(err, MetaError::Version { found: 1 });
+        assert_eq!(err.to_string(), "Quire page store of format version 1; this build reads version 2 only");
     }
 
     #[test]
@@ -641,6 +828,21 @@ mod tests {
         SlotRecord::encode(Some(&r), &mut b, 253);
         assert_eq!(SlotRecord::decode(&b, 253), Some(r));
         assert_eq!(SlotRecord::decode(&b, 252), None);
+    }
+
+    #[test]
+    fn well_known_signatures_are_named() {
+        let mut head = vec![0u8; IDENTIFY_BYTES];
+        assert_eq!(identify(&head), None);
+        head[510..512].copy_from_slice(&[0x55, 0xaa]);
+        assert_eq!(identify(&head).unwrap(), "an MBR partition table or boot sector: \"U\\xaa\" at byte 510");
+        head[512..520].copy_from_slice(b"EFI PART");
+        assert_eq!(identify(&head).unwrap(), "a GPT partition table: \"EFI PART\" at byte 512");
+        let mut ext4 = vec![0u8; 2048];
+        ext4[1080..1082].copy_from_slice(&[0x53, 0xef]);
+        assert!(identify(&ext4).unwrap().starts_with("an ext2/3/4 file system"));
+        assert_eq!(identify(&ext4[..1000]), None, "a short head is no match");
+        assert_eq!(show_bytes(b"a\"\\\x00\x7f"), "\"a\\\"\\\\\\x00\\x7f\"");
     }
 
     #[test]

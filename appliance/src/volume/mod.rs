@@ -84,11 +84,15 @@ impl VolumeInfo {
 pub const NQN_PREFIX: &str = "nqn.2026-11.io.quire:";
 
 /// What a reactor holds for a volume: its facts and its page table.
+///
+/// A grown volume gets a new view (new facts) over the same page table, which grows
+/// in place: every view of a volume, old or new, reads the same entries, so a reactor
+/// that has not yet received the new view never misses a page mapped after the grow.
 #[derive(Debug)]
 pub struct VolumeView {
     /// The volume's facts.
     pub info: VolumeInfo,
-    /// Page → slot on this peer's device.
+    /// Page → slot on this peer's device; one table for the volume's whole life.
     pub pages: Arc<PageTable>,
 }
 

@@ -6,46 +6,140 @@
 //! mapping is durable on the device, and back only after the page store has persisted
 //! the free. Slots are reused only after every reactor has drained the I/O that could
 //! still address the old mapping (see `control`'s grace periods).
+//!
+//! # Growing in place
+//!
+//! A volume has one table for its whole life, shared by every [`super::VolumeView`]
+//! of it, old or new: growing the volume grows the table in place
+//! ([`PageTable::grow`]), so a reactor still holding the view from before the grow
+//! reads the very entries the control thread sets afterwards. (A copied table would
+//! let that reactor miss a page another reactor has just written and acknowledged.)
+//!
+//! The table is two-level. A fixed directory of [`LEAVES`] pointers covers
+//! [`PAGES_MAX`] pages; leaf 0 holds pages `0..512`, and leaf `k ≥ 1` the `512·2^(k-1)`
+//! pages from `512·2^(k-1)` on, so the leaves double in size. Leaves are allocated
+//! (zeroed) when the table is created or grown, and are never moved or freed while the
+//! table lives. A read is two loads: the leaf's pointer, then the entry.
+//!
+//! Memory: the directory is 144 bytes; the leaves of a table of `n` pages hold at most
+//! `max(512, 2n)` entries of 8 bytes (4 KiB for a volume of up to 512 pages, at most
+//! 16 bytes per page, exactly 8 bytes per page when `n` is a leaf boundary such as a
+//! power of two ≥ 512; 512 MiB for the largest volume of 2^26 pages, as before).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use crate::cast::usize_from;
+
+/// Log2 of the pages of leaf 0 (and of leaf 1).
+const LEAF0_SHIFT: u32 = 9;
+/// Log2 of the most pages a table may have.
+const PAGES_MAX_SHIFT: u32 = 26;
+/// Most pages a table may have (the page store's `PAGES_PER_VOLUME_MAX`).
+pub const PAGES_MAX: u64 = 1 << PAGES_MAX_SHIFT;
+/// Leaves in the directory: leaf 0, then one per doubling up to [`PAGES_MAX`].
+pub const LEAVES: usize = (PAGES_MAX_SHIFT - LEAF0_SHIFT + 1) as usize;
+
+const _: () = assert!(LEAVES == 18);
+
+/// The leaf of `page` and the page's index inside it.
+#[inline]
+fn locate(page: u64) -> (usize, usize) {
+    let high = page >> LEAF0_SHIFT;
+    // 0 for pages 0..512, 1 for 512..1024, 2 for 1024..2048, ...
+    let leaf = (u64::BITS - high.leading_zeros()) as usize;
+    (leaf, usize_from(page - leaf_start(leaf)))
+}
+
+/// First page of leaf `leaf`.
+#[inline]
+fn leaf_start(leaf: usize) -> u64 {
+    ((1u64 << leaf) >> 1) << LEAF0_SHIFT
+}
+
+/// Pages in leaf `leaf`.
+fn leaf_len(leaf: usize) -> usize {
+    (1usize << LEAF0_SHIFT) << leaf.saturating_sub(1)
+}
 
 /// Page → slot map. Entry value 0 means "never written (reads zeroes)"; otherwise it is
 /// the slot's byte offset on the device plus one.
-#[derive(Debug)]
 pub struct PageTable {
-    slots: Box<[AtomicU64]>,
+    /// Leaf `k` (null until allocated): `leaf_len(k)` entries, from `Box<[AtomicU64]>`.
+    leaves: [AtomicPtr<AtomicU64>; LEAVES],
+    /// Number of pages.
+    len: AtomicU64,
+}
+
+impl std::fmt::Debug for PageTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageTable").field("len", &self.len()).field("allocated", &self.allocated()).finish()
+    }
 }
 
 impl PageTable {
-    /// A table of `num_pages` unallocated pages.
+    /// A table of `num_pages` unallocated pages (at most [`PAGES_MAX`]).
     pub fn new(num_pages: u64) -> PageTable {
-        PageTable { slots: (0..num_pages).map(|_| AtomicU64::new(0)).collect() }
+        let t = PageTable { leaves: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())), len: 0.into() };
+        t.grow(num_pages);
+        t
     }
 
-    /// A larger table with this table's entries (growing a volume).
-    pub fn grown(&self, num_pages: u64) -> PageTable {
-        assert!(num_pages >= self.len());
-        let t = PageTable::new(num_pages);
-        for (i, s) in self.slots.iter().enumerate() {
-            t.slots[i].store(s.load(Ordering::Acquire), Ordering::Relaxed);
+    /// Grows the table in place to `num_pages` (control thread; never shrinks): every
+    /// holder of this table sees the new pages as unallocated and keeps seeing every
+    /// entry, old and new, that the control thread sets.
+    pub fn grow(&self, num_pages: u64) {
+        assert!(num_pages <= PAGES_MAX, "{num_pages} pages is above the most a table holds ({PAGES_MAX})");
+        assert!(num_pages >= self.len(), "page tables only grow ({} to {num_pages} pages)", self.len());
+        if num_pages > 0 {
+            let (last, _) = locate(num_pages - 1);
+            for (k, slot) in self.leaves.iter().enumerate().take(last + 1) {
+                if !slot.load(Ordering::Acquire).is_null() {
+                    continue;
+                }
+                // Zeroed memory from the allocator: a large leaf costs pages only as
+                // its entries are set.
+                let zeroed = Box::<[AtomicU64]>::new_zeroed_slice(leaf_len(k));
+                // SAFETY: an all-zero `AtomicU64` is a valid `AtomicU64` holding 0.
+                let leaf: Box<[AtomicU64]> = unsafe { zeroed.assume_init() };
+                let ptr = Box::into_raw(leaf).cast::<AtomicU64>();
+                // Release: a reader that loads the pointer sees the zeroed entries.
+                if slot.compare_exchange(std::ptr::null_mut(), ptr, Ordering::Release, Ordering::Acquire).is_err() {
+                    // SAFETY: `ptr` came from `Box::into_raw` of a slice of `leaf_len(k)`
+                    // entries just above and was never shared (the exchange failed).
+                    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, leaf_len(k))) });
+                }
+            }
         }
-        t
+        self.len.fetch_max(num_pages, Ordering::Release);
     }
 
     /// Number of pages.
     pub fn len(&self) -> u64 {
-        self.slots.len() as u64
+        self.len.load(Ordering::Acquire)
     }
 
     /// True for a table of no pages.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len() == 0
+    }
+
+    /// The entry of `page`. Panics for a page beyond every leaf allocated so far (a
+    /// caller that did not check the page against its volume's size).
+    #[inline]
+    fn entry(&self, page: u64) -> &AtomicU64 {
+        let (leaf, index) = locate(page);
+        let ptr = self.leaves[leaf].load(Ordering::Acquire);
+        assert!(!ptr.is_null(), "page {page} is beyond the page table");
+        // SAFETY: a non-null leaf pointer was published (Release, loaded Acquire above)
+        // after its `leaf_len(leaf)` entries were initialised, `index < leaf_len(leaf)`
+        // by `locate`, and leaves are freed only in `drop`, which `&self` rules out.
+        unsafe { &*ptr.add(index) }
     }
 
     /// The device byte offset of `page`'s slot, or `None` if the page was never written.
     #[inline]
     pub fn get(&self, page: u64) -> Option<u64> {
-        match self.slots[page as usize].load(Ordering::Acquire) {
+        match self.entry(page).load(Ordering::Acquire) {
             0 => None,
             v => Some(v - 1),
         }
@@ -54,24 +148,54 @@ impl PageTable {
     /// Records that `page` lives at device byte offset `offset` (control thread only,
     /// after the mapping is durable).
     pub fn set(&self, page: u64, offset: u64) {
-        self.slots[page as usize].store(offset + 1, Ordering::Release);
+        assert!(page < self.len(), "page {page} beyond the table's {} pages", self.len());
+        self.entry(page).store(offset + 1, Ordering::Release);
     }
 
     /// Records that `page` is unallocated again (control thread only, after the free is
     /// durable).
     pub fn clear(&self, page: u64) {
-        self.slots[page as usize].store(0, Ordering::Release);
+        self.entry(page).store(0, Ordering::Release);
     }
 
     /// Number of allocated pages.
     pub fn allocated(&self) -> u64 {
-        self.slots.iter().filter(|s| s.load(Ordering::Relaxed) != 0).count() as u64
+        let len = self.len();
+        let mut n = 0;
+        for (k, slot) in self.leaves.iter().enumerate() {
+            let start = leaf_start(k);
+            if start >= len {
+                break;
+            }
+            let ptr = slot.load(Ordering::Acquire);
+            let count = leaf_len(k).min(usize_from(len - start));
+            // SAFETY: leaves up to the one holding page `len - 1` are allocated (grow
+            // allocates them before raising `len`, which we loaded with Acquire first),
+            // each of `leaf_len(k) >= count` entries, and live as long as `self`.
+            let entries = unsafe { std::slice::from_raw_parts(ptr, count) };
+            n += entries.iter().filter(|e| e.load(Ordering::Relaxed) != 0).count() as u64;
+        }
+        n
+    }
+}
+
+impl Drop for PageTable {
+    fn drop(&mut self) {
+        for (k, slot) in self.leaves.iter_mut().enumerate() {
+            let ptr = *slot.get_mut();
+            if !ptr.is_null() {
+                // SAFETY: every non-null leaf came from `Box::into_raw` of a slice of
+                // `leaf_len(k)` entries in `grow`, and `&mut self` means no reader is left.
+                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, leaf_len(k))) });
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn unwritten_pages_read_none_and_mapped_pages_their_slot() {
@@ -91,22 +215,58 @@ mod tests {
     }
 
     #[test]
-    fn grown_table_keeps_every_mapping_and_adds_unwritten_pages() {
-        let t = PageTable::new(3);
-        t.set(1, 4 << 20);
-        let g = t.grown(5);
-        assert_eq!(g.len(), 5);
-        assert_eq!(g.get(1), Some(4 << 20));
-        assert!(g.get(3).is_none() && g.get(4).is_none());
-        // The old table is unaffected by changes to the new one (read-copy-update).
-        g.set(4, 12 << 20);
-        assert_eq!(t.len(), 3);
-        assert_eq!(t.allocated(), 1);
+    fn leaves_tile_the_pages() {
+        assert_eq!(locate(0), (0, 0));
+        assert_eq!(locate(511), (0, 511));
+        assert_eq!(locate(512), (1, 0));
+        assert_eq!(locate(1023), (1, 511));
+        assert_eq!(locate(1024), (2, 0));
+        assert_eq!(locate(PAGES_MAX - 1), (LEAVES - 1, leaf_len(LEAVES - 1) - 1));
+        let mut next = 0;
+        for k in 0..LEAVES {
+            assert_eq!(leaf_start(k), next, "leaf {k}");
+            next += leaf_len(k) as u64;
+        }
+        assert_eq!(next, PAGES_MAX);
     }
 
     #[test]
-    #[should_panic]
+    fn growing_in_place_keeps_every_mapping_for_every_holder() {
+        let t = Arc::new(PageTable::new(3));
+        t.set(1, 4 << 20);
+        // An old view and a new view of the volume hold the same table.
+        let old = t.clone();
+        t.grow(5000);
+        assert_eq!(t.len(), 5000);
+        assert_eq!(t.get(1), Some(4 << 20));
+        assert!(t.get(3).is_none() && t.get(4999).is_none());
+        // Set after the grow, read through the holder from before it.
+        t.set(2, 12 << 20);
+        t.set(4000, 16 << 20);
+        assert_eq!(old.get(2), Some(12 << 20));
+        assert_eq!(old.get(4000), Some(16 << 20));
+        assert_eq!(old.allocated(), 3);
+        t.grow(5000);
+        assert_eq!(t.allocated(), 3, "growing to the same size changes nothing");
+    }
+
+    #[test]
+    fn the_largest_table_has_every_leaf() {
+        let t = PageTable::new(PAGES_MAX);
+        t.set(PAGES_MAX - 1, 7);
+        assert_eq!(t.get(PAGES_MAX - 1), Some(7));
+        assert_eq!(t.get(PAGES_MAX / 2), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "only grow")]
     fn shrinking_is_refused() {
-        PageTable::new(3).grown(2);
+        PageTable::new(3).grow(2);
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond the page table")]
+    fn a_page_beyond_every_leaf_panics() {
+        PageTable::new(3).get(512);
     }
 }

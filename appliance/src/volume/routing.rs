@@ -7,6 +7,8 @@
 //! single-peer build every page is owned by the local peer; the group issue adds
 //! remote owners, forwarding and stale-epoch handling on top of the same lookup.
 
+use crate::cast::usize_from;
+
 /// Identity of a peer in the group.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct PeerId(pub u16);
@@ -38,14 +40,14 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// A table where `local` owns all `num_pages` pages.
     pub fn all_local(local: PeerId, num_pages: u64, epoch: Epoch) -> RoutingTable {
-        RoutingTable { epoch, local, owners: vec![local; num_pages as usize].into_boxed_slice() }
+        RoutingTable { epoch, local, owners: vec![local; usize_from(num_pages)].into_boxed_slice() }
     }
 
     /// The next version with `num_pages` pages; new pages go to `local`.
     pub fn grown(&self, num_pages: u64) -> RoutingTable {
         assert!(num_pages >= self.owners.len() as u64, "routing tables only grow");
         let mut owners = self.owners.to_vec();
-        owners.resize(num_pages as usize, self.local);
+        owners.resize(usize_from(num_pages), self.local);
         RoutingTable { epoch: Epoch(self.epoch.0 + 1), local: self.local, owners: owners.into() }
     }
 
@@ -62,7 +64,7 @@ impl RoutingTable {
     /// Where I/O for `page` goes.
     #[inline]
     pub fn route(&self, page: u64) -> Route {
-        let owner = self.owners[page as usize];
+        let owner = self.owners[usize_from(page)];
         if owner == self.local {
             Route::Local
         } else {

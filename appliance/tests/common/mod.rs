@@ -10,6 +10,8 @@
 //! deliberately broken bytes and then expect a termination request or a close.
 //!
 //! Not every test binary uses every helper.
+// Test constants and sizes are small: a truncating cast would fail an assertion.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -105,6 +107,15 @@ impl TestTarget {
 
     /// A target with the test configuration changed by `edit`.
     pub fn start_with(edit: impl FnOnce(&mut Config)) -> TestTarget {
+        TestTarget::start_on(edit, None)
+    }
+
+    /// A target with the test configuration changed by `edit`, on `device` (instead of
+    /// the configuration's RAM device) when given.
+    pub fn start_on(
+        edit: impl FnOnce(&mut Config),
+        device: Option<std::sync::Arc<dyn quire_drivers::BlockDevice>>,
+    ) -> TestTarget {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = format!(
             r#"
@@ -161,7 +172,11 @@ page_size = "1M"
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port");
             cfg.target.port = probe.local_addr().expect("probe address").port();
             drop(probe);
-            match quire_appliance::serve::start(cfg.clone()) {
+            let started = match &device {
+                Some(d) => quire_appliance::serve::start_with_device(cfg.clone(), d.clone(), "test device"),
+                None => quire_appliance::serve::start(cfg.clone()),
+            };
+            match started {
                 Ok(r) => break r,
                 Err(quire_appliance::serve::ServeError::Listen { .. }) if attempts < 10 => attempts += 1,
                 Err(e) => panic!("target does not start: {e}"),
@@ -193,6 +208,31 @@ page_size = "1M"
         self.volume(name)["allocated_pages"].as_u64().expect("allocated_pages")
     }
 
+    /// Every reactor's `stats_reactors` entry.
+    pub fn reactor_stats(&self) -> Vec<Value> {
+        self.rpc("stats_reactors", json!({})).as_array().expect("a list").clone()
+    }
+
+    /// `field` of `stats_reactors`, summed over the reactors.
+    pub fn reactor_sum(&self, field: &str) -> u64 {
+        self.reactor_stats().iter().map(|r| r[field].as_u64().unwrap_or_else(|| panic!("{field} in {r}"))).sum()
+    }
+
+    /// Waits until no request is left on any connection and every pool buffer is back
+    /// (what a quiet target looks like once its hosts have gone): nothing leaked.
+    pub fn wait_quiet(&self) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let s = self.reactor_stats();
+            let sum = |f: &str| s.iter().map(|r| r[f].as_u64().expect("a counter")).sum::<u64>();
+            if sum("requests_active") == 0 && sum("buffers_free") == sum("buffers_total") && sum("connections") == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the target did not come back to rest: {s:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Host connections the reactors serve now.
     pub fn connections(&self) -> u64 {
         let list = self.rpc("stats_reactors", json!({}));
@@ -218,10 +258,23 @@ page_size = "1M"
     }
 }
 
+impl TestTarget {
+    /// Stops the target; panics if any of its threads panicked (a reactor that died
+    /// is a failure even when the test's own checks passed).
+    pub fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().unwrap_or_else(|e| panic!("the target's {e}"));
+        }
+    }
+}
+
 impl Drop for TestTarget {
     fn drop(&mut self) {
         if let Some(r) = self.running.take() {
-            r.shutdown();
+            let result = r.shutdown();
+            if !std::thread::panicking() {
+                result.unwrap_or_else(|e| panic!("the target's {e}"));
+            }
         }
     }
 }
@@ -462,6 +515,11 @@ impl Conn {
         assert!(self.pending.insert(cmd.cid, Pending { write: r2t, read: vec![0; read_len], got: 0 }).is_none());
         self.send_raw(&bytes).expect("send capsule");
         cmd.cid
+    }
+
+    /// Command `cid`'s result, if it has already arrived (while waiting for another).
+    pub fn try_take(&mut self, cid: u16) -> Option<Done> {
+        self.done.remove(&cid)
     }
 
     /// Handles PDUs until command `cid` completes.

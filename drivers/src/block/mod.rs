@@ -29,6 +29,9 @@ pub struct DeviceInfo {
     pub volatile_write_cache: bool,
     /// Deallocated blocks read back as zeroes.
     pub deallocate_reads_zeroes: bool,
+    /// Alignment (a power of two) that every segment's address and length must have
+    /// (1: none; 4: NVMe PRPs; the logical block size for `O_DIRECT` on most devices).
+    pub memory_align: u32,
 }
 
 impl DeviceInfo {

@@ -129,8 +129,10 @@ impl NvmeDevice {
         let data = ctrl.data();
         let cmd_bytes = data.max_transfer_bytes().unwrap_or(u64::MAX).min(u64::from(prp::CMD_BYTES_MAX));
         let cmd_blocks_max = u32::try_from(cmd_bytes / u64::from(ns.block_size)).expect("under 2 MiB");
-        let max_transfer_bytes = (u64::from(cmd_blocks_max) * u64::from(ns.block_size) * u64::from(qpair::SPLIT_MAX))
-            .min(u64::from(u32::MAX)) as u32;
+        // Saturates at u32::MAX (what DeviceInfo can say).
+        let max_transfer_bytes =
+            u32::try_from(u64::from(cmd_blocks_max) * u64::from(ns.block_size) * u64::from(qpair::SPLIT_MAX))
+                .unwrap_or(u32::MAX);
         let info = DeviceInfo {
             name: format!("nvme:{}/ns{}", ctrl.pci().bdf(), opts.nsid),
             block_size: ns.block_size,
@@ -138,6 +140,9 @@ impl NvmeDevice {
             max_transfer_bytes,
             volatile_write_cache: data.volatile_write_cache,
             deallocate_reads_zeroes: ns.deallocate_reads_zeroes,
+            // PRP entries: the first may start at any dword, the rest are page aligned
+            // (the driver builds them from any dword-aligned segment).
+            memory_align: 4,
         };
         let params = qpair::NsParams {
             nsid: opts.nsid,

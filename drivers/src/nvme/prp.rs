@@ -21,7 +21,10 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// Entries one PRP list page holds; with PRP1 this covers 2 MiB at any offset.
 pub const LIST_ENTRIES_MAX: usize = PAGE_SIZE / 8;
 /// The largest transfer one command may carry with a single list page.
+// 512 entries of 4 KiB pages: 2 MiB, far below u32::MAX (the assertion below).
+#[allow(clippy::cast_possible_truncation)]
 pub const CMD_BYTES_MAX: u32 = (LIST_ENTRIES_MAX * PAGE_SIZE) as u32;
+const _: () = assert!(LIST_ENTRIES_MAX * PAGE_SIZE <= u32::MAX as usize);
 
 /// Checks that `segs` can be described by one PRP chain.
 pub fn check_segs(segs: &[DmaSeg]) -> Result<(), &'static str> {

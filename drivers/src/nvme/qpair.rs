@@ -142,7 +142,9 @@ impl NvmeQueuePair {
         lists: DmaArea,
         ns: NsParams,
     ) -> Result<NvmeQueuePair, super::NvmeError> {
-        let slots = usize::from(ring.entries() - 1);
+        // One slot short of the ring (a full SQ would look empty); a u16 like the CID.
+        let slot_count = ring.entries() - 1;
+        let slots = usize::from(slot_count);
         assert!(lists.len() >= slots * PAGE_SIZE);
         assert!(ns.cmd_blocks_max > 0 && ns.block_size.is_power_of_two());
         let generation = ctrl.generation();
@@ -161,9 +163,9 @@ impl NvmeQueuePair {
             ns,
             lists,
             cmds: vec![CmdState::Free; slots],
-            free_cids: (0..slots as u16).rev().collect(),
+            free_cids: (0..slot_count).rev().collect(),
             reqs: vec![empty; slots],
-            free_reqs: (0..slots as u32).rev().collect(),
+            free_reqs: (0..u32::from(slot_count)).rev().collect(),
             done: VecDeque::with_capacity(slots),
             outstanding: 0,
             polls: 0,
@@ -300,7 +302,7 @@ impl NvmeQueuePair {
                 CmdState::Free => {}
                 CmdState::Submitted { req, deadline } if deadline <= now => {
                     tracing::warn!(qid = self.qid(), cid, "command timed out: aborting");
-                    let accepted = self.ctrl.abort(self.qid(), cid as u16).unwrap_or(false);
+                    let accepted = self.ctrl.abort(self.qid(), cid_of(cid)).unwrap_or(false);
                     if !accepted {
                         tracing::warn!(qid = self.qid(), cid, "abort not accepted");
                     }
@@ -349,11 +351,11 @@ impl NvmeQueuePair {
         for cid in 0..self.cmds.len() {
             if self.cmds[cid] != CmdState::Free {
                 self.cmds[cid] = CmdState::Free;
-                self.free_cids.push(cid as u16);
+                self.free_cids.push(cid_of(cid));
             }
         }
         let mut resubmitted = 0;
-        for r in 0..self.reqs.len() as u32 {
+        for r in 0..self.req_slots() {
             if self.reqs[r as usize].state != ReqState::InFlight {
                 continue;
             }
@@ -372,15 +374,20 @@ impl NvmeQueuePair {
         self.ring.ring_sq();
     }
 
+    /// Number of request slots (one per command slot, so below 2^16).
+    fn req_slots(&self) -> u32 {
+        u32::try_from(self.reqs.len()).expect("one request per command slot, fewer than a u16")
+    }
+
     /// Completes every request with [`IoError::Aborted`] (the controller is gone).
     fn fail_all(&mut self) {
         for cid in 0..self.cmds.len() {
             if self.cmds[cid] != CmdState::Free {
                 self.cmds[cid] = CmdState::Free;
-                self.free_cids.push(cid as u16);
+                self.free_cids.push(cid_of(cid));
             }
         }
-        for r in 0..self.reqs.len() as u32 {
+        for r in 0..self.req_slots() {
             if self.reqs[r as usize].state == ReqState::InFlight {
                 self.reqs[r as usize].result = Err(IoError::Aborted);
                 let c = self.finish(r);
@@ -388,6 +395,11 @@ impl NvmeQueuePair {
             }
         }
     }
+}
+
+/// The CID of command slot `index`.
+fn cid_of(index: usize) -> u16 {
+    u16::try_from(index).expect("command slots are fewer than the ring's entries, a u16")
 }
 
 /// The command for blocks `first..first+blocks` of `io`.
@@ -514,7 +526,7 @@ impl QueuePair for NvmeQueuePair {
     }
 
     fn outstanding(&self) -> u32 {
-        self.outstanding + self.done.len() as u32
+        self.outstanding + u32::try_from(self.done.len()).expect("done and outstanding together fit the command slots")
     }
 }
 
@@ -528,6 +540,8 @@ impl Drop for NvmeQueuePair {
 }
 
 #[cfg(test)]
+// Test constants are small; a truncation would fail an assertion.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
     use crate::block::BlockDevice;

@@ -225,8 +225,8 @@ impl Mmio {
 
     /// Writes a 64-bit register as two 32-bit halves (low first).
     pub fn write64(&self, off: usize, value: u64) {
-        self.write32(off, value as u32);
-        self.write32(off + 4, (value >> 32) as u32);
+        self.write32(off, quire_wire::lo32(value));
+        self.write32(off + 4, quire_wire::hi32(value));
     }
 }
 

@@ -72,6 +72,7 @@ impl UringDevice {
                 max_transfer_bytes: MAX_TRANSFER_BYTES,
                 volatile_write_cache: true,
                 deallocate_reads_zeroes: true,
+                memory_align,
             },
             file: Arc::new(OwnedFd::from(file)),
             direct,

@@ -241,6 +241,8 @@ impl Drop for UringQueuePair {
 }
 
 #[cfg(test)]
+// Test constants are small; a truncation would fail an assertion.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
     use crate::block::{BlockDevice, SEGS_MAX};

@@ -81,14 +81,14 @@ impl Slot {
             Op::Read if rest.len() == 1 => {
                 opcode::Read::new(file, rest[0].iov_base.cast(), iovec_len(&rest[0])).offset(self.offset).build()
             }
-            Op::Read => opcode::Readv::new(file, rest.as_ptr(), rest.len() as u32).offset(self.offset).build(),
+            Op::Read => opcode::Readv::new(file, rest.as_ptr(), iovec_count(rest)).offset(self.offset).build(),
             Op::Write { fua } if rest.len() == 1 => {
                 opcode::Write::new(file, rest[0].iov_base.cast_const().cast(), iovec_len(&rest[0]))
                     .offset(self.offset)
                     .rw_flags(if fua { sys::RWF_DSYNC } else { 0 })
                     .build()
             }
-            Op::Write { fua } => opcode::Writev::new(file, rest.as_ptr(), rest.len() as u32)
+            Op::Write { fua } => opcode::Writev::new(file, rest.as_ptr(), iovec_count(rest))
                 .offset(self.offset)
                 .rw_flags(if fua { sys::RWF_DSYNC } else { 0 })
                 .build(),
@@ -138,10 +138,11 @@ impl Slot {
                 self.first += 1;
                 left -= len;
             } else {
-                // SAFETY: `left < iov_len`, so the advanced pointer stays inside the
+                let part = usize::try_from(left).expect("below iov_len, a usize");
+                // SAFETY: `part < iov_len`, so the advanced pointer stays inside the
                 // segment the caller described.
-                iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(left as usize) }.cast();
-                iov.iov_len -= left as usize;
+                iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(part) }.cast();
+                iov.iov_len -= part;
                 left = 0;
             }
         }
@@ -164,6 +165,11 @@ enum Advance {
     Partial,
     /// The kernel transferred nothing.
     NoProgress,
+}
+
+/// The number of iovecs for `readv`/`writev`.
+fn iovec_count(iovecs: &[libc::iovec]) -> u32 {
+    u32::try_from(iovecs.len()).expect("at most SEGS_MAX iovecs")
 }
 
 fn iovec_len(iov: &libc::iovec) -> u32 {
@@ -204,7 +210,7 @@ impl SlotTable {
         let slots: Box<[Slot]> = (0..n).map(|_| Slot::EMPTY).collect();
         SlotTable {
             slots,
-            free: (0..depth).rev().map(|i| i as u16).collect(),
+            free: (0..depth).rev().map(|i| u16::try_from(i).expect("depth <= SLOTS_MAX: indices fit a u16")).collect(),
             queued: VecDeque::with_capacity(n),
             rejected: VecDeque::with_capacity(n),
         }
@@ -212,7 +218,7 @@ impl SlotTable {
 
     /// Slots in use (Queued, InFlight or Rejected).
     pub(super) fn outstanding(&self) -> u32 {
-        (self.slots.len() - self.free.len()) as u32
+        u32::try_from(self.slots.len() - self.free.len()).expect("at most SLOTS_MAX")
     }
 
     /// Entries in the submission ring not yet handed to the kernel.

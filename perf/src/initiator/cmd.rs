@@ -57,7 +57,7 @@ pub fn dsm_deallocate(nsid: u32, ranges: &[DsmRange]) -> (Command, Vec<u8>) {
     let c = Command {
         opcode: opcode::NVM_DATASET_MANAGEMENT,
         nsid,
-        cdw10: (ranges.len() - 1) as u32,
+        cdw10: u32::try_from(ranges.len() - 1).expect("at most 255: checked above"),
         cdw11: 1 << 2,
         ..Default::default()
     };

@@ -269,7 +269,7 @@ impl Connection {
 
     /// Number of command slots.
     pub fn depth(&self) -> u16 {
-        self.slots.len() as u16
+        u16::try_from(self.slots.len()).expect("one slot per entry of a u16 depth")
     }
 
     /// Bytes of data buffer per slot.
@@ -389,7 +389,11 @@ impl Connection {
         what: &'static str,
         timeout: Duration,
     ) -> Result<(Done, Vec<u8>)> {
-        let len = if dir == DataDir::FromController { read_len } else { data.len() as u32 };
+        let len = if dir == DataDir::FromController {
+            read_len
+        } else {
+            u32::try_from(data.len()).map_err(|_| Error::Invalid("transfer larger than the slot buffer"))?
+        };
         let cid = self.submit(cmd, dir, len, 0, |b| b.copy_from_slice(data))?;
         let deadline = Instant::now() + timeout;
         let mut got: Option<(Done, Vec<u8>)> = None;

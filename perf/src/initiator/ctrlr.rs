@@ -43,6 +43,12 @@ const DISCOVERY_RECORDS_MAX: usize = ADMIN_BUF_LEN / DISCOVERY_RECORD_SIZE - 1;
 const _: () = assert!(ADMIN_BUF_LEN >= 2 * DISCOVERY_RECORD_SIZE, "the admin buffer holds a header and a record");
 const _: () = assert!(ADMIN_BUF_LEN >= IDENTIFY_DATA_SIZE, "the admin buffer holds an Identify page");
 
+/// The length of an admin transfer, which fits the admin buffer.
+fn admin_len(bytes: usize) -> u32 {
+    assert!(bytes <= ADMIN_BUF_LEN, "admin transfer of {bytes} bytes beyond the admin buffer");
+    u32::try_from(bytes).expect("the admin buffer is 64 KiB")
+}
+
 /// Identify Namespace as the host uses it: the shared parse, plus the block size of
 /// the LBA format in use (the shared structure keeps LBA format 0 only, while a
 /// namespace may be formatted with another).
@@ -173,7 +179,7 @@ impl Controller {
             last_keep_alive: Instant::now(),
         };
         c.cap = c.property_get(PROP_CAP, true)?;
-        c.vs = c.property_get(PROP_VS, false)? as u32;
+        c.vs = c.property_get4(PROP_VS)?;
         c.enable()?;
         let data = c.identify(CNS_CONTROLLER, 0)?;
         c.ident = parse_controller(&data);
@@ -187,7 +193,7 @@ impl Controller {
         let to_ms = ((self.cap >> 24) & 0xff).max(1) * 500;
         let deadline = Instant::now() + Duration::from_millis(to_ms);
         loop {
-            let csts = self.property_get(PROP_CSTS, false)? as u32;
+            let csts = self.property_get4(PROP_CSTS)?;
             if csts & CSTS_CFS != 0 {
                 return Err(Error::Controller("CSTS.CFS set while enabling".into()));
             }
@@ -254,6 +260,12 @@ impl Controller {
         Ok(u64::from(d.dw0) | if size8 { u64::from(d.dw1) << 32 } else { 0 })
     }
 
+    /// Reads a 4-byte property.
+    fn property_get4(&mut self, offset: u32) -> Result<u32> {
+        let v = self.property_get(offset, false)?;
+        Ok(u32::try_from(v).expect("a 4-byte Property Get returns only DW0"))
+    }
+
     /// Writes a property (4 or 8 bytes).
     pub fn property_set(&mut self, offset: u32, value: u64, size8: bool) -> Result<()> {
         let cmd = Command {
@@ -261,8 +273,8 @@ impl Controller {
             nsid: u32::from(opcode::FCTYPE_PROPERTY_SET),
             cdw10: u32::from(size8),
             cdw11: offset,
-            cdw12: value as u32,
-            cdw13: (value >> 32) as u32,
+            cdw12: quire_wire::lo32(value),
+            cdw13: quire_wire::hi32(value),
             ..Default::default()
         };
         self.admin.execute(cmd, DataDir::None, &[], 0, "Property Set", self.opts.timeout)?;
@@ -274,7 +286,7 @@ impl Controller {
         let cmd = Command { opcode: opcode::ADMIN_IDENTIFY, nsid, cdw10: u32::from(cns), ..Default::default() };
         let t = self.opts.timeout;
         let (_, data) =
-            self.admin.execute(cmd, DataDir::FromController, &[], IDENTIFY_DATA_SIZE as u32, "Identify", t)?;
+            self.admin.execute(cmd, DataDir::FromController, &[], admin_len(IDENTIFY_DATA_SIZE), "Identify", t)?;
         Ok(data)
     }
 
@@ -350,8 +362,8 @@ impl Controller {
             opcode: opcode::ADMIN_GET_LOG_PAGE,
             cdw10: u32::from(lid) | ((numd & 0xffff) << 16),
             cdw11: numd >> 16,
-            cdw12: offset as u32,
-            cdw13: (offset >> 32) as u32,
+            cdw12: quire_wire::lo32(offset),
+            cdw13: quire_wire::hi32(offset),
             ..Default::default()
         };
         let t = self.opts.timeout;
@@ -363,13 +375,13 @@ impl Controller {
     /// Reads the discovery log page: the header, then the records (at most
     /// [`DISCOVERY_RECORDS_MAX`], what the admin buffer holds).
     pub fn discovery_log(&mut self) -> Result<Vec<DiscoveryEntry>> {
-        let head = self.get_log_page(LID_DISCOVERY, DISCOVERY_RECORD_SIZE as u32, 0)?;
+        let head = self.get_log_page(LID_DISCOVERY, admin_len(DISCOVERY_RECORD_SIZE), 0)?;
         let numrec = parse_discovery_header(&head).map_err(|e| Error::Protocol(format!("discovery log: {e}")))?.numrec;
         let n = usize::try_from(numrec).unwrap_or(usize::MAX).min(DISCOVERY_RECORDS_MAX);
         if n == 0 {
             return Ok(Vec::new());
         }
-        let page = self.get_log_page(LID_DISCOVERY, ((n + 1) * DISCOVERY_RECORD_SIZE) as u32, 0)?;
+        let page = self.get_log_page(LID_DISCOVERY, admin_len((n + 1) * DISCOVERY_RECORD_SIZE), 0)?;
         discovery_records(&page, n)
     }
 
@@ -401,7 +413,7 @@ impl Controller {
         self.property_set(PROP_CC, u64::from(cc), false)?;
         let deadline = Instant::now() + self.opts.timeout;
         loop {
-            let csts = self.property_get(PROP_CSTS, false)? as u32;
+            let csts = self.property_get4(PROP_CSTS)?;
             if csts & (3 << 2) == CSTS_SHST_COMPLETE {
                 break;
             }

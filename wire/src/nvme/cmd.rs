@@ -114,8 +114,8 @@ impl Command {
 
     /// Sets the starting LBA (CDW10/11).
     pub fn set_slba(&mut self, slba: u64) {
-        self.cdw10 = slba as u32;
-        self.cdw11 = (slba >> 32) as u32;
+        self.cdw10 = crate::lo32(slba);
+        self.cdw11 = crate::hi32(slba);
     }
 
     /// Number of logical blocks of an NVM read/write/write-zeroes command

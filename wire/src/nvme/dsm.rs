@@ -66,7 +66,7 @@ impl DsmCommand {
             opcode: crate::nvme::opcode::NVM_DATASET_MANAGEMENT,
             cid,
             nsid,
-            cdw10: (self.ranges - 1) as u32,
+            cdw10: u32::try_from(self.ranges - 1).expect("at most 255: checked above"),
             cdw11: (if self.idr { DSM_ATTR_IDR } else { 0 })
                 | (if self.idw { DSM_ATTR_IDW } else { 0 })
                 | (if self.deallocate { DSM_ATTR_AD } else { 0 }),

@@ -472,7 +472,15 @@ impl Default for ControllerIdentity {
 pub fn mdts_for(max_transfer_bytes: u32) -> u8 {
     assert!(max_transfer_bytes.is_power_of_two(), "MDTS is a power of two");
     assert!(max_transfer_bytes >= MIN_PAGE_SIZE, "MDTS is at least one page");
-    (max_transfer_bytes / MIN_PAGE_SIZE).trailing_zeros() as u8
+    trailing_zeros_u8(max_transfer_bytes / MIN_PAGE_SIZE)
+}
+
+/// `v.trailing_zeros()` as the byte-wide exponent fields (MDTS, LBADS) hold it.
+fn trailing_zeros_u8(v: u32) -> u8 {
+    // The trailing zeros of a u32 number at most 32: they fit a u8.
+    #[allow(clippy::cast_possible_truncation)]
+    let n = v.trailing_zeros() as u8;
+    n
 }
 
 /// Largest transfer in bytes that an MDTS value allows (`None` = no limit).
@@ -741,7 +749,7 @@ impl NamespaceIdentity {
             nsattr: 0,
             nguid,
             eui64: [0; 8],
-            lbaf0: LbaFormat { ms: 0, lbads: block_bytes.trailing_zeros() as u8, rp: 0 },
+            lbaf0: LbaFormat { ms: 0, lbads: trailing_zeros_u8(block_bytes), rp: 0 },
         }
     }
 
@@ -909,7 +917,7 @@ pub fn write_ns_descriptors(descs: &[NsDescriptor], out: &mut [u8; IDENTIFY_DATA
         let v = d.value();
         assert!(off + 4 + v.len() <= IDENTIFY_DATA_SIZE, "descriptors fit in a page");
         out[off] = d.nidt();
-        out[off + 1] = v.len() as u8;
+        out[off + 1] = u8::try_from(v.len()).expect("NIDL: a descriptor value is at most 16 bytes");
         out[off + 4..off + 4 + v.len()].copy_from_slice(v);
         off += 4 + v.len();
     }

@@ -106,7 +106,7 @@ impl LogPageRequest {
     pub fn to_command(&self, cid: u16) -> Command {
         assert!(self.numd >= 1 && self.numd <= 1 << 32, "NUMD is 1..=2^32 dwords");
         assert!(self.lsp < 0x80, "LSP is 7 bits");
-        let numd0 = (self.numd - 1) as u32;
+        let numd0 = u32::try_from(self.numd - 1).expect("NUMD checked to be at most 2^32");
         Command {
             opcode: crate::nvme::opcode::ADMIN_GET_LOG_PAGE,
             cid,
@@ -116,8 +116,8 @@ impl LogPageRequest {
                 | (u32::from(self.rae) << 15)
                 | ((numd0 & 0xffff) << 16),
             cdw11: (numd0 >> 16) | (u32::from(self.lsi) << 16),
-            cdw12: self.offset as u32,
-            cdw13: (self.offset >> 32) as u32,
+            cdw12: crate::lo32(self.offset),
+            cdw13: crate::hi32(self.offset),
             cdw14: u32::from(self.csi) << 24,
             ..Default::default()
         }
@@ -142,8 +142,9 @@ impl LogPageRequest {
         if !self.offset.is_multiple_of(4) || self.offset > log_len as u64 {
             return None;
         }
-        let start = self.offset as usize;
-        let end = (self.offset.saturating_add(self.len_bytes())).min(log_len as u64) as usize;
+        let start = usize::try_from(self.offset).expect("offset checked to be at most log_len, a usize");
+        let end = usize::try_from(self.offset.saturating_add(self.len_bytes()).min(log_len as u64))
+            .expect("at most log_len, a usize");
         assert!(start <= end && end <= log_len);
         Some(start..end)
     }
@@ -541,15 +542,15 @@ pub fn ana_log_len(groups: &[AnaGroup], groups_only: bool) -> usize {
 pub fn write_ana_log(chgcnt: u64, groups: &[AnaGroup], groups_only: bool, out: &mut [u8]) -> usize {
     let len = ana_log_len(groups, groups_only);
     assert!(out.len() >= len, "output holds the log");
-    assert!(groups.len() <= usize::from(u16::MAX), "NGRPS is 16 bits");
+    let ngrps = u16::try_from(groups.len()).expect("NGRPS is 16 bits");
     out[..len].fill(0);
     put_u64(out, 0, chgcnt);
-    put_u16(out, 8, groups.len() as u16);
+    put_u16(out, 8, ngrps);
     let mut off = ANA_HEADER_SIZE;
     for g in groups {
         let nsids: &[u32] = if groups_only { &[] } else { &g.nsids };
         put_u32(out, off, g.grpid);
-        put_u32(out, off + 4, nsids.len() as u32);
+        put_u32(out, off + 4, u32::try_from(nsids.len()).expect("NNSID is 32 bits"));
         put_u64(out, off + 8, g.chgcnt);
         out[off + 16] = g.state as u8;
         off += ANA_GROUP_SIZE;

@@ -572,12 +572,12 @@ impl HeaderBuf {
         if ddgst_len != 0 {
             flags |= FLAG_DDGST;
         }
-        let mut b = HeaderBuf { bytes: [0; MAX_HEADER_LEN], len: (hlen + hdgst_len) as u8 };
+        let mut b = HeaderBuf { bytes: [0; MAX_HEADER_LEN], len: header_byte(hlen + hdgst_len) };
         CommonHeader {
             pdu_type: pdu_type as u8,
             flags,
-            hlen: hlen as u8,
-            pdo: pdo as u8,
+            hlen: header_byte(hlen),
+            pdo: header_byte(pdo),
             plen: u32::try_from(plen).expect("PDU length fits u32"),
         }
         .write(&mut b.bytes);
@@ -610,6 +610,13 @@ pub fn encode_icresp(resp: &ICResp) -> HeaderBuf {
     })
 }
 
+/// A header length, data offset or padding as the byte-wide fields of the common header
+/// hold it. They are bounded by the spec (HLEN at most 128, PDO at most 128 + digest,
+/// padding under `(HPDA + 1) * 4` = 128), so a failure is a bug here, not bad input.
+fn header_byte(n: usize) -> u8 {
+    u8::try_from(n).expect("PDU header sizes and offsets fit a byte")
+}
+
 fn digest_bits(d: Digests) -> u8 {
     (if d.header { DGST_HDGST } else { 0 }) | (if d.data { DGST_DDGST } else { 0 })
 }
@@ -627,7 +634,7 @@ pub fn encode_term_req(role_sender: Role, fes: Fes, fei: u32, data_len: usize) -
         put_u32(h, 10, fei);
     });
     // Termination data carries no digest and PDO stays 0; PLEN covers the data.
-    put_u32(&mut b.bytes, 4, (DATA_HLEN + data_len) as u32);
+    put_u32(&mut b.bytes, 4, u32::try_from(DATA_HLEN + data_len).expect("at most TERM_REQ_MAX_DATA: checked above"));
     b
 }
 
@@ -669,14 +676,14 @@ pub fn encode_c2h_data_aligned(hdr: &DataHeader, d: Digests, hpda: u8) -> (Heade
     }
     // PDO and PLEN grow by the padding; the header digest covers them, so redo it.
     let hlen = PduType::C2HData.hlen();
-    b.bytes[3] = (header + pad) as u8;
-    let plen = get_u32(&b.bytes, 4) + pad as u32;
+    b.bytes[3] = header_byte(header + pad);
+    let plen = get_u32(&b.bytes, 4) + u32::from(header_byte(pad));
     put_u32(&mut b.bytes, 4, plen);
     if d.header {
         let crc = crc32c(&b.bytes[..hlen]);
         put_u32(&mut b.bytes, hlen, crc);
     }
-    (b, pad as u8)
+    (b, header_byte(pad))
 }
 
 /// Encodes an H2CData header for `hdr.datal` bytes of data.

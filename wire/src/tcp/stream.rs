@@ -319,6 +319,8 @@ impl PduReader {
 }
 
 #[cfg(test)]
+// Test constants are small; a truncation would fail an assertion.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 mod tests {
     use super::*;
     use crate::nvme::{Command, Completion, Status};

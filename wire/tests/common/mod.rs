@@ -1,5 +1,7 @@
 //! Generators shared by the PDU property tests and the stream fuzz harness.
 #![allow(dead_code)]
+// Test constants are small; a truncation would fail an assertion.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 use proptest::prelude::*;
 use quire_wire::nvme::{Command, Completion};

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use quire_drivers::DmaBuf;
 use quire_wire::nvme::opcode::{self, Direction};
 use quire_wire::nvme::{Command, Completion, Status};
 use quire_wire::tcp::{
@@ -18,11 +17,12 @@ use quire_wire::tcp::{
     ICReq, ICResp, Layout, Pdu, R2t, Role, TermError,
 };
 
+use crate::cast::usize_from;
 use crate::reactor::stats::add;
 use crate::reactor::{ReactorCtx, ReqRef};
 use crate::target::ctrlr::{Controller, AER_MAX};
 use crate::target::tcp::req::{ReqState, ReqTable, Xfer};
-use crate::target::tcp::rx::{Rx, RxPhase};
+use crate::target::tcp::rx::{Rx, RxPhase, ADMIN_IN_CAPSULE_MAX};
 use crate::target::tcp::tx::{AfterSend, Flushed, Tx, TxEntry};
 use crate::target::tcp::zerocopy;
 use crate::target::{admin, io};
@@ -36,6 +36,10 @@ fn params_zero_copy(ctx: &ReactorCtx) -> bool {
 /// Held zero-copy requests that make a flush collect completions even without an
 /// error-queue event (a safety net; the event normally comes first).
 const ZC_REAP_BATCH: usize = 16;
+
+/// How long a closed connection waits for the kernel to finish its zero-copy sends
+/// before it gives their buffers up for good (retires them, never reuses them).
+const ZC_TEARDOWN_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Time a new connection has to complete ICReq and Connect.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -148,7 +152,7 @@ impl TcpQpair {
                 discovery_port,
                 local_ip,
             },
-            rx: Rx::new(),
+            rx: Rx::new(p.in_capsule_data_size as usize),
             tx,
             reqs: ReqTable::new(slots, bufs_max),
             close_reason: None,
@@ -202,12 +206,13 @@ impl TcpQpair {
 
     fn on_capsule(&mut self, cmd: Command, layout: &Layout, ctx: &mut ReactorCtx) -> Result<(), TermError> {
         let p = &ctx.registry.params;
-        let in_capsule = layout.data_len as u32;
+        let in_capsule = u32::try_from(layout.data_len).map_err(|_| TermError::limit(4))?;
         // Checked before a request slot is taken: a fatal error must not leave a slot
         // in `New`, which teardown cannot free (it asserted "every request must be home
         // before close" and took the reactor down; found by tests/bad_input.rs).
-        let limit = if self.q.qid.unwrap_or(0) == 0 { 8192 } else { p.in_capsule_data_size };
-        if in_capsule > limit.max(quire_wire::nvme::fabrics::CONNECT_DATA_SIZE as u32) {
+        let limit =
+            if self.q.qid.unwrap_or(0) == 0 { ADMIN_IN_CAPSULE_MAX } else { usize_from(p.in_capsule_data_size.into()) };
+        if layout.data_len > limit.max(quire_wire::nvme::fabrics::CONNECT_DATA_SIZE) {
             return Err(TermError::limit(4));
         }
         let Some(idx) = self.reqs.get(cmd) else {
@@ -216,32 +221,44 @@ impl TcpQpair {
         };
         self.q.sqhd = if self.q.sqsize == 0 { 0 } else { (self.q.sqhd + 1) % self.q.sqsize };
         let sgl = cmd.sgl();
+        // A Fabrics command's data direction is in its command type, not its opcode.
+        let dir =
+            if cmd.opcode == opcode::FABRICS { opcode::direction(cmd.fctype()) } else { opcode::direction(cmd.opcode) };
         if in_capsule > 0 {
             let r = self.reqs.req_mut(idx);
-            if !sgl.is_in_capsule() || sgl.len != in_capsule || sgl.addr != 0 {
+            let bad = if !sgl.is_in_capsule() {
+                Some(Status::SGL_DESCRIPTOR_TYPE_INVALID)
+            } else if sgl.len != in_capsule || sgl.addr != 0 {
+                Some(Status::DATA_SGL_LENGTH_INVALID)
+            } else if dir != Direction::HostToController {
+                // Data in the capsule of a command that reads or carries none: the
+                // data would become a buffer the command writes into.
+                Some(Status::INVALID_FIELD)
+            } else {
+                None
+            };
+            if let Some(status) = bad {
                 // Receive and drop the data; fail the command.
-                r.status = if sgl.is_in_capsule() {
-                    Status::DATA_SGL_LENGTH_INVALID
-                } else {
-                    Status::SGL_DESCRIPTOR_TYPE_INVALID
-                }
-                .with_dnr();
+                r.status = status.with_dnr();
                 self.rx.phase = RxPhase::Discard { remaining: layout.after_header() };
                 self.reqs.set_state(idx, ReqState::ReadyToComplete);
                 self.process(idx, ctx);
                 return Ok(());
             }
+            // The data arrives in the receive chunk and becomes the request's buffer
+            // there (rx.rs); no buffer to wait for.
             r.xfer = Xfer::InCapsule;
             r.data_len = in_capsule;
-            self.rx.phase = RxPhase::WaitBuffer { req: idx, pad: layout.pad_len, ddgst: layout.ddgst_len != 0 };
-            self.reqs.set_state(idx, ReqState::NeedBuffer);
-            self.process(idx, ctx);
+            self.rx.phase = RxPhase::CapsuleData {
+                req: idx,
+                pad: layout.pad_len,
+                len: layout.data_len,
+                ddgst: layout.ddgst_len != 0,
+            };
+            self.reqs.set_state(idx, ReqState::ReceivingCapsuleData);
             return Ok(());
         }
         let r = self.reqs.req_mut(idx);
-        // A Fabrics command's data direction is in its command type, not its opcode.
-        let dir =
-            if cmd.opcode == opcode::FABRICS { opcode::direction(cmd.fctype()) } else { opcode::direction(cmd.opcode) };
         let len = if sgl.is_transport() || sgl.is_in_capsule() { sgl.len } else { 0 };
         if len == 0 || dir == Direction::None {
             self.reqs.set_state(idx, ReqState::ReadyToExecute);
@@ -265,18 +282,41 @@ impl TcpQpair {
 
     // ----- the request state machine ------------------------------------------------
 
-    /// Advances request `idx` until it waits on something outside.
+    /// Advances request `idx` until it waits on something outside. Every event that
+    /// concerns a request (data received, a buffer, a device completion, a control
+    /// answer, room in the device queue) updates its counters and then calls this: the
+    /// decisions live here, in one place.
     pub fn process(&mut self, idx: u16, ctx: &mut ReactorCtx) {
         loop {
-            let state = self.reqs.req(idx).state();
+            let r = self.reqs.req(idx);
+            let state = r.state();
             match state {
                 ReqState::Free => return,
                 ReqState::New => unreachable!("a new request is given a path when its capsule arrives"),
                 ReqState::NeedBuffer => self.need_buffer(idx, ctx),
-                ReqState::ReceivingCapsuleData | ReqState::AwaitingH2C => return,
+                ReqState::ReceivingCapsuleData | ReqState::AwaitingH2C | ReqState::AwaitingEvent => return,
                 ReqState::ReadyToExecute => self.execute(idx, ctx),
-                ReqState::Executing | ReqState::WaitingDevice | ReqState::WaitingControl | ReqState::AwaitingEvent => {
-                    return
+                ReqState::Executing => {
+                    if r.outstanding() {
+                        return;
+                    }
+                    self.reqs.set_state(idx, ReqState::ReadyToComplete);
+                }
+                // Parked with more to submit; `resume` moves it on.
+                ReqState::WaitingDevice => return,
+                ReqState::WaitingControl => {
+                    if r.allocs_inflight > 0 {
+                        return;
+                    }
+                    // Every allocation answered: go on from the cursor, unless there is
+                    // no point any more (failed, or the connection is closing); then
+                    // only wait for what is still out.
+                    let next = if self.state == ConnState::Ready && r.status.is_success() {
+                        ReqState::ReadyToExecute
+                    } else {
+                        ReqState::Executing
+                    };
+                    self.reqs.set_state(idx, next);
                 }
                 ReqState::ReadyToComplete => self.queue_response(idx, ctx),
                 ReqState::Transmitting => return,
@@ -287,30 +327,35 @@ impl TcpQpair {
         }
     }
 
+    /// In-capsule data of request `idx` is in (as a view of the receive chunk).
+    pub(crate) fn in_capsule_received(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        let r = self.reqs.req(idx);
+        let io_write = self.q.qid.is_some_and(|q| q != 0) && r.cmd.opcode != opcode::FABRICS;
+        let seg = r.bufs[0].seg(0, r.bufs[0].len());
+        let align = ctx.dev_memory_align.max(1);
+        let in_place = !io_write || ((seg.addr as u64) | u64::from(seg.len)).is_multiple_of(align);
+        let next = if in_place { ReqState::ReadyToExecute } else { ReqState::NeedBuffer };
+        self.reqs.set_state(idx, next);
+        self.process(idx, ctx);
+    }
+
     fn need_buffer(&mut self, idx: u16, ctx: &mut ReactorCtx) {
         if self.state != ConnState::Ready {
             // A closing connection takes no more buffers.
+            release_buffers(&mut self.reqs, idx, ctx);
             self.reqs.set_state(idx, ReqState::ReadyToComplete);
             return;
         }
+        if self.reqs.req(idx).xfer == Xfer::InCapsule {
+            self.copy_in_capsule(idx, ctx);
+            return;
+        }
         if !take_buffers(&mut self.reqs, idx, ctx) {
-            if self.reqs.req(idx).xfer == Xfer::InCapsule && self.reqs.count(ReqState::AwaitingH2C) > 0 {
-                // Waiting would stop this connection's receive path while its own R2T
-                // writes hold the buffers and need that path for their H2CData: a
-                // deadlock that also kept the buffers after the host closed (found by
-                // tests/bad_input.rs). Drop the capsule's data and let the host retry.
-                self.drop_in_capsule(idx);
-                return;
-            }
             ctx.buf_waiters.push_back(self.rref(idx));
             return;
         }
         let r = self.reqs.req(idx);
         match r.xfer {
-            Xfer::InCapsule => {
-                self.rx.start_in_capsule(idx, r.data_len);
-                self.reqs.set_state(idx, ReqState::ReceivingCapsuleData);
-            }
             Xfer::H2C => {
                 let r2t = R2t { cccid: r.cmd.cid, ttag: idx, r2to: 0, r2tl: r.data_len };
                 let d = self.q.digests.unwrap_or_default();
@@ -320,38 +365,49 @@ impl TcpQpair {
                 self.reqs.set_state(idx, ReqState::AwaitingH2C);
             }
             Xfer::C2H => self.reqs.set_state(idx, ReqState::ReadyToExecute),
-            Xfer::None => unreachable!("requests without data need no buffer"),
+            Xfer::None | Xfer::InCapsule => unreachable!("only transfers by R2T or C2HData take buffers here"),
         }
     }
 
-    /// Fails in-capsule request `idx`, still waiting for buffers, with Command
-    /// Interrupted (the host retries it) and skips its data on the socket.
-    fn drop_in_capsule(&mut self, idx: u16) {
-        let RxPhase::WaitBuffer { req, pad, ddgst } = self.rx.phase else {
-            unreachable!("in-capsule data waits for buffers in the WaitBuffer phase")
+    /// In-capsule data the device cannot take where it landed (its memory alignment):
+    /// copied once into a buffer of its own, and counted.
+    fn copy_in_capsule(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        let Some(mut b) = ctx.pool.get() else {
+            if self.reqs.count(ReqState::AwaitingH2C) > 0 {
+                // Waiting could deadlock: this connection's R2T writes hold buffers and
+                // need its receive path, whose chunk this request's data pins. Drop the
+                // data and let the host retry.
+                let r = self.reqs.req_mut(idx);
+                r.fail(COMMAND_INTERRUPTED);
+                release_buffers(&mut self.reqs, idx, ctx);
+                self.reqs.set_state(idx, ReqState::ReadyToComplete);
+            } else {
+                ctx.buf_waiters.push_back(self.rref(idx));
+            }
+            return;
         };
-        assert_eq!(req, idx);
         let r = self.reqs.req_mut(idx);
-        let remaining = pad + r.data_len as usize + if ddgst { quire_wire::tcp::DIGEST_LEN } else { 0 };
-        r.fail(COMMAND_INTERRUPTED);
-        self.rx.phase = RxPhase::Discard { remaining };
-        self.reqs.set_state(idx, ReqState::ReadyToComplete);
+        let view = r.bufs.pop().expect("in-capsule data is a view");
+        let n = view.len();
+        b.as_mut_slice()[..n].copy_from_slice(view.as_slice());
+        ctx.pool.put(view);
+        r.bufs.push(b);
+        add(&ctx.stats.rx_copied_bytes, n as u64);
+        self.reqs.set_state(idx, ReqState::ReadyToExecute);
     }
 
     fn execute(&mut self, idx: u16, ctx: &mut ReactorCtx) {
         let cmd = self.reqs.req(idx).cmd;
         if !self.reqs.req(idx).status.is_success() {
-            self.reqs.set_state(idx, ReqState::ReadyToComplete);
+            self.reqs.set_state(idx, ReqState::Executing);
             return;
         }
         if cmd.opcode == opcode::FABRICS || self.q.qid == Some(0) || self.q.qid.is_none() {
             let rref = self.rref(idx);
             let next = admin::execute(&mut self.q, &mut self.reqs, idx, rref, ctx);
             if next == admin::Next::CloseAfterResponse {
-                self.reqs.set_state(idx, ReqState::ReadyToComplete);
-                self.queue_response(idx, ctx);
+                self.process(idx, ctx);
                 self.begin_close("host disconnected".into());
-                return;
             }
             return;
         }
@@ -370,7 +426,7 @@ impl TcpQpair {
         if self.state == ConnState::Draining || self.state == ConnState::Closed || self.state == ConnState::Terminating
         {
             release_buffers(&mut self.reqs, idx, ctx);
-            self.reqs.set_state(idx, ReqState::Free);
+            self.reqs.set_state_closing(idx, ReqState::Free);
             return;
         }
         let mut cpl = Completion::new(r.cmd.cid, r.status);
@@ -381,7 +437,7 @@ impl TcpQpair {
         if r.xfer == Xfer::C2H && r.status.is_success() && r.c2h_len > 0 {
             let success = self.q.sqflow_disabled;
             let hdr = DataHeader { cccid: r.cmd.cid, ttag: 0, datao: 0, datal: r.c2h_len, last: true, success };
-            let ddgst = d.data.then(|| data_crc(&r.bufs, r.c2h_len as usize));
+            let ddgst = d.data.then(|| r.data_crc(0, r.c2h_len as usize));
             let after = if success { AfterSend::FreeReq(idx) } else { AfterSend::Nothing };
             // The host's HPDA says where C2H data must start; 0 (what Linux and SPDK
             // ask for) needs no padding.
@@ -405,44 +461,53 @@ impl TcpQpair {
     /// A device part of request `idx` completed.
     pub fn on_device_completion(&mut self, idx: u16, result: Result<(), quire_drivers::IoError>, ctx: &mut ReactorCtx) {
         io::on_part_done(&mut self.reqs, idx, result);
-        if self.reqs.req(idx).pending == 0 && self.reqs.req(idx).state() == ReqState::Executing {
-            self.reqs.set_state(idx, ReqState::ReadyToComplete);
-            self.process(idx, ctx);
-        }
+        self.process(idx, ctx);
         self.maybe_closed(ctx);
     }
 
-    /// The control thread answered an allocation or free for request `idx`.
-    pub fn on_control_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
+    /// The control thread answered an allocation request `idx` waited for.
+    pub fn on_alloc_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
         let r = self.reqs.req_mut(idx);
+        assert!(r.allocs_inflight > 0, "request {idx}: allocation answer it did not wait for: {r:?}");
+        r.allocs_inflight -= 1;
         if let Err(s) = result {
             r.fail(s);
         }
-        assert!(r.pending > 0);
-        r.pending -= 1;
-        if r.pending == 0 {
-            let next = match r.state() {
-                // Allocations done: run the command again, now every page is mapped.
-                ReqState::WaitingControl => ReqState::ReadyToExecute,
-                ReqState::Executing => ReqState::ReadyToComplete,
-                s => unreachable!("control answer for a request in state {s:?}"),
-            };
-            self.reqs.set_state(idx, next);
-            self.process(idx, ctx);
-        }
+        self.process(idx, ctx);
         self.maybe_closed(ctx);
     }
 
-    /// Retries a request parked on a full device queue or an empty buffer pool.
-    pub fn resume(&mut self, idx: u16, ctx: &mut ReactorCtx) {
-        match self.reqs.req(idx).state() {
-            ReqState::WaitingDevice => {
-                self.reqs.set_state(idx, ReqState::ReadyToExecute);
-                self.process(idx, ctx);
-            }
-            ReqState::NeedBuffer => self.process(idx, ctx),
-            _ => {}
+    /// The control thread answered a whole-page free of request `idx`.
+    pub fn on_free_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
+        let r = self.reqs.req_mut(idx);
+        assert!(r.frees_inflight > 0, "request {idx}: free answer it did not wait for: {r:?}");
+        r.frees_inflight -= 1;
+        if let Err(s) = result {
+            r.fail(s);
         }
+        self.process(idx, ctx);
+        self.maybe_closed(ctx);
+    }
+
+    /// Room in the device queue for request `idx`, parked in `WaitingDevice`.
+    pub fn resume_device(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        let r = self.reqs.req(idx);
+        assert_eq!(r.state(), ReqState::WaitingDevice, "request {idx} resumed from the device list");
+        let next = if self.state == ConnState::Ready && r.status.is_success() {
+            ReqState::ReadyToExecute
+        } else {
+            ReqState::Executing
+        };
+        self.reqs.set_state(idx, next);
+        self.process(idx, ctx);
+        self.maybe_closed(ctx);
+    }
+
+    /// Buffers for request `idx`, parked in `NeedBuffer`; false when it went back to
+    /// waiting (not enough yet).
+    pub fn resume_buffers(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        assert_eq!(self.reqs.req(idx).state(), ReqState::NeedBuffer, "request {idx} resumed from the buffer list");
+        self.process(idx, ctx);
         self.maybe_closed(ctx);
     }
 
@@ -524,10 +589,16 @@ impl TcpQpair {
         }
     }
 
-    /// Shuts the socket and starts draining.
+    /// Shuts the socket and starts draining. A connection that sent zero-copy cuts the
+    /// connection off hard (RST), so that the kernel drops the queued data and lets go
+    /// of the pool pages it pinned; the requests holding them are freed as its
+    /// completions arrive (`maybe_closed`).
     pub fn shutdown_socket(&mut self) {
         if matches!(self.state, ConnState::Draining | ConnState::Closed) {
             return;
+        }
+        if !self.tx.held.is_empty() {
+            zerocopy::abort(self.sock.as_raw_fd());
         }
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
         self.state = ConnState::Draining;
@@ -538,39 +609,85 @@ impl TcpQpair {
 
     /// Frees what can be freed of a draining connection; moves it to Closed when every
     /// request has come home.
+    ///
+    /// A request is freed here only when nothing outside refers to it: no device part
+    /// (the device may still write into its buffers), no control-thread answer on its
+    /// way (it would find the slot reused), no place in a reactor wait list, no
+    /// zero-copy send the kernel has not finished with. Requests with work out drain:
+    /// they complete as their answers arrive, and `queue_response` frees them.
     pub fn maybe_closed(&mut self, ctx: &mut ReactorCtx) {
         if self.state != ConnState::Draining {
             return;
         }
-        // Held zero-copy requests may go too: the socket is shut, and the kernel only
-        // ever reads those pages to send them on it.
-        self.tx.held.clear();
-        // Requests not waiting on the device or the control thread can go now.
-        for state in [
-            ReqState::NeedBuffer,
-            ReqState::ReceivingCapsuleData,
-            ReqState::AwaitingH2C,
-            ReqState::ReadyToExecute,
-            ReqState::ReadyToComplete,
-            ReqState::Transmitting,
-            ReqState::WaitingDevice,
-            ReqState::AwaitingEvent,
-        ] {
-            let idxs: Vec<u16> = self.reqs.in_state(state).collect();
-            for idx in idxs {
+        if !self.tx.held.is_empty() {
+            let mut released = Vec::new();
+            self.tx.reap(self.sock.as_raw_fd(), &self.reqs, &mut released);
+            if !self.tx.held.is_empty() && self.closing_since.is_some_and(|t| t.elapsed() >= ZC_TEARDOWN_MAX) {
+                // The kernel never reported these sends complete. Their buffers may
+                // still be read by it: they never go back to the pool.
+                tracing::error!(
+                    peer = %self.peer,
+                    requests = self.tx.held.len(),
+                    "zero-copy sends not completed {} s after close; their buffers are retired",
+                    ZC_TEARDOWN_MAX.as_secs()
+                );
+                while let Some(idx) = self.tx.held.pop_front() {
+                    let r = self.reqs.req_mut(idx);
+                    add(&ctx.stats.retired_buffers, r.bufs.len() as u64);
+                    r.bufs.drain(..).for_each(std::mem::forget);
+                    released.push(idx);
+                }
+            }
+            for idx in released {
                 release_buffers(&mut self.reqs, idx, ctx);
                 self.reqs.set_state(idx, ReqState::Free);
             }
         }
-        let waiting = self.reqs.count(ReqState::Executing) + self.reqs.count(ReqState::WaitingControl);
-        if waiting == 0 {
-            assert_eq!(self.reqs.active(), 0, "every request must be home before close");
+        for idx in 0..u16::try_from(self.reqs.len()).expect("at most 65535 slots") {
+            let r = self.reqs.req(idx);
+            let rref = self.rref(idx);
+            match r.state() {
+                ReqState::Free | ReqState::Executing | ReqState::WaitingControl => {}
+                ReqState::Transmitting if self.tx.held.contains(&idx) => {}
+                ReqState::NeedBuffer => {
+                    ctx.buf_waiters.retain(|w| *w != rref);
+                    release_buffers(&mut self.reqs, idx, ctx);
+                    self.reqs.set_state_closing(idx, ReqState::Free);
+                }
+                ReqState::WaitingDevice => {
+                    ctx.dev_waiters.retain(|w| *w != rref);
+                    if r.outstanding() {
+                        // Earlier parts are still on the device: drain.
+                        self.reqs.set_state(idx, ReqState::Executing);
+                    } else {
+                        release_buffers(&mut self.reqs, idx, ctx);
+                        self.reqs.set_state_closing(idx, ReqState::Free);
+                    }
+                }
+                ReqState::ReceivingCapsuleData
+                | ReqState::AwaitingH2C
+                | ReqState::AwaitingEvent
+                | ReqState::ReadyToComplete
+                | ReqState::Transmitting => {
+                    assert!(!r.outstanding(), "request {idx} in {:?} with work outstanding", r.state());
+                    release_buffers(&mut self.reqs, idx, ctx);
+                    self.reqs.set_state_closing(idx, ReqState::Free);
+                }
+                s @ (ReqState::New | ReqState::ReadyToExecute) => {
+                    unreachable!("request {idx} left in the passing state {s:?}")
+                }
+            }
+        }
+        if self.reqs.active() == 0 {
+            self.rx.release(ctx);
+            ctx.stats.transitions.add(&self.reqs.take_transitions());
             self.state = ConnState::Closed;
         }
     }
 
     /// Periodic checks: keep-alive, dead controller, async events, stuck termination.
     pub fn tick(&mut self, ctx: &mut ReactorCtx) {
+        ctx.stats.transitions.add(&self.reqs.take_transitions());
         if !self.tx.held.is_empty() {
             // Collect zero-copy completions at least once a tick, event or not.
             self.tx.zc_ready = true;
@@ -597,6 +714,10 @@ impl TcpQpair {
                 }
             }
         }
+        if self.state == ConnState::Ready {
+            let needed = self.reqs.count(ReqState::AwaitingH2C) > 0;
+            self.rx.tick(ctx, needed);
+        }
         if self.state == ConnState::Terminating {
             // A host that does not read its termination PDU does not hold us forever.
             if self.closing_since.is_some_and(|t| t.elapsed().as_secs() >= 2) {
@@ -615,7 +736,7 @@ impl TcpQpair {
             cpl.dw0 = ev;
             cpl.sqhd = self.q.sqhd;
             // The AER's request slot is found by its command ID.
-            let idx = (0..self.reqs.len() as u16)
+            let idx = (0..u16::try_from(self.reqs.len()).expect("a queue holds ≤ 1024 requests"))
                 .find(|&i| {
                     self.reqs.req(i).state() == ReqState::AwaitingEvent
                         && self.reqs.req(i).cmd.cid == cid
@@ -641,21 +762,6 @@ impl TcpQpair {
             }
         }
     }
-}
-
-/// CRC32C over the first `len` bytes of `bufs`.
-pub fn data_crc(bufs: &[DmaBuf], len: usize) -> u32 {
-    let mut crc = 0u32;
-    let mut left = len;
-    for b in bufs {
-        if left == 0 {
-            break;
-        }
-        let n = left.min(b.len());
-        crc = quire_wire::tcp::digest::crc32c_append(crc, &b.as_slice()[..n]);
-        left -= n;
-    }
-    crc
 }
 
 /// Takes enough pool buffers for request `idx`'s data; all or nothing.

@@ -1,22 +1,43 @@
 //! The lifetime of one command on an NVMe/TCP queue pair, as an explicit state machine.
 //!
 //! ```text
-//! Free ─► New ─► NeedBuffer ─┬─► ReceivingCapsuleData ─┐      (write, data in the capsule)
-//!                     ├─► AwaitingH2C ──────────┤      (write, R2T sent, H2CData flows)
-//!                     └─────────────────────────┴─► ReadyToExecute ─► Executing ─► ReadyToComplete ─► Transmitting ─► Free
-//!                                                        ▲    │  ▲ WaitingDevice (device queue full)
-//!                                                        │    └─► WaitingControl (page allocation / free at the control thread)
-//!                                                        └────────┘
+//! Free ─► New ─┬─► NeedBuffer ─┬─► AwaitingH2C (write: R2T sent, H2CData flows) ──┐
+//!              │               └──────────────────────────── (read) ──────────────┤
+//!              ├─► ReceivingCapsuleData (write: data in the capsule) ─────────────┤
+//!              └───────────────────────────────────── (no data) ──────────────────┤
+//!                                                                                 ▼
+//!        ┌────────────────────────────────────────────────────────────► ReadyToExecute
+//!        │                                                            │   │   │   │
+//!        │                            (admin AER) AwaitingEvent ◄─────┘   │   │   │
+//!        ├──── WaitingDevice  ◄── device queue full ──────────────────────┘   │   │
+//!        └──── WaitingControl ◄── page allocations asked for ─────────────────┘   │
+//!                                                                                 ▼
+//!                     Executing (everything submitted; waits for what is out) ──► ReadyToComplete ─► Transmitting ─► Free
 //! ```
-//! Transitions go through [`ReqTable::set_state`], which keeps a count of requests in
-//! each state, so that teardown can check that every request came home (SPDK's
-//! `nvmf_tcp_req_set_state`).
+//!
+//! What a request waits on outside its connection is counted apart, so that each
+//! answer knows what it completes: `dev_inflight` device parts, `frees_inflight`
+//! whole-page frees at the control thread (they are parts of the command too), and
+//! `allocs_inflight` page allocations (execution resumes when they are all answered).
+//! A request in `WaitingDevice` or `WaitingControl` may have device parts and frees
+//! outstanding from before it parked; it goes on from its cursor when it resumes, and
+//! only `Executing` turns into `ReadyToComplete`, once nothing is outstanding.
+//!
+//! Transitions go through [`ReqTable::set_state`], which checks that the transition is
+//! one of the arrows above, that a request leaves for `Free` with no buffer and
+//! nothing outstanding, and keeps a count of requests in each state (SPDK's
+//! `nvmf_tcp_req_set_state`). A closing connection may free a request from most
+//! states, but never one that anything outside still refers to (see
+//! [`Req::outstanding`]).
 
 use quire_drivers::DmaBuf;
 use quire_wire::nvme::{Command, Status};
 
+use crate::cast::usize_from;
+
 /// Where a request is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 pub enum ReqState {
     /// Unused slot.
     Free,
@@ -28,13 +49,16 @@ pub enum ReqState {
     ReceivingCapsuleData,
     /// R2T sent; the receive path reads H2CData PDUs into the buffers.
     AwaitingH2C,
-    /// Has everything it needs; execute on the next pass.
+    /// Has everything it needs; execute (or go on from the cursor) now.
     ReadyToExecute,
-    /// Device parts or control-thread answers outstanding (kicked by completions).
+    /// Everything the command needs has been submitted (or it failed): waits for the
+    /// device parts and frees still out.
     Executing,
-    /// The device queue was full; sits in the reactor's retry list.
+    /// The device queue was full: sits in the reactor's retry list, with more to
+    /// submit (and maybe parts still out).
     WaitingDevice,
-    /// Waits for page allocations at the control thread (kicked by `AllocDone`).
+    /// Waits for page allocations at the control thread (kicked by `AllocDone`), with
+    /// more to submit (and maybe parts still out).
     WaitingControl,
     /// An Asynchronous Event Request, held until the controller has an event.
     AwaitingEvent,
@@ -44,27 +68,76 @@ pub enum ReqState {
     Transmitting,
 }
 
-/// Number of states (for the per-state counts).
-pub const REQ_STATES: usize = 12;
-
 impl ReqState {
+    /// Every state, in discriminant order.
+    pub const ALL: [ReqState; 12] = [
+        ReqState::Free,
+        ReqState::New,
+        ReqState::NeedBuffer,
+        ReqState::ReceivingCapsuleData,
+        ReqState::AwaitingH2C,
+        ReqState::ReadyToExecute,
+        ReqState::Executing,
+        ReqState::WaitingDevice,
+        ReqState::WaitingControl,
+        ReqState::AwaitingEvent,
+        ReqState::ReadyToComplete,
+        ReqState::Transmitting,
+    ];
+
     fn index(self) -> usize {
-        match self {
-            ReqState::Free => 0,
-            ReqState::New => 1,
-            ReqState::NeedBuffer => 2,
-            ReqState::ReceivingCapsuleData => 3,
-            ReqState::AwaitingH2C => 4,
-            ReqState::ReadyToExecute => 5,
-            ReqState::Executing => 6,
-            ReqState::WaitingDevice => 7,
-            ReqState::WaitingControl => 8,
-            ReqState::AwaitingEvent => 9,
-            ReqState::ReadyToComplete => 10,
-            ReqState::Transmitting => 11,
-        }
+        usize::from(self as u8)
+    }
+
+    /// Whether a request may move from `self` to `to`. `closing` allows what a closing
+    /// connection does with requests it will not serve: free them where nothing
+    /// outside refers to them, or let them drain.
+    pub fn may_become(self, to: ReqState, closing: bool) -> bool {
+        use ReqState::*;
+        let normal = match (self, to) {
+            (Free, _) => false,
+            (New, NeedBuffer | ReceivingCapsuleData | ReadyToExecute | ReadyToComplete) => true,
+            (NeedBuffer, AwaitingH2C | ReadyToExecute | ReadyToComplete) => true,
+            (ReceivingCapsuleData | AwaitingH2C, ReadyToExecute) => true,
+            // In-capsule data the device cannot take in place waits for a buffer to be
+            // copied into, or is dropped for the host to retry.
+            (ReceivingCapsuleData, NeedBuffer | ReadyToComplete) => true,
+            (ReadyToExecute, Executing | WaitingDevice | WaitingControl | AwaitingEvent | ReadyToComplete) => true,
+            (WaitingDevice | WaitingControl, ReadyToExecute | Executing) => true,
+            (Executing, ReadyToComplete) => true,
+            (AwaitingEvent | ReadyToComplete, Transmitting) => true,
+            (Transmitting, Free) => true,
+            _ => false,
+        };
+        normal
+            || closing
+                && matches!(
+                    (self, to),
+                    (
+                        NeedBuffer
+                            | ReceivingCapsuleData
+                            | AwaitingH2C
+                            | WaitingDevice
+                            | AwaitingEvent
+                            | ReadyToComplete,
+                        Free
+                    ) | (AwaitingH2C, ReadyToComplete)
+                )
     }
 }
+
+/// Number of states (for the per-state counts), tied to the enum: the last state's
+/// discriminant plus one, and `ALL` lists them in order.
+pub const REQ_STATES: usize = ReqState::Transmitting as usize + 1;
+
+const _: () = {
+    assert!(ReqState::ALL.len() == REQ_STATES);
+    let mut i = 0;
+    while i < REQ_STATES {
+        assert!(ReqState::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 /// Which way a command's data flows.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -103,8 +176,12 @@ pub struct Req {
     pub dw0: u32,
     /// Completion dword 1.
     pub dw1: u32,
-    /// Device parts plus control-thread answers still outstanding.
-    pub pending: u32,
+    /// Device parts submitted and not yet completed.
+    pub dev_inflight: u32,
+    /// Whole-page frees asked of the control thread and not yet answered.
+    pub frees_inflight: u32,
+    /// Page allocations asked of the control thread and not yet answered.
+    pub allocs_inflight: u32,
     /// Blocks of the command already handed to the device (resumption point after a
     /// full device queue).
     pub cursor: u64,
@@ -116,8 +193,6 @@ pub struct Req {
     /// The last zero-copy send that carried bytes of this request: its buffers and
     /// headers stay untouched until the kernel reports that send complete.
     pub zc_id: Option<u32>,
-    /// Allocations requested in the current pass.
-    pub alloc_waits: u32,
     /// The command was counted in the volume's statistics. A command executes again
     /// after waiting for page allocations or room in the device queue, with nothing
     /// submitted yet; this flag keeps it from being counted twice.
@@ -137,14 +212,22 @@ impl Req {
             status: Status::SUCCESS,
             dw0: 0,
             dw1: 0,
-            pending: 0,
+            dev_inflight: 0,
+            frees_inflight: 0,
+            allocs_inflight: 0,
             cursor: 0,
             hdrs: [quire_wire::tcp::HeaderBuf::default(); 2],
             ddgst: [0; 4],
             zc_id: None,
-            alloc_waits: 0,
             counted: false,
         }
+    }
+
+    /// True while anything outside the connection (the device, the control thread)
+    /// still works for this request, or will answer it: it must not be freed, and its
+    /// buffers must stay where the device may write them.
+    pub fn outstanding(&self) -> bool {
+        self.dev_inflight + self.frees_inflight + self.allocs_inflight > 0
     }
 
     /// The state.
@@ -164,9 +247,9 @@ impl Req {
         let chunk = self.bufs.first().map(|b| b.len() as u64).unwrap_or(1);
         let (mut off, mut len) = (off, len);
         while len > 0 {
-            let i = (off / chunk) as usize;
-            let o = (off % chunk) as usize;
-            let n = len.min(chunk - o as u64) as usize;
+            let i = usize_from(off / chunk);
+            let o = usize_from(off % chunk);
+            let n = usize_from(len.min(chunk - o as u64));
             self.bufs[i].as_mut_slice()[o..o + n].fill(0);
             off += n as u64;
             len -= n as u64;
@@ -203,16 +286,30 @@ impl Req {
         v
     }
 
+    /// CRC32C of `len` bytes of data at `off` (data digests), read in place.
+    pub fn data_crc(&self, off: usize, len: usize) -> u32 {
+        let chunk = self.bufs.first().map(|b| b.len()).unwrap_or(1);
+        let (mut crc, mut done) = (0u32, 0);
+        while done < len {
+            let pos = off + done;
+            let (i, o) = (pos / chunk, pos % chunk);
+            let n = (len - done).min(chunk - o);
+            crc = quire_wire::tcp::digest::crc32c_append(crc, &self.bufs[i].as_slice()[o..o + n]);
+            done += n;
+        }
+        crc
+    }
+
     /// Appends to `req` the device segments covering `len` bytes of data at `off`.
     pub fn segs_into(&self, off: u64, len: u64, req: &mut quire_drivers::IoRequest) {
         let chunk = self.bufs[0].len() as u64;
         let (mut off, mut len) = (off, len);
         while len > 0 {
-            let i = (off / chunk) as usize;
+            let i = usize_from(off / chunk);
             let o = off % chunk;
             let n = len.min(chunk - o);
             assert!(req.nsegs < quire_drivers::block::SEGS_MAX, "a part spans at most SEGS_MAX chunks");
-            req.segs[req.nsegs] = self.bufs[i].seg(o as usize, n as usize);
+            req.segs[req.nsegs] = self.bufs[i].seg(usize_from(o), usize_from(n));
             req.nsegs += 1;
             off += n;
             len -= n;
@@ -226,6 +323,9 @@ pub struct ReqTable {
     reqs: Vec<Req>,
     free: Vec<u16>,
     counts: [u32; REQ_STATES],
+    /// Transitions made since the last [`ReqTable::take_transitions`], by from × to
+    /// (statistics: tests check that their workloads reach every arrow).
+    transitions: [[u32; REQ_STATES]; REQ_STATES],
 }
 
 impl ReqTable {
@@ -233,8 +333,14 @@ impl ReqTable {
     pub fn new(n: usize, bufs_max: usize) -> ReqTable {
         assert!(n > 0 && n <= usize::from(u16::MAX));
         let mut counts = [0; REQ_STATES];
-        counts[ReqState::Free.index()] = n as u32;
-        ReqTable { reqs: (0..n).map(|_| Req::new(bufs_max)).collect(), free: (0..n as u16).rev().collect(), counts }
+        let slots = u16::try_from(n).expect("checked above");
+        counts[ReqState::Free.index()] = u32::from(slots);
+        ReqTable {
+            reqs: (0..n).map(|_| Req::new(bufs_max)).collect(),
+            free: (0..slots).rev().collect(),
+            counts,
+            transitions: [[0; REQ_STATES]; REQ_STATES],
+        }
     }
 
     /// Takes a free slot for `cmd`, or `None` when the host has more commands
@@ -252,28 +358,54 @@ impl ReqTable {
         r.status = Status::SUCCESS;
         r.dw0 = 0;
         r.dw1 = 0;
-        r.pending = 0;
+        debug_assert!(!r.outstanding());
         r.cursor = 0;
         r.zc_id = None;
-        r.alloc_waits = 0;
         r.counted = false;
         r.state = ReqState::New;
+        self.transitions[ReqState::Free.index()][ReqState::New.index()] += 1;
         self.counts[ReqState::Free.index()] -= 1;
         self.counts[ReqState::New.index()] += 1;
         Some(idx)
     }
 
-    /// Moves request `idx` to `state`.
+    /// Moves request `idx` to `state`; panics on a transition the state machine does
+    /// not have (see the module documentation).
     pub fn set_state(&mut self, idx: u16, state: ReqState) {
+        self.transition(idx, state, false);
+    }
+
+    /// [`ReqTable::set_state`] for a closing connection, which may also free requests
+    /// it will not serve (those nothing outside refers to) and end transfers early.
+    pub fn set_state_closing(&mut self, idx: u16, state: ReqState) {
+        self.transition(idx, state, true);
+    }
+
+    fn transition(&mut self, idx: u16, state: ReqState, closing: bool) {
         let r = &mut self.reqs[usize::from(idx)];
-        assert_ne!(r.state, ReqState::Free, "request {idx} is free");
+        assert!(r.state.may_become(state, closing), "request {idx}: no transition {:?} -> {state:?}", r.state);
+        match state {
+            ReqState::Free => {
+                assert!(r.bufs.is_empty(), "request {idx}: buffers must go back to the pool before the slot is freed");
+                assert!(!r.outstanding(), "request {idx}: freed with work outstanding: {r:?}");
+            }
+            ReqState::ReadyToComplete => {
+                assert!(!r.outstanding(), "request {idx}: completing with work outstanding: {r:?}");
+            }
+            _ => {}
+        }
         self.counts[r.state.index()] -= 1;
         self.counts[state.index()] += 1;
+        self.transitions[r.state.index()][state.index()] += 1;
         r.state = state;
         if state == ReqState::Free {
-            assert!(r.bufs.is_empty(), "buffers must go back to the pool before the slot is freed");
             self.free.push(idx);
         }
+    }
+
+    /// The transitions counted since the last call, by from × to; resets them.
+    pub fn take_transitions(&mut self) -> [[u32; REQ_STATES]; REQ_STATES] {
+        std::mem::replace(&mut self.transitions, [[0; REQ_STATES]; REQ_STATES])
     }
 
     /// Number of requests in `state`.
@@ -293,7 +425,7 @@ impl ReqTable {
 
     /// Requests not free.
     pub fn active(&self) -> u32 {
-        self.reqs.len() as u32 - self.count(ReqState::Free)
+        u32::try_from(self.reqs.len()).expect("at most 65535 slots") - self.count(ReqState::Free)
     }
 
     /// The request in slot `idx`.
@@ -308,7 +440,8 @@ impl ReqTable {
 
     /// Indices of requests in `state`.
     pub fn in_state(&self, state: ReqState) -> impl Iterator<Item = u16> + '_ {
-        self.reqs.iter().enumerate().filter(move |(_, r)| r.state == state).map(|(i, _)| i as u16)
+        (0..u16::try_from(self.reqs.len()).expect("at most 65535 slots"))
+            .filter(move |&i| self.reqs[usize::from(i)].state == state)
     }
 }
 
@@ -326,8 +459,54 @@ mod tests {
         t.set_state(b, ReqState::NeedBuffer);
         assert_eq!(t.count(ReqState::Free), 0);
         assert_eq!(t.count(ReqState::ReadyToExecute), 1);
+        t.set_state(a, ReqState::ReadyToComplete);
+        t.set_state(a, ReqState::Transmitting);
         t.set_state(a, ReqState::Free);
         assert_eq!(t.active(), 1);
         assert_eq!(t.get(Command::default()), Some(a));
+    }
+
+    #[test]
+    #[should_panic(expected = "no transition Executing -> Free")]
+    fn an_executing_request_is_never_freed() {
+        let mut t = ReqTable::new(1, 1);
+        let a = t.get(Command::default()).unwrap();
+        t.set_state(a, ReqState::ReadyToExecute);
+        t.set_state(a, ReqState::Executing);
+        t.set_state_closing(a, ReqState::Free);
+    }
+
+    #[test]
+    #[should_panic(expected = "freed with work outstanding")]
+    fn a_request_with_a_device_part_out_is_never_freed() {
+        let mut t = ReqTable::new(1, 1);
+        let a = t.get(Command::default()).unwrap();
+        t.set_state(a, ReqState::ReadyToExecute);
+        t.req_mut(a).dev_inflight = 1;
+        t.set_state(a, ReqState::WaitingDevice);
+        t.set_state_closing(a, ReqState::Free);
+    }
+
+    #[test]
+    #[should_panic(expected = "completing with work outstanding")]
+    fn a_request_completes_only_when_nothing_is_out() {
+        let mut t = ReqTable::new(1, 1);
+        let a = t.get(Command::default()).unwrap();
+        t.set_state(a, ReqState::ReadyToExecute);
+        t.req_mut(a).frees_inflight = 1;
+        t.set_state(a, ReqState::Executing);
+        t.set_state(a, ReqState::ReadyToComplete);
+    }
+
+    #[test]
+    fn every_state_but_free_has_a_way_out_and_free_only_leads_to_new() {
+        for s in ReqState::ALL {
+            let exits = ReqState::ALL.iter().filter(|&&t| s.may_become(t, false)).count();
+            if s == ReqState::Free {
+                assert_eq!(exits, 0, "Free leaves only through ReqTable::get");
+            } else {
+                assert!(exits > 0, "{s:?} is a dead end");
+            }
+        }
     }
 }

@@ -99,7 +99,7 @@ impl TxEntry {
             data_req: None,
             data_len: 0,
             ddgst: None,
-            term_len: term_len as u8,
+            term_len: u8::try_from(term_len).expect("a saved header is at most MAX_HEADER_LEN bytes"),
             after: AfterSend::Close,
             sent: 0,
         }

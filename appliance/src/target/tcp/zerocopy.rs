@@ -31,7 +31,7 @@ pub fn enable(fd: RawFd) -> io::Result<()> {
             libc::SOL_SOCKET,
             SO_ZEROCOPY,
             (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            socklen_of::<libc::c_int>(),
         )
     };
     if rc == 0 {
@@ -39,6 +39,18 @@ pub fn enable(fd: RawFd) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Cuts a TCP connection off at once (`connect(AF_UNSPEC)`: the kernel sends a reset
+/// and drops what was queued to send), so that the pages zero-copy sends pinned are let
+/// go and their completions reported. Errors are ignored: the socket is being closed.
+pub fn abort(fd: RawFd) {
+    // SAFETY: sockaddr is plain data; an all-zero one with family AF_UNSPEC is what
+    // "disconnect" asks for.
+    let mut addr: libc::sockaddr = unsafe { std::mem::zeroed() };
+    addr.sa_family = libc::sa_family_t::try_from(libc::AF_UNSPEC).expect("AF_UNSPEC is 0");
+    // SAFETY: `addr` is a live local of the size given; `fd` is a socket the caller owns.
+    let _ = unsafe { libc::connect(fd, &addr, socklen_of::<libc::sockaddr>()) };
 }
 
 /// `sendmsg` of `iov` with `MSG_ZEROCOPY`: bytes sent, or the error (`WouldBlock` when
@@ -54,11 +66,13 @@ pub fn send(fd: RawFd, iov: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
     // the kernel only reads them. The pages stay pinned after the call, which the
     // caller (tx.rs) accounts for by keeping the buffers until `completions` says so.
     let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_ZEROCOPY | libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    // A negative return is an error; otherwise the count fits a usize.
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// The size of `T` as a socket-option / address length.
+fn socklen_of<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).expect("a small C struct")
 }
 
 /// Reads one zero-copy completion from the error queue: the inclusive range of
