@@ -5,7 +5,10 @@
 #   * tests/guest/fetch.sh: host tools from apt (nvme-cli, fio, e2fsprogs,
 #     busybox-static, kmod, cpio, ...) and QEMU + the Debian 6.1 kernel
 #     extracted under tests/guest/root/ for the end-to-end guest;
-#   * tests/guest/build-initramfs.sh: the guest's initramfs in tests/guest/out/.
+#   * tests/guest/build-initramfs.sh: the guest's initramfs in tests/guest/out/;
+#   * etcd (Debian's etcd-server) for the group tests (tests/tests/group_etcd.rs,
+#     which start their own etcd on free ports; the package's service is not
+#     started in a container, and the tests do not use it).
 #
 # Both steps are idempotent and stamp-checked: when everything is in place
 # this takes well under a second.  Only Debian's package mirrors are used.
@@ -18,4 +21,11 @@ fi
 start=$(date +%s)
 "$REPO/tests/guest/fetch.sh"
 "$REPO/tests/guest/build-initramfs.sh"
+if [ ! -x /usr/bin/etcd ]; then
+  echo "install-test-deps.sh: apt-get install etcd-server" >&2
+  apt=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
+  compgen -G "/var/lib/apt/lists/*_Packages*" > /dev/null || "${apt[@]}" update -q >&2
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q --no-install-recommends etcd-server >&2 ||
+    { "${apt[@]}" update -q >&2 && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q --no-install-recommends etcd-server >&2; }
+fi
 echo "install-test-deps.sh: test dependencies ready ($(( $(date +%s) - start ))s)" >&2

@@ -43,6 +43,17 @@ pub enum ClientCommand {
     /// The page store.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The group of peers this one belongs to.
+    #[command(subcommand)]
+    Group(GroupCommand),
+}
+
+/// `quire group …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum GroupCommand {
+    /// Peers (live and gone), their addresses, lease age and capacity; the
+    /// coordinator; whether etcd is reachable.
+    Status,
 }
 
 /// `quire volume …`.
@@ -236,6 +247,29 @@ const REACTOR_STATS_COLUMNS: &[Column] = &[
     column("tx_copied_bytes", "TX COPIED", Format::Bytes),
 ];
 
+const GROUP_FIELDS: &[Column] = &[
+    column("mode", "mode", Format::Text),
+    column("peer", "peer", Format::Text),
+    column("coordinator", "coordinator", Format::Text),
+    column("etcd", "etcd", Format::List { empty: "-" }),
+    column("etcd_state", "etcd state", Format::Text),
+    column("etcd_error", "etcd error", Format::Text),
+    column("revision", "revision", Format::Number),
+];
+
+const GROUP_PEER_COLUMNS: &[Column] = &[
+    column("name", "NAME", Format::Text),
+    column("state", "STATE", Format::Text),
+    column("coordinator", "COORD", Format::Text),
+    column("target", "TARGET", Format::Text),
+    column("link", "LINK", Format::Text),
+    column("lease_age_s", "LEASE AGE(S)", Format::Number),
+    column("weight", "WEIGHT", Format::Number),
+    column("used_bytes", "USED", Format::Bytes),
+    column("capacity_bytes", "CAPACITY", Format::Bytes),
+    column("version", "VERSION", Format::Text),
+];
+
 const STORE_FIELDS: &[Column] = &[
     column("device", "device", Format::Text),
     column("size", "size", Format::Bytes),
@@ -253,6 +287,8 @@ pub enum View {
     Record(&'static [Column]),
     /// A fixed confirmation line.
     Done(String),
+    /// A record, then a table of the list under `key` (when not empty).
+    RecordThenTable(&'static [Column], &'static str, &'static [Column]),
 }
 
 impl ClientCommand {
@@ -289,6 +325,7 @@ impl ClientCommand {
             ClientCommand::Stats(StatsCommand::Reactors) => (methods::STATS_REACTORS, Value::Null),
             ClientCommand::Stats(StatsCommand::Requests) => (methods::STATS_REQUESTS, Value::Null),
             ClientCommand::Store(StoreCommand::Info) => (methods::STORE_INFO, Value::Null),
+            ClientCommand::Group(GroupCommand::Status) => (methods::GROUP_STATUS, Value::Null),
             ClientCommand::Store(StoreCommand::Format(_)) => {
                 unreachable!("`quire store format` runs offline (run_with), never over RPC")
             }
@@ -315,6 +352,9 @@ impl ClientCommand {
             ClientCommand::Stats(StatsCommand::Requests) => View::Table(TRANSITION_COLUMNS),
             ClientCommand::Store(StoreCommand::Info) => View::Record(STORE_FIELDS),
             ClientCommand::Store(StoreCommand::Format(_)) => View::Done(String::new()),
+            ClientCommand::Group(GroupCommand::Status) => {
+                View::RecordThenTable(GROUP_FIELDS, "peers", GROUP_PEER_COLUMNS)
+            }
         }
     }
 }
@@ -433,6 +473,16 @@ pub fn render(view: &View, result: &Value) -> String {
         },
         View::Record(fields) => render_record(result, fields),
         View::Done(line) => format!("{line}\n"),
+        View::RecordThenTable(fields, key, columns) => {
+            let mut text = render_record(result, fields);
+            if let Some(Value::Array(rows)) = result.get(*key) {
+                if !rows.is_empty() {
+                    text.push('\n');
+                    text.push_str(&render_table(rows, columns));
+                }
+            }
+            text
+        }
     }
 }
 
@@ -663,6 +713,31 @@ c          -      -  -                 -
             }
         });
         calls
+    }
+
+    #[test]
+    fn group_status_shows_the_group_then_its_peers() {
+        let view = parse(&["group", "status"]).view();
+        let single = serde_json::to_value(crate::group::single_status("quire-0")).unwrap();
+        let text = render(&view, &single);
+        assert!(text.starts_with("mode:        single\npeer:        quire-0\ncoordinator: -\n"), "{text}");
+        assert!(!text.contains("NAME"), "no peer table for a single peer: {text}");
+        let mut group = single.clone();
+        group["mode"] = json!("group");
+        group["coordinator"] = json!("a");
+        group["peers"] = json!([
+            {"name": "a", "state": "live", "coordinator": true, "target": "127.0.0.1:4420", "link": "127.0.0.1:4520",
+             "lease_age_s": 1, "weight": 8, "used_bytes": 4194304, "capacity_bytes": 8589934592u64, "version": "0.1.0"},
+            {"name": "b", "state": "gone", "coordinator": false, "target": "127.0.0.1:4421", "link": "127.0.0.1:4521",
+             "lease_age_s": null, "weight": 8, "used_bytes": 0, "capacity_bytes": 8589934592u64, "version": "0.1.0"}
+        ]);
+        let text = render(&view, &group);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().any(|l| l.starts_with("NAME  STATE  COORD")), "{text}");
+        let a = lines.iter().find(|l| l.starts_with("a ")).unwrap();
+        assert!(a.contains("live") && a.contains("yes") && a.contains("4M") && a.contains("8G"), "{text}");
+        let b = lines.iter().find(|l| l.starts_with("b ")).unwrap();
+        assert!(b.contains("gone") && b.contains(" - "), "{text}");
     }
 
     #[test]

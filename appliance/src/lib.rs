@@ -9,6 +9,7 @@
 pub mod cast;
 pub mod cli;
 pub mod control;
+pub mod group;
 pub mod reactor;
 pub mod rpc;
 pub mod serve;

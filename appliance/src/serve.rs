@@ -48,6 +48,9 @@ pub enum ServeError {
         /// Why.
         reason: String,
     },
+    /// The group (etcd) refused this peer or could not be reached.
+    #[error("group: {0}")]
+    Group(String),
     /// The page store on the device could not be opened or formatted.
     #[error("page store on {device}: {reason}")]
     Store {
@@ -265,6 +268,12 @@ pub struct Running {
     binding: Option<Binding>,
     /// The device's advisory lock, released when the peer is gone.
     _device_lock: Option<std::fs::File>,
+    /// The page store's UUID.
+    pub store_uuid: [u8; 16],
+    /// Bytes of the page store's data region.
+    pub capacity_bytes: u64,
+    /// The group agent, in a group; leaves the group first at shutdown.
+    group: Option<crate::group::Group>,
 }
 
 impl Running {
@@ -286,6 +295,11 @@ impl Running {
             if c.join().is_err() {
                 panicked.push("control".to_string());
             }
+        }
+        // Out of the group before the listeners go: the others see this peer leave
+        // now rather than a lease TTL later.
+        if let Some(g) = self.group.take() {
+            g.leave();
         }
         for (i, t) in self.reactors.drain(..).enumerate() {
             if t.join().is_err() {
@@ -348,10 +362,26 @@ pub fn serve(cfg: Config) -> Result<(), ServeError> {
 pub fn start(cfg: Config) -> Result<Running, ServeError> {
     // The pool first: a VFIO device maps it into its IOMMU as it opens.
     let (n, pool) = prepare(&cfg)?;
+    // In a group, etcd must answer before anything is opened or served.
+    let joining =
+        if cfg.group.enabled() { Some(crate::group::connect(&cfg).map_err(ServeError::Group)?) } else { None };
+    let shared = joining.as_ref().map(|_| crate::group::Shared::new(&cfg.peer.name, &cfg.group.etcd));
     let opened = open_device(&cfg, &pool)?;
     let binding = opened.binding.clone();
-    match start_on(cfg, pool, n, opened) {
-        Ok(running) => Ok(running),
+    match start_on(cfg.clone(), pool, n, opened, shared.clone()) {
+        Ok(mut running) => {
+            if let (Some(joining), Some(shared)) = (joining, shared) {
+                let record = peer_record(&cfg, &running);
+                match joining.join(record, shared) {
+                    Ok(group) => running.group = Some(group),
+                    Err(e) => {
+                        let _ = running.shutdown();
+                        return Err(ServeError::Group(e));
+                    }
+                }
+            }
+            Ok(running)
+        }
         Err(e) => {
             // start_on has dropped the device and its queue pairs by now.
             if let Some(b) = binding {
@@ -381,9 +411,42 @@ fn prepare(cfg: &Config) -> Result<(usize, DmaPool), ServeError> {
 /// fault-injecting one); the configuration's `[[device]]` is not used.
 pub fn start_with_device(cfg: Config, dev: Arc<dyn BlockDevice>, desc: &str) -> Result<Running, ServeError> {
     let (n, pool) = prepare(&cfg)?;
+    if cfg.group.enabled() {
+        return Err(ServeError::Config("start_with_device: a peer on a test device cannot join a group".into()));
+    }
     let formatting = formatting_of(cfg.devices.first().map_or(quire_config::Formatting::IfBlank, |d| d.format), false);
     let opened = Opened { dev, desc: desc.to_string(), binding: None, mapped_pool_only: false, formatting, lock: None };
-    start_on(cfg, pool, n, opened)
+    start_on(cfg, pool, n, opened, None)
+}
+
+/// What this peer tells its group about itself.
+fn peer_record(cfg: &Config, running: &Running) -> crate::group::keys::PeerRecord {
+    let io = running.io_addr;
+    let target = match cfg.target.advertise.as_deref() {
+        Some(a) => match a.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, io.port()).to_string(),
+            Err(_) => a.to_string(),
+        },
+        None => io.to_string(),
+    };
+    let discovery = match cfg.target.advertise.as_deref().and_then(|a| a.parse::<std::net::IpAddr>().ok()) {
+        Some(ip) => SocketAddr::new(ip, running.discovery_addr.port()).to_string(),
+        None => running.discovery_addr.to_string(),
+    };
+    // Weight: as configured, else the capacity in GiB (at least 1).
+    let weight = cfg.group.weight.unwrap_or((running.capacity_bytes >> 30).max(1));
+    crate::group::keys::PeerRecord {
+        name: cfg.peer.name.clone(),
+        store: running.store_uuid.iter().map(|b| format!("{b:02x}")).collect(),
+        target,
+        discovery,
+        link: cfg.group.listen.clone(),
+        weight,
+        capacity_bytes: running.capacity_bytes,
+        used_bytes: 0,
+        started_ms: crate::group::now_ms(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
 }
 
 /// What `quire store format` did.
@@ -454,7 +517,13 @@ fn format_opened(pool: &DmaPool, opened: &Opened) -> Result<Formatted, ServeErro
 }
 
 /// The rest of [`start`] once the pool and the device exist.
-fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Running, ServeError> {
+fn start_on(
+    cfg: Config,
+    pool: DmaPool,
+    n: usize,
+    opened: Opened,
+    group: Option<Arc<crate::group::Shared>>,
+) -> Result<Running, ServeError> {
     let Opened { dev, desc: device_desc, binding, mapped_pool_only, formatting, lock } = opened;
     let mut shards = pool.shards(n);
     let store_shard = if mapped_pool_only {
@@ -468,6 +537,7 @@ fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Runn
     let store_qp = dev.create_qpair(STORE_QUEUE_DEPTH).map_err(|e| ServeError::Io(format!("device queue: {e}")))?;
     let store = PageStore::open_or_format_in(&*dev, store_qp, store_shard, formatting)
         .map_err(|e| ServeError::Store { device: device_desc.clone(), reason: e.to_string() })?;
+    let (store_uuid, capacity_bytes) = (store.uuid(), store.capacity().total_bytes);
 
     let t = &cfg.target;
     let params = TargetParams {
@@ -537,6 +607,8 @@ fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Runn
         rx: control_rx,
         allowed_hosts,
         device: device_desc.clone(),
+        peer_name: cfg.peer.name.clone(),
+        group,
     });
     for v in &cfg.volumes {
         control.ensure_volume(&v.name, v.size.bytes(), v.page_size.bytes(), v.block_size).map_err(|e| {
@@ -586,6 +658,9 @@ fn start_on(cfg: Config, pool: DmaPool, n: usize, opened: Opened) -> Result<Runn
         dev: Some(dev),
         binding,
         _device_lock: lock,
+        store_uuid,
+        capacity_bytes,
+        group: None,
     })
 }
 

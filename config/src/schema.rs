@@ -31,6 +31,8 @@ pub struct Config {
     pub buffers: Buffers,
     /// `[log]`: logging.
     pub log: Log,
+    /// `[group]`: membership of a group of peers; no `etcd` = a single peer.
+    pub group: Group,
     /// `[[device]]`: backing devices of the page store.
     #[serde(rename = "device")]
     pub devices: Vec<Device>,
@@ -47,6 +49,7 @@ impl Default for Config {
             target: Target::default(),
             buffers: Buffers::default(),
             log: Log::default(),
+            group: Group::default(),
             devices: vec![Device::default_file()],
             volumes: vec![Volume::demo()],
         }
@@ -143,6 +146,11 @@ pub struct Target {
     /// Send payloads with MSG_ZEROCOPY where the kernel allows it (off by default:
     /// measured slower than copying on loopback, see perf/bench/RESULTS.md).
     pub zero_copy_send: bool,
+    /// The address hosts are told to connect to (the group's discovery and
+    /// referrals): `"IP"` or `"IP:PORT"`, for a peer behind NAT or port forwarding;
+    /// `None` (`""`) = `listen` and `port`.
+    #[serde(deserialize_with = "empty_as_none", serialize_with = "none_as_empty_string")]
+    pub advertise: Option<String>,
 }
 
 impl Default for Target {
@@ -158,7 +166,50 @@ impl Default for Target {
             max_h2c_data: ByteSize::kib(128),
             keep_alive_timeout_ms_max: None,
             zero_copy_send: false,
+            advertise: None,
         }
+    }
+}
+
+/// `[group]`: the peers this one forms a group with, through etcd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Group {
+    /// etcd endpoints (`"http://HOST:PORT"`); empty = a single peer, no etcd.
+    pub etcd: Vec<String>,
+    /// The peer-link listener (`"IP:PORT"`) other peers connect to.
+    pub listen: String,
+    /// A file holding the group's shared secret (at least 16 bytes); required in a
+    /// group.
+    #[serde(deserialize_with = "empty_as_none", serialize_with = "none_as_empty")]
+    pub secret_file: Option<PathBuf>,
+    /// This peer's share of new pages; `None` = its capacity in GiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u64>,
+    /// The liveness lease in etcd, seconds: a peer that stops is gone from the group
+    /// this long after its last keep-alive.
+    pub lease_ttl_s: u32,
+    /// How long start-up waits for etcd before giving up, ms.
+    pub connect_timeout_ms: u32,
+}
+
+impl Default for Group {
+    fn default() -> Group {
+        Group {
+            etcd: Vec::new(),
+            listen: "127.0.0.1:4520".to_string(),
+            secret_file: None,
+            weight: None,
+            lease_ttl_s: 5,
+            connect_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Group {
+    /// True when this peer is part of a group (has etcd endpoints).
+    pub fn enabled(&self) -> bool {
+        !self.etcd.is_empty()
     }
 }
 
@@ -411,6 +462,10 @@ where
 {
     let text = String::deserialize(deserializer)?;
     Ok(if text.is_empty() { None } else { Some(T::from(text)) })
+}
+
+fn none_as_empty_string<S: Serializer>(value: &Option<String>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(value.as_deref().unwrap_or(""))
 }
 
 fn none_as_empty<S: Serializer>(value: &Option<PathBuf>, serializer: S) -> Result<S::Ok, S::Error> {

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use crate::error::ConfigError;
-use crate::schema::{Buffers, Config, Device, DeviceKind, DirectIo, Log, Peer, Reactors, Target, Volume};
+use crate::schema::{Buffers, Config, Device, DeviceKind, DirectIo, Group, Log, Peer, Reactors, Target, Volume};
 use crate::size::ByteSize;
 
 /// Most reactor threads.
@@ -66,6 +66,12 @@ pub const PAGE_SIZE_MIN: u64 = 64 << 10;
 pub const PAGE_SIZE_MAX: u64 = 1 << 30;
 /// Longest NQN (NVMe base spec: 223 bytes).
 pub const NQN_LEN_MAX: usize = 223;
+/// Range of `group.lease_ttl_s`.
+pub const LEASE_TTL_S: std::ops::RangeInclusive<u32> = 2..=60;
+/// Range of `group.connect_timeout_ms`.
+pub const CONNECT_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 100..=600_000;
+/// Shortest group secret, bytes.
+pub const SECRET_LEN_MIN: usize = 16;
 /// Longest Unix socket path (sun_path is 108 bytes with its NUL).
 pub const SOCKET_PATH_LEN_MAX: usize = 107;
 
@@ -82,8 +88,47 @@ pub fn validate(config: &Config) -> Result {
     buffers(&config.buffers, &config.target)?;
     target(&config.target, &config.buffers)?;
     log(&config.log)?;
+    group(&config.group)?;
     devices(&config.devices, !config.volumes.is_empty())?;
     volumes(&config.volumes)
+}
+
+fn group(group: &Group) -> Result {
+    let listen = group.listen.parse::<std::net::SocketAddr>().ok();
+    let ok = listen.is_some_and(|a| !a.ip().is_multicast());
+    ensure(ok, "group.listen", quoted(&group.listen), "\"IP:PORT\", the peer-link listener")?;
+    for url in &group.etcd {
+        ensure(
+            etcd_endpoint(url).is_some(),
+            "group.etcd",
+            quoted(url),
+            "\"http://HOST:PORT\" (TLS to etcd is not supported)",
+        )?;
+    }
+    let ttl = group.lease_ttl_s;
+    let (lo, hi) = (LEASE_TTL_S.start(), LEASE_TTL_S.end());
+    ensure(LEASE_TTL_S.contains(&ttl), "group.lease_ttl_s", ttl, format!("{lo}..={hi}"))?;
+    let t = group.connect_timeout_ms;
+    let (lo, hi) = (CONNECT_TIMEOUT_MS.start(), CONNECT_TIMEOUT_MS.end());
+    ensure(CONNECT_TIMEOUT_MS.contains(&t), "group.connect_timeout_ms", t, format!("{lo}..={hi}"))?;
+    if let Some(weight) = group.weight {
+        ensure(weight >= 1, "group.weight", weight, "at least 1")?;
+    }
+    if group.enabled() && group.secret_file.is_none() {
+        let expected = "a file holding the group's shared secret (required when group.etcd is set)";
+        return Err(ConfigError::invalid("group.secret_file", "\"\"", expected));
+    }
+    Ok(())
+}
+
+/// `"http://HOST:PORT"` → `(HOST, PORT)`.
+pub fn etcd_endpoint(url: &str) -> Option<(&str, u16)> {
+    let rest = url.strip_prefix("http://")?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|&p| p != 0)?;
+    let ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c));
+    ok.then_some((host, port))
 }
 
 fn ensure(ok: bool, key: &str, value: impl std::fmt::Display, expected: impl Into<String>) -> Result {
@@ -159,6 +204,14 @@ fn reactors(reactors: &Reactors) -> Result {
 fn target(target: &Target, buffers: &Buffers) -> Result {
     let listen = target.listen;
     ensure(!listen.is_multicast(), "target.listen", quoted(&listen.to_string()), "a unicast IP address")?;
+    if let Some(advertise) = &target.advertise {
+        let ip = advertise
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .or_else(|| advertise.parse::<std::net::SocketAddr>().ok().filter(|a| a.port() != 0).map(|a| a.ip()));
+        let ok = ip.is_some_and(|ip| !ip.is_unspecified() && !ip.is_multicast());
+        ensure(ok, "target.advertise", quoted(advertise), "\"IP\" or \"IP:PORT\", an address hosts can connect to")?;
+    }
     // target.port = 0 asks the OS for any free port (tests, several peers on one host);
     // the bound port is printed and reported by `quire serve`.
     let discovery = target.discovery_port;
@@ -654,6 +707,32 @@ mod tests {
             c.buffers.count = 16;
         });
         assert_eq!(message, "buffers.count = 16: expected enough chunks of 16K for one target.max_transfer_size (1M)");
+    }
+
+    #[test]
+    fn group_keys() {
+        valid(|c| {
+            c.group.etcd = vec!["http://127.0.0.1:2379".into(), "http://etcd-1.example:2379/".into()];
+            c.group.secret_file = Some("/etc/quire/secret".into());
+            c.target.advertise = Some("192.0.2.7:14420".into());
+        });
+        assert_eq!(
+            invalid(|c| c.group.etcd = vec!["https://127.0.0.1:2379".into()]),
+            "group.etcd = \"https://127.0.0.1:2379\": expected \"http://HOST:PORT\" (TLS to etcd is not supported)"
+        );
+        assert!(invalid(|c| c.group.etcd = vec!["http://127.0.0.1".into()]).starts_with("group.etcd = "));
+        let message = invalid(|c| c.group.etcd = vec!["http://127.0.0.1:2379".into()]);
+        assert!(message.starts_with("group.secret_file = \"\": expected a file holding the group's shared secret"));
+        assert!(
+            invalid(|c| c.group.listen = "4520".into()).starts_with("group.listen = \"4520\": expected \"IP:PORT\"")
+        );
+        assert_eq!(invalid(|c| c.group.lease_ttl_s = 1), "group.lease_ttl_s = 1: expected 2..=60");
+        assert_eq!(invalid(|c| c.group.connect_timeout_ms = 5), "group.connect_timeout_ms = 5: expected 100..=600000");
+        assert_eq!(invalid(|c| c.group.weight = Some(0)), "group.weight = 0: expected at least 1");
+        let message = invalid(|c| c.target.advertise = Some("0.0.0.0".into()));
+        assert!(message.starts_with("target.advertise = \"0.0.0.0\": expected \"IP\" or \"IP:PORT\""), "{message}");
+        assert!(invalid(|c| c.target.advertise = Some("host.example".into())).starts_with("target.advertise"));
+        valid(|c| c.target.advertise = Some("10.1.2.3".into()));
     }
 
     #[test]

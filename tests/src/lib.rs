@@ -41,6 +41,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod etcd;
+
 /// The host's `127.0.0.1` as the guest sees it (QEMU user networking).
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
 
@@ -81,7 +83,7 @@ pub fn log_dir() -> PathBuf {
 }
 
 /// A fresh log file path `<target>/e2e-logs/<label>-<ms>-<pid>-<n>.log`.
-fn new_log_path(label: &str) -> PathBuf {
+pub(crate) fn new_log_path(label: &str) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);

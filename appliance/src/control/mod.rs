@@ -57,6 +57,10 @@ pub struct ControlParts {
     pub allowed_hosts: HashMap<String, Vec<String>>,
     /// Description of the backing device (management).
     pub device: String,
+    /// This peer's name.
+    pub peer_name: String,
+    /// What the group agent shares, in a group.
+    pub group: Option<Arc<crate::group::Shared>>,
 }
 
 /// The control thread's state.
@@ -67,6 +71,8 @@ pub struct Control {
     rx: Receiver<ControlMsg>,
     allowed_hosts: HashMap<String, Vec<String>>,
     device: String,
+    peer_name: String,
+    group: Option<Arc<crate::group::Shared>>,
     routing: HashMap<VolumeId, Arc<RoutingTable>>,
     counters: HashMap<VolumeId, Arc<[Arc<VolumeCounters>]>>,
     barrier_next: u64,
@@ -86,6 +92,8 @@ impl Control {
             rx: parts.rx,
             allowed_hosts: parts.allowed_hosts,
             device: parts.device,
+            peer_name: parts.peer_name,
+            group: parts.group,
             routing: HashMap::new(),
             counters: HashMap::new(),
             barrier_next: 0,
@@ -94,6 +102,10 @@ impl Control {
             outboxes: Outboxes::new(0),
         };
         c.outboxes = Outboxes::new(c.reactors.len());
+        if let Some(g) = &c.group {
+            let cap = c.store.capacity();
+            g.set_capacity(cap.total_bytes, cap.used_bytes);
+        }
         for v in c.store.volumes() {
             c.publish(v);
         }
@@ -166,6 +178,10 @@ impl Control {
             }
             if !self.handle_batch(&mut batch) {
                 break;
+            }
+            if let Some(g) = &self.group {
+                let cap = self.store.capacity();
+                g.set_capacity(cap.total_bytes, cap.used_bytes);
             }
             self.maybe_start_barrier();
             backlog = self.outboxes.flush(&self.reactors);
@@ -338,6 +354,10 @@ impl Control {
             m::STATS_VOLUMES => Ok(self.stats_volumes()),
             m::STATS_REACTORS => Ok(self.stats_reactors()),
             m::STATS_REQUESTS => Ok(self.stats_requests()),
+            m::GROUP_STATUS => Ok(json!(match &self.group {
+                Some(g) => g.status(),
+                None => crate::group::single_status(&self.peer_name),
+            })),
             m::STORE_INFO => {
                 let cap = self.store.capacity();
                 Ok(json!(m::StoreInfo {

@@ -32,9 +32,11 @@ pub const STATS_REACTORS: &str = "stats_reactors";
 pub const STATS_REQUESTS: &str = "stats_requests";
 /// `store_info`.
 pub const STORE_INFO: &str = "store_info";
+/// `group_status`.
+pub const GROUP_STATUS: &str = "group_status";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -47,6 +49,7 @@ pub const ALL: [&str; 12] = [
     STATS_REACTORS,
     STATS_REQUESTS,
     STORE_INFO,
+    GROUP_STATUS,
 ];
 
 /// One entry of `stats_requests`: how often requests went from one state to another.
@@ -249,6 +252,60 @@ pub struct StoreInfo {
     pub free: u64,
     /// Number of volumes.
     pub volumes: u32,
+}
+
+/// The result of `group_status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// `"single"` (no `group.etcd`) or `"group"`.
+    pub mode: String,
+    /// This peer's name.
+    pub peer: String,
+    /// The elected coordinator, if any.
+    pub coordinator: Option<String>,
+    /// etcd endpoints.
+    pub etcd: Vec<String>,
+    /// `"connected"`, `"unreachable"` (group changes frozen; I/O goes on) or `"none"`.
+    pub etcd_state: String,
+    /// The last etcd error while unreachable.
+    pub etcd_error: String,
+    /// Since when `etcd_state` holds (ms since the Unix epoch).
+    pub etcd_since_ms: u64,
+    /// The etcd revision of the installed view.
+    pub revision: i64,
+    /// Keys under the group's prefix that hold no valid record.
+    pub ignored: Vec<String>,
+    /// Live peers, then peers seen leaving.
+    pub peers: Vec<GroupPeer>,
+}
+
+/// One peer of `group_status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPeer {
+    /// Its name.
+    pub name: String,
+    /// `"live"` (its lease holds) or `"gone"`.
+    pub state: String,
+    /// I/O address hosts use.
+    pub target: String,
+    /// Discovery address.
+    pub discovery: String,
+    /// Peer-link address.
+    pub link: String,
+    /// Seconds since its last keep-alive reached etcd.
+    pub lease_age_s: Option<u64>,
+    /// True for the coordinator.
+    pub coordinator: bool,
+    /// Share of new pages.
+    pub weight: u64,
+    /// Page store data bytes.
+    pub capacity_bytes: u64,
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// The `quire` version it runs.
+    pub version: String,
+    /// When this peer saw it leave (ms since the Unix epoch).
+    pub gone_since_ms: Option<u64>,
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@
 //! | `stats_reactors` | none | `[{reactor, core, connections, polls, busy_polls, sleeps, io_ops, rx_bytes, tx_bytes, rx_copied_bytes, tx_copied_bytes}]` |
 //! | `stats_requests` | none | `[{from, to, count}]` |
 //! | `store_info` | none | `{device, size, used, free, volumes}` |
+//! | `group_status` | none | `{mode, peer, coordinator, etcd: [url], etcd_state, etcd_error, etcd_since_ms, revision, ignored, peers: [{name, state, target, discovery, link, lease_age_s, coordinator, weight, capacity_bytes, used_bytes, version, gone_since_ms}]}` |
 //!
 //! Field meanings:
 //! - `volume_create`: `name` is `[a-z0-9._-]{1,64}` and becomes the subsystem NQN's
@@ -89,6 +90,12 @@
 //!   counted since start, summed over the reactors, the ones that happened only.
 //! - `store_info`: `device` describes the backing device(s); `size`, `used`, `free` in
 //!   bytes; `volumes` is the number of volumes.
+//! - `group_status`: `mode` is `"single"` for a peer without `group.etcd` (then the
+//!   rest is empty) or `"group"`; `etcd_state` is `"connected"` or `"unreachable"`
+//!   (group changes are frozen, I/O goes on; `etcd_error` says why); `revision` is
+//!   the etcd revision of the view shown; `peers` lists the live peers (`state`
+//!   `"live"`, `lease_age_s` the seconds since its last keep-alive reached etcd) and
+//!   the peers this one saw leave (`"gone"`, `gone_since_ms`).
 
 pub mod client;
 pub mod envelope;

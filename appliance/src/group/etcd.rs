@@ -1,0 +1,353 @@
+//! The group agent: the only code that talks to etcd.
+//!
+//! It runs on its own thread, in a single-threaded tokio runtime (the etcd client is
+//! async; the reactors never see it). Its loop:
+//!
+//! 1. **Register**: read the group ([`GroupView`]), [`GroupView::admit`] this peer
+//!    (a clash is fatal at start: the peer exits and says why), revoke the lease of an
+//!    earlier run of this same peer, grant a lease of `group.lease_ttl_s`, and put
+//!    this peer's record under it in a transaction that succeeds only if the key is
+//!    absent (two peers racing for one name cannot both win).
+//! 2. **Campaign**: put the coordinator key under the lease if it is absent (same
+//!    kind of transaction): exactly one live peer holds it; when its lease goes, the
+//!    key goes with it and every peer campaigns again.
+//! 3. **Watch** the group's prefix; every event (and a periodic tick) re-reads the
+//!    prefix and installs the view in [`Membership`] (revision order).
+//! 4. **Keep alive** the lease every third of its TTL. etcd unreachable: the state
+//!    says so (group changes are frozen; I/O goes on), and the agent retries; back,
+//!    it keeps its lease if it is still alive, else registers again.
+//! 5. **Leave** at shutdown: revoke the lease, so that the others see the peer go at
+//!    once instead of a TTL later.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcdv3client::pb;
+use etcdv3client::{EtcdClient, LeaseKeepAliver, Watcher};
+
+use super::keys::{self, PeerRecord};
+use super::view::{Admission, Change, GroupView, Kv, Membership};
+use super::{now_ms, PeerLease, Shared};
+
+/// What the agent needs to know about the group and this peer.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// etcd endpoints.
+    pub endpoints: Vec<String>,
+    /// Lease TTL, seconds.
+    pub lease_ttl_s: u32,
+    /// How long a start-up step may wait for etcd.
+    pub connect_timeout: Duration,
+}
+
+/// An error of the agent: fatal (refuse to join) or transient (etcd unreachable).
+#[derive(Debug)]
+pub enum AgentError {
+    /// The group refuses this peer (name, store or address clash).
+    Refused(String),
+    /// etcd did not answer or failed.
+    Etcd(String),
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentError::Refused(m) | AgentError::Etcd(m) => f.write_str(m),
+        }
+    }
+}
+
+fn etcd_err(what: &str) -> impl Fn(etcdv3client::Error) -> AgentError + '_ {
+    move |e| AgentError::Etcd(format!("{what}: {e}"))
+}
+
+/// Connects to etcd and reads the group once: proof that it answers.
+pub async fn connect(cfg: &AgentConfig) -> Result<EtcdClient, AgentError> {
+    let attempt = async {
+        let mut client = EtcdClient::new(cfg.endpoints.clone(), None).await.map_err(etcd_err("connect"))?;
+        read_group(&mut client).await?;
+        Ok(client)
+    };
+    match tokio::time::timeout(cfg.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(AgentError::Etcd(format!("no answer within {} ms", cfg.connect_timeout.as_millis()))),
+    }
+}
+
+/// The range request for every key under `prefix`.
+fn prefix_range(prefix: &str) -> pb::RangeRequest {
+    let key = prefix.as_bytes().to_vec();
+    let mut end = key.clone();
+    *end.last_mut().expect("a non-empty prefix") += 1;
+    pb::RangeRequest { key, range_end: end, ..Default::default() }
+}
+
+/// Reads the group's keys.
+async fn read_group(client: &mut EtcdClient) -> Result<GroupView, AgentError> {
+    let resp = client.kv.range(prefix_range(keys::ROOT)).await.map_err(etcd_err("read the group"))?;
+    let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+    let kvs =
+        resp.kvs.iter().map(|kv| Kv { key: &kv.key, value: &kv.value, lease: kv.lease, mod_revision: kv.mod_revision });
+    Ok(GroupView::from_kvs(revision, kvs))
+}
+
+/// A transaction that puts `key = value` under `lease` only if `key` does not exist;
+/// true if it did the put.
+async fn put_if_absent(client: &mut EtcdClient, key: &str, value: Vec<u8>, lease: i64) -> Result<bool, AgentError> {
+    let key = key.as_bytes().to_vec();
+    let compare = pb::Compare {
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Create as i32,
+        key: key.clone(),
+        target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+        ..Default::default()
+    };
+    let put = pb::PutRequest { key, value, lease, ..Default::default() };
+    let txn = pb::TxnRequest {
+        compare: vec![compare],
+        success: vec![pb::RequestOp { request: Some(pb::request_op::Request::RequestPut(put)) }],
+        failure: vec![],
+    };
+    Ok(client.kv.txn(txn).await.map_err(etcd_err("transaction"))?.succeeded)
+}
+
+/// The agent's state between turns.
+pub struct Agent {
+    client: EtcdClient,
+    cfg: AgentConfig,
+    shared: Arc<Shared>,
+    me: PeerRecord,
+    membership: Membership,
+    lease: Option<i64>,
+    keeper: Option<LeaseKeepAliver>,
+    watcher: Option<Watcher>,
+    /// The `used_bytes` last published in this peer's record.
+    published_used: u64,
+    last_publish: Instant,
+}
+
+impl Agent {
+    /// An agent for `me`, on a client [`connect`] made.
+    pub fn new(client: EtcdClient, cfg: AgentConfig, shared: Arc<Shared>, me: PeerRecord) -> Agent {
+        let published_used = me.used_bytes;
+        Agent {
+            client,
+            cfg,
+            shared,
+            me,
+            membership: Membership::default(),
+            lease: None,
+            keeper: None,
+            watcher: None,
+            published_used,
+            last_publish: Instant::now(),
+        }
+    }
+
+    /// Registers this peer (step 1 and 2). `Refused` is final.
+    pub async fn register(&mut self) -> Result<(), AgentError> {
+        for _ in 0..8 {
+            let view = read_group(&mut self.client).await?;
+            match view.admit(&self.me) {
+                Admission::Clash(why) => return Err(AgentError::Refused(why)),
+                Admission::Restart { lease } => {
+                    tracing::info!(lease, "taking over the registration of this peer's earlier run");
+                    // An already expired lease is no error: the key is gone with it.
+                    let _ = self.client.lease.revoke(lease).await;
+                }
+                Admission::Fresh => {}
+            }
+            let ttl = i64::from(self.cfg.lease_ttl_s);
+            let lease = self.client.lease.grant(ttl).await.map_err(etcd_err("grant a lease"))?.id;
+            self.me.used_bytes = self.shared.used_bytes();
+            self.me.capacity_bytes = self.shared.capacity_bytes();
+            if put_if_absent(&mut self.client, &keys::peer_key(&self.me.name), self.me.encode(), lease).await? {
+                self.lease = Some(lease);
+                self.published_used = self.me.used_bytes;
+                self.last_publish = Instant::now();
+                self.keeper =
+                    Some(self.client.lease.keep_alive(lease).await.map_err(etcd_err("keep the lease alive"))?);
+                tracing::info!(lease, peer = %self.me.name, "registered in the group");
+                self.campaign().await?;
+                return Ok(());
+            }
+            // Someone registered the name between our read and our put: read again.
+            let _ = self.client.lease.revoke(lease).await;
+        }
+        Err(AgentError::Refused(format!("peer name {:?}: registration raced with another peer 8 times", self.me.name)))
+    }
+
+    /// Claims the coordinator key if nobody holds it.
+    async fn campaign(&mut self) -> Result<(), AgentError> {
+        let Some(lease) = self.lease else { return Ok(()) };
+        if put_if_absent(&mut self.client, keys::COORDINATOR, self.me.name.as_bytes().to_vec(), lease).await? {
+            tracing::info!(peer = %self.me.name, "elected coordinator of the group");
+        }
+        Ok(())
+    }
+
+    /// Re-reads the group, installs the view, campaigns when there is no
+    /// coordinator, registers again when this peer's record is gone.
+    async fn refresh(&mut self) -> Result<(), AgentError> {
+        let view = read_group(&mut self.client).await?;
+        let mine = view.peers.get(&self.me.name).map(|e| e.lease);
+        if self.lease.is_some() && mine != self.lease {
+            // Our record is gone (the lease expired while etcd was away) or another
+            // incarnation took the name.
+            tracing::warn!(peer = %self.me.name, "this peer's registration is gone: registering again");
+            self.lease = None;
+            self.keeper = None;
+            return self.register().await;
+        }
+        let no_coordinator = view.coordinator.is_none();
+        let mut leases = Vec::with_capacity(view.peers.len());
+        for (name, entry) in &view.peers {
+            let info = self.client.lease.get_lease_info(entry.lease, false).await.ok();
+            let age_s = info.filter(|i| i.ttl >= 0).map(|i| u64::try_from(i.granted_ttl - i.ttl).unwrap_or(0));
+            leases.push(PeerLease { name: name.clone(), lease: entry.lease, age_s });
+        }
+        match self.membership.install(view, now_ms()) {
+            Ok(changes) => {
+                for c in changes {
+                    match c {
+                        Change::Joined(p) => tracing::info!(peer = %p, "peer joined the group"),
+                        Change::Left(p) => tracing::warn!(peer = %p, "peer left the group (lease expired or left)"),
+                        Change::Updated(p) => tracing::debug!(peer = %p, "peer record updated"),
+                        Change::Coordinator(c) => tracing::info!(coordinator = ?c, "coordinator changed"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+        self.shared.publish(&self.membership, leases);
+        if no_coordinator {
+            self.campaign().await?;
+        }
+        self.republish_if_changed().await
+    }
+
+    /// Puts this peer's record again when its capacity use changed (at most every 5 s).
+    async fn republish_if_changed(&mut self) -> Result<(), AgentError> {
+        let used = self.shared.used_bytes();
+        let Some(lease) = self.lease else { return Ok(()) };
+        if used == self.published_used || self.last_publish.elapsed() < Duration::from_secs(5) {
+            return Ok(());
+        }
+        self.me.used_bytes = used;
+        self.me.capacity_bytes = self.shared.capacity_bytes();
+        let put = pb::PutRequest {
+            key: keys::peer_key(&self.me.name).into_bytes(),
+            value: self.me.encode(),
+            lease,
+            ..Default::default()
+        };
+        self.client.kv.put(put).await.map_err(etcd_err("update this peer's record"))?;
+        self.published_used = used;
+        self.last_publish = Instant::now();
+        Ok(())
+    }
+
+    /// One keep-alive round trip; false when the lease has expired.
+    async fn keep_alive(&mut self) -> Result<bool, AgentError> {
+        let Some(keeper) = self.keeper.as_mut() else { return Ok(false) };
+        keeper.keep_alive().await.map_err(etcd_err("keep-alive"))?;
+        let answer = tokio::time::timeout(self.cfg.connect_timeout, keeper.message()).await;
+        match answer {
+            Ok(Ok(Some(resp))) => Ok(resp.ttl > 0),
+            Ok(Ok(None)) => Err(AgentError::Etcd("keep-alive stream closed".into())),
+            Ok(Err(e)) => Err(AgentError::Etcd(format!("keep-alive: {e}"))),
+            Err(_) => Err(AgentError::Etcd("keep-alive: no answer".into())),
+        }
+    }
+
+    /// One connected stretch: watch, refresh, keep alive, until an etcd error or
+    /// the stop flag.
+    async fn connected(&mut self) -> Result<(), AgentError> {
+        if self.lease.is_none() {
+            self.register().await?;
+        } else if self.keeper.is_none() {
+            let lease = self.lease.expect("checked");
+            let info = self.client.lease.get_lease_info(lease, false).await.map_err(etcd_err("lease info"))?;
+            if info.ttl > 0 {
+                self.keeper =
+                    Some(self.client.lease.keep_alive(lease).await.map_err(etcd_err("keep the lease alive"))?);
+            } else {
+                tracing::warn!(lease, "this peer's lease expired while etcd was unreachable: registering again");
+                self.lease = None;
+                self.register().await?;
+            }
+        }
+        self.watcher = Some(self.client.watch.watch_prefix(keys::ROOT).await.map_err(etcd_err("watch the group"))?);
+        self.refresh().await?;
+        self.shared.set_etcd_ok();
+        let keep_every = Duration::from_millis(u64::from(self.cfg.lease_ttl_s) * 1000 / 3);
+        let mut keep_tick = tokio::time::interval(keep_every);
+        let mut refresh_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut stop_tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            let watcher = self.watcher.as_mut().expect("set above");
+            tokio::select! {
+                _ = keep_tick.tick() => {
+                    if !self.keep_alive().await? {
+                        tracing::warn!("this peer's lease expired: registering again");
+                        self.lease = None;
+                        self.keeper = None;
+                        self.register().await?;
+                    }
+                }
+                msg = watcher.message() => {
+                    match msg {
+                        Ok(Some(_)) => self.refresh().await?,
+                        Ok(None) => return Err(AgentError::Etcd("watch stream closed".into())),
+                        Err(e) => return Err(AgentError::Etcd(format!("watch: {e}"))),
+                    }
+                }
+                _ = refresh_tick.tick() => self.refresh().await?,
+                _ = stop_tick.tick() => {
+                    if self.shared.stopping() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs until the stop flag: reconnects after every etcd error, then leaves the
+    /// group.
+    pub async fn run(mut self) {
+        let mut backoff = Duration::from_millis(200);
+        while !self.shared.stopping() {
+            match self.connected().await {
+                Ok(()) => break,
+                Err(AgentError::Refused(why)) => {
+                    // A clash found after start (e.g. our lease expired and another
+                    // peer took our name meanwhile): stay out, say so.
+                    tracing::error!("the group refuses this peer: {why}");
+                    self.shared.set_etcd_error(format!("refused: {why}"));
+                }
+                Err(AgentError::Etcd(e)) => {
+                    tracing::warn!("etcd: {e}; group changes are frozen until it is back (I/O goes on)");
+                    self.shared.set_etcd_error(e);
+                }
+            }
+            self.keeper = None;
+            self.watcher = None;
+            let deadline = Instant::now() + backoff;
+            while Instant::now() < deadline && !self.shared.stopping() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            // The connection may be broken for good: make a new one.
+            if let Ok(client) = connect(&self.cfg).await {
+                self.client = client;
+            }
+        }
+        if let Some(lease) = self.lease {
+            let revoke = self.client.lease.revoke(lease);
+            match tokio::time::timeout(Duration::from_secs(1), revoke).await {
+                Ok(Ok(())) => tracing::info!(peer = %self.me.name, "left the group"),
+                _ => tracing::warn!("could not revoke the lease at shutdown: the group sees this peer go a TTL later"),
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! A group of peers: membership through etcd.
+//!
+//! A peer with `group.etcd` set joins a group at start: it registers under an etcd
+//! lease (its liveness), takes part in electing one coordinator, and watches the
+//! group's keys ([`keys`]). The etcd client is async and lives on the group agent's
+//! own thread ([`etcd`]); the control thread reads what the agent knows through
+//! [`Shared`] (a mutex off the I/O path), and the reactors never see any of it.
+//! What the agent decides is plain state in [`view`], tested without etcd.
+//!
+//! Start-up: [`connect`] checks the secret file and that etcd answers (a peer that
+//! cannot reach etcd exits non-zero); once the listeners are bound, [`Joining::join`]
+//! registers (a clashing name, page store or address is refused with the reason) and
+//! starts the agent. At shutdown [`Group::leave`] revokes the lease.
+//!
+//! Not here yet (issue 8 goes on): volumes and page ownership in etcd, placement,
+//! the peer links (and so the secret's use), forwarding, multipath discovery.
+
+pub mod etcd;
+pub mod keys;
+pub mod view;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quire_config::Config;
+
+use crate::rpc::methods as m;
+use etcd::{Agent, AgentConfig, AgentError};
+use keys::PeerRecord;
+use view::Membership;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A live peer's lease as last read: its id and the seconds since its last
+/// keep-alive (`None` when etcd did not say).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerLease {
+    /// The peer.
+    pub name: String,
+    /// Its lease.
+    pub lease: i64,
+    /// Seconds since its last keep-alive.
+    pub age_s: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    etcd_error: Option<String>,
+    /// Since when etcd is reachable / unreachable (ms since the epoch).
+    etcd_since_ms: u64,
+    membership: Membership,
+    leases: Vec<PeerLease>,
+}
+
+/// What the group agent and the control thread share.
+pub struct Shared {
+    me: String,
+    endpoints: Vec<String>,
+    state: Mutex<State>,
+    used: AtomicU64,
+    capacity: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// Shared state of peer `me` in the group at `endpoints`.
+    pub fn new(me: &str, endpoints: &[String]) -> Arc<Shared> {
+        Arc::new(Shared {
+            me: me.to_string(),
+            endpoints: endpoints.to_vec(),
+            state: Mutex::new(State { etcd_since_ms: now_ms(), ..State::default() }),
+            used: AtomicU64::new(0),
+            capacity: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding it leaves plain data behind: still readable.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The page store's capacity and use (the control thread sets it).
+    pub fn set_capacity(&self, capacity_bytes: u64, used_bytes: u64) {
+        self.capacity.store(capacity_bytes, Ordering::Relaxed);
+        self.used.store(used_bytes, Ordering::Relaxed);
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn capacity_bytes(&self) -> u64 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self, membership: &Membership, leases: Vec<PeerLease>) {
+        let mut st = self.state();
+        st.membership = membership.clone();
+        st.leases = leases;
+    }
+
+    fn set_etcd_ok(&self) {
+        let mut st = self.state();
+        if st.etcd_error.take().is_some() {
+            st.etcd_since_ms = now_ms();
+        }
+    }
+
+    fn set_etcd_error(&self, error: String) {
+        let mut st = self.state();
+        if st.etcd_error.is_none() {
+            st.etcd_since_ms = now_ms();
+        }
+        st.etcd_error = Some(error);
+    }
+
+    /// `group_status`.
+    pub fn status(&self) -> m::GroupStatus {
+        let st = self.state();
+        let view = st.membership.view();
+        let lease_of = |name: &str| st.leases.iter().find(|l| l.name == name);
+        let mut peers: Vec<m::GroupPeer> = view
+            .peers
+            .values()
+            .map(|e| {
+                let r = &e.record;
+                m::GroupPeer {
+                    name: r.name.clone(),
+                    state: "live".into(),
+                    target: r.target.clone(),
+                    discovery: r.discovery.clone(),
+                    link: r.link.clone(),
+                    lease_age_s: lease_of(&r.name).and_then(|l| l.age_s),
+                    coordinator: view.coordinator.as_deref() == Some(r.name.as_str()),
+                    weight: r.weight,
+                    capacity_bytes: r.capacity_bytes,
+                    used_bytes: r.used_bytes,
+                    version: r.version.clone(),
+                    gone_since_ms: None,
+                }
+            })
+            .collect();
+        peers.extend(st.membership.gone().values().map(|g| {
+            let r = &g.record;
+            m::GroupPeer {
+                name: r.name.clone(),
+                state: "gone".into(),
+                target: r.target.clone(),
+                discovery: r.discovery.clone(),
+                link: r.link.clone(),
+                lease_age_s: None,
+                coordinator: false,
+                weight: r.weight,
+                capacity_bytes: r.capacity_bytes,
+                used_bytes: r.used_bytes,
+                version: r.version.clone(),
+                gone_since_ms: Some(g.since_ms),
+            }
+        }));
+        m::GroupStatus {
+            mode: "group".into(),
+            peer: self.me.clone(),
+            coordinator: view.coordinator.clone(),
+            etcd: self.endpoints.clone(),
+            etcd_state: if st.etcd_error.is_some() { "unreachable".into() } else { "connected".into() },
+            etcd_error: st.etcd_error.clone().unwrap_or_default(),
+            etcd_since_ms: st.etcd_since_ms,
+            revision: view.revision,
+            ignored: view.ignored.clone(),
+            peers,
+        }
+    }
+}
+
+/// `group_status` of a peer that is not in a group.
+pub fn single_status(me: &str) -> m::GroupStatus {
+    m::GroupStatus {
+        mode: "single".into(),
+        peer: me.to_string(),
+        coordinator: None,
+        etcd: Vec::new(),
+        etcd_state: "none".into(),
+        etcd_error: String::new(),
+        etcd_since_ms: 0,
+        revision: 0,
+        ignored: Vec::new(),
+        peers: Vec::new(),
+    }
+}
+
+/// A peer on its way into the group: etcd answered, the listeners are not up yet.
+pub struct Joining {
+    runtime: tokio::runtime::Runtime,
+    client: etcdv3client::EtcdClient,
+    cfg: AgentConfig,
+}
+
+/// Checks the group configuration that only the machine can check (the secret file)
+/// and that etcd answers.
+pub fn connect(cfg: &Config) -> Result<Joining, String> {
+    let g = &cfg.group;
+    let secret_path = g.secret_file.as_ref().expect("validated: a group has a secret_file");
+    let secret_path = cfg.peer.data_dir.join(secret_path);
+    let secret = std::fs::read(&secret_path)
+        .map_err(|e| format!("group.secret_file {}: cannot read it: {e}", secret_path.display()))?;
+    let len = secret.trim_ascii().len();
+    if len < quire_config::validate::SECRET_LEN_MIN {
+        return Err(format!(
+            "group.secret_file {}: the secret is {len} bytes; at least {} are needed",
+            secret_path.display(),
+            quire_config::validate::SECRET_LEN_MIN
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("group agent runtime: {e}"))?;
+    let agent_cfg = AgentConfig {
+        endpoints: g.etcd.clone(),
+        lease_ttl_s: g.lease_ttl_s,
+        connect_timeout: Duration::from_millis(u64::from(g.connect_timeout_ms)),
+    };
+    let client = runtime
+        .block_on(etcd::connect(&agent_cfg))
+        .map_err(|e| format!("cannot reach etcd at {}: {e}", g.etcd.join(", ")))?;
+    Ok(Joining { runtime, client, cfg: agent_cfg })
+}
+
+impl Joining {
+    /// Registers `me` and starts the agent; refused (clash) or etcd failing: why.
+    pub fn join(self, me: PeerRecord, shared: Arc<Shared>) -> Result<Group, String> {
+        let Joining { runtime, client, cfg } = self;
+        let mut agent = Agent::new(client, cfg, shared.clone(), me);
+        let registered = runtime.block_on(async {
+            match tokio::time::timeout(REGISTER_TIMEOUT, agent.register()).await {
+                Ok(r) => r,
+                Err(_) => Err(AgentError::Etcd(format!("registration took more than {REGISTER_TIMEOUT:?}"))),
+            }
+        });
+        match registered {
+            Ok(()) => {}
+            Err(AgentError::Refused(why)) => return Err(format!("the group refuses this peer: {why}")),
+            Err(AgentError::Etcd(e)) => return Err(format!("cannot register in the group: etcd: {e}")),
+        }
+        let thread = std::thread::Builder::new()
+            .name("quire-group".into())
+            .spawn(move || runtime.block_on(agent.run()))
+            .map_err(|e| format!("group agent thread: {e}"))?;
+        Ok(Group { shared, thread: Some(thread) })
+    }
+}
+
+/// The longest registration at start (a few etcd round trips normally).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A peer in a group: its running agent.
+pub struct Group {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Group {
+    /// What the agent shares.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Leaves the group (revokes the lease) and stops the agent.
+    pub fn leave(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,294 @@
+//! What a peer knows of its group, as plain state without I/O.
+//!
+//! The etcd side ([`super::etcd`]) reads the group's keys and hands them here as a
+//! [`GroupView`] at one etcd revision; [`Membership`] installs views in revision order
+//! (an older one is refused, never applied over a newer one) and says what changed.
+//! [`GroupView::admit`] decides whether a peer may register under its name. Being
+//! free of I/O, all of it runs under tests as it runs in a peer.
+
+use std::collections::BTreeMap;
+
+use super::keys::{self, PeerRecord};
+
+/// One live peer: its record and the etcd facts about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// What it registered.
+    pub record: PeerRecord,
+    /// The lease its record is attached to.
+    pub lease: i64,
+    /// The etcd revision that last wrote its record.
+    pub mod_revision: i64,
+}
+
+/// One key and value of the group's prefix, as etcd returned them.
+#[derive(Clone, Copy, Debug)]
+pub struct Kv<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+    /// The lease the key is attached to (0: none).
+    pub lease: i64,
+    /// The revision of its last write.
+    pub mod_revision: i64,
+}
+
+/// The group at one etcd revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupView {
+    /// The etcd revision the view was read at.
+    pub revision: i64,
+    /// Live peers by name.
+    pub peers: BTreeMap<String, Entry>,
+    /// The coordinator's name, when one is elected.
+    pub coordinator: Option<String>,
+    /// Keys under the group's prefix that hold no valid record, with the reason
+    /// (shown in `quire group status`, never acted upon).
+    pub ignored: Vec<String>,
+}
+
+/// Whether a peer may register, from the view it read first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The name is free.
+    Fresh,
+    /// The name is held by an earlier run of this very peer (same page store), whose
+    /// lease has not expired yet (a restart, e.g. after `kill -9`): take it over.
+    Restart {
+        /// The earlier run's lease, to revoke.
+        lease: i64,
+    },
+    /// Refused: another peer holds the name, the page store or an address.
+    Clash(String),
+}
+
+impl GroupView {
+    /// The view of the keys `kvs` read at `revision`.
+    pub fn from_kvs<'a>(revision: i64, kvs: impl IntoIterator<Item = Kv<'a>>) -> GroupView {
+        let mut view = GroupView { revision, ..GroupView::default() };
+        for kv in kvs {
+            let key = String::from_utf8_lossy(kv.key).into_owned();
+            if key == keys::COORDINATOR {
+                match std::str::from_utf8(kv.value) {
+                    Ok(name) if !name.is_empty() => view.coordinator = Some(name.to_string()),
+                    _ => view.ignored.push(format!("{key}: not a peer name")),
+                }
+                continue;
+            }
+            let Some(name) = keys::peer_of(kv.key) else {
+                view.ignored.push(format!("{key}: not a key of this version"));
+                continue;
+            };
+            match PeerRecord::decode(kv.value) {
+                Ok(record) if record.name == name => {
+                    let entry = Entry { record, lease: kv.lease, mod_revision: kv.mod_revision };
+                    view.peers.insert(name.to_string(), entry);
+                }
+                Ok(record) => view.ignored.push(format!("{key}: names peer {:?}", record.name)),
+                Err(e) => view.ignored.push(format!("{key}: {e}")),
+            }
+        }
+        view
+    }
+
+    /// May `me` register (as read before registering)?
+    pub fn admit(&self, me: &PeerRecord) -> Admission {
+        let mut admission = Admission::Fresh;
+        for (name, entry) in &self.peers {
+            let other = &entry.record;
+            if *name == me.name {
+                if other.store != me.store {
+                    return Admission::Clash(format!(
+                        "peer name {:?} is taken by a live peer at {} (page store {}); peer.name must be unique in the group",
+                        me.name, other.target, other.store
+                    ));
+                }
+                admission = Admission::Restart { lease: entry.lease };
+                continue;
+            }
+            if other.store == me.store {
+                return Admission::Clash(format!(
+                    "page store {} is already served by peer {:?} at {}: two peers on one device",
+                    me.store, name, other.target
+                ));
+            }
+            for (what, mine, theirs) in [
+                ("I/O address", &me.target, &other.target),
+                ("discovery address", &me.discovery, &other.discovery),
+                ("peer-link address", &me.link, &other.link),
+            ] {
+                if mine == theirs {
+                    return Admission::Clash(format!("{what} {mine} is already used by peer {name:?}"));
+                }
+            }
+        }
+        admission
+    }
+}
+
+/// A change [`Membership::install`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A peer appeared.
+    Joined(String),
+    /// A peer's record changed (capacity, weight, a restart).
+    Updated(String),
+    /// A peer's record is gone (its lease expired or it left).
+    Left(String),
+    /// The coordinator is now this peer (or none).
+    Coordinator(Option<String>),
+}
+
+/// A peer that has left, kept for `quire group status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gone {
+    /// Its last record.
+    pub record: PeerRecord,
+    /// When this peer saw it go (ms since the Unix epoch).
+    pub since_ms: u64,
+}
+
+/// The installed view of the group, and the peers that left it.
+#[derive(Clone, Debug, Default)]
+pub struct Membership {
+    view: GroupView,
+    gone: BTreeMap<String, Gone>,
+}
+
+impl Membership {
+    /// The installed view.
+    pub fn view(&self) -> &GroupView {
+        &self.view
+    }
+
+    /// Peers that were in an installed view and are not any more.
+    pub fn gone(&self) -> &BTreeMap<String, Gone> {
+        &self.gone
+    }
+
+    /// Installs `view` (read at `now_ms`) and returns what changed. A view older than
+    /// the installed one is refused with an error and changes nothing.
+    pub fn install(&mut self, view: GroupView, now_ms: u64) -> Result<Vec<Change>, String> {
+        if view.revision < self.view.revision {
+            return Err(format!(
+                "group view of etcd revision {} is older than the installed one ({}): not installed",
+                view.revision, self.view.revision
+            ));
+        }
+        let mut changes = Vec::new();
+        for (name, entry) in &self.view.peers {
+            match view.peers.get(name) {
+                None => {
+                    changes.push(Change::Left(name.clone()));
+                    self.gone.insert(name.clone(), Gone { record: entry.record.clone(), since_ms: now_ms });
+                }
+                Some(new) if new.mod_revision != entry.mod_revision => changes.push(Change::Updated(name.clone())),
+                Some(_) => {}
+            }
+        }
+        for name in view.peers.keys() {
+            if !self.view.peers.contains_key(name) {
+                changes.push(Change::Joined(name.clone()));
+            }
+            self.gone.remove(name);
+        }
+        if view.coordinator != self.view.coordinator {
+            changes.push(Change::Coordinator(view.coordinator.clone()));
+        }
+        self.view = view;
+        Ok(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, store: &str, port: u16) -> PeerRecord {
+        PeerRecord {
+            name: name.into(),
+            store: store.into(),
+            target: format!("127.0.0.1:{port}"),
+            discovery: format!("127.0.0.1:{}", port + 1),
+            link: format!("127.0.0.1:{}", port + 2),
+            weight: 1,
+            capacity_bytes: 1 << 30,
+            used_bytes: 0,
+            started_ms: 0,
+            version: "test".into(),
+        }
+    }
+
+    fn view(revision: i64, peers: &[(&PeerRecord, i64)], coordinator: Option<&str>) -> GroupView {
+        let encoded: Vec<(String, Vec<u8>, i64)> =
+            peers.iter().map(|(r, lease)| (keys::peer_key(&r.name), r.encode(), *lease)).collect();
+        let mut kvs: Vec<Kv<'_>> = encoded
+            .iter()
+            .map(|(k, v, lease)| Kv { key: k.as_bytes(), value: v, lease: *lease, mod_revision: *lease })
+            .collect();
+        if let Some(c) = coordinator {
+            kvs.push(Kv { key: keys::COORDINATOR.as_bytes(), value: c.as_bytes(), lease: 1, mod_revision: 1 });
+        }
+        GroupView::from_kvs(revision, kvs)
+    }
+
+    #[test]
+    fn records_coordinator_and_junk_are_read_apart() {
+        let a = record("a", "s1", 4000);
+        let (key_a, wrong, value) = (keys::peer_key("a"), keys::peer_key("x"), a.encode());
+        let kvs = [
+            Kv { key: key_a.as_bytes(), value: &value, lease: 7, mod_revision: 3 },
+            Kv { key: wrong.as_bytes(), value: &value, lease: 7, mod_revision: 3 },
+            Kv { key: b"/quire/v1/peers/y", value: b"garbage", lease: 0, mod_revision: 4 },
+            Kv { key: b"/quire/v1/other", value: b"", lease: 0, mod_revision: 4 },
+            Kv { key: keys::COORDINATOR.as_bytes(), value: b"a", lease: 7, mod_revision: 5 },
+        ];
+        let v = GroupView::from_kvs(9, kvs);
+        assert_eq!(v.revision, 9);
+        assert_eq!(v.peers.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(v.peers["a"].lease, 7);
+        assert_eq!(v.coordinator.as_deref(), Some("a"));
+        assert_eq!(v.ignored.len(), 3, "{:?}", v.ignored);
+        assert!(v.ignored[0].contains("names peer \"a\""), "{:?}", v.ignored);
+    }
+
+    #[test]
+    fn admission_refuses_every_clash_and_lets_a_restart_in() {
+        let a = record("a", "s1", 4000);
+        let b = record("b", "s2", 5000);
+        let v = view(5, &[(&a, 11), (&b, 12)], Some("a"));
+        assert_eq!(v.admit(&record("c", "s3", 6000)), Admission::Fresh);
+        assert_eq!(v.admit(&a), Admission::Restart { lease: 11 });
+        let msg = |r: &PeerRecord| match v.admit(r) {
+            Admission::Clash(m) => m,
+            other => panic!("admitted {other:?}"),
+        };
+        assert!(msg(&record("a", "s9", 6000)).starts_with("peer name \"a\" is taken by a live peer at 127.0.0.1:4000"));
+        assert!(msg(&record("c", "s2", 6000)).starts_with("page store s2 is already served by peer \"b\""));
+        assert_eq!(msg(&record("c", "s3", 5000)), "I/O address 127.0.0.1:5000 is already used by peer \"b\"");
+        let mut link = record("c", "s3", 6000);
+        link.link = b.link.clone();
+        assert_eq!(msg(&link), "peer-link address 127.0.0.1:5002 is already used by peer \"b\"");
+    }
+
+    #[test]
+    fn membership_reports_joins_leaves_and_refuses_older_views() {
+        let a = record("a", "s1", 4000);
+        let b = record("b", "s2", 5000);
+        let mut m = Membership::default();
+        let changes = m.install(view(3, &[(&a, 1)], Some("a")), 100).unwrap();
+        assert_eq!(changes, [Change::Joined("a".into()), Change::Coordinator(Some("a".into()))]);
+        let changes = m.install(view(5, &[(&a, 1), (&b, 2)], Some("a")), 200).unwrap();
+        assert_eq!(changes, [Change::Joined("b".into())]);
+        let err = m.install(view(4, &[(&a, 1)], Some("a")), 300).unwrap_err();
+        assert!(err.contains("older than the installed one (5)"), "{err}");
+        assert_eq!(m.view().peers.len(), 2, "a refused view changes nothing");
+        let changes = m.install(view(8, &[(&b, 2)], None), 400).unwrap();
+        assert_eq!(changes, [Change::Left("a".into()), Change::Coordinator(None)]);
+        assert_eq!(m.gone()["a"].since_ms, 400);
+        let changes = m.install(view(9, &[(&a, 9), (&b, 2)], Some("b")), 500).unwrap();
+        assert_eq!(changes, [Change::Joined("a".into()), Change::Coordinator(Some("b".into()))]);
+        assert!(m.gone().is_empty(), "a peer that is back is not gone");
+    }
+}
