@@ -25,10 +25,10 @@ use quire_drivers::{BlockDevice, DmaPool};
 
 use crate::cast::usize_from;
 use crate::control::{Control, ControlParts};
+use crate::nvmf::subsystem::{Listener, Registry};
+use crate::nvmf::TargetParams;
 use crate::reactor::msg::control_inbox_capacity;
 use crate::reactor::{ControlMsg, PollMode, Reactor, ReactorParts};
-use crate::target::subsystem::{Listener, Registry};
-use crate::target::TargetParams;
 use crate::volume::store::{Formatting, PageStore, StoreError, META_BUFS};
 
 /// Depth of the page store's own queue pair.

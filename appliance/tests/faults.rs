@@ -532,7 +532,7 @@ fn random_workload_over_a_misbehaving_device() {
         t.stop();
     }
     // Every arrow of the request state machine that the workload can reach, it did.
-    use quire_appliance::target::tcp::req::ReqState;
+    use quire_appliance::nvmf::tcp::req::ReqState;
     let mut missing = Vec::new();
     for from in ReqState::ALL {
         for to in ReqState::ALL {

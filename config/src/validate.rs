@@ -268,7 +268,7 @@ fn in_capsule(size: ByteSize, chunk: ByteSize) -> Result {
 pub const ADMIN_IN_CAPSULE_MAX: u64 = 8192;
 /// Receive-chunk bytes besides a capsule's data: a moved partial header, the
 /// capsule's header and its digest, padding before the data (≤ 255) and the data
-/// digest, with room to spare. `appliance/src/target/tcp/rx.rs` asserts that its
+/// digest, with room to spare. `appliance/src/nvmf/tcp/rx.rs` asserts that its
 /// reserve fits.
 pub const RX_CHUNK_OVERHEAD: u64 = 1024;
 

@@ -20,11 +20,11 @@ use serde_json::{json, Value};
 pub mod outbox;
 
 use crate::cast::sat_u32;
+use crate::nvmf::subsystem::Registry;
 use crate::reactor::stats::{get, VolumeCounters};
 use crate::reactor::{ControlMsg, ReactorHandle, ReactorMsg};
 use crate::rpc::methods as m;
 use crate::rpc::{RpcCall, RpcError};
-use crate::target::subsystem::Registry;
 use crate::volume::routing::{Epoch, PeerId, RoutingTable};
 use crate::volume::store::{PageStore, StoreError};
 use crate::volume::{VolumeId, VolumeView, PAGE_SIZE_DEFAULT};
@@ -467,7 +467,7 @@ impl Control {
     }
 
     fn stats_requests(&self) -> Value {
-        use crate::target::tcp::req::{ReqState, REQ_STATES};
+        use crate::nvmf::tcp::req::{ReqState, REQ_STATES};
         let mut list = Vec::new();
         for (i, from) in ReqState::ALL.iter().enumerate() {
             for (j, to) in ReqState::ALL.iter().enumerate() {

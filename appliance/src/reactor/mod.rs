@@ -27,8 +27,8 @@ use crossbeam_queue::ArrayQueue;
 use mio::{Events, Interest, Poll, Token, Waker};
 use quire_drivers::{IoRequest, PoolShard, QueuePair, SubmitError};
 
-use crate::target::subsystem::Registry;
-use crate::target::tcp::qpair::{ConnState, TcpQpair};
+use crate::nvmf::subsystem::Registry;
+use crate::nvmf::tcp::qpair::{ConnState, TcpQpair};
 use crate::volume::routing::RoutingTable;
 use crate::volume::{VolumeId, VolumeView};
 pub use msg::{ControlMsg, ReactorMsg};

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::target::tcp::req::REQ_STATES;
+use crate::nvmf::tcp::req::REQ_STATES;
 
 /// Per-reactor counters.
 #[derive(Debug, Default)]
@@ -30,7 +30,7 @@ pub struct ReactorStats {
     pub tx_bytes: AtomicU64,
     /// Payload bytes copied in userspace on receive: H2CData payload that arrived in the
     /// receive chunk together with its header, and in-capsule data the device could not
-    /// take where it landed (memory alignment). See `target/tcp/rx.rs`.
+    /// take where it landed (memory alignment). See `nvmf/tcp/rx.rs`.
     pub rx_copied_bytes: AtomicU64,
     /// Payload bytes copied in userspace on send. No send path copies payload today
     /// (C2H data goes out from the requests' own pool buffers with vectored writes,

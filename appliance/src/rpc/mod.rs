@@ -100,14 +100,14 @@
 pub mod client;
 pub mod envelope;
 pub mod methods;
-pub mod server;
+pub mod socket;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use client::{call, ClientError};
-pub use server::{spawn, RpcServerHandle};
+pub use socket::{spawn, RpcServerHandle};
 
 /// JSON-RPC error codes.
 pub mod code {

@@ -8,7 +8,7 @@
 //!
 //! The admin queue is shared by every queue pair (they create and delete their I/O
 //! queues and send Abort through it), so it sits behind a mutex: it is never on the
-//! data path. A reset re-runs the bring-up and bumps [`Controller::generation`]; every
+//! data path. A reset re-runs the bring-up and bumps [`PcieController::generation`]; every
 //! queue pair notices the new generation on its next poll, re-creates its queues and
 //! resubmits what was in flight (see `qpair.rs`).
 
@@ -59,7 +59,7 @@ pub(crate) struct Admin {
 }
 
 /// A controller brought up through VFIO, shared by the device and its queue pairs.
-pub struct Controller {
+pub struct PcieController {
     cap: Cap,
     admin: Mutex<Admin>,
     /// Bumped by every reset; queue pairs compare it with the one they were built in.
@@ -77,9 +77,9 @@ pub struct Controller {
     pci: VfioPci,
 }
 
-impl Controller {
+impl PcieController {
     /// Brings the controller of `pci` up and asks for I/O queues.
-    pub fn start(pci: VfioPci) -> Result<Controller, NvmeError> {
+    pub fn start(pci: VfioPci) -> Result<PcieController, NvmeError> {
         let mmio = pci.bar0().clone();
         let cap = Cap::decode(mmio.read64(regs::CAP));
         if mmio.read32(regs::CSTS) == regs::GONE {
@@ -107,7 +107,7 @@ impl Controller {
         let vs = mmio.read32(regs::VS);
         let version = format!("{}.{}.{}", vs >> 16, (vs >> 8) & 0xff, vs & 0xff);
         tracing::info!(bdf = pci.bdf(), model = %data.model, %version, io_queues, "NVMe controller ready");
-        Ok(Controller {
+        Ok(PcieController {
             cap,
             admin: Mutex::new(admin),
             generation: AtomicU64::new(0),
@@ -297,7 +297,7 @@ impl Controller {
     }
 }
 
-impl Drop for Controller {
+impl Drop for PcieController {
     fn drop(&mut self) {
         if self.failed() {
             return;
@@ -460,9 +460,9 @@ mod tests {
         assert_eq!(io_error(Status::INTERNAL_ERROR), IoError::Media(0x06));
     }
 
-    fn open(cfg: FakeConfig) -> (Arc<FakeController>, Result<Controller, NvmeError>) {
+    fn open(cfg: FakeConfig) -> (Arc<FakeController>, Result<PcieController, NvmeError>) {
         let fake = FakeController::new(cfg);
-        let ctrl = Controller::start(fake.pci());
+        let ctrl = PcieController::start(fake.pci());
         (fake, ctrl)
     }
 
@@ -492,7 +492,7 @@ mod tests {
         let fake = FakeController::new(FakeConfig { cap_to: 1, ..FakeConfig::default() });
         fake.stall_ready(true);
         let t0 = Instant::now();
-        let e = Controller::start(fake.pci()).err().expect("never ready");
+        let e = PcieController::start(fake.pci()).err().expect("never ready");
         let took = t0.elapsed();
         assert!(matches!(e, NvmeError::Timeout("CSTS.RDY = 1 after enable")), "{e}");
         assert!(took >= Duration::from_millis(500), "CAP.TO is 500 ms, gave up after {took:?}");
@@ -503,7 +503,7 @@ mod tests {
     fn a_device_that_is_gone_is_refused_at_once() {
         let fake = FakeController::new(FakeConfig::default());
         fake.vanish();
-        assert!(matches!(Controller::start(fake.pci()), Err(NvmeError::Gone)));
+        assert!(matches!(PcieController::start(fake.pci()), Err(NvmeError::Gone)));
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::block::{BlockDevice, DeviceInfo, QueuePair};
 use crate::dma::DmaPool;
 
 pub use bind::{bind_vfio, current_driver, nvme_functions, BindError, Binding};
-pub use ctrlr::Controller;
+pub use ctrlr::PcieController;
 pub use identify::{ControllerData, NamespaceData};
 pub use qpair::NvmeQueuePair;
 pub use vfio::{VfioError, VfioPci, POOL_IOVA_BASE};
@@ -102,7 +102,7 @@ impl Default for NvmeOptions {
 
 /// A namespace of an NVMe controller driven from userspace.
 pub struct NvmeDevice {
-    ctrl: Arc<Controller>,
+    ctrl: Arc<PcieController>,
     info: DeviceInfo,
     ns: NamespaceData,
     params: qpair::NsParams,
@@ -121,7 +121,7 @@ impl NvmeDevice {
         let iova = pci.map_pool(pool)?;
         let len = pool.region().1;
         pool.set_iova_base(iova);
-        let ctrl = Arc::new(Controller::start(pci)?);
+        let ctrl = Arc::new(PcieController::start(pci)?);
         let ns = ctrl.identify_namespace(opts.nsid)?.ok_or(NvmeError::Namespace(opts.nsid))?;
         if ns.block_size == 0 || ns.metadata_size != 0 {
             return Err(NvmeError::Unsupported("namespace format with metadata or odd block size"));

@@ -31,7 +31,7 @@ use quire_wire::nvme::{opcode, Command, Status};
 
 use crate::block::{Completion, IoError, IoRequest, Op, QueuePair, SubmitError};
 
-use super::ctrlr::{io_error, Controller};
+use super::ctrlr::{io_error, PcieController};
 use super::prp;
 use super::regs;
 use super::ring::Ring;
@@ -109,7 +109,7 @@ pub struct NvmeQueuePair {
     // Fields drop in declaration order: the ring (which maps BAR0 through its doorbells)
     // must go before the controller, whose last reference closes the VFIO device.
     ring: Ring,
-    ctrl: Arc<Controller>,
+    ctrl: Arc<PcieController>,
     /// The controller generation the queues were created in.
     generation: u64,
     ns: NsParams,
@@ -137,7 +137,7 @@ impl NvmeQueuePair {
     /// Builds a queue pair of `entries` SQ/CQ entries on queue `ring.qid()` and creates
     /// its queues on the controller.
     pub fn new(
-        ctrl: Arc<Controller>,
+        ctrl: Arc<PcieController>,
         ring: Ring,
         lists: DmaArea,
         ns: NsParams,

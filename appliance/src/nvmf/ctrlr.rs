@@ -84,7 +84,7 @@ pub struct CtrlrState {
 
 /// One controller.
 #[derive(Debug)]
-pub struct Controller {
+pub struct NvmfController {
     /// Controller ID.
     pub cntlid: u16,
     /// Subsystem NQN.
@@ -111,7 +111,7 @@ pub struct Controller {
     state: Mutex<CtrlrState>,
 }
 
-impl Controller {
+impl NvmfController {
     /// A new, disabled controller.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -124,8 +124,8 @@ impl Controller {
         kato_ms: u32,
         max_io_queues: u16,
         admin_reactor: usize,
-    ) -> Controller {
-        Controller {
+    ) -> NvmfController {
+        NvmfController {
             cntlid,
             subnqn,
             hostnqn,
@@ -300,8 +300,8 @@ impl Controller {
 mod tests {
     use super::*;
 
-    fn ctrlr() -> Controller {
-        Controller::new(1, "s".into(), "h".into(), [0; 16], Some(VolumeId(1)), false, 0, 4, 0)
+    fn ctrlr() -> NvmfController {
+        NvmfController::new(1, "s".into(), "h".into(), [0; 16], Some(VolumeId(1)), false, 0, 4, 0)
     }
 
     #[test]

@@ -32,10 +32,10 @@ use quire_drivers::DmaBuf;
 use quire_wire::tcp::{decode, CommonHeader, DataHeader, Layout, Role, TermError, CH_LEN, DIGEST_LEN, MAX_HEADER_LEN};
 
 use crate::cast::usize_from;
+use crate::nvmf::tcp::qpair::{ConnState, TcpQpair, TRANSIENT_TRANSPORT_ERROR};
+use crate::nvmf::tcp::req::{ReqState, ReqTable};
 use crate::reactor::stats::add;
 use crate::reactor::ReactorCtx;
-use crate::target::tcp::qpair::{ConnState, TcpQpair, TRANSIENT_TRANSPORT_ERROR};
-use crate::target::tcp::req::{ReqState, ReqTable};
 
 /// Most bytes one bulk read brings into the chunk (headers and in-capsule data).
 pub const READ_MAX: usize = 16 << 10;

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use quire_wire::nvme::DISCOVERY_NQN;
 
-use crate::target::ctrlr::Controller;
-use crate::target::TargetParams;
+use crate::nvmf::ctrlr::NvmfController;
+use crate::nvmf::TargetParams;
 use crate::volume::{VolumeId, VolumeInfo};
 
 /// What kind of subsystem.
@@ -67,7 +67,7 @@ pub struct RegistryInner {
     /// Subsystems by NQN.
     pub subsystems: BTreeMap<String, Subsystem>,
     /// Live controllers by controller ID.
-    pub controllers: BTreeMap<u16, Arc<Controller>>,
+    pub controllers: BTreeMap<u16, Arc<NvmfController>>,
     /// Listening addresses.
     pub listeners: Vec<Listener>,
     next_cntlid: u16,
@@ -125,7 +125,7 @@ impl Registry {
     }
 
     /// Removes the subsystem of `volume`; returns the controllers that were in it.
-    pub fn remove_volume(&self, volume: VolumeId) -> Vec<Arc<Controller>> {
+    pub fn remove_volume(&self, volume: VolumeId) -> Vec<Arc<NvmfController>> {
         let mut r = self.lock();
         let nqn = r.subsystems.values().find(|s| s.volume().map(|v| v.id) == Some(volume)).map(|s| s.nqn.clone());
         if let Some(nqn) = nqn {
@@ -154,7 +154,7 @@ impl Registry {
     }
 
     /// The controllers of the subsystem serving `volume`.
-    pub fn controllers_of(&self, volume: VolumeId) -> Vec<Arc<Controller>> {
+    pub fn controllers_of(&self, volume: VolumeId) -> Vec<Arc<NvmfController>> {
         self.lock().controllers.values().filter(|c| c.volume == Some(volume)).cloned().collect()
     }
 }

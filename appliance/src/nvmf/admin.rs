@@ -18,12 +18,12 @@ use quire_wire::nvme::log::{self, AnaGroup, AnaState, DiscoveryEntry, LogPageReq
 use quire_wire::nvme::{opcode, Status, DISCOVERY_NQN};
 
 use crate::cast::{hi32, lo32, usize_from};
+use crate::nvmf::ctrlr::{NvmfController, AER_MAX, ERROR_LOG_MAX};
+use crate::nvmf::subsystem::{Registry, SubsystemKind};
+use crate::nvmf::tcp::qpair::QueueInfo;
+use crate::nvmf::tcp::req::{ReqState, ReqTable};
 use crate::reactor::stats::get;
 use crate::reactor::{ReactorCtx, ReqRef};
-use crate::target::ctrlr::{Controller, AER_MAX, ERROR_LOG_MAX};
-use crate::target::subsystem::{Registry, SubsystemKind};
-use crate::target::tcp::qpair::QueueInfo;
-use crate::target::tcp::req::{ReqState, ReqTable};
 
 /// NVMe version reported in the VS property and Identify Controller (1.4).
 pub const NVME_VERSION: u32 = ident::VER_1_4;
@@ -230,7 +230,7 @@ fn connect_admin(q: &mut QueueInfo, registry: &Registry, cc: &ConnectCmd, data: 
     let Some(cntlid) = Registry::next_cntlid(&mut r) else {
         return Done::err(Status::CONNECT_CONTROLLER_BUSY);
     };
-    let ctrlr = Arc::new(Controller::new(
+    let ctrlr = Arc::new(NvmfController::new(
         cntlid,
         data.subnqn.clone(),
         data.hostnqn.clone(),
@@ -284,7 +284,7 @@ fn connect_io(q: &mut QueueInfo, registry: &Registry, cc: &ConnectCmd, data: &Co
 
 // ----- Admin commands -------------------------------------------------------------------
 
-fn admin(q: &QueueInfo, c: &Controller, reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> Done {
+fn admin(q: &QueueInfo, c: &NvmfController, reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> Done {
     let cmd = reqs.req(idx).cmd;
     match cmd.opcode {
         opcode::ADMIN_IDENTIFY => identify(c, reqs, idx, ctx),
@@ -315,7 +315,7 @@ fn reply(reqs: &mut ReqTable, idx: u16, page: &[u8], want: usize) -> Done {
     Done::ok(0)
 }
 
-fn controller_identity(c: &Controller, ctx: &ReactorCtx) -> ControllerIdentity {
+fn controller_identity(c: &NvmfController, ctx: &ReactorCtx) -> ControllerIdentity {
     let p = &ctx.registry.params;
     let serial = ctx.registry.lock().subsystems.get(&c.subnqn).map(|s| s.serial.clone()).unwrap_or_default();
     let mut id = ControllerIdentity {
@@ -367,7 +367,7 @@ fn controller_identity(c: &Controller, ctx: &ReactorCtx) -> ControllerIdentity {
     id
 }
 
-fn identify(c: &Controller, reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> Done {
+fn identify(c: &NvmfController, reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> Done {
     let cmd = reqs.req(idx).cmd;
     let cns = (cmd.cdw10 & 0xff) as u8;
     let vol = c.volume.and_then(|v| ctx.volumes.get(&v));
@@ -415,7 +415,7 @@ fn identify(c: &Controller, reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx)
     reply(reqs, idx, &page[..], ident::IDENTIFY_DATA_SIZE)
 }
 
-fn get_log_page(q: &QueueInfo, c: &Controller, reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> Done {
+fn get_log_page(q: &QueueInfo, c: &NvmfController, reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> Done {
     let lp = LogPageRequest::from_command(&reqs.req(idx).cmd);
     let data: Vec<u8> = match lp.lid {
         log::LID_DISCOVERY if c.discovery => discovery_log(q, c, ctx),
@@ -466,7 +466,7 @@ fn get_log_page(q: &QueueInfo, c: &Controller, reqs: &mut ReqTable, idx: u16, ct
     reply(reqs, idx, &data[window], usize_from(lp.len_bytes()))
 }
 
-fn smart_log(c: &Controller, ctx: &ReactorCtx) -> log::SmartLog {
+fn smart_log(c: &NvmfController, ctx: &ReactorCtx) -> log::SmartLog {
     let (mut rb, mut wb, mut ro, mut wo, mut errors) = (0u64, 0u64, 0u64, 0u64, 0u64);
     if let Some(v) = c.volume.and_then(|v| ctx.volumes.get(&v)) {
         for counters in v.all_counters.iter() {
@@ -497,7 +497,7 @@ fn smart_log(c: &Controller, ctx: &ReactorCtx) -> log::SmartLog {
     }
 }
 
-fn discovery_log(q: &QueueInfo, c: &Controller, ctx: &ReactorCtx) -> Vec<u8> {
+fn discovery_log(q: &QueueInfo, c: &NvmfController, ctx: &ReactorCtx) -> Vec<u8> {
     let r = ctx.registry.lock();
     let mut entries = Vec::new();
     for (portid, l) in r.listeners.iter().enumerate() {
@@ -535,7 +535,7 @@ fn port_id(index: usize) -> u16 {
     u16::try_from(index).expect("fewer than 65536 listeners")
 }
 
-fn set_features(c: &Controller, f: &FeatureRequest) -> Done {
+fn set_features(c: &NvmfController, f: &FeatureRequest) -> Done {
     if f.save {
         return Done::err(Status::FEATURE_NOT_SAVEABLE.with_dnr());
     }
@@ -584,7 +584,7 @@ fn set_features(c: &Controller, f: &FeatureRequest) -> Done {
     }
 }
 
-fn get_features(c: &Controller, reqs: &mut ReqTable, idx: u16, f: &FeatureRequest) -> Done {
+fn get_features(c: &NvmfController, reqs: &mut ReqTable, idx: u16, f: &FeatureRequest) -> Done {
     let changeable = matches!(
         f.fid,
         feat::FID_NUMBER_OF_QUEUES

@@ -18,14 +18,14 @@ use quire_wire::tcp::{
 };
 
 use crate::cast::usize_from;
+use crate::nvmf::ctrlr::{NvmfController, AER_MAX};
+use crate::nvmf::tcp::req::{ReqState, ReqTable, Xfer};
+use crate::nvmf::tcp::rx::{Rx, RxPhase, ADMIN_IN_CAPSULE_MAX};
+use crate::nvmf::tcp::tx::{AfterSend, Flushed, Tx, TxEntry};
+use crate::nvmf::tcp::zerocopy;
+use crate::nvmf::{admin, io};
 use crate::reactor::stats::add;
 use crate::reactor::{ReactorCtx, ReqRef};
-use crate::target::ctrlr::{Controller, AER_MAX};
-use crate::target::tcp::req::{ReqState, ReqTable, Xfer};
-use crate::target::tcp::rx::{Rx, RxPhase, ADMIN_IN_CAPSULE_MAX};
-use crate::target::tcp::tx::{AfterSend, Flushed, Tx, TxEntry};
-use crate::target::tcp::zerocopy;
-use crate::target::{admin, io};
 use std::os::fd::AsRawFd;
 
 /// Whether new connections send zero-copy.
@@ -75,7 +75,7 @@ pub struct QueueInfo {
     /// Submission queue size (1-based).
     pub sqsize: u16,
     /// The controller once connected.
-    pub ctrlr: Option<Arc<Controller>>,
+    pub ctrlr: Option<Arc<NvmfController>>,
     /// Digests negotiated by ICReq (None before).
     pub digests: Option<Digests>,
     /// Host PDU data alignment from ICReq: C2H data starts at a multiple of
@@ -727,7 +727,7 @@ impl TcpQpair {
         self.maybe_closed(ctx);
     }
 
-    fn deliver_events(&mut self, c: &Controller) {
+    fn deliver_events(&mut self, c: &NvmfController) {
         while !self.q.aers.is_empty() {
             let Some(ev) = c.take_event() else { return };
             let cid = self.q.aers.remove(0);

@@ -18,10 +18,10 @@
 use quire_drivers::{IoError, Op, SubmitError};
 use quire_wire::nvme::{opcode, Status};
 
+use crate::nvmf::tcp::qpair::QueueInfo;
+use crate::nvmf::tcp::req::{ReqState, ReqTable};
 use crate::reactor::stats::add;
 use crate::reactor::{ReactorCtx, ReqRef, VolumeEntry};
-use crate::target::tcp::qpair::QueueInfo;
-use crate::target::tcp::req::{ReqState, ReqTable};
 use crate::volume::split::{split, PARTS_MAX};
 
 /// Write Zeroes: deallocate allowed (CDW12 bit 25).

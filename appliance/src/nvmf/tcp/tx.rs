@@ -18,8 +18,8 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use quire_wire::tcp::HeaderBuf;
 
-use crate::target::tcp::req::ReqTable;
-use crate::target::tcp::zerocopy;
+use crate::nvmf::tcp::req::ReqTable;
+use crate::nvmf::tcp::zerocopy;
 
 /// Most slices handed to one `writev`.
 const IOV_MAX: usize = 128;
@@ -209,7 +209,7 @@ impl Tx {
 
     /// Writes as much as the socket takes; `freed` lists requests whose PDUs are all out
     /// (a request that went out zero-copy may still be referenced by the kernel: see
-    /// [`Request::zc_id`](crate::target::tcp::req::Req::zc_id)).
+    /// [`Request::zc_id`](crate::nvmf::tcp::req::Req::zc_id)).
     pub fn flush(
         &mut self,
         sock: &mut (impl Write + AsRawFd),
