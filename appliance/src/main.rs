@@ -64,7 +64,7 @@ fn main() -> ExitCode {
                 print!("{}", cfg.to_toml());
                 return ExitCode::SUCCESS;
             }
-            init_logging(&cfg.log.level);
+            init_logging(&cfg.log);
             match serve::serve(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -80,8 +80,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+/// Logs go to stderr: plain text (ANSI colours only on a terminal, never in a file or
+/// a pipe) or JSON lines (`log.format`).
+fn init_logging(log: &quire_config::Log) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.format {
+        quire_config::LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        quire_config::LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
 }

@@ -672,21 +672,28 @@ fn print_banner(
     device: &str,
     reactors: usize,
 ) {
+    use std::fmt::Write as _;
     let host = if io.ip().is_unspecified() { "<this host's address>".to_string() } else { io.ip().to_string() };
-    println!(
-        "quire {} serving on {io} (discovery {disc}), {reactors} reactor(s), device: {device}",
-        env!("CARGO_PKG_VERSION")
-    );
+    let mut text = String::new();
+    let version = env!("CARGO_PKG_VERSION");
+    let _ =
+        writeln!(text, "quire {version} serving on {io} (discovery {disc}), {reactors} reactor(s), device: {device}");
     for v in &cfg.volumes {
-        println!("volume {:?}: nqn.2026-11.io.quire:{}", v.name, v.name);
+        let _ = writeln!(text, "volume {:?}: nqn.2026-11.io.quire:{}", v.name, v.name);
     }
-    println!("Connect from a Linux host (nvme-cli):");
-    println!("  nvme discover -t tcp -a {host} -s {}", disc.port());
+    let _ = writeln!(text, "Connect from a Linux host (nvme-cli):");
+    let _ = writeln!(text, "  nvme discover -t tcp -a {host} -s {}", disc.port());
     if let Some(v) = cfg.volumes.first() {
-        println!("  nvme connect -t tcp -a {host} -s {} -n nqn.2026-11.io.quire:{}", io.port(), v.name);
+        let _ = writeln!(text, "  nvme connect -t tcp -a {host} -s {} -n nqn.2026-11.io.quire:{}", io.port(), v.name);
     }
-    println!("Manage: quire --socket {} volume list", socket.display());
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = writeln!(text, "Manage: quire --socket {} volume list", socket.display());
+    // A closed stdout (the shell that started the daemon went away, a reader that
+    // stopped reading) must not take the peer down: `println!` would panic.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = std::io::Write::write_all(&mut out, text.as_bytes()).and_then(|()| std::io::Write::flush(&mut out))
+    {
+        tracing::warn!("cannot print the start-up banner to stdout: {e}");
+    }
 }
 
 /// The data directory a command-line override gives.

@@ -237,11 +237,13 @@ impl Default for Buffers {
 pub struct Log {
     /// A `tracing_subscriber::EnvFilter` directive string.
     pub level: String,
+    /// Plain text lines (colours only on a terminal) or JSON lines.
+    pub format: LogFormat,
 }
 
 impl Default for Log {
     fn default() -> Log {
-        Log { level: "info".to_string() }
+        Log { level: "info".to_string(), format: LogFormat::Text }
     }
 }
 
@@ -379,6 +381,16 @@ macro_rules! keyword_enum {
             }
         }
     };
+}
+
+keyword_enum! {
+    /// How log lines are written.
+    LogFormat {
+        /// Human-readable lines; ANSI colours only when stderr is a terminal.
+        Text = "text",
+        /// One JSON object per line (for log collectors).
+        Json = "json",
+    } expected "\"text\" or \"json\""
 }
 
 keyword_enum! {
