@@ -10,6 +10,7 @@ pub mod cast;
 pub mod cli;
 pub mod control;
 pub mod group;
+pub mod metrics;
 pub mod nvmf;
 pub mod reactor;
 pub mod rpc;

@@ -274,12 +274,19 @@ pub struct Running {
     pub capacity_bytes: u64,
     /// The group agent, in a group; leaves the group first at shutdown.
     group: Option<crate::group::Group>,
+    /// The metrics endpoint, when configured.
+    metrics: Option<crate::metrics::http::MetricsServer>,
 }
 
 impl Running {
     /// The management socket.
     pub fn socket(&self) -> &std::path::Path {
         &self.socket
+    }
+
+    /// The metrics endpoint's address, when it runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(crate::metrics::http::MetricsServer::addr)
     }
 
     /// Asks the peer to stop.
@@ -296,6 +303,8 @@ impl Running {
                 panicked.push("control".to_string());
             }
         }
+        // The control thread that renders scrapes is gone: so is the endpoint.
+        drop(self.metrics.take());
         // Out of the group before the listeners go: the others see this peer leave
         // now rather than a lease TTL later.
         if let Some(g) = self.group.take() {
@@ -525,6 +534,13 @@ fn start_on(
     group: Option<Arc<crate::group::Shared>>,
 ) -> Result<Running, ServeError> {
     let Opened { dev, desc: device_desc, binding, mapped_pool_only, formatting, lock } = opened;
+    let metrics_listener = match &cfg.metrics.listen {
+        Some(listen) => {
+            let addr: SocketAddr = listen.parse().expect("validated: metrics.listen is IP:PORT");
+            Some(crate::metrics::http::MetricsListener::bind(addr).map_err(ServeError::Config)?)
+        }
+        None => None,
+    };
     let mut shards = pool.shards(n);
     let store_shard = if mapped_pool_only {
         let shard = shards[0].split_off(META_BUFS).ok_or_else(|| {
@@ -646,7 +662,7 @@ fn start_on(
         .map_err(|e| ServeError::Io(e.to_string()))?;
     let io_addr = bound.iter().find(|l| !l.discovery).expect("an I/O listener").addr;
     let discovery_addr = bound.iter().find(|l| l.discovery).map(|l| l.addr).unwrap_or(io_addr);
-    Ok(Running {
+    let mut running = Running {
         control_tx,
         control: Some(control),
         reactors: threads,
@@ -661,7 +677,18 @@ fn start_on(
         store_uuid,
         capacity_bytes,
         group: None,
-    })
+        metrics: None,
+    };
+    if let Some(listener) = metrics_listener {
+        match crate::metrics::http::MetricsServer::start(listener, running.control_tx.clone()) {
+            Ok(m) => running.metrics = Some(m),
+            Err(e) => {
+                let _ = running.shutdown();
+                return Err(ServeError::Io(e));
+            }
+        }
+    }
+    Ok(running)
 }
 
 fn print_banner(

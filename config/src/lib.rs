@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Location};
 pub use schema::{
-    Buffers, Config, Device, DeviceKind, DirectIo, Formatting, Group, Log, LogFormat, Peer, PollMode, Reactors, Target,
-    Volume,
+    Buffers, Config, Device, DeviceKind, DirectIo, Formatting, Group, Log, LogFormat, Metrics, Peer, PollMode,
+    Reactors, Target, Volume,
 };
 pub use size::{parse_size, ByteSize};
 

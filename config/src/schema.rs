@@ -33,6 +33,8 @@ pub struct Config {
     pub log: Log,
     /// `[group]`: membership of a group of peers; no `etcd` = a single peer.
     pub group: Group,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: Metrics,
     /// `[[device]]`: backing devices of the page store.
     #[serde(rename = "device")]
     pub devices: Vec<Device>,
@@ -50,6 +52,7 @@ impl Default for Config {
             buffers: Buffers::default(),
             log: Log::default(),
             group: Group::default(),
+            metrics: Metrics::default(),
             devices: vec![Device::default_file()],
             volumes: vec![Volume::demo()],
         }
@@ -169,6 +172,15 @@ impl Default for Target {
             advertise: None,
         }
     }
+}
+
+/// `[metrics]`: a Prometheus text-format endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// `"IP:PORT"` serving `GET /metrics`; `None` (`""`) = off.
+    #[serde(deserialize_with = "empty_as_none", serialize_with = "none_as_empty_string")]
+    pub listen: Option<String>,
 }
 
 /// `[group]`: the peers this one forms a group with, through etcd.

@@ -89,6 +89,10 @@ pub fn validate(config: &Config) -> Result {
     target(&config.target, &config.buffers)?;
     log(&config.log)?;
     group(&config.group)?;
+    if let Some(listen) = &config.metrics.listen {
+        let ok = listen.parse::<std::net::SocketAddr>().is_ok_and(|a| !a.ip().is_multicast());
+        ensure(ok, "metrics.listen", quoted(listen), "\"IP:PORT\" (e.g. \"0.0.0.0:9442\"), or \"\" for off")?;
+    }
     devices(&config.devices, !config.volumes.is_empty())?;
     volumes(&config.volumes)
 }
@@ -733,6 +737,9 @@ mod tests {
         assert!(message.starts_with("target.advertise = \"0.0.0.0\": expected \"IP\" or \"IP:PORT\""), "{message}");
         assert!(invalid(|c| c.target.advertise = Some("host.example".into())).starts_with("target.advertise"));
         valid(|c| c.target.advertise = Some("10.1.2.3".into()));
+        valid(|c| c.metrics.listen = Some("0.0.0.0:9442".into()));
+        let message = invalid(|c| c.metrics.listen = Some("9442".into()));
+        assert!(message.starts_with("metrics.listen = \"9442\": expected \"IP:PORT\""), "{message}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use quire_wire::nvme::Status;
 use serde_json::{json, Value};
 
+mod metrics;
 pub mod outbox;
 
 use crate::cast::sat_u32;
@@ -73,6 +74,7 @@ pub struct Control {
     device: String,
     peer_name: String,
     group: Option<Arc<crate::group::Shared>>,
+    started: std::time::Instant,
     routing: HashMap<VolumeId, Arc<RoutingTable>>,
     counters: HashMap<VolumeId, Arc<[Arc<VolumeCounters>]>>,
     barrier_next: u64,
@@ -94,6 +96,7 @@ impl Control {
             device: parts.device,
             peer_name: parts.peer_name,
             group: parts.group,
+            started: std::time::Instant::now(),
             routing: HashMap::new(),
             counters: HashMap::new(),
             barrier_next: 0,
@@ -354,6 +357,7 @@ impl Control {
             m::STATS_VOLUMES => Ok(self.stats_volumes()),
             m::STATS_REACTORS => Ok(self.stats_reactors()),
             m::STATS_REQUESTS => Ok(self.stats_requests()),
+            m::METRICS => Ok(Value::String(self.metrics_text())),
             m::GROUP_STATUS => Ok(json!(match &self.group {
                 Some(g) => g.status(),
                 None => crate::group::single_status(&self.peer_name),

@@ -410,13 +410,19 @@ impl Reactor {
         let mut iteration: u32 = 0;
         loop {
             let timeout = self.timeout();
-            if timeout != Some(Duration::ZERO) {
+            // A sleep is timed (two clock reads, next to a system call that sleeps);
+            // a busy poll is not.
+            let asleep = (timeout != Some(Duration::ZERO)).then(Instant::now);
+            if asleep.is_some() {
                 add(&self.ctx.stats.sleeps, 1);
             }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::error!("poll failed: {e}");
                 }
+            }
+            if let Some(t) = asleep {
+                add(&self.ctx.stats.sleep_ns, u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
             }
             let mut work = !events.is_empty();
             for ev in events.iter() {

@@ -20,6 +20,9 @@ pub struct ReactorStats {
     pub busy_polls: AtomicU64,
     /// Times the reactor went to sleep (hybrid mode).
     pub sleeps: AtomicU64,
+    /// Time spent asleep in hybrid mode (waiting for a socket, the device or a
+    /// message), ns; the rest of the reactor's life it polled.
+    pub sleep_ns: AtomicU64,
     /// Connections currently served.
     pub connections: AtomicU64,
     /// Host commands completed.
@@ -94,6 +97,49 @@ pub struct VolumeCounters {
     pub other_ops: AtomicU64,
     /// Commands that completed with an error status.
     pub errors: AtomicU64,
+    /// Read command latency, capsule received to response queued.
+    pub read_latency: LatencyHistogram,
+    /// Write command latency, capsule received to response queued.
+    pub write_latency: LatencyHistogram,
+}
+
+/// Buckets of a [`LatencyHistogram`]: upper bounds of 1 µs · 2^k for k = 0..=20
+/// (1 µs to about 1 s), then one for everything slower.
+pub const LATENCY_BUCKETS: usize = 22;
+
+/// The upper bound of latency bucket `k` in µs (`None`: +Inf).
+pub fn latency_bound_us(k: usize) -> Option<u64> {
+    (k + 1 < LATENCY_BUCKETS).then(|| 1u64 << k)
+}
+
+/// A latency histogram with single-writer counters (its reactor records, anyone
+/// reads): a count per bucket (not cumulative) and the sum.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Commands per bucket.
+    pub buckets: [AtomicU64; LATENCY_BUCKETS],
+    /// Sum of the latencies, ns.
+    pub sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// The bucket of a latency of `ns`.
+    pub fn bucket_of(ns: u64) -> usize {
+        let us = ns.div_ceil(1000);
+        if us <= 1 {
+            return 0;
+        }
+        // ceil(log2(us)): the smallest k with us <= 2^k.
+        let k = u64::BITS - (us - 1).leading_zeros();
+        usize::try_from(k).expect("< 64").min(LATENCY_BUCKETS - 1)
+    }
+
+    /// Records one latency.
+    #[inline]
+    pub fn record(&self, ns: u64) {
+        add(&self.buckets[Self::bucket_of(ns)], 1);
+        add(&self.sum_ns, ns);
+    }
 }
 
 /// Adds `n` to a single-writer counter.
@@ -106,4 +152,26 @@ pub fn add(c: &AtomicU64, n: u64) {
 #[inline]
 pub fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_land_in_the_bucket_of_their_upper_bound() {
+        assert_eq!(LatencyHistogram::bucket_of(0), 0);
+        assert_eq!(LatencyHistogram::bucket_of(1000), 0);
+        assert_eq!(LatencyHistogram::bucket_of(1001), 1);
+        assert_eq!(LatencyHistogram::bucket_of(2000), 1);
+        assert_eq!(LatencyHistogram::bucket_of(2001), 2);
+        assert_eq!(LatencyHistogram::bucket_of(1_048_576_000), 20);
+        assert_eq!(LatencyHistogram::bucket_of(1_048_576_001), 21);
+        assert_eq!(LatencyHistogram::bucket_of(u64::MAX), 21);
+        assert_eq!((latency_bound_us(0), latency_bound_us(20), latency_bound_us(21)), (Some(1), Some(1 << 20), None));
+        let h = LatencyHistogram::default();
+        h.record(1500);
+        h.record(3000);
+        assert_eq!((get(&h.buckets[1]), get(&h.buckets[2]), get(&h.sum_ns)), (1, 1, 4500));
+    }
 }

@@ -34,9 +34,11 @@ pub const STATS_REQUESTS: &str = "stats_requests";
 pub const STORE_INFO: &str = "store_info";
 /// `group_status`.
 pub const GROUP_STATUS: &str = "group_status";
+/// `stats_metrics`.
+pub const METRICS: &str = "stats_metrics";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -50,6 +52,7 @@ pub const ALL: [&str; 13] = [
     STATS_REQUESTS,
     STORE_INFO,
     GROUP_STATUS,
+    METRICS,
 ];
 
 /// One entry of `stats_requests`: how often requests went from one state to another.

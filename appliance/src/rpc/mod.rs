@@ -57,6 +57,7 @@
 //! | `stats_reactors` | none | `[{reactor, core, connections, polls, busy_polls, sleeps, io_ops, rx_bytes, tx_bytes, rx_copied_bytes, tx_copied_bytes}]` |
 //! | `stats_requests` | none | `[{from, to, count}]` |
 //! | `store_info` | none | `{device, size, used, free, volumes}` |
+//! | `stats_metrics` | none | the Prometheus text exposition, as one string (what `GET /metrics` serves) |
 //! | `group_status` | none | `{mode, peer, coordinator, etcd: [url], etcd_state, etcd_error, etcd_since_ms, revision, ignored, peers: [{name, state, target, discovery, link, lease_age_s, coordinator, weight, capacity_bytes, used_bytes, version, gone_since_ms}]}` |
 //!
 //! Field meanings:

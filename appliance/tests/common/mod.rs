@@ -191,6 +191,11 @@ page_size = "1M"
         }
     }
 
+    /// The metrics endpoint's address, when the configuration turns it on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(Running::metrics_addr)
+    }
+
     /// Calls a management method; panics on an RPC error.
     pub fn rpc(&self, method: &str, params: Value) -> Value {
         quire_appliance::rpc::client::call(&self.socket, method, params)

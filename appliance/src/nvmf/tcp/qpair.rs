@@ -423,6 +423,15 @@ impl TcpQpair {
         } else if let Some(c) = &self.q.ctrlr {
             c.log_error(self.q.qid.unwrap_or(0), r.cmd.cid, r.status, r.cmd.nsid, r.cmd.slba());
         }
+        if self.q.qid.is_some_and(|q| q > 0) && matches!(r.cmd.opcode, opcode::NVM_READ | opcode::NVM_WRITE) {
+            let volume = self.q.ctrlr.as_ref().and_then(|c| c.volume).and_then(|v| ctx.volumes.get(&v));
+            if let Some(v) = volume {
+                let ns = u64::try_from(r.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let h =
+                    if r.cmd.opcode == opcode::NVM_READ { &v.counters.read_latency } else { &v.counters.write_latency };
+                h.record(ns);
+            }
+        }
         if self.state == ConnState::Draining || self.state == ConnState::Closed || self.state == ConnState::Terminating
         {
             release_buffers(&mut self.reqs, idx, ctx);

@@ -197,6 +197,8 @@ pub struct Req {
     /// after waiting for page allocations or room in the device queue, with nothing
     /// submitted yet; this flag keeps it from being counted twice.
     pub counted: bool,
+    /// When the command's capsule arrived (the start of its latency).
+    pub started: std::time::Instant,
 }
 
 impl Req {
@@ -220,6 +222,7 @@ impl Req {
             ddgst: [0; 4],
             zc_id: None,
             counted: false,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -362,6 +365,7 @@ impl ReqTable {
         r.cursor = 0;
         r.zc_id = None;
         r.counted = false;
+        r.started = std::time::Instant::now();
         r.state = ReqState::New;
         self.transitions[ReqState::Free.index()][ReqState::New.index()] += 1;
         self.counts[ReqState::Free.index()] -= 1;
