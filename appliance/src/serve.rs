@@ -565,6 +565,10 @@ fn start_on(
         max_h2c_data: u32::try_from(t.max_h2c_data.bytes()).expect("validated ≤ max_transfer_size"),
         peer_name: cfg.peer.name.clone(),
         zero_copy_send: t.zero_copy_send,
+        advertise: t.advertise.as_deref().map(|a| match a.parse::<SocketAddr>() {
+            Ok(sa) => (sa.ip(), Some(sa.port())),
+            Err(_) => (a.parse().expect("validated: target.advertise is IP or IP:PORT"), None),
+        }),
     };
     let registry = Arc::new(Registry::new(params));
 

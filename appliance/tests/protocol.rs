@@ -139,6 +139,22 @@ fn discovery_controller_lists_every_volume() {
     assert!(entries.iter().any(|e| e.subnqn == nqn("third")));
 }
 
+#[test]
+fn discovery_tells_hosts_the_advertised_address() {
+    for (advertise, ip, port) in
+        [("192.0.2.7:14420", "192.0.2.7", Some(14420u16)), ("198.51.100.3", "198.51.100.3", None)]
+    {
+        let t = TestTarget::start_with(|c| c.target.advertise = Some(advertise.into()));
+        let mut d = Conn::init(t.discovery_addr, NONE);
+        d.connect_admin(DISCOVERY_NQN, HOSTNQN, 0);
+        d.enable();
+        let (_, entries) = log::parse_discovery_log(&d.get_log(log::LID_DISCOVERY, 0, 0, 8192).ok().data).unwrap();
+        let e = entries.iter().find(|e| e.subnqn == nqn("demo")).expect("demo listed");
+        assert_eq!(e.traddr, ip);
+        assert_eq!(e.trsvcid, port.unwrap_or(t.io_addr.port()).to_string());
+    }
+}
+
 fn round_trips(digests: Digests) {
     let t = TestTarget::start();
     let mut h = Host::connect_with(t.io_addr, "demo", HOSTNQN, digests, 1);

@@ -502,7 +502,11 @@ fn discovery_log(q: &QueueInfo, c: &NvmfController, ctx: &ReactorCtx) -> Vec<u8>
     let mut entries = Vec::new();
     for (portid, l) in r.listeners.iter().enumerate() {
         let ip = if l.addr.ip().is_unspecified() { q.local_ip } else { l.addr.ip() };
-        let addr = ip.to_string();
+        // Behind NAT or port forwarding hosts reach the advertised address; the
+        // advertised port stands for the I/O listener (a discovery listener keeps its
+        // own port).
+        let advertise = ctx.registry.params.advertise;
+        let addr = advertise.map_or(ip, |(a, _)| a).to_string();
         if l.discovery {
             entries.push(DiscoveryEntry::tcp_ipv4(
                 log::SUBTYPE_CURRENT_DISCOVERY,
@@ -513,13 +517,14 @@ fn discovery_log(q: &QueueInfo, c: &NvmfController, ctx: &ReactorCtx) -> Vec<u8>
             ));
             continue;
         }
+        let port = advertise.and_then(|(_, p)| p).unwrap_or(l.addr.port());
         for s in r.subsystems.values() {
             let subtype = match s.kind {
                 SubsystemKind::Discovery => log::SUBTYPE_CURRENT_DISCOVERY,
                 SubsystemKind::Volume(_) if s.allows(&c.hostnqn) => log::SUBTYPE_NVME,
                 SubsystemKind::Volume(_) => continue,
             };
-            let mut e = DiscoveryEntry::tcp_ipv4(subtype, port_id(portid), &addr, l.addr.port(), &s.nqn);
+            let mut e = DiscoveryEntry::tcp_ipv4(subtype, port_id(portid), &addr, port, &s.nqn);
             e.asqsz = ctx.registry.params.max_queue_depth;
             // Hosts may disable SQ flow control on these queues (then reads end with
             // their C2HData PDU alone).

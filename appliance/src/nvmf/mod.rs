@@ -35,6 +35,9 @@ pub struct TargetParams {
     pub peer_name: String,
     /// Send payloads zero-copy (`MSG_ZEROCOPY`) where the kernel allows it.
     pub zero_copy_send: bool,
+    /// `target.advertise`: the address (and, for the I/O listener, the port) the
+    /// discovery log tells hosts instead of the listener's own.
+    pub advertise: Option<(std::net::IpAddr, Option<u16>)>,
 }
 
 impl Default for TargetParams {
@@ -47,6 +50,7 @@ impl Default for TargetParams {
             max_h2c_data: 128 << 10,
             peer_name: "quire-0".into(),
             zero_copy_send: false,
+            advertise: None,
         }
     }
 }
