@@ -8,9 +8,12 @@
 #   * tests/guest/build-initramfs.sh: the guest's initramfs in tests/guest/out/;
 #   * etcd (Debian's etcd-server) for the group tests (tests/tests/group_etcd.rs,
 #     which start their own etcd on free ports; the package's service is not
-#     started in a container, and the tests do not use it).
+#     started in a container, and the tests do not use it);
+#   * Prometheus (Debian's prometheus) for the metrics test
+#     (tests/tests/metrics_prometheus.rs, which starts its own Prometheus on a
+#     free port and temporary storage; the package's service is not relied on).
 #
-# Both steps are idempotent and stamp-checked: when everything is in place
+# All steps are idempotent (stamp- or presence-checked): when everything is in place
 # this takes well under a second.  Only Debian's package mirrors are used.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,11 +24,16 @@ fi
 start=$(date +%s)
 "$REPO/tests/guest/fetch.sh"
 "$REPO/tests/guest/build-initramfs.sh"
-if [ ! -x /usr/bin/etcd ]; then
-  echo "install-test-deps.sh: apt-get install etcd-server" >&2
-  apt=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
+# apt_install BINARY PACKAGE: install Debian's PACKAGE unless BINARY is there
+# (updating the package lists first if there are none, or if the install fails).
+apt_install() {
+  [ -x "$1" ] && return 0
+  echo "install-test-deps.sh: apt-get install $2" >&2
+  local apt=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
   compgen -G "/var/lib/apt/lists/*_Packages*" > /dev/null || "${apt[@]}" update -q >&2
-  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q --no-install-recommends etcd-server >&2 ||
-    { "${apt[@]}" update -q >&2 && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q --no-install-recommends etcd-server >&2; }
-fi
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q --no-install-recommends "$2" >&2 ||
+    { "${apt[@]}" update -q >&2 && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q --no-install-recommends "$2" >&2; }
+}
+apt_install /usr/bin/etcd etcd-server
+apt_install /usr/bin/prometheus prometheus
 echo "install-test-deps.sh: test dependencies ready ($(( $(date +%s) - start ))s)" >&2

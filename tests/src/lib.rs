@@ -42,6 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod etcd;
+pub mod prometheus;
 
 /// The host's `127.0.0.1` as the guest sees it (QEMU user networking).
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
