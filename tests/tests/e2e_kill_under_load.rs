@@ -523,6 +523,13 @@ fn kill9_under_load_loses_no_acknowledged_write() {
     assert!(result.log.contains("PASS kill-under-load.sh"), "{TEST}: no PASS line (seed {seed})");
     let verified = result.marks().iter().filter(|m| m.starts_with("cycle ") && m.contains(" verified:")).count();
     assert_eq!(verified, cycles, "{TEST}: every cycle verified (seed {seed})");
+    // fio (not Quire) may crash on its own error path after EIO; such a cycle cannot
+    // be checked, the guest script allows two and says so.
+    let unchecked = result.marks().iter().filter(|m| m.contains(" verified: NOT CHECKED")).count();
+    if unchecked > 0 {
+        eprintln!("{TEST}: {unchecked} of {cycles} cycles not checked: fio crashed in them (seed {seed})");
+    }
+    assert!(unchecked <= 2, "{TEST}: {unchecked} cycles unchecked (seed {seed})");
 
     // The store holds what was written, and the last process is as clean as the others.
     let vols = run.target.rpc().and_then(|r| r.call("volume_list")).unwrap_or_else(|e| run.die(None, &e));
