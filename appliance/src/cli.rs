@@ -88,6 +88,11 @@ pub enum VolumeCommand {
         /// The volume.
         name: String,
     },
+    /// Which peer owns which pages of a volume (ranges of pages and their owners).
+    Pages {
+        /// The volume.
+        name: String,
+    },
 }
 
 /// `quire subsystem …`.
@@ -270,6 +275,19 @@ const GROUP_PEER_COLUMNS: &[Column] = &[
     column("version", "VERSION", Format::Text),
 ];
 
+const PAGES_FIELDS: &[Column] = &[
+    column("name", "volume", Format::Text),
+    column("pages", "pages", Format::Number),
+    column("page_size", "page size", Format::Bytes),
+    column("epoch", "routing epoch", Format::Number),
+];
+
+const PAGE_RUN_COLUMNS: &[Column] = &[
+    column("first", "FIRST", Format::Number),
+    column("count", "PAGES", Format::Number),
+    column("owner", "OWNER", Format::Text),
+];
+
 const STORE_FIELDS: &[Column] = &[
     column("device", "device", Format::Text),
     column("size", "size", Format::Bytes),
@@ -311,6 +329,9 @@ impl ClientCommand {
             ClientCommand::Volume(VolumeCommand::Delete { name }) => {
                 (methods::VOLUME_DELETE, to_value(&VolumeNameParams { name: name.clone() }))
             }
+            ClientCommand::Volume(VolumeCommand::Pages { name }) => {
+                (methods::VOLUME_PAGES, to_value(&VolumeNameParams { name: name.clone() }))
+            }
             ClientCommand::Subsystem(SubsystemCommand::List) => (methods::SUBSYSTEM_LIST, Value::Null),
             ClientCommand::Subsystem(SubsystemCommand::AllowHost { nqn, host }) => {
                 let params = SubsystemHostParams { nqn: nqn.clone(), host: host.clone() };
@@ -339,6 +360,9 @@ impl ClientCommand {
                 View::Table(VOLUME_COLUMNS)
             }
             ClientCommand::Volume(VolumeCommand::Delete { name }) => View::Done(format!("deleted volume {name}")),
+            ClientCommand::Volume(VolumeCommand::Pages { .. }) => {
+                View::RecordThenTable(PAGES_FIELDS, "runs", PAGE_RUN_COLUMNS)
+            }
             ClientCommand::Subsystem(SubsystemCommand::List) => View::Table(SUBSYSTEM_COLUMNS),
             ClientCommand::Subsystem(SubsystemCommand::AllowHost { nqn, host }) => {
                 View::Done(format!("host {host} may connect to {nqn}"))
@@ -616,10 +640,11 @@ mod tests {
 
     #[test]
     fn every_command_maps_to_its_method() {
-        let cases: [(&[&str], &str, Value); 10] = [
+        let cases: [(&[&str], &str, Value); 11] = [
             (&["volume", "list"], "volume_list", Value::Null),
             (&["volume", "grow", "db", "--size", "20G"], "volume_grow", json!({"name": "db", "size": 20u64 << 30})),
             (&["volume", "delete", "db"], "volume_delete", json!({"name": "db"})),
+            (&["volume", "pages", "db"], "volume_pages", json!({"name": "db"})),
             (&["subsystem", "list"], "subsystem_list", Value::Null),
             (
                 &["subsystem", "allow-host", "nqn.s", "nqn.h"],

@@ -455,6 +455,8 @@ fn peer_record(cfg: &Config, running: &Running) -> crate::group::keys::PeerRecor
         used_bytes: 0,
         started_ms: crate::group::now_ms(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        // Chosen by the group at registration.
+        id: 0,
     }
 }
 
@@ -620,6 +622,9 @@ fn start_on(
 
     let allowed_hosts: HashMap<String, Vec<String>> =
         cfg.volumes.iter().map(|v| (v.name.clone(), v.allowed_hosts.clone())).collect();
+    if let Some(g) = &group {
+        g.set_control(control_tx.clone());
+    }
     let mut control = Control::new(ControlParts {
         store,
         registry: registry.clone(),

@@ -28,6 +28,7 @@ struct PeerSpec<'a> {
     link_port: u16,
     lease_ttl_s: u32,
     secret: &'a Path,
+    weight: u64,
 }
 
 fn config(spec: &PeerSpec<'_>, dir: &Path, port: u16) -> String {
@@ -47,6 +48,7 @@ listen = "127.0.0.1:{link}"
 secret_file = "{secret}"
 lease_ttl_s = {ttl}
 connect_timeout_ms = 3000
+weight = {weight}
 [[device]]
 kind = "file"
 path = "quire.img"
@@ -61,6 +63,7 @@ size = "64M"
         link = spec.link_port,
         secret = spec.secret.display(),
         ttl = spec.lease_ttl_s,
+        weight = spec.weight,
     )
 }
 
@@ -167,6 +170,31 @@ fn one_coordinator(peers: &[&Peer], among: &[&str]) -> String {
     first
 }
 
+/// `quire volume pages NAME`'s pages per owner on `peer` (empty when it has no such
+/// volume).
+fn owners_of(peer: &Peer, volume: &str) -> Vec<(String, u64)> {
+    let pages = cli_json(&peer.socket(), &["volume", "pages", volume]);
+    pages["owners"]
+        .as_array()
+        .map(|os| os.iter().map(|o| (o["owner"].as_str().unwrap().to_string(), o["pages"].as_u64().unwrap())).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until `ok(peer)` holds.
+fn wait_for(peer: &Peer, what: &str, within: Duration, ok: impl Fn(&Peer) -> bool) {
+    let end = deadline(within);
+    while !ok(peer) {
+        assert!(Instant::now() < end, "peer {} did not see {what}; log:\n{}", peer.name, tail(&peer.proc.log(), 30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `quire volume list`'s entry for `volume` on `peer`, or Null.
+fn volume_on(peer: &Peer, volume: &str) -> Value {
+    let list = cli_json(&peer.socket(), &["volume", "list"]);
+    list.as_array().and_then(|vs| vs.iter().find(|v| v["name"] == volume).cloned()).unwrap_or(Value::Null)
+}
+
 fn secret_in(dir: &Path) -> PathBuf {
     let path = dir.join("secret");
     std::fs::write(&path, "a shared secret of the test group\n").unwrap();
@@ -194,6 +222,7 @@ fn three_peers_register_elect_one_coordinator_and_see_peers_die_leave_and_return
         link_port: free_port(),
         lease_ttl_s: ttl,
         secret: &secret,
+        weight: 1,
     };
     let mut peers: Vec<Peer> = ["a", "b", "c"].iter().map(|n| Peer::spawn(&spec(n, 3), &dir.path().join(n))).collect();
     for p in &mut peers {
@@ -248,14 +277,14 @@ fn clashes_missing_secrets_and_an_unreachable_etcd_are_refused_with_the_reason()
     let ep = etcd.endpoint();
     let link = free_port();
     let mut a = Peer::spawn(
-        &PeerSpec { name: "a", etcd: &ep, link_port: link, lease_ttl_s: 5, secret: &secret },
+        &PeerSpec { name: "a", etcd: &ep, link_port: link, lease_ttl_s: 5, secret: &secret, weight: 1 },
         &dir.path().join("a"),
     );
     a.wait_serving();
     wait_all(&[&a], "a live", Duration::from_secs(20), live_are(&["a"]));
 
     let refused = |name: &str, link_port: u16, secret: &Path, etcd: &str, sub: &str| {
-        let spec = PeerSpec { name, etcd, link_port, lease_ttl_s: 5, secret };
+        let spec = PeerSpec { name, etcd, link_port, lease_ttl_s: 5, secret, weight: 1 };
         let mut p = Peer::spawn(&spec, &dir.path().join(sub));
         let (code, log) = p.wait_exit(Duration::from_secs(60));
         assert_eq!(code, Some(1), "{name} in {sub}: {}", tail(&log, 20));
@@ -309,11 +338,20 @@ fn etcd_going_away_freezes_the_group_but_not_the_io() {
         return;
     }
     let ep = etcd.endpoint();
-    let spec =
-        |name: &'static str| PeerSpec { name, etcd: &ep, link_port: free_port(), lease_ttl_s: 5, secret: &secret };
+    let spec = |name: &'static str| PeerSpec {
+        name,
+        etcd: &ep,
+        link_port: free_port(),
+        lease_ttl_s: 5,
+        secret: &secret,
+        weight: 1,
+    };
+    // a alone makes the configured volume, so a owns all of its pages: the I/O below
+    // stays on a (forwarding to other owners is not built yet).
     let mut a = Peer::spawn(&spec("a"), &dir.path().join("a"));
-    let mut b = Peer::spawn(&spec("b"), &dir.path().join("b"));
     a.wait_serving();
+    wait_for(&a, "demo created by a", Duration::from_secs(20), |p| owners_of(p, "demo") == [("a".to_string(), 16)]);
+    let mut b = Peer::spawn(&spec("b"), &dir.path().join("b"));
     b.wait_serving();
     wait_all(&[&a, &b], "a and b live", Duration::from_secs(20), live_are(&["a", "b"]));
 
@@ -336,4 +374,132 @@ fn etcd_going_away_freezes_the_group_but_not_the_io() {
     etcd.restart().expect("restart etcd");
     wait_all(&[&a, &b], "a and b live with etcd back", Duration::from_secs(30), live_are(&["a", "b"]));
     one_coordinator(&[&a, &b], &["a", "b"]);
+}
+
+#[test]
+fn volumes_belong_to_the_group_placed_by_weight_and_changed_from_any_peer() {
+    let _serial = serial();
+    let Some((dir, etcd, secret)) = setup("volumes_belong_to_the_group") else { return };
+    let ep = etcd.endpoint();
+    let spec = |name: &'static str, weight| PeerSpec {
+        name,
+        etcd: &ep,
+        link_port: free_port(),
+        lease_ttl_s: 5,
+        secret: &secret,
+        weight,
+    };
+    let mut peers: Vec<Peer> =
+        [("a", 1), ("b", 1), ("c", 2)].iter().map(|&(n, w)| Peer::spawn(&spec(n, w), &dir.path().join(n))).collect();
+    for p in &mut peers {
+        p.wait_serving();
+    }
+    let all: Vec<&Peer> = peers.iter().collect();
+    wait_all(&all, "a, b and c live", Duration::from_secs(20), live_are(&["a", "b", "c"]));
+
+    // Created through b: 16 pages of 4 MiB over weights 1:1:2.
+    let created = cli_json(&peers[1].socket(), &["volume", "create", "spread", "--size", "64M", "--page-size", "4M"]);
+    assert_eq!(created["name"], "spread", "the creating peer answers with the volume as it serves it: {created}");
+    let expect = vec![("a".to_string(), 4), ("b".to_string(), 4), ("c".to_string(), 8)];
+    for p in &peers {
+        wait_for(p, "spread placed 4/4/8", Duration::from_secs(10), |p| owners_of(p, "spread") == expect);
+    }
+    // One namespace identity and one page map on every peer.
+    let ident = |p: &Peer| {
+        let v = volume_on(p, "spread");
+        (v["id"].clone(), v["uuid"].clone(), v["nguid"].clone(), v["size"].clone())
+    };
+    let first = ident(&peers[0]);
+    assert_eq!(first.3, 64u64 << 20);
+    assert!(peers.iter().all(|p| ident(p) == first), "{:?}", peers.iter().map(ident).collect::<Vec<_>>());
+    let runs = |p: &Peer| cli_json(&p.socket(), &["volume", "pages", "spread"])["runs"].clone();
+    assert!(peers.iter().all(|p| runs(p) == runs(&peers[0])), "every peer routes alike");
+    assert!(runs(&peers[0]).as_array().unwrap().len() >= 8, "pages are interleaved, not in blocks");
+    // A second create of the name, from another peer, is refused.
+    let bin = QuireProcess::bin_path().unwrap();
+    let again = Command::new(&bin)
+        .arg("--socket")
+        .arg(peers[2].socket())
+        .args(["volume", "create", "spread", "--size", "64M"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"), "{}", String::from_utf8_lossy(&again.stderr));
+
+    // Grown through c: the old pages keep their owners, the new ones follow the weights.
+    let before = runs(&peers[0]);
+    let grown = cli_json(&peers[2].socket(), &["volume", "grow", "spread", "--size", "128M"]);
+    assert_eq!(grown["size"], 128u64 << 20, "{grown}");
+    let expect = vec![("a".to_string(), 8), ("b".to_string(), 8), ("c".to_string(), 16)];
+    for p in &peers {
+        wait_for(p, "spread grown", Duration::from_secs(10), |p| {
+            owners_of(p, "spread") == expect && volume_on(p, "spread")["size"] == 128u64 << 20
+        });
+    }
+    let pages = cli_json(&peers[0].socket(), &["volume", "pages", "spread"]);
+    assert_eq!(pages["epoch"], 2, "{pages}");
+    let owner_at = |runs: &Value, page: u64| -> String {
+        let run = runs.as_array().unwrap().iter().find(|r| {
+            let (f, n) = (r["first"].as_u64().unwrap(), r["count"].as_u64().unwrap());
+            (f..f + n).contains(&page)
+        });
+        run.unwrap()["owner"].as_str().unwrap().to_string()
+    };
+    for page in 0..16 {
+        assert_eq!(owner_at(&before, page), owner_at(&pages["runs"], page), "page {page} moved");
+    }
+
+    // c stops; the volume is deleted through a meanwhile; c, back, deletes its copy.
+    let code = peers[2].proc.terminate(Duration::from_secs(20)).and_then(|s| s.code());
+    assert_eq!(code, Some(0), "{}", tail(&peers[2].proc.log(), 20));
+    assert_eq!(cli_json(&peers[0].socket(), &["volume", "delete", "spread"]), true);
+    wait_for(&peers[1], "spread deleted", Duration::from_secs(10), |p| volume_on(p, "spread").is_null());
+    assert!(volume_on(&peers[0], "spread").is_null(), "the deleting peer answers after its own copy is gone");
+    peers[2].restart();
+    wait_for(&peers[2], "spread deleted while away", Duration::from_secs(20), |p| {
+        volume_on(p, "spread").is_null() && !volume_on(p, "demo").is_null()
+    });
+    assert!(peers[2].proc.log().contains("the group deleted this volume"), "{}", tail(&peers[2].proc.log(), 20));
+
+    // A fourth peer joins: a new volume gives it its share; the configured volume
+    // (made once, by whichever peer came first) is served by d too.
+    let mut d = Peer::spawn(&spec("d", 4), &dir.path().join("d"));
+    d.wait_serving();
+    let all: Vec<&Peer> = peers.iter().chain([&d]).collect();
+    wait_all(&all, "d live", Duration::from_secs(20), live_are(&["a", "b", "c", "d"]));
+    wait_for(&d, "demo on d", Duration::from_secs(10), |p| {
+        volume_on(p, "demo")["uuid"] == volume_on(&peers[0], "demo")["uuid"]
+    });
+    cli_json(&d.socket(), &["volume", "create", "four", "--size", "32M", "--page-size", "1M"]);
+    let expect = vec![("a".to_string(), 4), ("b".to_string(), 4), ("c".to_string(), 8), ("d".to_string(), 16)];
+    for p in &all {
+        wait_for(p, "four placed by weight", Duration::from_secs(10), |p| owners_of(p, "four") == expect);
+    }
+    // No data for pages of other peers: I/O to them is refused (Namespace Not Ready,
+    // retryable) until forwarding lands; each peer has space only for what it owns.
+    for p in &all {
+        assert_eq!(volume_on(p, "four")["allocated_pages"], 0, "thin: nothing written yet");
+    }
+    // Page 0 of "four" is d's (the heaviest peer is furthest below its share first).
+    let pages = cli_json(&d.socket(), &["volume", "pages", "four"]);
+    assert_eq!(pages["runs"][0]["owner"], "d", "{pages}");
+    let perf = QuireProcess::bin_path().expect("quire binary").with_file_name("quire-perf");
+    let write_page0 = |p: &Peer| {
+        let trid =
+            format!("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:nqn.2026-11.io.quire:four", p.port);
+        let out = Command::new(&perf)
+            .args(["-q", "1", "-o", "4096", "-w", "write", "-d", "1", "-t", "5", "-r", &trid])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, text) = write_page0(&d);
+    assert!(ok, "the owner serves its page: {text}");
+    assert_eq!(volume_on(&d, "four")["allocated_pages"], 1);
+    let (ok, text) = write_page0(&peers[0]);
+    assert!(!ok && text.contains("failed"), "a peer that does not own the page refuses it: {text}");
+    assert_eq!(volume_on(&peers[0], "four")["allocated_pages"], 0, "and writes nothing of it");
 }

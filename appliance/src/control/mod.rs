@@ -9,7 +9,7 @@
 //! store's quarantine until every reactor has answered a barrier sent after the free,
 //! i.e. until no device I/O that could still address the old mapping is in flight.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use quire_wire::nvme::Status;
 use serde_json::{json, Value};
 
+mod group;
 mod metrics;
 pub mod outbox;
 
@@ -33,7 +34,7 @@ use outbox::Outboxes;
 
 /// Messages handled per batch at most.
 const BATCH_MAX: usize = 4096;
-/// The local peer (single-peer build).
+/// The routing id of a peer outside a group.
 pub const LOCAL_PEER: PeerId = PeerId(0);
 
 /// A barrier in flight.
@@ -82,6 +83,18 @@ pub struct Control {
     quarantine_upto: Option<u64>,
     /// Per reactor: messages its ring could not take yet, in order.
     outboxes: Outboxes,
+    /// This peer's routing id (from the group, else [`LOCAL_PEER`]).
+    me: PeerId,
+    /// Routing ids → peer names (group).
+    peer_names: BTreeMap<u16, String>,
+    /// The group snapshot generation reconciled last.
+    group_applied: u64,
+    /// The last ticket handed to the group agent.
+    group_ticket: u64,
+    /// Who waits for which group change.
+    group_waiters: HashMap<u64, group::Waiter>,
+    /// Warnings already logged (a clash is logged once, not on every snapshot).
+    group_warned: BTreeSet<String>,
 }
 
 impl Control {
@@ -103,37 +116,55 @@ impl Control {
             barrier: None,
             quarantine_upto: None,
             outboxes: Outboxes::new(0),
+            me: LOCAL_PEER,
+            peer_names: BTreeMap::new(),
+            group_applied: 0,
+            group_ticket: 0,
+            group_waiters: HashMap::new(),
+            group_warned: BTreeSet::new(),
         };
         c.outboxes = Outboxes::new(c.reactors.len());
         if let Some(g) = &c.group {
             let cap = c.store.capacity();
             g.set_capacity(cap.total_bytes, cap.used_bytes);
         }
-        for v in c.store.volumes() {
-            c.publish(v);
+        // In a group, volumes are served once the group's snapshot says how
+        // (`group::reconcile`), never with a routing table of this peer's guess.
+        if c.group.is_none() {
+            for v in c.store.volumes() {
+                c.publish(v, None);
+            }
         }
         c
     }
 
-    /// Creates `name` unless it exists (start-up volumes from the configuration).
+    /// Creates `name` unless it exists (start-up volumes from the configuration); in
+    /// a group, in the group, once this peer has registered (errors are logged).
     pub fn ensure_volume(&mut self, name: &str, size: u64, page_size: u64, block_size: u32) -> Result<(), StoreError> {
+        if self.group.is_some() {
+            self.ensure_group_volume(name, size, page_size, block_size);
+            return Ok(());
+        }
         if self.store.volume_by_name(name).is_some() {
             return Ok(());
         }
         let v = self.store.create_volume(name, size, page_size, block_size)?;
         tracing::info!(volume = name, size = v.info.size_bytes(), "volume created");
-        self.publish(v);
+        self.publish(v, None);
         Ok(())
     }
 
-    /// Gives a new or changed volume to the registry and to every reactor.
-    fn publish(&mut self, view: Arc<VolumeView>) {
+    /// Gives a new or changed volume to the registry and to every reactor, with
+    /// `routing` (the group's), else a table where this peer owns every page.
+    fn publish(&mut self, view: Arc<VolumeView>, routing: Option<Arc<RoutingTable>>) {
         let id = view.info.id;
-        let routing = match self.routing.get(&id) {
-            Some(r) if r.len() == view.info.num_pages => r.clone(),
-            Some(r) => Arc::new(r.grown(view.info.num_pages)),
-            None => Arc::new(RoutingTable::all_local(LOCAL_PEER, view.info.num_pages, Epoch(1))),
+        let routing = match (routing, self.routing.get(&id)) {
+            (Some(r), _) => r,
+            (None, Some(r)) if r.len() == view.info.num_pages => r.clone(),
+            (None, Some(r)) => Arc::new(r.grown(view.info.num_pages)),
+            (None, None) => Arc::new(RoutingTable::local_only(self.me, view.info.num_pages, Epoch(1))),
         };
+        assert_eq!(routing.len(), view.info.num_pages, "a routing table covers its volume");
         self.routing.insert(id, routing.clone());
         let counters = self
             .counters
@@ -182,6 +213,7 @@ impl Control {
             if !self.handle_batch(&mut batch) {
                 break;
             }
+            self.group_turn();
             if let Some(g) = &self.group {
                 let cap = self.store.capacity();
                 g.set_capacity(cap.total_bytes, cap.used_bytes);
@@ -209,6 +241,8 @@ impl Control {
                 ControlMsg::Alloc { reactor, volume, page } => allocs.push((reactor, volume, page)),
                 ControlMsg::Free { reactor, volume, page, cookie } => frees.push((reactor, volume, page, cookie)),
                 ControlMsg::BarrierDone { reactor: _, generation } => self.on_barrier_done(generation),
+                // The turn after this batch looks at the group.
+                ControlMsg::GroupWake => {}
                 ControlMsg::Rpc(call) => rpcs.push(call),
                 ControlMsg::Shutdown => stop = true,
             }
@@ -220,6 +254,10 @@ impl Control {
             self.free(&frees);
         }
         for call in rpcs {
+            if self.is_group_call(&call) {
+                self.group_call(call);
+                continue;
+            }
             let result = self.rpc(&call);
             call.respond(result);
         }
@@ -301,7 +339,7 @@ impl Control {
                     )
                     .map_err(store_rpc_error)?;
                 tracing::info!(volume = %p.name, size = v.info.size_bytes(), "volume created");
-                self.publish(v.clone());
+                self.publish(v.clone(), None);
                 Ok(json!(volume_entry(&v)))
             }
             m::VOLUME_LIST => Ok(json!(self.store.volumes().iter().map(|v| volume_entry(v)).collect::<Vec<_>>())),
@@ -316,7 +354,7 @@ impl Control {
                     )));
                 }
                 let v = self.store.grow_volume(id, p.size).map_err(store_rpc_error)?;
-                self.publish(v.clone());
+                self.publish(v.clone(), None);
                 for c in self.registry.controllers_of(id) {
                     c.namespace_changed(1);
                 }
@@ -329,6 +367,10 @@ impl Control {
                 self.delete_volume(id)?;
                 tracing::info!(volume = %p.name, "volume deleted");
                 Ok(json!(true))
+            }
+            m::VOLUME_PAGES => {
+                let p: m::VolumeNameParams = call.params()?;
+                Ok(json!(self.volume_pages(&p.name)?))
             }
             m::SUBSYSTEM_LIST => Ok(self.subsystem_list()),
             m::SUBSYSTEM_ALLOW_HOST | m::SUBSYSTEM_DISALLOW_HOST => {

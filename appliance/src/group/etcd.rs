@@ -16,7 +16,11 @@
 //! 4. **Keep alive** the lease every third of its TTL. etcd unreachable: the state
 //!    says so (group changes are frozen; I/O goes on), and the agent retries; back,
 //!    it keeps its lease if it is still alive, else registers again.
-//! 5. **Leave** at shutdown: revoke the lease, so that the others see the peer go at
+//! 5. **Volume changes** queued by the control thread ([`super::GroupOp`]): each is
+//!    one transaction that compares the revisions it read (the volume's record, the
+//!    volume-id counter), retried on a fresh read when another peer won the race.
+//!    Every re-read publishes a [`super::GroupSnapshot`] for the control thread.
+//! 6. **Leave** at shutdown: revoke the lease, so that the others see the peer go at
 //!    once instead of a TTL later.
 
 use std::sync::Arc;
@@ -25,9 +29,10 @@ use std::time::{Duration, Instant};
 use etcdv3client::pb;
 use etcdv3client::{EtcdClient, LeaseKeepAliver, Watcher};
 
-use super::keys::{self, PeerRecord};
+use super::keys::{self, GroupRecord, PeerRecord};
 use super::view::{Admission, Change, GroupView, Kv, Membership};
-use super::{now_ms, PeerLease, Shared};
+use super::{now_ms, GroupOpKind, GroupSnapshot, PeerLease, Shared};
+use crate::rpc::RpcError;
 
 /// What the agent needs to know about the group and this peer.
 #[derive(Clone, Debug)]
@@ -111,6 +116,36 @@ async fn put_if_absent(client: &mut EtcdClient, key: &str, value: Vec<u8>, lease
     Ok(client.kv.txn(txn).await.map_err(etcd_err("transaction"))?.succeeded)
 }
 
+/// A comparison: `key`'s mod revision equals `revision` (0: the key is absent).
+fn unchanged_since(key: &str, revision: i64) -> pb::Compare {
+    pb::Compare {
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Mod as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(pb::compare::TargetUnion::ModRevision(revision)),
+        ..Default::default()
+    }
+}
+
+fn put_op(key: &str, value: Vec<u8>) -> pb::RequestOp {
+    let put = pb::PutRequest { key: key.as_bytes().to_vec(), value, ..Default::default() };
+    pb::RequestOp { request: Some(pb::request_op::Request::RequestPut(put)) }
+}
+
+fn delete_op(key: &str) -> pb::RequestOp {
+    let del = pb::DeleteRangeRequest { key: key.as_bytes().to_vec(), ..Default::default() };
+    pb::RequestOp { request: Some(pb::request_op::Request::RequestDeleteRange(del)) }
+}
+
+/// Runs `ops` if every comparison holds; true if it did.
+async fn txn(client: &mut EtcdClient, compare: Vec<pb::Compare>, ops: Vec<pb::RequestOp>) -> Result<bool, AgentError> {
+    let txn = pb::TxnRequest { compare, success: ops, failure: vec![] };
+    Ok(client.kv.txn(txn).await.map_err(etcd_err("transaction"))?.succeeded)
+}
+
+/// How often a volume change is tried again after losing a race.
+const OP_ATTEMPTS: usize = 8;
+
 /// The agent's state between turns.
 pub struct Agent {
     client: EtcdClient,
@@ -157,6 +192,8 @@ impl Agent {
                 }
                 Admission::Fresh => {}
             }
+            let Some(id) = self.ensure_identity(&view).await? else { continue };
+            self.me.id = id;
             let ttl = i64::from(self.cfg.lease_ttl_s);
             let lease = self.client.lease.grant(ttl).await.map_err(etcd_err("grant a lease"))?.id;
             self.me.used_bytes = self.shared.used_bytes();
@@ -175,6 +212,30 @@ impl Agent {
             let _ = self.client.lease.revoke(lease).await;
         }
         Err(AgentError::Refused(format!("peer name {:?}: registration raced with another peer 8 times", self.me.name)))
+    }
+
+    /// Makes sure the group has a uuid and this peer a routing id; the id, or `None`
+    /// when a race with another peer means the group must be read again.
+    async fn ensure_identity(&mut self, view: &GroupView) -> Result<Option<u16>, AgentError> {
+        if view.group_uuid.is_none() {
+            let record = GroupRecord { uuid: keys::hex16(&crate::volume::meta::random_uuid()) };
+            let value = serde_json::to_vec(&record).expect("a GroupRecord serializes");
+            if put_if_absent(&mut self.client, keys::GROUP, value, 0).await? {
+                tracing::info!(uuid = %record.uuid, "made the group's uuid");
+            }
+            return Ok(None);
+        }
+        if let Some(id) = view.peer_id(&self.me.name) {
+            return Ok(Some(id));
+        }
+        let id = view
+            .free_peer_id()
+            .ok_or_else(|| AgentError::Refused("the group has 65536 peer ids in use: no routing id left".into()))?;
+        if put_if_absent(&mut self.client, &keys::peer_id_key(id), self.me.name.clone().into_bytes(), 0).await? {
+            tracing::info!(peer = %self.me.name, id, "this peer's routing id in the group");
+            return Ok(Some(id));
+        }
+        Ok(None)
     }
 
     /// Claims the coordinator key if nobody holds it.
@@ -206,6 +267,13 @@ impl Agent {
             let age_s = info.filter(|i| i.ttl >= 0).map(|i| u64::try_from(i.granted_ttl - i.ttl).unwrap_or(0));
             leases.push(PeerLease { name: name.clone(), lease: entry.lease, age_s });
         }
+        self.shared.publish_snapshot(GroupSnapshot {
+            generation: 0,
+            me: view.peer_id(&self.me.name),
+            group_uuid: view.group_uuid,
+            peer_ids: view.peer_ids.clone(),
+            volumes: view.volumes.iter().map(|(n, (r, _))| (n.clone(), r.clone())).collect(),
+        });
         match self.membership.install(view, now_ms()) {
             Ok(changes) => {
                 for c in changes {
@@ -280,6 +348,8 @@ impl Agent {
         self.watcher = Some(self.client.watch.watch_prefix(keys::ROOT).await.map_err(etcd_err("watch the group"))?);
         self.refresh().await?;
         self.shared.set_etcd_ok();
+        // Changes queued while etcd was away or before registration.
+        self.run_ops().await?;
         let keep_every = Duration::from_millis(u64::from(self.cfg.lease_ttl_s) * 1000 / 3);
         let mut keep_tick = tokio::time::interval(keep_every);
         let mut refresh_tick = tokio::time::interval(Duration::from_secs(1));
@@ -303,12 +373,113 @@ impl Agent {
                     }
                 }
                 _ = refresh_tick.tick() => self.refresh().await?,
+                _ = self.shared.ops_ready.notified() => self.run_ops().await?,
                 _ = stop_tick.tick() => {
                     if self.shared.stopping() {
                         return Ok(());
                     }
                 }
             }
+        }
+    }
+
+    /// Runs every queued volume change; an etcd error ends the turn (the change that
+    /// met it is answered with it, the rest wait for etcd).
+    async fn run_ops(&mut self) -> Result<(), AgentError> {
+        while let Some(op) = self.shared.next_op() {
+            match self.execute(&op.kind).await {
+                Ok(Ok(name)) => {
+                    // Read back what was written before answering, so that the control
+                    // thread reconciles it before it replies.
+                    let refreshed = self.refresh().await;
+                    self.shared.answer(op.ticket, Ok(name));
+                    refreshed?;
+                }
+                Ok(Err(e)) => self.shared.answer(op.ticket, Err(e)),
+                Err(e) => {
+                    self.shared.answer(op.ticket, Err(frozen(&e)));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One volume change: the volume's name, a refusal, or an etcd error.
+    async fn execute(&mut self, op: &GroupOpKind) -> Result<Result<String, RpcError>, AgentError> {
+        for _ in 0..OP_ATTEMPTS {
+            let view = read_group(&mut self.client).await?;
+            let (compare, ops) = match op {
+                GroupOpKind::Create { name, num_pages, page_size, block_size } => {
+                    if view.volumes.contains_key(name) {
+                        return Ok(Err(RpcError::already_exists(format!("volume {name:?} exists in the group"))));
+                    }
+                    let r = match view.new_volume(name, *num_pages, *page_size, *block_size) {
+                        Ok(r) => r,
+                        Err(e) => return Ok(Err(RpcError::invalid_state(e))),
+                    };
+                    let next = r.id.checked_add(1).ok_or_else(|| AgentError::Etcd("volume ids exhausted".into()))?;
+                    (
+                        vec![
+                            unchanged_since(&keys::volume_key(name), 0),
+                            unchanged_since(keys::NEXT_VOLUME_ID, view.next_volume_id.1),
+                        ],
+                        vec![
+                            put_op(&keys::volume_key(name), r.encode()),
+                            put_op(keys::NEXT_VOLUME_ID, next.to_string().into_bytes()),
+                        ],
+                    )
+                }
+                GroupOpKind::Grow { name, num_pages } => {
+                    let Some((old, _)) = view.volumes.get(name) else {
+                        return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));
+                    };
+                    if *num_pages <= old.num_pages {
+                        let size = old.num_pages * old.page_size;
+                        return Ok(Err(RpcError::invalid_params(format!(
+                            "the size must exceed the current size {size}"
+                        ))));
+                    }
+                    let (r, revision) = match view.grown_volume(name, *num_pages) {
+                        Ok(g) => g,
+                        Err(e) => return Ok(Err(RpcError::invalid_state(e))),
+                    };
+                    (
+                        vec![unchanged_since(&keys::volume_key(name), revision)],
+                        vec![put_op(&keys::volume_key(name), r.encode())],
+                    )
+                }
+                GroupOpKind::Delete { name } => {
+                    let Some((_, revision)) = view.volumes.get(name) else {
+                        return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));
+                    };
+                    (
+                        vec![unchanged_since(&keys::volume_key(name), *revision)],
+                        vec![delete_op(&keys::volume_key(name))],
+                    )
+                }
+            };
+            if txn(&mut self.client, compare, ops).await? {
+                let name = match op {
+                    GroupOpKind::Create { name, .. }
+                    | GroupOpKind::Grow { name, .. }
+                    | GroupOpKind::Delete { name } => name,
+                };
+                tracing::info!(volume = %name, ?op, "group volume changed");
+                return Ok(Ok(name.clone()));
+            }
+            // Another peer changed the volume (or made one) between our read and our
+            // transaction: read again and decide again.
+        }
+        Ok(Err(RpcError::server_busy(format!(
+            "the change lost {OP_ATTEMPTS} races with other peers' changes; try again"
+        ))))
+    }
+
+    /// Answers every queued change with the etcd error (group changes are frozen).
+    fn refuse_ops(&self, why: &str) {
+        while let Some(op) = self.shared.next_op() {
+            self.shared.answer(op.ticket, Err(frozen(&AgentError::Etcd(why.to_string()))));
         }
     }
 
@@ -332,8 +503,10 @@ impl Agent {
             }
             self.keeper = None;
             self.watcher = None;
+            let why = self.shared.state().etcd_error.clone().unwrap_or_default();
             let deadline = Instant::now() + backoff;
             while Instant::now() < deadline && !self.shared.stopping() {
+                self.refuse_ops(&why);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -350,4 +523,9 @@ impl Agent {
             }
         }
     }
+}
+
+/// The answer to a volume change while etcd fails.
+fn frozen(e: &AgentError) -> RpcError {
+    RpcError::invalid_state(format!("etcd: {e}; group changes are frozen until etcd is back"))
 }

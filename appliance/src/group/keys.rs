@@ -3,12 +3,23 @@
 //! ```text
 //! /quire/v1/peers/<name>     PeerRecord (JSON), attached to the peer's lease
 //! /quire/v1/coordinator      the coordinator's name, attached to its lease
+//! /quire/v1/group            GroupRecord (JSON): the group's uuid, from which every
+//!                            volume's namespace UUID and NGUID derive; permanent
+//! /quire/v1/peer-ids/<n>     the name of the peer whose routing id is n (0..=65535);
+//!                            permanent: a restarted peer keeps its id
+//! /quire/v1/next-volume-id   the next volume id (decimal); permanent, only grows
+//! /quire/v1/volumes/<name>   VolumeRecord (JSON): identity, geometry, page owners,
+//!                            routing epoch; permanent until the volume is deleted
 //! ```
 //!
-//! Everything a peer puts is attached to its lease: a peer that stops (or is cut off
-//! from etcd) disappears from the group when the lease expires, and with it its claim
-//! on the coordinator key. Nothing secret is ever stored here (the group secret stays
-//! in `group.secret_file` on each peer).
+//! What says a peer is alive is attached to its lease: a peer that stops (or is cut
+//! off from etcd) disappears from the group when the lease expires, and with it its
+//! claim on the coordinator key. What describes data (volumes, ids) is permanent and
+//! changed only by transactions that compare the revision they read, so two peers
+//! changing one volume at once cannot both win. Nothing secret is ever stored here
+//! (the group secret stays in `group.secret_file` on each peer).
+
+use base64::Engine as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +29,30 @@ pub const ROOT: &str = "/quire/v1/";
 pub const PEERS: &str = "/quire/v1/peers/";
 /// The coordinator's key.
 pub const COORDINATOR: &str = "/quire/v1/coordinator";
+
+/// The group's record.
+pub const GROUP: &str = "/quire/v1/group";
+/// The prefix of peer routing ids.
+pub const PEER_IDS: &str = "/quire/v1/peer-ids/";
+/// The next volume id.
+pub const NEXT_VOLUME_ID: &str = "/quire/v1/next-volume-id";
+/// The prefix of volume records.
+pub const VOLUMES: &str = "/quire/v1/volumes/";
+
+/// The most pages a volume of a group has: its owners (2 bytes each, base64) fit one
+/// etcd value well below etcd's default request limit of 1.5 MiB. 256 Ki pages are
+/// 1 TiB at the default 4 MiB page size.
+pub const GROUP_PAGES_MAX: u64 = 256 << 10;
+
+/// The key of volume `name`'s record.
+pub fn volume_key(name: &str) -> String {
+    format!("{VOLUMES}{name}")
+}
+
+/// The key of peer routing id `id`.
+pub fn peer_id_key(id: u16) -> String {
+    format!("{PEER_IDS}{id}")
+}
 
 /// The key of peer `name`'s record.
 pub fn peer_key(name: &str) -> String {
@@ -53,6 +88,9 @@ pub struct PeerRecord {
     pub started_ms: u64,
     /// The `quire` version it runs.
     pub version: String,
+    /// Its routing id (`/quire/v1/peer-ids/`), the same across restarts.
+    #[serde(default)]
+    pub id: u16,
 }
 
 impl PeerRecord {
@@ -67,9 +105,123 @@ impl PeerRecord {
     }
 }
 
+/// What the whole group shares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The group's uuid (hex), made by the first peer.
+    pub uuid: String,
+}
+
+/// A volume of the group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// Group-wide id, never reused.
+    pub id: u32,
+    /// Name (the NQN suffix).
+    pub name: String,
+    /// Namespace UUID (hex), the same on every peer.
+    pub uuid: String,
+    /// Namespace NGUID (hex), the same on every peer.
+    pub nguid: String,
+    /// Page size in bytes.
+    pub page_size: u64,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Number of pages.
+    pub num_pages: u64,
+    /// Routing epoch: grows with every change of the owners.
+    pub epoch: u64,
+    /// The owning peer's routing id of each page: u16 little-endian, base64.
+    pub owners: String,
+}
+
+impl VolumeRecord {
+    /// The record as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a VolumeRecord always serializes")
+    }
+
+    /// A stored record, or why it is not one (also when it does not hold together).
+    pub fn decode(value: &[u8]) -> Result<VolumeRecord, String> {
+        let r: VolumeRecord = serde_json::from_slice(value).map_err(|e| format!("not a volume record: {e}"))?;
+        let owners = r.owner_ids()?;
+        if owners.len() as u64 != r.num_pages {
+            return Err(format!("volume record {:?}: {} owners for {} pages", r.name, owners.len(), r.num_pages));
+        }
+        parse_hex16(&r.uuid)
+            .ok_or_else(|| format!("volume record {:?}: uuid {:?} is not 32 hex digits", r.name, r.uuid))?;
+        parse_hex16(&r.nguid)
+            .ok_or_else(|| format!("volume record {:?}: nguid {:?} is not 32 hex digits", r.name, r.nguid))?;
+        Ok(r)
+    }
+
+    /// The owners, one routing id per page.
+    pub fn owner_ids(&self) -> Result<Vec<u16>, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.owners)
+            .map_err(|e| format!("volume record {:?}: owners: {e}", self.name))?;
+        if bytes.len() % 2 != 0 {
+            return Err(format!("volume record {:?}: owners: odd length {}", self.name, bytes.len()));
+        }
+        Ok(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
+    }
+
+    /// Encodes `owners` into the record.
+    pub fn set_owners(&mut self, owners: &[u16]) {
+        let bytes: Vec<u8> = owners.iter().flat_map(|o| o.to_le_bytes()).collect();
+        self.owners = base64::engine::general_purpose::STANDARD.encode(bytes);
+        self.num_pages = owners.len() as u64;
+    }
+}
+
+/// 16 bytes as 32 hex digits.
+pub fn hex16(b: &[u8; 16]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 32 hex digits as 16 bytes.
+pub fn parse_hex16(s: &str) -> Option<[u8; 16]> {
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volume_records_round_trip_and_refuse_what_does_not_hold_together() {
+        let mut r = VolumeRecord {
+            id: 3,
+            name: "db".into(),
+            uuid: hex16(&[0xab; 16]),
+            nguid: hex16(&[0x01; 16]),
+            page_size: 4 << 20,
+            block_size: 4096,
+            num_pages: 0,
+            epoch: 1,
+            owners: String::new(),
+        };
+        r.set_owners(&[0, 1, 2, 65535]);
+        assert_eq!(r.num_pages, 4);
+        assert_eq!(VolumeRecord::decode(&r.encode()), Ok(r.clone()));
+        assert_eq!(r.owner_ids().unwrap(), [0, 1, 2, 65535]);
+        let mut short = r.clone();
+        short.num_pages = 5;
+        assert!(VolumeRecord::decode(&short.encode()).unwrap_err().contains("4 owners for 5 pages"));
+        let mut bad = r.clone();
+        bad.uuid = "xyz".into();
+        assert!(VolumeRecord::decode(&bad.encode()).unwrap_err().contains("not 32 hex digits"));
+        assert_eq!(parse_hex16(&hex16(&[7; 16])), Some([7; 16]));
+        assert_eq!(volume_key("db"), "/quire/v1/volumes/db");
+        assert_eq!(peer_id_key(4), "/quire/v1/peer-ids/4");
+    }
 
     #[test]
     fn keys_and_records_round_trip() {
@@ -88,6 +240,7 @@ mod tests {
             used_bytes: 0,
             started_ms: 1,
             version: "0.1.0".into(),
+            id: 2,
         };
         assert_eq!(PeerRecord::decode(&r.encode()), Ok(r));
         assert!(PeerRecord::decode(b"{}").unwrap_err().starts_with("not a peer record"));

@@ -12,13 +12,22 @@
 //! registers (a clashing name, page store or address is refused with the reason) and
 //! starts the agent. At shutdown [`Group::leave`] revokes the lease.
 //!
-//! Not here yet (issue 8 goes on): volumes and page ownership in etcd, placement,
-//! the peer links (and so the secret's use), forwarding, multipath discovery.
+//! Volumes: the group's volumes, their identity and their page owners live in etcd
+//! ([`keys::VolumeRecord`]). Volume changes (create, grow, delete, from any peer's
+//! management socket) go from the control thread to the agent as [`GroupOp`]s (a
+//! bounded queue: full, the call is refused as busy); the agent turns each into an
+//! etcd transaction that compares the revision it read, then re-reads the group. What
+//! it reads, it publishes as a [`GroupSnapshot`]; the control thread reconciles the
+//! page store and the reactors' routing tables with it (`control::group`).
+//!
+//! Not here yet (issue 8 goes on): the peer links (and so the secret's use),
+//! forwarding, multipath discovery, holding I/O for a peer that is down.
 
 pub mod etcd;
 pub mod keys;
 pub mod view;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +36,7 @@ use quire_config::Config;
 
 use crate::rpc::methods as m;
 use etcd::{Agent, AgentConfig, AgentError};
-use keys::PeerRecord;
+use keys::{PeerRecord, VolumeRecord};
 use view::Membership;
 
 /// Milliseconds since the Unix epoch.
@@ -48,6 +57,61 @@ pub struct PeerLease {
     pub age_s: Option<u64>,
 }
 
+/// What the group says about volumes, as last read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    /// Bumped whenever the rest changes.
+    pub generation: u64,
+    /// This peer's routing id, once registered.
+    pub me: Option<u16>,
+    /// The group's uuid.
+    pub group_uuid: Option<[u8; 16]>,
+    /// Routing ids → peer names.
+    pub peer_ids: BTreeMap<u16, String>,
+    /// The group's volumes by name.
+    pub volumes: BTreeMap<String, VolumeRecord>,
+}
+
+/// A volume change the control thread asks the agent for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupOpKind {
+    /// Create a volume of `num_pages` pages (geometry checked).
+    Create {
+        /// Name.
+        name: String,
+        /// Pages.
+        num_pages: u64,
+        /// Page size.
+        page_size: u64,
+        /// Block size.
+        block_size: u32,
+    },
+    /// Grow a volume to `num_pages` pages.
+    Grow {
+        /// Name.
+        name: String,
+        /// New page count.
+        num_pages: u64,
+    },
+    /// Delete a volume.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+/// A queued volume change and the ticket its answer comes back under.
+#[derive(Clone, Debug)]
+pub struct GroupOp {
+    /// Chosen by the control thread.
+    pub ticket: u64,
+    /// What to do.
+    pub kind: GroupOpKind,
+}
+
+/// Volume changes queued at most (more are refused as busy).
+pub const GROUP_OPS_MAX: usize = 64;
+
 #[derive(Default)]
 struct State {
     etcd_error: Option<String>,
@@ -55,6 +119,10 @@ struct State {
     etcd_since_ms: u64,
     membership: Membership,
     leases: Vec<PeerLease>,
+    snapshot: GroupSnapshot,
+    ops: VecDeque<GroupOp>,
+    /// Answers: ticket → the volume's name, or the error.
+    done: Vec<(u64, Result<String, crate::rpc::RpcError>)>,
 }
 
 /// What the group agent and the control thread share.
@@ -65,6 +133,9 @@ pub struct Shared {
     used: AtomicU64,
     capacity: AtomicU64,
     stop: AtomicBool,
+    generation: AtomicU64,
+    ops_ready: tokio::sync::Notify,
+    control: Mutex<Option<crossbeam_channel::Sender<crate::reactor::ControlMsg>>>,
 }
 
 impl Shared {
@@ -77,7 +148,72 @@ impl Shared {
             used: AtomicU64::new(0),
             capacity: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            ops_ready: tokio::sync::Notify::new(),
+            control: Mutex::new(None),
         })
+    }
+
+    /// Where the agent wakes the control thread when answers are ready.
+    pub fn set_control(&self, tx: crossbeam_channel::Sender<crate::reactor::ControlMsg>) {
+        *self.control.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+    }
+
+    fn wake_control(&self) {
+        let tx = self.control.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(tx) = tx {
+            // A full channel: the control thread looks at the answers on its next
+            // turn anyway (every 50 ms at most); the wake-up only saves the wait.
+            let _ = tx.try_send(crate::reactor::ControlMsg::GroupWake);
+        }
+    }
+
+    /// The generation of the last published snapshot (cheap; no lock).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The last published snapshot.
+    pub fn snapshot(&self) -> GroupSnapshot {
+        self.state().snapshot.clone()
+    }
+
+    /// Publishes what the agent read about volumes; a new generation only if it changed.
+    fn publish_snapshot(&self, mut snap: GroupSnapshot) {
+        let mut st = self.state();
+        snap.generation = st.snapshot.generation;
+        if snap != st.snapshot {
+            snap.generation += 1;
+            self.generation.store(snap.generation, Ordering::Release);
+            st.snapshot = snap;
+        }
+    }
+
+    /// Queues a volume change for the agent; false when the queue is full.
+    pub fn submit(&self, op: GroupOp) -> bool {
+        {
+            let mut st = self.state();
+            if st.ops.len() >= GROUP_OPS_MAX {
+                return false;
+            }
+            st.ops.push_back(op);
+        }
+        self.ops_ready.notify_one();
+        true
+    }
+
+    fn next_op(&self) -> Option<GroupOp> {
+        self.state().ops.pop_front()
+    }
+
+    fn answer(&self, ticket: u64, result: Result<String, crate::rpc::RpcError>) {
+        self.state().done.push((ticket, result));
+        self.wake_control();
+    }
+
+    /// The answers ready for the control thread.
+    pub fn take_answers(&self) -> Vec<(u64, Result<String, crate::rpc::RpcError>)> {
+        std::mem::take(&mut self.state().done)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use super::keys::{self, PeerRecord};
+use super::keys::{self, GroupRecord, PeerRecord, VolumeRecord};
+use crate::volume::placement::{self, Candidate};
+use crate::volume::routing::PeerId;
 
 /// One live peer: its record and the etcd facts about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +45,14 @@ pub struct GroupView {
     pub peers: BTreeMap<String, Entry>,
     /// The coordinator's name, when one is elected.
     pub coordinator: Option<String>,
+    /// The group's uuid, once the first peer made it.
+    pub group_uuid: Option<[u8; 16]>,
+    /// Peer routing ids → names (permanent).
+    pub peer_ids: BTreeMap<u16, String>,
+    /// The next volume id and the revision that wrote it (0, 0 when absent).
+    pub next_volume_id: (u32, i64),
+    /// Volumes by name, with the revision that last wrote each.
+    pub volumes: BTreeMap<String, (VolumeRecord, i64)>,
     /// Keys under the group's prefix that hold no valid record, with the reason
     /// (shown in `quire group status`, never acted upon).
     pub ignored: Vec<String>,
@@ -76,6 +86,39 @@ impl GroupView {
                 }
                 continue;
             }
+            if key == keys::GROUP {
+                match serde_json::from_slice::<GroupRecord>(kv.value).ok().and_then(|g| keys::parse_hex16(&g.uuid)) {
+                    Some(uuid) => view.group_uuid = Some(uuid),
+                    None => view.ignored.push(format!("{key}: not a group record")),
+                }
+                continue;
+            }
+            if key == keys::NEXT_VOLUME_ID {
+                match std::str::from_utf8(kv.value).ok().and_then(|v| v.parse::<u32>().ok()) {
+                    Some(next) => view.next_volume_id = (next, kv.mod_revision),
+                    None => view.ignored.push(format!("{key}: not a volume id")),
+                }
+                continue;
+            }
+            if let Some(id) = key.strip_prefix(keys::PEER_IDS) {
+                match (id.parse::<u16>(), std::str::from_utf8(kv.value)) {
+                    (Ok(id), Ok(name)) if !name.is_empty() => {
+                        view.peer_ids.insert(id, name.to_string());
+                    }
+                    _ => view.ignored.push(format!("{key}: not a peer id")),
+                }
+                continue;
+            }
+            if let Some(name) = key.strip_prefix(keys::VOLUMES) {
+                match VolumeRecord::decode(kv.value) {
+                    Ok(r) if r.name == name => {
+                        view.volumes.insert(name.to_string(), (r, kv.mod_revision));
+                    }
+                    Ok(r) => view.ignored.push(format!("{key}: names volume {:?}", r.name)),
+                    Err(e) => view.ignored.push(format!("{key}: {e}")),
+                }
+                continue;
+            }
             let Some(name) = keys::peer_of(kv.key) else {
                 view.ignored.push(format!("{key}: not a key of this version"));
                 continue;
@@ -90,6 +133,73 @@ impl GroupView {
             }
         }
         view
+    }
+
+    /// The routing id of peer `name`, if it has one (the lowest, should a race
+    /// have given it two).
+    pub fn peer_id(&self, name: &str) -> Option<u16> {
+        self.peer_ids.iter().find(|(_, n)| n.as_str() == name).map(|(&id, _)| id)
+    }
+
+    /// The lowest routing id nobody holds.
+    pub fn free_peer_id(&self) -> Option<u16> {
+        (0..=u16::MAX).find(|id| !self.peer_ids.contains_key(id))
+    }
+
+    /// The live peers that take new pages, by routing id.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.peers
+            .values()
+            .filter_map(|e| {
+                let id = self.peer_id(&e.record.name)?;
+                Some(Candidate { peer: PeerId(id), weight: e.record.weight })
+            })
+            .collect()
+    }
+
+    /// The record of a new volume `name` of `num_pages` pages (geometry already
+    /// checked), placed over the live peers; the id is the next free one.
+    pub fn new_volume(
+        &self,
+        name: &str,
+        num_pages: u64,
+        page_size: u64,
+        block_size: u32,
+    ) -> Result<VolumeRecord, String> {
+        let group_uuid = self.group_uuid.ok_or("the group has no uuid yet")?;
+        if self.volumes.contains_key(name) {
+            return Err(format!("volume {name:?} exists"));
+        }
+        check_group_pages(num_pages)?;
+        let id = self.next_volume_id.0.max(1);
+        let owners = placement::place(&[], num_pages, &self.candidates()).map_err(|e| e.to_string())?;
+        let (uuid, nguid) = crate::volume::meta::derive_ids(&group_uuid, id);
+        let mut r = VolumeRecord {
+            id,
+            name: name.to_string(),
+            uuid: keys::hex16(&uuid),
+            nguid: keys::hex16(&nguid),
+            page_size,
+            block_size,
+            num_pages,
+            epoch: 1,
+            owners: String::new(),
+        };
+        r.set_owners(&owners.iter().map(|p| p.0).collect::<Vec<_>>());
+        Ok(r)
+    }
+
+    /// The record of volume `name` grown to `num_pages`, the new pages placed over the
+    /// live peers, with the revision the change must compare against.
+    pub fn grown_volume(&self, name: &str, num_pages: u64) -> Result<(VolumeRecord, i64), String> {
+        let (old, revision) = self.volumes.get(name).ok_or_else(|| format!("no volume named {name:?}"))?;
+        check_group_pages(num_pages)?;
+        let existing: Vec<PeerId> = old.owner_ids()?.into_iter().map(PeerId).collect();
+        let owners = placement::place(&existing, num_pages, &self.candidates()).map_err(|e| e.to_string())?;
+        let mut r = old.clone();
+        r.set_owners(&owners.iter().map(|p| p.0).collect::<Vec<_>>());
+        r.epoch += 1;
+        Ok((r, *revision))
     }
 
     /// May `me` register (as read before registering)?
@@ -125,6 +235,16 @@ impl GroupView {
         }
         admission
     }
+}
+
+fn check_group_pages(num_pages: u64) -> Result<(), String> {
+    if num_pages > keys::GROUP_PAGES_MAX {
+        return Err(format!(
+            "{num_pages} pages: a volume of a group holds at most {} pages for now (its page owners are one etcd value)",
+            keys::GROUP_PAGES_MAX
+        ));
+    }
+    Ok(())
 }
 
 /// A change [`Membership::install`] reports.
@@ -217,6 +337,7 @@ mod tests {
             used_bytes: 0,
             started_ms: 0,
             version: "test".into(),
+            id: 0,
         }
     }
 
@@ -242,6 +363,8 @@ mod tests {
             Kv { key: wrong.as_bytes(), value: &value, lease: 7, mod_revision: 3 },
             Kv { key: b"/quire/v1/peers/y", value: b"garbage", lease: 0, mod_revision: 4 },
             Kv { key: b"/quire/v1/other", value: b"", lease: 0, mod_revision: 4 },
+            Kv { key: b"/quire/v1/peer-ids/2", value: b"a", lease: 0, mod_revision: 2 },
+            Kv { key: b"/quire/v1/next-volume-id", value: b"4", lease: 0, mod_revision: 6 },
             Kv { key: keys::COORDINATOR.as_bytes(), value: b"a", lease: 7, mod_revision: 5 },
         ];
         let v = GroupView::from_kvs(9, kvs);
@@ -251,6 +374,41 @@ mod tests {
         assert_eq!(v.coordinator.as_deref(), Some("a"));
         assert_eq!(v.ignored.len(), 3, "{:?}", v.ignored);
         assert!(v.ignored[0].contains("names peer \"a\""), "{:?}", v.ignored);
+        assert_eq!(v.peer_id("a"), Some(2));
+        assert_eq!(v.free_peer_id(), Some(0));
+        assert_eq!(v.next_volume_id, (4, 6));
+    }
+
+    #[test]
+    fn new_and_grown_volumes_are_placed_over_the_live_peers_by_weight() {
+        let mut a = record("a", "s1", 4000);
+        let mut b = record("b", "s2", 5000);
+        a.weight = 1;
+        b.weight = 3;
+        let mut v = view(5, &[(&a, 11), (&b, 12)], Some("a"));
+        assert!(v.new_volume("db", 8, 4 << 20, 4096).unwrap_err().contains("no uuid"));
+        v.group_uuid = Some([9; 16]);
+        // Peers without a routing id take no pages.
+        assert!(v.new_volume("db", 8, 4 << 20, 4096).unwrap_err().contains("no live peer"));
+        v.peer_ids.insert(0, "a".into());
+        v.peer_ids.insert(1, "b".into());
+        v.peer_ids.insert(2, "gone".into());
+        v.next_volume_id = (7, 30);
+        let r = v.new_volume("db", 8, 4 << 20, 4096).unwrap();
+        assert_eq!((r.id, r.epoch, r.num_pages), (7, 1, 8));
+        let owners = r.owner_ids().unwrap();
+        assert_eq!(owners.iter().filter(|&&o| o == 0).count(), 2);
+        assert_eq!(owners.iter().filter(|&&o| o == 1).count(), 6);
+        let (uuid, nguid) = crate::volume::meta::derive_ids(&[9; 16], 7);
+        assert_eq!((r.uuid.as_str(), r.nguid.as_str()), (keys::hex16(&uuid).as_str(), keys::hex16(&nguid).as_str()));
+        assert!(v.new_volume("db", keys::GROUP_PAGES_MAX + 1, 4 << 20, 4096).unwrap_err().contains("at most"));
+
+        v.volumes.insert("db".into(), (r.clone(), 31));
+        assert!(v.new_volume("db", 8, 4 << 20, 4096).unwrap_err().contains("exists"));
+        let (g, revision) = v.grown_volume("db", 12).unwrap();
+        assert_eq!((revision, g.epoch, g.num_pages, g.id), (31, 2, 12, 7));
+        assert_eq!(&g.owner_ids().unwrap()[..8], &owners[..], "grown: the old pages keep their owners");
+        assert!(v.grown_volume("nope", 12).unwrap_err().contains("no volume named"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! NVM command execution: Read, Write, Flush, Write Zeroes, Dataset Management.
 //!
-//! A command is checked (controller enabled, namespace, LBA range, transfer length),
+//! A command is checked (controller enabled, namespace, LBA range, transfer length,
+//! and in a group that this peer owns every page it touches: see `check_owned`),
 //! then split at page boundaries ([`crate::volume::split`]). Each part goes to the
 //! page's slot on this peer's device, pointing the device at the part's slice of the
 //! request's pool buffers (no copy). Pages never written read as zeroes without a device
@@ -83,6 +84,7 @@ fn check_and_run(
         opcode::NVM_READ | opcode::NVM_WRITE => {
             let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
             check_range(slba, nlb, info.num_blocks())?;
+            check_owned(vol, slba, nlb)?;
             let len = nlb * bs;
             let r = reqs.req_mut(idx);
             if len != u64::from(r.data_len) {
@@ -121,6 +123,7 @@ fn check_and_run(
         opcode::NVM_WRITE_ZEROES => {
             let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
             check_range(slba, nlb, info.num_blocks())?;
+            check_owned(vol, slba, nlb)?;
             if !std::mem::replace(&mut reqs.req_mut(idx).counted, true) {
                 add(&vol.counters.other_ops, 1);
             }
@@ -130,6 +133,21 @@ fn check_and_run(
         }
         opcode::NVM_DATASET_MANAGEMENT => dataset_management(reqs, idx, rref, vol_id, ctx),
         _ => Err(Status::INVALID_OPCODE.with_dnr()),
+    }
+}
+
+/// Refuses I/O that touches a page another peer owns. Forwarding to the owner is
+/// not built yet (issue 8 goes on): until it is, such I/O is answered Namespace Not
+/// Ready without DNR, a status hosts retry, and never with data from the wrong peer.
+fn check_owned(vol: &VolumeEntry, slba: u64, nlb: u64) -> Result<(), Status> {
+    if nlb == 0 {
+        return Ok(());
+    }
+    let bpp = vol.view.info.blocks_per_page();
+    if vol.routing.all_local(slba / bpp, (slba + nlb - 1) / bpp) {
+        Ok(())
+    } else {
+        Err(Status::NAMESPACE_NOT_READY)
     }
 }
 
@@ -370,6 +388,7 @@ fn dataset_management(
         let nlb = u64::from(quire_wire::get_u32(c, 4));
         let slba = quire_wire::get_u64(c, 8);
         check_range(slba, nlb, num_blocks)?;
+        check_owned(vol, slba, nlb)?;
         parsed.push((slba, nlb));
     }
     for (slba, nlb) in parsed {

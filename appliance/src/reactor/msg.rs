@@ -109,6 +109,9 @@ pub enum ControlMsg {
         /// Generation.
         generation: u64,
     },
+    /// The group agent has answers or a new snapshot (a hint: the control thread
+    /// also looks on every turn).
+    GroupWake,
     /// A management call.
     Rpc(crate::rpc::RpcCall),
     /// Stop everything.

@@ -2,7 +2,7 @@
 //! answering a single request or a batch.
 //!
 //! This is the part of the protocol that does not depend on sockets, so it is kept
-//! apart from [`super::server`] and tested on plain values. The rules, from the
+//! apart from [`super::socket`] and tested on plain values. The rules, from the
 //! JSON-RPC 2.0 specification: a request is an object with `"jsonrpc": "2.0"`, a string
 //! `method`, optional `params` that is an object or an array, and an optional `id` that
 //! is a string, a number or null. Without `id` it is a notification and gets no

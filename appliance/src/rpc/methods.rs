@@ -36,9 +36,11 @@ pub const STORE_INFO: &str = "store_info";
 pub const GROUP_STATUS: &str = "group_status";
 /// `stats_metrics`.
 pub const METRICS: &str = "stats_metrics";
+/// `volume_pages`.
+pub const VOLUME_PAGES: &str = "volume_pages";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -53,6 +55,7 @@ pub const ALL: [&str; 14] = [
     STORE_INFO,
     GROUP_STATUS,
     METRICS,
+    VOLUME_PAGES,
 ];
 
 /// One entry of `stats_requests`: how often requests went from one state to another.
@@ -133,6 +136,43 @@ pub struct VolumeEntry {
     pub uuid: String,
     /// Namespace NGUID, 32 hex digits.
     pub nguid: String,
+}
+
+/// `volume_pages`: which peer owns which pages of a volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumePages {
+    /// The volume.
+    pub name: String,
+    /// Its routing epoch (grows with every change of owners).
+    pub epoch: u64,
+    /// Bytes per page.
+    pub page_size: u64,
+    /// Number of pages.
+    pub pages: u64,
+    /// Consecutive pages with one owner, in page order.
+    pub runs: Vec<PageRun>,
+    /// Pages per owner.
+    pub owners: Vec<OwnerPages>,
+}
+
+/// Pages `first .. first + count` owned by `owner`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    /// First page.
+    pub first: u64,
+    /// Pages.
+    pub count: u64,
+    /// The owning peer's name.
+    pub owner: String,
+}
+
+/// How many pages of a volume a peer owns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerPages {
+    /// The peer's name.
+    pub owner: String,
+    /// Pages it owns.
+    pub pages: u64,
 }
 
 /// One entry of `subsystem_list`.

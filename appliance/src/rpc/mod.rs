@@ -22,7 +22,7 @@
 //! Method names are SPDK-style `noun_verb` in snake case; `params` is an object.
 //!
 //! # Who does what
-//! [`server`] owns the socket: it frames and checks requests and forwards each one to
+//! [`socket`] owns the socket: it frames and checks requests and forwards each one to
 //! the control thread as an [`RpcCall`] on a channel, then waits for the reply on the
 //! call's own channel and writes it back. It knows no method: the control thread
 //! dispatches on [`RpcCall::method`] (the names are in [`methods`]), reads its
@@ -198,6 +198,11 @@ impl RpcError {
     /// [`code::NO_SPACE`].
     pub fn no_space(message: impl Into<String>) -> RpcError {
         RpcError::new(code::NO_SPACE, message)
+    }
+
+    /// [`code::SERVER_BUSY`].
+    pub fn server_busy(message: impl Into<String>) -> RpcError {
+        RpcError::new(code::SERVER_BUSY, message)
     }
 
     /// [`code::INVALID_STATE`].

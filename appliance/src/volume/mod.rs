@@ -14,6 +14,7 @@
 pub mod alloc;
 pub mod meta;
 pub mod pages;
+pub mod placement;
 pub mod routing;
 pub mod split;
 pub mod store;

@@ -3,9 +3,10 @@
 //! Every reactor holds its own immutable copy (`Arc<RoutingTable>`). The control
 //! plane builds a new version and sends it to each reactor by message; a reactor swaps
 //! its `Arc` between two I/Os, and the old version is freed when the last reactor has
-//! dropped it (read-copy-update, with the `Arc` count as the grace period). In this
-//! single-peer build every page is owned by the local peer; the group issue adds
-//! remote owners, forwarding and stale-epoch handling on top of the same lookup.
+//! dropped it (read-copy-update, with the `Arc` count as the grace period). A single
+//! peer owns every page; in a group the owners come from the volume's record in etcd
+//! ([`crate::group::keys::VolumeRecord`]), placed by [`super::placement`]. Two bytes
+//! per page, looked up by index in constant time.
 
 use crate::cast::usize_from;
 
@@ -39,8 +40,24 @@ pub struct RoutingTable {
 
 impl RoutingTable {
     /// A table where `local` owns all `num_pages` pages.
-    pub fn all_local(local: PeerId, num_pages: u64, epoch: Epoch) -> RoutingTable {
+    pub fn local_only(local: PeerId, num_pages: u64, epoch: Epoch) -> RoutingTable {
         RoutingTable { epoch, local, owners: vec![local; usize_from(num_pages)].into_boxed_slice() }
+    }
+
+    /// The table of `owners` (one per page) as seen from peer `local`.
+    pub fn from_owners(local: PeerId, owners: Vec<PeerId>, epoch: Epoch) -> RoutingTable {
+        RoutingTable { epoch, local, owners: owners.into_boxed_slice() }
+    }
+
+    /// The owner of every page.
+    pub fn owners(&self) -> &[PeerId] {
+        &self.owners
+    }
+
+    /// True when this peer owns every page of `[first, last]`.
+    #[inline]
+    pub fn all_local(&self, first: u64, last: u64) -> bool {
+        self.owners[usize_from(first)..=usize_from(last)].iter().all(|&o| o == self.local)
     }
 
     /// The next version with `num_pages` pages; new pages go to `local`.
@@ -79,11 +96,22 @@ mod tests {
 
     #[test]
     fn all_local_routes_locally_and_grows_with_a_new_epoch() {
-        let t = RoutingTable::all_local(PeerId(3), 4, Epoch(7));
+        let t = RoutingTable::local_only(PeerId(3), 4, Epoch(7));
+        assert!(t.all_local(0, 3));
         assert_eq!(t.route(3), Route::Local);
         let g = t.grown(10);
         assert_eq!(g.len(), 10);
         assert_eq!(g.epoch, Epoch(8));
         assert_eq!(g.route(9), Route::Local);
+    }
+
+    #[test]
+    fn remote_owners_route_away() {
+        let t = RoutingTable::from_owners(PeerId(1), vec![PeerId(1), PeerId(2), PeerId(1)], Epoch(3));
+        assert_eq!(t.route(0), Route::Local);
+        assert_eq!(t.route(1), Route::Remote(PeerId(2)));
+        assert!(t.all_local(0, 0) && t.all_local(2, 2));
+        assert!(!t.all_local(0, 1) && !t.all_local(1, 2));
+        assert_eq!(std::mem::size_of::<PeerId>(), 2, "two bytes of routing state per page");
     }
 }

@@ -164,6 +164,17 @@ pub enum StoreError {
 /// Result of this module.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A volume's identity when the group chose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeIdentity {
+    /// Group-wide id.
+    pub id: u32,
+    /// Namespace UUID.
+    pub uuid: [u8; 16],
+    /// Namespace NGUID.
+    pub nguid: [u8; 16],
+}
+
 /// Space on the device's data region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
@@ -1077,31 +1088,60 @@ impl PageStore {
         page_size: u64,
         block_size: u32,
     ) -> Result<Arc<VolumeView>> {
+        self.create_volume_with(name, size_bytes, page_size, block_size, None)
+    }
+
+    /// Creates a volume of a group: its id, UUID and NGUID are the group's (the same on
+    /// every peer), not this store's.
+    pub fn create_group_volume(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        page_size: u64,
+        block_size: u32,
+        identity: VolumeIdentity,
+    ) -> Result<Arc<VolumeView>> {
+        self.create_volume_with(name, size_bytes, page_size, block_size, Some(identity))
+    }
+
+    fn create_volume_with(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        page_size: u64,
+        block_size: u32,
+        identity: Option<VolumeIdentity>,
+    ) -> Result<Arc<VolumeView>> {
         self.check_alive()?;
         check_name(name).map_err(|e| invalid("name", format!("{name:?}"), e))?;
         if self.volume_by_name(name).is_some() {
             return Err(StoreError::NameTaken(name.to_owned()));
         }
-        if !page_size.is_power_of_two() || !(PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&page_size) {
-            return Err(invalid(
-                "page_size",
-                page_size,
-                format!("a power of two from {PAGE_SIZE_MIN} (64 KiB) to {PAGE_SIZE_MAX} (1 GiB)"),
-            ));
-        }
+        let num_pages = volume_geometry(size_bytes, page_size, block_size)?;
         let device_block = self.info.block_size;
-        if !(block_size == 512 || block_size == 4096) || block_size < device_block {
+        if block_size < device_block {
             return Err(invalid(
                 "block_size",
                 block_size,
                 format!("512 or 4096, and at least the device's block size {device_block}"),
             ));
         }
-        let num_pages = size_to_pages(size_bytes, page_size, block_size)?;
         let pos = self.table.iter().position(Option::is_none).ok_or(StoreError::TooManyVolumes)?;
-        let id = self.sb.next_volume_id;
-        let next = id.checked_add(1).ok_or(StoreError::TooManyVolumes)?;
-        let (uuid, nguid) = meta::derive_ids(&self.sb.uuid, id);
+        let (id, uuid, nguid) = match identity {
+            Some(g) => {
+                if self.volumes.contains_key(&VolumeId(g.id)) {
+                    return Err(invalid("id", g.id, "a volume of this store has that id already".to_string()));
+                }
+                (g.id, g.uuid, g.nguid)
+            }
+            None => {
+                let id = self.sb.next_volume_id;
+                let (uuid, nguid) = meta::derive_ids(&self.sb.uuid, id);
+                (id, uuid, nguid)
+            }
+        };
+        // Ids of this store only grow, whoever chose them.
+        let next = id.checked_add(1).ok_or(StoreError::TooManyVolumes)?.max(self.sb.next_volume_id);
         let entry = VolumeEntry {
             id,
             state: VolumeState::Live,
@@ -1393,6 +1433,22 @@ impl PageStore {
 
 /// Pages of a volume of `size_bytes`; the size must be a positive multiple of the
 /// block size and hold at most [`PAGES_PER_VOLUME_MAX`] pages.
+/// Checks a volume's geometry (any device's part of it): the number of pages of
+/// `size_bytes` rounded up to whole pages.
+pub fn volume_geometry(size_bytes: u64, page_size: u64, block_size: u32) -> Result<u64> {
+    if !page_size.is_power_of_two() || !(PAGE_SIZE_MIN..=PAGE_SIZE_MAX).contains(&page_size) {
+        return Err(invalid(
+            "page_size",
+            page_size,
+            format!("a power of two from {PAGE_SIZE_MIN} (64 KiB) to {PAGE_SIZE_MAX} (1 GiB)"),
+        ));
+    }
+    if !(block_size == 512 || block_size == 4096) {
+        return Err(invalid("block_size", block_size, "512 or 4096"));
+    }
+    size_to_pages(size_bytes, page_size, block_size)
+}
+
 fn size_to_pages(size_bytes: u64, page_size: u64, block_size: u32) -> Result<u64> {
     let max = PAGES_PER_VOLUME_MAX * page_size;
     if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(block_size)) || size_bytes > max {
@@ -2241,6 +2297,23 @@ mod tests {
         // Ids are never reused, even after the highest one was deleted and reopened.
         assert_eq!(store.create_volume("c", MIB, 64 << 10, 4096).unwrap().info.id, VolumeId(4));
         assert_eq!(store.create_volume("a", MIB, 64 << 10, 4096).unwrap_err(), StoreError::NameTaken("a".into()));
+    }
+
+    #[test]
+    fn group_volumes_keep_the_groups_identity() {
+        let dev = RamDevice::new(64 * MIB, 512).unwrap();
+        let mut store = format(&dev);
+        let g = VolumeIdentity { id: 40, uuid: [0xaa; 16], nguid: [0xbb; 16] };
+        let v = store.create_group_volume("g", 8 * MIB, 4 * MIB, 512, g).unwrap();
+        assert_eq!((v.info.id, v.info.uuid, v.info.nguid), (VolumeId(40), [0xaa; 16], [0xbb; 16]));
+        let dup = VolumeIdentity { id: 40, uuid: [1; 16], nguid: [2; 16] };
+        assert!(matches!(store.create_group_volume("h", MIB, 4 * MIB, 512, dup), Err(StoreError::Invalid { .. })));
+        drop(store);
+        let mut store = reopen(&dev);
+        let v = store.volume_by_name("g").unwrap();
+        assert_eq!((v.info.id, v.info.uuid, v.info.nguid), (VolumeId(40), [0xaa; 16], [0xbb; 16]));
+        // A volume of the store's own after it gets a higher id.
+        assert_eq!(store.create_volume("own", MIB, 64 << 10, 512).unwrap().info.id, VolumeId(41));
     }
 
     #[test]

@@ -1,0 +1,292 @@
+//! The control thread's side of a group: volume changes go to the group agent, and
+//! what the group says is reconciled into the page store and the reactors.
+//!
+//! In a group the volumes are the group's: `volume create/grow/delete` on any peer
+//! becomes a [`GroupOp`] for the agent (an etcd transaction), and its answer comes
+//! back after the agent has read the change back. Every peer then reconciles the
+//! [`GroupSnapshot`] it publishes:
+//! - a group volume missing here is created in the page store with the group's id,
+//!   UUID and NGUID (so that every peer reports the same namespace; it takes no
+//!   space until this peer writes pages it owns);
+//! - a grown one is grown, and its controllers get a namespace-attribute event;
+//! - its routing table (owner per page, with the group's epoch) goes to every reactor;
+//! - a local volume whose identity derives from the group's uuid but that the group
+//!   no longer has was deleted while this peer was away: it is deleted here too;
+//! - a volume of this store's own (made before the peer joined a group) keeps being
+//!   served by this peer alone; a clash with a group volume (same name or id) is
+//!   logged once and the group volume is not served here.
+//!
+//! A group peer publishes no volume to its reactors before the first snapshot: a
+//! reactor must never serve a page with a routing table the group did not make.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::{volume_entry, Control, LOCAL_PEER};
+use crate::group::keys::{parse_hex16, VolumeRecord};
+use crate::group::{GroupOp, GroupOpKind};
+use crate::rpc::methods as m;
+use crate::rpc::{RpcCall, RpcError};
+use crate::volume::meta::derive_ids;
+use crate::volume::routing::{Epoch, PeerId, RoutingTable};
+use crate::volume::store::{volume_geometry, VolumeIdentity};
+use crate::volume::{check_name, VolumeId, PAGE_SIZE_DEFAULT};
+
+/// Who waits for a group change.
+pub enum Waiter {
+    /// A management call.
+    Call(RpcCall),
+    /// A volume of the configuration, created at start-up unless the group has it.
+    Startup(String),
+}
+
+impl Control {
+    /// True for the management calls a group peer hands to the group.
+    pub(super) fn is_group_call(&self, call: &RpcCall) -> bool {
+        self.group.is_some() && matches!(call.method.as_str(), m::VOLUME_CREATE | m::VOLUME_GROW | m::VOLUME_DELETE)
+    }
+
+    /// Hands a volume change to the group agent; answered once the group has it.
+    pub(super) fn group_call(&mut self, call: RpcCall) {
+        match self.group_op(&call) {
+            Ok(kind) => self.submit_group(kind, Waiter::Call(call)),
+            Err(e) => call.respond(Err(e)),
+        }
+    }
+
+    fn group_op(&self, call: &RpcCall) -> Result<GroupOpKind, RpcError> {
+        match call.method.as_str() {
+            m::VOLUME_CREATE => {
+                let p: m::VolumeCreateParams = call.params()?;
+                check_name(&p.name).map_err(RpcError::invalid_params)?;
+                let page_size = p.page_size.unwrap_or(PAGE_SIZE_DEFAULT);
+                let block_size = p.block_size.unwrap_or(4096);
+                let num_pages = volume_geometry(p.size, page_size, block_size)
+                    .map_err(|e| RpcError::invalid_params(e.to_string()))?;
+                Ok(GroupOpKind::Create { name: p.name, num_pages, page_size, block_size })
+            }
+            m::VOLUME_GROW => {
+                let p: m::VolumeGrowParams = call.params()?;
+                let snap = self.group.as_ref().expect("a group call").snapshot();
+                let r = snap
+                    .volumes
+                    .get(&p.name)
+                    .ok_or_else(|| RpcError::not_found(format!("no volume named {:?}", p.name)))?;
+                let num_pages = volume_geometry(p.size, r.page_size, r.block_size)
+                    .map_err(|e| RpcError::invalid_params(e.to_string()))?;
+                if num_pages <= r.num_pages {
+                    return Err(RpcError::invalid_params(format!(
+                        "size {} must exceed the current size {}",
+                        p.size,
+                        r.num_pages * r.page_size
+                    )));
+                }
+                Ok(GroupOpKind::Grow { name: p.name, num_pages })
+            }
+            m::VOLUME_DELETE => {
+                let p: m::VolumeNameParams = call.params()?;
+                Ok(GroupOpKind::Delete { name: p.name })
+            }
+            other => unreachable!("not a group call: {other}"),
+        }
+    }
+
+    /// Creates a configured volume in the group unless the group has it.
+    pub(super) fn ensure_group_volume(&mut self, name: &str, size: u64, page_size: u64, block_size: u32) {
+        match volume_geometry(size, page_size, block_size) {
+            Ok(num_pages) => self.submit_group(
+                GroupOpKind::Create { name: name.to_string(), num_pages, page_size, block_size },
+                Waiter::Startup(name.to_string()),
+            ),
+            Err(e) => tracing::error!(volume = name, "configured volume: {e}"),
+        }
+    }
+
+    fn submit_group(&mut self, kind: GroupOpKind, waiter: Waiter) {
+        let g = self.group.clone().expect("a group peer");
+        self.group_ticket += 1;
+        let ticket = self.group_ticket;
+        if g.submit(GroupOp { ticket, kind }) {
+            self.group_waiters.insert(ticket, waiter);
+        } else {
+            let busy = RpcError::server_busy(format!(
+                "{} volume changes are waiting for the group already; try again",
+                crate::group::GROUP_OPS_MAX
+            ));
+            match waiter {
+                Waiter::Call(call) => call.respond(Err(busy)),
+                Waiter::Startup(name) => tracing::error!(volume = %name, "configured volume: {}", busy.message),
+            }
+        }
+    }
+
+    /// Takes the agent's answers, reconciles with the group, then answers the
+    /// waiting calls (so that a call's answer reflects its change on this peer).
+    pub(super) fn group_turn(&mut self) {
+        let Some(g) = self.group.clone() else { return };
+        // Answers first: the agent publishes a change before it answers, so every
+        // answer taken here is covered by the reconcile that follows.
+        let answers = g.take_answers();
+        if g.generation() != self.group_applied {
+            self.reconcile();
+        }
+        for (ticket, result) in answers {
+            let Some(waiter) = self.group_waiters.remove(&ticket) else { continue };
+            match waiter {
+                Waiter::Call(call) => {
+                    let reply = result.and_then(|name| self.group_reply(&call.method, &name));
+                    call.respond(reply);
+                }
+                Waiter::Startup(name) => match result {
+                    Ok(_) => tracing::info!(volume = %name, "configured volume created in the group"),
+                    Err(e) if e.code == crate::rpc::code::ALREADY_EXISTS => {}
+                    Err(e) => tracing::error!(volume = %name, "configured volume: {}", e.message),
+                },
+            }
+        }
+    }
+
+    fn group_reply(&self, method: &str, name: &str) -> Result<serde_json::Value, RpcError> {
+        if method == m::VOLUME_DELETE {
+            return Ok(json!(true));
+        }
+        match self.store.volume_by_name(name) {
+            Some(v) => Ok(json!(volume_entry(&v))),
+            None => Err(RpcError::invalid_state(format!(
+                "volume {name:?} changed in the group, but this peer cannot serve it (its log says why)"
+            ))),
+        }
+    }
+
+    /// Makes the page store and the reactors agree with the group's last snapshot.
+    fn reconcile(&mut self) {
+        let g = self.group.clone().expect("a group peer");
+        let snap = g.snapshot();
+        self.group_applied = snap.generation;
+        let (Some(me), Some(group_uuid)) = (snap.me, snap.group_uuid) else { return };
+        self.me = PeerId(me);
+        self.peer_names = snap.peer_ids.clone();
+        // Local volumes first: one the group deleted goes before a new one of its name
+        // comes.
+        for v in self.store.volumes() {
+            let info = &v.info;
+            let ours = snap.volumes.get(&info.name).and_then(|r| identity(r).ok());
+            if ours.is_some_and(|i| i.id == info.id.0 && i.uuid == info.uuid) {
+                continue;
+            }
+            if derive_ids(&group_uuid, info.id.0).0 == info.uuid {
+                tracing::info!(volume = %info.name, id = info.id.0, "the group deleted this volume: deleting it here");
+                if let Err(e) = self.delete_volume(info.id) {
+                    tracing::error!(volume = %info.name, "deleting it: {}", e.message);
+                }
+            } else if !self.routing.contains_key(&info.id) {
+                self.warn_once(
+                    &info.name,
+                    format!(
+                        "volume {:?} belongs to this peer's store, not to the group: this peer alone serves it",
+                        info.name
+                    ),
+                );
+                let routing = Arc::new(RoutingTable::local_only(self.me, info.num_pages, Epoch(1)));
+                self.publish(v.clone(), Some(routing));
+            }
+        }
+        for r in snap.volumes.values() {
+            if let Err(why) = self.apply(r) {
+                self.warn_once(&r.name, format!("group volume {:?} is not served here: {why}", r.name));
+            }
+        }
+    }
+
+    /// Creates or grows group volume `r` here and installs its routing table.
+    fn apply(&mut self, r: &VolumeRecord) -> Result<(), String> {
+        let ident = identity(r)?;
+        let id = VolumeId(r.id);
+        let size = r.num_pages * r.page_size;
+        let view = match self.store.volume(id) {
+            Some(v) if v.info.uuid == ident.uuid && v.info.name == r.name => {
+                if v.info.num_pages > r.num_pages {
+                    return Err(format!("it has {} pages here, {} in the group", v.info.num_pages, r.num_pages));
+                }
+                if v.info.num_pages < r.num_pages {
+                    let grown = self.store.grow_volume(id, size).map_err(|e| e.to_string())?;
+                    for c in self.registry.controllers_of(id) {
+                        c.namespace_changed(1);
+                    }
+                    tracing::info!(volume = %r.name, size, "group volume grown");
+                    grown
+                } else {
+                    v
+                }
+            }
+            Some(v) => return Err(format!("id {} is volume {:?} of this peer's store", r.id, v.info.name)),
+            None => {
+                if let Some(v) = self.store.volume_by_name(&r.name) {
+                    return Err(format!("this peer's store has a volume of that name (id {})", v.info.id.0));
+                }
+                let v = self
+                    .store
+                    .create_group_volume(&r.name, size, r.page_size, r.block_size, ident)
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(volume = %r.name, id = r.id, size, "group volume created here");
+                v
+            }
+        };
+        let current = self.routing.get(&id).is_some_and(|t| t.epoch == Epoch(r.epoch) && t.len() == r.num_pages);
+        if !current {
+            let owners = r.owner_ids()?.into_iter().map(PeerId).collect();
+            let routing = Arc::new(RoutingTable::from_owners(self.me, owners, Epoch(r.epoch)));
+            self.publish(view, Some(routing));
+        }
+        Ok(())
+    }
+
+    fn warn_once(&mut self, key: &str, message: String) {
+        if self.group_warned.insert(format!("{key}\u{0}{message}")) {
+            tracing::warn!("{message}");
+        }
+    }
+
+    /// `volume_pages`.
+    pub(super) fn volume_pages(&self, name: &str) -> Result<m::VolumePages, RpcError> {
+        let v =
+            self.store.volume_by_name(name).ok_or_else(|| RpcError::not_found(format!("no volume named {name:?}")))?;
+        let t = self
+            .routing
+            .get(&v.info.id)
+            .ok_or_else(|| RpcError::invalid_state(format!("volume {name:?} is not served by this peer")))?;
+        let owner_name = |p: PeerId| -> String {
+            if self.group.is_none() && p == LOCAL_PEER {
+                return self.peer_name.clone();
+            }
+            self.peer_names.get(&p.0).cloned().unwrap_or_else(|| format!("#{}", p.0))
+        };
+        let mut runs: Vec<m::PageRun> = Vec::new();
+        let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for (page, &owner) in t.owners().iter().enumerate() {
+            let page = page as u64;
+            let name = owner_name(owner);
+            *counts.entry(name.clone()).or_default() += 1;
+            match runs.last_mut() {
+                Some(run) if run.owner == name => run.count += 1,
+                _ => runs.push(m::PageRun { first: page, count: 1, owner: name }),
+            }
+        }
+        Ok(m::VolumePages {
+            name: name.to_string(),
+            epoch: t.epoch.0,
+            page_size: v.info.page_size,
+            pages: t.len(),
+            runs,
+            owners: counts.into_iter().map(|(owner, pages)| m::OwnerPages { owner, pages }).collect(),
+        })
+    }
+}
+
+/// The identity a volume record gives.
+fn identity(r: &VolumeRecord) -> Result<VolumeIdentity, String> {
+    let uuid = parse_hex16(&r.uuid).ok_or("bad uuid")?;
+    let nguid = parse_hex16(&r.nguid).ok_or("bad nguid")?;
+    Ok(VolumeIdentity { id: r.id, uuid, nguid })
+}
