@@ -250,6 +250,9 @@ const REACTOR_STATS_COLUMNS: &[Column] = &[
     column("tx_bytes", "TX", Format::Bytes),
     column("rx_copied_bytes", "RX COPIED", Format::Bytes),
     column("tx_copied_bytes", "TX COPIED", Format::Bytes),
+    column("forwarded_parts", "FORWARDED", Format::Number),
+    column("link_served", "SERVED FOR PEERS", Format::Number),
+    column("path_errors", "PATH ERRORS", Format::Number),
 ];
 
 const GROUP_FIELDS: &[Column] = &[

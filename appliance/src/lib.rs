@@ -12,6 +12,7 @@ pub mod control;
 pub mod group;
 pub mod metrics;
 pub mod nvmf;
+pub mod peer;
 pub mod reactor;
 pub mod rpc;
 pub mod serve;

@@ -28,7 +28,7 @@ use crate::control::{Control, ControlParts};
 use crate::nvmf::subsystem::{Listener, Registry};
 use crate::nvmf::TargetParams;
 use crate::reactor::msg::control_inbox_capacity;
-use crate::reactor::{ControlMsg, PollMode, Reactor, ReactorParts};
+use crate::reactor::{ControlMsg, ListenerKind, PollMode, Reactor, ReactorParts};
 use crate::volume::store::{Formatting, PageStore, StoreError, META_BUFS};
 
 /// Depth of the page store's own queue pair.
@@ -272,6 +272,8 @@ pub struct Running {
     pub store_uuid: [u8; 16],
     /// Bytes of the page store's data region.
     pub capacity_bytes: u64,
+    /// The peer-link listener's address (a group peer).
+    pub link_addr: Option<SocketAddr>,
     /// The group agent, in a group; leaves the group first at shutdown.
     group: Option<crate::group::Group>,
     /// The metrics endpoint, when configured.
@@ -374,7 +376,7 @@ pub fn start(cfg: Config) -> Result<Running, ServeError> {
     // In a group, etcd must answer before anything is opened or served.
     let joining =
         if cfg.group.enabled() { Some(crate::group::connect(&cfg).map_err(ServeError::Group)?) } else { None };
-    let shared = joining.as_ref().map(|_| crate::group::Shared::new(&cfg.peer.name, &cfg.group.etcd));
+    let shared = joining.as_ref().map(|j| crate::group::Shared::new(&cfg.peer.name, &cfg.group.etcd, j.secret()));
     let opened = open_device(&cfg, &pool)?;
     let binding = opened.binding.clone();
     match start_on(cfg.clone(), pool, n, opened, shared.clone()) {
@@ -428,6 +430,14 @@ pub fn start_with_device(cfg: Config, dev: Arc<dyn BlockDevice>, desc: &str) -> 
     start_on(cfg, pool, n, opened, None)
 }
 
+/// Buffers of a reactor's shard kept for inbound peer links: an eighth of it, and at
+/// least two of the largest requests a link carries (a part is at most one host
+/// transfer), so that links always make progress.
+fn link_shard_chunks(total: usize, max_transfer: u64, chunk: u64) -> usize {
+    let per_request = usize_from(max_transfer.div_ceil(chunk));
+    (total / 8).max(2 * per_request)
+}
+
 /// What this peer tells its group about itself.
 fn peer_record(cfg: &Config, running: &Running) -> crate::group::keys::PeerRecord {
     let io = running.io_addr;
@@ -449,7 +459,7 @@ fn peer_record(cfg: &Config, running: &Running) -> crate::group::keys::PeerRecor
         store: running.store_uuid.iter().map(|b| format!("{b:02x}")).collect(),
         target,
         discovery,
-        link: cfg.group.listen.clone(),
+        link: running.link_addr.map_or_else(|| cfg.group.listen.clone(), |a| a.to_string()),
         weight,
         capacity_bytes: running.capacity_bytes,
         used_bytes: 0,
@@ -575,16 +585,24 @@ fn start_on(
     let registry = Arc::new(Registry::new(params));
 
     let io_listener = bind(SocketAddr::new(t.listen, t.port))?;
-    let mut listeners = vec![(io_listener, false)];
+    let mut listeners = vec![(io_listener, ListenerKind::Io)];
     if t.discovery_port != 0 && t.discovery_port != t.port {
-        listeners.push((bind(SocketAddr::new(t.listen, t.discovery_port))?, true));
+        listeners.push((bind(SocketAddr::new(t.listen, t.discovery_port))?, ListenerKind::Discovery));
     }
     let mut bound = Vec::new();
-    for (l, discovery) in &listeners {
+    for (l, kind) in &listeners {
         let addr = l.local_addr().map_err(|e| ServeError::Io(e.to_string()))?;
-        bound.push(Listener { addr, discovery: *discovery });
+        bound.push(Listener { addr, discovery: *kind == ListenerKind::Discovery });
     }
     registry.lock().listeners = bound.clone();
+    // The peer-link listener (a group peer): other peers forward I/O here.
+    let mut link_addr = None;
+    if group.is_some() {
+        let addr: SocketAddr = cfg.group.listen.parse().expect("validated: group.listen is IP:PORT");
+        let l = bind(addr)?;
+        link_addr = Some(l.local_addr().map_err(|e| ServeError::Io(e.to_string()))?);
+        listeners.push((l, ListenerKind::Link));
+    }
 
     let cores = cfg.reactors.cores();
     let available: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().iter().map(|c| c.id).collect();
@@ -597,7 +615,18 @@ fn start_on(
     let mut reactors = Vec::new();
     let mut handles = Vec::new();
     let mut listeners = Some(listeners);
-    for (i, shard) in shards.into_iter().enumerate() {
+    for (i, mut shard) in shards.into_iter().enumerate() {
+        let link_pool = if group.is_some() {
+            let n = link_shard_chunks(shard.total(), t.max_transfer_size.bytes(), cfg.buffers.chunk_size.bytes());
+            Some(shard.split_off(n).ok_or_else(|| {
+                ServeError::Config(format!(
+                    "buffers.count: reactor {i} has {} buffers, too few to keep {n} for peer links",
+                    shard.total()
+                ))
+            })?)
+        } else {
+            None
+        };
         let core = cores.get(i).map(|&c| c as usize).filter(|c| available.contains(c));
         let (r, h) = Reactor::new(ReactorParts {
             id: i,
@@ -613,6 +642,7 @@ fn start_on(
             registry: registry.clone(),
             control: control_tx.clone(),
             listeners: if i == 0 { listeners.take().expect("first reactor") } else { Vec::new() },
+            link_pool,
         })
         .map_err(|e| ServeError::Io(format!("reactor {i}: {e}")))?;
         reactors.push(r);
@@ -634,6 +664,7 @@ fn start_on(
         device: device_desc.clone(),
         peer_name: cfg.peer.name.clone(),
         group,
+        hold: Duration::from_millis(u64::from(cfg.group.hold_ms)),
     });
     for v in &cfg.volumes {
         control.ensure_volume(&v.name, v.size.bytes(), v.page_size.bytes(), v.block_size).map_err(|e| {
@@ -685,6 +716,7 @@ fn start_on(
         _device_lock: lock,
         store_uuid,
         capacity_bytes,
+        link_addr,
         group: None,
         metrics: None,
     };

@@ -203,6 +203,9 @@ pub struct Group {
     pub lease_ttl_s: u32,
     /// How long start-up waits for etcd before giving up, ms.
     pub connect_timeout_ms: u32,
+    /// How long I/O to a page whose owner cannot be reached is held before it is
+    /// answered with a retryable path error, ms.
+    pub hold_ms: u32,
 }
 
 impl Default for Group {
@@ -214,6 +217,7 @@ impl Default for Group {
             weight: None,
             lease_ttl_s: 5,
             connect_timeout_ms: 5000,
+            hold_ms: 25_000,
         }
     }
 }

@@ -70,6 +70,8 @@ pub const NQN_LEN_MAX: usize = 223;
 pub const LEASE_TTL_S: std::ops::RangeInclusive<u32> = 2..=60;
 /// Range of `group.connect_timeout_ms`.
 pub const CONNECT_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 100..=600_000;
+/// Range of `group.hold_ms`.
+pub const HOLD_MS: std::ops::RangeInclusive<u32> = 1000..=600_000;
 /// Shortest group secret, bytes.
 pub const SECRET_LEN_MIN: usize = 16;
 /// Longest Unix socket path (sun_path is 108 bytes with its NUL).
@@ -115,6 +117,9 @@ fn group(group: &Group) -> Result {
     let t = group.connect_timeout_ms;
     let (lo, hi) = (CONNECT_TIMEOUT_MS.start(), CONNECT_TIMEOUT_MS.end());
     ensure(CONNECT_TIMEOUT_MS.contains(&t), "group.connect_timeout_ms", t, format!("{lo}..={hi}"))?;
+    let h = group.hold_ms;
+    let (lo, hi) = (HOLD_MS.start(), HOLD_MS.end());
+    ensure(HOLD_MS.contains(&h), "group.hold_ms", h, format!("{lo}..={hi}"))?;
     if let Some(weight) = group.weight {
         ensure(weight >= 1, "group.weight", weight, "at least 1")?;
     }
@@ -732,6 +737,7 @@ mod tests {
         );
         assert_eq!(invalid(|c| c.group.lease_ttl_s = 1), "group.lease_ttl_s = 1: expected 2..=60");
         assert_eq!(invalid(|c| c.group.connect_timeout_ms = 5), "group.connect_timeout_ms = 5: expected 100..=600000");
+        assert_eq!(invalid(|c| c.group.hold_ms = 10), "group.hold_ms = 10: expected 1000..=600000");
         assert_eq!(invalid(|c| c.group.weight = Some(0)), "group.weight = 0: expected at least 1");
         let message = invalid(|c| c.target.advertise = Some("0.0.0.0".into()));
         assert!(message.starts_with("target.advertise = \"0.0.0.0\": expected \"IP\" or \"IP:PORT\""), "{message}");

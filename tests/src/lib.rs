@@ -42,6 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod etcd;
+pub mod group;
 pub mod prometheus;
 
 /// The host's `127.0.0.1` as the guest sees it (QEMU user networking).
@@ -557,9 +558,13 @@ impl Guest {
                 return Ok(line);
             }
             if exited {
+                // The guest scripts' own verdict first: a long log may be cut short
+                // where the failure is reported (CI shows excerpts).
+                let verdict: Vec<&str> = log.lines().filter(|l| l.trim_start().starts_with("FAIL")).collect();
                 return Err(format!(
-                    "guest exited ({:?}) without printing {pattern:?}; log {}:\n{}",
+                    "guest exited ({:?}) without printing {pattern:?}{}; log {}:\n{}",
                     self.status.map(exit_code),
+                    if verdict.is_empty() { String::new() } else { format!(" [{}]", verdict.join(" | ")) },
                     self.log_path.display(),
                     tail(&log, 60)
                 ));

@@ -4,226 +4,22 @@
 //! without stopping I/O. Without etcd installed the tests fail; only a partial run
 //! (`scripts/test.sh --partial`) skips them, and records the skip.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use quire_tests::etcd::{etcd_available, Etcd};
-use quire_tests::{deadline, free_port, require, serial, tail, QuireProcess};
+use quire_tests::group::{
+    cli_json, live_are, one_coordinator, owners_of, peers_in, perf, perf_bin, setup, volume_on, wait_all, wait_for,
+    Peer, PeerSpec,
+};
+use quire_tests::{require, serial, tail, QuireProcess};
 use serde_json::Value;
-
-/// One peer: its directory, configuration and process.
-struct Peer {
-    name: String,
-    dir: PathBuf,
-    config: PathBuf,
-    proc: QuireProcess,
-    port: u16,
-}
-
-/// What a peer's configuration says.
-struct PeerSpec<'a> {
-    name: &'a str,
-    etcd: &'a str,
-    link_port: u16,
-    lease_ttl_s: u32,
-    secret: &'a Path,
-    weight: u64,
-}
-
-fn config(spec: &PeerSpec<'_>, dir: &Path, port: u16) -> String {
-    format!(
-        r#"[peer]
-name = "{name}"
-data_dir = "{dir}"
-[target]
-port = {port}
-discovery_port = 0
-[buffers]
-count = 256
-hugepages = false
-[group]
-etcd = ["{etcd}"]
-listen = "127.0.0.1:{link}"
-secret_file = "{secret}"
-lease_ttl_s = {ttl}
-connect_timeout_ms = 3000
-weight = {weight}
-[[device]]
-kind = "file"
-path = "quire.img"
-size = "256M"
-[[volume]]
-name = "demo"
-size = "64M"
-"#,
-        name = spec.name,
-        dir = dir.display(),
-        etcd = spec.etcd,
-        link = spec.link_port,
-        secret = spec.secret.display(),
-        ttl = spec.lease_ttl_s,
-        weight = spec.weight,
-    )
-}
-
-impl Peer {
-    /// Writes the configuration into `dir` and starts the peer (it may fail to start:
-    /// see [`Peer::wait_serving`]).
-    fn spawn(spec: &PeerSpec<'_>, dir: &Path) -> Peer {
-        std::fs::create_dir_all(dir).expect("peer dir");
-        let port = free_port();
-        let config_path = dir.join("quire.toml");
-        std::fs::write(&config_path, config(spec, dir, port)).expect("write config");
-        let args = ["serve".to_string(), "--config".into(), config_path.display().to_string()];
-        let proc = QuireProcess::spawn(&args).expect("start quire");
-        Peer { name: spec.name.to_string(), dir: dir.to_path_buf(), config: config_path, proc, port }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("quire.sock")
-    }
-
-    /// Waits until the peer serves I/O and answers management calls.
-    fn wait_serving(&mut self) {
-        self.proc.wait_for_port(self.port, deadline(Duration::from_secs(60))).unwrap();
-        self.proc.wait_for_log("serving on", deadline(Duration::from_secs(30))).unwrap();
-    }
-
-    /// Starts the same peer again (same directory, configuration and port).
-    fn restart(&mut self) {
-        let args = ["serve".to_string(), "--config".into(), self.config.display().to_string()];
-        self.proc = QuireProcess::spawn(&args).expect("restart quire");
-        self.wait_serving();
-    }
-
-    /// `quire group status --json` on this peer.
-    fn status(&self) -> Value {
-        cli_json(&self.socket(), &["group", "status"])
-    }
-
-    /// Waits until the peer exits and returns its exit code and log.
-    fn wait_exit(&mut self, within: Duration) -> (Option<i32>, String) {
-        let end = deadline(within);
-        loop {
-            if let Some(status) = self.proc.exit_status() {
-                return (status.code(), self.proc.log());
-            }
-            assert!(Instant::now() < end, "peer {} still runs; log:\n{}", self.name, tail(&self.proc.log(), 30));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn cli_json(socket: &Path, args: &[&str]) -> Value {
-    let bin = QuireProcess::bin_path().expect("quire binary");
-    let out = Command::new(bin).arg("--socket").arg(socket).arg("--json").args(args).output().expect("run quire");
-    if !out.status.success() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
-/// The names of the peers a status lists in `state`.
-fn peers_in(status: &Value, state: &str) -> Vec<String> {
-    let mut names: Vec<String> = status["peers"]
-        .as_array()
-        .map(|ps| {
-            ps.iter().filter(|p| p["state"] == state).filter_map(|p| p["name"].as_str().map(str::to_string)).collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// Waits until `ok(status)` holds on every one of `peers`; the last statuses on
-/// failure.
-fn wait_all(peers: &[&Peer], what: &str, within: Duration, ok: impl Fn(&Value) -> bool) {
-    let end = deadline(within);
-    loop {
-        let statuses: Vec<Value> = peers.iter().map(|p| p.status()).collect();
-        if statuses.iter().all(&ok) {
-            return;
-        }
-        if Instant::now() >= end {
-            let shown: Vec<String> = peers.iter().zip(&statuses).map(|(p, s)| format!("{}: {s}", p.name)).collect();
-            panic!("not every peer saw {what} by the deadline:\n{}", shown.join("\n"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn live_are<'a>(names: &'a [&'a str]) -> impl Fn(&Value) -> bool + 'a {
-    move |s: &Value| peers_in(s, "live") == names && s["etcd_state"] == "connected"
-}
-
-/// Every status names the same coordinator, one of `among`; returns it.
-fn one_coordinator(peers: &[&Peer], among: &[&str]) -> String {
-    let coordinators: Vec<Value> = peers.iter().map(|p| p.status()["coordinator"].clone()).collect();
-    let first = coordinators[0].as_str().unwrap_or_else(|| panic!("no coordinator: {coordinators:?}")).to_string();
-    assert!(coordinators.iter().all(|c| c.as_str() == Some(first.as_str())), "{coordinators:?}");
-    assert!(among.contains(&first.as_str()), "coordinator {first} not among {among:?}");
-    let status = peers[0].status();
-    let flagged: Vec<&Value> =
-        status["peers"].as_array().unwrap().iter().filter(|p| p["coordinator"] == true).collect();
-    assert_eq!(flagged.len(), 1, "exactly one peer is flagged coordinator: {status}");
-    first
-}
-
-/// `quire volume pages NAME`'s pages per owner on `peer` (empty when it has no such
-/// volume).
-fn owners_of(peer: &Peer, volume: &str) -> Vec<(String, u64)> {
-    let pages = cli_json(&peer.socket(), &["volume", "pages", volume]);
-    pages["owners"]
-        .as_array()
-        .map(|os| os.iter().map(|o| (o["owner"].as_str().unwrap().to_string(), o["pages"].as_u64().unwrap())).collect())
-        .unwrap_or_default()
-}
-
-/// Waits until `ok(peer)` holds.
-fn wait_for(peer: &Peer, what: &str, within: Duration, ok: impl Fn(&Peer) -> bool) {
-    let end = deadline(within);
-    while !ok(peer) {
-        assert!(Instant::now() < end, "peer {} did not see {what}; log:\n{}", peer.name, tail(&peer.proc.log(), 30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `quire volume list`'s entry for `volume` on `peer`, or Null.
-fn volume_on(peer: &Peer, volume: &str) -> Value {
-    let list = cli_json(&peer.socket(), &["volume", "list"]);
-    list.as_array().and_then(|vs| vs.iter().find(|v| v["name"] == volume).cloned()).unwrap_or(Value::Null)
-}
-
-fn secret_in(dir: &Path) -> PathBuf {
-    let path = dir.join("secret");
-    std::fs::write(&path, "a shared secret of the test group\n").unwrap();
-    path
-}
-
-fn setup(test: &str) -> Option<(tempfile::TempDir, Etcd, PathBuf)> {
-    if !require(test, etcd_available()) {
-        return None;
-    }
-    let dir = tempfile::Builder::new().prefix("quire-group-").tempdir().unwrap();
-    let etcd = Etcd::start().expect("start etcd");
-    let secret = secret_in(dir.path());
-    Some((dir, etcd, secret))
-}
 
 #[test]
 fn three_peers_register_elect_one_coordinator_and_see_peers_die_leave_and_return() {
     let _serial = serial();
     let Some((dir, etcd, secret)) = setup("three_peers_register_elect_one_coordinator") else { return };
     let ep = etcd.endpoint();
-    let spec = |name: &'static str, ttl| PeerSpec {
-        name,
-        etcd: &ep,
-        link_port: free_port(),
-        lease_ttl_s: ttl,
-        secret: &secret,
-        weight: 1,
-    };
+    let spec = |name: &str, ttl| PeerSpec { lease_ttl_s: ttl, ..PeerSpec::new(name, &ep, &secret) };
     let mut peers: Vec<Peer> = ["a", "b", "c"].iter().map(|n| Peer::spawn(&spec(n, 3), &dir.path().join(n))).collect();
     for p in &mut peers {
         p.wait_serving();
@@ -275,29 +71,26 @@ fn clashes_missing_secrets_and_an_unreachable_etcd_are_refused_with_the_reason()
     let _serial = serial();
     let Some((dir, etcd, secret)) = setup("clashes_are_refused_with_the_reason") else { return };
     let ep = etcd.endpoint();
-    let link = free_port();
-    let mut a = Peer::spawn(
-        &PeerSpec { name: "a", etcd: &ep, link_port: link, lease_ttl_s: 5, secret: &secret, weight: 1 },
-        &dir.path().join("a"),
-    );
+    let a_spec = PeerSpec::new("a", &ep, &secret);
+    let link = a_spec.link_port;
+    let mut a = Peer::spawn(&a_spec, &dir.path().join("a"));
     a.wait_serving();
     wait_all(&[&a], "a live", Duration::from_secs(20), live_are(&["a"]));
 
-    let refused = |name: &str, link_port: u16, secret: &Path, etcd: &str, sub: &str| {
-        let spec = PeerSpec { name, etcd, link_port, lease_ttl_s: 5, secret, weight: 1 };
+    let refused = |name: &str, link_port: u16, secret: &std::path::Path, etcd: &str, sub: &str| {
+        let spec = PeerSpec { link_port, ..PeerSpec::new(name, etcd, secret) };
         let mut p = Peer::spawn(&spec, &dir.path().join(sub));
         let (code, log) = p.wait_exit(Duration::from_secs(60));
         assert_eq!(code, Some(1), "{name} in {sub}: {}", tail(&log, 20));
         log
     };
+    let free_port = quire_tests::free_port;
     let log = refused("a", free_port(), &secret, &ep, "a-again");
     assert!(log.contains("the group refuses this peer: peer name \"a\" is taken by a live peer"), "{}", tail(&log, 5));
+    // On one machine the link port itself is taken (the group would refuse the same
+    // address from another machine: `group::view` tests that admission rule).
     let log = refused("e", link, &secret, &ep, "same-link");
-    assert!(
-        log.contains(&format!("peer-link address 127.0.0.1:{link} is already used by peer \"a\"")),
-        "{}",
-        tail(&log, 5)
-    );
+    assert!(log.contains(&format!("cannot listen on 127.0.0.1:{link}: Address already in use")), "{}", tail(&log, 5));
 
     // A copy of a's device under another name: two peers on one page store.
     let copy = dir.path().join("copy");
@@ -330,24 +123,12 @@ fn clashes_missing_secrets_and_an_unreachable_etcd_are_refused_with_the_reason()
 fn etcd_going_away_freezes_the_group_but_not_the_io() {
     let _serial = serial();
     let Some((dir, mut etcd, secret)) = setup("etcd_going_away_freezes_the_group") else { return };
-    let perf = QuireProcess::bin_path().expect("quire binary").with_file_name("quire-perf");
-    if !require(
-        "etcd_going_away_freezes_the_group",
-        perf.is_file().then_some(()).ok_or(format!("no {}", perf.display())),
-    ) {
+    if !require("etcd_going_away_freezes_the_group", perf_bin().map(|_| ())) {
         return;
     }
     let ep = etcd.endpoint();
-    let spec = |name: &'static str| PeerSpec {
-        name,
-        etcd: &ep,
-        link_port: free_port(),
-        lease_ttl_s: 5,
-        secret: &secret,
-        weight: 1,
-    };
-    // a alone makes the configured volume, so a owns all of its pages: the I/O below
-    // stays on a (forwarding to other owners is not built yet).
+    let spec = |name: &str| PeerSpec::new(name, &ep, &secret);
+    // a alone makes the configured volume, so a owns all of its pages; b joins after.
     let mut a = Peer::spawn(&spec("a"), &dir.path().join("a"));
     a.wait_serving();
     wait_for(&a, "demo created by a", Duration::from_secs(20), |p| owners_of(p, "demo") == [("a".to_string(), 16)]);
@@ -361,15 +142,15 @@ fn etcd_going_away_freezes_the_group_but_not_the_io() {
     assert!(!status["etcd_error"].as_str().unwrap_or_default().is_empty(), "{status}");
     assert_eq!(peers_in(&status, "live"), ["a", "b"], "the last view stays while frozen: {status}");
 
-    // I/O goes on meanwhile, verified.
-    let trid = format!("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:nqn.2026-11.io.quire:demo", a.port);
-    let out = Command::new(&perf)
-        .args(["-q", "8", "-o", "4096", "-w", "randrw", "-M", "50", "-t", "2", "--verify", "-r", &trid])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("Verify: 0 mismatched blocks"), "{text}");
+    // I/O goes on meanwhile, verified: on a's pages through a, and through b, which
+    // forwards every one of them to a over their peer link (etcd is not on that path).
+    for p in [&a, &b] {
+        let run =
+            perf(&["-q", "8", "-o", "4096", "-w", "randrw", "-M", "50", "-t", "2", "--verify", "-r", &p.trid("demo")]);
+        assert!(run.ok, "through {}: {}", p.name, run.text);
+        assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}", run.text);
+    }
+    assert!(b.reactor_sum("forwarded_parts") > 0, "b forwarded a's pages");
 
     etcd.restart().expect("restart etcd");
     wait_all(&[&a, &b], "a and b live with etcd back", Duration::from_secs(30), live_are(&["a", "b"]));
@@ -381,14 +162,7 @@ fn volumes_belong_to_the_group_placed_by_weight_and_changed_from_any_peer() {
     let _serial = serial();
     let Some((dir, etcd, secret)) = setup("volumes_belong_to_the_group") else { return };
     let ep = etcd.endpoint();
-    let spec = |name: &'static str, weight| PeerSpec {
-        name,
-        etcd: &ep,
-        link_port: free_port(),
-        lease_ttl_s: 5,
-        secret: &secret,
-        weight,
-    };
+    let spec = |name: &str, weight| PeerSpec { weight, ..PeerSpec::new(name, &ep, &secret) };
     let mut peers: Vec<Peer> =
         [("a", 1), ("b", 1), ("c", 2)].iter().map(|&(n, w)| Peer::spawn(&spec(n, w), &dir.path().join(n))).collect();
     for p in &mut peers {
@@ -475,31 +249,18 @@ fn volumes_belong_to_the_group_placed_by_weight_and_changed_from_any_peer() {
     for p in &all {
         wait_for(p, "four placed by weight", Duration::from_secs(10), |p| owners_of(p, "four") == expect);
     }
-    // No data for pages of other peers: I/O to them is refused (Namespace Not Ready,
-    // retryable) until forwarding lands; each peer has space only for what it owns.
+    // Each peer has space only for what it owns: a write to page 0 (d's) through a is
+    // forwarded to d and takes space there, not on a.
     for p in &all {
         assert_eq!(volume_on(p, "four")["allocated_pages"], 0, "thin: nothing written yet");
     }
-    // Page 0 of "four" is d's (the heaviest peer is furthest below its share first).
     let pages = cli_json(&d.socket(), &["volume", "pages", "four"]);
-    assert_eq!(pages["runs"][0]["owner"], "d", "{pages}");
-    let perf = QuireProcess::bin_path().expect("quire binary").with_file_name("quire-perf");
-    let write_page0 = |p: &Peer| {
-        let trid =
-            format!("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:nqn.2026-11.io.quire:four", p.port);
-        let out = Command::new(&perf)
-            .args(["-q", "1", "-o", "4096", "-w", "write", "-d", "1", "-t", "5", "-r", &trid])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        )
-    };
-    let (ok, text) = write_page0(&d);
-    assert!(ok, "the owner serves its page: {text}");
-    assert_eq!(volume_on(&d, "four")["allocated_pages"], 1);
-    let (ok, text) = write_page0(&peers[0]);
-    assert!(!ok && text.contains("failed"), "a peer that does not own the page refuses it: {text}");
-    assert_eq!(volume_on(&peers[0], "four")["allocated_pages"], 0, "and writes nothing of it");
+    assert_eq!(pages["runs"][0]["owner"], "d", "page 0 of four is d's (the heaviest peer first): {pages}");
+    for p in [&d, &peers[0]] {
+        let run = perf(&["-q", "1", "-o", "4096", "-w", "write", "-d", "1", "-t", "5", "-r", &p.trid("four")]);
+        assert!(run.ok, "a write to page 0 through {}: {}", p.name, run.text);
+    }
+    assert_eq!(volume_on(&d, "four")["allocated_pages"], 1, "the owner holds the page");
+    assert_eq!(volume_on(&peers[0], "four")["allocated_pages"], 0, "the forwarding peer holds nothing of it");
+    assert_eq!(peers[0].reactor_sum("forwarded_parts"), 1, "a forwarded the one write");
 }

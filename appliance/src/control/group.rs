@@ -11,7 +11,9 @@
 //! - a grown one is grown, and its controllers get a namespace-attribute event;
 //! - its routing table (owner per page, with the group's epoch) goes to every reactor;
 //! - a local volume whose identity derives from the group's uuid but that the group
-//!   no longer has was deleted while this peer was away: it is deleted here too;
+//!   no longer has was deleted while this peer was away: it is deleted here too (not
+//!   when the group still has a record of its name that does not read: that one is
+//!   left as it is, and `quire group status` lists the record as ignored);
 //! - a volume of this store's own (made before the peer joined a group) keeps being
 //!   served by this peer alone; a clash with a group volume (same name or id) is
 //!   logged once and the group volume is not served here.
@@ -24,8 +26,13 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::{volume_entry, Control, LOCAL_PEER};
+use std::collections::BTreeMap;
+
 use crate::group::keys::{parse_hex16, VolumeRecord};
-use crate::group::{GroupOp, GroupOpKind};
+use crate::group::{GroupOp, GroupOpKind, GroupSnapshot};
+use crate::peer::auth::Secret;
+use crate::peer::{PeerDirectory, PeerEntry};
+use crate::reactor::ReactorMsg;
 use crate::rpc::methods as m;
 use crate::rpc::{RpcCall, RpcError};
 use crate::volume::meta::derive_ids;
@@ -167,12 +174,22 @@ impl Control {
         let (Some(me), Some(group_uuid)) = (snap.me, snap.group_uuid) else { return };
         self.me = PeerId(me);
         self.peer_names = snap.peer_ids.clone();
+        // Peers before volumes: a routing table naming a peer finds its link known.
+        self.tell_peers(&snap, group_uuid);
         // Local volumes first: one the group deleted goes before a new one of its name
         // comes.
         for v in self.store.volumes() {
             let info = &v.info;
             let ours = snap.volumes.get(&info.name).and_then(|r| identity(r).ok());
             if ours.is_some_and(|i| i.id == info.id.0 && i.uuid == info.uuid) {
+                continue;
+            }
+            if snap.unreadable.contains(&info.name) {
+                // Not deleted: its record does not read. Served as it was, or not at all.
+                self.warn_once(
+                    &info.name,
+                    format!("the group's record of volume {:?} does not read: left as it is", info.name),
+                );
                 continue;
             }
             if derive_ids(&group_uuid, info.id.0).0 == info.uuid {
@@ -233,13 +250,69 @@ impl Control {
                 v
             }
         };
-        let current = self.routing.get(&id).is_some_and(|t| t.epoch == Epoch(r.epoch) && t.len() == r.num_pages);
+        let installed = self.routing.get(&id).map(|t| (t.epoch, t.len()));
+        if let Some((epoch, _)) = installed.filter(|&(e, _)| e > Epoch(r.epoch)) {
+            // etcd's revisions only grow: an older record is a stale read, never
+            // installed over a newer table.
+            return Err(format!("routing epoch {} is older than the installed {}", r.epoch, epoch.0));
+        }
+        let current = installed == Some((Epoch(r.epoch), r.num_pages));
         if !current {
             let owners = r.owner_ids()?.into_iter().map(PeerId).collect();
             let routing = Arc::new(RoutingTable::from_owners(self.me, owners, Epoch(r.epoch)));
             self.publish(view, Some(routing));
         }
         Ok(())
+    }
+
+    /// Gives the reactors a new peer directory when the group's peers changed, and the
+    /// registry this peer's controller-ID range, ANA group and the other peers' paths.
+    fn tell_peers(&mut self, snap: &GroupSnapshot, group_uuid: [u8; 16]) {
+        let g = self.group.clone().expect("a group peer");
+        let mut paths = Vec::new();
+        for (&id, p) in &snap.live {
+            match p.link.parse::<std::net::SocketAddr>() {
+                Ok(a) => {
+                    self.known_links.insert(id, a);
+                }
+                Err(e) => self.warn_once(&p.name, format!("peer {:?}: link address {:?}: {e}", p.name, p.link)),
+            }
+            if PeerId(id) != self.me {
+                match p.target.parse::<std::net::SocketAddr>() {
+                    Ok(a) => paths.push(a),
+                    Err(e) => self.warn_once(&p.name, format!("peer {:?}: I/O address {:?}: {e}", p.name, p.target)),
+                }
+            }
+        }
+        self.registry.set_group_peer(self.me.0);
+        self.registry.set_group_paths(paths);
+        let peers: BTreeMap<u16, PeerEntry> = snap
+            .peer_ids
+            .iter()
+            .map(|(&id, name)| {
+                let e = PeerEntry {
+                    name: name.clone(),
+                    link: self.known_links.get(&id).copied(),
+                    alive: snap.live.contains_key(&id),
+                };
+                (id, e)
+            })
+            .collect();
+        let told = Some((self.me.0, peers.clone()));
+        if self.told_peers == told {
+            return;
+        }
+        self.told_peers = told;
+        let dir = Arc::new(PeerDirectory {
+            me: self.me,
+            group: group_uuid,
+            secret: Secret::new(g.secret()),
+            peers,
+            hold: self.hold,
+        });
+        for r in 0..self.reactors.len() {
+            self.send(r, ReactorMsg::PeersUpdated(dir.clone()));
+        }
     }
 
     fn warn_once(&mut self, key: &str, message: String) {

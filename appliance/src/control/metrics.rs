@@ -31,6 +31,16 @@ const REACTOR_COUNTERS: &[(&str, &str, ReactorField)] = &[
         &s.zero_filled_bytes
     }),
     ("quire_reactor_zero_copy_sends_total", "Sends with MSG_ZEROCOPY.", |s| &s.zero_copy_sends),
+    ("quire_reactor_forwarded_parts_total", "Parts of host I/O forwarded to the peers owning their pages.", |s| {
+        &s.forwarded_parts
+    }),
+    ("quire_reactor_forwarded_bytes_total", "Data bytes of forwarded parts (not copied).", |s| &s.forwarded_bytes),
+    ("quire_reactor_path_errors_total", "Forwarded parts failed with a path error after the hold.", |s| &s.path_errors),
+    ("quire_peer_link_served_total", "Requests of other peers served on inbound links.", |s| &s.link_served),
+    ("quire_peer_link_errors_total", "Requests of other peers answered with an error.", |s| &s.link_errors),
+    ("quire_peer_link_refusals_total", "Inbound peer links refused at the handshake.", |s| &s.link_refusals),
+    ("quire_peer_link_rx_bytes_total", "Bytes received on inbound peer links.", |s| &s.link_rx_bytes),
+    ("quire_peer_link_tx_bytes_total", "Bytes sent on inbound peer links.", |s| &s.link_tx_bytes),
 ];
 
 /// Per-reactor gauges.
@@ -42,6 +52,9 @@ const REACTOR_GAUGES: &[(&str, &str, ReactorField)] = &[
     ("quire_reactor_connections_closing", "Connections closing (draining I/O).", |s| &s.connections_closing),
     ("quire_reactor_retired_buffers", "Buffers retired after a zero-copy send never completed.", |s| {
         &s.retired_buffers
+    }),
+    ("quire_reactor_forwards_outstanding", "Forwarded parts waiting for their owner's answer.", |s| {
+        &s.forwards_outstanding
     }),
 ];
 

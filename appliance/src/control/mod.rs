@@ -63,6 +63,8 @@ pub struct ControlParts {
     pub peer_name: String,
     /// What the group agent shares, in a group.
     pub group: Option<Arc<crate::group::Shared>>,
+    /// How long I/O for an unreachable page owner is held (`group.hold_ms`).
+    pub hold: Duration,
 }
 
 /// The control thread's state.
@@ -95,6 +97,13 @@ pub struct Control {
     group_waiters: HashMap<u64, group::Waiter>,
     /// Warnings already logged (a clash is logged once, not on every snapshot).
     group_warned: BTreeSet<String>,
+    /// How long I/O for an unreachable page owner is held.
+    hold: Duration,
+    /// The last link address of every peer seen alive (a peer that stops keeps its
+    /// entry: its links try it again when it comes back).
+    known_links: BTreeMap<u16, std::net::SocketAddr>,
+    /// The peers the reactors were last told of.
+    told_peers: Option<(u16, BTreeMap<u16, crate::peer::PeerEntry>)>,
 }
 
 impl Control {
@@ -122,6 +131,9 @@ impl Control {
             group_ticket: 0,
             group_waiters: HashMap::new(),
             group_warned: BTreeSet::new(),
+            hold: parts.hold,
+            known_links: BTreeMap::new(),
+            told_peers: None,
         };
         c.outboxes = Outboxes::new(c.reactors.len());
         if let Some(g) = &c.group {
@@ -551,6 +563,15 @@ impl Control {
                     requests_active: get(&s.requests_active),
                     connections_closing: get(&s.connections_closing),
                     retired_buffers: get(&s.retired_buffers),
+                    forwarded_parts: get(&s.forwarded_parts),
+                    forwarded_bytes: get(&s.forwarded_bytes),
+                    forwards_outstanding: get(&s.forwards_outstanding),
+                    path_errors: get(&s.path_errors),
+                    link_served: get(&s.link_served),
+                    link_errors: get(&s.link_errors),
+                    link_refusals: get(&s.link_refusals),
+                    link_rx_bytes: get(&s.link_rx_bytes),
+                    link_tx_bytes: get(&s.link_tx_bytes),
                 }
             })
             .collect();

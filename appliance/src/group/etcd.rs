@@ -273,6 +273,15 @@ impl Agent {
             group_uuid: view.group_uuid,
             peer_ids: view.peer_ids.clone(),
             volumes: view.volumes.iter().map(|(n, (r, _))| (n.clone(), r.clone())).collect(),
+            unreadable: view.unreadable_volumes.clone(),
+            live: view
+                .peers
+                .values()
+                .map(|e| {
+                    let r = &e.record;
+                    (r.id, super::LivePeer { name: r.name.clone(), link: r.link.clone(), target: r.target.clone() })
+                })
+                .collect(),
         });
         match self.membership.install(view, now_ms()) {
             Ok(changes) => {
@@ -410,6 +419,13 @@ impl Agent {
         for _ in 0..OP_ATTEMPTS {
             let view = read_group(&mut self.client).await?;
             let (compare, ops) = match op {
+                GroupOpKind::Create { name, .. } | GroupOpKind::Grow { name, .. } | GroupOpKind::Delete { name }
+                    if view.unreadable_volumes.contains(name) =>
+                {
+                    return Ok(Err(RpcError::invalid_state(format!(
+                        "the group's record of volume {name:?} does not read (see `quire group status`): not changed"
+                    ))));
+                }
                 GroupOpKind::Create { name, num_pages, page_size, block_size } => {
                     if view.volumes.contains_key(name) {
                         return Ok(Err(RpcError::already_exists(format!("volume {name:?} exists in the group"))));

@@ -20,8 +20,9 @@
 //! it reads, it publishes as a [`GroupSnapshot`]; the control thread reconciles the
 //! page store and the reactors' routing tables with it (`control::group`).
 //!
-//! Not here yet (issue 8 goes on): the peer links (and so the secret's use),
-//! forwarding, multipath discovery, holding I/O for a peer that is down.
+//! The snapshot also lists the live peers (routing id, link and host addresses): the
+//! control thread turns it into the reactors' peer directory (`crate::peer`) and the
+//! discovery log's paths.
 
 pub mod etcd;
 pub mod keys;
@@ -70,6 +71,21 @@ pub struct GroupSnapshot {
     pub peer_ids: BTreeMap<u16, String>,
     /// The group's volumes by name.
     pub volumes: BTreeMap<String, VolumeRecord>,
+    /// Volumes whose record does not read (kept as they are, never deleted for it).
+    pub unreadable: std::collections::BTreeSet<String>,
+    /// The peers registered under a live lease, by routing id.
+    pub live: BTreeMap<u16, LivePeer>,
+}
+
+/// A live peer as the snapshot gives it: what links and hosts need to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LivePeer {
+    /// Its name.
+    pub name: String,
+    /// Its peer-link listener.
+    pub link: String,
+    /// Where hosts connect for I/O.
+    pub target: String,
 }
 
 /// A volume change the control thread asks the agent for.
@@ -128,6 +144,8 @@ struct State {
 /// What the group agent and the control thread share.
 pub struct Shared {
     me: String,
+    /// The group's secret (from `group.secret_file`), for the peer links' handshake.
+    secret: Vec<u8>,
     endpoints: Vec<String>,
     state: Mutex<State>,
     used: AtomicU64,
@@ -139,10 +157,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shared state of peer `me` in the group at `endpoints`.
-    pub fn new(me: &str, endpoints: &[String]) -> Arc<Shared> {
+    /// Shared state of peer `me` in the group at `endpoints`, whose secret is `secret`.
+    pub fn new(me: &str, endpoints: &[String], secret: &[u8]) -> Arc<Shared> {
         Arc::new(Shared {
             me: me.to_string(),
+            secret: secret.to_vec(),
             endpoints: endpoints.to_vec(),
             state: Mutex::new(State { etcd_since_ms: now_ms(), ..State::default() }),
             used: AtomicU64::new(0),
@@ -152,6 +171,11 @@ impl Shared {
             ops_ready: tokio::sync::Notify::new(),
             control: Mutex::new(None),
         })
+    }
+
+    /// The group's secret.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
     }
 
     /// Where the agent wakes the control thread when answers are ready.
@@ -339,6 +363,7 @@ pub struct Joining {
     runtime: tokio::runtime::Runtime,
     client: etcdv3client::EtcdClient,
     cfg: AgentConfig,
+    secret: Vec<u8>,
 }
 
 /// Checks the group configuration that only the machine can check (the secret file)
@@ -369,13 +394,18 @@ pub fn connect(cfg: &Config) -> Result<Joining, String> {
     let client = runtime
         .block_on(etcd::connect(&agent_cfg))
         .map_err(|e| format!("cannot reach etcd at {}: {e}", g.etcd.join(", ")))?;
-    Ok(Joining { runtime, client, cfg: agent_cfg })
+    Ok(Joining { runtime, client, cfg: agent_cfg, secret: secret.trim_ascii().to_vec() })
 }
 
 impl Joining {
+    /// The group's secret as read from `group.secret_file` (trimmed).
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+
     /// Registers `me` and starts the agent; refused (clash) or etcd failing: why.
     pub fn join(self, me: PeerRecord, shared: Arc<Shared>) -> Result<Group, String> {
-        let Joining { runtime, client, cfg } = self;
+        let Joining { runtime, client, cfg, secret: _ } = self;
         let mut agent = Agent::new(client, cfg, shared.clone(), me);
         let registered = runtime.block_on(async {
             match tokio::time::timeout(REGISTER_TIMEOUT, agent.register()).await {

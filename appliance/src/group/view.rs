@@ -53,6 +53,9 @@ pub struct GroupView {
     pub next_volume_id: (u32, i64),
     /// Volumes by name, with the revision that last wrote each.
     pub volumes: BTreeMap<String, (VolumeRecord, i64)>,
+    /// Names under the volumes' prefix whose record does not read: not to be taken
+    /// for deleted (their data stays), nor changed.
+    pub unreadable_volumes: std::collections::BTreeSet<String>,
     /// Keys under the group's prefix that hold no valid record, with the reason
     /// (shown in `quire group status`, never acted upon).
     pub ignored: Vec<String>,
@@ -114,8 +117,14 @@ impl GroupView {
                     Ok(r) if r.name == name => {
                         view.volumes.insert(name.to_string(), (r, kv.mod_revision));
                     }
-                    Ok(r) => view.ignored.push(format!("{key}: names volume {:?}", r.name)),
-                    Err(e) => view.ignored.push(format!("{key}: {e}")),
+                    Ok(r) => {
+                        view.unreadable_volumes.insert(name.to_string());
+                        view.ignored.push(format!("{key}: names volume {:?}", r.name));
+                    }
+                    Err(e) => {
+                        view.unreadable_volumes.insert(name.to_string());
+                        view.ignored.push(format!("{key}: {e}"));
+                    }
                 }
                 continue;
             }
@@ -365,6 +374,7 @@ mod tests {
             Kv { key: b"/quire/v1/other", value: b"", lease: 0, mod_revision: 4 },
             Kv { key: b"/quire/v1/peer-ids/2", value: b"a", lease: 0, mod_revision: 2 },
             Kv { key: b"/quire/v1/next-volume-id", value: b"4", lease: 0, mod_revision: 6 },
+            Kv { key: b"/quire/v1/volumes/db", value: b"{\"id\": 1}", lease: 0, mod_revision: 7 },
             Kv { key: keys::COORDINATOR.as_bytes(), value: b"a", lease: 7, mod_revision: 5 },
         ];
         let v = GroupView::from_kvs(9, kvs);
@@ -372,7 +382,9 @@ mod tests {
         assert_eq!(v.peers.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(v.peers["a"].lease, 7);
         assert_eq!(v.coordinator.as_deref(), Some("a"));
-        assert_eq!(v.ignored.len(), 3, "{:?}", v.ignored);
+        assert_eq!(v.ignored.len(), 4, "{:?}", v.ignored);
+        assert!(v.volumes.is_empty());
+        assert!(v.unreadable_volumes.contains("db"), "an unreadable record is not a deleted volume");
         assert!(v.ignored[0].contains("names peer \"a\""), "{:?}", v.ignored);
         assert_eq!(v.peer_id("a"), Some(2));
         assert_eq!(v.free_peer_id(), Some(0));

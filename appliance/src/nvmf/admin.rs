@@ -27,8 +27,6 @@ use crate::reactor::{ReactorCtx, ReqRef};
 
 /// NVMe version reported in the VS property and Identify Controller (1.4).
 pub const NVME_VERSION: u32 = ident::VER_1_4;
-/// The one ANA group every namespace belongs to on this peer.
-pub const ANA_GROUP: u32 = 1;
 /// CAP.TO: worst-case time to become ready, in 500 ms units.
 const CAP_TO: u64 = 15;
 /// Model number in Identify Controller.
@@ -338,7 +336,8 @@ fn controller_identity(c: &NvmfController, ctx: &ReactorCtx) -> ControllerIdenti
         kas: 10,
         anatt: 10,
         anacap: ident::ANACAP_OPTIMIZED | ident::ANACAP_NON_OPTIMIZED | ident::ANACAP_INACCESSIBLE,
-        anagrpmax: ANA_GROUP,
+        anagrpmax: crate::nvmf::subsystem::ANA_GROUP_MAX,
+        // Each controller reports one group, its peer's.
         nanagrpid: 1,
         maxcmd: p.max_queue_depth,
         nn: 1,
@@ -390,7 +389,7 @@ fn identify(c: &NvmfController, reqs: &mut ReqTable, idx: u16, ctx: &mut Reactor
                         allocated,
                         info.block_size,
                         page_bytes,
-                        ANA_GROUP,
+                        ctx.registry.ana_group(),
                         info.nguid,
                     );
                     ident::build_namespace(&ns)
@@ -455,7 +454,8 @@ fn get_log_page(q: &QueueInfo, c: &NvmfController, reqs: &mut ReqTable, idx: u16
         log::LID_CMD_EFFECTS => log::CommandEffects::io_controller().to_bytes().to_vec(),
         log::LID_ANA => {
             let nsids = if c.volume.is_some_and(|v| ctx.volumes.contains_key(&v)) { vec![1] } else { vec![] };
-            let groups = [AnaGroup { grpid: ANA_GROUP, chgcnt: 1, state: AnaState::Optimized, nsids }];
+            let grpid = ctx.registry.ana_group();
+            let groups = [AnaGroup { grpid, chgcnt: 1, state: AnaState::Optimized, nsids }];
             log::build_ana_log(1, &groups, lp.lsp & log::LSP_ANA_RGO != 0)
         }
         _ => return Done::err(Status::INVALID_FIELD.with_dnr()),
@@ -530,6 +530,20 @@ fn discovery_log(q: &QueueInfo, c: &NvmfController, ctx: &ReactorCtx) -> Vec<u8>
             // their C2HData PDU alone).
             e.treq |= log::TREQ_DISABLE_SQFLOW;
             entries.push(e);
+        }
+    }
+    // The group's other live peers serve every volume too (any peer takes any I/O):
+    // one more path per peer, at the address its hosts reach it.
+    for (i, addr) in r.group_paths.iter().enumerate() {
+        let portid = 0x100 + port_id(i);
+        for s in r.subsystems.values() {
+            if matches!(s.kind, SubsystemKind::Volume(_)) && s.allows(&c.hostnqn) {
+                let mut e =
+                    DiscoveryEntry::tcp_ipv4(log::SUBTYPE_NVME, portid, &addr.ip().to_string(), addr.port(), &s.nqn);
+                e.asqsz = ctx.registry.params.max_queue_depth;
+                e.treq |= log::TREQ_DISABLE_SQFLOW;
+                entries.push(e);
+            }
         }
     }
     log::build_discovery_log(r.discovery_genctr, &entries)

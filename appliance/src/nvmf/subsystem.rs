@@ -71,8 +71,36 @@ pub struct RegistryInner {
     /// Listening addresses.
     pub listeners: Vec<Listener>,
     next_cntlid: u16,
+    /// Controller IDs this peer hands out (a group peer has its own range: controller
+    /// IDs are unique in a subsystem, which spans the group).
+    cntlid_range: (u16, u16),
+    /// This peer's ANA group (a group peer has one of its own: hosts see one path per
+    /// peer, each in its own group).
+    pub ana_group: u32,
+    /// The I/O listeners of the group's other live peers, as hosts reach them
+    /// (advertised addresses): the discovery log lists them as paths too.
+    pub group_paths: Vec<SocketAddr>,
     /// Discovery log generation counter (bumped whenever the log changes).
     pub discovery_genctr: u64,
+}
+
+/// Controller IDs each group peer has: peer `p` hands out `1 + (p mod 63) · 1024` and
+/// the 1023 after it (the specification keeps 0xFFF0 and up).
+pub const CNTLIDS_PER_PEER: u16 = 1024;
+
+/// The highest ANA group ID a group peer may have (its routing id + 1).
+pub const ANA_GROUP_MAX: u32 = 1024;
+
+impl RegistryInner {
+    /// The discovery log changed: a new generation, and an event for every discovery
+    /// controller that asked for them (a host with a persistent discovery connection
+    /// learns new paths without polling).
+    pub fn discovery_changed(&mut self) {
+        self.discovery_genctr += 1;
+        for c in self.controllers.values().filter(|c| c.discovery) {
+            c.post_event(crate::nvmf::ctrlr::AEN_DISCOVERY_CHANGED);
+        }
+    }
 }
 
 /// The target's registry of subsystems and controllers.
@@ -88,7 +116,8 @@ const CNTLID_MAX: u16 = 0xffef;
 impl Registry {
     /// A registry with only the discovery subsystem.
     pub fn new(params: TargetParams) -> Registry {
-        let mut inner = RegistryInner { next_cntlid: 1, ..Default::default() };
+        let mut inner =
+            RegistryInner { next_cntlid: 1, cntlid_range: (1, CNTLID_MAX), ana_group: 1, ..Default::default() };
         inner.subsystems.insert(
             DISCOVERY_NQN.to_string(),
             Subsystem {
@@ -121,7 +150,7 @@ impl Registry {
         if let Some(hosts) = allowed_hosts {
             entry.allowed_hosts = hosts;
         }
-        r.discovery_genctr += 1;
+        r.discovery_changed();
     }
 
     /// Removes the subsystem of `volume`; returns the controllers that were in it.
@@ -130,22 +159,56 @@ impl Registry {
         let nqn = r.subsystems.values().find(|s| s.volume().map(|v| v.id) == Some(volume)).map(|s| s.nqn.clone());
         if let Some(nqn) = nqn {
             r.subsystems.remove(&nqn);
-            r.discovery_genctr += 1;
+            r.discovery_changed();
         }
         r.controllers.values().filter(|c| c.volume == Some(volume)).cloned().collect()
     }
 
-    /// Picks a free controller ID. Controller IDs are unique on this peer; the group
-    /// issue partitions the space between peers.
+    /// Picks a free controller ID of this peer's range.
     pub fn next_cntlid(inner: &mut RegistryInner) -> Option<u16> {
-        for _ in 0..CNTLID_MAX {
+        let (lo, hi) = inner.cntlid_range;
+        if !(lo..=hi).contains(&inner.next_cntlid) {
+            inner.next_cntlid = lo;
+        }
+        for _ in lo..=hi {
             let id = inner.next_cntlid;
-            inner.next_cntlid = if id >= CNTLID_MAX { 1 } else { id + 1 };
+            inner.next_cntlid = if id >= hi { lo } else { id + 1 };
             if !inner.controllers.contains_key(&id) {
                 return Some(id);
             }
         }
         None
+    }
+
+    /// This peer is routing id `me` of a group: its own controller ID range and ANA
+    /// group.
+    pub fn set_group_peer(&self, me: u16) {
+        let mut r = self.lock();
+        let lo = 1 + (me % 63) * CNTLIDS_PER_PEER;
+        r.cntlid_range = (lo, lo + CNTLIDS_PER_PEER - 1);
+        let group = u32::from(me) + 1;
+        if r.ana_group != group {
+            r.ana_group = group.min(ANA_GROUP_MAX);
+            if u32::from(me) + 1 > ANA_GROUP_MAX {
+                tracing::warn!(me, "routing id beyond {ANA_GROUP_MAX}: this peer shares the last ANA group");
+            }
+        }
+    }
+
+    /// The group's other live peers' I/O addresses changed.
+    pub fn set_group_paths(&self, mut paths: Vec<SocketAddr>) {
+        paths.sort();
+        paths.dedup();
+        let mut r = self.lock();
+        if r.group_paths != paths {
+            r.group_paths = paths;
+            r.discovery_changed();
+        }
+    }
+
+    /// This peer's ANA group.
+    pub fn ana_group(&self) -> u32 {
+        self.lock().ana_group
     }
 
     /// Forgets a controller (its admin queue went away or it timed out).

@@ -5,10 +5,14 @@
 //!
 //! 1. readiness of its sockets (and listeners, on the reactor that accepts),
 //! 2. messages from the control thread (new connections, new volume tables, answers),
-//! 3. receive and execute on every connection with bytes to read,
+//! 3. receive and execute on every connection with bytes to read (host queue pairs and
+//!    inbound peer links alike: [`Conn`]),
 //! 4. device completions, requests parked on a full device queue or an empty pool,
-//! 5. sends, then one device kick for the whole batch,
-//! 6. timers (keep-alive, teardown) every [`TICK`].
+//! 5. its outbound peer links ([`crate::peer::client::Links`]): answers of forwarded
+//!    parts complete their host requests,
+//! 6. sends, then one device kick for the whole batch,
+//! 7. timers (keep-alive, teardown, link hold times, parts to route again) every
+//!    [`TICK`].
 //!
 //! Nothing on this path takes a lock or writes memory another reactor writes. Poll
 //! modes: `Busy` never sleeps (the appliance); `Hybrid` spins for a while after the last
@@ -28,8 +32,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use quire_drivers::{IoRequest, PoolShard, QueuePair, SubmitError};
 
 use crate::nvmf::subsystem::Registry;
-use crate::nvmf::tcp::qpair::{ConnState, TcpQpair};
-use crate::volume::routing::RoutingTable;
+use crate::nvmf::tcp::qpair::{ConnState, TcpQpair, COMMAND_INTERRUPTED};
+use crate::peer::client::{Finished, Forward, Links, PATH_ERROR};
+use crate::peer::server::{LinkServer, ServerState};
+use crate::volume::routing::{PeerId, Route, RoutingTable};
 use crate::volume::{VolumeId, VolumeView};
 pub use msg::{ControlMsg, ReactorMsg};
 use stats::{add, ReactorStats, VolumeCounters};
@@ -50,6 +56,97 @@ const DEVICE_NAP: Duration = Duration::from_micros(50);
 const TOKEN_WAKER: Token = Token(usize::MAX);
 const TOKEN_DEVICE: Token = Token(usize::MAX - 1);
 const TOKEN_LISTENER_BASE: usize = usize::MAX - 16;
+
+/// How long a part the owner could not take is kept before it is routed again.
+const REROUTE_DELAY: Duration = Duration::from_millis(20);
+/// Hold time before the control thread says (the group's `hold_ms`).
+const HOLD_DEFAULT: Duration = Duration::from_secs(25);
+
+/// What a listener accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// NVMe/TCP I/O.
+    Io,
+    /// NVMe/TCP discovery.
+    Discovery,
+    /// Links from other peers of the group (`group.listen`).
+    Link,
+}
+
+/// One connection of a reactor: a host's NVMe/TCP queue pair, or a link another peer
+/// opened to forward I/O here. Both run requests through the same state machine and
+/// are found the same way by device completions and control answers ([`ReqRef`]).
+pub enum Conn {
+    /// A host queue pair.
+    Host(TcpQpair),
+    /// An inbound peer link.
+    Link(LinkServer),
+}
+
+impl Conn {
+    fn on_device_completion(&mut self, req: u16, r: Result<(), quire_drivers::IoError>, ctx: &mut ReactorCtx) {
+        match self {
+            Conn::Host(c) => c.on_device_completion(req, r, ctx),
+            Conn::Link(l) => l.on_device_completion(req, r, ctx),
+        }
+    }
+
+    fn on_alloc_done(&mut self, req: u16, r: Result<(), quire_wire::nvme::Status>, ctx: &mut ReactorCtx) {
+        match self {
+            Conn::Host(c) => c.on_alloc_done(req, r, ctx),
+            Conn::Link(l) => l.on_alloc_done(req, r, ctx),
+        }
+    }
+
+    fn on_free_done(&mut self, req: u16, r: Result<(), quire_wire::nvme::Status>, ctx: &mut ReactorCtx) {
+        match self {
+            Conn::Host(c) => c.on_free_done(req, r, ctx),
+            Conn::Link(l) => l.on_free_done(req, r, ctx),
+        }
+    }
+
+    fn resume_device(&mut self, req: u16, ctx: &mut ReactorCtx) {
+        match self {
+            Conn::Host(c) => c.resume_device(req, ctx),
+            Conn::Link(l) => l.resume_device(req, ctx),
+        }
+    }
+
+    fn host(&mut self) -> &mut TcpQpair {
+        match self {
+            Conn::Host(c) => c,
+            Conn::Link(_) => panic!("a host request's connection is a host queue pair"),
+        }
+    }
+
+    fn active_requests(&self) -> u32 {
+        match self {
+            Conn::Host(c) => c.active_requests(),
+            Conn::Link(l) => l.active_requests(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::Host(c) => c.state() == ConnState::Closed,
+            Conn::Link(l) => l.state() == ServerState::Closed,
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        match self {
+            Conn::Host(c) => matches!(c.state(), ConnState::Terminating | ConnState::Draining),
+            Conn::Link(l) => l.state() == ServerState::Draining,
+        }
+    }
+
+    fn sock(&mut self) -> &mut mio::net::TcpStream {
+        match self {
+            Conn::Host(c) => &mut c.sock,
+            Conn::Link(l) => &mut l.sock,
+        }
+    }
+}
 
 /// How a reactor waits for work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,9 +269,27 @@ pub struct ReactorCtx {
     free_waiters: HashMap<u64, ReqRef>,
     next_cookie: u64,
     barrier: Barrier,
+    /// This reactor's links to the other peers of the group (empty for a single peer).
+    pub links: Links,
+    /// The pool buffers inbound peer links draw from, apart from the hosts' (see
+    /// `peer`: no deadlock between peers forwarding to each other).
+    pub link_pool: Option<PoolShard>,
+    /// Forwarded parts whose owner did not take them, to route again after a pause.
+    reroutes: Vec<(Instant, Forward)>,
 }
 
 impl ReactorCtx {
+    /// How long I/O for an unreachable page owner is held.
+    pub fn hold(&self) -> Duration {
+        self.links.directory().map_or(HOLD_DEFAULT, |d| d.hold)
+    }
+
+    /// Sends a part to the peer that owns its page.
+    pub fn forward(&mut self, peer: PeerId, mut f: Forward) {
+        f.to = peer;
+        self.links.forward(peer, f, Instant::now());
+    }
+
     /// Starts a new device request in `dev_req`: operation, range, no segments yet.
     #[inline]
     pub fn prepare(&mut self, op: quire_drivers::Op, lba: u64, num_blocks: u32) {
@@ -307,10 +422,12 @@ pub struct ReactorParts {
     pub registry: Arc<Registry>,
     /// Channel to the control thread.
     pub control: Sender<ControlMsg>,
-    /// Listeners to accept on (`true` = discovery port); only one reactor has them.
-    pub listeners: Vec<(std::net::TcpListener, bool)>,
+    /// Listeners to accept on; only one reactor has them.
+    pub listeners: Vec<(std::net::TcpListener, ListenerKind)>,
     /// Alignment the device wants of segment addresses and lengths.
     pub dev_memory_align: u32,
+    /// Buffers for inbound peer links (a group peer).
+    pub link_pool: Option<PoolShard>,
 }
 
 /// A reactor, ready to run on its thread.
@@ -318,13 +435,13 @@ pub struct Reactor {
     ctx: ReactorCtx,
     poll: Poll,
     inbox: Arc<ArrayQueue<ReactorMsg>>,
-    conns: Vec<Option<TcpQpair>>,
+    conns: Vec<Option<Conn>>,
     free_conns: Vec<u32>,
-    listeners: Vec<(mio::net::TcpListener, bool)>,
+    listeners: Vec<(mio::net::TcpListener, ListenerKind)>,
     peers: Vec<ReactorHandle>,
     next_peer: usize,
     /// Accepted connections another reactor's full ring could not take yet.
-    handoffs: VecDeque<(usize, std::net::TcpStream, bool)>,
+    handoffs: VecDeque<(usize, std::net::TcpStream, ListenerKind)>,
     mode: PollMode,
     core: Option<usize>,
     last_work: Instant,
@@ -372,6 +489,9 @@ impl Reactor {
             free_waiters: HashMap::new(),
             next_cookie: 0,
             barrier: Barrier::default(),
+            links: Links::default(),
+            link_pool: parts.link_pool,
+            reroutes: Vec::new(),
         };
         let reactor = Reactor {
             ctx,
@@ -436,6 +556,7 @@ impl Reactor {
             work |= self.receive_all();
             work |= self.poll_device();
             work |= self.retry_waiters();
+            work |= self.links_turn();
             self.flush_all();
             self.ctx.dev.kick();
             self.ctx.flush_control_backlog();
@@ -492,7 +613,12 @@ impl Reactor {
             || !self.ctx.buf_waiters.is_empty()
             || !self.ctx.dev_waiters.is_empty()
             || !self.ctx.control_backlog.is_empty()
-            || self.conns.iter().flatten().any(|c| c.rx.staged_len() > 0 && c.rx.can_progress() || c.wants_flush());
+            || !self.ctx.links.finished.is_empty()
+            || self.ctx.links.wants_poll(Instant::now())
+            || self.conns.iter().flatten().any(|c| match c {
+                Conn::Host(c) => c.rx.staged_len() > 0 && c.rx.can_progress() || c.wants_flush(),
+                Conn::Link(l) => l.wants_flush() || l.may_unstall(&self.ctx),
+            });
         if pending_local || self.last_work.elapsed() < spin {
             return Some(Duration::ZERO);
         }
@@ -506,18 +632,34 @@ impl Reactor {
         match ev.token() {
             TOKEN_WAKER | TOKEN_DEVICE => {}
             Token(t) if t >= TOKEN_LISTENER_BASE => self.accept(t - TOKEN_LISTENER_BASE),
+            t if t.0 >= crate::peer::client::LINK_TOKEN_BASE => {
+                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                self.ctx.links.on_event(t, readable, ev.is_writable() || ev.is_write_closed());
+            }
             Token(t) => {
-                if let Some(Some(c)) = self.conns.get_mut(t) {
-                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        c.rx.readable = true;
+                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                match self.conns.get_mut(t) {
+                    Some(Some(Conn::Host(c))) => {
+                        if readable {
+                            c.rx.readable = true;
+                        }
+                        if ev.is_error() {
+                            // Zero-copy completions wait on the socket's error queue.
+                            c.tx.zc_ready = true;
+                        }
+                        if ev.is_writable() {
+                            c.tx.blocked = false;
+                        }
                     }
-                    if ev.is_error() {
-                        // Zero-copy completions wait on the socket's error queue.
-                        c.tx.zc_ready = true;
+                    Some(Some(Conn::Link(l))) => {
+                        if readable {
+                            l.readable = true;
+                        }
+                        if ev.is_writable() {
+                            l.on_writable();
+                        }
                     }
-                    if ev.is_writable() {
-                        c.tx.blocked = false;
-                    }
+                    _ => {}
                 }
             }
         }
@@ -533,17 +675,17 @@ impl Reactor {
                     return;
                 }
             };
-            let discovery = self.listeners[i].1;
+            let kind = self.listeners[i].1;
             let _ = stream.set_nodelay(true);
             // SAFETY-free conversion: mio hands out its own type; reactors take std streams.
             let std_stream: std::net::TcpStream = stream.into();
-            tracing::debug!(%peer, discovery, "accepted connection");
+            tracing::debug!(%peer, ?kind, "accepted connection");
             if self.peers.is_empty() {
-                self.add_connection(std_stream, discovery);
+                self.add_connection(std_stream, kind);
             } else {
                 let target = self.next_peer % self.peers.len();
                 self.next_peer += 1;
-                self.handoffs.push_back((target, std_stream, discovery));
+                self.handoffs.push_back((target, std_stream, kind));
             }
         }
     }
@@ -552,23 +694,23 @@ impl Reactor {
     /// once); a full ring keeps the rest for the next loop, in order.
     fn hand_off(&mut self) -> bool {
         let mut work = false;
-        while let Some((target, stream, discovery)) = self.handoffs.pop_front() {
+        while let Some((target, stream, kind)) = self.handoffs.pop_front() {
             work = true;
             if target == self.ctx.id {
-                self.add_connection(stream, discovery);
+                self.add_connection(stream, kind);
                 continue;
             }
-            if let Err(ReactorMsg::NewConnection(stream, discovery)) =
-                self.peers[target].try_send(ReactorMsg::NewConnection(stream, discovery))
+            if let Err(ReactorMsg::NewConnection(stream, kind)) =
+                self.peers[target].try_send(ReactorMsg::NewConnection(stream, kind))
             {
-                self.handoffs.push_front((target, stream, discovery));
+                self.handoffs.push_front((target, stream, kind));
                 break;
             }
         }
         work
     }
 
-    fn add_connection(&mut self, stream: std::net::TcpStream, discovery: bool) {
+    fn add_connection(&mut self, stream: std::net::TcpStream, kind: ListenerKind) {
         let Ok(peer) = stream.peer_addr() else { return };
         if stream.set_nonblocking(true).is_err() {
             return;
@@ -592,7 +734,12 @@ impl Reactor {
             self.free_conns.push(index);
             return;
         }
-        self.conns[index as usize] = Some(TcpQpair::new(index, sock, peer, discovery, &self.ctx));
+        self.conns[index as usize] = Some(match kind {
+            ListenerKind::Link => Conn::Link(LinkServer::new(index, sock, peer, &self.ctx)),
+            ListenerKind::Io | ListenerKind::Discovery => {
+                Conn::Host(TcpQpair::new(index, sock, peer, kind == ListenerKind::Discovery, &self.ctx))
+            }
+        });
         add(&self.ctx.stats.connections, 1);
     }
 
@@ -602,7 +749,8 @@ impl Reactor {
         while let Some(m) = self.inbox.pop() {
             work = true;
             match m {
-                ReactorMsg::NewConnection(s, disc) => self.add_connection(s, disc),
+                ReactorMsg::NewConnection(s, kind) => self.add_connection(s, kind),
+                ReactorMsg::PeersUpdated(dir) => self.ctx.links.set_directory(dir, Instant::now()),
                 ReactorMsg::VolumeUpdated { view, routing, counters, all_counters } => {
                     self.ctx.volumes.insert(view.info.id, VolumeEntry { view, routing, counters, all_counters });
                 }
@@ -634,13 +782,24 @@ impl Reactor {
     fn receive_all(&mut self) -> bool {
         let mut work = false;
         for c in self.conns.iter_mut().flatten() {
-            if c.rx.may_unstarve(&self.ctx.pool) {
-                c.rx.starved = false;
-            }
-            if c.rx.can_progress() && matches!(c.state(), ConnState::AwaitingICReq | ConnState::Ready) {
-                let before = c.rx.staged_len();
-                c.receive(&mut self.ctx);
-                work |= c.rx.readable || before != c.rx.staged_len();
+            match c {
+                Conn::Host(c) => {
+                    if c.rx.may_unstarve(&self.ctx.pool) {
+                        c.rx.starved = false;
+                    }
+                    if c.rx.can_progress() && matches!(c.state(), ConnState::AwaitingICReq | ConnState::Ready) {
+                        let before = c.rx.staged_len();
+                        c.receive(&mut self.ctx);
+                        work |= c.rx.readable || before != c.rx.staged_len();
+                    }
+                }
+                Conn::Link(l) => {
+                    let go = l.readable && !l.stalled || l.may_unstall(&self.ctx);
+                    if go && !matches!(l.state(), ServerState::Draining | ServerState::Closed) {
+                        l.receive(&mut self.ctx);
+                        work = true;
+                    }
+                }
             }
         }
         work
@@ -678,7 +837,7 @@ impl Reactor {
             let Some(w) = self.ctx.buf_waiters.pop_front() else { break };
             let before = self.ctx.buf_waiters.len();
             let c = self.conns[w.conn as usize].as_mut().expect("a parked request's connection lives");
-            c.resume_buffers(w.req, &mut self.ctx);
+            c.host().resume_buffers(w.req, &mut self.ctx);
             work = true;
             if self.ctx.buf_waiters.len() > before {
                 // It went back to the queue: not enough buffers yet.
@@ -690,11 +849,20 @@ impl Reactor {
 
     fn flush_all(&mut self) {
         for c in self.conns.iter_mut().flatten() {
-            if c.wants_flush() {
-                c.flush(&mut self.ctx);
-            }
-            if c.state() == ConnState::Draining {
-                c.maybe_closed(&mut self.ctx);
+            match c {
+                Conn::Host(c) => {
+                    if c.wants_flush() {
+                        c.flush(&mut self.ctx);
+                    }
+                    if c.state() == ConnState::Draining {
+                        c.maybe_closed(&mut self.ctx);
+                    }
+                }
+                Conn::Link(l) => {
+                    if l.wants_flush() {
+                        l.flush(&mut self.ctx);
+                    }
+                }
             }
         }
     }
@@ -702,24 +870,30 @@ impl Reactor {
     fn tick(&mut self) {
         self.last_tick = Instant::now();
         let active: u64 = self.conns.iter().flatten().map(|c| u64::from(c.active_requests())).sum();
+        let forwards = u64::try_from(self.ctx.links.outstanding()).unwrap_or(u64::MAX);
         let st = &self.ctx.stats;
         st.requests_active.store(active, std::sync::atomic::Ordering::Relaxed);
-        let closing = self
-            .conns
-            .iter()
-            .flatten()
-            .filter(|c| matches!(c.state(), ConnState::Terminating | ConnState::Draining))
-            .count();
+        st.forwards_outstanding.store(forwards, std::sync::atomic::Ordering::Relaxed);
+        let closing = self.conns.iter().flatten().filter(|c| c.is_closing()).count();
         st.connections_closing.store(closing as u64, std::sync::atomic::Ordering::Relaxed);
         st.buffers_free.store(self.ctx.pool.available() as u64, std::sync::atomic::Ordering::Relaxed);
         st.buffers_total.store(self.ctx.pool.total() as u64, std::sync::atomic::Ordering::Relaxed);
+        let now = self.last_tick;
+        self.ctx.links.tick(self.poll.registry(), now);
+        self.reroute_due(now);
+        self.deliver_forwards();
         for i in 0..self.conns.len() {
             let Some(c) = self.conns[i].as_mut() else { continue };
-            c.tick(&mut self.ctx);
-            if c.state() == ConnState::Closed {
+            match c {
+                Conn::Host(c) => c.tick(&mut self.ctx),
+                Conn::Link(l) => l.tick(&mut self.ctx),
+            }
+            if c.is_closed() {
                 let mut c = self.conns[i].take().expect("checked above");
-                c.on_closed(&self.ctx);
-                let _ = self.poll.registry().deregister(&mut c.sock);
+                if let Conn::Host(h) = &mut c {
+                    h.on_closed(&self.ctx);
+                }
+                let _ = self.poll.registry().deregister(c.sock());
                 let index = u32::try_from(i).expect("at most CONNS_MAX connections");
                 self.free_conns.push(index);
                 self.ctx.stats.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -729,6 +903,70 @@ impl Reactor {
                 assert!(!self.ctx.buf_waiters.iter().any(mine) && !self.ctx.dev_waiters.iter().any(mine));
                 debug_assert!(!self.ctx.alloc_waiters.values().flatten().any(mine));
                 debug_assert!(!self.ctx.free_waiters.values().any(mine));
+            }
+        }
+    }
+
+    /// Drives the outbound peer links and completes the host parts they answered.
+    fn links_turn(&mut self) -> bool {
+        let work = self.ctx.links.poll(self.poll.registry(), Instant::now());
+        let delivered = self.deliver_forwards();
+        work || delivered
+    }
+
+    /// Hands every answered forward to its host request; parts the owner did not take
+    /// wait to be routed again.
+    fn deliver_forwards(&mut self) -> bool {
+        let mut work = false;
+        while !self.ctx.links.finished.is_empty() {
+            work = true;
+            let batch = std::mem::take(&mut self.ctx.links.finished);
+            for f in batch {
+                match f {
+                    Finished::Done(rref, result) => {
+                        if result == Err(PATH_ERROR) {
+                            add(&self.ctx.stats.path_errors, 1);
+                        }
+                        let c =
+                            self.conns[rref.conn as usize].as_mut().expect("a forwarding request's connection lives");
+                        c.host().on_forward_done(rref.req, result, &mut self.ctx);
+                    }
+                    Finished::Reroute(fwd) => self.ctx.reroutes.push((Instant::now() + REROUTE_DELAY, *fwd)),
+                }
+            }
+        }
+        work
+    }
+
+    /// Routes again, with the reactor's newest table, the parts whose owner did not
+    /// take them: to the owner it names now, or back to the host to retry when the page
+    /// is this peer's now; past its hold time, a part ends with a path error.
+    fn reroute_due(&mut self, now: Instant) {
+        if self.ctx.reroutes.is_empty() {
+            return;
+        }
+        let (due, wait): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.ctx.reroutes).into_iter().partition(|(at, _)| *at <= now);
+        self.ctx.reroutes = wait;
+        for (_, mut f) in due {
+            let route = if now >= f.deadline {
+                None
+            } else if f.op == crate::peer::proto::Op::Flush {
+                Some(Route::Remote(f.to))
+            } else {
+                self.ctx.volumes.get(&f.volume).filter(|v| f.page < v.routing.len()).map(|v| v.routing.route(f.page))
+            };
+            match route {
+                Some(Route::Remote(peer)) => {
+                    if let Some(v) = self.ctx.volumes.get(&f.volume) {
+                        f.epoch = v.routing.epoch;
+                    }
+                    self.ctx.forward(peer, f);
+                }
+                // The page is this peer's now (its table changed): the host sends the
+                // command again and it runs here.
+                Some(Route::Local) => self.ctx.links.finished.push(Finished::Done(f.rref, Err(COMMAND_INTERRUPTED))),
+                None => self.ctx.links.finished.push(Finished::Done(f.rref, Err(PATH_ERROR))),
             }
         }
     }

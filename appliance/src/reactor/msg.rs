@@ -42,8 +42,11 @@ pub fn control_inbox_capacity(reactors: usize) -> usize {
 
 /// What a reactor is told.
 pub enum ReactorMsg {
-    /// A new connection to serve (accepted by the listening reactor).
-    NewConnection(std::net::TcpStream, bool),
+    /// A new connection to serve (accepted by the listening reactor), and what its
+    /// listener is for.
+    NewConnection(std::net::TcpStream, super::ListenerKind),
+    /// The group's peers changed (addresses, liveness): a new directory for the links.
+    PeersUpdated(Arc<crate::peer::PeerDirectory>),
     /// A volume appeared or changed (grown): its view, routing table and counters.
     VolumeUpdated {
         /// The new view (replaces the old one, whose memory goes when unused).

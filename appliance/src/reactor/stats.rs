@@ -57,6 +57,26 @@ pub struct ReactorStats {
     pub device_requests: AtomicU64,
     /// Sends made with MSG_ZEROCOPY.
     pub zero_copy_sends: AtomicU64,
+    /// Forwarded parts waiting for their answer (set at every tick).
+    pub forwards_outstanding: AtomicU64,
+    /// Parts of host commands forwarded to the peers that own their pages.
+    pub forwarded_parts: AtomicU64,
+    /// Read and write data bytes of those parts (sent or received on peer links, never
+    /// copied in userspace).
+    pub forwarded_bytes: AtomicU64,
+    /// Forwarded parts answered with a retryable path error: their owner could not be
+    /// reached within the hold time.
+    pub path_errors: AtomicU64,
+    /// Requests of other peers served (inbound peer links).
+    pub link_served: AtomicU64,
+    /// Of those, answered with an error status.
+    pub link_errors: AtomicU64,
+    /// Inbound peer links refused at the handshake (wrong secret, other group, ...).
+    pub link_refusals: AtomicU64,
+    /// Bytes received on inbound peer links.
+    pub link_rx_bytes: AtomicU64,
+    /// Bytes sent on inbound peer links.
+    pub link_tx_bytes: AtomicU64,
 }
 
 /// A counter per request state transition.

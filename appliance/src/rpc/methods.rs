@@ -280,6 +280,33 @@ pub struct ReactorStatsEntry {
     /// Buffers given up for good (zero-copy sends never completed).
     #[serde(default)]
     pub retired_buffers: u64,
+    /// Parts of host commands forwarded to the peers that own their pages.
+    #[serde(default)]
+    pub forwarded_parts: u64,
+    /// Read and write bytes of those parts (never copied in userspace).
+    #[serde(default)]
+    pub forwarded_bytes: u64,
+    /// Forwarded parts waiting for their answer at the last tick.
+    #[serde(default)]
+    pub forwards_outstanding: u64,
+    /// Forwarded parts answered with a path error (owner unreachable past the hold).
+    #[serde(default)]
+    pub path_errors: u64,
+    /// Requests of other peers served on inbound links.
+    #[serde(default)]
+    pub link_served: u64,
+    /// Of those, answered with an error status.
+    #[serde(default)]
+    pub link_errors: u64,
+    /// Inbound links refused at the handshake.
+    #[serde(default)]
+    pub link_refusals: u64,
+    /// Bytes received on inbound peer links.
+    #[serde(default)]
+    pub link_rx_bytes: u64,
+    /// Bytes sent on inbound peer links.
+    #[serde(default)]
+    pub link_tx_bytes: u64,
 }
 
 /// The result of `store_info`.

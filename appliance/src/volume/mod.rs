@@ -12,6 +12,7 @@
 //! - [`alloc`]: the buddy allocator of device slots.
 
 pub mod alloc;
+pub mod io;
 pub mod meta;
 pub mod pages;
 pub mod placement;

@@ -36,17 +36,37 @@ pub struct RoutingTable {
     pub local: PeerId,
     /// Owner of each page.
     owners: Box<[PeerId]>,
+    /// The other peers that own pages, each once (a flush goes to each of them).
+    remote: Box<[PeerId]>,
+}
+
+fn remote_of(local: PeerId, owners: &[PeerId]) -> Box<[PeerId]> {
+    let mut r: Vec<PeerId> = owners.iter().copied().filter(|&o| o != local).collect();
+    r.sort_unstable_by_key(|p| p.0);
+    r.dedup();
+    r.into_boxed_slice()
 }
 
 impl RoutingTable {
     /// A table where `local` owns all `num_pages` pages.
     pub fn local_only(local: PeerId, num_pages: u64, epoch: Epoch) -> RoutingTable {
-        RoutingTable { epoch, local, owners: vec![local; usize_from(num_pages)].into_boxed_slice() }
+        RoutingTable {
+            epoch,
+            local,
+            owners: vec![local; usize_from(num_pages)].into_boxed_slice(),
+            remote: Box::new([]),
+        }
     }
 
     /// The table of `owners` (one per page) as seen from peer `local`.
     pub fn from_owners(local: PeerId, owners: Vec<PeerId>, epoch: Epoch) -> RoutingTable {
-        RoutingTable { epoch, local, owners: owners.into_boxed_slice() }
+        let remote = remote_of(local, &owners);
+        RoutingTable { epoch, local, owners: owners.into_boxed_slice(), remote }
+    }
+
+    /// The other peers that own pages of the volume.
+    pub fn remote_peers(&self) -> &[PeerId] {
+        &self.remote
     }
 
     /// The owner of every page.
@@ -65,7 +85,8 @@ impl RoutingTable {
         assert!(num_pages >= self.owners.len() as u64, "routing tables only grow");
         let mut owners = self.owners.to_vec();
         owners.resize(usize_from(num_pages), self.local);
-        RoutingTable { epoch: Epoch(self.epoch.0 + 1), local: self.local, owners: owners.into() }
+        let remote = remote_of(self.local, &owners);
+        RoutingTable { epoch: Epoch(self.epoch.0 + 1), local: self.local, owners: owners.into(), remote }
     }
 
     /// Number of pages.
@@ -112,6 +133,9 @@ mod tests {
         assert_eq!(t.route(1), Route::Remote(PeerId(2)));
         assert!(t.all_local(0, 0) && t.all_local(2, 2));
         assert!(!t.all_local(0, 1) && !t.all_local(1, 2));
+        assert_eq!(t.remote_peers(), [PeerId(2)]);
+        let many = RoutingTable::from_owners(PeerId(1), vec![PeerId(3), PeerId(1), PeerId(2), PeerId(3)], Epoch(1));
+        assert_eq!(many.remote_peers(), [PeerId(2), PeerId(3)], "each other owner once");
         assert_eq!(std::mem::size_of::<PeerId>(), 2, "two bytes of routing state per page");
     }
 }

@@ -333,10 +333,25 @@ impl TcpQpair {
         let io_write = self.q.qid.is_some_and(|q| q != 0) && r.cmd.opcode != opcode::FABRICS;
         let seg = r.bufs[0].seg(0, r.bufs[0].len());
         let align = ctx.dev_memory_align.max(1);
-        let in_place = !io_write || ((seg.addr as u64) | u64::from(seg.len)).is_multiple_of(align);
+        let in_place =
+            !io_write || ((seg.addr as u64) | u64::from(seg.len)).is_multiple_of(align) || self.all_remote(idx, ctx);
         let next = if in_place { ReqState::ReadyToExecute } else { ReqState::NeedBuffer };
         self.reqs.set_state(idx, next);
         self.process(idx, ctx);
+    }
+
+    /// True when every block command `idx` addresses lies on pages other peers own: its
+    /// data goes to a peer link, which takes it wherever it landed (no device alignment
+    /// to meet, no copy to make).
+    fn all_remote(&self, idx: u16, ctx: &ReactorCtx) -> bool {
+        let cmd = self.reqs.req(idx).cmd;
+        let Some(vol) = self.q.ctrlr.as_ref().and_then(|c| c.volume).and_then(|v| ctx.volumes.get(&v)) else {
+            return false;
+        };
+        let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
+        let Some(end) = slba.checked_add(nlb).filter(|&e| e <= vol.view.info.num_blocks()) else { return false };
+        let bpp = vol.view.info.blocks_per_page();
+        (slba / bpp..=(end - 1) / bpp).all(|p| vol.routing.route(p) != crate::volume::routing::Route::Local)
     }
 
     fn need_buffer(&mut self, idx: u16, ctx: &mut ReactorCtx) {
@@ -469,31 +484,28 @@ impl TcpQpair {
 
     /// A device part of request `idx` completed.
     pub fn on_device_completion(&mut self, idx: u16, result: Result<(), quire_drivers::IoError>, ctx: &mut ReactorCtx) {
-        io::on_part_done(&mut self.reqs, idx, result);
+        crate::volume::io::on_part_done(&mut self.reqs, idx, result);
+        self.process(idx, ctx);
+        self.maybe_closed(ctx);
+    }
+
+    /// The owner of a page answered a part of request `idx` forwarded to it.
+    pub fn on_forward_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
+        crate::volume::io::on_forward_done(&mut self.reqs, idx, result);
         self.process(idx, ctx);
         self.maybe_closed(ctx);
     }
 
     /// The control thread answered an allocation request `idx` waited for.
     pub fn on_alloc_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
-        let r = self.reqs.req_mut(idx);
-        assert!(r.allocs_inflight > 0, "request {idx}: allocation answer it did not wait for: {r:?}");
-        r.allocs_inflight -= 1;
-        if let Err(s) = result {
-            r.fail(s);
-        }
+        self.reqs.req_mut(idx).alloc_answered(idx, result);
         self.process(idx, ctx);
         self.maybe_closed(ctx);
     }
 
     /// The control thread answered a whole-page free of request `idx`.
     pub fn on_free_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
-        let r = self.reqs.req_mut(idx);
-        assert!(r.frees_inflight > 0, "request {idx}: free answer it did not wait for: {r:?}");
-        r.frees_inflight -= 1;
-        if let Err(s) = result {
-            r.fail(s);
-        }
+        self.reqs.req_mut(idx).free_answered(idx, result);
         self.process(idx, ctx);
         self.maybe_closed(ctx);
     }

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! What a request waits on outside its connection is counted apart, so that each
-//! answer knows what it completes: `dev_inflight` device parts, `frees_inflight`
+//! answer knows what it completes: `dev_inflight` device parts, `fwd_inflight` parts
+//! forwarded to the peers that own their pages, `frees_inflight`
 //! whole-page frees at the control thread (they are parts of the command too), and
 //! `allocs_inflight` page allocations (execution resumes when they are all answered).
 //! A request in `WaitingDevice` or `WaitingControl` may have device parts and frees
@@ -178,6 +179,9 @@ pub struct Req {
     pub dw1: u32,
     /// Device parts submitted and not yet completed.
     pub dev_inflight: u32,
+    /// Parts forwarded to the peers that own their pages and not yet answered (their
+    /// segments of this request's buffers are on a peer link).
+    pub fwd_inflight: u32,
     /// Whole-page frees asked of the control thread and not yet answered.
     pub frees_inflight: u32,
     /// Page allocations asked of the control thread and not yet answered.
@@ -215,6 +219,7 @@ impl Req {
             dw0: 0,
             dw1: 0,
             dev_inflight: 0,
+            fwd_inflight: 0,
             frees_inflight: 0,
             allocs_inflight: 0,
             cursor: 0,
@@ -230,12 +235,31 @@ impl Req {
     /// still works for this request, or will answer it: it must not be freed, and its
     /// buffers must stay where the device may write them.
     pub fn outstanding(&self) -> bool {
-        self.dev_inflight + self.frees_inflight + self.allocs_inflight > 0
+        self.dev_inflight + self.fwd_inflight + self.frees_inflight + self.allocs_inflight > 0
     }
 
     /// The state.
     pub fn state(&self) -> ReqState {
         self.state
+    }
+
+    /// The control thread answered one of the page allocations this request (slot
+    /// `idx`) waited for.
+    pub fn alloc_answered(&mut self, idx: u16, result: Result<(), Status>) {
+        assert!(self.allocs_inflight > 0, "request {idx}: allocation answer it did not wait for: {self:?}");
+        self.allocs_inflight -= 1;
+        if let Err(s) = result {
+            self.fail(s);
+        }
+    }
+
+    /// The control thread answered one of this request's whole-page frees.
+    pub fn free_answered(&mut self, idx: u16, result: Result<(), Status>) {
+        assert!(self.frees_inflight > 0, "request {idx}: free answer it did not wait for: {self:?}");
+        self.frees_inflight -= 1;
+        if let Err(s) = result {
+            self.fail(s);
+        }
     }
 
     /// Sets the completion status unless an earlier error already set one.

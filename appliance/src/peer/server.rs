@@ -1,0 +1,676 @@
+//! The owner's end of a peer link: requests another peer forwarded, executed on this
+//! peer's page store, answered on the same link.
+//!
+//! A [`LinkServer`] is one accepted link, served by one reactor like a host
+//! connection (it sits in the reactor's connection table, so device completions and
+//! control answers find it the same way). Its life:
+//!
+//! ```text
+//! Hello ──► Challenge sent ──► Proof ──► Verdict sent ──► Ready ──► Draining ──► Closed
+//!   └──────────── refused (Verdict with the reason) ──────────────┘
+//! ```
+//!
+//! Each request takes a slot of its [`ReqTable`] (the window the caller was given) and
+//! goes through the same request state machine as a host command: buffers from the
+//! reactor's link shard (`NeedBuffer`), its write data straight into them
+//! (`AwaitingH2C`), execution on the page store through the volume I/O layer with
+//! [`Origin::Peer`] (never forwarded again), the response with the read data from the
+//! same buffers (`Transmitting`), then `Free`. Before it executes anything, the server
+//! checks that its own routing table gives it the request's page; if not, the answer
+//! says so (`NotOwner`, with this peer's epoch) and the caller routes again: stale data
+//! is never served. A link that closes drains like a host connection: a request whose
+//! device I/O is out keeps its buffers until it comes back.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use quire_wire::nvme::{opcode, Command, Status};
+
+use super::auth::{Refusal, Server};
+use super::frame::{read_into, write_from, Dispatch, Endpoint, FrameRx, FrameTx, OutMsg, RxEnd, Segs};
+use super::proto::{Message, Op, Outcome, FLAG_FUA, HELLO_LEN, PROOF_LEN};
+use super::LINK_WINDOW;
+use crate::nvmf::tcp::req::{ReqState, ReqTable, Xfer};
+use crate::reactor::stats::add;
+use crate::reactor::{ReactorCtx, ReqRef};
+use crate::volume::io::{self as vio, Kind, Origin};
+use crate::volume::routing::{PeerId, Route};
+use crate::volume::VolumeId;
+
+/// Token of an answer that belongs to no request slot (refused before execution).
+const NO_SLOT: u32 = u32::MAX;
+/// Time a caller has for its handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the link is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// Reading the caller's Hello.
+    Hello,
+    /// Writing our Challenge.
+    SendChallenge,
+    /// Reading the caller's Proof.
+    Proof,
+    /// Writing the Verdict (then Ready, or Closing when it refuses).
+    SendVerdict,
+    /// Requests flow.
+    Ready,
+    /// Refused or broken: the socket is shut; requests with work outstanding drain.
+    Draining,
+    /// Everything came home; the reactor may drop the link.
+    Closed,
+}
+
+/// What the server keeps per request besides the request itself.
+#[derive(Clone, Copy, Debug, Default)]
+struct Meta {
+    tag: u32,
+    volume: u32,
+    fua: bool,
+    /// The range (an NVMe command's 16-bit block count cannot hold a whole large page,
+    /// which a forwarded Write Zeroes or Deallocate may cover).
+    lba: u64,
+    nlb: u32,
+    /// Not executed: answered with this outcome once its data is read.
+    refuse: Option<Outcome>,
+}
+
+/// One inbound peer link.
+pub struct LinkServer {
+    /// Slot in the reactor's connection table.
+    pub index: u32,
+    /// The socket.
+    pub sock: mio::net::TcpStream,
+    /// The caller's address.
+    pub addr: SocketAddr,
+    state: ServerState,
+    hs: Option<Server>,
+    hs_buf: Vec<u8>,
+    hs_pos: usize,
+    refused: bool,
+    /// The caller, once proven.
+    pub remote: Option<PeerId>,
+    reqs: ReqTable,
+    meta: Vec<Meta>,
+    rx: FrameRx,
+    tx: FrameTx,
+    /// The socket may have bytes.
+    pub readable: bool,
+    /// The last receive stopped for want of buffers.
+    pub stalled: bool,
+    since: Instant,
+    /// Why it closed (logged once).
+    pub close_reason: Option<String>,
+}
+
+impl LinkServer {
+    /// A new inbound link in slot `index`.
+    pub fn new(index: u32, sock: mio::net::TcpStream, addr: SocketAddr, ctx: &ReactorCtx) -> LinkServer {
+        let chunk = ctx.link_pool.as_ref().map_or(ctx.pool.chunk_size(), |p| p.chunk_size());
+        let bufs_max = usize::try_from(super::proto::PAYLOAD_MAX).expect("4 MiB").div_ceil(chunk) + 1;
+        let window = usize::from(LINK_WINDOW);
+        LinkServer {
+            index,
+            sock,
+            addr,
+            state: ServerState::Hello,
+            hs: None,
+            hs_buf: vec![0; HELLO_LEN],
+            hs_pos: 0,
+            refused: false,
+            remote: None,
+            reqs: ReqTable::new(window, bufs_max),
+            meta: vec![Meta::default(); window],
+            rx: FrameRx::new(),
+            tx: FrameTx::new(),
+            readable: true,
+            stalled: false,
+            since: Instant::now(),
+            close_reason: None,
+        }
+    }
+
+    /// The state.
+    pub fn state(&self) -> ServerState {
+        self.state
+    }
+
+    /// Requests not free.
+    pub fn active_requests(&self) -> u32 {
+        self.reqs.active()
+    }
+
+    fn begin_close(&mut self, reason: String, ctx: &mut ReactorCtx) {
+        if matches!(self.state, ServerState::Draining | ServerState::Closed) {
+            return;
+        }
+        match self.remote {
+            Some(p) => tracing::info!(peer = p.0, addr = %self.addr, "inbound peer link closed: {reason}"),
+            None => tracing::warn!(addr = %self.addr, "inbound peer link refused: {reason}"),
+        }
+        self.close_reason = Some(reason);
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        self.state = ServerState::Draining;
+        // Answers that will never be sent: their requests are done.
+        for token in self.tx.drain_tokens() {
+            if token != NO_SLOT {
+                let idx = u16::try_from(token).expect("a slot index");
+                release(&mut self.reqs, idx, ctx);
+                self.reqs.set_state(idx, ReqState::Free);
+            }
+        }
+        self.maybe_closed(ctx);
+    }
+
+    /// Frees what can be freed of a draining link; Closed when every request is home.
+    pub fn maybe_closed(&mut self, ctx: &mut ReactorCtx) {
+        if self.state != ServerState::Draining {
+            return;
+        }
+        for idx in 0..u16::try_from(self.reqs.len()).expect("at most LINK_WINDOW slots") {
+            let r = self.reqs.req(idx);
+            let rref = ReqRef { conn: self.index, req: idx };
+            match r.state() {
+                ReqState::Free | ReqState::Executing | ReqState::WaitingControl => {}
+                ReqState::WaitingDevice => {
+                    ctx.dev_waiters.retain(|w| *w != rref);
+                    if r.outstanding() {
+                        self.reqs.set_state(idx, ReqState::Executing);
+                    } else {
+                        release(&mut self.reqs, idx, ctx);
+                        self.reqs.set_state_closing(idx, ReqState::Free);
+                    }
+                }
+                ReqState::NeedBuffer | ReqState::AwaitingH2C | ReqState::ReadyToComplete | ReqState::Transmitting => {
+                    assert!(!r.outstanding(), "request {idx} in {:?} with work outstanding", r.state());
+                    release(&mut self.reqs, idx, ctx);
+                    self.reqs.set_state_closing(idx, ReqState::Free);
+                }
+                s => unreachable!("link request {idx} in {s:?} while draining"),
+            }
+        }
+        if self.reqs.active() == 0 {
+            ctx.stats.transitions.add(&self.reqs.take_transitions());
+            self.state = ServerState::Closed;
+        }
+    }
+
+    /// Reads and serves what the socket has.
+    pub fn receive(&mut self, ctx: &mut ReactorCtx) {
+        let fd = self.sock.as_raw_fd();
+        loop {
+            match self.state {
+                ServerState::Hello | ServerState::Proof => match read_into(fd, &mut self.hs_buf[self.hs_pos..]) {
+                    Ok(0) => return self.begin_close("the caller closed the link during the handshake".into(), ctx),
+                    Ok(n) => {
+                        self.hs_pos += n;
+                        if self.hs_pos == self.hs_buf.len() {
+                            self.handshake_step(ctx);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        self.readable = false;
+                        return;
+                    }
+                    Err(e) => return self.begin_close(format!("handshake: {e}"), ctx),
+                },
+                ServerState::SendChallenge | ServerState::SendVerdict => {
+                    self.flush_handshake(ctx);
+                    if matches!(self.state, ServerState::SendChallenge | ServerState::SendVerdict) {
+                        return;
+                    }
+                }
+                ServerState::Ready => {
+                    let LinkServer { rx, reqs, meta, tx, index, .. } = self;
+                    let before = rx.bytes;
+                    let mut ep = ServerEp { reqs, meta, tx, ctx, index: *index };
+                    let end = rx.receive(fd, &mut ep);
+                    add(&ctx.stats.link_rx_bytes, rx.bytes - before);
+                    match end {
+                        RxEnd::WouldBlock => {
+                            self.readable = false;
+                            self.stalled = false;
+                        }
+                        RxEnd::Stalled => self.stalled = true,
+                        RxEnd::Closed(e) => self.begin_close(e, ctx),
+                    }
+                    return;
+                }
+                ServerState::Draining | ServerState::Closed => return,
+            }
+        }
+    }
+
+    fn handshake_step(&mut self, ctx: &mut ReactorCtx) {
+        let Some(dir) = ctx.links.directory().cloned() else {
+            // Before the first directory this peer has no group: refuse, say why.
+            return self.refuse(super::auth::not_ready(), ctx);
+        };
+        match self.state {
+            ServerState::Hello => {
+                match Server::on_hello(dir.me.0, Some(dir.group), &dir.secret, &hello_of(&self.hs_buf)) {
+                    Ok((s, challenge)) => {
+                        self.hs = Some(s);
+                        self.hs_buf = challenge.to_vec();
+                        self.hs_pos = 0;
+                        self.state = ServerState::SendChallenge;
+                    }
+                    Err(r) => self.refuse(r, ctx),
+                }
+            }
+            ServerState::Proof => {
+                let proof: &[u8; PROOF_LEN] = self.hs_buf[..].try_into().expect("a proof's length");
+                let s = self.hs.as_ref().expect("a proof follows our challenge");
+                match s.on_proof(proof, LINK_WINDOW) {
+                    Ok(verdict) => {
+                        self.remote = Some(PeerId(s.caller()));
+                        self.hs_buf = verdict.to_vec();
+                        self.hs_pos = 0;
+                        self.state = ServerState::SendVerdict;
+                    }
+                    Err(r) => self.refuse(r, ctx),
+                }
+            }
+            s => unreachable!("handshake step in {s:?}"),
+        }
+    }
+
+    fn refuse(&mut self, r: Refusal, ctx: &mut ReactorCtx) {
+        tracing::warn!(addr = %self.addr, "inbound peer link refused: {}", r.reason);
+        add(&ctx.stats.link_refusals, 1);
+        self.hs_buf = r.verdict.to_vec();
+        self.hs_pos = 0;
+        self.refused = true;
+        self.close_reason = Some(r.reason);
+        self.state = ServerState::SendVerdict;
+    }
+
+    fn flush_handshake(&mut self, ctx: &mut ReactorCtx) {
+        match write_from(self.sock.as_raw_fd(), &self.hs_buf[self.hs_pos..]) {
+            Ok(n) => {
+                self.hs_pos += n;
+                if self.hs_pos < self.hs_buf.len() {
+                    return;
+                }
+                self.hs_pos = 0;
+                match self.state {
+                    ServerState::SendChallenge => {
+                        self.hs_buf = vec![0; PROOF_LEN];
+                        self.state = ServerState::Proof;
+                    }
+                    ServerState::SendVerdict if self.refused => {
+                        let why = self.close_reason.take().unwrap_or_default();
+                        self.begin_close(why, ctx);
+                    }
+                    ServerState::SendVerdict => {
+                        self.state = ServerState::Ready;
+                        self.readable = true;
+                        tracing::info!(peer = ?self.remote.map(|p| p.0), addr = %self.addr, "inbound peer link up");
+                    }
+                    s => unreachable!("handshake write in {s:?}"),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => self.begin_close(format!("handshake: {e}"), ctx),
+        }
+    }
+
+    /// True when there is something to send.
+    pub fn wants_flush(&self) -> bool {
+        match self.state {
+            ServerState::SendChallenge | ServerState::SendVerdict => true,
+            ServerState::Ready => self.tx.wants_flush(),
+            _ => false,
+        }
+    }
+
+    /// The socket became writable.
+    pub fn on_writable(&mut self) {
+        self.tx.blocked = false;
+    }
+
+    /// Sends what is queued; frees requests whose answers are out.
+    pub fn flush(&mut self, ctx: &mut ReactorCtx) {
+        match self.state {
+            ServerState::SendChallenge | ServerState::SendVerdict => return self.flush_handshake(ctx),
+            ServerState::Ready => {}
+            _ => return,
+        }
+        let mut done = Vec::new();
+        let before = self.tx.sent_bytes;
+        let res = self.tx.flush(self.sock.as_raw_fd(), &mut done);
+        add(&ctx.stats.link_tx_bytes, self.tx.sent_bytes - before);
+        for token in done {
+            if token != NO_SLOT {
+                let idx = u16::try_from(token).expect("a slot index");
+                release(&mut self.reqs, idx, ctx);
+                self.reqs.set_state(idx, ReqState::Free);
+            }
+        }
+        if let Err(e) = res {
+            self.begin_close(format!("send failed: {e}"), ctx);
+        }
+    }
+
+    /// Timers: a caller that does not finish its handshake is dropped.
+    pub fn tick(&mut self, ctx: &mut ReactorCtx) {
+        ctx.stats.transitions.add(&self.reqs.take_transitions());
+        if matches!(self.state, ServerState::Hello | ServerState::Proof | ServerState::SendChallenge)
+            && self.since.elapsed() >= HANDSHAKE_TIMEOUT
+        {
+            self.begin_close(format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()), ctx);
+        }
+        self.maybe_closed(ctx);
+    }
+
+    /// Buffers came back to the link shard: a stalled receive may go on.
+    pub fn may_unstall(&self, ctx: &ReactorCtx) -> bool {
+        self.stalled && ctx.link_pool.as_ref().is_some_and(|p| p.available() > 0)
+    }
+
+    /// A device part of request `idx` completed.
+    pub fn on_device_completion(&mut self, idx: u16, result: Result<(), quire_drivers::IoError>, ctx: &mut ReactorCtx) {
+        vio::on_part_done(&mut self.reqs, idx, result);
+        self.process(idx, ctx);
+        self.maybe_closed(ctx);
+    }
+
+    /// The control thread answered an allocation request `idx` waited for.
+    pub fn on_alloc_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
+        self.reqs.req_mut(idx).alloc_answered(idx, result);
+        self.process(idx, ctx);
+        self.maybe_closed(ctx);
+    }
+
+    /// The control thread answered a whole-page free of request `idx`.
+    pub fn on_free_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
+        self.reqs.req_mut(idx).free_answered(idx, result);
+        self.process(idx, ctx);
+        self.maybe_closed(ctx);
+    }
+
+    /// Room in the device queue for request `idx`.
+    pub fn resume_device(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        let r = self.reqs.req(idx);
+        assert_eq!(r.state(), ReqState::WaitingDevice, "link request {idx} resumed from the device list");
+        let next = if self.state == ServerState::Ready && r.status.is_success() {
+            ReqState::ReadyToExecute
+        } else {
+            ReqState::Executing
+        };
+        self.reqs.set_state(idx, next);
+        self.process(idx, ctx);
+        self.maybe_closed(ctx);
+    }
+
+    fn process(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        let draining = self.state != ServerState::Ready;
+        process(&mut self.reqs, &mut self.meta, &mut self.tx, ctx, self.index, idx, draining);
+    }
+}
+
+fn hello_of(b: &[u8]) -> [u8; HELLO_LEN] {
+    b.try_into().expect("a Hello's length")
+}
+
+/// Gives request `idx`'s buffers back to the link shard.
+fn release(reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) {
+    let r = reqs.req_mut(idx);
+    let pool = ctx.link_pool.as_mut().expect("a peer serving links has a link shard");
+    for b in r.bufs.drain(..) {
+        pool.put(b);
+    }
+}
+
+/// Advances link request `idx` until it waits on something outside (the decisions of
+/// the request state machine for a forwarded part, in one place).
+fn process(
+    reqs: &mut ReqTable,
+    meta: &mut [Meta],
+    tx: &mut FrameTx,
+    ctx: &mut ReactorCtx,
+    index: u32,
+    idx: u16,
+    draining: bool,
+) {
+    loop {
+        let state = reqs.req(idx).state();
+        match state {
+            ReqState::ReadyToExecute => {
+                if draining || !reqs.req(idx).status.is_success() {
+                    reqs.set_state(idx, ReqState::Executing);
+                    continue;
+                }
+                execute(reqs, meta, ctx, index, idx);
+                if reqs.req(idx).state() == ReqState::ReadyToExecute {
+                    reqs.set_state(idx, ReqState::Executing);
+                }
+            }
+            ReqState::Executing => {
+                if reqs.req(idx).outstanding() {
+                    return;
+                }
+                reqs.set_state(idx, ReqState::ReadyToComplete);
+            }
+            ReqState::WaitingControl => {
+                if reqs.req(idx).allocs_inflight > 0 {
+                    return;
+                }
+                let next = if !draining && reqs.req(idx).status.is_success() {
+                    ReqState::ReadyToExecute
+                } else {
+                    ReqState::Executing
+                };
+                reqs.set_state(idx, next);
+            }
+            ReqState::ReadyToComplete => {
+                if draining {
+                    release(reqs, idx, ctx);
+                    reqs.set_state_closing(idx, ReqState::Free);
+                    return;
+                }
+                respond(reqs, meta, tx, ctx, idx);
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
+fn execute(reqs: &mut ReqTable, meta: &[Meta], ctx: &mut ReactorCtx, index: u32, idx: u16) {
+    let m = meta[usize::from(idx)];
+    let vol = VolumeId(m.volume);
+    let rref = ReqRef { conn: index, req: idx };
+    let cmd = reqs.req(idx).cmd;
+    if !ctx.volumes.contains_key(&vol) {
+        // Deleted meanwhile.
+        reqs.req_mut(idx).fail(Status::INVALID_NAMESPACE.with_dnr());
+        return;
+    }
+    let (slba, nlb) = (m.lba, u64::from(m.nlb));
+    match cmd.opcode {
+        opcode::NVM_FLUSH => {
+            let _ = vio::flush(reqs, idx, rref, (vol, Origin::Peer), ctx);
+        }
+        opcode::NVM_READ => {
+            let _ = vio::run(reqs, idx, rref, (vol, Origin::Peer), (slba, nlb, 0), Kind::Read, ctx);
+        }
+        opcode::NVM_WRITE => {
+            let kind = Kind::Write { fua: m.fua };
+            let _ = vio::run(reqs, idx, rref, (vol, Origin::Peer), (slba, nlb, 0), kind, ctx);
+        }
+        opcode::NVM_WRITE_ZEROES => {
+            let kind = if cmd.cdw12 & (1 << 25) != 0 { Kind::Deallocate } else { Kind::Zeroes };
+            let _ = vio::run(reqs, idx, rref, (vol, Origin::Peer), (slba, nlb, 0), kind, ctx);
+        }
+        op => unreachable!("link requests are built with known opcodes, not {op:#x}"),
+    }
+}
+
+fn respond(reqs: &mut ReqTable, meta: &[Meta], tx: &mut FrameTx, ctx: &mut ReactorCtx, idx: u16) {
+    let m = meta[usize::from(idx)];
+    let r = reqs.req(idx);
+    let epoch = ctx.volumes.get(&VolumeId(m.volume)).map_or(0, |v| v.routing.epoch.0);
+    let read_ok = r.cmd.opcode == opcode::NVM_READ && r.status.is_success();
+    let (payload, data) = if read_ok {
+        let mut segs = quire_drivers::IoRequest::no_data(quire_drivers::Op::Flush, 0, 0, 0);
+        r.segs_into(0, u64::from(r.data_len), &mut segs);
+        (r.data_len, Segs::of(&segs.segs[..segs.nsegs]))
+    } else {
+        (0, Segs::NONE)
+    };
+    if !r.status.is_success() && m.refuse.is_none() {
+        add(&ctx.stats.link_errors, 1);
+    }
+    let (outcome, status) = match m.refuse {
+        Some(o) => (o, Status::SUCCESS),
+        None => (Outcome::Done, r.status),
+    };
+    let msg = Message::Response { tag: m.tag, outcome, status, epoch, payload };
+    tx.push(OutMsg { msg, data, token: u32::from(idx) });
+    reqs.set_state(idx, ReqState::Transmitting);
+    add(&ctx.stats.link_served, 1);
+}
+
+/// The owner's reading of forwarded requests.
+struct ServerEp<'a> {
+    reqs: &'a mut ReqTable,
+    meta: &'a mut [Meta],
+    tx: &'a mut FrameTx,
+    ctx: &'a mut ReactorCtx,
+    index: u32,
+}
+
+impl ServerEp<'_> {
+    fn answer(&mut self, tag: u32, outcome: Outcome, status: Status, epoch: u64) {
+        let msg = Message::Response { tag, outcome, status, epoch, payload: 0 };
+        self.tx.push(OutMsg { msg, data: Segs::NONE, token: NO_SLOT });
+    }
+}
+
+impl Endpoint for ServerEp<'_> {
+    fn on_message(&mut self, m: Message) -> Dispatch {
+        let Message::Request { tag, op, flags, volume, epoch: _, lba, nlb, payload } = m else {
+            return Dispatch::Fatal("an answer on the owner's end of a link".into());
+        };
+        let Some(vol) = self.ctx.volumes.get(&VolumeId(volume)) else {
+            if payload > 0 {
+                // Its data follows in the stream: it must be read somewhere. A volume
+                // this peer does not know yet is rare (just created in the group);
+                // refuse the link's framing no more than the caller's request: take a
+                // slot as usual and fail it once the data is in.
+                return self.take_and_refuse(m, Outcome::UnknownVolume);
+            }
+            self.answer(tag, Outcome::UnknownVolume, Status::SUCCESS, 0);
+            return Dispatch::Done;
+        };
+        let info = &vol.view.info;
+        let my_epoch = vol.routing.epoch.0;
+        if op != Op::Flush {
+            let bpp = info.blocks_per_page();
+            let end = lba + u64::from(nlb);
+            if end > info.num_blocks() {
+                // The caller checked the range against its own view of the volume: one
+                // of the two is stale (a grow not seen here yet). Route again.
+                if payload > 0 {
+                    return self.take_and_refuse(m, Outcome::NotOwner);
+                }
+                self.answer(tag, Outcome::NotOwner, Status::SUCCESS, my_epoch);
+                return Dispatch::Done;
+            }
+            if lba / bpp != (end - 1) / bpp {
+                return Dispatch::Fatal(format!("request {tag}: {lba}+{nlb} crosses a page boundary"));
+            }
+            if u64::from(payload) != if op == Op::Write { u64::from(nlb) * u64::from(info.block_size) } else { 0 } {
+                return Dispatch::Fatal(format!("request {tag}: {payload} bytes of data for {nlb} blocks"));
+            }
+            if vol.routing.route(lba / bpp) != Route::Local {
+                if payload > 0 {
+                    return self.take_and_refuse(m, Outcome::NotOwner);
+                }
+                self.answer(tag, Outcome::NotOwner, Status::SUCCESS, my_epoch);
+                return Dispatch::Done;
+            }
+        }
+        let bs = u64::from(info.block_size);
+        let len = match op {
+            Op::Read | Op::Write => u64::from(nlb) * bs,
+            _ => 0,
+        };
+        self.start(tag, op, flags, volume, lba, nlb, len)
+    }
+
+    fn on_payload(&mut self, token: u32) {
+        let idx = u16::try_from(token).expect("a slot index");
+        self.reqs.set_state(idx, ReqState::ReadyToExecute);
+        let draining = false;
+        process(self.reqs, self.meta, self.tx, self.ctx, self.index, idx, draining);
+    }
+}
+
+impl ServerEp<'_> {
+    /// Takes a slot (and buffers) for a request and starts it; its payload, if any,
+    /// goes into its buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn start(&mut self, tag: u32, op: Op, flags: u8, volume: u32, lba: u64, nlb: u32, len: u64) -> Dispatch {
+        let chunk = self.ctx.link_pool.as_ref().expect("a link shard").chunk_size();
+        let need = usize::try_from(len).expect("≤ PAYLOAD_MAX").div_ceil(chunk);
+        if self.ctx.link_pool.as_ref().expect("a link shard").available() < need {
+            return Dispatch::Stall;
+        }
+        let opc = match op {
+            Op::Read => opcode::NVM_READ,
+            Op::Write => opcode::NVM_WRITE,
+            Op::Flush => opcode::NVM_FLUSH,
+            Op::WriteZeroes | Op::Deallocate => opcode::NVM_WRITE_ZEROES,
+        };
+        // The command carries the operation; the range stays in `Meta`.
+        let mut cmd = Command { opcode: opc, nsid: 1, ..Command::default() };
+        if op == Op::Deallocate {
+            cmd.cdw12 |= 1 << 25;
+        }
+        let Some(idx) = self.reqs.get(cmd) else {
+            return Dispatch::Fatal(format!("request {tag}: more requests than the window of {LINK_WINDOW}"));
+        };
+        self.meta[usize::from(idx)] = Meta { tag, volume, fua: flags & FLAG_FUA != 0, lba, nlb, refuse: None };
+        let pool = self.ctx.link_pool.as_mut().expect("a link shard");
+        let r = self.reqs.req_mut(idx);
+        for _ in 0..need {
+            r.bufs.push(pool.get().expect("counted above"));
+        }
+        r.data_len = u32::try_from(len).expect("≤ PAYLOAD_MAX");
+        if op == Op::Write {
+            r.xfer = Xfer::H2C;
+            self.reqs.set_state(idx, ReqState::NeedBuffer);
+            self.reqs.set_state(idx, ReqState::AwaitingH2C);
+            let mut segs = quire_drivers::IoRequest::no_data(quire_drivers::Op::Flush, 0, 0, 0);
+            self.reqs.req(idx).segs_into(0, len, &mut segs);
+            return Dispatch::Payload { token: u32::from(idx), into: Segs::of(&segs.segs[..segs.nsegs]) };
+        }
+        if op == Op::Read {
+            r.xfer = Xfer::C2H;
+            self.reqs.set_state(idx, ReqState::NeedBuffer);
+        }
+        self.reqs.set_state(idx, ReqState::ReadyToExecute);
+        process(self.reqs, self.meta, self.tx, self.ctx, self.index, idx, false);
+        Dispatch::Done
+    }
+
+    /// A write that cannot be served here, whose data is on its way: read the data
+    /// into a slot's buffers like any write's (the stream must go on), then answer
+    /// with `outcome` instead of executing.
+    fn take_and_refuse(&mut self, m: Message, outcome: Outcome) -> Dispatch {
+        let Message::Request { tag, op, flags, volume, lba, nlb, payload, .. } = m else { unreachable!("a request") };
+        match self.start(tag, op, flags, volume, lba, nlb, u64::from(payload)) {
+            Dispatch::Payload { token, into } => {
+                let idx = u16::try_from(token).expect("a slot index");
+                self.meta[usize::from(idx)].refuse = Some(outcome);
+                // Not executed: a failed status makes `process` skip execution.
+                self.reqs.req_mut(idx).fail(Status::ABORTED_BY_REQUEST);
+                Dispatch::Payload { token, into }
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! Volume I/O: a command's range split at page boundaries, each part routed to where
+//! its page lives and executed there.
+//!
+//! The NVMe target (`nvmf::io`) decodes and checks a host's command and hands its
+//! range here; a peer link's server (`peer::server`) hands the part another peer
+//! forwarded. For each part ([`crate::volume::split`]):
+//! - a page another peer owns (host I/O only): the part is forwarded to the owner over
+//!   this reactor's link ([`crate::peer::client`]), with the segments of the request's
+//!   own buffers (no copy), and counted in `fwd_inflight`;
+//! - a page of this peer's store: the part goes to the page's slot on the device,
+//!   pointing the device at the part's slice of the request's pool buffers. Pages never
+//!   written read as zeroes without a device access; the first write to a page first
+//!   asks the control thread to allocate its slot (the request waits in
+//!   `WaitingControl`); Write Zeroes and Deallocate covering a whole page give it back.
+//!   When the device queue is full, the request parks in `WaitingDevice` and resumes
+//!   where it stopped (`Req::cursor`).
+//!
+//! A flush goes to this peer's device and, for host I/O, to every other peer that owns
+//! pages of the volume: writes the host saw complete may sit in their write caches.
+//!
+//! A pass submits what it can and counts what went out (`dev_inflight`,
+//! `fwd_inflight`, `frees_inflight`, `allocs_inflight`); it never decides that the
+//! command is complete. It leaves the request in `Executing` (all submitted),
+//! `WaitingDevice` or `WaitingControl`, and the connection's state machine moves it on
+//! as the answers come back. Routing decisions read the reactor's own immutable copy of
+//! the volume's routing table; the page table (slots) is read as the control thread
+//! published it.
+
+use quire_drivers::{IoError, Op, SubmitError};
+use quire_wire::nvme::{opcode, Status};
+
+use crate::nvmf::tcp::req::{ReqState, ReqTable};
+use crate::peer::client::Forward;
+use crate::peer::frame::Segs;
+use crate::peer::proto;
+use crate::reactor::stats::add;
+use crate::reactor::{ReactorCtx, ReqRef};
+use crate::volume::routing::{PeerId, Route};
+use crate::volume::split::{split, PARTS_MAX};
+use crate::volume::VolumeId;
+
+/// What a part does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// Read into the request's buffers.
+    Read,
+    /// Write from the request's buffers.
+    Write {
+        /// On stable media before completion.
+        fua: bool,
+    },
+    /// Write zeroes.
+    Zeroes,
+    /// Deallocate (reads back zeroes).
+    Deallocate,
+}
+
+/// Where the command came from, which decides what a page owned elsewhere means.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Origin {
+    /// A host: parts on pages owned elsewhere are forwarded.
+    Host,
+    /// A peer forwarded it: every part is this peer's (the link server checked); it is
+    /// never forwarded again.
+    Peer,
+}
+
+/// Runs `kind` over `[slba, slba + nlb)` of `vol` from the request's cursor; `base`
+/// blocks of the command precede this range (Dataset Management runs several ranges
+/// through one cursor). False when the request parked.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    reqs: &mut ReqTable,
+    idx: u16,
+    rref: ReqRef,
+    (vol, origin): (VolumeId, Origin),
+    (slba, nlb, base): (u64, u64, u64),
+    kind: Kind,
+    ctx: &mut ReactorCtx,
+) -> bool {
+    if matches!(kind, Kind::Write { .. }) && wait_for_pages(reqs, idx, rref, slba, nlb, vol, ctx) {
+        return false;
+    }
+    run_parts(reqs, idx, rref, (vol, origin), slba, nlb, kind, base, ctx)
+}
+
+/// Asks the control thread for every unmapped page of this peer the write touches;
+/// true when the request must wait for the answers.
+fn wait_for_pages(
+    reqs: &mut ReqTable,
+    idx: u16,
+    rref: ReqRef,
+    slba: u64,
+    nlb: u64,
+    vol_id: VolumeId,
+    ctx: &mut ReactorCtx,
+) -> bool {
+    // Find the unmapped pages first, borrowing the page table: it is shared by every
+    // reactor, so cloning its Arc per I/O would bounce its count between cores. A write
+    // is at most MDTS long, so its parts fit the window.
+    let start = slba + reqs.req(idx).cursor;
+    if start >= slba + nlb {
+        return false;
+    }
+    let mut unmapped = [0u64; PARTS_MAX];
+    let mut n = 0;
+    {
+        let vol = &ctx.volumes[&vol_id];
+        let info = &vol.view.info;
+        for part in split(start, slba + nlb - start, info.blocks_per_page(), u64::from(info.block_size)) {
+            if vol.routing.route(part.page) == Route::Local && vol.view.pages.get(part.page).is_none() {
+                unmapped[n] = part.page;
+                n += 1;
+            }
+        }
+    }
+    for &page in &unmapped[..n] {
+        ctx.alloc_wait(vol_id, page, rref);
+    }
+    if n == 0 {
+        return false;
+    }
+    let r = reqs.req_mut(idx);
+    r.allocs_inflight += u32::try_from(n).expect("at most PARTS_MAX");
+    reqs.set_state(idx, ReqState::WaitingControl);
+    true
+}
+
+/// Hands the parts from the request's cursor on (or serves them without a device).
+#[allow(clippy::too_many_arguments)]
+fn run_parts(
+    reqs: &mut ReqTable,
+    idx: u16,
+    rref: ReqRef,
+    (vol_id, origin): (VolumeId, Origin),
+    slba: u64,
+    nlb: u64,
+    kind: Kind,
+    base: u64,
+    ctx: &mut ReactorCtx,
+) -> bool {
+    loop {
+        let cursor = reqs.req(idx).cursor;
+        if cursor >= base + nlb {
+            return true;
+        }
+        let done_here = cursor.saturating_sub(base);
+        // Look up a window of parts' routes and slots while borrowing the tables (the
+        // page table is shared by every reactor: no Arc clone, no count bouncing
+        // between cores per I/O), then run them. Write Zeroes and DSM ranges may have
+        // more parts than a window.
+        let mut slots = [None; PARTS_MAX];
+        let mut routes = [Route::Local; PARTS_MAX];
+        let (bpp, bs, n) = {
+            let vol = &ctx.volumes[&vol_id];
+            let (bpp, bs) = (vol.view.info.blocks_per_page(), u64::from(vol.view.info.block_size));
+            let mut n = 0;
+            for part in split(slba + done_here, nlb - done_here, bpp, bs).take(PARTS_MAX) {
+                routes[n] = vol.routing.route(part.page);
+                slots[n] = vol.view.pages.get(part.page);
+                n += 1;
+            }
+            (bpp, bs, n)
+        };
+        let window = Window { lba: slba + done_here, blocks: nlb - done_here, done: done_here, bpp, bs };
+        match run_window(reqs, idx, rref, (vol_id, origin), &window, &routes[..n], &slots[..n], kind, ctx) {
+            Step::Continue => assert!(reqs.req(idx).cursor > cursor, "a window of parts always advances the cursor"),
+            Step::Parked => return false,
+            Step::Stop => return true,
+        }
+    }
+}
+
+/// A window of parts: `[lba, lba + blocks)`, with `done` blocks of the command's range
+/// before `lba` (its data offset); pages of `bpp` blocks of `bs` bytes.
+struct Window {
+    lba: u64,
+    blocks: u64,
+    done: u64,
+    bpp: u64,
+    bs: u64,
+}
+
+/// Runs the parts of a window whose routes and slots are given (one per part, in
+/// order, possibly fewer than the range has: the rest waits for the next window).
+#[allow(clippy::too_many_arguments)]
+fn run_window(
+    reqs: &mut ReqTable,
+    idx: u16,
+    rref: ReqRef,
+    (vol_id, origin): (VolumeId, Origin),
+    w: &Window,
+    routes: &[Route],
+    slots: &[Option<u64>],
+    kind: Kind,
+    ctx: &mut ReactorCtx,
+) -> Step {
+    let dev_bs = ctx.dev_block_size;
+    let bs = w.bs;
+    for ((part, &route), &slot) in split(w.lba, w.blocks, w.bpp, bs).zip(routes).zip(slots) {
+        let data_off = part.data_offset + w.done * bs;
+        if let Route::Remote(peer) = route {
+            assert_eq!(origin, Origin::Host, "a peer's part on a page this peer does not own: the link checks first");
+            forward_part(
+                reqs,
+                idx,
+                rref,
+                peer,
+                vol_id,
+                part.page * w.bpp + part.block_in_page,
+                part.num_blocks,
+                data_off,
+                kind,
+                ctx,
+            );
+            continue;
+        }
+        let whole_page = part.num_blocks == w.bpp;
+        let dev_lba = slot.map(|s| (s + part.block_in_page * bs) / dev_bs);
+        let dev_blocks = u32::try_from(part.num_blocks * bs / dev_bs).expect("a part lies within one page");
+        let step = match (kind, dev_lba) {
+            (Kind::Read, None) => {
+                reqs.req_mut(idx).zero_data(data_off, part.num_blocks * bs);
+                add(&ctx.stats.zero_filled_bytes, part.num_blocks * bs);
+                reqs.req_mut(idx).cursor += part.num_blocks;
+                Step::Continue
+            }
+            (Kind::Write { .. }, None) => {
+                // The page was freed again after its allocation: allocate anew.
+                ctx.alloc_wait(vol_id, part.page, rref);
+                reqs.req_mut(idx).allocs_inflight += 1;
+                reqs.set_state(idx, ReqState::WaitingControl);
+                Step::Parked
+            }
+            (Kind::Zeroes | Kind::Deallocate, None) => {
+                reqs.req_mut(idx).cursor += part.num_blocks;
+                Step::Continue
+            }
+            (Kind::Zeroes | Kind::Deallocate, Some(_)) if whole_page => {
+                ctx.free_wait(vol_id, part.page, rref);
+                let r = reqs.req_mut(idx);
+                r.frees_inflight += 1;
+                r.cursor += part.num_blocks;
+                Step::Continue
+            }
+            (Kind::Zeroes | Kind::Deallocate, Some(lba)) => {
+                let op =
+                    if kind == Kind::Deallocate && ctx.dev_dealloc_zeroes { Op::Deallocate } else { Op::WriteZeroes };
+                ctx.prepare(op, lba, dev_blocks);
+                submit_part(reqs, idx, rref, part.num_blocks, ctx)
+            }
+            (Kind::Read | Kind::Write { .. }, Some(lba)) => {
+                let op = if let Kind::Write { fua } = kind { Op::Write { fua } } else { Op::Read };
+                ctx.prepare(op, lba, dev_blocks);
+                reqs.req(idx).segs_into(data_off, part.num_blocks * bs, &mut ctx.dev_req);
+                submit_part(reqs, idx, rref, part.num_blocks, ctx)
+            }
+        };
+        if !matches!(step, Step::Continue) {
+            return step;
+        }
+    }
+    Step::Continue
+}
+
+/// Sends one part to the peer that owns its page.
+#[allow(clippy::too_many_arguments)]
+fn forward_part(
+    reqs: &mut ReqTable,
+    idx: u16,
+    rref: ReqRef,
+    peer: PeerId,
+    vol_id: VolumeId,
+    lba: u64,
+    blocks: u64,
+    data_off: u64,
+    kind: Kind,
+    ctx: &mut ReactorCtx,
+) {
+    let (op, fua) = match kind {
+        Kind::Read => (proto::Op::Read, false),
+        Kind::Write { fua } => (proto::Op::Write, fua),
+        Kind::Zeroes => (proto::Op::WriteZeroes, false),
+        Kind::Deallocate => (proto::Op::Deallocate, false),
+    };
+    let vol = &ctx.volumes[&vol_id];
+    let bs = u64::from(vol.view.info.block_size);
+    let data = if matches!(kind, Kind::Read | Kind::Write { .. }) {
+        // The part's slice of the request's buffers, as segments (the same helper that
+        // points the device at them).
+        ctx.dev_req.nsegs = 0;
+        reqs.req(idx).segs_into(data_off, blocks * bs, &mut ctx.dev_req);
+        Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs])
+    } else {
+        Segs::NONE
+    };
+    let f = Forward {
+        rref,
+        to: peer,
+        op,
+        fua,
+        volume: vol_id,
+        epoch: vol.routing.epoch,
+        page: lba / vol.view.info.blocks_per_page(),
+        lba,
+        nlb: u32::try_from(blocks).expect("a part lies within one page"),
+        data,
+        deadline: reqs.req(idx).started + ctx.hold(),
+    };
+    add(&ctx.stats.forwarded_parts, 1);
+    if matches!(kind, Kind::Read | Kind::Write { .. }) {
+        add(&ctx.stats.forwarded_bytes, blocks * bs);
+    }
+    ctx.forward(peer, f);
+    let r = reqs.req_mut(idx);
+    r.fwd_inflight += 1;
+    r.cursor += blocks;
+}
+
+/// A flush: this peer's device, then (host I/O) every other owner of the volume's
+/// pages. False when the request parked on a full device queue.
+pub fn flush(
+    reqs: &mut ReqTable,
+    idx: u16,
+    rref: ReqRef,
+    (vol_id, origin): (VolumeId, Origin),
+    ctx: &mut ReactorCtx,
+) -> bool {
+    if reqs.req(idx).cursor != 0 {
+        return true;
+    }
+    ctx.prepare(Op::Flush, 0, 0);
+    match submit_part(reqs, idx, rref, 1, ctx) {
+        Step::Continue => {}
+        Step::Parked => return false,
+        Step::Stop => return true,
+    }
+    if origin == Origin::Host {
+        let vol = &ctx.volumes[&vol_id];
+        let routing = vol.routing.clone();
+        let started = reqs.req(idx).started;
+        for &peer in routing.remote_peers() {
+            let f = Forward {
+                rref,
+                to: peer,
+                op: proto::Op::Flush,
+                fua: false,
+                volume: vol_id,
+                epoch: routing.epoch,
+                page: 0,
+                lba: 0,
+                nlb: 0,
+                data: Segs::NONE,
+                deadline: started + ctx.hold(),
+            };
+            add(&ctx.stats.forwarded_parts, 1);
+            ctx.forward(peer, f);
+            reqs.req_mut(idx).fwd_inflight += 1;
+        }
+    }
+    true
+}
+
+/// What to do after one part.
+enum Step {
+    /// Go on with the next part.
+    Continue,
+    /// The request parked (device queue full, allocation needed): stop here.
+    Parked,
+    /// The request failed: submit nothing more.
+    Stop,
+}
+
+/// Submits the device request prepared in `ctx.dev_req` for `blocks` blocks of the
+/// command; on a full queue the request parks in `WaitingDevice`.
+fn submit_part(reqs: &mut ReqTable, idx: u16, rref: ReqRef, blocks: u64, ctx: &mut ReactorCtx) -> Step {
+    match ctx.submit_prepared(rref) {
+        Ok(()) => {
+            let r = reqs.req_mut(idx);
+            r.dev_inflight += 1;
+            r.cursor += blocks;
+            Step::Continue
+        }
+        Err(SubmitError::QueueFull) => {
+            ctx.dev_waiters.push_back(rref);
+            reqs.set_state(idx, ReqState::WaitingDevice);
+            Step::Parked
+        }
+        Err(SubmitError::Invalid(why)) => {
+            tracing::error!("device rejected a request: {why}");
+            reqs.req_mut(idx).fail(Status::INTERNAL_ERROR);
+            Step::Stop
+        }
+    }
+}
+
+/// Accounts a finished device part of request `idx`.
+pub fn on_part_done(reqs: &mut ReqTable, idx: u16, result: Result<(), IoError>) {
+    let r = reqs.req_mut(idx);
+    assert!(r.dev_inflight > 0, "request {idx}: device completion with no part outstanding: {r:?}");
+    r.dev_inflight -= 1;
+    if let Err(e) = result {
+        let write = r.cmd.opcode == opcode::NVM_WRITE;
+        r.fail(match e {
+            IoError::Media(_) if write => Status::WRITE_FAULT,
+            IoError::Media(_) => Status::UNRECOVERED_READ_ERROR,
+            IoError::Aborted => Status::ABORTED_BY_REQUEST,
+            IoError::OutOfRange | IoError::Unsupported => Status::INTERNAL_ERROR,
+        });
+    }
+}
+
+/// Accounts a forwarded part of request `idx` that the owner answered.
+pub fn on_forward_done(reqs: &mut ReqTable, idx: u16, result: Result<(), Status>) {
+    let r = reqs.req_mut(idx);
+    assert!(r.fwd_inflight > 0, "request {idx}: forward answer with no part forwarded: {r:?}");
+    r.fwd_inflight -= 1;
+    if let Err(s) = result {
+        r.fail(s);
+    }
+}

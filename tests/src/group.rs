@@ -1,0 +1,439 @@
+//! Groups of real `quire serve` peers on loopback for the group suites: each peer in
+//! its own data directory with its own configuration file, on free ports, with a
+//! real etcd ([`crate::etcd`]); helpers that read the peers' state through the
+//! `quire` CLI (`--json`) and wait for conditions with deadlines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::etcd::{etcd_available, Etcd};
+use crate::{deadline, free_port, require, tail, QuireProcess};
+
+/// What a peer's configuration says.
+#[derive(Clone, Debug)]
+pub struct PeerSpec {
+    /// `peer.name`.
+    pub name: String,
+    /// etcd endpoint.
+    pub etcd: String,
+    /// The peer-link port.
+    pub link_port: u16,
+    /// `group.lease_ttl_s`.
+    pub lease_ttl_s: u32,
+    /// `group.secret_file`.
+    pub secret: PathBuf,
+    /// `group.weight`.
+    pub weight: u64,
+    /// `group.hold_ms`.
+    pub hold_ms: u32,
+    /// The device: a file (`"auto"`/`"off"` O_DIRECT) of this size, or `"ram"`.
+    pub device: DeviceSpec,
+    /// Size of the configured volume `demo`.
+    pub demo_size: &'static str,
+    /// Pool buffers.
+    pub buffers: u32,
+}
+
+/// The device a test peer serves from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// `quire.img` in the data directory, O_DIRECT where the file system allows it.
+    File,
+    /// `quire.img` without O_DIRECT: no alignment needs (no copies for in-capsule
+    /// writes), and data survives SIGKILL in the page cache.
+    FileBuffered,
+    /// A RAM device (lost at exit).
+    Ram,
+}
+
+impl PeerSpec {
+    /// A peer named `name` of the group at `etcd` with `secret`; 5 s leases, weight 1.
+    pub fn new(name: &str, etcd: &str, secret: &Path) -> PeerSpec {
+        PeerSpec {
+            name: name.to_string(),
+            etcd: etcd.to_string(),
+            link_port: free_port(),
+            lease_ttl_s: 5,
+            secret: secret.to_path_buf(),
+            weight: 1,
+            hold_ms: 25_000,
+            device: DeviceSpec::File,
+            demo_size: "64M",
+            buffers: 256,
+        }
+    }
+
+    fn config(&self, dir: &Path, port: u16) -> String {
+        let device = match self.device {
+            DeviceSpec::File => "kind = \"file\"\npath = \"quire.img\"\nsize = \"256M\"".to_string(),
+            DeviceSpec::FileBuffered => {
+                "kind = \"file\"\npath = \"quire.img\"\nsize = \"256M\"\ndirect_io = \"off\"".to_string()
+            }
+            DeviceSpec::Ram => "kind = \"ram\"\nsize = \"256M\"".to_string(),
+        };
+        format!(
+            r#"[peer]
+name = "{name}"
+data_dir = "{dir}"
+[target]
+port = {port}
+discovery_port = 0
+[buffers]
+count = {buffers}
+hugepages = false
+[group]
+etcd = ["{etcd}"]
+listen = "127.0.0.1:{link}"
+secret_file = "{secret}"
+lease_ttl_s = {ttl}
+connect_timeout_ms = 3000
+weight = {weight}
+hold_ms = {hold}
+[[device]]
+{device}
+[[volume]]
+name = "demo"
+size = "{demo}"
+"#,
+            name = self.name,
+            dir = dir.display(),
+            etcd = self.etcd,
+            link = self.link_port,
+            secret = self.secret.display(),
+            ttl = self.lease_ttl_s,
+            weight = self.weight,
+            hold = self.hold_ms,
+            buffers = self.buffers,
+            demo = self.demo_size,
+        )
+    }
+}
+
+/// One peer: its directory, configuration and process.
+pub struct Peer {
+    /// `peer.name`.
+    pub name: String,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// The process.
+    pub proc: QuireProcess,
+    /// Its NVMe/TCP port.
+    pub port: u16,
+    /// Its peer-link port.
+    pub link_port: u16,
+}
+
+impl Peer {
+    /// Writes the configuration into `dir` and starts the peer (it may fail to start:
+    /// see [`Peer::wait_serving`]).
+    pub fn spawn(spec: &PeerSpec, dir: &Path) -> Peer {
+        std::fs::create_dir_all(dir).expect("peer dir");
+        let port = free_port();
+        let config_path = dir.join("quire.toml");
+        std::fs::write(&config_path, spec.config(dir, port)).expect("write config");
+        let args = ["serve".to_string(), "--config".into(), config_path.display().to_string()];
+        let proc = QuireProcess::spawn(&args).expect("start quire");
+        Peer {
+            name: spec.name.clone(),
+            dir: dir.to_path_buf(),
+            config: config_path,
+            proc,
+            port,
+            link_port: spec.link_port,
+        }
+    }
+
+    /// Its management socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("quire.sock")
+    }
+
+    /// Waits until the peer serves I/O and answers management calls.
+    pub fn wait_serving(&mut self) {
+        self.proc.wait_for_port(self.port, deadline(Duration::from_secs(60))).unwrap();
+        self.proc.wait_for_log("serving on", deadline(Duration::from_secs(30))).unwrap();
+    }
+
+    /// Starts the same peer again (same directory, configuration and port).
+    pub fn restart(&mut self) {
+        let args = ["serve".to_string(), "--config".into(), self.config.display().to_string()];
+        self.proc = QuireProcess::spawn(&args).expect("restart quire");
+        self.wait_serving();
+    }
+
+    /// `quire group status --json` on this peer.
+    pub fn status(&self) -> Value {
+        cli_json(&self.socket(), &["group", "status"])
+    }
+
+    /// `quire stats reactors --json`, summed over the reactors: `field`.
+    pub fn reactor_sum(&self, field: &str) -> u64 {
+        let v = cli_json(&self.socket(), &["stats", "reactors"]);
+        v.as_array().map(|rs| rs.iter().filter_map(|r| r[field].as_u64()).sum()).unwrap_or(0)
+    }
+
+    /// Waits until the peer exits and returns its exit code and log.
+    pub fn wait_exit(&mut self, within: Duration) -> (Option<i32>, String) {
+        let end = deadline(within);
+        loop {
+            if let Some(status) = self.proc.exit_status() {
+                return (status.code(), self.proc.log());
+            }
+            assert!(Instant::now() < end, "peer {} still runs; log:\n{}", self.name, tail(&self.proc.log(), 30));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The transport ID of volume `volume` on this peer, for `quire-perf -r`.
+    pub fn trid(&self, volume: &str) -> String {
+        format!("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:nqn.2026-11.io.quire:{volume}", self.port)
+    }
+}
+
+/// `quire --json ARGS` against `socket`; Null when the command fails.
+pub fn cli_json(socket: &Path, args: &[&str]) -> Value {
+    let bin = QuireProcess::bin_path().expect("quire binary");
+    let out = Command::new(bin).arg("--socket").arg(socket).arg("--json").args(args).output().expect("run quire");
+    if !out.status.success() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// The names of the peers a status lists in `state`.
+pub fn peers_in(status: &Value, state: &str) -> Vec<String> {
+    let mut names: Vec<String> = status["peers"]
+        .as_array()
+        .map(|ps| {
+            ps.iter().filter(|p| p["state"] == state).filter_map(|p| p["name"].as_str().map(str::to_string)).collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Waits until `ok(status)` holds on every one of `peers`; the last statuses on
+/// failure.
+pub fn wait_all(peers: &[&Peer], what: &str, within: Duration, ok: impl Fn(&Value) -> bool) {
+    let end = deadline(within);
+    loop {
+        let statuses: Vec<Value> = peers.iter().map(|p| p.status()).collect();
+        if statuses.iter().all(&ok) {
+            return;
+        }
+        if Instant::now() >= end {
+            let shown: Vec<String> = peers.iter().zip(&statuses).map(|(p, s)| format!("{}: {s}", p.name)).collect();
+            panic!("not every peer saw {what} by the deadline:\n{}", shown.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A condition for [`wait_all`]: exactly `names` live, etcd connected.
+pub fn live_are<'a>(names: &'a [&'a str]) -> impl Fn(&Value) -> bool + 'a {
+    move |s: &Value| peers_in(s, "live") == names && s["etcd_state"] == "connected"
+}
+
+/// Every status names the same coordinator, one of `among`; returns it.
+pub fn one_coordinator(peers: &[&Peer], among: &[&str]) -> String {
+    let coordinators: Vec<Value> = peers.iter().map(|p| p.status()["coordinator"].clone()).collect();
+    let first = coordinators[0].as_str().unwrap_or_else(|| panic!("no coordinator: {coordinators:?}")).to_string();
+    assert!(coordinators.iter().all(|c| c.as_str() == Some(first.as_str())), "{coordinators:?}");
+    assert!(among.contains(&first.as_str()), "coordinator {first} not among {among:?}");
+    let status = peers[0].status();
+    let flagged: Vec<&Value> =
+        status["peers"].as_array().unwrap().iter().filter(|p| p["coordinator"] == true).collect();
+    assert_eq!(flagged.len(), 1, "exactly one peer is flagged coordinator: {status}");
+    first
+}
+
+/// `quire volume pages NAME`'s pages per owner on `peer` (empty when it has no such
+/// volume).
+pub fn owners_of(peer: &Peer, volume: &str) -> Vec<(String, u64)> {
+    let pages = cli_json(&peer.socket(), &["volume", "pages", volume]);
+    pages["owners"]
+        .as_array()
+        .map(|os| os.iter().map(|o| (o["owner"].as_str().unwrap().to_string(), o["pages"].as_u64().unwrap())).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until `ok(peer)` holds.
+pub fn wait_for(peer: &Peer, what: &str, within: Duration, ok: impl Fn(&Peer) -> bool) {
+    let end = deadline(within);
+    while !ok(peer) {
+        assert!(Instant::now() < end, "peer {} did not see {what}; log:\n{}", peer.name, tail(&peer.proc.log(), 30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `quire volume list`'s entry for `volume` on `peer`, or Null.
+pub fn volume_on(peer: &Peer, volume: &str) -> Value {
+    let list = cli_json(&peer.socket(), &["volume", "list"]);
+    list.as_array().and_then(|vs| vs.iter().find(|v| v["name"] == volume).cloned()).unwrap_or(Value::Null)
+}
+
+/// Writes a group secret file into `dir`.
+pub fn secret_in(dir: &Path) -> PathBuf {
+    let path = dir.join("secret");
+    std::fs::write(&path, "a shared secret of the test group\n").unwrap();
+    path
+}
+
+/// A temporary directory, a running etcd and a secret file; `None` (the test is
+/// skipped) only in a partial run without etcd (otherwise a missing etcd fails).
+pub fn setup(test: &str) -> Option<(tempfile::TempDir, Etcd, PathBuf)> {
+    if !require(test, etcd_available()) {
+        return None;
+    }
+    let dir = tempfile::Builder::new().prefix("quire-group-").tempdir().unwrap();
+    let etcd = Etcd::start().expect("start etcd");
+    let secret = secret_in(dir.path());
+    Some((dir, etcd, secret))
+}
+
+/// Starts peers of `specs` in subdirectories of `dir` named after them, waits until
+/// each serves and all see each other live.
+pub fn start_group(dir: &Path, specs: &[PeerSpec]) -> Vec<Peer> {
+    let mut peers: Vec<Peer> = specs.iter().map(|s| Peer::spawn(s, &dir.join(&s.name))).collect();
+    for p in &mut peers {
+        p.wait_serving();
+    }
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    let all: Vec<&Peer> = peers.iter().collect();
+    wait_all(&all, "every peer live", Duration::from_secs(30), live_are(&sorted));
+    peers
+}
+
+/// The `quire-perf` binary beside `quire`, if built.
+pub fn perf_bin() -> Result<PathBuf, String> {
+    let perf = QuireProcess::bin_path()?.with_file_name("quire-perf");
+    if perf.is_file() {
+        Ok(perf)
+    } else {
+        Err(format!("no {}: build it (cargo build --release -p quire-perf)", perf.display()))
+    }
+}
+
+/// What a `quire-perf` run reported.
+pub struct PerfRun {
+    /// Exit status success.
+    pub ok: bool,
+    /// stdout and stderr.
+    pub text: String,
+    /// `--json` output (Null without it).
+    pub json: Value,
+}
+
+/// Runs `quire-perf ARGS --json FILE` and reads its figures.
+pub fn perf(args: &[&str]) -> PerfRun {
+    let bin = perf_bin().expect("quire-perf");
+    let json_path = tempfile::Builder::new().suffix(".json").tempfile().unwrap().into_temp_path();
+    let out = Command::new(bin).args(args).arg("--json").arg(&*json_path).output().expect("run quire-perf");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let json = std::fs::read(&*json_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+    PerfRun { ok: out.status.success(), text, json }
+}
+
+/// A small synchronous NVMe/TCP client for checks across peers: one controller, one
+/// I/O queue, one command at a time (built on `quire-perf`'s initiator).
+pub struct Client {
+    ctrlr: quire_perf::initiator::Controller,
+    io: quire_perf::initiator::Connection,
+    timeout: Duration,
+}
+
+/// Logical block size of the test volumes.
+pub const BLOCK: usize = 4096;
+
+impl Client {
+    /// Connects to `volume` on `peer`; `timeout` bounds each command.
+    pub fn connect(peer: &Peer, volume: &str, timeout: Duration) -> Client {
+        use quire_perf::initiator::{Controller, ControllerOptions};
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, peer.port));
+        let mut opts = ControllerOptions::new(addr, Some(format!("nqn.2026-11.io.quire:{volume}")));
+        opts.timeout = timeout;
+        let mut ctrlr = Controller::connect(&opts).unwrap_or_else(|e| panic!("connect to {}: {e}", peer.name));
+        ctrlr.set_num_queues(1).expect("Set Features (queues)");
+        let io = ctrlr.connect_io_queue(1, 8, 1 << 20).expect("I/O queue");
+        Client { ctrlr, io, timeout }
+    }
+
+    /// The controller ID this client got.
+    pub fn cntlid(&self) -> u16 {
+        self.ctrlr.cntlid()
+    }
+
+    /// The controller (admin commands).
+    pub fn ctrlr(&mut self) -> &mut quire_perf::initiator::Controller {
+        &mut self.ctrlr
+    }
+
+    fn run(
+        &mut self,
+        cmd: quire_wire::nvme::Command,
+        dir: quire_perf::initiator::DataDir,
+        data: &[u8],
+        read_len: u32,
+    ) -> Result<Vec<u8>, quire_wire::nvme::Status> {
+        match self.io.execute(cmd, dir, data, read_len, "I/O", self.timeout) {
+            Ok((_, bytes)) => Ok(bytes),
+            Err(quire_perf::initiator::Error::Status { status, .. }) => Err(status),
+            Err(e) => panic!("I/O failed otherwise than with a status: {e}"),
+        }
+    }
+
+    /// Writes `data` (whole blocks) at `lba`.
+    pub fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), quire_wire::nvme::Status> {
+        assert!(data.len().is_multiple_of(BLOCK) && !data.is_empty());
+        let nlb = u32::try_from(data.len() / BLOCK).unwrap();
+        let cmd = quire_perf::initiator::write(1, lba, nlb);
+        self.run(cmd, quire_perf::initiator::DataDir::ToController, data, 0).map(|_| ())
+    }
+
+    /// Reads `nlb` blocks at `lba`.
+    pub fn read(&mut self, lba: u64, nlb: u32) -> Result<Vec<u8>, quire_wire::nvme::Status> {
+        let cmd = quire_perf::initiator::read(1, lba, nlb);
+        let len = nlb * u32::try_from(BLOCK).unwrap();
+        self.run(cmd, quire_perf::initiator::DataDir::FromController, &[], len)
+    }
+
+    /// Flush.
+    pub fn flush(&mut self) -> Result<(), quire_wire::nvme::Status> {
+        self.run(quire_perf::initiator::flush(1), quire_perf::initiator::DataDir::None, &[], 0).map(|_| ())
+    }
+
+    /// Write Zeroes of `nlb` blocks at `lba` (with Deallocate when `deac`).
+    pub fn write_zeroes(&mut self, lba: u64, nlb: u32, deac: bool) -> Result<(), quire_wire::nvme::Status> {
+        let mut cmd = quire_perf::initiator::write_zeroes(1, lba, nlb);
+        if deac {
+            cmd.cdw12 |= 1 << 25;
+        }
+        self.run(cmd, quire_perf::initiator::DataDir::None, &[], 0).map(|_| ())
+    }
+
+    /// Dataset Management / Deallocate of `ranges` (first block, blocks).
+    pub fn deallocate(&mut self, ranges: &[(u64, u32)]) -> Result<(), quire_wire::nvme::Status> {
+        let r: Vec<quire_perf::initiator::DsmRange> =
+            ranges.iter().map(|&(slba, nlb)| quire_perf::initiator::DsmRange { slba, nlb }).collect();
+        let (cmd, data) = quire_perf::initiator::dsm_deallocate(1, &r);
+        self.run(cmd, quire_perf::initiator::DataDir::ToController, &data, 0).map(|_| ())
+    }
+}
+
+/// A block's worth of bytes that says which block and which round wrote it.
+pub fn pattern(lba: u64, round: u64, blocks: usize) -> Vec<u8> {
+    let mut v = vec![0u8; blocks * BLOCK];
+    for (i, chunk) in v.chunks_mut(8).enumerate() {
+        let block = lba + (i * 8 / BLOCK) as u64;
+        let word = block.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ round.rotate_left(17) ^ (i as u64);
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    v
+}
