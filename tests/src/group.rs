@@ -35,6 +35,9 @@ pub struct PeerSpec {
     pub demo_size: &'static str,
     /// Pool buffers.
     pub buffers: u32,
+    /// `target.advertise` (what the discovery logs tell hosts), e.g. the address a
+    /// guest reaches the host at.
+    pub advertise: Option<String>,
 }
 
 /// The device a test peer serves from.
@@ -63,6 +66,7 @@ impl PeerSpec {
             device: DeviceSpec::File,
             demo_size: "64M",
             buffers: 256,
+            advertise: None,
         }
     }
 
@@ -81,6 +85,7 @@ data_dir = "{dir}"
 [target]
 port = {port}
 discovery_port = 0
+advertise = "{advertise}"
 [buffers]
 count = {buffers}
 hugepages = false
@@ -108,6 +113,7 @@ size = "{demo}"
             hold = self.hold_ms,
             buffers = self.buffers,
             demo = self.demo_size,
+            advertise = self.advertise.as_deref().unwrap_or(""),
         )
     }
 }

@@ -53,6 +53,61 @@ const TERM_GRACE: Duration = Duration::from_secs(5);
 /// Poll interval for processes, logs and ports.
 const POLL: Duration = Duration::from_millis(50);
 
+/// A loopback TCP port that answers every connection with one line, `<word> N` (the
+/// current count), and closes it: how a test tells a guest script, which polls it
+/// with `nc`, that it may go on (the guest reaches it at [`HOST_FROM_GUEST`]).
+pub struct Counter {
+    port: u16,
+    value: std::sync::Arc<AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Counter {
+    /// Listens on a free port; the count starts at 0.
+    pub fn start(word: &'static str) -> Counter {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the counter's port");
+        listener.set_nonblocking(true).expect("non-blocking counter port");
+        let port = listener.local_addr().expect("counter port").port();
+        let value = std::sync::Arc::new(AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (v, s) = (value.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            use std::io::Write as _;
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+                        let _ = conn.write_all(format!("{word} {}\n", v.load(Ordering::SeqCst)).as_bytes());
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Counter { port, value, stop, thread: Some(thread) }
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Sets the count.
+    pub fn set(&self, n: u64) {
+        self.value.store(n, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The workspace root (the folder above `tests/`).
 pub fn workspace_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent folder").to_path_buf()

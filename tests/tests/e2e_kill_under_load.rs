@@ -44,16 +44,15 @@
 #![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 use std::io::{BufRead, BufReader, Write as _};
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use quire_tests::{deadline, free_port, require_guest, serial, tail, target_dir, Guest, GuestOptions, QuireProcess};
+use quire_tests::{
+    deadline, free_port, require_guest, serial, tail, target_dir, Counter, Guest, GuestOptions, QuireProcess,
+};
 
 const NQN: &str = "nqn.2026-11.io.quire:demo";
 const TEST: &str = "kill9_under_load_loses_no_acknowledged_write";
@@ -131,48 +130,6 @@ impl Cycle {
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok().filter(|v| !v.is_empty())?;
     Some(v.trim().parse().unwrap_or_else(|e| panic!("{name}={v:?}: {e}")))
-}
-
-/// The port the guest polls for the number of restarts so far: each connection gets
-/// one line `restarts N` and is closed.
-struct Control {
-    port: u16,
-    restarts: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Control {
-    fn start() -> Control {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the control port");
-        listener.set_nonblocking(true).expect("non-blocking control port");
-        let port = listener.local_addr().expect("control port").port();
-        let restarts = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (restarts.clone(), stop.clone());
-        let thread = thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-                        let _ = conn.write_all(format!("restarts {}\n", r.load(Ordering::SeqCst)).as_bytes());
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        Control { port, restarts, stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// One JSON-RPC connection to a Quire process.
@@ -325,7 +282,8 @@ fn log_warnings(log: &str) -> Vec<String> {
 struct Run {
     guest: Option<Guest>,
     target: Target,
-    control: Control,
+    /// The guest polls it for the number of restarts so far ("restarts N").
+    control: Counter,
     seed: u64,
     plan: Vec<Cycle>,
     started: Instant,
@@ -446,7 +404,7 @@ impl Run {
                 &format!("{pages_before} pages were allocated before the kill, {pages_after} after the restart"),
             );
         }
-        self.control.restarts.store(i as u64 + 1, Ordering::SeqCst);
+        self.control.set(i as u64 + 1);
         let line = self.wait_guest(Some(i), &format!("MARK cycle {i} verified:"), Duration::from_secs(300));
         let log = self.target.proc.log_path().to_path_buf();
         self.check_log(i, &log, "restarted");
@@ -491,14 +449,14 @@ fn kill9_under_load_loses_no_acknowledged_write() {
     eprintln!("{TEST}: {cycles} cycles, seed {seed} (replay with KILL_SEED={seed} KILL_CYCLES={cycles})");
 
     let target = Target::start().unwrap_or_else(|e| panic!("{TEST}: first start of quire: {e}"));
-    let control = Control::start();
+    let control = Counter::start("restarts");
     let words: Vec<String> = plan.iter().map(Cycle::word).collect();
     let env = [
         ("PORT", target.port.to_string()),
         ("DISC_PORT", target.disc_port.to_string()),
         ("NQN", NQN.to_string()),
         ("PLAN", words.join(" ")),
-        ("CTRL_PORT", control.port.to_string()),
+        ("CTRL_PORT", control.port().to_string()),
         ("REGION_MB", region_mb.to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -666,14 +666,18 @@ pub struct DiscoveryEntry {
 }
 
 impl DiscoveryEntry {
-    /// An NVMe/TCP over IPv4 entry without a secure channel requirement, dynamic
-    /// controller model.
+    /// An NVMe/TCP over IPv4 entry without TLS (TREQ secure channel "not specified",
+    /// SECTYPE none, as Linux nvmet reports by default), dynamic controller model.
+    ///
+    /// Not "not required": libnvme 1.3 (Debian bookworm's `nvme connect-all`) asks the
+    /// kernel for TLS whenever TREQ says required *or not required*, and a kernel
+    /// without TLS refuses the connect ("unknown parameter 'tls'"); libnvme issue 612.
     pub fn tcp_ipv4(subtype: u8, portid: u16, addr: &str, port: u16, subnqn: &str) -> DiscoveryEntry {
         DiscoveryEntry {
             trtype: TRTYPE_TCP,
             adrfam: ADRFAM_IPV4,
             subtype,
-            treq: TREQ_SECURE_CHANNEL_NOT_REQUIRED,
+            treq: TREQ_SECURE_CHANNEL_NOT_SPECIFIED,
             portid,
             cntlid: crate::nvme::fabrics::CNTLID_DYNAMIC,
             asqsz: 32,
@@ -922,7 +926,8 @@ mod tests {
         assert_eq!(get_u64(&b, 0), 7);
         assert_eq!(get_u64(&b, 8), 2);
         let e = &b[2048..];
-        assert_eq!((e[0], e[1], e[2], e[3]), (3, 1, 2, 2));
+        // TCP, IPv4, NVM subsystem, secure channel not specified (see `tcp_ipv4`).
+        assert_eq!((e[0], e[1], e[2], e[3]), (3, 1, 2, 0));
         assert_eq!(get_u16(e, 6), 0xffff);
         assert_eq!(&e[32..36], b"4420");
         assert_eq!(&e[256..262], b"nqn.20");
