@@ -431,10 +431,10 @@ pub fn start_with_device(cfg: Config, dev: Arc<dyn BlockDevice>, desc: &str) -> 
 }
 
 /// Buffers of a reactor's shard kept for inbound peer links: an eighth of it, and at
-/// least two of the largest requests a link carries (a part is at most one host
-/// transfer), so that links always make progress.
-fn link_shard_chunks(total: usize, max_transfer: u64, chunk: u64) -> usize {
-    let per_request = usize_from(max_transfer.div_ceil(chunk));
+/// least two of the largest requests a link carries (`peer::proto::PART_MAX`), so
+/// that links always make progress.
+fn link_shard_chunks(total: usize, chunk: u64) -> usize {
+    let per_request = usize_from(u64::from(crate::peer::proto::PART_MAX).div_ceil(chunk));
     (total / 8).max(2 * per_request)
 }
 
@@ -617,7 +617,7 @@ fn start_on(
     let mut listeners = Some(listeners);
     for (i, mut shard) in shards.into_iter().enumerate() {
         let link_pool = if group.is_some() {
-            let n = link_shard_chunks(shard.total(), t.max_transfer_size.bytes(), cfg.buffers.chunk_size.bytes());
+            let n = link_shard_chunks(shard.total(), cfg.buffers.chunk_size.bytes());
             Some(shard.split_off(n).ok_or_else(|| {
                 ServeError::Config(format!(
                     "buffers.count: reactor {i} has {} buffers, too few to keep {n} for peer links",

@@ -133,6 +133,42 @@ fn any_peer_serves_any_io_and_forwards_without_copying() {
 }
 
 #[test]
+fn an_owner_short_of_buffers_pushes_back_and_loses_nothing() {
+    let _serial = serial();
+    let test = "an_owner_short_of_buffers_pushes_back";
+    if !require(test, perf_bin().map(|_| ())) {
+        return;
+    }
+    let Some((dir, etcd, secret)) = setup(test) else { return };
+    // 64 buffers of 128 KiB: 16 for inbound links, far fewer than 32 forwarded 1 MiB
+    // writes need at once, so every owner's link runs out and stops reading.
+    let specs: Vec<PeerSpec> = ["a", "b"]
+        .iter()
+        .map(|n| PeerSpec {
+            device: DeviceSpec::FileBuffered,
+            buffers: 64,
+            ..PeerSpec::new(n, &etcd.endpoint(), &secret)
+        })
+        .collect();
+    let peers = start_group(dir.path(), &specs);
+    let v = cli_json(&peers[0].socket(), &["volume", "create", "big", "--size", "96M", "--page-size", "4M"]);
+    assert_eq!(v["name"], "big", "{v}");
+    for p in &peers {
+        wait_for(p, "big on a and b", Duration::from_secs(15), |p| owners_of(p, "big").len() == 2);
+    }
+    for p in &peers {
+        let run =
+            perf(&["-q", "32", "-o", "1M", "-w", "randrw", "-M", "30", "-t", "3", "--verify", "-r", &p.trid("big")]);
+        assert!(run.ok && run.text.contains("Verify: 0 mismatched blocks"), "through {}: {}", p.name, run.text);
+    }
+    let stalls: u64 = peers.iter().map(|p| p.reactor_sum("link_stalls")).sum();
+    assert!(stalls > 0, "no link ran out of buffers: the test did not test what it says");
+    for p in &peers {
+        assert_eq!(p.reactor_sum("path_errors"), 0, "{}", p.name);
+    }
+}
+
+#[test]
 fn a_peer_restarted_within_the_hold_time_costs_the_host_no_error() {
     let _serial = serial();
     let Some((_dir, _etcd, mut peers)) = three("a_peer_restarted_within_the_hold_time", 25_000) else { return };

@@ -39,6 +39,7 @@ const REACTOR_COUNTERS: &[(&str, &str, ReactorField)] = &[
     ("quire_peer_link_served_total", "Requests of other peers served on inbound links.", |s| &s.link_served),
     ("quire_peer_link_errors_total", "Requests of other peers answered with an error.", |s| &s.link_errors),
     ("quire_peer_link_refusals_total", "Inbound peer links refused at the handshake.", |s| &s.link_refusals),
+    ("quire_peer_link_stalls_total", "Times an inbound peer link waited for buffers.", |s| &s.link_stalls),
     ("quire_peer_link_rx_bytes_total", "Bytes received on inbound peer links.", |s| &s.link_rx_bytes),
     ("quire_peer_link_tx_bytes_total", "Bytes sent on inbound peer links.", |s| &s.link_tx_bytes),
 ];

@@ -570,6 +570,7 @@ impl Control {
                     link_served: get(&s.link_served),
                     link_errors: get(&s.link_errors),
                     link_refusals: get(&s.link_refusals),
+                    link_stalls: get(&s.link_stalls),
                     link_rx_bytes: get(&s.link_rx_bytes),
                     link_tx_bytes: get(&s.link_tx_bytes),
                 }

@@ -22,7 +22,8 @@
 //! same data twice; the host has no other write to those blocks in flight). A forward
 //! that has waited unsent for [`PeerDirectory::hold`] since its host command arrived
 //! is answered with a retryable path error ([`PATH_ERROR`]): never a data error, and
-//! never while the owner may still be executing it on a live connection. An answer
+//! never while the owner may still be executing it on a live connection (it may from
+//! a lost one: see ARCHITECTURE.md, "Data flow of a forwarded part"). An answer
 //! that says the owner does not own the page (or does not know the volume yet) hands
 //! the forward back to the reactor to route again with its newest table.
 
@@ -121,6 +122,11 @@ struct Slot {
     fwd: Forward,
     /// The connection generation it was sent on; `None` while queued.
     sent_on: Option<u64>,
+    /// Its message (and write data) is wholly written to the socket: the send queue no
+    /// longer refers to the host's buffers.
+    written: bool,
+    /// Its answer arrived (a read's data may still be arriving).
+    answered: bool,
     /// Order of arrival (a link going down queues its sent forwards again in order).
     seq: u64,
 }
@@ -222,7 +228,7 @@ impl LinkClient {
 
     fn push(&mut self, fwd: Forward) {
         self.seq += 1;
-        let slot = Slot { fwd, sent_on: None, seq: self.seq };
+        let slot = Slot { fwd, sent_on: None, written: false, answered: false, seq: self.seq };
         let tag = match self.free.pop() {
             Some(t) => {
                 self.slots[t as usize] = Some(slot);
@@ -267,6 +273,8 @@ impl LinkClient {
             if let Some(s) = s {
                 if s.sent_on == Some(gen) {
                     s.sent_on = None;
+                    s.written = false;
+                    s.answered = false;
                     again.push((s.seq, u32::try_from(tag).expect("fewer than 2^32 forwards")));
                 }
             }
@@ -326,12 +334,18 @@ impl LinkClient {
                     match (s.take_error(), s.peer_addr()) {
                         (Ok(None), Ok(_)) => {
                             let _ = s.set_nodelay(true);
+                            super::keepalive(s);
                             self.state = State::SendHello;
                         }
                         (Ok(Some(e)) | Err(e), _) => {
                             self.fail_down(format!("connect to {:?}: {e}", self.addr), registry, now)
                         }
-                        (Ok(None), Err(e)) if e.kind() == std::io::ErrorKind::NotConnected => break,
+                        (Ok(None), Err(e)) if e.kind() == std::io::ErrorKind::NotConnected => {
+                            // Not yet: wait for the next event.
+                            self.readable = false;
+                            self.writable = false;
+                            break;
+                        }
                         (Ok(None), Err(e)) => self.fail_down(format!("connect: {e}"), registry, now),
                     }
                 }
@@ -363,7 +377,11 @@ impl LinkClient {
                                 self.handshake_step(registry, now);
                             }
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            self.readable = false;
+                            self.writable = false;
+                            break;
+                        }
                         Err(e) => self.fail_down(format!("handshake: {e}"), registry, now),
                     }
                 }
@@ -438,7 +456,9 @@ impl LinkClient {
             }
             match end {
                 RxEnd::WouldBlock => self.readable = false,
-                RxEnd::Stalled => unreachable!("the forwarding end never stalls: answers land in host buffers"),
+                RxEnd::Stalled | RxEnd::StalledWouldBlock => {
+                    unreachable!("the forwarding end never stalls: answers land in host buffers")
+                }
                 RxEnd::Closed(e) => {
                     self.fail_down(e, registry, now);
                     return true;
@@ -447,8 +467,15 @@ impl LinkClient {
         }
         while self.in_window < self.window {
             let Some(tag) = self.queue.pop_front() else { break };
+            if self.in_window == 0 {
+                // The answer timer starts with the first request outstanding: a link
+                // that was idle owes nothing and has not stalled.
+                self.last_rx = now;
+            }
             let s = self.slots[tag as usize].as_mut().expect("a queued forward has a slot");
             s.sent_on = Some(self.gen);
+            s.written = false;
+            s.answered = false;
             let f = s.fwd;
             let msg = Message::Request {
                 tag,
@@ -471,6 +498,11 @@ impl LinkClient {
             if let Err(e) = self.tx.flush(fd, &mut sent) {
                 self.fail_down(format!("send failed: {e}"), registry, now);
                 return true;
+            }
+            for tag in sent {
+                if let Some(s) = self.slots[tag as usize].as_mut().filter(|s| s.sent_on == Some(self.gen)) {
+                    s.written = true;
+                }
             }
             self.stats.tx_bytes += self.tx.sent_bytes - before;
             work |= self.tx.sent_bytes != before;
@@ -518,8 +550,8 @@ impl LinkClient {
             State::Up => {
                 self.readable || (!self.queue.is_empty() && self.in_window < self.window) || self.tx.wants_flush()
             }
-            State::Connecting => self.readable || self.writable,
-            _ => true,
+            State::Connecting | State::ReadChallenge | State::ReadVerdict => self.readable || self.writable,
+            State::SendHello | State::SendProof => true,
         }
     }
 }
@@ -552,13 +584,24 @@ impl Endpoint for ClientEp<'_> {
         let Message::Response { tag, outcome, status, epoch: _, payload } = m else {
             return Dispatch::Fatal("a request on the forwarding end of a link".into());
         };
-        let sent_here =
-            self.link.slots.get(tag as usize).and_then(Option::as_ref).is_some_and(|s| s.sent_on == Some(self.gen));
-        if !sent_here {
+        let gen = self.gen;
+        let Some(slot) =
+            self.link.slots.get_mut(tag as usize).and_then(Option::as_mut).filter(|s| s.sent_on == Some(gen))
+        else {
             return Dispatch::Fatal(format!("an answer to request {tag}, which is not outstanding on this link"));
+        };
+        if slot.answered {
+            return Dispatch::Fatal(format!("a second answer to request {tag}"));
         }
+        if !slot.written {
+            // An owner answers only after reading the whole request: an answer before
+            // our send of it finished is not one (and the host's buffers are still
+            // being sent from).
+            return Dispatch::Fatal(format!("an answer to request {tag} before the request was sent"));
+        }
+        slot.answered = true;
         *self.in_window -= 1;
-        let f = self.link.slots[tag as usize].as_ref().expect("checked").fwd;
+        let f = slot.fwd;
         match outcome {
             Outcome::Done => {
                 let read_ok = f.op == Op::Read && status.is_success();
@@ -678,7 +721,11 @@ impl Links {
     /// True when a poll would make progress without waiting for an event.
     pub fn wants_poll(&self, now: Instant) -> bool {
         self.clients.iter().flatten().any(|c| {
-            c.wants_poll() || c.state == State::Idle && (!c.queue.is_empty() || c.alive) && now >= c.next_attempt
+            c.wants_poll()
+                || c.state == State::Idle
+                    && c.addr.is_some()
+                    && (!c.queue.is_empty() || c.alive)
+                    && now >= c.next_attempt
         })
     }
 
@@ -690,5 +737,89 @@ impl Links {
     /// Each link's peer, state and counters (management).
     pub fn report(&self) -> Vec<(PeerId, bool, usize, LinkStats)> {
         self.clients.iter().flatten().map(|c| (c.peer, c.is_up(), c.outstanding(), c.stats)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quire_wire::nvme::Status;
+
+    fn flush_forward() -> Forward {
+        Forward {
+            rref: ReqRef { conn: 0, req: 0 },
+            to: PeerId(1),
+            op: Op::Flush,
+            fua: false,
+            volume: VolumeId(1),
+            epoch: Epoch(1),
+            page: 0,
+            lba: 0,
+            nlb: 0,
+            data: Segs::NONE,
+            deadline: Instant::now() + Duration::from_secs(10),
+        }
+    }
+
+    fn answer(c: &mut LinkClient, finished: &mut Vec<Finished>) -> Dispatch {
+        let mut answered = 0;
+        let mut ep = ClientEp {
+            link: LinkSlots { slots: &mut c.slots, free: &mut c.free },
+            gen: c.gen,
+            in_window: &mut c.in_window,
+            finished,
+            answered: &mut answered,
+        };
+        let m = Message::Response { tag: 0, outcome: Outcome::Done, status: Status::SUCCESS, epoch: 1, payload: 0 };
+        ep.on_message(m)
+    }
+
+    #[test]
+    fn answers_are_taken_once_and_only_for_requests_wholly_sent() {
+        let mut c = LinkClient::new(PeerId(1), Instant::now());
+        c.gen = 3;
+        c.push(flush_forward());
+        let tag = c.queue.pop_front().unwrap();
+        let s = c.slots[tag as usize].as_mut().unwrap();
+        s.sent_on = Some(3);
+        c.in_window = 1;
+        let mut finished = Vec::new();
+        // Sent on this connection but still being written: not an answer.
+        assert!(
+            matches!(answer(&mut c, &mut finished), Dispatch::Fatal(e) if e.contains("before the request was sent"))
+        );
+        c.slots[tag as usize].as_mut().unwrap().written = true;
+        assert!(matches!(answer(&mut c, &mut finished), Dispatch::Done));
+        assert_eq!(c.in_window, 0);
+        assert!(matches!(finished.as_slice(), [Finished::Done(_, Ok(()))]));
+        // The slot is gone: a second answer is no answer.
+        assert!(matches!(answer(&mut c, &mut finished), Dispatch::Fatal(e) if e.contains("not outstanding")));
+        assert_eq!(c.in_window, 0, "the window counts each request once");
+    }
+
+    #[test]
+    fn a_read_answered_twice_before_its_data_ends_the_link() {
+        let mut c = LinkClient::new(PeerId(1), Instant::now());
+        let mut buf = vec![0u8; 4096];
+        let seg = quire_drivers::DmaSeg { addr: buf.as_mut_ptr(), iova: 0, len: 4096 };
+        c.push(Forward { op: Op::Read, nlb: 1, data: Segs::of(&[seg]), ..flush_forward() });
+        let tag = c.queue.pop_front().unwrap();
+        let s = c.slots[tag as usize].as_mut().unwrap();
+        s.sent_on = Some(0);
+        s.written = true;
+        c.in_window = 1;
+        let mut finished = Vec::new();
+        let mut answered = 0;
+        let mut ep = ClientEp {
+            link: LinkSlots { slots: &mut c.slots, free: &mut c.free },
+            gen: 0,
+            in_window: &mut c.in_window,
+            finished: &mut finished,
+            answered: &mut answered,
+        };
+        let m = Message::Response { tag, outcome: Outcome::Done, status: Status::SUCCESS, epoch: 1, payload: 4096 };
+        assert!(matches!(ep.on_message(m), Dispatch::Payload { .. }));
+        assert!(matches!(ep.on_message(m), Dispatch::Fatal(e) if e.contains("second answer")));
+        drop(buf);
     }
 }

@@ -99,8 +99,13 @@ pub trait Endpoint {
 pub enum RxEnd {
     /// The socket has nothing more for now.
     WouldBlock,
-    /// The endpoint could not take a message (no buffer): call again when it can.
+    /// The endpoint could not take a message (no buffer) and every payload before it
+    /// is in: call again when it can take it (the socket may hold more).
     Stalled,
+    /// The endpoint could not take a message, and payloads of messages before it are
+    /// still on their way: call again when the socket has bytes (for those payloads)
+    /// or when the endpoint can take the message.
+    StalledWouldBlock,
     /// The peer closed, or the stream broke the protocol: the reason.
     Closed(String),
 }
@@ -160,6 +165,11 @@ impl FrameRx {
             pending: VecDeque::with_capacity(BATCH_MAX),
             bytes: 0,
         }
+    }
+
+    /// True while payloads handed out are not all in.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Tokens of the payloads handed out and not complete (a closing link's endpoint
@@ -267,7 +277,7 @@ impl FrameRx {
                         Ok(true) => {}
                         Ok(false) => return RxEnd::Closed("the peer closed the link mid-payload".into()),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return if stalled { RxEnd::Stalled } else { RxEnd::WouldBlock };
+                            return if stalled { RxEnd::StalledWouldBlock } else { RxEnd::WouldBlock };
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return RxEnd::Closed(format!("receive failed: {e}")),
@@ -652,7 +662,7 @@ mod tests {
             tx.blocked = false;
             tx.flush(a.as_raw_fd(), &mut sent).unwrap();
             match rx.receive(b.as_raw_fd(), &mut sink) {
-                RxEnd::WouldBlock | RxEnd::Stalled => {}
+                RxEnd::WouldBlock | RxEnd::Stalled | RxEnd::StalledWouldBlock => {}
                 RxEnd::Closed(e) => panic!("{e}"),
             }
             if sink.msgs.len() == 150 && sink.done.len() == 100 {
@@ -671,6 +681,56 @@ mod tests {
                 k += 2;
             }
         }
+    }
+
+    #[test]
+    fn a_stall_behind_a_payload_still_due_says_so() {
+        // Message 0's data is half here when message 1 cannot be taken: the receiver
+        // must be told to read on when bytes come (for message 0), not only when
+        // buffers come back (they would not: message 0 holds them until its data is in).
+        let (a, b) = pair();
+        let mut bytes = BatchHead { count: 2, payload: 1000 }.encode().to_vec();
+        let mut m = [0u8; MSG_LEN];
+        let w =
+            Message::Request { tag: 0, op: Op::Write, flags: 0, volume: 1, epoch: 1, lba: 0, nlb: 1, payload: 1000 };
+        w.encode(&mut m);
+        bytes.extend_from_slice(&m);
+        Message::Request { tag: 1, op: Op::Read, flags: 0, volume: 1, epoch: 1, lba: 1, nlb: 1, payload: 0 }
+            .encode(&mut m);
+        bytes.extend_from_slice(&m);
+        let payload = vec![0xabu8; 1000];
+        write_from(a.as_raw_fd(), &bytes).unwrap();
+        write_from(a.as_raw_fd(), &payload[..300]).unwrap();
+        /// Takes message 0, refuses message 1 while `hold`.
+        struct Holding {
+            sink: Sink,
+            hold: bool,
+        }
+        impl Endpoint for Holding {
+            fn on_message(&mut self, m: Message) -> Dispatch {
+                if self.hold && self.sink.msgs.len() == 1 {
+                    return Dispatch::Stall;
+                }
+                self.sink.on_message(m)
+            }
+            fn on_payload(&mut self, token: u32) {
+                self.sink.on_payload(token);
+            }
+        }
+        let mut rx = FrameRx::new();
+        let sink = Sink { msgs: Vec::new(), bufs: Vec::new(), done: Vec::new(), stall_at: None };
+        let mut ep = Holding { sink, hold: true };
+        assert_eq!(rx.receive(b.as_raw_fd(), &mut ep), RxEnd::StalledWouldBlock);
+        assert!(rx.has_pending());
+        write_from(a.as_raw_fd(), &payload[300..]).unwrap();
+        assert_eq!(rx.receive(b.as_raw_fd(), &mut ep), RxEnd::Stalled, "message 0 in, message 1 still held");
+        assert!(!rx.has_pending());
+        ep.hold = false;
+        assert_eq!(rx.receive(b.as_raw_fd(), &mut ep), RxEnd::WouldBlock);
+        let sink = ep.sink;
+        assert_eq!(sink.done, [0], "message 0's data is in");
+        assert_eq!(sink.msgs.len(), 2, "and message 1 was taken once it could be");
+        assert_eq!([sink.bufs[0].clone(), sink.bufs[1].clone()].concat(), payload);
     }
 
     #[test]

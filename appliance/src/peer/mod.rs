@@ -46,6 +46,18 @@ use crate::volume::routing::PeerId;
 /// Requests an inbound link may have outstanding (the caller's window).
 pub const LINK_WINDOW: u16 = 128;
 
+/// TCP keepalive on a link socket: a peer that vanishes without closing (power lost,
+/// cable pulled) is noticed within about 10 s even when the link is idle.
+pub fn keepalive(sock: &mio::net::TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(5))
+        .with_interval(std::time::Duration::from_secs(1))
+        .with_retries(5);
+    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&ka) {
+        tracing::warn!("peer link: cannot set TCP keepalive: {e}");
+    }
+}
+
 /// What a reactor knows of its group's peers, from the control thread (replaced as a
 /// whole, read-copy-update, whenever the group changes).
 #[derive(Debug)]

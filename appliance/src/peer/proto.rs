@@ -47,9 +47,20 @@ pub const BATCH_HEAD_LEN: usize = 16;
 pub const MSG_LEN: usize = 48;
 /// Messages in one batch at most.
 pub const BATCH_MAX: usize = 64;
-/// Largest payload of one message: one part of an I/O, at most a page and at most
-/// the largest transfer a host may make (4 MiB, `target.max_transfer_size`).
-pub const PAYLOAD_MAX: u32 = 4 << 20;
+/// Largest read or write one request carries: the forwarding end splits a larger
+/// part into requests of at most this many bytes, so that every owner can take one
+/// whatever its own buffer configuration: 32 segments (a device request's most) of
+/// the smallest pool chunk (4 KiB). Write Zeroes and Deallocate carry no data and may
+/// cover a whole page.
+pub const PART_MAX: u32 = 128 << 10;
+/// Largest payload of one message.
+pub const PAYLOAD_MAX: u32 = PART_MAX;
+
+const _: () = assert!(
+    PART_MAX as u64 <= quire_drivers::block::SEGS_MAX as u64 * quire_config::validate::CHUNK_SIZE_MIN,
+    "any owner takes a whole part in one device request"
+);
+
 /// Longest refusal reason a Verdict carries.
 pub const REASON_MAX: usize = VERDICT_LEN - 16;
 

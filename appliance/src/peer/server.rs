@@ -99,6 +99,8 @@ pub struct LinkServer {
     pub readable: bool,
     /// The last receive stopped for want of buffers.
     pub stalled: bool,
+    /// How many buffers the message it stopped at needs.
+    stall_need: usize,
     since: Instant,
     /// Why it closed (logged once).
     pub close_reason: Option<String>,
@@ -108,8 +110,9 @@ impl LinkServer {
     /// A new inbound link in slot `index`.
     pub fn new(index: u32, sock: mio::net::TcpStream, addr: SocketAddr, ctx: &ReactorCtx) -> LinkServer {
         let chunk = ctx.link_pool.as_ref().map_or(ctx.pool.chunk_size(), |p| p.chunk_size());
-        let bufs_max = usize::try_from(super::proto::PAYLOAD_MAX).expect("4 MiB").div_ceil(chunk) + 1;
+        let bufs_max = usize::try_from(super::proto::PART_MAX).expect("128 KiB").div_ceil(chunk);
         let window = usize::from(LINK_WINDOW);
+        super::keepalive(&sock);
         LinkServer {
             index,
             sock,
@@ -126,6 +129,7 @@ impl LinkServer {
             tx: FrameTx::new(),
             readable: true,
             stalled: false,
+            stall_need: 0,
             since: Instant::now(),
             close_reason: None,
         }
@@ -222,9 +226,9 @@ impl LinkServer {
                     }
                 }
                 ServerState::Ready => {
-                    let LinkServer { rx, reqs, meta, tx, index, .. } = self;
+                    let LinkServer { rx, reqs, meta, tx, index, stall_need, .. } = self;
                     let before = rx.bytes;
-                    let mut ep = ServerEp { reqs, meta, tx, ctx, index: *index };
+                    let mut ep = ServerEp { reqs, meta, tx, ctx, index: *index, stall_need };
                     let end = rx.receive(fd, &mut ep);
                     add(&ctx.stats.link_rx_bytes, rx.bytes - before);
                     match end {
@@ -232,7 +236,15 @@ impl LinkServer {
                             self.readable = false;
                             self.stalled = false;
                         }
-                        RxEnd::Stalled => self.stalled = true,
+                        RxEnd::Stalled => {
+                            add(&ctx.stats.link_stalls, 1);
+                            self.stalled = true;
+                        }
+                        RxEnd::StalledWouldBlock => {
+                            add(&ctx.stats.link_stalls, 1);
+                            self.readable = false;
+                            self.stalled = true;
+                        }
                         RxEnd::Closed(e) => self.begin_close(e, ctx),
                     }
                     return;
@@ -366,7 +378,17 @@ impl LinkServer {
 
     /// Buffers came back to the link shard: a stalled receive may go on.
     pub fn may_unstall(&self, ctx: &ReactorCtx) -> bool {
-        self.stalled && ctx.link_pool.as_ref().is_some_and(|p| p.available() > 0)
+        self.stalled && ctx.link_pool.as_ref().is_some_and(|p| p.available() >= self.stall_need.max(1))
+    }
+
+    /// True when a receive pass could progress: bytes may be waiting (and either
+    /// nothing is stalled, or payloads before the stalled message are still due), or
+    /// buffers came back for a stalled message.
+    pub fn may_receive(&self, ctx: &ReactorCtx) -> bool {
+        if matches!(self.state, ServerState::Draining | ServerState::Closed) {
+            return false;
+        }
+        self.readable && (!self.stalled || self.rx.has_pending()) || self.may_unstall(ctx)
     }
 
     /// A device part of request `idx` completed.
@@ -520,11 +542,12 @@ fn respond(reqs: &mut ReqTable, meta: &[Meta], tx: &mut FrameTx, ctx: &mut React
     } else {
         (0, Segs::NONE)
     };
-    if !r.status.is_success() && m.refuse.is_none() {
+    if !r.status.is_success() && m.refuse.is_none() && !r.misrouted {
         add(&ctx.stats.link_errors, 1);
     }
     let (outcome, status) = match m.refuse {
         Some(o) => (o, Status::SUCCESS),
+        None if r.misrouted => (Outcome::NotOwner, Status::SUCCESS),
         None => (Outcome::Done, r.status),
     };
     let msg = Message::Response { tag: m.tag, outcome, status, epoch, payload };
@@ -540,6 +563,7 @@ struct ServerEp<'a> {
     tx: &'a mut FrameTx,
     ctx: &'a mut ReactorCtx,
     index: u32,
+    stall_need: &'a mut usize,
 }
 
 impl ServerEp<'_> {
@@ -598,6 +622,12 @@ impl Endpoint for ServerEp<'_> {
             Op::Read | Op::Write => u64::from(nlb) * bs,
             _ => 0,
         };
+        if len > u64::from(super::proto::PART_MAX) {
+            return Dispatch::Fatal(format!(
+                "request {tag}: {len} bytes of data (parts are at most {})",
+                super::proto::PART_MAX
+            ));
+        }
         self.start(tag, op, flags, volume, lba, nlb, len)
     }
 
@@ -617,6 +647,7 @@ impl ServerEp<'_> {
         let chunk = self.ctx.link_pool.as_ref().expect("a link shard").chunk_size();
         let need = usize::try_from(len).expect("≤ PAYLOAD_MAX").div_ceil(chunk);
         if self.ctx.link_pool.as_ref().expect("a link shard").available() < need {
+            *self.stall_need = need;
             return Dispatch::Stall;
         }
         let opc = match op {

@@ -794,8 +794,7 @@ impl Reactor {
                     }
                 }
                 Conn::Link(l) => {
-                    let go = l.readable && !l.stalled || l.may_unstall(&self.ctx);
-                    if go && !matches!(l.state(), ServerState::Draining | ServerState::Closed) {
+                    if l.may_receive(&self.ctx) {
                         l.receive(&mut self.ctx);
                         work = true;
                     }

@@ -71,6 +71,9 @@ pub struct ReactorStats {
     pub link_served: AtomicU64,
     /// Of those, answered with an error status.
     pub link_errors: AtomicU64,
+    /// Times an inbound peer link stopped reading for want of buffers (TCP pushes
+    /// back on the sender until requests complete and give theirs back).
+    pub link_stalls: AtomicU64,
     /// Inbound peer links refused at the handshake (wrong secret, other group, ...).
     pub link_refusals: AtomicU64,
     /// Bytes received on inbound peer links.

@@ -301,6 +301,9 @@ pub struct ReactorStatsEntry {
     /// Inbound links refused at the handshake.
     #[serde(default)]
     pub link_refusals: u64,
+    /// Times an inbound link stopped reading for want of buffers.
+    #[serde(default)]
+    pub link_stalls: u64,
     /// Bytes received on inbound peer links.
     #[serde(default)]
     pub link_rx_bytes: u64,

@@ -200,7 +200,16 @@ fn run_window(
     for ((part, &route), &slot) in split(w.lba, w.blocks, w.bpp, bs).zip(routes).zip(slots) {
         let data_off = part.data_offset + w.done * bs;
         if let Route::Remote(peer) = route {
-            assert_eq!(origin, Origin::Host, "a peer's part on a page this peer does not own: the link checks first");
+            if origin == Origin::Peer {
+                // The link checked ownership when the part arrived; a newer table has
+                // given the page away since (the part waited for its data, a page
+                // allocation or the device). Never forwarded again from here: the
+                // peer that sent it routes it anew.
+                let r = reqs.req_mut(idx);
+                r.misrouted = true;
+                r.fail(Status::ABORTED_BY_REQUEST);
+                return Step::Stop;
+            }
             forward_part(
                 reqs,
                 idx,
@@ -263,7 +272,8 @@ fn run_window(
     Step::Continue
 }
 
-/// Sends one part to the peer that owns its page.
+/// Sends one part to the peer that owns its page, as requests of at most
+/// [`proto::PART_MAX`] bytes of data (what any owner can take in one go).
 #[allow(clippy::too_many_arguments)]
 fn forward_part(
     reqs: &mut ReqTable,
@@ -285,36 +295,42 @@ fn forward_part(
     };
     let vol = &ctx.volumes[&vol_id];
     let bs = u64::from(vol.view.info.block_size);
-    let data = if matches!(kind, Kind::Read | Kind::Write { .. }) {
-        // The part's slice of the request's buffers, as segments (the same helper that
-        // points the device at them).
-        ctx.dev_req.nsegs = 0;
-        reqs.req(idx).segs_into(data_off, blocks * bs, &mut ctx.dev_req);
-        Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs])
-    } else {
-        Segs::NONE
-    };
-    let f = Forward {
-        rref,
-        to: peer,
-        op,
-        fua,
-        volume: vol_id,
-        epoch: vol.routing.epoch,
-        page: lba / vol.view.info.blocks_per_page(),
-        lba,
-        nlb: u32::try_from(blocks).expect("a part lies within one page"),
-        data,
-        deadline: reqs.req(idx).started + ctx.hold(),
-    };
-    add(&ctx.stats.forwarded_parts, 1);
-    if matches!(kind, Kind::Read | Kind::Write { .. }) {
-        add(&ctx.stats.forwarded_bytes, blocks * bs);
+    let (epoch, bpp) = (vol.routing.epoch, vol.view.info.blocks_per_page());
+    let with_data = matches!(kind, Kind::Read | Kind::Write { .. });
+    let step = if with_data { u64::from(proto::PART_MAX) / bs } else { blocks };
+    let deadline = reqs.req(idx).started + ctx.hold();
+    let mut done = 0;
+    while done < blocks {
+        let n = step.min(blocks - done);
+        let data = if with_data {
+            // This piece's slice of the request's buffers, as segments (the same helper
+            // that points the device at them).
+            ctx.dev_req.nsegs = 0;
+            reqs.req(idx).segs_into(data_off + done * bs, n * bs, &mut ctx.dev_req);
+            add(&ctx.stats.forwarded_bytes, n * bs);
+            Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs])
+        } else {
+            Segs::NONE
+        };
+        let f = Forward {
+            rref,
+            to: peer,
+            op,
+            fua,
+            volume: vol_id,
+            epoch,
+            page: (lba + done) / bpp,
+            lba: lba + done,
+            nlb: u32::try_from(n).expect("a part lies within one page"),
+            data,
+            deadline,
+        };
+        add(&ctx.stats.forwarded_parts, 1);
+        ctx.forward(peer, f);
+        reqs.req_mut(idx).fwd_inflight += 1;
+        done += n;
     }
-    ctx.forward(peer, f);
-    let r = reqs.req_mut(idx);
-    r.fwd_inflight += 1;
-    r.cursor += blocks;
+    reqs.req_mut(idx).cursor += blocks;
 }
 
 /// A flush: this peer's device, then (host I/O) every other owner of the volume's

@@ -197,6 +197,10 @@ pub struct Req {
     /// The last zero-copy send that carried bytes of this request: its buffers and
     /// headers stay untouched until the kernel reports that send complete.
     pub zc_id: Option<u32>,
+    /// A part forwarded here by a peer lies on a page this peer's routing table no
+    /// longer gives it (the table changed after the link checked): nothing more is
+    /// executed and the peer is told to route it again.
+    pub misrouted: bool,
     /// The command was counted in the volume's statistics. A command executes again
     /// after waiting for page allocations or room in the device queue, with nothing
     /// submitted yet; this flag keeps it from being counted twice.
@@ -226,6 +230,7 @@ impl Req {
             hdrs: [quire_wire::tcp::HeaderBuf::default(); 2],
             ddgst: [0; 4],
             zc_id: None,
+            misrouted: false,
             counted: false,
             started: std::time::Instant::now(),
         }
@@ -388,6 +393,7 @@ impl ReqTable {
         debug_assert!(!r.outstanding());
         r.cursor = 0;
         r.zc_id = None;
+        r.misrouted = false;
         r.counted = false;
         r.started = std::time::Instant::now();
         r.state = ReqState::New;
