@@ -155,6 +155,16 @@ fn write_cache_off_makes_every_write_reach_stable_media() {
     h.io().write(16, &pattern(3, 4096)).ok();
     h.io().write(BPP - 1, &pattern(4, 8192)).ok(); // two parts
     assert_eq!(ctl.fua_writes.load(Ordering::Acquire), fua + 3, "every part goes with FUA");
+    // Zeroes reach the device without FUA: a flush follows them before completion,
+    // for Write Zeroes and for Deallocate (of part of a written page).
+    let flushes = ctl.flushes.load(Ordering::Acquire);
+    let wz = h.io().rw_cmd(opcode::NVM_WRITE_ZEROES, 16, 1);
+    h.io().exec(wz, None, 0).ok();
+    assert_eq!(ctl.flushes.load(Ordering::Acquire), flushes + 1, "write zeroes, then a flush");
+    let mut dealloc = h.io().rw_cmd(opcode::NVM_WRITE_ZEROES, 0, 1);
+    dealloc.cdw12 |= 1 << 25;
+    h.io().exec(dealloc, None, 0).ok();
+    assert_eq!(ctl.flushes.load(Ordering::Acquire), flushes + 2, "deallocate, then a flush");
     let c = h.admin.set_feature(FID_VOLATILE_WRITE_CACHE, 1);
     assert!(c.status().is_success());
     h.io().write(24, &pattern(5, 4096)).ok();
@@ -311,10 +321,19 @@ impl InFlight {
 
 /// One host on one region of `demo`, doing `ops` random commands with up to 8 in
 /// flight; returns what the region must hold.
-fn worker(addr: std::net::SocketAddr, seed: u64, first: u64, blocks: u64, ops: u64) -> Vec<Block> {
+fn worker(addr: std::net::SocketAddr, seed: u64, first: u64, blocks: u64, ops: u64, cache_off: bool) -> Vec<Block> {
     let mut rng = Rng::new(seed);
     let mut model = vec![Block::Zero; blocks as usize];
-    let mut host = Host::connect(addr, "demo");
+    // A host that turns its volatile write cache off: every write is FUA, and zeroes
+    // are followed by a flush (which may find the device queue full in turn).
+    let connect = || {
+        let mut h = Host::connect(addr, "demo");
+        if cache_off {
+            assert!(h.admin.set_feature(FID_VOLATILE_WRITE_CACHE, 0).status().is_success());
+        }
+        h
+    };
+    let mut host = connect();
     let mut inflight: Vec<InFlight> = Vec::new();
     let mut next_tag = (seed as u32).wrapping_mul(1_000_003) | 1;
     let settle = |f: &InFlight, ok: bool, data: &[u8], model: &mut Vec<Block>| {
@@ -353,7 +372,7 @@ fn worker(addr: std::net::SocketAddr, seed: u64, first: u64, blocks: u64, ops: u
                 settle(&f, false, &[], &mut model);
             }
             drop(host);
-            host = Host::connect(addr, "demo");
+            host = connect();
         }
         let kind = match rng.below(20) {
             0..=7 => Kind::Write,
@@ -500,7 +519,7 @@ fn random_workload_over_a_misbehaving_device() {
         let addr = t.io_addr;
         // Three hosts, each on its own 16 pages of `demo`.
         let workers: Vec<_> = (0..3u64)
-            .map(|w| std::thread::spawn(move || worker(addr, seed * 100 + w, w * 16 * BPP, 16 * BPP, ops)))
+            .map(|w| std::thread::spawn(move || worker(addr, seed * 100 + w, w * 16 * BPP, 16 * BPP, ops, w == 2)))
             .collect();
         let models: Vec<Vec<Block>> =
             workers.into_iter().map(|w| w.join().unwrap_or_else(|_| panic!("seed {seed}: a host failed"))).collect();

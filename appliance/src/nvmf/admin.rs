@@ -88,28 +88,20 @@ pub fn execute(q: &mut QueueInfo, reqs: &mut ReqTable, idx: u16, rref: ReqRef, c
             } else {
                 let done = admin(q, &ctrlr, reqs, idx, ctx);
                 if done.status.is_success() && disables_write_cache(&cmd) {
-                    // What the cache held must be on stable media before the host
-                    // hears that the cache is off.
-                    let r = reqs.req_mut(idx);
-                    r.dw0 = done.dw0;
-                    ctx.prepare(quire_drivers::Op::Flush, 0, 0);
-                    match ctx.submit_prepared(rref) {
-                        Ok(()) => {
-                            r.dev_inflight += 1;
+                    // What the caches held must be on stable media before the host
+                    // hears that the cache is off: this peer's device, and in a group
+                    // every other peer that owns pages of the volume (`volume::io`).
+                    reqs.req_mut(idx).dw0 = done.dw0;
+                    if let Some(vol) = ctrlr.volume.filter(|v| ctx.volumes.contains_key(v)) {
+                        let origin = crate::volume::io::Origin::Host;
+                        if crate::volume::io::flush(reqs, idx, rref, (vol, origin), ctx) {
+                            // Submitted (or failed): completes when the flushes are back.
                             reqs.set_state(idx, ReqState::Executing);
                         }
-                        Err(quire_drivers::SubmitError::QueueFull) => {
-                            // Runs again (idempotently) when the device has room.
-                            ctx.dev_waiters.push_back(rref);
-                            reqs.set_state(idx, ReqState::WaitingDevice);
-                        }
-                        Err(quire_drivers::SubmitError::Invalid(why)) => {
-                            tracing::error!("device refused a flush: {why}");
-                            r.fail(Status::INTERNAL_ERROR);
-                            reqs.set_state(idx, ReqState::ReadyToComplete);
-                        }
+                        // Otherwise parked on a full device queue; it runs again
+                        // (idempotently) when the device has room.
+                        return Next::Continue;
                     }
-                    return Next::Continue;
                 }
                 (done, Next::Continue)
             }

@@ -101,10 +101,19 @@ fn check_and_run(
                 add(&vol.counters.other_ops, 1);
             }
             let kind = if cmd.cdw12 & WZ_DEAC != 0 { Kind::Deallocate } else { Kind::Zeroes };
+            if !ctrlr.write_cache_enabled() && reqs.req(idx).cursor == 0 {
+                // Zeroes that reach a device go without FUA: flushed before completion.
+                reqs.req_mut(idx).flush_after = true;
+            }
             vio::run(reqs, idx, rref, (vol_id, Origin::Host), (slba, nlb, 0), kind, ctx);
             Ok(())
         }
-        opcode::NVM_DATASET_MANAGEMENT => dataset_management(reqs, idx, rref, vol_id, ctx),
+        opcode::NVM_DATASET_MANAGEMENT => {
+            if !ctrlr.write_cache_enabled() && reqs.req(idx).cursor == 0 && cmd.cdw11 & DSM_AD != 0 {
+                reqs.req_mut(idx).flush_after = true;
+            }
+            dataset_management(reqs, idx, rref, vol_id, ctx)
+        }
         _ => Err(Status::INVALID_OPCODE.with_dnr()),
     }
 }

@@ -352,29 +352,60 @@ pub fn flush(
         Step::Stop => return true,
     }
     if origin == Origin::Host {
-        let vol = &ctx.volumes[&vol_id];
-        let routing = vol.routing.clone();
-        let started = reqs.req(idx).started;
-        for &peer in routing.remote_peers() {
-            let f = Forward {
-                rref,
-                to: peer,
-                op: proto::Op::Flush,
-                fua: false,
-                volume: vol_id,
-                epoch: routing.epoch,
-                page: 0,
-                lba: 0,
-                nlb: 0,
-                data: Segs::NONE,
-                deadline: started + ctx.hold(),
-            };
-            add(&ctx.stats.forwarded_parts, 1);
-            ctx.forward(peer, f);
-            reqs.req_mut(idx).fwd_inflight += 1;
-        }
+        forward_flushes(reqs, idx, rref, vol_id, ctx);
     }
     true
+}
+
+/// The flush that ends a command whose zeroes went to the device without FUA (the
+/// write cache is off): this peer's device and every other owner of the volume's
+/// pages, after every part has completed (a flush covers what completed before it).
+/// False when the device queue is full (the request parks and tries again).
+pub fn flush_after(reqs: &mut ReqTable, idx: u16, rref: ReqRef, vol_id: VolumeId, ctx: &mut ReactorCtx) -> bool {
+    debug_assert!(!reqs.req(idx).outstanding(), "a command's tail flush follows its parts");
+    ctx.prepare(Op::Flush, 0, 0);
+    match ctx.submit_prepared(rref) {
+        Ok(()) => reqs.req_mut(idx).dev_inflight += 1,
+        Err(SubmitError::QueueFull) => {
+            ctx.dev_waiters.push_back(rref);
+            reqs.set_state(idx, ReqState::WaitingDevice);
+            return false;
+        }
+        Err(SubmitError::Invalid(why)) => {
+            tracing::error!("device rejected a flush: {why}");
+            reqs.req_mut(idx).fail(Status::INTERNAL_ERROR);
+        }
+    }
+    reqs.req_mut(idx).flush_after = false;
+    if ctx.volumes.contains_key(&vol_id) {
+        forward_flushes(reqs, idx, rref, vol_id, ctx);
+    }
+    true
+}
+
+/// A flush to every other owner of the volume's pages, counted in `fwd_inflight`.
+fn forward_flushes(reqs: &mut ReqTable, idx: u16, rref: ReqRef, vol_id: VolumeId, ctx: &mut ReactorCtx) {
+    let vol = &ctx.volumes[&vol_id];
+    let routing = vol.routing.clone();
+    let deadline = reqs.req(idx).started + ctx.hold();
+    for &peer in routing.remote_peers() {
+        let f = Forward {
+            rref,
+            to: peer,
+            op: proto::Op::Flush,
+            fua: false,
+            volume: vol_id,
+            epoch: routing.epoch,
+            page: 0,
+            lba: 0,
+            nlb: 0,
+            data: Segs::NONE,
+            deadline,
+        };
+        add(&ctx.stats.forwarded_parts, 1);
+        ctx.forward(peer, f);
+        reqs.req_mut(idx).fwd_inflight += 1;
+    }
 }
 
 /// What to do after one part.

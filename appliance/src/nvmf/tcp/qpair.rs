@@ -300,6 +300,19 @@ impl TcpQpair {
                     if r.outstanding() {
                         return;
                     }
+                    if r.flush_after && r.status.is_success() && self.state == ConnState::Ready {
+                        // The command's zeroes are done; now make them durable (the
+                        // write cache is off).
+                        let vol = self.q.ctrlr.as_ref().and_then(|c| c.volume);
+                        match vol {
+                            Some(v) => {
+                                let rref = self.rref(idx);
+                                crate::volume::io::flush_after(&mut self.reqs, idx, rref, v, ctx);
+                            }
+                            None => self.reqs.req_mut(idx).flush_after = false,
+                        }
+                        continue;
+                    }
                     self.reqs.set_state(idx, ReqState::ReadyToComplete);
                 }
                 // Parked with more to submit; `resume` moves it on.

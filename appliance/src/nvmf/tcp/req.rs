@@ -15,6 +15,10 @@
 //!                     Executing (everything submitted; waits for what is out) ──► ReadyToComplete ─► Transmitting ─► Free
 //! ```
 //!
+//! One arrow the picture leaves out: `Executing ─► WaitingDevice`, when the flush that
+//! ends a Write Zeroes or Deallocate on a controller with its write cache off finds
+//! the device queue full (`flush_after`).
+//!
 //! What a request waits on outside its connection is counted apart, so that each
 //! answer knows what it completes: `dev_inflight` device parts, `fwd_inflight` parts
 //! forwarded to the peers that own their pages, `frees_inflight`
@@ -106,6 +110,9 @@ impl ReqState {
             (ReadyToExecute, Executing | WaitingDevice | WaitingControl | AwaitingEvent | ReadyToComplete) => true,
             (WaitingDevice | WaitingControl, ReadyToExecute | Executing) => true,
             (Executing, ReadyToComplete) => true,
+            // The flush that follows a command's zeroes (write cache off) found the
+            // device queue full.
+            (Executing, WaitingDevice) => true,
             (AwaitingEvent | ReadyToComplete, Transmitting) => true,
             (Transmitting, Free) => true,
             _ => false,
@@ -201,6 +208,9 @@ pub struct Req {
     /// longer gives it (the table changed after the link checked): nothing more is
     /// executed and the peer is told to route it again.
     pub misrouted: bool,
+    /// With the volatile write cache off, Write Zeroes and Deallocate that reached the
+    /// device (without FUA) are followed by a flush before they complete.
+    pub flush_after: bool,
     /// The command was counted in the volume's statistics. A command executes again
     /// after waiting for page allocations or room in the device queue, with nothing
     /// submitted yet; this flag keeps it from being counted twice.
@@ -231,6 +241,7 @@ impl Req {
             ddgst: [0; 4],
             zc_id: None,
             misrouted: false,
+            flush_after: false,
             counted: false,
             started: std::time::Instant::now(),
         }
@@ -394,6 +405,7 @@ impl ReqTable {
         r.cursor = 0;
         r.zc_id = None;
         r.misrouted = false;
+        r.flush_after = false;
         r.counted = false;
         r.started = std::time::Instant::now();
         r.state = ReqState::New;
