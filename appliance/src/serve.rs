@@ -610,7 +610,8 @@ fn start_on(
         CfgPoll::Busy => PollMode::Busy,
         CfgPoll::Hybrid => PollMode::Hybrid { spin: Duration::from_micros(u64::from(cfg.reactors.spin_us)) },
     };
-    let (control_tx, control_rx) = crossbeam_channel::bounded(control_inbox_capacity(n));
+    let credits = cfg.reactors.control_credits;
+    let (control_tx, control_rx) = crossbeam_channel::bounded(control_inbox_capacity(n, credits));
     let info = dev.info().clone();
     let mut reactors = Vec::new();
     let mut handles = Vec::new();
@@ -643,6 +644,7 @@ fn start_on(
             control: control_tx.clone(),
             listeners: if i == 0 { listeners.take().expect("first reactor") } else { Vec::new() },
             link_pool,
+            control_credits: credits,
         })
         .map_err(|e| ServeError::Io(format!("reactor {i}: {e}")))?;
         reactors.push(r);

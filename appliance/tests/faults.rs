@@ -40,12 +40,16 @@ fn create_tiny(t: &TestTarget) {
 }
 
 fn fault_target(plan: FaultPlan) -> (TestTarget, Arc<FaultControl>) {
+    fault_target_with(plan, |_| {})
+}
+
+fn fault_target_with(plan: FaultPlan, edit: impl FnOnce(&mut quire_config::Config)) -> (TestTarget, Arc<FaultControl>) {
     // The page store's queue pair is the first one made: spare its metadata I/O.
     let plan = FaultPlan { spared_qpairs: 1, ..plan };
     let ram: Arc<dyn BlockDevice> = Arc::new(RamDevice::new(256 << 20, 512).expect("ram device"));
     let dev = Arc::new(FaultDevice::new(ram, plan));
     let ctl = dev.control();
-    let t = TestTarget::start_on(|_| {}, Some(dev));
+    let t = TestTarget::start_on(edit, Some(dev));
     (t, ctl)
 }
 
@@ -500,55 +504,70 @@ const NOT_EXPECTED: &[(&str, &str)] = &[
     ("WaitingControl", "Executing"),
 ];
 
+/// One seeded run of three hosts over a misbehaving device; every block a host saw
+/// written reads back. Returns the transitions the run made and how often an
+/// allocation or free waited for a control credit.
+fn random_run(seed: u64, ops: u64, credits: u32) -> (std::collections::BTreeSet<(String, String)>, u64) {
+    let mut seen: std::collections::BTreeSet<(String, String)> = Default::default();
+    eprintln!("seed {seed} ({ops} commands per host; QUIRE_FAULT_SEEDS={seed} replays it)");
+    let plan =
+        FaultPlan { depth: 4, delay_polls: (0, 6), spared_latency: Duration::from_micros(500), ..FaultPlan::new(seed) };
+    let (t, ctl) = fault_target_with(plan, |c| c.reactors.control_credits = credits);
+    ctl.queue_full_permille.store(150, Ordering::Relaxed);
+    ctl.media_error_permille.store(15, Ordering::Relaxed);
+    ctl.abort_permille.store(5, Ordering::Relaxed);
+    let addr = t.io_addr;
+    // Three hosts, each on its own 16 pages of `demo`.
+    let workers: Vec<_> = (0..3u64)
+        .map(|w| std::thread::spawn(move || worker(addr, seed * 100 + w, w * 16 * BPP, 16 * BPP, ops, w == 2)))
+        .collect();
+    let models: Vec<Vec<Block>> =
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| panic!("seed {seed}: a host failed"))).collect();
+    ctl.calm();
+    assert!(ctl.refused.load(Ordering::Relaxed) > 0 && ctl.failed.load(Ordering::Relaxed) > 0, "faults happened");
+    t.wait_quiet();
+    // Everything a host saw written is there.
+    let mut h = Host::connect(t.io_addr, "demo");
+    for (w, model) in models.iter().enumerate() {
+        let first = w as u64 * 16 * BPP;
+        for chunk in 0..16u64 {
+            let data = h.io().read(first + chunk * BPP, BPP as u32).ok().data;
+            for i in 0..BPP as usize {
+                let got = &data[i * 4096..(i + 1) * 4096];
+                let lba = first + chunk * BPP + i as u64;
+                match model[(chunk * BPP) as usize + i] {
+                    Block::Zero => assert!(got.iter().all(|&x| x == 0), "seed {seed}: block {lba} not zero"),
+                    Block::Data(tag) => assert!(got == block_data(tag), "seed {seed}: block {lba} lost {tag}"),
+                    Block::Unknown => {}
+                }
+            }
+        }
+    }
+    drop(h);
+    t.wait_quiet();
+    for e in t.rpc("stats_requests", serde_json::json!({})).as_array().expect("a list") {
+        seen.insert((e["from"].as_str().expect("from").into(), e["to"].as_str().expect("to").into()));
+    }
+    let waits = t.reactor_sum("credit_waits");
+    t.stop();
+    (seen, waits)
+}
+
+#[test]
+fn a_reactor_out_of_control_credits_waits_and_loses_nothing() {
+    // Defect 5: bounded rings are back-pressure, never loss. With one credit, every
+    // allocation and free beyond the first waits in its reactor for an answer; none is
+    // dropped, none hangs, every acknowledged write reads back.
+    let (_, waits) = random_run(21, 300, 1);
+    assert!(waits > 0, "no allocation or free ever waited for a credit: the test did not test it");
+}
+
 #[test]
 fn random_workload_over_a_misbehaving_device() {
     let mut seen: std::collections::BTreeSet<(String, String)> = Default::default();
     let ops: u64 = std::env::var("QUIRE_FAULT_OPS").ok().map(|s| s.parse().expect("a number")).unwrap_or(500);
     for seed in seeds() {
-        eprintln!("seed {seed} ({ops} commands per host; QUIRE_FAULT_SEEDS={seed} replays it)");
-        let plan = FaultPlan {
-            depth: 4,
-            delay_polls: (0, 6),
-            spared_latency: Duration::from_micros(500),
-            ..FaultPlan::new(seed)
-        };
-        let (t, ctl) = fault_target(plan);
-        ctl.queue_full_permille.store(150, Ordering::Relaxed);
-        ctl.media_error_permille.store(15, Ordering::Relaxed);
-        ctl.abort_permille.store(5, Ordering::Relaxed);
-        let addr = t.io_addr;
-        // Three hosts, each on its own 16 pages of `demo`.
-        let workers: Vec<_> = (0..3u64)
-            .map(|w| std::thread::spawn(move || worker(addr, seed * 100 + w, w * 16 * BPP, 16 * BPP, ops, w == 2)))
-            .collect();
-        let models: Vec<Vec<Block>> =
-            workers.into_iter().map(|w| w.join().unwrap_or_else(|_| panic!("seed {seed}: a host failed"))).collect();
-        ctl.calm();
-        assert!(ctl.refused.load(Ordering::Relaxed) > 0 && ctl.failed.load(Ordering::Relaxed) > 0, "faults happened");
-        t.wait_quiet();
-        // Everything a host saw written is there.
-        let mut h = Host::connect(t.io_addr, "demo");
-        for (w, model) in models.iter().enumerate() {
-            let first = w as u64 * 16 * BPP;
-            for chunk in 0..16u64 {
-                let data = h.io().read(first + chunk * BPP, BPP as u32).ok().data;
-                for i in 0..BPP as usize {
-                    let got = &data[i * 4096..(i + 1) * 4096];
-                    let lba = first + chunk * BPP + i as u64;
-                    match model[(chunk * BPP) as usize + i] {
-                        Block::Zero => assert!(got.iter().all(|&x| x == 0), "seed {seed}: block {lba} not zero"),
-                        Block::Data(tag) => assert!(got == block_data(tag), "seed {seed}: block {lba} lost {tag}"),
-                        Block::Unknown => {}
-                    }
-                }
-            }
-        }
-        drop(h);
-        t.wait_quiet();
-        for e in t.rpc("stats_requests", serde_json::json!({})).as_array().expect("a list") {
-            seen.insert((e["from"].as_str().expect("from").into(), e["to"].as_str().expect("to").into()));
-        }
-        t.stop();
+        seen.extend(random_run(seed, ops, quire_appliance::reactor::msg::CONTROL_CREDITS).0);
     }
     // Every arrow of the request state machine that the workload can reach, it did.
     use quire_appliance::nvmf::tcp::req::ReqState;

@@ -94,11 +94,15 @@ pub struct Reactors {
     pub poll: PollMode,
     /// Hybrid polling: how long to spin after the last piece of work before sleeping.
     pub spin_us: u32,
+    /// Page allocations and frees one reactor may have outstanding at the control
+    /// thread at once; more wait in the reactor, in order, for an answer to return a
+    /// credit (the rings between threads are sized from it, so no answer is dropped).
+    pub control_credits: u32,
 }
 
 impl Default for Reactors {
     fn default() -> Reactors {
-        Reactors { count: None, cores: Vec::new(), poll: PollMode::Hybrid, spin_us: 200 }
+        Reactors { count: None, cores: Vec::new(), poll: PollMode::Hybrid, spin_us: 200, control_credits: 1024 }
     }
 }
 

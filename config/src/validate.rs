@@ -70,6 +70,8 @@ pub const NQN_LEN_MAX: usize = 223;
 pub const LEASE_TTL_S: std::ops::RangeInclusive<u32> = 2..=60;
 /// Range of `group.connect_timeout_ms`.
 pub const CONNECT_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 100..=600_000;
+/// Range of `reactors.control_credits`.
+pub const CONTROL_CREDITS: std::ops::RangeInclusive<u32> = 1..=65_536;
 /// Range of `group.hold_ms`.
 pub const HOLD_MS: std::ops::RangeInclusive<u32> = 1000..=600_000;
 /// Shortest group secret, bytes.
@@ -206,6 +208,13 @@ fn reactors(reactors: &Reactors) -> Result {
     ensure(core_max <= CORE_ID_MAX, "reactors.cores", &cores_text, format!("core numbers 0..={CORE_ID_MAX}"))?;
     let unique: HashSet<u32> = cores.iter().copied().collect();
     ensure(unique.len() == cores.len(), "reactors.cores", &cores_text, "each core at most once")?;
+    let credits = reactors.control_credits;
+    ensure(
+        CONTROL_CREDITS.contains(&credits),
+        "reactors.control_credits",
+        credits,
+        format!("{}..={}", CONTROL_CREDITS.start(), CONTROL_CREDITS.end()),
+    )?;
     let spin = reactors.spin_us;
     ensure(spin <= SPIN_US_MAX, "reactors.spin_us", spin, format!("0..={SPIN_US_MAX}"))
 }

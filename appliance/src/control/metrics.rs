@@ -31,6 +31,9 @@ const REACTOR_COUNTERS: &[(&str, &str, ReactorField)] = &[
         &s.zero_filled_bytes
     }),
     ("quire_reactor_zero_copy_sends_total", "Sends with MSG_ZEROCOPY.", |s| &s.zero_copy_sends),
+    ("quire_reactor_credit_waits_total", "Allocations and frees that waited for a control credit.", |s| {
+        &s.credit_waits
+    }),
     ("quire_reactor_forwarded_parts_total", "Parts of host I/O forwarded to the peers owning their pages.", |s| {
         &s.forwarded_parts
     }),

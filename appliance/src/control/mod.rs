@@ -563,6 +563,7 @@ impl Control {
                     requests_active: get(&s.requests_active),
                     connections_closing: get(&s.connections_closing),
                     retired_buffers: get(&s.retired_buffers),
+                    credit_waits: get(&s.credit_waits),
                     forwarded_parts: get(&s.forwarded_parts),
                     forwarded_bytes: get(&s.forwarded_bytes),
                     forwards_outstanding: get(&s.forwards_outstanding),

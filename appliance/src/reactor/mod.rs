@@ -260,8 +260,10 @@ pub struct ReactorCtx {
     /// Messages the control channel could not take yet (at most the credits plus one
     /// barrier answer), in order.
     control_backlog: VecDeque<ControlMsg>,
-    /// Allocations and frees this reactor may still ask for (`msg::CONTROL_CREDITS`).
+    /// Allocations and frees this reactor may still ask for.
     control_credits: u32,
+    /// Its credits in all (`reactors.control_credits`).
+    credits_max: u32,
     /// Allocations and frees waiting for a credit, in order (at most one per part of
     /// the requests this reactor serves).
     credit_waiters: VecDeque<ControlMsg>,
@@ -337,6 +339,7 @@ impl ReactorCtx {
     /// Sends an allocation or free, or keeps it until an answer returns a credit.
     fn send_credited(&mut self, msg: ControlMsg) {
         if self.control_credits == 0 {
+            add(&self.stats.credit_waits, 1);
             self.credit_waiters.push_back(msg);
             return;
         }
@@ -347,7 +350,7 @@ impl ReactorCtx {
     /// An answer came back: its credit goes to the oldest message waiting for one.
     fn credit_returned(&mut self) {
         self.control_credits += 1;
-        assert!(self.control_credits <= msg::CONTROL_CREDITS, "more answers than requests");
+        assert!(self.control_credits <= self.credits_max, "more answers than requests");
         if let Some(m) = self.credit_waiters.pop_front() {
             self.control_credits -= 1;
             self.send_control(m);
@@ -428,6 +431,8 @@ pub struct ReactorParts {
     pub dev_memory_align: u32,
     /// Buffers for inbound peer links (a group peer).
     pub link_pool: Option<PoolShard>,
+    /// Allocations and frees it may have outstanding at the control thread.
+    pub control_credits: u32,
 }
 
 /// A reactor, ready to run on its thread.
@@ -454,7 +459,7 @@ impl Reactor {
     pub fn new(parts: ReactorParts) -> std::io::Result<(Reactor, ReactorHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), TOKEN_WAKER)?);
-        let inbox = Arc::new(ArrayQueue::new(msg::INBOX_MAX));
+        let inbox = Arc::new(ArrayQueue::new(msg::inbox_capacity(parts.control_credits)));
         let stats = Arc::new(ReactorStats::default());
         if let Some(fd) = parts.dev.completion_fd() {
             poll.registry().register(&mut mio::unix::SourceFd(&fd), TOKEN_DEVICE, Interest::READABLE)?;
@@ -483,7 +488,8 @@ impl Reactor {
             dev_memory_align: u64::from(parts.dev_memory_align.max(1)),
             control: parts.control,
             control_backlog: VecDeque::new(),
-            control_credits: msg::CONTROL_CREDITS,
+            control_credits: parts.control_credits,
+            credits_max: parts.control_credits,
             credit_waiters: VecDeque::new(),
             alloc_waiters: HashMap::new(),
             free_waiters: HashMap::new(),

@@ -4,8 +4,8 @@
 //! ([`crossbeam_queue::ArrayQueue`]) followed by a wake-up of the reactor's poller;
 //! reactor → control messages travel on one bounded channel. No message is ever
 //! dropped, and no sender spins on a full ring:
-//! - a reactor asks the control thread for at most [`CONTROL_CREDITS`] allocations and
-//!   frees at a time; a request that needs one more waits for a credit (its message
+//! - a reactor asks the control thread for at most `reactors.control_credits`
+//!   ([`CONTROL_CREDITS`] by default) allocations and frees at a time; a request that needs one more waits for a credit (its message
 //!   stays in the reactor, in order). Every answer returns a credit, so a reactor's
 //!   ring never holds more answers than it has credits, and the rings are sized for
 //!   that ([`INBOX_MAX`]);
@@ -23,21 +23,27 @@ use crate::reactor::stats::VolumeCounters;
 use crate::volume::routing::RoutingTable;
 use crate::volume::{VolumeId, VolumeView};
 
-/// Allocations and frees one reactor may have outstanding at the control thread.
+/// Allocations and frees one reactor may have outstanding at the control thread, by
+/// default (`reactors.control_credits`).
 pub const CONTROL_CREDITS: u32 = 1024;
-/// Capacity of each reactor's inbound ring: every answer the reactor can be owed, plus
-/// room for connections, volume updates and barriers.
-pub const INBOX_MAX: usize = CONTROL_CREDITS as usize + 1024;
+/// Room in each reactor's inbound ring beside the answers it can be owed: connections,
+/// volume updates, peer directories, barriers.
+pub const INBOX_ROOM: usize = 1024;
+
+/// Capacity of a reactor's inbound ring for `credits`: every answer the reactor can be
+/// owed, plus [`INBOX_ROOM`].
+pub fn inbox_capacity(credits: u32) -> usize {
+    credits as usize + INBOX_ROOM
+}
 /// Messages of the management bridge the control channel has room for beside the
 /// reactors'.
 const RPC_ROOM: usize = 64;
 
-const _: () = assert!(INBOX_MAX > CONTROL_CREDITS as usize);
-
-/// Capacity of the reactors → control channel for `reactors` reactors: every credited
-/// request and barrier answer of every reactor, and the management bridge's calls.
-pub fn control_inbox_capacity(reactors: usize) -> usize {
-    reactors * (CONTROL_CREDITS as usize + 2) + RPC_ROOM
+/// Capacity of the reactors → control channel for `reactors` reactors with `credits`
+/// each: every credited request and barrier answer of every reactor, and the
+/// management bridge's calls.
+pub fn control_inbox_capacity(reactors: usize, credits: u32) -> usize {
+    reactors * (credits as usize + 2) + RPC_ROOM
 }
 
 /// What a reactor is told.

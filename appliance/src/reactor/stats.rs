@@ -57,6 +57,9 @@ pub struct ReactorStats {
     pub device_requests: AtomicU64,
     /// Sends made with MSG_ZEROCOPY.
     pub zero_copy_sends: AtomicU64,
+    /// Allocations and frees that waited in the reactor for a credit (all of its
+    /// credits were out at the control thread).
+    pub credit_waits: AtomicU64,
     /// Forwarded parts waiting for their answer (set at every tick).
     pub forwards_outstanding: AtomicU64,
     /// Parts of host commands forwarded to the peers that own their pages.

@@ -280,6 +280,9 @@ pub struct ReactorStatsEntry {
     /// Buffers given up for good (zero-copy sends never completed).
     #[serde(default)]
     pub retired_buffers: u64,
+    /// Allocations and frees that waited for a control credit.
+    #[serde(default)]
+    pub credit_waits: u64,
     /// Parts of host commands forwarded to the peers that own their pages.
     #[serde(default)]
     pub forwarded_parts: u64,

@@ -788,7 +788,24 @@ impl PageStore {
         check_device(&info)?;
         let mut io = MetaIo::new(qpair, &info, shard)?;
         match find_superblock(&mut io, info.size_bytes())? {
-            Found::Store(sb, copies) => PageStore::load(info, io, sb, copies),
+            Found::Store(sb, copies) => {
+                if let Some(lost) = copies.seq.iter().position(|&s| s == 0) {
+                    // One copy does not read: a torn write, or something written over it
+                    // (a partition table at the start). The store opens from the other;
+                    // the operator hears which and what is there before the next metadata
+                    // update writes this copy again.
+                    let offset = if lost == 0 { 0 } else { meta::SB_B_OFFSET };
+                    let head = io.read_range(offset, (meta::IDENTIFY_BYTES as u64).min(info.size_bytes()))?;
+                    let what = meta::identify(&head).unwrap_or_else(|| "no valid superblock".to_string());
+                    tracing::warn!(
+                        device = %info.name,
+                        "superblock copy {} (byte {offset}) does not read ({what}); the store opened from the other \
+                         copy and writes this one again at its next metadata update",
+                        if lost == 0 { "A" } else { "B" }
+                    );
+                }
+                PageStore::load(info, io, sb, copies)
+            }
             Found::OtherVersion(v) => Err(StoreError::OtherVersion(v)),
             Found::Damaged(what) => Err(StoreError::Damaged(what)),
             Found::Nothing => match (nonblank_data(&mut io, &info)?, formatting) {
