@@ -492,6 +492,7 @@ const NOT_EXPECTED: &[(&str, &str)] = &[
     ("ReceivingCapsuleData", "ReadyToComplete"),
     ("ReadyToExecute", "AwaitingEvent"),
     ("AwaitingEvent", "Transmitting"),
+    // The closing arrows to Free: `a_closing_connection_frees_requests_from_every_state_they_wait_in`.
     ("NeedBuffer", "Free"),
     ("ReceivingCapsuleData", "Free"),
     ("AwaitingH2C", "Free"),
@@ -584,4 +585,125 @@ fn random_workload_over_a_misbehaving_device() {
         }
     }
     assert!(missing.is_empty(), "transitions the workload never made: {missing:?} (seen: {seen:?})");
+}
+
+/// The request transitions a target has counted, as (from, to) names.
+fn transitions_of(t: &TestTarget) -> std::collections::BTreeSet<(String, String)> {
+    let list = t.rpc("stats_requests", serde_json::json!({}));
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .map(|e| (e["from"].as_str().expect("from").to_string(), e["to"].as_str().expect("to").to_string()))
+        .collect()
+}
+
+#[test]
+fn a_closing_connection_frees_requests_from_every_state_they_wait_in() {
+    // The arrows a closing connection takes (`ReqState::may_become` with `closing`):
+    // for each, a request waits in that state when its host goes away, and the target
+    // frees it (or lets it drain) without losing or hurting anything. The random
+    // workload does not reach these; this test does, one by one.
+    use quire_wire::nvme::cmd::Sgl;
+    use quire_wire::nvme::Command;
+    let (t, ctl) = fault_target_with(FaultPlan::new(6), |c| c.buffers.count = 16);
+    let map = |t: &TestTarget| {
+        let mut h = Host::connect(t.io_addr, "demo");
+        h.io().write(0, &pattern(1, 4096)).ok();
+    };
+    map(&t);
+    let active = |t: &TestTarget| t.reactor_sum("requests_active");
+    let gone = |t: &TestTarget| {
+        wait_for("every connection closed", || t.connections() == 0);
+        t.wait_quiet();
+    };
+
+    // AwaitingH2C -> Free: a write whose R2T came, and whose data never does.
+    {
+        let mut h = Host::connect(t.io_addr, "demo");
+        let io = h.io();
+        let mut cmd = io.rw_cmd(opcode::NVM_WRITE, 0, 64);
+        cmd.set_sgl(Sgl::transport(256 << 10));
+        io.send_raw(&io.capsule_bytes(&cmd, &[])).expect("send");
+        assert!(matches!(io.recv().expect("R2T").pdu, quire_wire::tcp::Pdu::R2T(_)));
+    }
+    gone(&t);
+
+    // AwaitingEvent -> Free: an Asynchronous Event Request outstanding at the close.
+    {
+        let mut h = Host::connect(t.io_addr, "demo");
+        let aer = Command { opcode: opcode::ADMIN_ASYNC_EVENT_REQUEST, ..Command::default() };
+        h.admin.submit(aer, None, 0);
+        wait_for("the AER held", || active(&t) >= 1);
+    }
+    gone(&t);
+
+    // ReceivingCapsuleData -> Free: in-capsule data that stops half way.
+    {
+        let mut h = Host::connect(t.io_addr, "demo");
+        let io = h.io();
+        let mut cmd = io.rw_cmd(opcode::NVM_WRITE, 8, 2);
+        cmd.set_sgl(Sgl::in_capsule(8192));
+        let bytes = io.capsule_bytes(&cmd, &pattern(2, 8192));
+        io.send_raw(&bytes[..bytes.len() / 2]).expect("send");
+        wait_for("the capsule half in", || active(&t) >= 1);
+    }
+    gone(&t);
+
+    // WaitingDevice -> Free: a write the full device queue refused, nothing of it out.
+    {
+        let mut h = Host::connect(t.io_addr, "demo");
+        ctl.accept_budget.store(0, Ordering::Release);
+        let refused = ctl.refused.load(Ordering::Acquire);
+        let io = h.io();
+        io.submit(io.rw_cmd(opcode::NVM_WRITE, 0, 1), Some(pattern(3, 4096)), 0);
+        wait_for("the write refused", || ctl.refused.load(Ordering::Acquire) > refused);
+    }
+    wait_for("every connection closed", || t.connections() == 0);
+    ctl.accept_budget.store(-1, Ordering::Release);
+    t.wait_quiet();
+
+    // ReadyToComplete -> Free: a read whose completion comes after its host left.
+    {
+        let mut h = Host::connect(t.io_addr, "demo");
+        ctl.hold.store(true, Ordering::Release);
+        let submitted = ctl.submitted.load(Ordering::Acquire);
+        let io = h.io();
+        io.submit(io.rw_cmd(opcode::NVM_READ, 0, 1), None, 4096);
+        wait_for("the read on the device", || ctl.submitted.load(Ordering::Acquire) > submitted);
+    }
+    wait_for("the connection to start closing", || t.reactor_sum("connections_closing") == 1);
+    ctl.hold.store(false, Ordering::Release);
+    gone(&t);
+
+    // NeedBuffer -> Free: with 16 buffers of 128 KiB, seven 256 KiB writes waiting for
+    // their data hold 14 (and the receive chunk one more): the eighth waits for buffers.
+    {
+        let mut h = Host::connect(t.io_addr, "demo");
+        let io = h.io();
+        for i in 0..8u64 {
+            let mut cmd = io.rw_cmd(opcode::NVM_WRITE, i * 64, 64);
+            cmd.set_sgl(Sgl::transport(256 << 10));
+            io.send_raw(&io.capsule_bytes(&cmd, &[])).expect("send");
+        }
+        wait_for("the eighth write waiting for buffers", || active(&t) >= 8);
+    }
+    gone(&t);
+
+    let seen = transitions_of(&t);
+    for (from, to) in [
+        ("AwaitingH2C", "Free"),
+        ("AwaitingEvent", "Free"),
+        ("ReceivingCapsuleData", "Free"),
+        ("WaitingDevice", "Free"),
+        ("ReadyToComplete", "Free"),
+        ("NeedBuffer", "Free"),
+    ] {
+        assert!(seen.contains(&(from.to_string(), to.to_string())), "{from} -> {to} never happened: {seen:?}");
+    }
+    // Nothing leaked: every buffer is back, and the volume still serves.
+    assert_eq!(t.reactor_sum("buffers_free"), t.reactor_sum("buffers_total"));
+    let mut h = Host::connect(t.io_addr, "demo");
+    h.io().round_trip(0, &pattern(4, 4096));
+    drop(h);
+    t.stop();
 }
