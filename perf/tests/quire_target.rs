@@ -30,6 +30,15 @@ fn quire_binary() -> PathBuf {
         .expect("no target/{release,debug}/quire: build it (`cargo build -p quire`) or set QUIRE_BIN")
 }
 
+/// The tests of this file run one at a time: each picks a free port by binding port 0
+/// and letting it go, and two tests picking at once may be handed the same one (seen:
+/// one test's quire-perf reached the other's target, which that test then killed).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
 }
@@ -84,6 +93,7 @@ fn perf(args: &[&str]) -> Output {
 
 #[test]
 fn every_workload_with_verify_against_quire() {
+    let _one = one_at_a_time();
     let bin = quire_binary();
     let q = Quire::start(&bin);
     let cases: [(&str, &[&str]); 6] = [
@@ -111,6 +121,7 @@ fn every_workload_with_verify_against_quire() {
 
 #[test]
 fn wrong_nqn_and_a_target_that_dies_mid_run() {
+    let _one = one_at_a_time();
     let bin = quire_binary();
     let mut q = Quire::start(&bin);
     let bad = format!("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:nqn.2026-11.io.quire:nope", q.port);

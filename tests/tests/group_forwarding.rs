@@ -140,13 +140,15 @@ fn an_owner_short_of_buffers_pushes_back_and_loses_nothing() {
         return;
     }
     let Some((dir, etcd, secret)) = setup(test) else { return };
-    // 64 buffers of 128 KiB: 16 for inbound links, far fewer than 32 forwarded 1 MiB
-    // writes need at once, so every owner's link runs out and stops reading.
+    // 128 buffers of 128 KiB: 16 for inbound links, far fewer than 16 forwarded 1 MiB
+    // writes (128 parts of 128 KiB) need at once, so every owner's link runs out and
+    // stops reading; the hosts' 112 leave room for their admin queues' receives (a
+    // host whose I/O takes every buffer starves its own keep-alive).
     let specs: Vec<PeerSpec> = ["a", "b"]
         .iter()
         .map(|n| PeerSpec {
             device: DeviceSpec::FileBuffered,
-            buffers: 64,
+            buffers: 128,
             ..PeerSpec::new(n, &etcd.endpoint(), &secret)
         })
         .collect();
@@ -158,7 +160,7 @@ fn an_owner_short_of_buffers_pushes_back_and_loses_nothing() {
     }
     for p in &peers {
         let run =
-            perf(&["-q", "32", "-o", "1M", "-w", "randrw", "-M", "30", "-t", "3", "--verify", "-r", &p.trid("big")]);
+            perf(&["-q", "16", "-o", "1M", "-w", "randrw", "-M", "30", "-t", "3", "--verify", "-r", &p.trid("big")]);
         assert!(run.ok && run.text.contains("Verify: 0 mismatched blocks"), "through {}: {}", p.name, run.text);
     }
     let stalls: u64 = peers.iter().map(|p| p.reactor_sum("link_stalls")).sum();
