@@ -46,6 +46,20 @@ pub enum ClientCommand {
     /// The group of peers this one belongs to.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// The daemon's log, as the appliance image keeps it (`quire.log` beside the
+    /// management socket).
+    Logs(LogsArgs),
+}
+
+/// `quire logs`.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct LogsArgs {
+    /// The last N lines (0: all).
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub lines: usize,
+    /// The log file (default: `quire.log` in the management socket's folder).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
 }
 
 /// `quire group …`.
@@ -350,6 +364,7 @@ impl ClientCommand {
             ClientCommand::Stats(StatsCommand::Requests) => (methods::STATS_REQUESTS, Value::Null),
             ClientCommand::Store(StoreCommand::Info) => (methods::STORE_INFO, Value::Null),
             ClientCommand::Group(GroupCommand::Status) => (methods::GROUP_STATUS, Value::Null),
+            ClientCommand::Logs(_) => unreachable!("quire logs reads a file, not the socket"),
             ClientCommand::Store(StoreCommand::Format(_)) => {
                 unreachable!("`quire store format` runs offline (run_with), never over RPC")
             }
@@ -378,7 +393,7 @@ impl ClientCommand {
             ClientCommand::Stats(StatsCommand::Reactors) => View::Table(REACTOR_STATS_COLUMNS),
             ClientCommand::Stats(StatsCommand::Requests) => View::Table(TRANSITION_COLUMNS),
             ClientCommand::Store(StoreCommand::Info) => View::Record(STORE_FIELDS),
-            ClientCommand::Store(StoreCommand::Format(_)) => View::Done(String::new()),
+            ClientCommand::Store(StoreCommand::Format(_)) | ClientCommand::Logs(_) => View::Done(String::new()),
             ClientCommand::Group(GroupCommand::Status) => {
                 View::RecordThenTable(GROUP_FIELDS, "peers", GROUP_PEER_COLUMNS)
             }
@@ -400,6 +415,9 @@ pub fn run(cmd: ClientCommand, socket: &Path, json: bool) -> ExitCode {
 pub fn run_with(cmd: &ClientCommand, socket: &Path, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
     if let ClientCommand::Store(StoreCommand::Format(args)) = cmd {
         return store_format(args, json, out, err);
+    }
+    if let ClientCommand::Logs(args) = cmd {
+        return logs(args, socket, out, err);
     }
     let (method, params) = cmd.request();
     let result = match rpc::call(socket, method, params) {
@@ -424,6 +442,30 @@ pub fn run_with(cmd: &ClientCommand, socket: &Path, json: bool, out: &mut dyn Wr
             ExitCode::from(2)
         }
     }
+}
+
+/// `quire logs`: the tail of the log file the appliance's init writes.
+fn logs(args: &LogsArgs, socket: &Path, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
+    let path = args.file.clone().unwrap_or_else(|| socket.with_file_name("quire.log"));
+    let text = match std::fs::read(&path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            let _ = writeln!(
+                err,
+                "error: cannot read {}: {e} (the appliance image writes it; elsewhere redirect `quire serve`'s output there, or name the file with --file)",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let from = if args.lines == 0 { 0 } else { lines.len().saturating_sub(args.lines) };
+    for l in &lines[from..] {
+        if writeln!(out, "{l}").is_err() {
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `quire store format`: the configuration as `quire serve` would run it, then
@@ -617,6 +659,21 @@ mod tests {
         TestCli::try_parse_from(std::iter::once("quire").chain(args.iter().copied()))
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
             .command
+    }
+
+    #[test]
+    fn logs_prints_the_tail_of_the_log_beside_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("quire.log"), "one\ntwo\nthree\nfour\n").unwrap();
+        let cmd = parse(&["logs", "-n", "2"]);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with(&cmd, &dir.path().join("quire.sock"), false, &mut out, &mut err);
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert_eq!(String::from_utf8(out).unwrap(), "three\nfour\n");
+        let cmd = parse(&["logs", "--file", "/nonexistent/q.log"]);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(run_with(&cmd, &dir.path().join("quire.sock"), false, &mut out, &mut err), ExitCode::from(2));
+        assert!(String::from_utf8(err).unwrap().contains("cannot read /nonexistent/q.log"));
     }
 
     fn request(args: &[&str]) -> (&'static str, Value) {

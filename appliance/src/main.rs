@@ -34,6 +34,10 @@ enum Command {
         /// Print the configuration that would run, as TOML, and exit.
         #[arg(long)]
         print_config: bool,
+        /// Overrides one key of the configuration: `--set reactors.poll=busy`,
+        /// `--set device.0.pci_address=0000:00:04.0` (repeatable; later wins).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -44,16 +48,13 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Command::Serve { config, print_config, overrides } => {
-            let mut cfg = match &config {
-                Some(path) => match Config::from_file(path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("quire: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => Config::default(),
+        Command::Serve { config, print_config, overrides, sets } => {
+            let mut cfg = match Config::from_file_with(config.as_deref(), &sets) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("quire: {e}");
+                    return ExitCode::from(2);
+                }
             };
             serve::apply_overrides(&mut cfg, &overrides);
             if let Err(e) = cfg.validate() {

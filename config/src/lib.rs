@@ -23,6 +23,7 @@
 
 pub mod error;
 pub mod schema;
+pub mod sets;
 pub mod size;
 pub mod validate;
 
@@ -52,9 +53,19 @@ impl Config {
 
     /// Reads, parses and validates a TOML configuration file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::from_str(&text)
+        Config::from_file_with(Some(path), &[])
+    }
+
+    /// The configuration of `path` (`None`: the embedded default) with single-key
+    /// overrides applied ([`sets`]), parsed and validated.
+    pub fn from_file_with(path: Option<&Path>, sets: &[String]) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?,
+            None => String::new(),
+        };
+        let edited = sets::apply(&text, sets)?;
+        Config::from_str(&edited).map_err(|e| sets::blame(e, sets))
     }
 
     /// Checks every rule of [`validate`]; the first broken rule is the error.

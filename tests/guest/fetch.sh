@@ -42,9 +42,11 @@ APT=(apt-get -o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
 # Debian packages installed on the host.  e2fsprogs/util-linux/busybox-static
 # provide the binaries copied into the guest's initramfs (mkfs.ext4, e2fsck,
 # blkdiscard, busybox); kmod, cpio, xz-utils and lz4 are used to build it.
-HOST_PKGS="busybox-static nvme-cli fio e2fsprogs util-linux kmod cpio xz-utils lz4 coreutils"
+# dosfstools, mtools, fdisk and binutils build the appliance image (scripts/build-image.sh).
+HOST_PKGS="busybox-static nvme-cli fio e2fsprogs util-linux kmod cpio xz-utils lz4 coreutils dosfstools mtools fdisk binutils"
 # Packages extracted (never installed) under $ROOT.
-QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu"
+# ovmf: UEFI firmware, to boot the appliance image (tests/tests/e2e_appliance.rs).
+QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu ovmf"
 
 log() { echo "fetch.sh: $*" >&2; }
 die() { echo "fetch.sh: ERROR: $*" >&2; exit 1; }

@@ -361,11 +361,17 @@ pub const BLOCK: usize = 4096;
 impl Client {
     /// Connects to `volume` on `peer`; `timeout` bounds each command.
     pub fn connect(peer: &Peer, volume: &str, timeout: Duration) -> Client {
-        use quire_perf::initiator::{Controller, ControllerOptions};
         let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, peer.port));
+        Client::connect_addr(addr, volume, timeout)
+    }
+
+    /// Connects to `volume` at the NVMe/TCP address `addr`.
+    pub fn connect_addr(addr: std::net::SocketAddr, volume: &str, timeout: Duration) -> Client {
+        use quire_perf::initiator::{Controller, ControllerOptions};
+        let peer = addr;
         let mut opts = ControllerOptions::new(addr, Some(format!("nqn.2026-11.io.quire:{volume}")));
         opts.timeout = timeout;
-        let mut ctrlr = Controller::connect(&opts).unwrap_or_else(|e| panic!("connect to {}: {e}", peer.name));
+        let mut ctrlr = Controller::connect(&opts).unwrap_or_else(|e| panic!("connect to {peer}: {e}"));
         ctrlr.set_num_queues(1).expect("Set Features (queues)");
         let io = ctrlr.connect_io_queue(1, 8, 1 << 20).expect("I/O queue");
         Client { ctrlr, io, timeout }
