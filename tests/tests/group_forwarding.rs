@@ -117,6 +117,22 @@ fn any_peer_serves_any_io_and_forwards_without_copying() {
     assert_eq!(after + 1, before, "page 1 freed on its owner");
     assert_eq!(clients[2].read(16, 16).expect("read page 1"), vec![0u8; 16 * BLOCK]);
 
+    // Each reactor's links are up and carried forwards to both other peers.
+    for p in &peers {
+        let rs = cli_json(&p.socket(), &["stats", "reactors"]);
+        let links = rs[0]["links"].as_array().cloned().unwrap_or_default();
+        let mut seen: Vec<String> = links
+            .iter()
+            .filter(|l| {
+                l["up"] == true && l["forwarded"].as_u64().unwrap_or(0) > 0 && l["connects"].as_u64() >= Some(1)
+            })
+            .map(|l| l["peer"].as_str().unwrap().to_string())
+            .collect();
+        seen.sort();
+        let mut others: Vec<String> = peers.iter().filter(|q| q.name != p.name).map(|q| q.name.clone()).collect();
+        others.sort();
+        assert_eq!(seen, others, "{}: links {links:?}", p.name);
+    }
     // No error anywhere.
     for p in &peers {
         assert_eq!(p.reactor_sum("path_errors"), 0, "{}", p.name);

@@ -107,6 +107,43 @@ impl Control {
             }
         }
 
+        // Each reactor's link to each other peer of the group.
+        type LinkField = fn(&crate::reactor::stats::LinkCounters) -> &std::sync::atomic::AtomicU64;
+        const LINK_SERIES: &[(&str, Kind, &str, LinkField)] = &[
+            ("quire_peer_link_up", Kind::Gauge, "1 while the reactor's link to the peer is up.", |c| &c.up),
+            ("quire_peer_link_forwarded_total", Kind::Counter, "Forwards the peer answered on the link.", |c| {
+                &c.forwarded
+            }),
+            ("quire_peer_link_outstanding", Kind::Gauge, "Forwards waiting or in flight on the link.", |c| {
+                &c.outstanding
+            }),
+            (
+                "quire_peer_link_held_out_total",
+                Kind::Counter,
+                "Forwards failed with a path error after the hold.",
+                |c| &c.held_out,
+            ),
+            ("quire_peer_link_connects_total", Kind::Counter, "Connections the link made.", |c| &c.connects),
+            ("quire_peer_link_sent_bytes_total", Kind::Counter, "Bytes the link sent.", |c| &c.tx_bytes),
+            ("quire_peer_link_received_bytes_total", Kind::Counter, "Bytes the link received.", |c| &c.rx_bytes),
+        ];
+        let peers: Vec<(u16, String)> = self
+            .peer_names
+            .iter()
+            .filter(|&(&id, _)| id != self.me.0 && usize::from(id) < crate::reactor::stats::LINK_PEERS_MAX)
+            .map(|(&id, n)| (id, n.clone()))
+            .collect();
+        if !peers.is_empty() {
+            for (name, kind, help, field) in LINK_SERIES {
+                e.family(name, *kind, help);
+                for (i, s) in &reactors {
+                    for (id, peer) in &peers {
+                        e.sample(&[("reactor", i), ("peer", peer)], get(field(&s.links.0[usize::from(*id)])));
+                    }
+                }
+            }
+        }
+
         let volumes = self.store.volumes();
         let sum =
             |id, f: VolumeField| -> u64 { self.counters.get(&id).map_or(0, |cs| cs.iter().map(|c| get(f(c))).sum()) };

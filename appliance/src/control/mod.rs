@@ -574,6 +574,24 @@ impl Control {
                     link_stalls: get(&s.link_stalls),
                     link_rx_bytes: get(&s.link_rx_bytes),
                     link_tx_bytes: get(&s.link_tx_bytes),
+                    links: self
+                        .peer_names
+                        .iter()
+                        .filter(|&(&id, _)| id != self.me.0)
+                        .filter_map(|(&id, name)| {
+                            let c = s.links.0.get(usize::from(id))?;
+                            Some(m::LinkEntry {
+                                peer: name.clone(),
+                                up: get(&c.up) == 1,
+                                forwarded: get(&c.forwarded),
+                                outstanding: get(&c.outstanding),
+                                held_out: get(&c.held_out),
+                                connects: get(&c.connects),
+                                tx_bytes: get(&c.tx_bytes),
+                                rx_bytes: get(&c.rx_bytes),
+                            })
+                        })
+                        .collect(),
                 }
             })
             .collect();

@@ -879,6 +879,18 @@ impl Reactor {
         let st = &self.ctx.stats;
         st.requests_active.store(active, std::sync::atomic::Ordering::Relaxed);
         st.forwards_outstanding.store(forwards, std::sync::atomic::Ordering::Relaxed);
+        for (peer, up, outstanding, ls) in self.ctx.links.report() {
+            if let Some(c) = st.links.0.get(usize::from(peer.0)) {
+                let set = |a: &std::sync::atomic::AtomicU64, v: u64| a.store(v, std::sync::atomic::Ordering::Relaxed);
+                set(&c.up, u64::from(up));
+                set(&c.outstanding, u64::try_from(outstanding).unwrap_or(u64::MAX));
+                set(&c.forwarded, ls.forwarded);
+                set(&c.held_out, ls.held_out);
+                set(&c.connects, ls.connects);
+                set(&c.tx_bytes, ls.tx_bytes);
+                set(&c.rx_bytes, ls.rx_bytes);
+            }
+        }
         let closing = self.conns.iter().flatten().filter(|c| c.is_closing()).count();
         st.connections_closing.store(closing as u64, std::sync::atomic::Ordering::Relaxed);
         st.buffers_free.store(self.ctx.pool.available() as u64, std::sync::atomic::Ordering::Relaxed);

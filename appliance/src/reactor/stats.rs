@@ -83,6 +83,41 @@ pub struct ReactorStats {
     pub link_rx_bytes: AtomicU64,
     /// Bytes sent on inbound peer links.
     pub link_tx_bytes: AtomicU64,
+    /// Its outbound link to each peer, by routing id.
+    pub links: Links,
+}
+
+/// [`LinkCounters`] for each peer routing id below [`LINK_PEERS_MAX`].
+#[derive(Debug)]
+pub struct Links(pub [LinkCounters; LINK_PEERS_MAX]);
+
+impl Default for Links {
+    fn default() -> Self {
+        Links(std::array::from_fn(|_| LinkCounters::default()))
+    }
+}
+
+/// Peers (by routing id) whose links get counters of their own in [`ReactorStats::links`];
+/// links to peers above it are counted in the reactor's totals only.
+pub const LINK_PEERS_MAX: usize = 64;
+
+/// One reactor's outbound link to one peer (written at every tick).
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// 1 while the link is up.
+    pub up: AtomicU64,
+    /// Forwards answered over it.
+    pub forwarded: AtomicU64,
+    /// Forwards waiting or in flight on it.
+    pub outstanding: AtomicU64,
+    /// Forwards it answered with a path error (owner unreachable past the hold time).
+    pub held_out: AtomicU64,
+    /// Connections it made.
+    pub connects: AtomicU64,
+    /// Bytes it sent.
+    pub tx_bytes: AtomicU64,
+    /// Bytes it received.
+    pub rx_bytes: AtomicU64,
 }
 
 /// A counter per request state transition.

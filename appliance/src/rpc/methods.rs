@@ -313,6 +313,30 @@ pub struct ReactorStatsEntry {
     /// Bytes sent on inbound peer links.
     #[serde(default)]
     pub link_tx_bytes: u64,
+    /// The reactor's outbound link to each other peer of the group.
+    #[serde(default)]
+    pub links: Vec<LinkEntry>,
+}
+
+/// One reactor's outbound link to one peer, in `stats_reactors`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkEntry {
+    /// The peer's name.
+    pub peer: String,
+    /// The link is up.
+    pub up: bool,
+    /// Forwards the peer answered on it.
+    pub forwarded: u64,
+    /// Forwards waiting or in flight on it.
+    pub outstanding: u64,
+    /// Forwards failed with a path error after the hold time.
+    pub held_out: u64,
+    /// Connections made.
+    pub connects: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
 }
 
 /// The result of `store_info`.
