@@ -44,6 +44,9 @@ use crate::reactor::ReqRef;
 use crate::volume::routing::{Epoch, PeerId};
 use crate::volume::VolumeId;
 
+/// Tokens a flush reports at most per batch (the scratch's capacity).
+const BATCH_MAX_TOKENS: usize = super::proto::BATCH_MAX;
+
 /// Tokens of outbound links in a reactor's poller: this base plus the peer's id.
 pub const LINK_TOKEN_BASE: usize = 1 << 40;
 /// A handshake must be over within this long.
@@ -162,6 +165,8 @@ pub struct LinkClient {
     last_error: Option<String>,
     /// Counters.
     pub stats: LinkStats,
+    /// Scratch for the tokens a flush reports sent (kept: no allocation per flush).
+    sent: Vec<u32>,
 }
 
 /// Counters of one link (this reactor's end).
@@ -209,6 +214,7 @@ impl LinkClient {
             seq: 0,
             last_error: None,
             stats: LinkStats::default(),
+            sent: Vec::with_capacity(BATCH_MAX_TOKENS),
         }
     }
 
@@ -494,16 +500,19 @@ impl LinkClient {
         }
         if self.tx.wants_flush() {
             let before = self.tx.sent_bytes;
-            let mut sent = Vec::new();
+            let mut sent = std::mem::take(&mut self.sent);
+            sent.clear();
             if let Err(e) = self.tx.flush(fd, &mut sent) {
+                self.sent = sent;
                 self.fail_down(format!("send failed: {e}"), registry, now);
                 return true;
             }
-            for tag in sent {
+            for &tag in &sent {
                 if let Some(s) = self.slots[tag as usize].as_mut().filter(|s| s.sent_on == Some(self.gen)) {
                     s.written = true;
                 }
             }
+            self.sent = sent;
             self.stats.tx_bytes += self.tx.sent_bytes - before;
             work |= self.tx.sent_bytes != before;
         }
@@ -684,8 +693,12 @@ impl Links {
     }
 
     /// Sends `f` to `peer` (queued until its link is up and has room).
-    pub fn forward(&mut self, peer: PeerId, f: Forward, now: Instant) {
-        self.client(peer, now).push(f);
+    pub fn forward(&mut self, peer: PeerId, f: Forward) {
+        match self.clients.get_mut(usize::from(peer.0)) {
+            Some(Some(c)) => c.push(f),
+            // The first part for a peer the directory did not name (yet).
+            _ => self.client(peer, Instant::now()).push(f),
+        }
     }
 
     /// A readiness event for token `t`; false if it is not a link's.

@@ -104,6 +104,8 @@ pub struct LinkServer {
     since: Instant,
     /// Why it closed (logged once).
     pub close_reason: Option<String>,
+    /// Scratch for the tokens a flush reports sent (no allocation per flush).
+    sent: Vec<u32>,
 }
 
 impl LinkServer {
@@ -132,6 +134,7 @@ impl LinkServer {
             stall_need: 0,
             since: Instant::now(),
             close_reason: None,
+            sent: Vec::with_capacity(super::proto::BATCH_MAX),
         }
     }
 
@@ -349,17 +352,19 @@ impl LinkServer {
             ServerState::Ready => {}
             _ => return,
         }
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.sent);
+        done.clear();
         let before = self.tx.sent_bytes;
         let res = self.tx.flush(self.sock.as_raw_fd(), &mut done);
         add(&ctx.stats.link_tx_bytes, self.tx.sent_bytes - before);
-        for token in done {
+        for &token in &done {
             if token != NO_SLOT {
                 let idx = u16::try_from(token).expect("a slot index");
                 release(&mut self.reqs, idx, ctx);
                 self.reqs.set_state(idx, ReqState::Free);
             }
         }
+        self.sent = done;
         if let Err(e) = res {
             self.begin_close(format!("send failed: {e}"), ctx);
         }

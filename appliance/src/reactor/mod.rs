@@ -289,7 +289,7 @@ impl ReactorCtx {
     /// Sends a part to the peer that owns its page.
     pub fn forward(&mut self, peer: PeerId, mut f: Forward) {
         f.to = peer;
-        self.links.forward(peer, f, Instant::now());
+        self.links.forward(peer, f);
     }
 
     /// Starts a new device request in `dev_req`: operation, range, no segments yet.
@@ -452,6 +452,8 @@ pub struct Reactor {
     last_work: Instant,
     last_tick: Instant,
     completions: Vec<quire_drivers::Completion>,
+    /// The other half of the outbound links' answer list (see `deliver_forwards`).
+    spare_finished: Vec<Finished>,
 }
 
 impl Reactor {
@@ -514,6 +516,7 @@ impl Reactor {
             last_work: Instant::now(),
             last_tick: Instant::now(),
             completions: Vec::with_capacity(COMPLETIONS_MAX),
+            spare_finished: Vec::new(),
         };
         Ok((reactor, handle))
     }
@@ -937,8 +940,10 @@ impl Reactor {
         let mut work = false;
         while !self.ctx.links.finished.is_empty() {
             work = true;
-            let batch = std::mem::take(&mut self.ctx.links.finished);
-            for f in batch {
+            // Swapped with a spare list that keeps its capacity: no allocation per pass.
+            let mut batch = std::mem::take(&mut self.spare_finished);
+            std::mem::swap(&mut batch, &mut self.ctx.links.finished);
+            for f in batch.drain(..) {
                 match f {
                     Finished::Done(rref, result) => {
                         if result == Err(PATH_ERROR) {
@@ -951,6 +956,7 @@ impl Reactor {
                     Finished::Reroute(fwd) => self.ctx.reroutes.push((Instant::now() + REROUTE_DELAY, *fwd)),
                 }
             }
+            self.spare_finished = batch;
         }
         work
     }
