@@ -22,7 +22,9 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::rpc::methods::{self, SubsystemHostParams, VolumeCreateParams, VolumeGrowParams, VolumeNameParams};
+use crate::rpc::methods::{
+    self, SubsystemHostParams, VolumeCreateParams, VolumeGrowParams, VolumeNameParams, VolumeSetReplicasParams,
+};
 use crate::rpc::{self, ClientError};
 
 /// Management commands, run against a serving daemon.
@@ -86,6 +88,10 @@ pub enum VolumeCommand {
         /// Logical block size: 512 or 4096.
         #[arg(long)]
         block_size: Option<u32>,
+        /// Copies of each page, on distinct peers (a group; default 2 when the group
+        /// has two live peers, else 1; at most 3).
+        #[arg(long)]
+        replicas: Option<u8>,
     },
     /// List volumes.
     List,
@@ -101,6 +107,14 @@ pub enum VolumeCommand {
     Delete {
         /// The volume.
         name: String,
+    },
+    /// Change the copies kept of each page (a group): new copies are built in the
+    /// background, surplus ones dropped.
+    SetReplicas {
+        /// The volume.
+        name: String,
+        /// Copies of each page, 1 ..= 3 (at most the group's live peers).
+        replicas: u8,
     },
     /// Which peer owns which pages of a volume (ranges of pages and their owners).
     Pages {
@@ -219,6 +233,8 @@ const VOLUME_COLUMNS: &[Column] = &[
     column("block_size", "BLOCK", Format::Number),
     column("pages", "PAGES", Format::Number),
     column("allocated_pages", "ALLOCATED", Format::Number),
+    column("replicas", "COPIES", Format::Number),
+    column("health", "HEALTH", Format::Text),
     column("nqn", "NQN", Format::Text),
     column("uuid", "UUID", Format::Text),
 ];
@@ -330,12 +346,13 @@ impl ClientCommand {
     /// The RPC method and params this command calls.
     pub fn request(&self) -> (&'static str, Value) {
         match self {
-            ClientCommand::Volume(VolumeCommand::Create { name, size, page_size, block_size }) => {
+            ClientCommand::Volume(VolumeCommand::Create { name, size, page_size, block_size, replicas }) => {
                 let params = VolumeCreateParams {
                     name: name.clone(),
                     size: *size,
                     page_size: *page_size,
                     block_size: *block_size,
+                    replicas: *replicas,
                 };
                 (methods::VOLUME_CREATE, to_value(&params))
             }
@@ -345,6 +362,10 @@ impl ClientCommand {
             }
             ClientCommand::Volume(VolumeCommand::Delete { name }) => {
                 (methods::VOLUME_DELETE, to_value(&VolumeNameParams { name: name.clone() }))
+            }
+            ClientCommand::Volume(VolumeCommand::SetReplicas { name, replicas }) => {
+                let params = VolumeSetReplicasParams { name: name.clone(), replicas: *replicas };
+                (methods::VOLUME_SET_REPLICAS, to_value(&params))
             }
             ClientCommand::Volume(VolumeCommand::Pages { name }) => {
                 (methods::VOLUME_PAGES, to_value(&VolumeNameParams { name: name.clone() }))
@@ -374,9 +395,12 @@ impl ClientCommand {
     /// How this command's result is shown.
     pub fn view(&self) -> View {
         match self {
-            ClientCommand::Volume(VolumeCommand::Create { .. } | VolumeCommand::Grow { .. } | VolumeCommand::List) => {
-                View::Table(VOLUME_COLUMNS)
-            }
+            ClientCommand::Volume(
+                VolumeCommand::Create { .. }
+                | VolumeCommand::Grow { .. }
+                | VolumeCommand::List
+                | VolumeCommand::SetReplicas { .. },
+            ) => View::Table(VOLUME_COLUMNS),
             ClientCommand::Volume(VolumeCommand::Delete { name }) => View::Done(format!("deleted volume {name}")),
             ClientCommand::Volume(VolumeCommand::Pages { .. }) => {
                 View::RecordThenTable(PAGES_FIELDS, "runs", PAGE_RUN_COLUMNS)
@@ -650,7 +674,8 @@ mod tests {
     fn sample_volume(name: &str, id: u32) -> Value {
         json!({
             "name": name, "id": id, "size": 10u64 << 30, "page_size": 4u64 << 20, "block_size": 4096,
-            "pages": 2560, "allocated_pages": 3, "nqn": format!("nqn.2024-01.io.quire:{name}"),
+            "pages": 2560, "allocated_pages": 3, "replicas": 2, "health": "degraded",
+            "nqn": format!("nqn.2024-01.io.quire:{name}"),
             "uuid": "8f1c2d3e-0000-4000-8000-000000000001", "nguid": "8f1c2d3e000040008000000000000001",
         })
     }
@@ -760,9 +785,11 @@ c          -      -  -                 -
         let text = render(&View::Table(VOLUME_COLUMNS), &sample_volume("db", 2));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].starts_with("NAME  ID  SIZE  PAGE  BLOCK  PAGES  ALLOCATED  NQN"), "{text}");
+        assert!(lines[0].starts_with("NAME  ID  SIZE  PAGE  BLOCK  PAGES  ALLOCATED  COPIES  HEALTH    NQN"), "{text}");
         assert!(
-            lines[1].starts_with("db     2   10G    4M   4096   2560          3  nqn.2024-01.io.quire:db"),
+            lines[1].starts_with(
+                "db     2   10G    4M   4096   2560          3       2  degraded  nqn.2024-01.io.quire:db"
+            ),
             "{text}"
         );
         let store = json!({"device": "file:quire.img", "size": 8u64 << 30, "used": 12u64 << 20, "free": (8u64 << 30) - (12 << 20), "volumes": 1});

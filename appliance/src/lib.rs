@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod nvmf;
 pub mod peer;
 pub mod reactor;
+pub mod replica;
 pub mod rpc;
 pub mod serve;
 pub mod volume;

@@ -465,6 +465,9 @@ fn peer_record(cfg: &Config, running: &Running) -> crate::group::keys::PeerRecor
         used_bytes: 0,
         started_ms: crate::group::now_ms(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|b| b.trim().to_string())
+            .unwrap_or_default(),
         // Chosen by the group at registration.
         id: 0,
     }
@@ -645,6 +648,7 @@ fn start_on(
             listeners: if i == 0 { listeners.take().expect("first reactor") } else { Vec::new() },
             link_pool,
             control_credits: credits,
+            fence: group.as_ref().map(|g| g.fence()).unwrap_or_default(),
         })
         .map_err(|e| ServeError::Io(format!("reactor {i}: {e}")))?;
         reactors.push(r);

@@ -506,6 +506,13 @@ const NOT_EXPECTED: &[(&str, &str)] = &[
     // Reached by `writes_that_find_no_space_fail_and_leave_nothing_behind` and
     // `a_host_that_leaves_while_its_write_waits_for_an_allocation`.
     ("WaitingControl", "Executing"),
+    // A write waiting to be ordered (a piece of a replicated page taken, or a set whose
+    // new leader may not order yet) exists only in a group with replicas
+    // (`tests/tests/group_replication.rs`), never on a single peer.
+    ("ReadyToExecute", "WaitingOrder"),
+    ("WaitingOrder", "Free"),
+    ("WaitingOrder", "ReadyToExecute"),
+    ("WaitingOrder", "Executing"),
 ];
 
 /// One seeded run of three hosts over a misbehaving device; every block a host saw

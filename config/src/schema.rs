@@ -33,6 +33,8 @@ pub struct Config {
     pub log: Log,
     /// `[group]`: membership of a group of peers; no `etcd` = a single peer.
     pub group: Group,
+    /// `[replication]`: rebuilds and scrubs of replicated pages (a group).
+    pub replication: Replication,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: Metrics,
     /// `[[device]]`: backing devices of the page store.
@@ -52,6 +54,7 @@ impl Default for Config {
             buffers: Buffers::default(),
             log: Log::default(),
             group: Group::default(),
+            replication: Replication::default(),
             metrics: Metrics::default(),
             devices: vec![Device::default_file()],
             volumes: vec![Volume::demo()],
@@ -230,6 +233,28 @@ impl Group {
     /// True when this peer is part of a group (has etcd endpoints).
     pub fn enabled(&self) -> bool {
         !self.etcd.is_empty()
+    }
+}
+
+/// `[replication]`: how copies of replicated pages are rebuilt and checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replication {
+    /// A copy whose peer stays out of the group this long is replaced by a new copy
+    /// on another peer, seconds.
+    pub replace_after_s: u32,
+    /// The most a leader copies per second to members being rebuilt, MB (10^6 bytes).
+    pub rebuild_mb_s: u32,
+    /// The most a leader reads per second to compare copies in a scrub, MB.
+    pub scrub_mb_s: u32,
+    /// A scrub of every replicated volume this often, hours; 0 = only on demand
+    /// (`quire scrub start`).
+    pub scrub_every_h: u32,
+}
+
+impl Default for Replication {
+    fn default() -> Replication {
+        Replication { replace_after_s: 600, rebuild_mb_s: 200, scrub_mb_s: 50, scrub_every_h: 168 }
     }
 }
 

@@ -12,7 +12,9 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use crate::error::ConfigError;
-use crate::schema::{Buffers, Config, Device, DeviceKind, DirectIo, Group, Log, Peer, Reactors, Target, Volume};
+use crate::schema::{
+    Buffers, Config, Device, DeviceKind, DirectIo, Group, Log, Peer, Reactors, Replication, Target, Volume,
+};
 use crate::size::ByteSize;
 
 /// Most reactor threads.
@@ -74,6 +76,12 @@ pub const CONNECT_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 100..=600_000;
 pub const CONTROL_CREDITS: std::ops::RangeInclusive<u32> = 1..=65_536;
 /// Range of `group.hold_ms`.
 pub const HOLD_MS: std::ops::RangeInclusive<u32> = 1000..=600_000;
+/// Range of `replication.replace_after_s`.
+pub const REPLACE_AFTER_S: std::ops::RangeInclusive<u32> = 1..=30 * 86_400;
+/// Range of `replication.rebuild_mb_s` and `replication.scrub_mb_s`.
+pub const COPY_MB_S: std::ops::RangeInclusive<u32> = 1..=100_000;
+/// Range of `replication.scrub_every_h`.
+pub const SCRUB_EVERY_H: std::ops::RangeInclusive<u32> = 0..=8760;
 /// Shortest group secret, bytes.
 pub const SECRET_LEN_MIN: usize = 16;
 /// Longest Unix socket path (sun_path is 108 bytes with its NUL).
@@ -93,12 +101,33 @@ pub fn validate(config: &Config) -> Result {
     target(&config.target, &config.buffers)?;
     log(&config.log)?;
     group(&config.group)?;
+    replication(&config.replication)?;
     if let Some(listen) = &config.metrics.listen {
         let ok = listen.parse::<std::net::SocketAddr>().is_ok_and(|a| !a.ip().is_multicast());
         ensure(ok, "metrics.listen", quoted(listen), "\"IP:PORT\" (e.g. \"0.0.0.0:9442\"), or \"\" for off")?;
     }
     devices(&config.devices, !config.volumes.is_empty())?;
     volumes(&config.volumes)
+}
+
+fn replication(r: &Replication) -> Result {
+    let (lo, hi) = (REPLACE_AFTER_S.start(), REPLACE_AFTER_S.end());
+    ensure(
+        REPLACE_AFTER_S.contains(&r.replace_after_s),
+        "replication.replace_after_s",
+        r.replace_after_s,
+        format!("{lo}..={hi}"),
+    )?;
+    let (lo, hi) = (COPY_MB_S.start(), COPY_MB_S.end());
+    ensure(COPY_MB_S.contains(&r.rebuild_mb_s), "replication.rebuild_mb_s", r.rebuild_mb_s, format!("{lo}..={hi}"))?;
+    ensure(COPY_MB_S.contains(&r.scrub_mb_s), "replication.scrub_mb_s", r.scrub_mb_s, format!("{lo}..={hi}"))?;
+    let (lo, hi) = (SCRUB_EVERY_H.start(), SCRUB_EVERY_H.end());
+    ensure(
+        SCRUB_EVERY_H.contains(&r.scrub_every_h),
+        "replication.scrub_every_h",
+        r.scrub_every_h,
+        format!("{lo}..={hi} (0: on demand only)"),
+    )
 }
 
 fn group(group: &Group) -> Result {

@@ -449,3 +449,26 @@ pub fn pattern(lba: u64, round: u64, blocks: usize) -> Vec<u8> {
     }
     v
 }
+
+/// Three peers a, b, c on buffered file devices (no O_DIRECT alignment to meet, so a
+/// local in-capsule write copies nothing either; data survives SIGKILL) with a 3 s
+/// lease and the given hold time, and etcd; None (a skip) only in a partial run whose
+/// `quire-perf` or etcd is missing.
+pub fn three_peers(test: &str, hold_ms: u32) -> Option<(tempfile::TempDir, crate::etcd::Etcd, Vec<Peer>)> {
+    if !crate::require(test, perf_bin().map(|_| ())) {
+        return None;
+    }
+    let (dir, etcd, secret) = setup(test)?;
+    let ep = etcd.endpoint();
+    let specs: Vec<PeerSpec> = ["a", "b", "c"]
+        .iter()
+        .map(|n| PeerSpec {
+            device: DeviceSpec::FileBuffered,
+            lease_ttl_s: 3,
+            hold_ms,
+            ..PeerSpec::new(n, &ep, &secret)
+        })
+        .collect();
+    let peers = start_group(dir.path(), &specs);
+    Some((dir, etcd, peers))
+}

@@ -19,30 +19,16 @@ use quire_tests::group::{
 };
 use quire_tests::{require, serial, tail};
 
-/// Three peers a, b, c on buffered file devices (no O_DIRECT alignment to meet, so a
-/// local in-capsule write copies nothing either; data survives SIGKILL).
 fn three(test: &str, hold_ms: u32) -> Option<(tempfile::TempDir, quire_tests::etcd::Etcd, Vec<Peer>)> {
-    if !require(test, perf_bin().map(|_| ())) {
-        return None;
-    }
-    let (dir, etcd, secret) = setup(test)?;
-    let ep = etcd.endpoint();
-    let specs: Vec<PeerSpec> = ["a", "b", "c"]
-        .iter()
-        .map(|n| PeerSpec {
-            device: DeviceSpec::FileBuffered,
-            lease_ttl_s: 3,
-            hold_ms,
-            ..PeerSpec::new(n, &ep, &secret)
-        })
-        .collect();
-    let peers = start_group(dir.path(), &specs);
-    Some((dir, etcd, peers))
+    quire_tests::group::three_peers(test, hold_ms)
 }
 
 /// Creates `name` through `via` and waits until every peer routes it, spread evenly.
 fn create_spread(peers: &[Peer], via: usize, name: &str, size: &str, page: &str) {
-    let v = cli_json(&peers[via].socket(), &["volume", "create", name, "--size", size, "--page-size", page]);
+    let v = cli_json(
+        &peers[via].socket(),
+        &["volume", "create", name, "--size", size, "--page-size", page, "--replicas", "1"],
+    );
     assert_eq!(v["name"], name, "create {name}: {v}");
     for p in peers {
         wait_for(p, &format!("{name} spread over a, b and c"), Duration::from_secs(15), |p| {
@@ -169,7 +155,10 @@ fn an_owner_short_of_buffers_pushes_back_and_loses_nothing() {
         })
         .collect();
     let peers = start_group(dir.path(), &specs);
-    let v = cli_json(&peers[0].socket(), &["volume", "create", "big", "--size", "96M", "--page-size", "4M"]);
+    let v = cli_json(
+        &peers[0].socket(),
+        &["volume", "create", "big", "--size", "96M", "--page-size", "4M", "--replicas", "1"],
+    );
     assert_eq!(v["name"], "big", "{v}");
     for p in &peers {
         wait_for(p, "big on a and b", Duration::from_secs(15), |p| owners_of(p, "big").len() == 2);

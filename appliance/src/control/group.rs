@@ -38,7 +38,7 @@ use crate::rpc::{RpcCall, RpcError};
 use crate::volume::meta::derive_ids;
 use crate::volume::routing::{Epoch, PeerId, RoutingTable};
 use crate::volume::store::{volume_geometry, VolumeIdentity};
-use crate::volume::{check_name, VolumeId, PAGE_SIZE_DEFAULT};
+use crate::volume::{check_name, VolumeId, VolumeView, PAGE_SIZE_DEFAULT};
 
 /// Who waits for a group change.
 pub enum Waiter {
@@ -51,7 +51,11 @@ pub enum Waiter {
 impl Control {
     /// True for the management calls a group peer hands to the group.
     pub(super) fn is_group_call(&self, call: &RpcCall) -> bool {
-        self.group.is_some() && matches!(call.method.as_str(), m::VOLUME_CREATE | m::VOLUME_GROW | m::VOLUME_DELETE)
+        self.group.is_some()
+            && matches!(
+                call.method.as_str(),
+                m::VOLUME_CREATE | m::VOLUME_GROW | m::VOLUME_DELETE | m::VOLUME_SET_REPLICAS
+            )
     }
 
     /// Hands a volume change to the group agent; answered once the group has it.
@@ -71,7 +75,7 @@ impl Control {
                 let block_size = p.block_size.unwrap_or(4096);
                 let num_pages = volume_geometry(p.size, page_size, block_size)
                     .map_err(|e| RpcError::invalid_params(e.to_string()))?;
-                Ok(GroupOpKind::Create { name: p.name, num_pages, page_size, block_size })
+                Ok(GroupOpKind::Create { name: p.name, num_pages, page_size, block_size, replicas: p.replicas })
             }
             m::VOLUME_GROW => {
                 let p: m::VolumeGrowParams = call.params()?;
@@ -95,6 +99,10 @@ impl Control {
                 let p: m::VolumeNameParams = call.params()?;
                 Ok(GroupOpKind::Delete { name: p.name })
             }
+            m::VOLUME_SET_REPLICAS => {
+                let p: m::VolumeSetReplicasParams = call.params()?;
+                Ok(GroupOpKind::SetReplicas { name: p.name, replicas: p.replicas })
+            }
             other => unreachable!("not a group call: {other}"),
         }
     }
@@ -103,7 +111,7 @@ impl Control {
     pub(super) fn ensure_group_volume(&mut self, name: &str, size: u64, page_size: u64, block_size: u32) {
         match volume_geometry(size, page_size, block_size) {
             Ok(num_pages) => self.submit_group(
-                GroupOpKind::Create { name: name.to_string(), num_pages, page_size, block_size },
+                GroupOpKind::Create { name: name.to_string(), num_pages, page_size, block_size, replicas: None },
                 Waiter::Startup(name.to_string()),
             ),
             Err(e) => tracing::error!(volume = name, "configured volume: {e}"),
@@ -173,6 +181,9 @@ impl Control {
         self.group_applied = snap.generation;
         let (Some(me), Some(group_uuid)) = (snap.me, snap.group_uuid) else { return };
         self.me = PeerId(me);
+        if snap.me_lease.is_some() {
+            self.me_lease = snap.me_lease;
+        }
         self.peer_names = snap.peer_ids.clone();
         // Peers before volumes: a routing table naming a peer finds its link known.
         self.tell_peers(&snap, group_uuid);
@@ -256,13 +267,76 @@ impl Control {
             // installed over a newer table.
             return Err(format!("routing epoch {} is older than the installed {}", r.epoch, epoch.0));
         }
-        let current = installed == Some((Epoch(r.epoch), r.num_pages));
+        let current = installed == Some((Epoch(r.epoch), r.num_pages))
+            && self.records.get(&id).is_some_and(|(_, lease)| *lease == self.me_lease);
         if !current {
-            let owners = r.owner_ids()?.into_iter().map(PeerId).collect();
-            let routing = Arc::new(RoutingTable::from_owners(self.me, owners, Epoch(r.epoch)));
-            self.publish(view, Some(routing));
+            self.install(view, r)?;
         }
         Ok(())
+    }
+
+    /// Builds volume `r`'s routing table for this peer and hands it to the reactors.
+    ///
+    /// A set this peer has just come to lead (its leader was evicted) is not ordered
+    /// here at once: the table says so (`Route::Hold`) until every reactor has installed
+    /// it and finished the replica writes of the old leader it had accepted (a barrier,
+    /// then [`Control::activate`]); otherwise a write ordered here could reach this
+    /// peer's device before an older write of the old leader still in flight here.
+    pub(super) fn install(&mut self, view: Arc<VolumeView>, r: &VolumeRecord) -> Result<(), String> {
+        let id = VolumeId(r.id);
+        let page_sets = r.page_sets()?;
+        let first = !self.records.contains_key(&id);
+        for (i, s) in r.sets.iter().enumerate() {
+            let mine = s.member(self.me.0).is_some_and(|m| s.members.len() == 1 || Some(m.inc) == self.me_lease);
+            let leads = s.leader == self.me.0 && mine;
+            let key = (id, i);
+            if !leads {
+                self.leading.remove(&key);
+            } else if first {
+                self.leading.insert(key);
+            } else if !self.leading.contains(&key) && !self.activation_wanted.contains(&key) {
+                tracing::info!(volume = %r.name, set = i, "this peer leads the set now: ordering its writes after a barrier");
+                self.activation_wanted.push(key);
+            }
+        }
+        if r.sets.iter().any(|s| s.members.len() > 1) {
+            // Piece locks and missed pieces, before any reactor routes a replicated page.
+            view.pieces.grow(r.num_pages);
+        }
+        let leading = &self.leading;
+        let routing =
+            Arc::new(RoutingTable::from_sets((self.me, self.me_lease), &r.sets, page_sets, Epoch(r.epoch), &|i| {
+                leading.contains(&(id, i))
+            }));
+        self.records.insert(id, (r.clone(), self.me_lease));
+        self.publish(view, Some(routing));
+        Ok(())
+    }
+
+    /// The barrier after this peer came to lead `sets` is over: their writes may be
+    /// ordered here now.
+    pub(super) fn activate(&mut self, sets: Vec<(VolumeId, usize)>) {
+        let mut volumes: Vec<VolumeId> = Vec::new();
+        for key in sets {
+            let still = self.records.get(&key.0).is_some_and(|(r, _)| {
+                r.sets.get(key.1).is_some_and(|s| {
+                    s.leader == self.me.0 && s.member(self.me.0).is_some_and(|m| Some(m.inc) == self.me_lease)
+                })
+            });
+            if still {
+                self.leading.insert(key);
+                if !volumes.contains(&key.0) {
+                    volumes.push(key.0);
+                }
+            }
+        }
+        for id in volumes {
+            let (Some((r, _)), Some(view)) = (self.records.get(&id).cloned(), self.store.volume(id)) else { continue };
+            tracing::info!(volume = %r.name, "sets led here are ordered here now");
+            if let Err(e) = self.install(view, &r) {
+                tracing::error!(volume = %r.name, "{e}");
+            }
+        }
     }
 
     /// Gives the reactors a new peer directory when the group's peers changed, and the
@@ -329,31 +403,84 @@ impl Control {
             .routing
             .get(&v.info.id)
             .ok_or_else(|| RpcError::invalid_state(format!("volume {name:?} is not served by this peer")))?;
-        let owner_name = |p: PeerId| -> String {
-            if self.group.is_none() && p == LOCAL_PEER {
+        let peer_name = |p: u16| -> String {
+            if self.group.is_none() && PeerId(p) == LOCAL_PEER {
                 return self.peer_name.clone();
             }
-            self.peer_names.get(&p.0).cloned().unwrap_or_else(|| format!("#{}", p.0))
+            self.peer_names.get(&p).cloned().unwrap_or_else(|| format!("#{p}"))
+        };
+        // The sets as the group records them (a single peer's table: one set of one).
+        let record = self.records.get(&v.info.id).map(|(r, _)| r);
+        let sets: Vec<crate::replica::set::SetRecord> = match record {
+            Some(r) => r.sets.clone(),
+            None => vec![crate::replica::set::SetRecord::fresh(&[(t.local.0, 0)])],
         };
         let mut runs: Vec<m::PageRun> = Vec::new();
-        let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-        for (page, &owner) in t.owners().iter().enumerate() {
+        let mut led: BTreeMap<String, u64> = BTreeMap::new();
+        let mut copies: BTreeMap<String, u64> = BTreeMap::new();
+        let mut per_set = vec![0u64; sets.len()];
+        for (page, &set) in t.page_sets().iter().enumerate() {
             let page = page as u64;
-            let name = owner_name(owner);
-            *counts.entry(name.clone()).or_default() += 1;
+            let s = &sets[usize::from(set)];
+            per_set[usize::from(set)] += 1;
+            let leader = peer_name(s.leader);
+            *led.entry(leader.clone()).or_default() += 1;
+            for mem in &s.members {
+                *copies.entry(peer_name(mem.peer)).or_default() += 1;
+            }
             match runs.last_mut() {
-                Some(run) if run.owner == name => run.count += 1,
-                _ => runs.push(m::PageRun { first: page, count: 1, owner: name }),
+                Some(run) if run.set == u32::from(set) => run.count += 1,
+                _ => runs.push(m::PageRun { first: page, count: 1, owner: leader, set: u32::from(set) }),
             }
         }
+        let owners = copies
+            .iter()
+            .map(|(owner, &n)| m::OwnerPages {
+                owner: owner.clone(),
+                pages: led.get(owner).copied().unwrap_or(0),
+                copies: n,
+            })
+            .collect();
+        let sets = sets
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| per_set[*i] > 0)
+            .map(|(i, s)| m::SetEntry {
+                set: u32::try_from(i).expect("at most 65536 sets"),
+                leader: peer_name(s.leader),
+                pages: per_set[i],
+                members: s
+                    .members
+                    .iter()
+                    .map(|mem| m::MemberEntry {
+                        peer: peer_name(mem.peer),
+                        state: state_name(&mem.state),
+                        inc: mem.inc,
+                    })
+                    .collect(),
+            })
+            .collect();
         Ok(m::VolumePages {
             name: name.to_string(),
             epoch: t.epoch.0,
             page_size: v.info.page_size,
             pages: t.len(),
+            replicas: record.map_or(1, |r| r.replicas),
             runs,
-            owners: counts.into_iter().map(|(owner, pages)| m::OwnerPages { owner, pages }).collect(),
+            owners,
+            sets,
         })
+    }
+}
+
+/// A member's state in words.
+pub fn state_name(s: &crate::replica::set::MemberState) -> String {
+    use crate::replica::set::MemberState;
+    match s {
+        MemberState::Sync => "sync".into(),
+        MemberState::Reconcile => "reconcile".into(),
+        MemberState::Rebuild { mode } => format!("rebuild ({})", format!("{mode:?}").to_lowercase()),
+        MemberState::Out { .. } => "out".into(),
     }
 }
 

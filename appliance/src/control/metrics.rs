@@ -39,6 +39,13 @@ const REACTOR_COUNTERS: &[(&str, &str, ReactorField)] = &[
     }),
     ("quire_reactor_forwarded_bytes_total", "Data bytes of forwarded parts (not copied).", |s| &s.forwarded_bytes),
     ("quire_reactor_path_errors_total", "Forwarded parts failed with a path error after the hold.", |s| &s.path_errors),
+    ("quire_replica_writes_total", "Replica writes sent as a page set's leader, one per member.", |s| &s.replica_parts),
+    ("quire_replica_write_bytes_total", "Data bytes of replica writes (not copied).", |s| &s.replica_bytes),
+    ("quire_replica_order_waits_total", "Writes that waited for their pieces or for a leader.", |s| &s.order_waits),
+    ("quire_replica_fenced_total", "Commands refused while this peer's lease might have expired.", |s| &s.fenced),
+    ("quire_replica_skipped_total", "Replica writes completed without a member evicted meanwhile.", |s| {
+        &s.replica_skipped
+    }),
     ("quire_peer_link_served_total", "Requests of other peers served on inbound links.", |s| &s.link_served),
     ("quire_peer_link_errors_total", "Requests of other peers answered with an error.", |s| &s.link_errors),
     ("quire_peer_link_refusals_total", "Inbound peer links refused at the handshake.", |s| &s.link_refusals),
@@ -160,6 +167,26 @@ impl Control {
         e.family("quire_volume_allocated_pages", Kind::Gauge, "Pages written at least once (thin provisioning).");
         for v in &volumes {
             e.sample(&[("volume", &v.info.name)], v.pages.allocated());
+        }
+        let health: Vec<(u8, String, u64)> = volumes
+            .iter()
+            .map(|v| self.records.get(&v.info.id).map_or((1, "healthy".into(), 0), |(r, _)| super::health_of(r)))
+            .collect();
+        e.family("quire_volume_replicas", Kind::Gauge, "Copies of each page the group keeps.");
+        for (v, h) in volumes.iter().zip(&health) {
+            e.sample(&[("volume", &v.info.name)], u64::from(h.0));
+        }
+        e.family("quire_volume_degraded_pages", Kind::Gauge, "Pages with fewer in-sync copies than replicas.");
+        for (v, h) in volumes.iter().zip(&health) {
+            e.sample(&[("volume", &v.info.name)], h.2);
+        }
+        e.family(
+            "quire_volume_rebuilding",
+            Kind::Gauge,
+            "1 while a copy is being built for a degraded page of the volume.",
+        );
+        for (v, h) in volumes.iter().zip(&health) {
+            e.sample(&[("volume", &v.info.name)], u64::from(h.1 == "rebuilding"));
         }
         let bounds: Vec<Option<f64>> =
             (0..LATENCY_BUCKETS).map(|k| latency_bound_us(k).map(|us| seconds(us * 1000))).collect();

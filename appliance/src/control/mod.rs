@@ -42,7 +42,9 @@ struct PendingBarrier {
     generation: u64,
     acks: usize,
     /// Quarantine generation to release when it completes.
-    release_upto: u64,
+    release_upto: Option<u64>,
+    /// Sets this peer came to lead, to order here once it completes.
+    activate: Vec<(VolumeId, usize)>,
 }
 
 /// What the control thread is built from.
@@ -104,6 +106,15 @@ pub struct Control {
     known_links: BTreeMap<u16, std::net::SocketAddr>,
     /// The peers the reactors were last told of.
     told_peers: Option<(u16, BTreeMap<u16, crate::peer::PeerEntry>)>,
+    /// This peer's lease (incarnation) in the group.
+    me_lease: Option<i64>,
+    /// The group record of each volume last installed, and the lease it was installed
+    /// under.
+    records: HashMap<VolumeId, (crate::group::keys::VolumeRecord, Option<i64>)>,
+    /// Sets (volume, index) whose writes this peer orders.
+    leading: std::collections::HashSet<(VolumeId, usize)>,
+    /// Sets this peer came to lead, waiting for the next barrier.
+    activation_wanted: Vec<(VolumeId, usize)>,
 }
 
 impl Control {
@@ -134,6 +145,10 @@ impl Control {
             hold: parts.hold,
             known_links: BTreeMap::new(),
             told_peers: None,
+            me_lease: None,
+            records: HashMap::new(),
+            leading: std::collections::HashSet::new(),
+            activation_wanted: Vec::new(),
         };
         c.outboxes = Outboxes::new(c.reactors.len());
         if let Some(g) = &c.group {
@@ -312,13 +327,14 @@ impl Control {
     }
 
     fn maybe_start_barrier(&mut self) {
-        if self.barrier.is_some() {
+        if self.barrier.is_some() || self.quarantine_upto.is_none() && self.activation_wanted.is_empty() {
             return;
         }
-        let Some(upto) = self.quarantine_upto.take() else { return };
+        let release_upto = self.quarantine_upto.take();
+        let activate = std::mem::take(&mut self.activation_wanted);
         self.barrier_next += 1;
         let generation = self.barrier_next;
-        self.barrier = Some(PendingBarrier { generation, acks: 0, release_upto: upto });
+        self.barrier = Some(PendingBarrier { generation, acks: 0, release_upto, activate });
         for r in 0..self.reactors.len() {
             self.send(r, ReactorMsg::Barrier(generation));
         }
@@ -329,9 +345,14 @@ impl Control {
         assert_eq!(b.generation, generation, "reactors answer barriers in order");
         b.acks += 1;
         if b.acks == self.reactors.len() {
-            let released = self.store.release_quarantine(b.release_upto);
-            tracing::debug!(released, "quarantined slots released");
-            self.barrier = None;
+            let b = self.barrier.take().expect("checked above");
+            if let Some(upto) = b.release_upto {
+                let released = self.store.release_quarantine(upto);
+                tracing::debug!(released, "quarantined slots released");
+            }
+            if !b.activate.is_empty() {
+                self.activate(b.activate);
+            }
         }
     }
 
@@ -341,6 +362,11 @@ impl Control {
         match call.method.as_str() {
             m::VOLUME_CREATE => {
                 let p: m::VolumeCreateParams = call.params()?;
+                if p.replicas.is_some_and(|r| r != 1) {
+                    return Err(RpcError::invalid_params(
+                        "replicas: a single peer keeps one copy of each page (replicas need a group of peers)",
+                    ));
+                }
                 let v = self
                     .store
                     .create_volume(
@@ -354,7 +380,32 @@ impl Control {
                 self.publish(v.clone(), None);
                 Ok(json!(volume_entry(&v)))
             }
-            m::VOLUME_LIST => Ok(json!(self.store.volumes().iter().map(|v| volume_entry(v)).collect::<Vec<_>>())),
+            m::VOLUME_SET_REPLICAS => {
+                let p: m::VolumeSetReplicasParams = call.params()?;
+                self.volume_id(&p.name)?;
+                if p.replicas != 1 {
+                    return Err(RpcError::invalid_params(
+                        "replicas: a single peer keeps one copy of each page (replicas need a group of peers)",
+                    ));
+                }
+                let v = self.store.volume(self.volume_id(&p.name)?).expect("found by name");
+                Ok(json!(volume_entry(&v)))
+            }
+            m::VOLUME_LIST => {
+                let list: Vec<m::VolumeEntry> = self
+                    .store
+                    .volumes()
+                    .iter()
+                    .map(|v| {
+                        let mut e = volume_entry(v);
+                        if let Some((r, _)) = self.records.get(&v.info.id) {
+                            (e.replicas, e.health, e.degraded_pages) = health_of(r);
+                        }
+                        e
+                    })
+                    .collect();
+                Ok(json!(list))
+            }
             m::VOLUME_GROW => {
                 let p: m::VolumeGrowParams = call.params()?;
                 let id = self.volume_id(&p.name)?;
@@ -568,6 +619,11 @@ impl Control {
                     forwarded_bytes: get(&s.forwarded_bytes),
                     forwards_outstanding: get(&s.forwards_outstanding),
                     path_errors: get(&s.path_errors),
+                    replica_parts: get(&s.replica_parts),
+                    replica_bytes: get(&s.replica_bytes),
+                    order_waits: get(&s.order_waits),
+                    fenced: get(&s.fenced),
+                    replica_skipped: get(&s.replica_skipped),
                     link_served: get(&s.link_served),
                     link_errors: get(&s.link_errors),
                     link_refusals: get(&s.link_refusals),
@@ -612,7 +668,39 @@ fn volume_entry(v: &VolumeView) -> m::VolumeEntry {
         nqn: i.nqn(),
         uuid: uuid_string(&i.uuid),
         nguid: i.nguid.iter().map(|b| format!("{b:02x}")).collect(),
+        replicas: 1,
+        health: "healthy".into(),
+        degraded_pages: 0,
     }
+}
+
+/// A group volume's replication factor, health and pages short of in-sync copies.
+pub fn health_of(r: &crate::group::keys::VolumeRecord) -> (u8, String, u64) {
+    use crate::replica::set::MemberState;
+    let Ok(page_sets) = r.page_sets() else { return (r.replicas, "unknown".into(), 0) };
+    let mut per_set = vec![0u64; r.sets.len()];
+    for &s in &page_sets {
+        if let Some(n) = per_set.get_mut(usize::from(s)) {
+            *n += 1;
+        }
+    }
+    let (mut degraded, mut rebuilding) = (0u64, false);
+    for (s, &pages) in r.sets.iter().zip(&per_set) {
+        if pages == 0 {
+            continue;
+        }
+        let in_sync = s.members.iter().filter(|m| m.state == MemberState::Sync).count();
+        if in_sync < usize::from(r.replicas) {
+            degraded += pages;
+            rebuilding |= s.members.iter().any(|m| matches!(m.state, MemberState::Rebuild { .. }));
+        }
+    }
+    let health = match (degraded, rebuilding) {
+        (0, _) => "healthy",
+        (_, true) => "rebuilding",
+        (_, false) => "degraded",
+    };
+    (r.replicas, health.into(), degraded)
 }
 
 /// A 16-byte identifier in the 8-4-4-4-12 form.

@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub lease_ttl_s: u32,
     /// How long a start-up step may wait for etcd.
     pub connect_timeout: Duration,
+    /// How long a replica stays out before the coordinator replaces it.
+    pub replace_after: Duration,
 }
 
 /// An error of the agent: fatal (refuse to join) or transient (etcd unreachable).
@@ -159,6 +161,10 @@ pub struct Agent {
     /// The `used_bytes` last published in this peer's record.
     published_used: u64,
     last_publish: Instant,
+    /// Revoked leases (peer id, lease) and when this peer first saw them revoked.
+    revoked_seen: std::collections::BTreeMap<(u16, i64), Instant>,
+    /// Notes of the replica planner already logged.
+    noted: std::collections::BTreeSet<String>,
 }
 
 impl Agent {
@@ -176,6 +182,8 @@ impl Agent {
             watcher: None,
             published_used,
             last_publish: Instant::now(),
+            revoked_seen: std::collections::BTreeMap::new(),
+            noted: std::collections::BTreeSet::new(),
         }
     }
 
@@ -187,6 +195,15 @@ impl Agent {
                 Admission::Clash(why) => return Err(AgentError::Refused(why)),
                 Admission::Restart { lease } => {
                     tracing::info!(lease, "taking over the registration of this peer's earlier run");
+                    // Said before it is done: the coordinator must not take the earlier
+                    // run's copies for gone before that run's own fence has fallen.
+                    let record = keys::RevokedRecord { lease, at_ms: now_ms() };
+                    let put = pb::PutRequest {
+                        key: keys::revoked_key(&self.me.name).into_bytes(),
+                        value: serde_json::to_vec(&record).expect("a RevokedRecord serializes"),
+                        ..Default::default()
+                    };
+                    self.client.kv.put(put).await.map_err(etcd_err("record the revocation"))?;
                     // An already expired lease is no error: the key is gone with it.
                     let _ = self.client.lease.revoke(lease).await;
                 }
@@ -195,11 +212,16 @@ impl Agent {
             let Some(id) = self.ensure_identity(&view).await? else { continue };
             self.me.id = id;
             let ttl = i64::from(self.cfg.lease_ttl_s);
-            let lease = self.client.lease.grant(ttl).await.map_err(etcd_err("grant a lease"))?.id;
+            let sent = Instant::now();
+            let granted = self.client.lease.grant(ttl).await.map_err(etcd_err("grant a lease"))?;
+            let lease = granted.id;
             self.me.used_bytes = self.shared.used_bytes();
             self.me.capacity_bytes = self.shared.capacity_bytes();
             if put_if_absent(&mut self.client, &keys::peer_key(&self.me.name), self.me.encode(), lease).await? {
                 self.lease = Some(lease);
+                // The lease lives at least `ttl` from before the grant was asked for.
+                let ttl = Duration::from_secs(u64::try_from(granted.ttl.max(0)).unwrap_or(0));
+                self.shared.fence.renewed(lease, sent, ttl);
                 self.published_used = self.me.used_bytes;
                 self.last_publish = Instant::now();
                 self.keeper =
@@ -270,6 +292,7 @@ impl Agent {
         self.shared.publish_snapshot(GroupSnapshot {
             generation: 0,
             me: view.peer_id(&self.me.name),
+            me_lease: view.peers.get(&self.me.name).map(|e| e.lease),
             group_uuid: view.group_uuid,
             peer_ids: view.peer_ids.clone(),
             volumes: view.volumes.iter().map(|(n, (r, _))| (n.clone(), r.clone())).collect(),
@@ -279,7 +302,13 @@ impl Agent {
                 .values()
                 .map(|e| {
                     let r = &e.record;
-                    (r.id, super::LivePeer { name: r.name.clone(), link: r.link.clone(), target: r.target.clone() })
+                    let p = super::LivePeer {
+                        name: r.name.clone(),
+                        link: r.link.clone(),
+                        target: r.target.clone(),
+                        lease: e.lease,
+                    };
+                    (r.id, p)
                 })
                 .collect(),
         });
@@ -300,7 +329,69 @@ impl Agent {
         if no_coordinator {
             self.campaign().await?;
         }
+        if self.membership.view().coordinator.as_deref() == Some(self.me.name.as_str()) {
+            self.plan_replicas().await?;
+        }
         self.republish_if_changed().await
+    }
+
+    /// The coordinator's turn at the replica sets (`replica::plan`): evictions,
+    /// admissions, replacements, replication factors. Each changed volume is one
+    /// transaction against the revision read; a lost race is planned again on the
+    /// next read.
+    async fn plan_replicas(&mut self) -> Result<(), AgentError> {
+        use crate::replica::plan::{plan_with_notes, PeerInfo, PlanInput};
+        let view = self.membership.view().clone();
+        let mut peers = std::collections::BTreeMap::new();
+        for g in self.membership.gone().values() {
+            let r = &g.record;
+            peers.insert(r.id, PeerInfo { lease: None, weight: r.weight, boot: r.boot.clone() });
+        }
+        for e in view.peers.values() {
+            if let Some(id) = view.peer_id(&e.record.name) {
+                peers.insert(
+                    id,
+                    PeerInfo { lease: Some(e.lease), weight: e.record.weight, boot: e.record.boot.clone() },
+                );
+            }
+        }
+        let now = Instant::now();
+        let now_ms = now_ms();
+        for (name, r) in &view.revoked {
+            if let Some(id) = view.peer_id(name) {
+                self.revoked_seen.entry((id, r.lease)).or_insert(now);
+            }
+        }
+        let revoked: std::collections::BTreeMap<(u16, i64), u64> = self
+            .revoked_seen
+            .iter()
+            .map(|(&k, &seen)| {
+                (k, now_ms.saturating_sub(u64::try_from(now.duration_since(seen).as_millis()).unwrap_or(0)))
+            })
+            .collect();
+        let input = PlanInput {
+            now_ms,
+            ttl_ms: u64::from(self.cfg.lease_ttl_s) * 1000,
+            replace_after_ms: u64::try_from(self.cfg.replace_after.as_millis()).unwrap_or(u64::MAX),
+            peers: &peers,
+            revoked: &revoked,
+        };
+        for (name, (record, revision)) in &view.volumes {
+            let (next, why, notes) = plan_with_notes(record, &input);
+            for n in notes {
+                if self.noted.insert(format!("{name}: {n}")) {
+                    tracing::warn!(volume = %name, "{n}");
+                }
+            }
+            let Some(next) = next else { continue };
+            let compare = vec![unchanged_since(&keys::volume_key(name), *revision)];
+            if txn(&mut self.client, compare, vec![put_op(&keys::volume_key(name), next.encode())]).await? {
+                for w in &why {
+                    tracing::info!(volume = %name, epoch = next.epoch, "replicas: {w}");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Puts this peer's record again when its capacity use changed (at most every 5 s).
@@ -324,13 +415,26 @@ impl Agent {
         Ok(())
     }
 
-    /// One keep-alive round trip; false when the lease has expired.
+    /// One keep-alive round trip; false when the lease has expired. An answer renews
+    /// this peer's right to serve replicated pages ([`crate::replica::fence`]), counted
+    /// from when the keep-alive was sent.
     async fn keep_alive(&mut self) -> Result<bool, AgentError> {
         let Some(keeper) = self.keeper.as_mut() else { return Ok(false) };
+        let sent = Instant::now();
         keeper.keep_alive().await.map_err(etcd_err("keep-alive"))?;
         let answer = tokio::time::timeout(self.cfg.connect_timeout, keeper.message()).await;
         match answer {
-            Ok(Ok(Some(resp))) => Ok(resp.ttl > 0),
+            Ok(Ok(Some(resp))) if resp.ttl > 0 => {
+                if let Some(lease) = self.lease {
+                    let ttl = Duration::from_secs(u64::try_from(resp.ttl).unwrap_or(0));
+                    self.shared.fence.renewed(lease, sent, ttl);
+                }
+                Ok(true)
+            }
+            Ok(Ok(Some(_))) => {
+                self.shared.fence.drop_right();
+                Ok(false)
+            }
             Ok(Ok(None)) => Err(AgentError::Etcd("keep-alive stream closed".into())),
             Ok(Err(e)) => Err(AgentError::Etcd(format!("keep-alive: {e}"))),
             Err(_) => Err(AgentError::Etcd("keep-alive: no answer".into())),
@@ -419,18 +523,17 @@ impl Agent {
         for _ in 0..OP_ATTEMPTS {
             let view = read_group(&mut self.client).await?;
             let (compare, ops) = match op {
-                GroupOpKind::Create { name, .. } | GroupOpKind::Grow { name, .. } | GroupOpKind::Delete { name }
-                    if view.unreadable_volumes.contains(name) =>
-                {
+                op if view.unreadable_volumes.contains(op.volume()) => {
+                    let name = op.volume();
                     return Ok(Err(RpcError::invalid_state(format!(
                         "the group's record of volume {name:?} does not read (see `quire group status`): not changed"
                     ))));
                 }
-                GroupOpKind::Create { name, num_pages, page_size, block_size } => {
+                GroupOpKind::Create { name, num_pages, page_size, block_size, replicas } => {
                     if view.volumes.contains_key(name) {
                         return Ok(Err(RpcError::already_exists(format!("volume {name:?} exists in the group"))));
                     }
-                    let r = match view.new_volume(name, *num_pages, *page_size, *block_size) {
+                    let r = match view.new_volume(name, *num_pages, (*page_size, *block_size), *replicas) {
                         Ok(r) => r,
                         Err(e) => return Ok(Err(RpcError::invalid_state(e))),
                     };
@@ -474,15 +577,57 @@ impl Agent {
                         vec![delete_op(&keys::volume_key(name))],
                     )
                 }
+                GroupOpKind::SetReplicas { name, replicas } => {
+                    let Some((old, revision)) = view.volumes.get(name) else {
+                        return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));
+                    };
+                    if let Err(e) = super::view::check_replicas(*replicas, &view) {
+                        return Ok(Err(RpcError::invalid_params(e)));
+                    }
+                    let mut r = old.clone();
+                    r.replicas = *replicas;
+                    (
+                        vec![unchanged_since(&keys::volume_key(name), *revision)],
+                        vec![put_op(&keys::volume_key(name), r.encode())],
+                    )
+                }
+                GroupOpKind::Promote { name, set, peer, inc } => {
+                    let Some((old, revision)) = view.volumes.get(name) else {
+                        return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));
+                    };
+                    let me = view.peer_id(&self.me.name);
+                    let ok = old.sets.get(*set).is_some_and(|s| {
+                        Some(s.leader) == me
+                            && s.member(s.leader).is_some_and(|l| Some(l.inc) == self.lease)
+                            && s.member(*peer).is_some_and(|m| {
+                                m.inc == *inc
+                                    && matches!(
+                                        m.state,
+                                        crate::replica::set::MemberState::Rebuild { .. }
+                                            | crate::replica::set::MemberState::Reconcile
+                                    )
+                            })
+                    });
+                    if !ok {
+                        return Ok(Err(RpcError::invalid_state(format!(
+                            "volume {name:?} set {set}: this peer no longer leads it, or member {peer} changed"
+                        ))));
+                    }
+                    let mut r = old.clone();
+                    let s = &mut r.sets[*set];
+                    let k = s.members.iter().position(|m| m.peer == *peer).expect("checked");
+                    s.members[k].state = crate::replica::set::MemberState::Sync;
+                    r.epoch += 1;
+                    (
+                        vec![unchanged_since(&keys::volume_key(name), *revision)],
+                        vec![put_op(&keys::volume_key(name), r.encode())],
+                    )
+                }
             };
             if txn(&mut self.client, compare, ops).await? {
-                let name = match op {
-                    GroupOpKind::Create { name, .. }
-                    | GroupOpKind::Grow { name, .. }
-                    | GroupOpKind::Delete { name } => name,
-                };
+                let name = op.volume();
                 tracing::info!(volume = %name, ?op, "group volume changed");
-                return Ok(Ok(name.clone()));
+                return Ok(Ok(name.to_string()));
             }
             // Another peer changed the volume (or made one) between our read and our
             // transaction: read again and decide again.
@@ -531,6 +676,9 @@ impl Agent {
                 self.client = client;
             }
         }
+        // Nothing replicated is served from here on: the others may take over as soon
+        // as the lease is gone.
+        self.shared.fence.drop_right();
         if let Some(lease) = self.lease {
             let revoke = self.client.lease.revoke(lease);
             match tokio::time::timeout(Duration::from_secs(1), revoke).await {

@@ -8,8 +8,13 @@
 //! /quire/v1/peer-ids/<n>     the name of the peer whose routing id is n (0..=65535);
 //!                            permanent: a restarted peer keeps its id
 //! /quire/v1/next-volume-id   the next volume id (decimal); permanent, only grows
-//! /quire/v1/volumes/<name>   VolumeRecord (JSON): identity, geometry, page owners,
-//!                            routing epoch; permanent until the volume is deleted
+//! /quire/v1/volumes/<name>   VolumeRecord (JSON): identity, geometry, replication
+//!                            factor, replica sets, each page's set, routing epoch;
+//!                            permanent until the volume is deleted
+//! /quire/v1/revoked/<name>   RevokedRecord (JSON): the lease of an earlier run of
+//!                            peer <name> that its next run revoked, and when
+//! /quire/v1/rebuild/<name>   RebuildReport (JSON): the rebuilds peer <name> leads and
+//!                            how far they are, attached to its lease
 //! ```
 //!
 //! What says a peer is alive is attached to its lease: a peer that stops (or is cut
@@ -22,6 +27,8 @@
 use base64::Engine as _;
 
 use serde::{Deserialize, Serialize};
+
+use crate::replica::set::{SetRecord, REPLICAS_MAX};
 
 /// The prefix of every key of the group; the version is that of the key layout.
 pub const ROOT: &str = "/quire/v1/";
@@ -38,8 +45,53 @@ pub const PEER_IDS: &str = "/quire/v1/peer-ids/";
 pub const NEXT_VOLUME_ID: &str = "/quire/v1/next-volume-id";
 /// The prefix of volume records.
 pub const VOLUMES: &str = "/quire/v1/volumes/";
+/// The prefix of revocation records.
+pub const REVOKED: &str = "/quire/v1/revoked/";
+/// The prefix of rebuild reports.
+pub const REBUILD: &str = "/quire/v1/rebuild/";
 
-/// The most pages a volume of a group has: its owners (2 bytes each, base64) fit one
+/// The key of peer `name`'s revocation record.
+pub fn revoked_key(name: &str) -> String {
+    format!("{REVOKED}{name}")
+}
+
+/// The key of peer `name`'s rebuild report.
+pub fn rebuild_key(name: &str) -> String {
+    format!("{REBUILD}{name}")
+}
+
+/// A lease of an earlier run of a peer that its next run revoked (written before the
+/// revocation): the coordinator waits a TTL after it first sees it before it evicts
+/// that run's members, since the earlier run may serve until its own fence falls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedRecord {
+    /// The revoked lease.
+    pub lease: i64,
+    /// When (ms since the Unix epoch, the revoking peer's clock; informative).
+    pub at_ms: u64,
+}
+
+/// What one peer tells the group about the rebuilds and scrubs it leads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildReport {
+    /// Per volume name.
+    pub volumes: std::collections::BTreeMap<String, RebuildProgress>,
+}
+
+/// How far a leader is with one volume's rebuilds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildProgress {
+    /// Pages to go through in all (of the sets it leads that have members rebuilt).
+    pub pages: u64,
+    /// Pages gone through.
+    pub done: u64,
+    /// Bytes copied so far.
+    pub bytes: u64,
+    /// Pieces copied so far.
+    pub pieces: u64,
+}
+
+/// The most pages a volume of a group has: the set of each page (2 bytes, base64) fits one
 /// etcd value well below etcd's default request limit of 1.5 MiB. 256 Ki pages are
 /// 1 TiB at the default 4 MiB page size.
 pub const GROUP_PAGES_MAX: u64 = 256 << 10;
@@ -91,6 +143,10 @@ pub struct PeerRecord {
     /// Its routing id (`/quire/v1/peer-ids/`), the same across restarts.
     #[serde(default)]
     pub id: u16,
+    /// The boot id of its machine (`/proc/sys/kernel/random/boot_id`): another one
+    /// after a restart means the machine rebooted and its volatile caches were lost.
+    #[serde(default)]
+    pub boot: String,
 }
 
 impl PeerRecord {
@@ -129,10 +185,26 @@ pub struct VolumeRecord {
     pub block_size: u32,
     /// Number of pages.
     pub num_pages: u64,
-    /// Routing epoch: grows with every change of the owners.
+    /// Routing epoch: grows with every change of the sets or of which set a page has.
     pub epoch: u64,
-    /// The owning peer's routing id of each page: u16 little-endian, base64.
+    /// Copies of each page the group keeps (1 to [`REPLICAS_MAX`]).
+    #[serde(default = "one")]
+    pub replicas: u8,
+    /// The replica sets (see `replica::set`); only ever appended to, so that a set's
+    /// index names it for the volume's whole life.
+    #[serde(default)]
+    pub sets: Vec<SetRecord>,
+    /// The set of each page: its index in `sets`, u16 little-endian, base64.
+    #[serde(default)]
+    pub pages: String,
+    /// The first format's owner of each page (one routing id per page, base64): read
+    /// as sets of one member, never written.
+    #[serde(default, skip_serializing)]
     pub owners: String,
+}
+
+fn one() -> u8 {
+    1
 }
 
 impl VolumeRecord {
@@ -142,11 +214,35 @@ impl VolumeRecord {
     }
 
     /// A stored record, or why it is not one (also when it does not hold together).
+    /// A record of the first format (an owner per page) comes back with a set of one
+    /// member per owner.
     pub fn decode(value: &[u8]) -> Result<VolumeRecord, String> {
-        let r: VolumeRecord = serde_json::from_slice(value).map_err(|e| format!("not a volume record: {e}"))?;
-        let owners = r.owner_ids()?;
-        if owners.len() as u64 != r.num_pages {
-            return Err(format!("volume record {:?}: {} owners for {} pages", r.name, owners.len(), r.num_pages));
+        let mut r: VolumeRecord = serde_json::from_slice(value).map_err(|e| format!("not a volume record: {e}"))?;
+        if r.sets.is_empty() && !r.owners.is_empty() {
+            let owners = u16s(&r.name, "owners", &r.owners)?;
+            let mut distinct: Vec<u16> = owners.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            r.sets = distinct.iter().map(|&o| SetRecord::fresh(&[(o, 0)])).collect();
+            let page_sets: Vec<u16> = owners
+                .iter()
+                .map(|o| u16::try_from(distinct.binary_search(o).expect("listed")).expect("at most 65536 owners"))
+                .collect();
+            r.set_page_sets(&page_sets);
+            r.owners.clear();
+        }
+        let page_sets = r.page_sets()?;
+        if page_sets.len() as u64 != r.num_pages {
+            return Err(format!("volume record {:?}: {} page sets for {} pages", r.name, page_sets.len(), r.num_pages));
+        }
+        if let Some(bad) = page_sets.iter().find(|&&s| usize::from(s) >= r.sets.len()) {
+            return Err(format!("volume record {:?}: a page in set {bad} of {}", r.name, r.sets.len()));
+        }
+        if !(1..=REPLICAS_MAX).contains(&r.replicas) {
+            return Err(format!("volume record {:?}: {} replicas (1 to {REPLICAS_MAX})", r.name, r.replicas));
+        }
+        for (i, s) in r.sets.iter().enumerate() {
+            s.check().map_err(|e| format!("volume record {:?}: set {i}: {e}", r.name))?;
         }
         parse_hex16(&r.uuid)
             .ok_or_else(|| format!("volume record {:?}: uuid {:?} is not 32 hex digits", r.name, r.uuid))?;
@@ -155,23 +251,33 @@ impl VolumeRecord {
         Ok(r)
     }
 
-    /// The owners, one routing id per page.
-    pub fn owner_ids(&self) -> Result<Vec<u16>, String> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(&self.owners)
-            .map_err(|e| format!("volume record {:?}: owners: {e}", self.name))?;
-        if bytes.len() % 2 != 0 {
-            return Err(format!("volume record {:?}: owners: odd length {}", self.name, bytes.len()));
-        }
-        Ok(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
+    /// The set of each page.
+    pub fn page_sets(&self) -> Result<Vec<u16>, String> {
+        u16s(&self.name, "pages", &self.pages)
     }
 
-    /// Encodes `owners` into the record.
-    pub fn set_owners(&mut self, owners: &[u16]) {
-        let bytes: Vec<u8> = owners.iter().flat_map(|o| o.to_le_bytes()).collect();
-        self.owners = base64::engine::general_purpose::STANDARD.encode(bytes);
-        self.num_pages = owners.len() as u64;
+    /// Encodes the set of each page into the record.
+    pub fn set_page_sets(&mut self, page_sets: &[u16]) {
+        let bytes: Vec<u8> = page_sets.iter().flat_map(|o| o.to_le_bytes()).collect();
+        self.pages = base64::engine::general_purpose::STANDARD.encode(bytes);
+        self.num_pages = page_sets.len() as u64;
     }
+
+    /// True when every member of every set is in sync.
+    pub fn healthy(&self) -> bool {
+        self.sets.iter().all(SetRecord::healthy)
+    }
+}
+
+/// A base64 string of u16 little-endian values.
+fn u16s(name: &str, what: &str, b64: &str) -> Result<Vec<u16>, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("volume record {name:?}: {what}: {e}"))?;
+    if bytes.len() % 2 != 0 {
+        return Err(format!("volume record {name:?}: {what}: odd length {}", bytes.len()));
+    }
+    Ok(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect())
 }
 
 /// 16 bytes as 32 hex digits.
@@ -206,21 +312,48 @@ mod tests {
             block_size: 4096,
             num_pages: 0,
             epoch: 1,
+            replicas: 2,
+            sets: vec![SetRecord::fresh(&[(0, 5), (1, 6)]), SetRecord::fresh(&[(1, 6), (2, 7)])],
+            pages: String::new(),
             owners: String::new(),
         };
-        r.set_owners(&[0, 1, 2, 65535]);
+        r.set_page_sets(&[0, 1, 1, 0]);
         assert_eq!(r.num_pages, 4);
         assert_eq!(VolumeRecord::decode(&r.encode()), Ok(r.clone()));
-        assert_eq!(r.owner_ids().unwrap(), [0, 1, 2, 65535]);
+        assert_eq!(r.page_sets().unwrap(), [0, 1, 1, 0]);
         let mut short = r.clone();
         short.num_pages = 5;
-        assert!(VolumeRecord::decode(&short.encode()).unwrap_err().contains("4 owners for 5 pages"));
+        assert!(VolumeRecord::decode(&short.encode()).unwrap_err().contains("4 page sets for 5 pages"));
         let mut bad = r.clone();
         bad.uuid = "xyz".into();
         assert!(VolumeRecord::decode(&bad.encode()).unwrap_err().contains("not 32 hex digits"));
+        let mut no_set = r.clone();
+        no_set.set_page_sets(&[0, 2, 1, 0]);
+        assert!(VolumeRecord::decode(&no_set.encode()).unwrap_err().contains("a page in set 2 of 2"));
+        let mut four = r.clone();
+        four.replicas = 4;
+        assert!(VolumeRecord::decode(&four.encode()).unwrap_err().contains("4 replicas"));
         assert_eq!(parse_hex16(&hex16(&[7; 16])), Some([7; 16]));
         assert_eq!(volume_key("db"), "/quire/v1/volumes/db");
         assert_eq!(peer_id_key(4), "/quire/v1/peer-ids/4");
+    }
+
+    #[test]
+    fn a_record_of_the_first_format_reads_as_sets_of_one() {
+        let owners: Vec<u8> = [3u16, 1, 3, 65535].iter().flat_map(|o| o.to_le_bytes()).collect();
+        let first = serde_json::json!({
+            "id": 1, "name": "old", "uuid": hex16(&[1; 16]), "nguid": hex16(&[2; 16]),
+            "page_size": 4194304, "block_size": 4096, "num_pages": 4, "epoch": 2,
+            "owners": base64::engine::general_purpose::STANDARD.encode(owners),
+        });
+        let r = VolumeRecord::decode(&serde_json::to_vec(&first).unwrap()).unwrap();
+        assert_eq!(r.replicas, 1);
+        let leaders: Vec<u16> = r.page_sets().unwrap().iter().map(|&s| r.sets[usize::from(s)].leader).collect();
+        assert_eq!(leaders, [3, 1, 3, 65535]);
+        assert!(r.sets.iter().all(|s| s.members.len() == 1));
+        let again = VolumeRecord::decode(&r.encode()).unwrap();
+        assert_eq!(again, r, "written back in the new format");
+        assert!(!String::from_utf8(r.encode()).unwrap().contains("owners"));
     }
 
     #[test]
@@ -241,6 +374,7 @@ mod tests {
             started_ms: 1,
             version: "0.1.0".into(),
             id: 2,
+            boot: "b".into(),
         };
         assert_eq!(PeerRecord::decode(&r.encode()), Ok(r));
         assert!(PeerRecord::decode(b"{}").unwrap_err().starts_with("not a peer record"));

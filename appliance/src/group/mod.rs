@@ -65,6 +65,8 @@ pub struct GroupSnapshot {
     pub generation: u64,
     /// This peer's routing id, once registered.
     pub me: Option<u16>,
+    /// This peer's lease (its incarnation), as the group shows it.
+    pub me_lease: Option<i64>,
     /// The group's uuid.
     pub group_uuid: Option<[u8; 16]>,
     /// Routing ids → peer names.
@@ -86,6 +88,8 @@ pub struct LivePeer {
     pub link: String,
     /// Where hosts connect for I/O.
     pub target: String,
+    /// Its lease (incarnation).
+    pub lease: i64,
 }
 
 /// A volume change the control thread asks the agent for.
@@ -101,6 +105,8 @@ pub enum GroupOpKind {
         page_size: u64,
         /// Block size.
         block_size: u32,
+        /// Copies of each page (`None`: 2 when the group has two peers, else 1).
+        replicas: Option<u8>,
     },
     /// Grow a volume to `num_pages` pages.
     Grow {
@@ -114,6 +120,38 @@ pub enum GroupOpKind {
         /// Name.
         name: String,
     },
+    /// Set a volume's replication factor (the coordinator then adds or drops copies).
+    SetReplicas {
+        /// Name.
+        name: String,
+        /// Copies of each page.
+        replicas: u8,
+    },
+    /// The leader of set `set` of volume `name` (this peer) has copied to member
+    /// `peer` (incarnation `inc`) everything it lacked: it is in sync now.
+    Promote {
+        /// Name.
+        name: String,
+        /// The set's index.
+        set: usize,
+        /// The member's routing id.
+        peer: u16,
+        /// Its incarnation.
+        inc: i64,
+    },
+}
+
+impl GroupOpKind {
+    /// The volume it changes.
+    pub fn volume(&self) -> &str {
+        match self {
+            GroupOpKind::Create { name, .. }
+            | GroupOpKind::Grow { name, .. }
+            | GroupOpKind::Delete { name }
+            | GroupOpKind::SetReplicas { name, .. }
+            | GroupOpKind::Promote { name, .. } => name,
+        }
+    }
 }
 
 /// A queued volume change and the ticket its answer comes back under.
@@ -154,6 +192,8 @@ pub struct Shared {
     generation: AtomicU64,
     ops_ready: tokio::sync::Notify,
     control: Mutex<Option<crossbeam_channel::Sender<crate::reactor::ControlMsg>>>,
+    /// This peer's right to serve replicated pages, renewed with its lease.
+    fence: Arc<crate::replica::fence::Fence>,
 }
 
 impl Shared {
@@ -170,7 +210,13 @@ impl Shared {
             generation: AtomicU64::new(0),
             ops_ready: tokio::sync::Notify::new(),
             control: Mutex::new(None),
+            fence: Arc::default(),
         })
+    }
+
+    /// This peer's right to serve replicated pages (the reactors read it).
+    pub fn fence(&self) -> Arc<crate::replica::fence::Fence> {
+        self.fence.clone()
     }
 
     /// The group's secret.
@@ -390,6 +436,7 @@ pub fn connect(cfg: &Config) -> Result<Joining, String> {
         endpoints: g.etcd.clone(),
         lease_ttl_s: g.lease_ttl_s,
         connect_timeout: Duration::from_millis(u64::from(g.connect_timeout_ms)),
+        replace_after: Duration::from_secs(u64::from(cfg.replication.replace_after_s)),
     };
     let client = runtime
         .block_on(etcd::connect(&agent_cfg))

@@ -59,6 +59,10 @@ pub struct GroupView {
     /// Keys under the group's prefix that hold no valid record, with the reason
     /// (shown in `quire group status`, never acted upon).
     pub ignored: Vec<String>,
+    /// Leases revoked by a later run of their peer, by peer name.
+    pub revoked: BTreeMap<String, keys::RevokedRecord>,
+    /// What each live peer reports of the rebuilds it leads, by peer name.
+    pub rebuilds: BTreeMap<String, keys::RebuildReport>,
 }
 
 /// Whether a peer may register, from the view it read first.
@@ -109,6 +113,24 @@ impl GroupView {
                         view.peer_ids.insert(id, name.to_string());
                     }
                     _ => view.ignored.push(format!("{key}: not a peer id")),
+                }
+                continue;
+            }
+            if let Some(name) = key.strip_prefix(keys::REVOKED) {
+                match serde_json::from_slice::<keys::RevokedRecord>(kv.value) {
+                    Ok(r) => {
+                        view.revoked.insert(name.to_string(), r);
+                    }
+                    Err(e) => view.ignored.push(format!("{key}: not a revocation record: {e}")),
+                }
+                continue;
+            }
+            if let Some(name) = key.strip_prefix(keys::REBUILD) {
+                match serde_json::from_slice::<keys::RebuildReport>(kv.value) {
+                    Ok(r) => {
+                        view.rebuilds.insert(name.to_string(), r);
+                    }
+                    Err(e) => view.ignored.push(format!("{key}: not a rebuild report: {e}")),
                 }
                 continue;
             }
@@ -166,22 +188,40 @@ impl GroupView {
             .collect()
     }
 
+    /// The lease (incarnation) of live peer `id`.
+    pub fn lease_of(&self, id: u16) -> Option<i64> {
+        let name = self.peer_ids.get(&id)?;
+        self.peers.get(name).map(|e| e.lease)
+    }
+
+    /// The replication factor a new volume gets when none is asked for: 2 when the
+    /// group has at least two live peers that take pages, else 1.
+    pub fn default_replicas(&self) -> u8 {
+        if self.candidates().iter().filter(|c| c.weight > 0).count() >= 2 {
+            2
+        } else {
+            1
+        }
+    }
+
     /// The record of a new volume `name` of `num_pages` pages (geometry already
-    /// checked), placed over the live peers; the id is the next free one.
+    /// checked) with `replicas` copies of each page (`None`: the default), placed over
+    /// the live peers; the id is the next free one.
     pub fn new_volume(
         &self,
         name: &str,
         num_pages: u64,
-        page_size: u64,
-        block_size: u32,
+        (page_size, block_size): (u64, u32),
+        replicas: Option<u8>,
     ) -> Result<VolumeRecord, String> {
         let group_uuid = self.group_uuid.ok_or("the group has no uuid yet")?;
         if self.volumes.contains_key(name) {
             return Err(format!("volume {name:?} exists"));
         }
         check_group_pages(num_pages)?;
+        let replicas = replicas.unwrap_or_else(|| self.default_replicas());
+        check_replicas(replicas, self)?;
         let id = self.next_volume_id.0.max(1);
-        let owners = placement::place(&[], num_pages, &self.candidates()).map_err(|e| e.to_string())?;
         let (uuid, nguid) = crate::volume::meta::derive_ids(&group_uuid, id);
         let mut r = VolumeRecord {
             id,
@@ -190,12 +230,49 @@ impl GroupView {
             nguid: keys::hex16(&nguid),
             page_size,
             block_size,
-            num_pages,
+            num_pages: 0,
             epoch: 1,
+            replicas,
+            sets: Vec::new(),
+            pages: String::new(),
             owners: String::new(),
         };
-        r.set_owners(&owners.iter().map(|p| p.0).collect::<Vec<_>>());
+        self.place_new_pages(&mut r, num_pages)?;
         Ok(r)
+    }
+
+    /// Places pages `r.num_pages .. num_pages` of `r` over the live peers: each gets
+    /// an existing set with the same members in the same order, or a new one.
+    fn place_new_pages(&self, r: &mut VolumeRecord, num_pages: u64) -> Result<(), String> {
+        let mut page_sets = r.page_sets()?;
+        let existing: Vec<Vec<PeerId>> = page_sets
+            .iter()
+            .map(|&s| r.sets[usize::from(s)].members.iter().map(|m| PeerId(m.peer)).collect())
+            .collect();
+        let copies = placement::place_copies(&existing, num_pages, &self.candidates(), usize::from(r.replicas))
+            .map_err(|e| e.to_string())?;
+        for c in &copies[existing.len()..] {
+            let peers: Vec<u16> = c.iter().map(|p| p.0).collect();
+            // A set of live members that are all in sync, in this order, takes the page.
+            let found = r.sets.iter().position(|s| {
+                s.peers() == peers
+                    && s.members.iter().all(|m| {
+                        m.state == crate::replica::set::MemberState::Sync && self.lease_of(m.peer) == Some(m.inc)
+                    })
+            });
+            let index = match found {
+                Some(i) => i,
+                None => {
+                    let members: Vec<(u16, i64)> =
+                        peers.iter().map(|&p| (p, self.lease_of(p).expect("a candidate is live"))).collect();
+                    r.sets.push(crate::replica::set::SetRecord::fresh(&members));
+                    r.sets.len() - 1
+                }
+            };
+            page_sets.push(u16::try_from(index).map_err(|_| "more than 65536 replica sets".to_string())?);
+        }
+        r.set_page_sets(&page_sets);
+        Ok(())
     }
 
     /// The record of volume `name` grown to `num_pages`, the new pages placed over the
@@ -203,10 +280,8 @@ impl GroupView {
     pub fn grown_volume(&self, name: &str, num_pages: u64) -> Result<(VolumeRecord, i64), String> {
         let (old, revision) = self.volumes.get(name).ok_or_else(|| format!("no volume named {name:?}"))?;
         check_group_pages(num_pages)?;
-        let existing: Vec<PeerId> = old.owner_ids()?.into_iter().map(PeerId).collect();
-        let owners = placement::place(&existing, num_pages, &self.candidates()).map_err(|e| e.to_string())?;
         let mut r = old.clone();
-        r.set_owners(&owners.iter().map(|p| p.0).collect::<Vec<_>>());
+        self.place_new_pages(&mut r, num_pages)?;
         r.epoch += 1;
         Ok((r, *revision))
     }
@@ -244,6 +319,19 @@ impl GroupView {
         }
         admission
     }
+}
+
+/// Checks a replication factor against the limit and the live peers.
+pub fn check_replicas(replicas: u8, view: &GroupView) -> Result<(), String> {
+    use crate::replica::set::REPLICAS_MAX;
+    if !(1..=REPLICAS_MAX).contains(&replicas) {
+        return Err(format!("{replicas} replicas: a volume has 1 to {REPLICAS_MAX}"));
+    }
+    let peers = view.candidates().iter().filter(|c| c.weight > 0).count();
+    if usize::from(replicas) > peers {
+        return Err(format!("{replicas} replicas need {replicas} live peers that take pages; the group has {peers}"));
+    }
+    Ok(())
 }
 
 fn check_group_pages(num_pages: u64) -> Result<(), String> {
@@ -347,6 +435,7 @@ mod tests {
             started_ms: 0,
             version: "test".into(),
             id: 0,
+            boot: "b".into(),
         }
     }
 
@@ -397,29 +486,40 @@ mod tests {
         let mut b = record("b", "s2", 5000);
         a.weight = 1;
         b.weight = 3;
+        let geo = (4 << 20, 4096);
         let mut v = view(5, &[(&a, 11), (&b, 12)], Some("a"));
-        assert!(v.new_volume("db", 8, 4 << 20, 4096).unwrap_err().contains("no uuid"));
+        assert!(v.new_volume("db", 8, geo, Some(1)).unwrap_err().contains("no uuid"));
         v.group_uuid = Some([9; 16]);
         // Peers without a routing id take no pages.
-        assert!(v.new_volume("db", 8, 4 << 20, 4096).unwrap_err().contains("no live peer"));
+        assert!(v.new_volume("db", 8, geo, Some(1)).unwrap_err().contains("the group has 0"));
         v.peer_ids.insert(0, "a".into());
         v.peer_ids.insert(1, "b".into());
         v.peer_ids.insert(2, "gone".into());
         v.next_volume_id = (7, 30);
-        let r = v.new_volume("db", 8, 4 << 20, 4096).unwrap();
-        assert_eq!((r.id, r.epoch, r.num_pages), (7, 1, 8));
-        let owners = r.owner_ids().unwrap();
-        assert_eq!(owners.iter().filter(|&&o| o == 0).count(), 2);
-        assert_eq!(owners.iter().filter(|&&o| o == 1).count(), 6);
+        let r = v.new_volume("db", 8, geo, Some(1)).unwrap();
+        assert_eq!((r.id, r.epoch, r.num_pages, r.replicas), (7, 1, 8, 1));
+        let leaders: Vec<u16> = r.page_sets().unwrap().iter().map(|&s| r.sets[usize::from(s)].leader).collect();
+        assert_eq!(leaders.iter().filter(|&&o| o == 0).count(), 2);
+        assert_eq!(leaders.iter().filter(|&&o| o == 1).count(), 6);
+        assert_eq!(r.sets.len(), 2, "pages share the sets of equal members");
+        let of_a = r.sets.iter().find(|s| s.leader == 0).unwrap();
+        assert_eq!(of_a.members[0].inc, 11, "members are admitted with their peer's lease");
         let (uuid, nguid) = crate::volume::meta::derive_ids(&[9; 16], 7);
         assert_eq!((r.uuid.as_str(), r.nguid.as_str()), (keys::hex16(&uuid).as_str(), keys::hex16(&nguid).as_str()));
-        assert!(v.new_volume("db", keys::GROUP_PAGES_MAX + 1, 4 << 20, 4096).unwrap_err().contains("at most"));
+        assert!(v.new_volume("db", keys::GROUP_PAGES_MAX + 1, geo, None).unwrap_err().contains("at most"));
+        assert!(v.new_volume("db", 8, geo, Some(3)).unwrap_err().contains("3 replicas need 3 live peers"));
+        assert!(v.new_volume("db", 8, geo, Some(0)).unwrap_err().contains("1 to 3"));
+
+        // Two live peers: two copies of every page by default, on distinct peers.
+        let two = v.new_volume("two", 8, geo, None).unwrap();
+        assert_eq!(two.replicas, 2);
+        assert!(two.sets.iter().all(|s| s.members.len() == 2 && s.members[0].peer != s.members[1].peer));
 
         v.volumes.insert("db".into(), (r.clone(), 31));
-        assert!(v.new_volume("db", 8, 4 << 20, 4096).unwrap_err().contains("exists"));
+        assert!(v.new_volume("db", 8, geo, None).unwrap_err().contains("exists"));
         let (g, revision) = v.grown_volume("db", 12).unwrap();
         assert_eq!((revision, g.epoch, g.num_pages, g.id), (31, 2, 12, 7));
-        assert_eq!(&g.owner_ids().unwrap()[..8], &owners[..], "grown: the old pages keep their owners");
+        assert_eq!(&g.page_sets().unwrap()[..8], &r.page_sets().unwrap()[..], "grown: the old pages keep their sets");
         assert!(v.grown_volume("nope", 12).unwrap_err().contains("no volume named"));
     }
 

@@ -38,7 +38,7 @@ use quire_wire::nvme::Status;
 
 use super::auth::Caller;
 use super::frame::{read_into, write_from, Dispatch, Endpoint, FrameRx, FrameTx, OutMsg, RxEnd, Segs};
-use super::proto::{Message, Op, Outcome, CHALLENGE_LEN, FLAG_FUA};
+use super::proto::{Message, Op, Outcome, CHALLENGE_LEN, FLAG_FUA, FLAG_REPLICA};
 use super::PeerDirectory;
 use crate::reactor::ReqRef;
 use crate::volume::routing::{Epoch, PeerId};
@@ -88,6 +88,9 @@ pub struct Forward {
     pub data: Segs,
     /// Answered with [`PATH_ERROR`] if still unsent at this time.
     pub deadline: Instant,
+    /// The replica write (or digest, or read of a member's copy) of the leader of the
+    /// page's set: the receiver applies it to its own copy only ([`super::proto::FLAG_REPLICA`]).
+    pub replica: bool,
 }
 
 impl Forward {
@@ -105,6 +108,15 @@ impl Forward {
 pub enum Finished {
     /// Answered: complete the host request's part with this.
     Done(ReqRef, Result<(), Status>),
+    /// A digest answered: the CRC32C of `from`'s copy of the range, or why not.
+    Digest {
+        /// The request that asked.
+        rref: ReqRef,
+        /// The member that answered.
+        from: PeerId,
+        /// The digest.
+        result: Result<u32, Status>,
+    },
     /// The owner does not (yet) serve this page: route it again (boxed: rare, and a
     /// forward carries its segments).
     Reroute(Box<Forward>),
@@ -252,6 +264,24 @@ impl LinkClient {
         let s = self.slots[tag as usize].take().expect("a live slot");
         self.free.push(tag);
         s.fwd
+    }
+
+    /// Takes the forwards of `volume` that wait to be sent (none of them is on the
+    /// wire: nothing refers to their buffers but the forward itself).
+    fn take_unsent(&mut self, volume: VolumeId, out: &mut Vec<Forward>) {
+        if !self.queue.iter().any(|&t| self.slots[t as usize].as_ref().is_some_and(|s| s.fwd.volume == volume)) {
+            return;
+        }
+        let mut keep = VecDeque::with_capacity(self.queue.len());
+        while let Some(tag) = self.queue.pop_front() {
+            if self.slots[tag as usize].as_ref().is_some_and(|s| s.fwd.volume == volume) {
+                debug_assert!(self.slots[tag as usize].as_ref().is_some_and(|s| s.sent_on.is_none()));
+                out.push(self.take(tag));
+            } else {
+                keep.push_back(tag);
+            }
+        }
+        self.queue = keep;
     }
 
     fn fail_down(&mut self, reason: String, registry: &Registry, now: Instant) {
@@ -486,7 +516,7 @@ impl LinkClient {
             let msg = Message::Request {
                 tag,
                 op: f.op,
-                flags: if f.fua { FLAG_FUA } else { 0 },
+                flags: if f.fua { FLAG_FUA } else { 0 } | if f.replica { FLAG_REPLICA } else { 0 },
                 volume: f.volume.0,
                 epoch: f.epoch.0,
                 lba: f.lba,
@@ -590,7 +620,7 @@ struct ClientEp<'a> {
 
 impl Endpoint for ClientEp<'_> {
     fn on_message(&mut self, m: Message) -> Dispatch {
-        let Message::Response { tag, outcome, status, epoch: _, payload } = m else {
+        let Message::Response { tag, outcome, status, epoch: _, payload, digest } = m else {
             return Dispatch::Fatal("a request on the forwarding end of a link".into());
         };
         let gen = self.gen;
@@ -630,12 +660,17 @@ impl Endpoint for ClientEp<'_> {
                     ));
                 }
                 let f = self.link.take(tag);
-                let result = if status.is_success() { Ok(()) } else { Err(status) };
-                self.finished.push(Finished::Done(f.rref, result));
+                if f.op == Op::Digest {
+                    let result = if status.is_success() { Ok(digest) } else { Err(status) };
+                    self.finished.push(Finished::Digest { rref: f.rref, from: f.to, result });
+                } else {
+                    let result = if status.is_success() { Ok(()) } else { Err(status) };
+                    self.finished.push(Finished::Done(f.rref, result));
+                }
                 *self.answered += 1;
                 Dispatch::Done
             }
-            Outcome::NotOwner | Outcome::UnknownVolume => {
+            Outcome::NotOwner | Outcome::UnknownVolume | Outcome::Behind => {
                 let f = self.link.take(tag);
                 self.finished.push(Finished::Reroute(Box::new(f)));
                 Dispatch::Done
@@ -665,6 +700,13 @@ impl Links {
     pub fn set_directory(&mut self, dir: Arc<PeerDirectory>, now: Instant) {
         for (&id, p) in &dir.peers {
             if PeerId(id) == dir.me {
+                // The link to this peer's own link server: opened only when a part
+                // waits for it (one held for another peer whose page became this
+                // peer's to lead: it runs here as a forwarded part, ordered and
+                // replicated, and its data stays in the host request's buffers).
+                let c = self.client(dir.me, now);
+                c.addr = p.link.or(c.addr);
+                c.alive = false;
                 continue;
             }
             let c = self.client(PeerId(id), now);
@@ -747,9 +789,24 @@ impl Links {
         self.clients.iter().flatten().map(LinkClient::outstanding).sum()
     }
 
+    /// Takes every forward of `volume` still waiting for its link (to be routed again
+    /// with a new table).
+    pub fn take_unsent(&mut self, volume: VolumeId, out: &mut Vec<Forward>) {
+        for c in self.clients.iter_mut().flatten() {
+            c.take_unsent(volume, out);
+        }
+    }
+
     /// Each link's peer, state and counters (management).
     pub fn report(&self) -> Vec<(PeerId, bool, usize, LinkStats)> {
-        self.clients.iter().flatten().map(|c| (c.peer, c.is_up(), c.outstanding(), c.stats)).collect()
+        let me = self.dir.as_ref().map(|d| d.me);
+        self.clients
+            .iter()
+            .flatten()
+            // The link to this peer itself, once it has been used.
+            .filter(|c| Some(c.peer) != me || c.stats.connects > 0)
+            .map(|c| (c.peer, c.is_up(), c.outstanding(), c.stats))
+            .collect()
     }
 }
 
@@ -771,6 +828,7 @@ mod tests {
             nlb: 0,
             data: Segs::NONE,
             deadline: Instant::now() + Duration::from_secs(10),
+            replica: false,
         }
     }
 
@@ -783,7 +841,14 @@ mod tests {
             finished,
             answered: &mut answered,
         };
-        let m = Message::Response { tag: 0, outcome: Outcome::Done, status: Status::SUCCESS, epoch: 1, payload: 0 };
+        let m = Message::Response {
+            tag: 0,
+            outcome: Outcome::Done,
+            status: Status::SUCCESS,
+            epoch: 1,
+            payload: 0,
+            digest: 0,
+        };
         ep.on_message(m)
     }
 
@@ -830,7 +895,14 @@ mod tests {
             finished: &mut finished,
             answered: &mut answered,
         };
-        let m = Message::Response { tag, outcome: Outcome::Done, status: Status::SUCCESS, epoch: 1, payload: 4096 };
+        let m = Message::Response {
+            tag,
+            outcome: Outcome::Done,
+            status: Status::SUCCESS,
+            epoch: 1,
+            payload: 4096,
+            digest: 0,
+        };
         assert!(matches!(ep.on_message(m), Dispatch::Payload { .. }));
         assert!(matches!(ep.on_message(m), Dispatch::Fatal(e) if e.contains("second answer")));
         drop(buf);

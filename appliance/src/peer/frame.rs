@@ -649,7 +649,14 @@ mod tests {
                     payload: u32::try_from(p.len()).unwrap(),
                 }
             } else {
-                Message::Response { tag: i, outcome: Outcome::Done, status: Status::SUCCESS, epoch: 1, payload: 0 }
+                Message::Response {
+                    tag: i,
+                    outcome: Outcome::Done,
+                    status: Status::SUCCESS,
+                    epoch: 1,
+                    payload: 0,
+                    digest: 0,
+                }
             };
             let data = if write { Segs::of(&[seg_of(p)]) } else { Segs::NONE };
             tx.push(OutMsg { msg, data, token: i });

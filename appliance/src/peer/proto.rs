@@ -305,12 +305,15 @@ pub enum Op {
     WriteZeroes = 4,
     /// Deallocate the range (reads back zeroes afterwards).
     Deallocate = 5,
+    /// Read the range and answer with its CRC32C (`digest`), not the data: the leader
+    /// of a replicated page comparing a member's copy with its own (rebuilds, scrub).
+    Digest = 6,
 }
 
 impl Op {
     fn from_u8(v: u8) -> Option<Op> {
         use Op::*;
-        [Read, Write, Flush, WriteZeroes, Deallocate].into_iter().find(|o| *o as u8 == v)
+        [Read, Write, Flush, WriteZeroes, Deallocate, Digest].into_iter().find(|o| *o as u8 == v)
     }
 }
 
@@ -325,17 +328,24 @@ pub enum Outcome {
     NotOwner = 1,
     /// The owner does not serve this volume (yet): try again shortly.
     UnknownVolume = 2,
+    /// The receiver's routing table is older than the request's epoch: send it again
+    /// shortly (a member that has not seen its leader's newest table yet).
+    Behind = 3,
 }
 
 impl Outcome {
     fn from_u8(v: u8) -> Option<Outcome> {
         use Outcome::*;
-        [Done, NotOwner, UnknownVolume].into_iter().find(|o| *o as u8 == v)
+        [Done, NotOwner, UnknownVolume, Behind].into_iter().find(|o| *o as u8 == v)
     }
 }
 
 /// Request flag: Force Unit Access.
 pub const FLAG_FUA: u8 = 1;
+/// Request flag: the sender leads the page's replica set and this is its replica
+/// write (or its read or digest of this member's copy): applied to, or read from, the
+/// receiver's own copy only, whatever the receiver's own routes say.
+pub const FLAG_REPLICA: u8 = 2;
 
 /// One message: a request (to the owner) or a response (from it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -371,6 +381,8 @@ pub enum Message {
         epoch: u64,
         /// Bytes of read data that follow (a successful Read only).
         payload: u32,
+        /// The CRC32C of the range (a successful Digest only).
+        digest: u32,
     },
 }
 
@@ -415,13 +427,14 @@ impl Message {
                 put_u64(b, 24, epoch);
                 put_u32(b, 32, payload);
             }
-            Message::Response { tag, outcome, status, epoch, payload } => {
+            Message::Response { tag, outcome, status, epoch, payload, digest } => {
                 b[0] = KIND_RESPONSE;
                 b[3] = outcome as u8;
                 put_u32(b, 4, tag);
                 put_u64(b, 24, epoch);
                 put_u32(b, 32, payload);
                 put_u16(b, 36, status_bits(status));
+                put_u32(b, 40, digest);
             }
         }
     }
@@ -438,8 +451,11 @@ impl Message {
             KIND_REQUEST => {
                 let op = Op::from_u8(b[1]).ok_or_else(|| format!("request {tag}: unknown operation {}", b[1]))?;
                 let flags = b[2];
-                if flags & !FLAG_FUA != 0 {
+                if flags & !(FLAG_FUA | FLAG_REPLICA) != 0 {
                     return Err(format!("request {tag}: unknown flags {flags:#x}"));
+                }
+                if flags & FLAG_REPLICA == 0 && op == Op::Digest || flags & FLAG_REPLICA != 0 && op == Op::Flush {
+                    return Err(format!("request {tag}: {op:?} with flags {flags:#x}"));
                 }
                 let nlb = u32_at(b, 12);
                 let lba = u64_at(b, 16);
@@ -450,7 +466,7 @@ impl Message {
                     Op::Flush if nlb != 0 || lba != 0 || payload != 0 => {
                         return Err(format!("request {tag}: a flush with a range or data"));
                     }
-                    Op::Read | Op::WriteZeroes | Op::Deallocate if nlb == 0 || payload != 0 => {
+                    Op::Read | Op::WriteZeroes | Op::Deallocate | Op::Digest if nlb == 0 || payload != 0 => {
                         return Err(format!("request {tag}: {op:?} of {nlb} blocks with {payload} bytes"));
                     }
                     _ => {}
@@ -467,7 +483,7 @@ impl Message {
                 if payload != 0 && (outcome != Outcome::Done || !status.is_success()) {
                     return Err(format!("response {tag}: {payload} bytes of data with {outcome:?} {status:?}"));
                 }
-                Ok(Message::Response { tag, outcome, status, epoch: u64_at(b, 24), payload })
+                Ok(Message::Response { tag, outcome, status, epoch: u64_at(b, 24), payload, digest: u32_at(b, 40) })
             }
             k => Err(format!("message {tag}: unknown kind {k}")),
         }
@@ -512,15 +528,56 @@ mod tests {
             },
             Message::Request { tag: 2, op: Op::Flush, flags: 0, volume: 3, epoch: 9, lba: 0, nlb: 0, payload: 0 },
             Message::Request { tag: 3, op: Op::Read, flags: 0, volume: 3, epoch: 9, lba: 5, nlb: 1, payload: 0 },
-            Message::Response { tag: 3, outcome: Outcome::Done, status: Status::SUCCESS, epoch: 9, payload: 4096 },
+            Message::Response {
+                tag: 3,
+                outcome: Outcome::Done,
+                status: Status::SUCCESS,
+                epoch: 9,
+                payload: 4096,
+                digest: 0,
+            },
             Message::Response {
                 tag: 4,
                 outcome: Outcome::Done,
                 status: Status::LBA_OUT_OF_RANGE.with_dnr(),
                 epoch: 9,
                 payload: 0,
+                digest: 0,
             },
-            Message::Response { tag: 5, outcome: Outcome::NotOwner, status: Status::SUCCESS, epoch: 10, payload: 0 },
+            Message::Response {
+                tag: 5,
+                outcome: Outcome::NotOwner,
+                status: Status::SUCCESS,
+                epoch: 10,
+                payload: 0,
+                digest: 0,
+            },
+            Message::Response {
+                tag: 6,
+                outcome: Outcome::Behind,
+                status: Status::SUCCESS,
+                epoch: 11,
+                payload: 0,
+                digest: 0,
+            },
+            Message::Response {
+                tag: 7,
+                outcome: Outcome::Done,
+                status: Status::SUCCESS,
+                epoch: 11,
+                payload: 0,
+                digest: 0xdead_beef,
+            },
+            Message::Request {
+                tag: 8,
+                op: Op::Digest,
+                flags: FLAG_REPLICA,
+                volume: 3,
+                epoch: 9,
+                lba: 16,
+                nlb: 16,
+                payload: 0,
+            },
         ];
         for m in msgs {
             let mut b = [0u8; MSG_LEN];
@@ -547,8 +604,14 @@ mod tests {
         let wrap =
             Message::Request { tag: 1, op: Op::Read, flags: 0, volume: 1, epoch: 1, lba: u64::MAX, nlb: 2, payload: 0 };
         assert!(Message::decode(&enc(wrap)).unwrap_err().contains("wraps"));
-        let data_on_error =
-            Message::Response { tag: 1, outcome: Outcome::NotOwner, status: Status::SUCCESS, epoch: 1, payload: 4096 };
+        let data_on_error = Message::Response {
+            tag: 1,
+            outcome: Outcome::NotOwner,
+            status: Status::SUCCESS,
+            epoch: 1,
+            payload: 4096,
+            digest: 0,
+        };
         assert!(Message::decode(&enc(data_on_error)).is_err());
         let mut b = enc(w);
         b[0] = 9;
@@ -559,6 +622,8 @@ mod tests {
         let mut b = enc(r);
         put_u32(&mut b, 32, PAYLOAD_MAX + 1);
         assert!(Message::decode(&b).is_err());
+        let d = Message::Request { tag: 1, op: Op::Digest, flags: 0, volume: 1, epoch: 1, lba: 0, nlb: 1, payload: 0 };
+        assert!(Message::decode(&enc(d)).unwrap_err().contains("Digest with flags"), "a digest is the leader's");
         let mut h = BatchHead { count: 1, payload: 0 }.encode();
         h[4] = 0;
         assert!(BatchHead::decode(&h).is_err());

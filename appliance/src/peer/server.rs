@@ -29,7 +29,7 @@ use quire_wire::nvme::{opcode, Command, Status};
 
 use super::auth::{Refusal, Server};
 use super::frame::{read_into, write_from, Dispatch, Endpoint, FrameRx, FrameTx, OutMsg, RxEnd, Segs};
-use super::proto::{Message, Op, Outcome, FLAG_FUA, HELLO_LEN, PROOF_LEN};
+use super::proto::{Message, Op, Outcome, FLAG_FUA, FLAG_REPLICA, HELLO_LEN, PROOF_LEN};
 use super::LINK_WINDOW;
 use crate::nvmf::tcp::req::{ReqState, ReqTable, Xfer};
 use crate::reactor::stats::add;
@@ -74,6 +74,11 @@ struct Meta {
     nlb: u32,
     /// Not executed: answered with this outcome once its data is read.
     refuse: Option<Outcome>,
+    /// The sender leads the page's set: its replica write (or its read or digest of
+    /// this peer's copy).
+    replica: bool,
+    /// A digest: answered with the CRC32C of the data read, not the data.
+    digest: bool,
 }
 
 /// One inbound peer link.
@@ -180,11 +185,14 @@ impl LinkServer {
             let rref = ReqRef { conn: self.index, req: idx };
             match r.state() {
                 ReqState::Free | ReqState::Executing | ReqState::WaitingControl => {}
-                ReqState::WaitingDevice => {
+                ReqState::WaitingDevice | ReqState::WaitingOrder => {
                     ctx.dev_waiters.retain(|w| *w != rref);
+                    ctx.order_waiters.retain(|w| *w != rref);
                     if r.outstanding() {
                         self.reqs.set_state(idx, ReqState::Executing);
                     } else {
+                        let vol = VolumeId(self.meta[usize::from(idx)].volume);
+                        vio::release_locks(&mut self.reqs, idx, Some(vol), ctx);
                         release(&mut self.reqs, idx, ctx);
                         self.reqs.set_state_closing(idx, ReqState::Free);
                     }
@@ -229,9 +237,9 @@ impl LinkServer {
                     }
                 }
                 ServerState::Ready => {
-                    let LinkServer { rx, reqs, meta, tx, index, stall_need, .. } = self;
+                    let LinkServer { rx, reqs, meta, tx, index, stall_need, remote, .. } = self;
                     let before = rx.bytes;
-                    let mut ep = ServerEp { reqs, meta, tx, ctx, index: *index, stall_need };
+                    let mut ep = ServerEp { reqs, meta, tx, ctx, index: *index, remote: *remote, stall_need };
                     let end = rx.receive(fd, &mut ep);
                     add(&ctx.stats.link_rx_bytes, rx.bytes - before);
                     match end {
@@ -403,6 +411,14 @@ impl LinkServer {
         self.maybe_closed(ctx);
     }
 
+    /// A replica write request `idx` sent (as the leader of its page's set) was
+    /// answered.
+    pub fn on_forward_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
+        vio::on_forward_done(&mut self.reqs, idx, result);
+        self.process(idx, ctx);
+        self.maybe_closed(ctx);
+    }
+
     /// The control thread answered an allocation request `idx` waited for.
     pub fn on_alloc_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
         self.reqs.req_mut(idx).alloc_answered(idx, result);
@@ -417,10 +433,21 @@ impl LinkServer {
         self.maybe_closed(ctx);
     }
 
-    /// Room in the device queue for request `idx`.
+    /// Room in the device queue for request `idx` (or, from `WaitingOrder`, another
+    /// try at ordering its write).
     pub fn resume_device(&mut self, idx: u16, ctx: &mut ReactorCtx) {
         let r = self.reqs.req(idx);
-        assert_eq!(r.state(), ReqState::WaitingDevice, "link request {idx} resumed from the device list");
+        assert!(
+            matches!(r.state(), ReqState::WaitingDevice | ReqState::WaitingOrder),
+            "link request {idx} resumed from a waiting list in {:?}",
+            r.state()
+        );
+        if r.state() == ReqState::WaitingOrder && std::time::Instant::now() >= r.started + ctx.hold() {
+            // No leader took the page's set (or its pieces stayed taken) within the
+            // hold time: a retryable path error, like a peer that cannot be reached.
+            self.reqs.req_mut(idx).fail(crate::peer::client::PATH_ERROR);
+        }
+        let r = self.reqs.req(idx);
         let next = if self.state == ServerState::Ready && r.status.is_success() {
             ReqState::ReadyToExecute
         } else {
@@ -433,7 +460,7 @@ impl LinkServer {
 
     fn process(&mut self, idx: u16, ctx: &mut ReactorCtx) {
         let draining = self.state != ServerState::Ready;
-        process(&mut self.reqs, &mut self.meta, &mut self.tx, ctx, self.index, idx, draining);
+        process(&mut self.reqs, &mut self.meta, &mut self.tx, ctx, (self.index, self.remote), idx, draining);
     }
 }
 
@@ -457,7 +484,7 @@ fn process(
     meta: &mut [Meta],
     tx: &mut FrameTx,
     ctx: &mut ReactorCtx,
-    index: u32,
+    conn: (u32, Option<PeerId>),
     idx: u16,
     draining: bool,
 ) {
@@ -469,7 +496,7 @@ fn process(
                     reqs.set_state(idx, ReqState::Executing);
                     continue;
                 }
-                execute(reqs, meta, ctx, index, idx);
+                execute(reqs, meta, ctx, conn, idx);
                 if reqs.req(idx).state() == ReqState::ReadyToExecute {
                     reqs.set_state(idx, ReqState::Executing);
                 }
@@ -478,6 +505,8 @@ fn process(
                 if reqs.req(idx).outstanding() {
                     return;
                 }
+                let vol = VolumeId(meta[usize::from(idx)].volume);
+                vio::release_locks(reqs, idx, Some(vol), ctx);
                 reqs.set_state(idx, ReqState::ReadyToComplete);
             }
             ReqState::WaitingControl => {
@@ -505,7 +534,7 @@ fn process(
     }
 }
 
-fn execute(reqs: &mut ReqTable, meta: &[Meta], ctx: &mut ReactorCtx, index: u32, idx: u16) {
+fn execute(reqs: &mut ReqTable, meta: &[Meta], ctx: &mut ReactorCtx, (index, remote): (u32, Option<PeerId>), idx: u16) {
     let m = meta[usize::from(idx)];
     let vol = VolumeId(m.volume);
     let rref = ReqRef { conn: index, req: idx };
@@ -516,20 +545,24 @@ fn execute(reqs: &mut ReqTable, meta: &[Meta], ctx: &mut ReactorCtx, index: u32,
         return;
     }
     let (slba, nlb) = (m.lba, u64::from(m.nlb));
+    let origin = match remote {
+        Some(leader) if m.replica => Origin::Replica(leader),
+        _ => Origin::Peer,
+    };
     match cmd.opcode {
         opcode::NVM_FLUSH => {
             let _ = vio::flush(reqs, idx, rref, (vol, Origin::Peer), ctx);
         }
         opcode::NVM_READ => {
-            let _ = vio::run(reqs, idx, rref, (vol, Origin::Peer), (slba, nlb, 0), Kind::Read, ctx);
+            let _ = vio::run(reqs, idx, rref, (vol, origin), (slba, nlb, 0), Kind::Read, ctx);
         }
         opcode::NVM_WRITE => {
             let kind = Kind::Write { fua: m.fua };
-            let _ = vio::run(reqs, idx, rref, (vol, Origin::Peer), (slba, nlb, 0), kind, ctx);
+            let _ = vio::run(reqs, idx, rref, (vol, origin), (slba, nlb, 0), kind, ctx);
         }
         opcode::NVM_WRITE_ZEROES => {
             let kind = if cmd.cdw12 & (1 << 25) != 0 { Kind::Deallocate } else { Kind::Zeroes };
-            let _ = vio::run(reqs, idx, rref, (vol, Origin::Peer), (slba, nlb, 0), kind, ctx);
+            let _ = vio::run(reqs, idx, rref, (vol, origin), (slba, nlb, 0), kind, ctx);
         }
         op => unreachable!("link requests are built with known opcodes, not {op:#x}"),
     }
@@ -539,7 +572,12 @@ fn respond(reqs: &mut ReqTable, meta: &[Meta], tx: &mut FrameTx, ctx: &mut React
     let m = meta[usize::from(idx)];
     let r = reqs.req(idx);
     let epoch = ctx.volumes.get(&VolumeId(m.volume)).map_or(0, |v| v.routing.epoch.0);
-    let read_ok = r.cmd.opcode == opcode::NVM_READ && r.status.is_success();
+    let read_ok = r.cmd.opcode == opcode::NVM_READ && r.status.is_success() && !m.digest;
+    let digest = if m.digest && r.status.is_success() && m.refuse.is_none() && !r.misrouted {
+        r.data_crc(0, r.data_len as usize)
+    } else {
+        0
+    };
     let (payload, data) = if read_ok {
         let mut segs = quire_drivers::IoRequest::no_data(quire_drivers::Op::Flush, 0, 0, 0);
         r.segs_into(0, u64::from(r.data_len), &mut segs);
@@ -555,7 +593,7 @@ fn respond(reqs: &mut ReqTable, meta: &[Meta], tx: &mut FrameTx, ctx: &mut React
         None if r.misrouted => (Outcome::NotOwner, Status::SUCCESS),
         None => (Outcome::Done, r.status),
     };
-    let msg = Message::Response { tag: m.tag, outcome, status, epoch, payload };
+    let msg = Message::Response { tag: m.tag, outcome, status, epoch, payload, digest };
     tx.push(OutMsg { msg, data, token: u32::from(idx) });
     reqs.set_state(idx, ReqState::Transmitting);
     add(&ctx.stats.link_served, 1);
@@ -568,19 +606,21 @@ struct ServerEp<'a> {
     tx: &'a mut FrameTx,
     ctx: &'a mut ReactorCtx,
     index: u32,
+    /// The caller (proven at the handshake).
+    remote: Option<PeerId>,
     stall_need: &'a mut usize,
 }
 
 impl ServerEp<'_> {
     fn answer(&mut self, tag: u32, outcome: Outcome, status: Status, epoch: u64) {
-        let msg = Message::Response { tag, outcome, status, epoch, payload: 0 };
+        let msg = Message::Response { tag, outcome, status, epoch, payload: 0, digest: 0 };
         self.tx.push(OutMsg { msg, data: Segs::NONE, token: NO_SLOT });
     }
 }
 
 impl Endpoint for ServerEp<'_> {
     fn on_message(&mut self, m: Message) -> Dispatch {
-        let Message::Request { tag, op, flags, volume, epoch: _, lba, nlb, payload } = m else {
+        let Message::Request { tag, op, flags, volume, epoch: m_epoch, lba, nlb, payload } = m else {
             return Dispatch::Fatal("an answer on the owner's end of a link".into());
         };
         let Some(vol) = self.ctx.volumes.get(&VolumeId(volume)) else {
@@ -614,17 +654,41 @@ impl Endpoint for ServerEp<'_> {
             if u64::from(payload) != if op == Op::Write { u64::from(nlb) * u64::from(info.block_size) } else { 0 } {
                 return Dispatch::Fatal(format!("request {tag}: {payload} bytes of data for {nlb} blocks"));
             }
-            if vol.routing.route(lba / bpp) != Route::Local {
-                if payload > 0 {
-                    return self.take_and_refuse(m, Outcome::NotOwner);
+            let page = lba / bpp;
+            let refusal = if flags & FLAG_REPLICA != 0 {
+                // The leader's replica write (or its read or digest of this copy): this
+                // peer's table must name the sender as the set's leader and this peer
+                // as a member that takes its writes. A sender with a newer table than
+                // ours is asked to send again once ours has caught up.
+                let set = vol.routing.set_of(page);
+                let member = set.me.is_some() && set.my_role() != Some(crate::replica::set::Role::Out);
+                if m_epoch > my_epoch {
+                    Some(Outcome::Behind)
+                } else if Some(set.leader) != self.remote || !member {
+                    Some(Outcome::NotOwner)
+                } else {
+                    None
                 }
-                self.answer(tag, Outcome::NotOwner, Status::SUCCESS, my_epoch);
+            } else {
+                let route = if op == Op::Read { vol.routing.read_route(page) } else { vol.routing.write_route(page) };
+                match route {
+                    Route::Local => None,
+                    // This peer leads the set but may not order writes yet.
+                    Route::Hold => Some(Outcome::Behind),
+                    Route::Remote(_) => Some(Outcome::NotOwner),
+                }
+            };
+            if let Some(outcome) = refusal {
+                if payload > 0 {
+                    return self.take_and_refuse(m, outcome);
+                }
+                self.answer(tag, outcome, Status::SUCCESS, my_epoch);
                 return Dispatch::Done;
             }
         }
         let bs = u64::from(info.block_size);
         let len = match op {
-            Op::Read | Op::Write => u64::from(nlb) * bs,
+            Op::Read | Op::Write | Op::Digest => u64::from(nlb) * bs,
             _ => 0,
         };
         if len > u64::from(super::proto::PART_MAX) {
@@ -640,7 +704,7 @@ impl Endpoint for ServerEp<'_> {
         let idx = u16::try_from(token).expect("a slot index");
         self.reqs.set_state(idx, ReqState::ReadyToExecute);
         let draining = false;
-        process(self.reqs, self.meta, self.tx, self.ctx, self.index, idx, draining);
+        process(self.reqs, self.meta, self.tx, self.ctx, (self.index, self.remote), idx, draining);
     }
 }
 
@@ -656,7 +720,7 @@ impl ServerEp<'_> {
             return Dispatch::Stall;
         }
         let opc = match op {
-            Op::Read => opcode::NVM_READ,
+            Op::Read | Op::Digest => opcode::NVM_READ,
             Op::Write => opcode::NVM_WRITE,
             Op::Flush => opcode::NVM_FLUSH,
             Op::WriteZeroes | Op::Deallocate => opcode::NVM_WRITE_ZEROES,
@@ -669,7 +733,16 @@ impl ServerEp<'_> {
         let Some(idx) = self.reqs.get(cmd) else {
             return Dispatch::Fatal(format!("request {tag}: more requests than the window of {LINK_WINDOW}"));
         };
-        self.meta[usize::from(idx)] = Meta { tag, volume, fua: flags & FLAG_FUA != 0, lba, nlb, refuse: None };
+        self.meta[usize::from(idx)] = Meta {
+            tag,
+            volume,
+            fua: flags & FLAG_FUA != 0,
+            lba,
+            nlb,
+            refuse: None,
+            replica: flags & FLAG_REPLICA != 0,
+            digest: op == Op::Digest,
+        };
         let pool = self.ctx.link_pool.as_mut().expect("a link shard");
         let r = self.reqs.req_mut(idx);
         for _ in 0..need {
@@ -684,12 +757,12 @@ impl ServerEp<'_> {
             self.reqs.req(idx).segs_into(0, len, &mut segs);
             return Dispatch::Payload { token: u32::from(idx), into: Segs::of(&segs.segs[..segs.nsegs]) };
         }
-        if op == Op::Read {
+        if matches!(op, Op::Read | Op::Digest) {
             r.xfer = Xfer::C2H;
             self.reqs.set_state(idx, ReqState::NeedBuffer);
         }
         self.reqs.set_state(idx, ReqState::ReadyToExecute);
-        process(self.reqs, self.meta, self.tx, self.ctx, self.index, idx, false);
+        process(self.reqs, self.meta, self.tx, self.ctx, (self.index, self.remote), idx, false);
         Dispatch::Done
     }
 

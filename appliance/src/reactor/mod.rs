@@ -32,7 +32,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use quire_drivers::{IoRequest, PoolShard, QueuePair, SubmitError};
 
 use crate::nvmf::subsystem::Registry;
-use crate::nvmf::tcp::qpair::{ConnState, TcpQpair, COMMAND_INTERRUPTED};
+use crate::nvmf::tcp::qpair::{ConnState, TcpQpair};
 use crate::peer::client::{Finished, Forward, Links, PATH_ERROR};
 use crate::peer::server::{LinkServer, ServerState};
 use crate::volume::routing::{PeerId, Route, RoutingTable};
@@ -52,6 +52,9 @@ const CLOCK_EVERY: u32 = 64;
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// Sleep while device I/O is outstanding on a device without a completion fd.
 const DEVICE_NAP: Duration = Duration::from_micros(50);
+/// Sleep while requests wait for pieces of a replicated page (held by a request of
+/// another reactor, which does not wake this one when it gives them back).
+const ORDER_NAP: Duration = Duration::from_micros(200);
 
 const TOKEN_WAKER: Token = Token(usize::MAX);
 const TOKEN_DEVICE: Token = Token(usize::MAX - 1);
@@ -105,10 +108,29 @@ impl Conn {
         }
     }
 
+    /// Room in the device queue, or another try at ordering a replicated write.
     fn resume_device(&mut self, req: u16, ctx: &mut ReactorCtx) {
         match self {
             Conn::Host(c) => c.resume_device(req, ctx),
             Conn::Link(l) => l.resume_device(req, ctx),
+        }
+    }
+
+    /// A forwarded part (or a leader's replica write) of request `req` was answered.
+    fn on_forward_done(&mut self, req: u16, r: Result<(), quire_wire::nvme::Status>, ctx: &mut ReactorCtx) {
+        match self {
+            Conn::Host(c) => c.on_forward_done(req, r, ctx),
+            Conn::Link(l) => l.on_forward_done(req, r, ctx),
+        }
+    }
+
+    /// A digest request `req` sent was answered.
+    fn on_digest(&mut self, req: u16, from: PeerId, r: Result<u32, quire_wire::nvme::Status>, ctx: &mut ReactorCtx) {
+        let _ = ctx;
+        match self {
+            Conn::Host(_) | Conn::Link(_) => {
+                unreachable!("request {req}: a digest from peer {} for a connection that asks none: {r:?}", from.0)
+            }
         }
     }
 
@@ -278,6 +300,11 @@ pub struct ReactorCtx {
     pub link_pool: Option<PoolShard>,
     /// Forwarded parts whose owner did not take them, to route again after a pause.
     reroutes: Vec<(Instant, Forward)>,
+    /// This peer's right to serve replicated pages (`replica::fence`).
+    pub fence: Arc<crate::replica::fence::Fence>,
+    /// Requests waiting for the right to order a replicated write (`WaitingOrder`),
+    /// tried again on every pass.
+    pub order_waiters: VecDeque<ReqRef>,
 }
 
 impl ReactorCtx {
@@ -433,6 +460,8 @@ pub struct ReactorParts {
     pub link_pool: Option<PoolShard>,
     /// Allocations and frees it may have outstanding at the control thread.
     pub control_credits: u32,
+    /// This peer's right to serve replicated pages.
+    pub fence: Arc<crate::replica::fence::Fence>,
 }
 
 /// A reactor, ready to run on its thread.
@@ -500,6 +529,8 @@ impl Reactor {
             links: Links::default(),
             link_pool: parts.link_pool,
             reroutes: Vec::new(),
+            fence: parts.fence,
+            order_waiters: VecDeque::new(),
         };
         let reactor = Reactor {
             ctx,
@@ -631,6 +662,10 @@ impl Reactor {
         if pending_local || self.last_work.elapsed() < spin {
             return Some(Duration::ZERO);
         }
+        if !self.ctx.order_waiters.is_empty() || !self.ctx.reroutes.is_empty() {
+            // Pieces another reactor holds come back within a device round trip.
+            return Some(ORDER_NAP);
+        }
         if self.ctx.dev.outstanding() > 0 && self.ctx.dev.completion_fd().is_none() {
             return Some(DEVICE_NAP);
         }
@@ -761,7 +796,14 @@ impl Reactor {
                 ReactorMsg::NewConnection(s, kind) => self.add_connection(s, kind),
                 ReactorMsg::PeersUpdated(dir) => self.ctx.links.set_directory(dir, Instant::now()),
                 ReactorMsg::VolumeUpdated { view, routing, counters, all_counters } => {
-                    self.ctx.volumes.insert(view.info.id, VolumeEntry { view, routing, counters, all_counters });
+                    let id = view.info.id;
+                    self.ctx.volumes.insert(id, VolumeEntry { view, routing, counters, all_counters });
+                    // Parts still waiting for a link may belong elsewhere now (a new
+                    // leader, a member evicted): route them again with this table.
+                    let mut unsent = Vec::new();
+                    self.ctx.links.take_unsent(id, &mut unsent);
+                    let now = Instant::now();
+                    self.ctx.reroutes.extend(unsent.into_iter().map(|f| (now, f)));
                 }
                 ReactorMsg::VolumeRemoved(id) => {
                     self.ctx.volumes.remove(&id);
@@ -840,6 +882,14 @@ impl Reactor {
             let c = self.conns[w.conn as usize].as_mut().expect("a parked request's connection lives");
             c.resume_device(w.req, &mut self.ctx);
             work = true;
+        }
+        // Writes waiting for pieces: each tries once per pass (one that finds them
+        // taken again goes to the back). Not counted as work: a reactor whose writes
+        // wait on another reactor's naps instead of spinning.
+        for _ in 0..self.ctx.order_waiters.len() {
+            let Some(w) = self.ctx.order_waiters.pop_front() else { break };
+            let c = self.conns[w.conn as usize].as_mut().expect("a parked request's connection lives");
+            c.resume_device(w.req, &mut self.ctx);
         }
         while self.ctx.pool.available() > 0 {
             let Some(w) = self.ctx.buf_waiters.pop_front() else { break };
@@ -951,9 +1001,14 @@ impl Reactor {
                         }
                         let c =
                             self.conns[rref.conn as usize].as_mut().expect("a forwarding request's connection lives");
-                        c.host().on_forward_done(rref.req, result, &mut self.ctx);
+                        c.on_forward_done(rref.req, result, &mut self.ctx);
                     }
                     Finished::Reroute(fwd) => self.ctx.reroutes.push((Instant::now() + REROUTE_DELAY, *fwd)),
+                    Finished::Digest { rref, from, result } => {
+                        let c =
+                            self.conns[rref.conn as usize].as_mut().expect("a forwarding request's connection lives");
+                        c.on_digest(rref.req, from, result, &mut self.ctx);
+                    }
                 }
             }
             self.spare_finished = batch;
@@ -962,8 +1017,11 @@ impl Reactor {
     }
 
     /// Routes again, with the reactor's newest table, the parts whose owner did not
-    /// take them: to the owner it names now, or back to the host to retry when the page
-    /// is this peer's now; past its hold time, a part ends with a path error.
+    /// take them (or that waited for a link when the table changed): to the peer it
+    /// names now, or back to the host to retry when the page is this peer's now; past
+    /// its hold time, a part ends with a path error. A leader's replica write goes to
+    /// its member again while the member still takes writes; once the member is
+    /// evicted, the write completes without it and its pieces are marked as missed.
     fn reroute_due(&mut self, now: Instant) {
         if self.ctx.reroutes.is_empty() {
             return;
@@ -971,25 +1029,67 @@ impl Reactor {
         let (due, wait): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.ctx.reroutes).into_iter().partition(|(at, _)| *at <= now);
         self.ctx.reroutes = wait;
+        use crate::peer::proto::Op;
         for (_, mut f) in due {
-            let route = if now >= f.deadline {
-                None
-            } else if f.op == crate::peer::proto::Op::Flush {
-                Some(Route::Remote(f.to))
-            } else {
-                self.ctx.volumes.get(&f.volume).filter(|v| f.page < v.routing.len()).map(|v| v.routing.route(f.page))
+            let Some(v) = self.ctx.volumes.get(&f.volume).filter(|v| f.page < v.routing.len()) else {
+                // Deleted (or shrunk away) meanwhile.
+                let s = quire_wire::nvme::Status::INVALID_NAMESPACE.with_dnr();
+                self.ctx.links.finished.push(Finished::Done(f.rref, Err(s)));
+                continue;
+            };
+            if now >= f.deadline {
+                self.ctx.links.finished.push(Finished::Done(f.rref, Err(PATH_ERROR)));
+                continue;
+            }
+            if f.replica {
+                let set = v.routing.set_of(f.page);
+                if !set.leads_here() {
+                    // No longer this peer's set to lead: the host tries again (at the
+                    // new leader, through any path).
+                    self.ctx.links.finished.push(Finished::Done(f.rref, Err(PATH_ERROR)));
+                } else if set.takes_writes(f.to) {
+                    f.epoch = v.routing.epoch;
+                    self.ctx.forward(f.to, f);
+                } else if matches!(f.op, Op::Write | Op::WriteZeroes | Op::Deallocate) {
+                    // The member was evicted: the write is complete without it.
+                    if let Some(slot) = set.slot_of(f.to) {
+                        let bpp = v.view.info.blocks_per_page();
+                        let mask = crate::replica::locks::Pieces::of(bpp).mask(f.lba % bpp, u64::from(f.nlb));
+                        v.view.pieces.mark_missed(f.page, 1 << slot, mask);
+                    }
+                    add(&self.ctx.stats.replica_skipped, 1);
+                    self.ctx.links.finished.push(Finished::Done(f.rref, Ok(())));
+                } else {
+                    let s = quire_wire::nvme::Status::ABORTED_BY_REQUEST;
+                    self.ctx.links.finished.push(Finished::Done(f.rref, Err(s)));
+                }
+                continue;
+            }
+            let route = match f.op {
+                Op::Flush if v.routing.remote_peers().contains(&f.to) => Route::Remote(f.to),
+                // The peer holds no copy any more: nothing of it to make durable.
+                Op::Flush => {
+                    self.ctx.links.finished.push(Finished::Done(f.rref, Ok(())));
+                    continue;
+                }
+                Op::Read => v.routing.read_route(f.page),
+                _ => v.routing.write_route(f.page),
             };
             match route {
-                Some(Route::Remote(peer)) => {
-                    if let Some(v) = self.ctx.volumes.get(&f.volume) {
-                        f.epoch = v.routing.epoch;
-                    }
+                Route::Remote(peer) => {
+                    f.epoch = v.routing.epoch;
                     self.ctx.forward(peer, f);
                 }
-                // The page is this peer's now (its table changed): the host sends the
-                // command again and it runs here.
-                Some(Route::Local) => self.ctx.links.finished.push(Finished::Done(f.rref, Err(COMMAND_INTERRUPTED))),
-                None => self.ctx.links.finished.push(Finished::Done(f.rref, Err(PATH_ERROR))),
+                // The page is this peer's to serve now (its table changed while the
+                // part waited, e.g. the set's leader died and this peer leads it): the
+                // part goes through this peer's own link server, which orders and
+                // replicates it like any forwarded part; the host sees no error.
+                Route::Local => {
+                    f.epoch = v.routing.epoch;
+                    f.to = v.routing.local;
+                    self.ctx.forward(v.routing.local, f);
+                }
+                Route::Hold => self.ctx.reroutes.push((now + REROUTE_DELAY, f)),
             }
         }
     }

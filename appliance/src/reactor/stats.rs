@@ -70,6 +70,20 @@ pub struct ReactorStats {
     /// Forwarded parts answered with a retryable path error: their owner could not be
     /// reached within the hold time.
     pub path_errors: AtomicU64,
+    /// Replica writes this peer sent as the leader of their pages' sets (a part per
+    /// member).
+    pub replica_parts: AtomicU64,
+    /// Data bytes of those (sent from the host request's buffers, never copied).
+    pub replica_bytes: AtomicU64,
+    /// Writes to replicated pages that waited for pieces another write or copy held,
+    /// or for the right to order them (`WaitingOrder`).
+    pub order_waits: AtomicU64,
+    /// Commands refused with a path error because this peer's lease might have
+    /// expired (fenced).
+    pub fenced: AtomicU64,
+    /// Replica writes completed without a member that was evicted meanwhile (their
+    /// pieces were marked as missed by it).
+    pub replica_skipped: AtomicU64,
     /// Requests of other peers served (inbound peer links).
     pub link_served: AtomicU64,
     /// Of those, answered with an error status.

@@ -38,9 +38,11 @@ pub const GROUP_STATUS: &str = "group_status";
 pub const METRICS: &str = "stats_metrics";
 /// `volume_pages`.
 pub const VOLUME_PAGES: &str = "volume_pages";
+/// `volume_set_replicas`.
+pub const VOLUME_SET_REPLICAS: &str = "volume_set_replicas";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -56,6 +58,7 @@ pub const ALL: [&str; 15] = [
     GROUP_STATUS,
     METRICS,
     VOLUME_PAGES,
+    VOLUME_SET_REPLICAS,
 ];
 
 /// One entry of `stats_requests`: how often requests went from one state to another.
@@ -83,6 +86,20 @@ pub struct VolumeCreateParams {
     /// 512 or 4096; default 4096.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
+    /// Copies of each page (a group; default 2 when the group has two live peers,
+    /// else 1). A single peer keeps one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u8>,
+}
+
+/// Params of `volume_set_replicas`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSetReplicasParams {
+    /// The volume.
+    pub name: String,
+    /// Copies of each page from now on (1 ..= 3, at most the live peers).
+    pub replicas: u8,
 }
 
 /// Params of `volume_grow`.
@@ -136,43 +153,98 @@ pub struct VolumeEntry {
     pub uuid: String,
     /// Namespace NGUID, 32 hex digits.
     pub nguid: String,
+    /// Copies of each page the group keeps (1 on a single peer).
+    #[serde(default = "one_u8")]
+    pub replicas: u8,
+    /// `healthy` (every page has its copies in sync), `rebuilding` (some page has
+    /// fewer, and a copy is being built for it) or `degraded` (some page has fewer).
+    #[serde(default = "healthy")]
+    pub health: String,
+    /// Pages with fewer in-sync copies than `replicas`.
+    #[serde(default)]
+    pub degraded_pages: u64,
 }
 
-/// `volume_pages`: which peer owns which pages of a volume.
+fn healthy() -> String {
+    "healthy".into()
+}
+
+/// `volume_pages`: which peers hold which pages of a volume.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumePages {
     /// The volume.
     pub name: String,
-    /// Its routing epoch (grows with every change of owners).
+    /// Its routing epoch (grows with every change of the sets or of a page's set).
     pub epoch: u64,
     /// Bytes per page.
     pub page_size: u64,
     /// Number of pages.
     pub pages: u64,
-    /// Consecutive pages with one owner, in page order.
+    /// Copies of each page the group keeps.
+    #[serde(default = "one_u8")]
+    pub replicas: u8,
+    /// Consecutive pages of one replica set, in page order.
     pub runs: Vec<PageRun>,
-    /// Pages per owner.
+    /// Per peer: the pages it leads (orders the writes of; a volume without replicas:
+    /// owns) and the copies it holds.
     pub owners: Vec<OwnerPages>,
+    /// The replica sets the pages use.
+    #[serde(default)]
+    pub sets: Vec<SetEntry>,
 }
 
-/// Pages `first .. first + count` owned by `owner`.
+fn one_u8() -> u8 {
+    1
+}
+
+/// Pages `first .. first + count`, all of set `set`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRun {
     /// First page.
     pub first: u64,
     /// Pages.
     pub count: u64,
-    /// The owning peer's name.
+    /// The leading peer's name (the owner, without replicas).
     pub owner: String,
+    /// The set's index.
+    #[serde(default)]
+    pub set: u32,
 }
 
-/// How many pages of a volume a peer owns.
+/// One peer's share of a volume.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerPages {
     /// The peer's name.
     pub owner: String,
-    /// Pages it owns.
+    /// Pages it leads.
     pub pages: u64,
+    /// Copies it holds (pages it is a member for, in any state).
+    #[serde(default)]
+    pub copies: u64,
+}
+
+/// A replica set of a volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetEntry {
+    /// Its index.
+    pub set: u32,
+    /// The leader's name.
+    pub leader: String,
+    /// Pages in it.
+    pub pages: u64,
+    /// Its members.
+    pub members: Vec<MemberEntry>,
+}
+
+/// A member of a replica set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberEntry {
+    /// The peer's name.
+    pub peer: String,
+    /// sync, reconcile, rebuild (with its mode) or out.
+    pub state: String,
+    /// The incarnation (lease) it was admitted with.
+    pub inc: i64,
 }
 
 /// One entry of `subsystem_list`.
@@ -295,6 +367,21 @@ pub struct ReactorStatsEntry {
     /// Forwarded parts answered with a path error (owner unreachable past the hold).
     #[serde(default)]
     pub path_errors: u64,
+    /// Replica writes sent as a page set's leader (one per member).
+    #[serde(default)]
+    pub replica_parts: u64,
+    /// Data bytes of those.
+    #[serde(default)]
+    pub replica_bytes: u64,
+    /// Writes that waited for their pieces or for a leader.
+    #[serde(default)]
+    pub order_waits: u64,
+    /// Commands refused while this peer's lease might have expired.
+    #[serde(default)]
+    pub fenced: u64,
+    /// Replica writes completed without a member evicted meanwhile.
+    #[serde(default)]
+    pub replica_skipped: u64,
     /// Requests of other peers served on inbound links.
     #[serde(default)]
     pub link_served: u64,
@@ -426,7 +513,13 @@ mod tests {
 
     #[test]
     fn optional_params_are_left_out() {
-        let params = VolumeCreateParams { name: "a".into(), size: 1 << 30, page_size: None, block_size: Some(512) };
+        let params = VolumeCreateParams {
+            name: "a".into(),
+            size: 1 << 30,
+            page_size: None,
+            block_size: Some(512),
+            replicas: None,
+        };
         assert_eq!(serde_json::to_value(&params).unwrap(), json!({"name": "a", "size": 1u64 << 30, "block_size": 512}));
     }
 

@@ -45,10 +45,12 @@
 //!
 //! | method | params | result |
 //! |---|---|---|
-//! | `volume_create` | `{name, size, page_size?, block_size?}` | the new volume, as one `volume_list` entry |
+//! | `volume_create` | `{name, size, page_size?, block_size?, replicas?}` | the new volume, as one `volume_list` entry |
 //! | `volume_list` | none | `[{name, id, size, page_size, block_size, pages, allocated_pages, nqn, uuid, nguid}]` |
 //! | `volume_grow` | `{name, size}` (the new size, larger) | the volume, as one `volume_list` entry |
 //! | `volume_delete` | `{name}` | `true` |
+//! | `volume_set_replicas` | `{name, replicas}` | the volume, as one `volume_list` entry |
+//! | `volume_pages` | `{name}` | `{name, epoch, page_size, pages, replicas, runs: [{first, count, owner, set}], owners: [{owner, pages, copies}], sets: [{set, leader, pages, members: [{peer, state, inc}]}]}` |
 //! | `subsystem_list` | none | `[{nqn, volume, allowed_hosts: [hostnqn], controllers}]` |
 //! | `subsystem_allow_host` | `{nqn, host}` | `true` |
 //! | `subsystem_disallow_host` | `{nqn, host}` | `true` |
@@ -68,6 +70,13 @@
 //! - `volume_list`: `id` is the group-wide volume id; `pages` = size / page_size;
 //!   `allocated_pages` have been written at least once (thin provisioning); `uuid` is
 //!   the namespace UUID in the 8-4-4-4-12 form, `nguid` 32 hex digits.
+//! - `volume_create` / `volume_set_replicas`: `replicas` is the number of copies of
+//!   each page, on distinct peers (1 ..= 3, at most the live peers; default 2 in a
+//!   group of at least two live peers, else 1); a single peer refuses more than 1.
+//! - `volume_pages`: `runs` are consecutive pages of one replica set, `owner` its
+//!   leader (the peer that orders its writes); `owners[].pages` counts the pages a peer
+//!   leads, `copies` the copies it holds; a member's `state` is `sync`, `reconcile`,
+//!   `rebuild (delta|compare|full)` or `out`, `inc` the lease of the run it names.
 //! - `volume_grow`: `size` is the new total size, larger than the current one and a
 //!   multiple of the page size; hosts see a namespace-attribute-changed event.
 //! - `volume_delete`: allowed while hosts are connected: their I/O to it then completes

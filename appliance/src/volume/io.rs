@@ -15,8 +15,17 @@
 //!   When the device queue is full, the request parks in `WaitingDevice` and resumes
 //!   where it stopped (`Req::cursor`).
 //!
-//! A flush goes to this peer's device and, for host I/O, to every other peer that owns
-//! pages of the volume: writes the host saw complete may sit in their write caches.
+//! A flush goes to this peer's device and, for host I/O, to every other peer that holds
+//! copies of the volume's pages: writes the host saw complete may sit in their write
+//! caches.
+//!
+//! Replicated pages (`replica`): a write goes to the leader of the page's set; the
+//! leader takes the pieces it covers (`WaitingOrder` while another write holds one),
+//! applies it to its own device and sends it, with the same buffers, to every other
+//! member that takes writes (`Origin::Replica` there: applied locally, never sent on);
+//! the command completes when all of them have. Reads are served here when this peer
+//! is an in-sync member. Both need this peer's lease (`replica::fence`): without it the
+//! command ends with a retryable path error, for the host to use another path.
 //!
 //! A pass submits what it can and counts what went out (`dev_inflight`,
 //! `fwd_inflight`, `frees_inflight`, `allocs_inflight`); it never decides that the
@@ -31,10 +40,13 @@ use quire_wire::nvme::{opcode, Status};
 
 use crate::nvmf::tcp::req::{ReqState, ReqTable};
 use crate::peer::client::Forward;
+use crate::peer::client::PATH_ERROR;
 use crate::peer::frame::Segs;
 use crate::peer::proto;
 use crate::reactor::stats::add;
 use crate::reactor::{ReactorCtx, ReqRef};
+use crate::replica::locks::Pieces;
+use crate::replica::set::SetView;
 use crate::volume::routing::{PeerId, Route};
 use crate::volume::split::{split, PARTS_MAX};
 use crate::volume::VolumeId;
@@ -58,11 +70,22 @@ pub enum Kind {
 /// Where the command came from, which decides what a page owned elsewhere means.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Origin {
-    /// A host: parts on pages owned elsewhere are forwarded.
+    /// A host: parts on pages served elsewhere are forwarded.
     Host,
-    /// A peer forwarded it: every part is this peer's (the link server checked); it is
-    /// never forwarded again.
+    /// A peer forwarded it: every part is this peer's to serve (the link server
+    /// checked; a part whose route changed since is answered "not the owner"); never
+    /// forwarded again. A write is ordered and replicated here like a host's.
     Peer,
+    /// The leader of the page's set (this peer) sent its replica write: applied to this
+    /// peer's copy only.
+    Replica(PeerId),
+}
+
+impl Origin {
+    /// True when this peer orders the command's writes (and replicates them).
+    fn orders(self) -> bool {
+        matches!(self, Origin::Host | Origin::Peer)
+    }
 }
 
 /// Runs `kind` over `[slba, slba + nlb)` of `vol` from the request's cursor; `base`
@@ -78,7 +101,7 @@ pub fn run(
     kind: Kind,
     ctx: &mut ReactorCtx,
 ) -> bool {
-    if matches!(kind, Kind::Write { .. }) && wait_for_pages(reqs, idx, rref, slba, nlb, vol, ctx) {
+    if matches!(kind, Kind::Write { .. }) && wait_for_pages(reqs, idx, rref, (slba, nlb), (vol, origin), ctx) {
         return false;
     }
     run_parts(reqs, idx, rref, (vol, origin), slba, nlb, kind, base, ctx)
@@ -90,9 +113,8 @@ fn wait_for_pages(
     reqs: &mut ReqTable,
     idx: u16,
     rref: ReqRef,
-    slba: u64,
-    nlb: u64,
-    vol_id: VolumeId,
+    (slba, nlb): (u64, u64),
+    (vol_id, origin): (VolumeId, Origin),
     ctx: &mut ReactorCtx,
 ) -> bool {
     // Find the unmapped pages first, borrowing the page table: it is shared by every
@@ -108,7 +130,11 @@ fn wait_for_pages(
         let vol = &ctx.volumes[&vol_id];
         let info = &vol.view.info;
         for part in split(start, slba + nlb - start, info.blocks_per_page(), u64::from(info.block_size)) {
-            if vol.routing.route(part.page) == Route::Local && vol.view.pages.get(part.page).is_none() {
+            let here = match origin {
+                Origin::Replica(_) => true,
+                Origin::Host | Origin::Peer => vol.routing.write_route(part.page) == Route::Local,
+            };
+            if here && vol.view.pages.get(part.page).is_none() {
                 unmapped[n] = part.page;
                 n += 1;
             }
@@ -151,19 +177,30 @@ fn run_parts(
         // more parts than a window.
         let mut slots = [None; PARTS_MAX];
         let mut routes = [Route::Local; PARTS_MAX];
+        let mut sets = [None; PARTS_MAX];
         let (bpp, bs, n) = {
             let vol = &ctx.volumes[&vol_id];
             let (bpp, bs) = (vol.view.info.blocks_per_page(), u64::from(vol.view.info.block_size));
+            let replicated = vol.routing.replicated();
             let mut n = 0;
             for part in split(slba + done_here, nlb - done_here, bpp, bs).take(PARTS_MAX) {
-                routes[n] = vol.routing.route(part.page);
+                routes[n] = match (origin, kind) {
+                    // Checked against the set below.
+                    (Origin::Replica(_), _) => Route::Local,
+                    (_, Kind::Read) => vol.routing.read_route(part.page),
+                    _ => vol.routing.write_route(part.page),
+                };
+                if replicated {
+                    sets[n] = Some(*vol.routing.set_of(part.page));
+                }
                 slots[n] = vol.view.pages.get(part.page);
                 n += 1;
             }
             (bpp, bs, n)
         };
         let window = Window { lba: slba + done_here, blocks: nlb - done_here, done: done_here, bpp, bs };
-        match run_window(reqs, idx, rref, (vol_id, origin), &window, &routes[..n], &slots[..n], kind, ctx) {
+        let parts = Parts { routes: &routes[..n], slots: &slots[..n], sets: &sets[..n] };
+        match run_window(reqs, idx, rref, (vol_id, origin), &window, &parts, kind, ctx) {
             Step::Continue => assert!(reqs.req(idx).cursor > cursor, "a window of parts always advances the cursor"),
             Step::Parked => return false,
             Step::Stop => return true,
@@ -181,8 +218,16 @@ struct Window {
     bs: u64,
 }
 
-/// Runs the parts of a window whose routes and slots are given (one per part, in
-/// order, possibly fewer than the range has: the rest waits for the next window).
+/// Per part of a window, in order: its route, its slot here, and its replica set
+/// (for a volume with replicas).
+struct Parts<'a> {
+    routes: &'a [Route],
+    slots: &'a [Option<u64>],
+    sets: &'a [Option<SetView>],
+}
+
+/// Runs the parts of a window whose routes, slots and sets are given (one per part,
+/// in order, possibly fewer than the range has: the rest waits for the next window).
 #[allow(clippy::too_many_arguments)]
 fn run_window(
     reqs: &mut ReqTable,
@@ -190,39 +235,74 @@ fn run_window(
     rref: ReqRef,
     (vol_id, origin): (VolumeId, Origin),
     w: &Window,
-    routes: &[Route],
-    slots: &[Option<u64>],
+    parts: &Parts<'_>,
     kind: Kind,
     ctx: &mut ReactorCtx,
 ) -> Step {
     let dev_bs = ctx.dev_block_size;
     let bs = w.bs;
-    for ((part, &route), &slot) in split(w.lba, w.blocks, w.bpp, bs).zip(routes).zip(slots) {
+    let split_parts = split(w.lba, w.blocks, w.bpp, bs).zip(parts.routes).zip(parts.slots).zip(parts.sets);
+    for (((part, &route), &slot), set) in split_parts {
         let data_off = part.data_offset + w.done * bs;
-        if let Route::Remote(peer) = route {
-            if origin == Origin::Peer {
-                // The link checked ownership when the part arrived; a newer table has
-                // given the page away since (the part waited for its data, a page
-                // allocation or the device). Never forwarded again from here: the
-                // peer that sent it routes it anew.
+        let lba = part.page * w.bpp + part.block_in_page;
+        match route {
+            Route::Remote(_) | Route::Hold if origin != Origin::Host => {
+                if route == Route::Hold && origin == Origin::Peer {
+                    // This peer leads the set but may not order its writes yet: the part
+                    // waits here (the peer that sent it holds it meanwhile).
+                    return park_order(reqs, idx, rref, ctx);
+                }
+                // The link checked the route when the part arrived; a newer table has
+                // changed it since (the part waited for its data, a page allocation or
+                // the device). Never forwarded again from here: the peer that sent it
+                // routes it anew.
                 let r = reqs.req_mut(idx);
                 r.misrouted = true;
                 r.fail(Status::ABORTED_BY_REQUEST);
                 return Step::Stop;
             }
-            forward_part(
-                reqs,
-                idx,
-                rref,
-                peer,
-                vol_id,
-                part.page * w.bpp + part.block_in_page,
-                part.num_blocks,
-                data_off,
-                kind,
-                ctx,
-            );
-            continue;
+            Route::Remote(peer) => {
+                forward_part(reqs, idx, rref, (peer, false), vol_id, (lba, part.num_blocks), data_off, kind, ctx);
+                reqs.req_mut(idx).cursor += part.num_blocks;
+                continue;
+            }
+            Route::Hold => return park_order(reqs, idx, rref, ctx),
+            Route::Local => {}
+        }
+        if let Some(set) = set.filter(SetView::replicated) {
+            if let Origin::Replica(sender) = origin {
+                if set.leader != sender || set.me.is_none() || set.my_role() == Some(crate::replica::set::Role::Out) {
+                    // The sender does not lead the set any more, or this peer is no
+                    // member that takes its writes (its table changed while the part
+                    // waited).
+                    let r = reqs.req_mut(idx);
+                    r.misrouted = true;
+                    r.fail(Status::ABORTED_BY_REQUEST);
+                    return Step::Stop;
+                }
+            } else if !ctx.fence.holds(std::time::Instant::now(), set.my_inc()) {
+                // This peer's lease may have expired: it serves no replicated page.
+                add(&ctx.stats.fenced, 1);
+                reqs.req_mut(idx).fail(PATH_ERROR);
+                return Step::Stop;
+            }
+            if kind != Kind::Read {
+                let pieces = Pieces::of(w.bpp);
+                let mask = pieces.mask(part.block_in_page, part.num_blocks);
+                let need = mask & !reqs.req(idx).held(part.page);
+                if need != 0 {
+                    let table = &ctx.volumes[&vol_id].view.pieces;
+                    if !table.try_lock(part.page, need) {
+                        add(&ctx.stats.order_waits, 1);
+                        return park_order(reqs, idx, rref, ctx);
+                    }
+                    reqs.req_mut(idx).locks.push((part.page, need));
+                    table.written(part.page, mask);
+                    if origin.orders() && set.out_slots != 0 {
+                        table.mark_missed(part.page, set.out_slots, mask);
+                    }
+                }
+            }
         }
         let whole_page = part.num_blocks == w.bpp;
         let dev_lba = slot.map(|s| (s + part.block_in_page * bs) / dev_bs);
@@ -268,21 +348,51 @@ fn run_window(
         if !matches!(step, Step::Continue) {
             return step;
         }
+        if let Some(set) = set.filter(|s| s.replicated() && kind != Kind::Read && origin.orders()) {
+            // Applied (or on its way) here: now to every other member that takes
+            // writes, from the same buffers.
+            for &peer in set.targets() {
+                forward_part(reqs, idx, rref, (peer, true), vol_id, (lba, part.num_blocks), data_off, kind, ctx);
+            }
+        }
     }
     Step::Continue
 }
 
-/// Sends one part to the peer that owns its page, as requests of at most
-/// [`proto::PART_MAX`] bytes of data (what any owner can take in one go).
+/// Parks request `idx` until it may order its write (`WaitingOrder`).
+fn park_order(reqs: &mut ReqTable, idx: u16, rref: ReqRef, ctx: &mut ReactorCtx) -> Step {
+    ctx.order_waiters.push_back(rref);
+    reqs.set_state(idx, ReqState::WaitingOrder);
+    Step::Parked
+}
+
+/// Gives back every piece request `idx` holds (it has nothing outstanding any more).
+pub fn release_locks(reqs: &mut ReqTable, idx: u16, vol_id: Option<VolumeId>, ctx: &ReactorCtx) {
+    let r = reqs.req_mut(idx);
+    if r.locks.is_empty() {
+        return;
+    }
+    debug_assert!(!r.outstanding(), "pieces are given back once nothing is outstanding");
+    // A volume deleted meanwhile took its table with it: nobody waits for those pieces.
+    if let Some(v) = vol_id.and_then(|v| ctx.volumes.get(&v)) {
+        for &(page, mask) in &r.locks {
+            v.view.pieces.unlock(page, mask);
+        }
+    }
+    r.locks.clear();
+}
+
+/// Sends one part to the peer that serves its page (or, `replica`, to a member of the
+/// page's set as the leader's replica write), as requests of at most
+/// [`proto::PART_MAX`] bytes of data (what any peer can take in one go).
 #[allow(clippy::too_many_arguments)]
 fn forward_part(
     reqs: &mut ReqTable,
     idx: u16,
     rref: ReqRef,
-    peer: PeerId,
+    (peer, replica): (PeerId, bool),
     vol_id: VolumeId,
-    lba: u64,
-    blocks: u64,
+    (lba, blocks): (u64, u64),
     data_off: u64,
     kind: Kind,
     ctx: &mut ReactorCtx,
@@ -307,7 +417,7 @@ fn forward_part(
             // that points the device at them).
             ctx.dev_req.nsegs = 0;
             reqs.req(idx).segs_into(data_off + done * bs, n * bs, &mut ctx.dev_req);
-            add(&ctx.stats.forwarded_bytes, n * bs);
+            add(if replica { &ctx.stats.replica_bytes } else { &ctx.stats.forwarded_bytes }, n * bs);
             Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs])
         } else {
             Segs::NONE
@@ -324,13 +434,13 @@ fn forward_part(
             nlb: u32::try_from(n).expect("a part lies within one page"),
             data,
             deadline,
+            replica,
         };
-        add(&ctx.stats.forwarded_parts, 1);
+        add(if replica { &ctx.stats.replica_parts } else { &ctx.stats.forwarded_parts }, 1);
         ctx.forward(peer, f);
         reqs.req_mut(idx).fwd_inflight += 1;
         done += n;
     }
-    reqs.req_mut(idx).cursor += blocks;
 }
 
 /// A flush: this peer's device, then (host I/O) every other owner of the volume's
@@ -401,6 +511,7 @@ fn forward_flushes(reqs: &mut ReqTable, idx: u16, rref: ReqRef, vol_id: VolumeId
             nlb: 0,
             data: Segs::NONE,
             deadline,
+            replica: false,
         };
         add(&ctx.stats.forwarded_parts, 1);
         ctx.forward(peer, f);

@@ -96,6 +96,9 @@ pub struct VolumeView {
     pub info: VolumeInfo,
     /// Page → slot on this peer's device; one table for the volume's whole life.
     pub pages: Arc<PageTable>,
+    /// Per page: piece locks and what members missed (`replica::locks`); empty until
+    /// the volume has replicas, then one table for its whole life, like `pages`.
+    pub pieces: Arc<crate::replica::locks::PieceTable>,
 }
 
 /// Checks a volume name: 1 to 64 characters of `[a-z0-9._-]`, not starting with `.`/`-`.

@@ -61,13 +61,115 @@ fn leaf_len(leaf: usize) -> usize {
     (1usize << LEAF0_SHIFT) << leaf.saturating_sub(1)
 }
 
-/// Page → slot map. Entry value 0 means "never written (reads zeroes)"; otherwise it is
-/// the slot's byte offset on the device plus one.
-pub struct PageTable {
-    /// Leaf `k` (null until allocated): `leaf_len(k)` entries, from `Box<[AtomicU64]>`.
+/// Per-page atomic words, `stride` of them per page, growable in place (the leaves
+/// above). The page table has one word per page; the replica piece table
+/// (`replica::locks`) has a cache line's worth.
+pub(crate) struct Words {
+    /// Leaf `k` (null until allocated): `leaf_len(k) × stride` words, from a
+    /// `Box<[AtomicU64]>`.
     leaves: [AtomicPtr<AtomicU64>; LEAVES],
     /// Number of pages.
     len: AtomicU64,
+    stride: usize,
+}
+
+impl Words {
+    /// A table of `num_pages` pages of `stride` zeroed words each.
+    pub(crate) fn new(num_pages: u64, stride: usize) -> Words {
+        assert!(stride > 0);
+        let t = Words { leaves: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())), len: 0.into(), stride };
+        t.grow(num_pages);
+        t
+    }
+
+    /// Grows the table in place to `num_pages` (never shrinks): every holder sees the
+    /// new pages' words as zero and keeps seeing every word, old and new.
+    pub(crate) fn grow(&self, num_pages: u64) {
+        assert!(num_pages <= PAGES_MAX, "{num_pages} pages is above the most a table holds ({PAGES_MAX})");
+        assert!(num_pages >= self.len(), "page tables only grow ({} to {num_pages} pages)", self.len());
+        if num_pages > 0 {
+            let (last, _) = locate(num_pages - 1);
+            for (k, slot) in self.leaves.iter().enumerate().take(last + 1) {
+                if !slot.load(Ordering::Acquire).is_null() {
+                    continue;
+                }
+                // Zeroed memory from the allocator: a large leaf costs pages only as
+                // its words are set.
+                let zeroed = Box::<[AtomicU64]>::new_zeroed_slice(leaf_len(k) * self.stride);
+                // SAFETY: an all-zero `AtomicU64` is a valid `AtomicU64` holding 0.
+                let leaf: Box<[AtomicU64]> = unsafe { zeroed.assume_init() };
+                let ptr = Box::into_raw(leaf).cast::<AtomicU64>();
+                // Release: a reader that loads the pointer sees the zeroed words.
+                if slot.compare_exchange(std::ptr::null_mut(), ptr, Ordering::Release, Ordering::Acquire).is_err() {
+                    // SAFETY: `ptr` came from `Box::into_raw` of a slice of
+                    // `leaf_len(k) × stride` words just above and was never shared (the
+                    // exchange failed).
+                    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, leaf_len(k) * self.stride)) });
+                }
+            }
+        }
+        self.len.fetch_max(num_pages, Ordering::Release);
+    }
+
+    /// Number of pages.
+    pub(crate) fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// The words of `page`. Panics for a page beyond every leaf allocated so far (a
+    /// caller that did not check the page against its volume's size).
+    #[inline]
+    pub(crate) fn words(&self, page: u64) -> &[AtomicU64] {
+        let (leaf, index) = locate(page);
+        let ptr = self.leaves[leaf].load(Ordering::Acquire);
+        assert!(!ptr.is_null(), "page {page} is beyond the page table");
+        // SAFETY: a non-null leaf pointer was published (Release, loaded Acquire above)
+        // after its `leaf_len(leaf) × stride` words were initialised, `index <
+        // leaf_len(leaf)` by `locate`, and leaves are freed only in `drop`, which
+        // `&self` rules out.
+        unsafe { std::slice::from_raw_parts(ptr.add(index * self.stride), self.stride) }
+    }
+
+    /// Calls `f` with the words of every page, in order.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(u64, &[AtomicU64])) {
+        let len = self.len();
+        for (k, slot) in self.leaves.iter().enumerate() {
+            let start = leaf_start(k);
+            if start >= len {
+                break;
+            }
+            let ptr = slot.load(Ordering::Acquire);
+            let count = leaf_len(k).min(usize_from(len - start));
+            // SAFETY: leaves up to the one holding page `len - 1` are allocated (grow
+            // allocates them before raising `len`, which we loaded with Acquire first),
+            // each of `leaf_len(k) × stride >= count × stride` words, and live as long
+            // as `self`.
+            let words = unsafe { std::slice::from_raw_parts(ptr, count * self.stride) };
+            for (i, w) in words.chunks_exact(self.stride).enumerate() {
+                f(start + i as u64, w);
+            }
+        }
+    }
+}
+
+impl Drop for Words {
+    fn drop(&mut self) {
+        for (k, slot) in self.leaves.iter_mut().enumerate() {
+            let ptr = *slot.get_mut();
+            if !ptr.is_null() {
+                // SAFETY: every non-null leaf came from `Box::into_raw` of a slice of
+                // `leaf_len(k) × stride` words in `grow`, and `&mut self` means no reader
+                // is left.
+                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, leaf_len(k) * self.stride)) });
+            }
+        }
+    }
+}
+
+/// Page → slot map. Entry value 0 means "never written (reads zeroes)"; otherwise it is
+/// the slot's byte offset on the device plus one.
+pub struct PageTable {
+    words: Words,
 }
 
 impl std::fmt::Debug for PageTable {
@@ -79,43 +181,19 @@ impl std::fmt::Debug for PageTable {
 impl PageTable {
     /// A table of `num_pages` unallocated pages (at most [`PAGES_MAX`]).
     pub fn new(num_pages: u64) -> PageTable {
-        let t = PageTable { leaves: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())), len: 0.into() };
-        t.grow(num_pages);
-        t
+        PageTable { words: Words::new(num_pages, 1) }
     }
 
     /// Grows the table in place to `num_pages` (control thread; never shrinks): every
     /// holder of this table sees the new pages as unallocated and keeps seeing every
     /// entry, old and new, that the control thread sets.
     pub fn grow(&self, num_pages: u64) {
-        assert!(num_pages <= PAGES_MAX, "{num_pages} pages is above the most a table holds ({PAGES_MAX})");
-        assert!(num_pages >= self.len(), "page tables only grow ({} to {num_pages} pages)", self.len());
-        if num_pages > 0 {
-            let (last, _) = locate(num_pages - 1);
-            for (k, slot) in self.leaves.iter().enumerate().take(last + 1) {
-                if !slot.load(Ordering::Acquire).is_null() {
-                    continue;
-                }
-                // Zeroed memory from the allocator: a large leaf costs pages only as
-                // its entries are set.
-                let zeroed = Box::<[AtomicU64]>::new_zeroed_slice(leaf_len(k));
-                // SAFETY: an all-zero `AtomicU64` is a valid `AtomicU64` holding 0.
-                let leaf: Box<[AtomicU64]> = unsafe { zeroed.assume_init() };
-                let ptr = Box::into_raw(leaf).cast::<AtomicU64>();
-                // Release: a reader that loads the pointer sees the zeroed entries.
-                if slot.compare_exchange(std::ptr::null_mut(), ptr, Ordering::Release, Ordering::Acquire).is_err() {
-                    // SAFETY: `ptr` came from `Box::into_raw` of a slice of `leaf_len(k)`
-                    // entries just above and was never shared (the exchange failed).
-                    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, leaf_len(k))) });
-                }
-            }
-        }
-        self.len.fetch_max(num_pages, Ordering::Release);
+        self.words.grow(num_pages);
     }
 
     /// Number of pages.
     pub fn len(&self) -> u64 {
-        self.len.load(Ordering::Acquire)
+        self.words.len()
     }
 
     /// True for a table of no pages.
@@ -123,17 +201,9 @@ impl PageTable {
         self.len() == 0
     }
 
-    /// The entry of `page`. Panics for a page beyond every leaf allocated so far (a
-    /// caller that did not check the page against its volume's size).
     #[inline]
     fn entry(&self, page: u64) -> &AtomicU64 {
-        let (leaf, index) = locate(page);
-        let ptr = self.leaves[leaf].load(Ordering::Acquire);
-        assert!(!ptr.is_null(), "page {page} is beyond the page table");
-        // SAFETY: a non-null leaf pointer was published (Release, loaded Acquire above)
-        // after its `leaf_len(leaf)` entries were initialised, `index < leaf_len(leaf)`
-        // by `locate`, and leaves are freed only in `drop`, which `&self` rules out.
-        unsafe { &*ptr.add(index) }
+        &self.words.words(page)[0]
     }
 
     /// The device byte offset of `page`'s slot, or `None` if the page was never written.
@@ -160,35 +230,9 @@ impl PageTable {
 
     /// Number of allocated pages.
     pub fn allocated(&self) -> u64 {
-        let len = self.len();
         let mut n = 0;
-        for (k, slot) in self.leaves.iter().enumerate() {
-            let start = leaf_start(k);
-            if start >= len {
-                break;
-            }
-            let ptr = slot.load(Ordering::Acquire);
-            let count = leaf_len(k).min(usize_from(len - start));
-            // SAFETY: leaves up to the one holding page `len - 1` are allocated (grow
-            // allocates them before raising `len`, which we loaded with Acquire first),
-            // each of `leaf_len(k) >= count` entries, and live as long as `self`.
-            let entries = unsafe { std::slice::from_raw_parts(ptr, count) };
-            n += entries.iter().filter(|e| e.load(Ordering::Relaxed) != 0).count() as u64;
-        }
+        self.words.for_each(|_, w| n += u64::from(w[0].load(Ordering::Relaxed) != 0));
         n
-    }
-}
-
-impl Drop for PageTable {
-    fn drop(&mut self) {
-        for (k, slot) in self.leaves.iter_mut().enumerate() {
-            let ptr = *slot.get_mut();
-            if !ptr.is_null() {
-                // SAFETY: every non-null leaf came from `Box::into_raw` of a slice of
-                // `leaf_len(k)` entries in `grow`, and `&mut self` means no reader is left.
-                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, leaf_len(k))) });
-            }
-        }
     }
 }
 

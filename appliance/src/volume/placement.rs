@@ -8,6 +8,12 @@
 //! the peers evenly (weights 1:1:2 give `c a b c c a b c …`), and when a volume grows
 //! after a peer joined, the newcomer takes new pages until it has caught up with its
 //! share. Existing pages never move here (moving them is migration's job).
+//!
+//! With replicas ([`place_copies`]), the first copy of each page (its set's leader)
+//! is placed as above, and each further copy goes to the peer furthest below its fair
+//! share of all copies placed so far, among the peers the page does not have yet: the
+//! copies and the leaders both follow the weights, and no page has two copies on one
+//! peer (losing a peer leaves every page a copy, when there are enough peers).
 
 use super::routing::PeerId;
 
@@ -76,6 +82,59 @@ pub fn place(existing: &[PeerId], num_pages: u64, candidates: &[Candidate]) -> R
     Ok(owners)
 }
 
+/// The copies of a volume of `num_pages` pages whose first `existing.len()` pages have
+/// the copies `existing` says (each list: the leader first); the new pages get
+/// `replicas` copies each on distinct `candidates` (fewer when there are fewer
+/// candidates), the first one placed by [`place`].
+pub fn place_copies(
+    existing: &[Vec<PeerId>],
+    num_pages: u64,
+    candidates: &[Candidate],
+    replicas: usize,
+) -> Result<Vec<Vec<PeerId>>, PlacementError> {
+    assert!(replicas >= 1, "a page has at least one copy");
+    let leaders: Vec<PeerId> = existing.iter().map(|c| c[0]).collect();
+    let placed_leaders = place(&leaders, num_pages, candidates)?;
+    let mut out = existing.to_vec();
+    if num_pages == existing.len() as u64 {
+        return Ok(out);
+    }
+    let mut peers: Vec<Candidate> = candidates.iter().copied().filter(|c| c.weight > 0).collect();
+    peers.sort_by_key(|c| c.peer.0);
+    peers.dedup_by_key(|c| c.peer);
+    let weight_sum: u128 = peers.iter().map(|c| u128::from(c.weight)).sum();
+    let mut held: Vec<u128> =
+        peers.iter().map(|c| existing.iter().filter(|copies| copies.contains(&c.peer)).count() as u128).collect();
+    let mut placed: u128 = held.iter().sum();
+    for &leader in &placed_leaders[existing.len()..] {
+        let mut copies = vec![leader];
+        if let Some(i) = peers.iter().position(|c| c.peer == leader) {
+            held[i] += 1;
+        }
+        placed += 1;
+        while copies.len() < replicas {
+            let mut best: Option<(usize, i128)> = None;
+            for (i, c) in peers.iter().enumerate() {
+                if copies.contains(&c.peer) {
+                    continue;
+                }
+                let share = i128::try_from(u128::from(c.weight) * (placed + 1)).expect("fits");
+                let have = i128::try_from(held[i] * weight_sum).expect("fits");
+                let deficit = share - have;
+                if best.is_none_or(|(_, d)| deficit > d) {
+                    best = Some((i, deficit));
+                }
+            }
+            let Some((i, _)) = best else { break };
+            copies.push(peers[i].peer);
+            held[i] += 1;
+            placed += 1;
+        }
+        out.push(copies);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +185,39 @@ mod tests {
         // Pages of a peer that is gone are kept and not counted against the others.
         let owners = place(&[PeerId(7), PeerId(7)], 4, &[c(0, 1), c(1, 1)]).unwrap();
         assert_eq!(owners.iter().map(|p| p.0).collect::<Vec<_>>(), [7, 7, 0, 1]);
+    }
+
+    #[test]
+    fn copies_go_to_distinct_peers_by_weight_and_leaders_as_without_replicas() {
+        let peers = [c(0, 1), c(1, 1), c(2, 1)];
+        let copies = place_copies(&[], 12, &peers, 2).unwrap();
+        let leaders: Vec<PeerId> = copies.iter().map(|c| c[0]).collect();
+        assert_eq!(leaders, place(&[], 12, &peers).unwrap(), "leaders are placed as single owners are");
+        assert!(copies.iter().all(|c| c.len() == 2 && c[0] != c[1]), "{copies:?}");
+        let held = |p: u16| copies.iter().filter(|c| c.contains(&PeerId(p))).count();
+        assert_eq!([held(0), held(1), held(2)], [8, 8, 8], "every peer holds its share of the copies");
+        // Losing any one peer leaves every page a copy.
+        for dead in 0..3 {
+            assert!(copies.iter().all(|c| c.iter().any(|p| p.0 != dead)));
+        }
+        // Fewer peers than replicas: as many copies as there are peers.
+        let two = place_copies(&[], 4, &[c(5, 1), c(6, 1)], 3).unwrap();
+        assert!(two.iter().all(|c| c.len() == 2));
+        // Growing keeps what exists, and one replica is `place`.
+        let grown = place_copies(&copies, 15, &peers, 2).unwrap();
+        assert_eq!(&grown[..12], &copies[..]);
+        let single = place_copies(&[], 16, &[c(0, 1), c(1, 1), c(2, 2)], 1).unwrap();
+        assert_eq!(
+            single.iter().map(|c| c[0]).collect::<Vec<_>>(),
+            place(&[], 16, &[c(0, 1), c(1, 1), c(2, 2)]).unwrap()
+        );
+        // Weights: 1:1:2 with 2 copies each of 16 pages: 32 copies, about 8:8:16 (the
+        // heaviest peer cannot take a second copy of the pages it leads).
+        let weighted = place_copies(&[], 16, &[c(0, 1), c(1, 1), c(2, 2)], 2).unwrap();
+        let held = |p: u16| weighted.iter().filter(|c| c.contains(&PeerId(p))).count();
+        for (p, share) in [(0, 8), (1, 8), (2, 16)] {
+            assert!(held(p).abs_diff(share) <= 1, "peer {p}: {} copies for a share of {share}", held(p));
+        }
     }
 
     #[test]

@@ -936,7 +936,8 @@ impl PageStore {
                 }
             }
             let pages = Arc::new(PageTable::new(info.num_pages));
-            self.volumes.insert(info.id, Volume { pos, view: Arc::new(VolumeView { info, pages }) });
+            let view = Arc::new(VolumeView { info, pages, pieces: Arc::default() });
+            self.volumes.insert(view.info.id, Volume { pos, view });
         }
         self.table = table;
         let mut dirty = BTreeSet::new();
@@ -1175,7 +1176,7 @@ impl PageStore {
         // The entry goes before the superblock; if only the entry lands, open derives
         // the next id from it.
         self.write_blocks(&[self.table_block(pos), 0])?;
-        let view = Arc::new(VolumeView { info, pages: Arc::new(PageTable::new(num_pages)) });
+        let view = Arc::new(VolumeView { info, pages: Arc::new(PageTable::new(num_pages)), pieces: Arc::default() });
         self.volumes.insert(VolumeId(id), Volume { pos, view: view.clone() });
         tracing::info!(volume = id, name, size_bytes = view.info.size_bytes(), page_size, "volume created");
         Ok(view)
@@ -1202,7 +1203,11 @@ impl PageStore {
         let v = self.volumes.get_mut(&id).expect("checked above");
         v.view.pages.grow(num_pages);
         let pages = v.view.pages.clone();
-        v.view = Arc::new(VolumeView { info: VolumeInfo { num_pages, ..old }, pages });
+        let pieces = v.view.pieces.clone();
+        if !pieces.is_empty() {
+            pieces.grow(num_pages);
+        }
+        v.view = Arc::new(VolumeView { info: VolumeInfo { num_pages, ..old }, pages, pieces });
         assert_eq!(v.view.pages.len(), num_pages);
         Ok(v.view.clone())
     }

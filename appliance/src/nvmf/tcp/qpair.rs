@@ -313,10 +313,12 @@ impl TcpQpair {
                         }
                         continue;
                     }
+                    let vol = self.q.ctrlr.as_ref().and_then(|c| c.volume);
+                    crate::volume::io::release_locks(&mut self.reqs, idx, vol, ctx);
                     self.reqs.set_state(idx, ReqState::ReadyToComplete);
                 }
                 // Parked with more to submit; `resume` moves it on.
-                ReqState::WaitingDevice => return,
+                ReqState::WaitingDevice | ReqState::WaitingOrder => return,
                 ReqState::WaitingControl => {
                     if r.allocs_inflight > 0 {
                         return;
@@ -364,7 +366,7 @@ impl TcpQpair {
         let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
         let Some(end) = slba.checked_add(nlb).filter(|&e| e <= vol.view.info.num_blocks()) else { return false };
         let bpp = vol.view.info.blocks_per_page();
-        (slba / bpp..=(end - 1) / bpp).all(|p| vol.routing.route(p) != crate::volume::routing::Route::Local)
+        (slba / bpp..=(end - 1) / bpp).all(|p| vol.routing.write_route(p) != crate::volume::routing::Route::Local)
     }
 
     fn need_buffer(&mut self, idx: u16, ctx: &mut ReactorCtx) {
@@ -526,7 +528,17 @@ impl TcpQpair {
     /// Room in the device queue for request `idx`, parked in `WaitingDevice`.
     pub fn resume_device(&mut self, idx: u16, ctx: &mut ReactorCtx) {
         let r = self.reqs.req(idx);
-        assert_eq!(r.state(), ReqState::WaitingDevice, "request {idx} resumed from the device list");
+        assert!(
+            matches!(r.state(), ReqState::WaitingDevice | ReqState::WaitingOrder),
+            "request {idx} resumed from a waiting list in {:?}",
+            r.state()
+        );
+        if r.state() == ReqState::WaitingOrder && std::time::Instant::now() >= r.started + ctx.hold() {
+            // No leader took the page's set (or its pieces stayed taken) within the
+            // hold time: a retryable path error, like a peer that cannot be reached.
+            self.reqs.req_mut(idx).fail(crate::peer::client::PATH_ERROR);
+        }
+        let r = self.reqs.req(idx);
         let next = if self.state == ConnState::Ready && r.status.is_success() {
             ReqState::ReadyToExecute
         } else {
@@ -688,12 +700,15 @@ impl TcpQpair {
                     release_buffers(&mut self.reqs, idx, ctx);
                     self.reqs.set_state_closing(idx, ReqState::Free);
                 }
-                ReqState::WaitingDevice => {
+                ReqState::WaitingDevice | ReqState::WaitingOrder => {
                     ctx.dev_waiters.retain(|w| *w != rref);
+                    ctx.order_waiters.retain(|w| *w != rref);
                     if r.outstanding() {
                         // Earlier parts are still on the device: drain.
                         self.reqs.set_state(idx, ReqState::Executing);
                     } else {
+                        let vol = self.q.ctrlr.as_ref().and_then(|c| c.volume);
+                        crate::volume::io::release_locks(&mut self.reqs, idx, vol, ctx);
                         release_buffers(&mut self.reqs, idx, ctx);
                         self.reqs.set_state_closing(idx, ReqState::Free);
                     }

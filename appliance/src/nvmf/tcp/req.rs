@@ -10,8 +10,9 @@
 //!        │                                                            │   │   │   │
 //!        │                            (admin AER) AwaitingEvent ◄─────┘   │   │   │
 //!        ├──── WaitingDevice  ◄── device queue full ──────────────────────┘   │   │
-//!        └──── WaitingControl ◄── page allocations asked for ─────────────────┘   │
-//!                                                                                 ▼
+//!        ├──── WaitingControl ◄── page allocations asked for ─────────────────┘   │
+//!        └──── WaitingOrder   ◄── pieces of a replicated page taken, or ──────────┤
+//!                                 nobody may order its writes yet (`replica`)      ▼
 //!                     Executing (everything submitted; waits for what is out) ──► ReadyToComplete ─► Transmitting ─► Free
 //! ```
 //!
@@ -24,6 +25,9 @@
 //! forwarded to the peers that own their pages, `frees_inflight`
 //! whole-page frees at the control thread (they are parts of the command too), and
 //! `allocs_inflight` page allocations (execution resumes when they are all answered).
+//! A write to a replicated page holds the pieces it covers (`locks`, see
+//! `replica::locks`) from before it reaches a device until nothing is outstanding:
+//! they are given back before it completes or is freed, which the table checks.
 //! A request in `WaitingDevice` or `WaitingControl` may have device parts and frees
 //! outstanding from before it parked; it goes on from its cursor when it resumes, and
 //! only `Executing` turns into `ReadyToComplete`, once nothing is outstanding.
@@ -65,6 +69,10 @@ pub enum ReqState {
     /// Waits for page allocations at the control thread (kicked by `AllocDone`), with
     /// more to submit (and maybe parts still out).
     WaitingControl,
+    /// Waits for the right to order a replicated write: pieces another write holds,
+    /// or a set whose leader may not order writes yet. Sits in the reactor's list of
+    /// such requests, tried again on every pass (maybe with parts still out).
+    WaitingOrder,
     /// An Asynchronous Event Request, held until the controller has an event.
     AwaitingEvent,
     /// Done; queue the response PDUs on the next pass.
@@ -75,7 +83,7 @@ pub enum ReqState {
 
 impl ReqState {
     /// Every state, in discriminant order.
-    pub const ALL: [ReqState; 12] = [
+    pub const ALL: [ReqState; 13] = [
         ReqState::Free,
         ReqState::New,
         ReqState::NeedBuffer,
@@ -85,6 +93,7 @@ impl ReqState {
         ReqState::Executing,
         ReqState::WaitingDevice,
         ReqState::WaitingControl,
+        ReqState::WaitingOrder,
         ReqState::AwaitingEvent,
         ReqState::ReadyToComplete,
         ReqState::Transmitting,
@@ -107,8 +116,11 @@ impl ReqState {
             // In-capsule data the device cannot take in place waits for a buffer to be
             // copied into, or is dropped for the host to retry.
             (ReceivingCapsuleData, NeedBuffer | ReadyToComplete) => true,
-            (ReadyToExecute, Executing | WaitingDevice | WaitingControl | AwaitingEvent | ReadyToComplete) => true,
-            (WaitingDevice | WaitingControl, ReadyToExecute | Executing) => true,
+            (
+                ReadyToExecute,
+                Executing | WaitingDevice | WaitingControl | WaitingOrder | AwaitingEvent | ReadyToComplete,
+            ) => true,
+            (WaitingDevice | WaitingControl | WaitingOrder, ReadyToExecute | Executing) => true,
             (Executing, ReadyToComplete) => true,
             // The flush that follows a command's zeroes (write cache off) found the
             // device queue full.
@@ -126,6 +138,7 @@ impl ReqState {
                             | ReceivingCapsuleData
                             | AwaitingH2C
                             | WaitingDevice
+                            | WaitingOrder
                             | AwaitingEvent
                             | ReadyToComplete,
                         Free
@@ -217,6 +230,9 @@ pub struct Req {
     pub counted: bool,
     /// When the command's capsule arrived (the start of its latency).
     pub started: std::time::Instant,
+    /// Pieces of replicated pages this request holds: (page, pieces), all of one
+    /// volume (`replica::locks`); given back before it completes.
+    pub locks: Vec<(u64, u64)>,
 }
 
 impl Req {
@@ -244,7 +260,13 @@ impl Req {
             flush_after: false,
             counted: false,
             started: std::time::Instant::now(),
+            locks: Vec::with_capacity(2),
         }
+    }
+
+    /// The pieces of `page` this request holds.
+    pub fn held(&self, page: u64) -> u64 {
+        self.locks.iter().filter(|l| l.0 == page).fold(0, |a, l| a | l.1)
     }
 
     /// True while anything outside the connection (the device, the control thread)
@@ -402,6 +424,7 @@ impl ReqTable {
         r.dw0 = 0;
         r.dw1 = 0;
         debug_assert!(!r.outstanding());
+        debug_assert!(r.locks.is_empty());
         r.cursor = 0;
         r.zc_id = None;
         r.misrouted = false;
@@ -434,9 +457,11 @@ impl ReqTable {
             ReqState::Free => {
                 assert!(r.bufs.is_empty(), "request {idx}: buffers must go back to the pool before the slot is freed");
                 assert!(!r.outstanding(), "request {idx}: freed with work outstanding: {r:?}");
+                assert!(r.locks.is_empty(), "request {idx}: freed holding pieces: {r:?}");
             }
             ReqState::ReadyToComplete => {
                 assert!(!r.outstanding(), "request {idx}: completing with work outstanding: {r:?}");
+                assert!(r.locks.is_empty(), "request {idx}: completing holding pieces: {r:?}");
             }
             _ => {}
         }
