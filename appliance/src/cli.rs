@@ -235,6 +235,7 @@ const VOLUME_COLUMNS: &[Column] = &[
     column("allocated_pages", "ALLOCATED", Format::Number),
     column("replicas", "COPIES", Format::Number),
     column("health", "HEALTH", Format::Text),
+    column("rebuild_percent", "REBUILT%", Format::Number),
     column("nqn", "NQN", Format::Text),
     column("uuid", "UUID", Format::Text),
 ];
@@ -785,10 +786,13 @@ c          -      -  -                 -
         let text = render(&View::Table(VOLUME_COLUMNS), &sample_volume("db", 2));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].starts_with("NAME  ID  SIZE  PAGE  BLOCK  PAGES  ALLOCATED  COPIES  HEALTH    NQN"), "{text}");
+        assert!(
+            lines[0].starts_with("NAME  ID  SIZE  PAGE  BLOCK  PAGES  ALLOCATED  COPIES  HEALTH    REBUILT%  NQN"),
+            "{text}"
+        );
         assert!(
             lines[1].starts_with(
-                "db     2   10G    4M   4096   2560          3       2  degraded  nqn.2024-01.io.quire:db"
+                "db     2   10G    4M   4096   2560          3       2  degraded         -  nqn.2024-01.io.quire:db"
             ),
             "{text}"
         );

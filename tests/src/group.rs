@@ -38,6 +38,10 @@ pub struct PeerSpec {
     /// `target.advertise` (what the discovery logs tell hosts), e.g. the address a
     /// guest reaches the host at.
     pub advertise: Option<String>,
+    /// `replication.replace_after_s`.
+    pub replace_after_s: u32,
+    /// `replication.rebuild_mb_s`.
+    pub rebuild_mb_s: u32,
 }
 
 /// The device a test peer serves from.
@@ -67,6 +71,8 @@ impl PeerSpec {
             demo_size: "64M",
             buffers: 256,
             advertise: None,
+            replace_after_s: 600,
+            rebuild_mb_s: 200,
         }
     }
 
@@ -97,6 +103,9 @@ lease_ttl_s = {ttl}
 connect_timeout_ms = 3000
 weight = {weight}
 hold_ms = {hold}
+[replication]
+replace_after_s = {replace}
+rebuild_mb_s = {rebuild}
 [[device]]
 {device}
 [[volume]]
@@ -111,6 +120,8 @@ size = "{demo}"
             ttl = self.lease_ttl_s,
             weight = self.weight,
             hold = self.hold_ms,
+            replace = self.replace_after_s,
+            rebuild = self.rebuild_mb_s,
             buffers = self.buffers,
             demo = self.demo_size,
             advertise = self.advertise.as_deref().unwrap_or(""),
@@ -455,6 +466,15 @@ pub fn pattern(lba: u64, round: u64, blocks: usize) -> Vec<u8> {
 /// lease and the given hold time, and etcd; None (a skip) only in a partial run whose
 /// `quire-perf` or etcd is missing.
 pub fn three_peers(test: &str, hold_ms: u32) -> Option<(tempfile::TempDir, crate::etcd::Etcd, Vec<Peer>)> {
+    three_peers_with(test, hold_ms, |_| {})
+}
+
+/// [`three_peers`], each spec changed by `tweak` first.
+pub fn three_peers_with(
+    test: &str,
+    hold_ms: u32,
+    tweak: impl Fn(&mut PeerSpec),
+) -> Option<(tempfile::TempDir, crate::etcd::Etcd, Vec<Peer>)> {
     if !crate::require(test, perf_bin().map(|_| ())) {
         return None;
     }
@@ -462,11 +482,15 @@ pub fn three_peers(test: &str, hold_ms: u32) -> Option<(tempfile::TempDir, crate
     let ep = etcd.endpoint();
     let specs: Vec<PeerSpec> = ["a", "b", "c"]
         .iter()
-        .map(|n| PeerSpec {
-            device: DeviceSpec::FileBuffered,
-            lease_ttl_s: 3,
-            hold_ms,
-            ..PeerSpec::new(n, &ep, &secret)
+        .map(|n| {
+            let mut s = PeerSpec {
+                device: DeviceSpec::FileBuffered,
+                lease_ttl_s: 3,
+                hold_ms,
+                ..PeerSpec::new(n, &ep, &secret)
+            };
+            tweak(&mut s);
+            s
         })
         .collect();
     let peers = start_group(dir.path(), &specs);

@@ -2,8 +2,12 @@
 //! etcd and a volume with two copies of every page. A peer killed with SIGKILL under
 //! verified I/O costs the host no error and loses no acknowledged write (the other
 //! member of each of its sets leads it from a new epoch, the dead member is out); a
-//! peer killed and restarted within the hold time costs the host no error either; a
-//! write acknowledged before the kill reads back through every surviving peer.
+//! peer killed and restarted within the hold time costs the host no error either, is
+//! rebuilt and promoted, and every peer's copy agrees; a write acknowledged before the
+//! kill reads back through every surviving peer. A peer that stays away past
+//! `replication.replace_after_s` is replaced by a copy built on the third peer under
+//! verified I/O; a peer that comes back after a few writes gets exactly the pieces it
+//! missed (delta), counted in bytes.
 
 use std::time::{Duration, Instant};
 
@@ -70,6 +74,43 @@ fn first_led_by(peer: &Peer, volume: &str, leader: &str) -> u64 {
 }
 
 const BLOCKS_PER_PAGE: u64 = 1024;
+/// The rebuild rate limit of the replacement test, MB/s.
+const RATE_MB_S: u32 = 4;
+/// 4 MiB pages of 64 pieces.
+const PIECE_BYTES: u64 = 64 << 10;
+const PAGE_BYTES: u64 = 4 << 20;
+
+/// The whole 48 MiB volume as read through `peer` (each page from the peer's own copy
+/// where it holds one in sync, else from the page's leader).
+fn volume_bytes(peer: &Peer, volume: &str) -> Vec<u8> {
+    let mut c = Client::connect(peer, volume, Duration::from_secs(15));
+    let mut out = Vec::with_capacity(48 << 20);
+    let step = 32u32;
+    // 48 MiB of 4 KiB blocks.
+    let blocks = 12 * BLOCKS_PER_PAGE;
+    let mut lba = 0;
+    while lba < blocks {
+        out.extend(c.read(lba, step).unwrap_or_else(|e| panic!("read {lba} through {}: {e:?}", peer.name)));
+        lba += u64::from(step);
+    }
+    out
+}
+
+/// Every peer reads the same volume (every copy agrees with its leader's).
+fn same_everywhere(peers: &[Peer], volume: &str) {
+    let first = volume_bytes(&peers[0], volume);
+    for p in &peers[1..] {
+        let other = volume_bytes(p, volume);
+        if let Some(at) = first.iter().zip(&other).position(|(x, y)| x != y) {
+            panic!(
+                "{volume}: byte {at} (page {}) differs between {} and {}",
+                at as u64 / PAGE_BYTES,
+                peers[0].name,
+                p.name
+            );
+        }
+    }
+}
 
 /// The Prometheus text of `peer` (`stats_metrics` over its management socket).
 fn metrics(peer: &Peer) -> String {
@@ -172,13 +213,144 @@ fn a_peer_killed_and_restarted_costs_the_host_no_error() {
     assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}", run.text);
     assert_eq!(peers[0].reactor_sum("path_errors"), 0, "{}", tail(&peers[0].proc.log(), 30));
     // c's previous run left every set it was in (its new run has a new lease, and the
-    // sets it led have new leaders); its new run is admitted back into them as a member
-    // being rebuilt by delta (only the pieces written while it was away), which takes
-    // every write meanwhile. Until the copy is done the volume says so.
-    wait_for(&peers[0], "c back in its sets, to be rebuilt by delta", Duration::from_secs(20), |p| {
-        let s = sets(p, "rep");
-        s.iter().all(|(l, _)| l != "c")
-            && s.iter().any(|(_, ms)| ms.iter().any(|(m, st)| m == "c" && st == "rebuild (delta)"))
+    // sets it led have new leaders); its new run is admitted back, rebuilt (by delta
+    // where its leader tracked what it missed) and promoted: every copy in sync again,
+    // and all three peers' copies the same.
+    for p in &peers {
+        wait_for(p, "every member of every set in sync again", Duration::from_secs(60), |p| {
+            let s = sets(p, "rep");
+            !s.is_empty()
+                && s.iter().all(|(l, ms)| l != "c" && ms.len() == 2 && ms.iter().all(|(_, st)| st == "sync"))
+                && volume_on(p, "rep")["health"] == "healthy"
+        });
+    }
+    let rebuilt: u64 = peers.iter().map(|p| p.reactor_sum("rebuild_bytes")).sum();
+    assert!(rebuilt > 0, "the leaders copied what c missed");
+    same_everywhere(&peers, "rep");
+}
+
+#[test]
+fn a_peer_away_past_replace_after_is_replaced_by_a_copy_on_the_third_peer_under_io() {
+    let _serial = serial();
+    let Some((_dir, _etcd, mut peers)) =
+        quire_tests::group::three_peers_with("a_peer_away_past_replace_after", 25_000, |s| {
+            s.replace_after_s = 2;
+            s.rebuild_mb_s = RATE_MB_S;
+        })
+    else {
+        return;
+    };
+    create_replicated(&peers, 0, "rep");
+    let trid = peers[0].trid("rep");
+    let io = std::thread::spawn(move || {
+        perf(&["-q", "8", "-o", "4096", "-w", "randrw", "-M", "50", "-t", "20", "--verify", "-r", &trid])
     });
-    assert_eq!(volume_on(&peers[0], "rep")["health"], "rebuilding");
+    wait_for(&peers[0], "replicated writes under way", Duration::from_secs(20), |p| {
+        p.reactor_sum("replica_parts") > 500
+    });
+    peers[2].proc.kill9();
+    let killed = Instant::now();
+    // Out when its lease expires, replaced 2 s later by a new copy on the only other
+    // peer, copied in full while the host writes (at most RATE_MB_S), its progress in
+    // the volume list, then promoted: a and b hold every page, in sync.
+    wait_for(&peers[0], "the volume rebuilding, with its progress", Duration::from_secs(30), |p| {
+        let v = volume_on(p, "rep");
+        v["health"] == "rebuilding" && v["rebuild_percent"].as_u64().is_some_and(|n| n < 100)
+    });
+    let rebuilding = Instant::now();
+    for p in &peers[..2] {
+        wait_for(p, "every set rebuilt on a and b", Duration::from_secs(90), |p| {
+            let s = sets(p, "rep");
+            !s.is_empty()
+                && s.iter().all(|(_, ms)| {
+                    ms.len() == 2 && ms.iter().all(|(m, st)| m != "c" && st == "sync") && ms[0].0 != ms[1].0
+                })
+                && volume_on(p, "rep")["health"] == "healthy"
+        });
+    }
+    let healed = killed.elapsed();
+    let run = io.join().expect("perf thread");
+    assert!(run.ok, "I/O through a across c's death and the rebuild (healed in {healed:.1?}): {}", run.text);
+    assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}", run.text);
+    let took = rebuilding.elapsed();
+    let rebuilt: u64 = peers[..2].iter().map(|p| p.reactor_sum("rebuild_bytes")).sum();
+    assert!(rebuilt >= PAGE_BYTES, "whole pages copied to the new copies: {rebuilt}");
+    // The rate limit held (a lower bound: the copy cannot be faster than the limit,
+    // less the tenth of a second it may save up, and what ran before the group heard
+    // of its progress).
+    let floor = rebuilt as f64 / (f64::from(RATE_MB_S) * 1e6) - 2.0;
+    assert!(took.as_secs_f64() >= floor, "{rebuilt} bytes in {took:?} at {RATE_MB_S} MB/s");
+    for p in &peers[..2] {
+        assert_eq!(p.reactor_sum("path_errors"), 0, "{}", p.name);
+    }
+    same_everywhere(&peers[..2], "rep");
+}
+
+#[test]
+fn a_peer_back_after_a_few_writes_gets_exactly_the_pieces_it_missed() {
+    let _serial = serial();
+    let Some((_dir, _etcd, mut peers)) = three("a_peer_back_after_a_few_writes") else { return };
+    create_replicated(&peers, 0, "rep");
+    // Every page written (the --verify prefill), so that every page is allocated.
+    let trid = peers[0].trid("rep");
+    let run = perf(&["-q", "8", "-o", "4096", "-w", "randrw", "-M", "50", "-t", "2", "--verify", "-r", &trid]);
+    assert!(run.ok, "{}", run.text);
+    let before = sets(&peers[0], "rep");
+    let runs = pages(&peers[0], "rep");
+    let led_by_c =
+        runs["owners"].as_array().unwrap().iter().find(|o| o["owner"] == "c").unwrap()["pages"].as_u64().unwrap();
+    assert!(led_by_c > 0);
+    peers[2].proc.kill9();
+    wait_for(&peers[0], "c out of every set", Duration::from_secs(20), |p| {
+        let s = sets(p, "rep");
+        s.iter().all(|(l, ms)| l != "c" && ms.iter().all(|(m, st)| (m == "c") == (st == "out")))
+    });
+    // Eight 4 KiB writes while c is away, to eight pieces of pages of sets c is a
+    // member of but did not lead (their leaders tracked what c missed there).
+    let p = pages(&peers[0], "rep");
+    let mut targets = Vec::new();
+    for r in p["runs"].as_array().unwrap() {
+        let set = usize::try_from(r["set"].as_u64().unwrap()).unwrap();
+        let (leader, members) = &before[set_index(&p, set)];
+        if leader != "c" && members.iter().any(|(m, _)| m == "c") {
+            for k in 0..r["count"].as_u64().unwrap() {
+                targets.push(r["first"].as_u64().unwrap() + k);
+            }
+        }
+    }
+    assert!(targets.len() >= 4, "pages of sets c was in but did not lead: {targets:?}");
+    let mut a = Client::connect(&peers[0], "rep", Duration::from_secs(15));
+    // Two pieces of each of four pages (a piece is 16 blocks).
+    let written: Vec<u64> =
+        targets.iter().take(4).flat_map(|page| [page * BLOCKS_PER_PAGE + 100, page * BLOCKS_PER_PAGE + 612]).collect();
+    for &lba in &written {
+        a.write(lba, &pattern(lba, 21, 1)).expect("write while c is away");
+    }
+    let copied_before: u64 = peers[..2].iter().map(|p| p.reactor_sum("rebuild_bytes")).sum();
+    peers[2].restart();
+    for p in &peers {
+        wait_for(p, "every member of every set in sync again", Duration::from_secs(60), |p| {
+            volume_on(p, "rep")["health"] == "healthy"
+                && sets(p, "rep").iter().all(|(_, ms)| ms.iter().all(|(_, st)| st == "sync"))
+        });
+    }
+    // The sets c led went to the other member; c, having led them, may hold writes
+    // nobody else has: its copies there are rebuilt whole. Elsewhere: the eight pieces.
+    let copied: u64 = peers[..2].iter().map(|p| p.reactor_sum("rebuild_bytes")).sum::<u64>() - copied_before;
+    assert_eq!(
+        copied,
+        led_by_c * PAGE_BYTES + 8 * PIECE_BYTES,
+        "bytes copied to c: {led_by_c} pages it led in full, and the 8 pieces written while it was away"
+    );
+    let mut c = Client::connect(&peers[2], "rep", Duration::from_secs(15));
+    for &lba in &written {
+        assert_eq!(c.read(lba, 1).expect("read through c"), pattern(lba, 21, 1), "lba {lba} on c");
+    }
+    same_everywhere(&peers, "rep");
+}
+
+/// The position in `sets(..)` (sets in use, in index order) of set index `set`.
+fn set_index(pages: &Value, set: usize) -> usize {
+    let set = u64::try_from(set).unwrap();
+    pages["sets"].as_array().unwrap().iter().position(|s| s["set"].as_u64() == Some(set)).expect("a set in use")
 }

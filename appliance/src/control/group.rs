@@ -46,6 +46,8 @@ pub enum Waiter {
     Call(RpcCall),
     /// A volume of the configuration, created at start-up unless the group has it.
     Startup(String),
+    /// The promotion of a member this peer rebuilt.
+    Promote(crate::replica::rebuild::TaskKey),
 }
 
 impl Control {
@@ -132,6 +134,7 @@ impl Control {
             match waiter {
                 Waiter::Call(call) => call.respond(Err(busy)),
                 Waiter::Startup(name) => tracing::error!(volume = %name, "configured volume: {}", busy.message),
+                Waiter::Promote(key) => self.rebuilds.promotion_failed(&key),
             }
         }
     }
@@ -157,6 +160,13 @@ impl Control {
                     Ok(_) => tracing::info!(volume = %name, "configured volume created in the group"),
                     Err(e) if e.code == crate::rpc::code::ALREADY_EXISTS => {}
                     Err(e) => tracing::error!(volume = %name, "configured volume: {}", e.message),
+                },
+                Waiter::Promote(key) => match result {
+                    Ok(_) => tracing::info!(volume = ?key.0, set = key.1, member = key.2, "member promoted to in sync"),
+                    Err(e) => {
+                        tracing::warn!(volume = ?key.0, set = key.1, member = key.2, "promotion refused: {}", e.message);
+                        self.rebuilds.promotion_failed(&key);
+                    }
                 },
             }
         }
@@ -392,6 +402,39 @@ impl Control {
     fn warn_once(&mut self, key: &str, message: String) {
         if self.group_warned.insert(format!("{key}\u{0}{message}")) {
             tracing::warn!("{message}");
+        }
+    }
+
+    /// Drives the rebuilds this peer leads: finds them in the installed records,
+    /// hands copy jobs to the reactors within the byte budget, asks for promotions.
+    pub(super) fn rebuild_turn(&mut self) {
+        if self.group.is_none() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        for (vid, (rec, _)) in &self.records {
+            self.rebuilds.sync(*vid, rec, (self.me.0, self.me_lease), now);
+        }
+        let records = &self.records;
+        self.rebuilds.tasks.retain(|k, _| records.contains_key(&k.0));
+        let store = &self.store;
+        let actions = self.rebuilds.turn(self.reactors.len(), self.rebuild_mb_s, now, |vid| store.volume(vid));
+        let report = self.rebuilds.report(|vid| self.store.volume(vid).map(|v| v.info.name.clone()));
+        if let Some(g) = &self.group {
+            g.set_rebuild_report(report);
+        }
+        for a in actions {
+            match a {
+                crate::replica::rebuild::Action::Copy(r, job) => self.send(r, ReactorMsg::Copy(job)),
+                crate::replica::rebuild::Action::Promote { name, set, peer, inc } => {
+                    let key = self
+                        .store
+                        .volume_by_name(&name)
+                        .map(|v| (v.info.id, set, peer, inc))
+                        .expect("a rebuilt volume is served here");
+                    self.submit_group(GroupOpKind::Promote { name, set, peer, inc }, Waiter::Promote(key));
+                }
+            }
         }
     }
 

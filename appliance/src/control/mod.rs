@@ -67,6 +67,8 @@ pub struct ControlParts {
     pub group: Option<Arc<crate::group::Shared>>,
     /// How long I/O for an unreachable page owner is held (`group.hold_ms`).
     pub hold: Duration,
+    /// Rebuild copies' rate limit (`replication.rebuild_mb_s`).
+    pub rebuild_mb_s: u32,
 }
 
 /// The control thread's state.
@@ -115,6 +117,9 @@ pub struct Control {
     leading: std::collections::HashSet<(VolumeId, usize)>,
     /// Sets this peer came to lead, waiting for the next barrier.
     activation_wanted: Vec<(VolumeId, usize)>,
+    /// Members this peer brings up to date (it leads their sets).
+    rebuilds: crate::replica::rebuild::Rebuilds,
+    rebuild_mb_s: u32,
 }
 
 impl Control {
@@ -149,6 +154,8 @@ impl Control {
             records: HashMap::new(),
             leading: std::collections::HashSet::new(),
             activation_wanted: Vec::new(),
+            rebuilds: Default::default(),
+            rebuild_mb_s: parts.rebuild_mb_s,
         };
         c.outboxes = Outboxes::new(c.reactors.len());
         if let Some(g) = &c.group {
@@ -241,6 +248,7 @@ impl Control {
                 break;
             }
             self.group_turn();
+            self.rebuild_turn();
             if let Some(g) = &self.group {
                 let cap = self.store.capacity();
                 g.set_capacity(cap.total_bytes, cap.used_bytes);
@@ -268,6 +276,7 @@ impl Control {
                 ControlMsg::Alloc { reactor, volume, page } => allocs.push((reactor, volume, page)),
                 ControlMsg::Free { reactor, volume, page, cookie } => frees.push((reactor, volume, page, cookie)),
                 ControlMsg::BarrierDone { reactor: _, generation } => self.on_barrier_done(generation),
+                ControlMsg::CopyDone(r) => self.rebuilds.on_report(&r),
                 // The turn after this batch looks at the group.
                 ControlMsg::GroupWake => {}
                 ControlMsg::Rpc(call) => rpcs.push(call),
@@ -392,6 +401,7 @@ impl Control {
                 Ok(json!(volume_entry(&v)))
             }
             m::VOLUME_LIST => {
+                let rebuilds = self.group.as_ref().map(|g| g.snapshot().rebuilds);
                 let list: Vec<m::VolumeEntry> = self
                     .store
                     .volumes()
@@ -400,6 +410,15 @@ impl Control {
                         let mut e = volume_entry(v);
                         if let Some((r, _)) = self.records.get(&v.info.id) {
                             (e.replicas, e.health, e.degraded_pages) = health_of(r);
+                            if e.health == "rebuilding" {
+                                e.rebuild_percent = rebuilds.as_ref().and_then(|rs| {
+                                    let (pages, done) = rs
+                                        .values()
+                                        .filter_map(|report| report.volumes.get(&v.info.name))
+                                        .fold((0u64, 0u64), |(p, d), x| (p + x.pages, d + x.done));
+                                    (pages > 0).then(|| u8::try_from(done.min(pages) * 100 / pages).expect("≤ 100"))
+                                });
+                            }
                         }
                         e
                     })
@@ -624,6 +643,7 @@ impl Control {
                     order_waits: get(&s.order_waits),
                     fenced: get(&s.fenced),
                     replica_skipped: get(&s.replica_skipped),
+                    rebuild_bytes: get(&s.rebuild_bytes),
                     link_served: get(&s.link_served),
                     link_errors: get(&s.link_errors),
                     link_refusals: get(&s.link_refusals),
@@ -671,6 +691,7 @@ fn volume_entry(v: &VolumeView) -> m::VolumeEntry {
         replicas: 1,
         health: "healthy".into(),
         degraded_pages: 0,
+        rebuild_percent: None,
     }
 }
 

@@ -165,6 +165,8 @@ pub struct Agent {
     revoked_seen: std::collections::BTreeMap<(u16, i64), Instant>,
     /// Notes of the replica planner already logged.
     noted: std::collections::BTreeSet<String>,
+    /// The rebuild report last published.
+    published_rebuild: keys::RebuildReport,
 }
 
 impl Agent {
@@ -184,6 +186,7 @@ impl Agent {
             last_publish: Instant::now(),
             revoked_seen: std::collections::BTreeMap::new(),
             noted: std::collections::BTreeSet::new(),
+            published_rebuild: keys::RebuildReport::default(),
         }
     }
 
@@ -297,6 +300,7 @@ impl Agent {
             peer_ids: view.peer_ids.clone(),
             volumes: view.volumes.iter().map(|(n, (r, _))| (n.clone(), r.clone())).collect(),
             unreadable: view.unreadable_volumes.clone(),
+            rebuilds: view.rebuilds.clone(),
             live: view
                 .peers
                 .values()
@@ -332,7 +336,29 @@ impl Agent {
         if self.membership.view().coordinator.as_deref() == Some(self.me.name.as_str()) {
             self.plan_replicas().await?;
         }
-        self.republish_if_changed().await
+        self.republish_if_changed().await?;
+        self.republish_rebuild().await
+    }
+
+    /// Puts this peer's rebuild report when it changed (under its lease: it goes with
+    /// the peer); deletes it when nothing is being rebuilt.
+    async fn republish_rebuild(&mut self) -> Result<(), AgentError> {
+        let Some(lease) = self.lease else { return Ok(()) };
+        let report = self.shared.rebuild_report();
+        if report == self.published_rebuild {
+            return Ok(());
+        }
+        let key = keys::rebuild_key(&self.me.name).into_bytes();
+        if report.volumes.is_empty() {
+            let del = pb::DeleteRangeRequest { key, ..Default::default() };
+            self.client.kv.delete_range(del).await.map_err(etcd_err("delete this peer's rebuild report"))?;
+        } else {
+            let value = serde_json::to_vec(&report).expect("a report serializes");
+            let put = pb::PutRequest { key, value, lease, ..Default::default() };
+            self.client.kv.put(put).await.map_err(etcd_err("publish this peer's rebuild report"))?;
+        }
+        self.published_rebuild = report;
+        Ok(())
     }
 
     /// The coordinator's turn at the replica sets (`replica::plan`): evictions,

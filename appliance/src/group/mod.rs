@@ -77,6 +77,8 @@ pub struct GroupSnapshot {
     pub unreadable: std::collections::BTreeSet<String>,
     /// The peers registered under a live lease, by routing id.
     pub live: BTreeMap<u16, LivePeer>,
+    /// What each live peer reports of the rebuilds it leads, by peer name.
+    pub rebuilds: BTreeMap<String, keys::RebuildReport>,
 }
 
 /// A live peer as the snapshot gives it: what links and hosts need to reach it.
@@ -194,6 +196,9 @@ pub struct Shared {
     control: Mutex<Option<crossbeam_channel::Sender<crate::reactor::ControlMsg>>>,
     /// This peer's right to serve replicated pages, renewed with its lease.
     fence: Arc<crate::replica::fence::Fence>,
+    /// The rebuilds this peer leads, for the group (the control thread sets it, the
+    /// agent publishes it).
+    rebuild: Mutex<keys::RebuildReport>,
 }
 
 impl Shared {
@@ -211,12 +216,22 @@ impl Shared {
             ops_ready: tokio::sync::Notify::new(),
             control: Mutex::new(None),
             fence: Arc::default(),
+            rebuild: Mutex::default(),
         })
     }
 
     /// This peer's right to serve replicated pages (the reactors read it).
     pub fn fence(&self) -> Arc<crate::replica::fence::Fence> {
         self.fence.clone()
+    }
+
+    /// The control thread's report of the rebuilds this peer leads.
+    pub fn set_rebuild_report(&self, r: keys::RebuildReport) {
+        *self.rebuild.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+    }
+
+    fn rebuild_report(&self) -> keys::RebuildReport {
+        self.rebuild.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The group's secret.

@@ -483,6 +483,8 @@ pub struct Reactor {
     completions: Vec<quire_drivers::Completion>,
     /// The other half of the outbound links' answer list (see `deliver_forwards`).
     spare_finished: Vec<Finished>,
+    /// Copy jobs of the rebuild driver (this peer leads the pages).
+    copier: crate::replica::copier::Copier,
 }
 
 impl Reactor {
@@ -548,6 +550,7 @@ impl Reactor {
             last_tick: Instant::now(),
             completions: Vec::with_capacity(COMPLETIONS_MAX),
             spare_finished: Vec::new(),
+            copier: crate::replica::copier::Copier::default(),
         };
         Ok((reactor, handle))
     }
@@ -662,7 +665,7 @@ impl Reactor {
         if pending_local || self.last_work.elapsed() < spin {
             return Some(Duration::ZERO);
         }
-        if !self.ctx.order_waiters.is_empty() || !self.ctx.reroutes.is_empty() {
+        if !self.ctx.order_waiters.is_empty() || !self.ctx.reroutes.is_empty() || self.copier.busy() {
             // Pieces another reactor holds come back within a device round trip.
             return Some(ORDER_NAP);
         }
@@ -824,6 +827,7 @@ impl Reactor {
                     c.on_free_done(w.req, result, &mut self.ctx);
                 }
                 ReactorMsg::Barrier(g) => self.ctx.barrier_start(g),
+                ReactorMsg::Copy(job) => self.copier.start(job),
                 ReactorMsg::Shutdown => return None,
             }
         }
@@ -864,6 +868,10 @@ impl Reactor {
             let n = &mut self.ctx.barrier.inflight[usize::from(parity)];
             assert!(*n > 0, "completion for a request that was never counted");
             *n -= 1;
+            if rref.conn == crate::replica::copier::COPIER_CONN {
+                self.copier.on_device_completion(rref.req, c.result, &mut self.ctx);
+                continue;
+            }
             let conn = self.conns.get_mut(rref.conn as usize).and_then(Option::as_mut);
             let conn = conn.expect("a connection lives until its device I/O has come home");
             conn.on_device_completion(rref.req, c.result, &mut self.ctx);
@@ -890,6 +898,12 @@ impl Reactor {
             let Some(w) = self.ctx.order_waiters.pop_front() else { break };
             let c = self.conns[w.conn as usize].as_mut().expect("a parked request's connection lives");
             c.resume_device(w.req, &mut self.ctx);
+        }
+        if self.copier.busy() || !self.copier.reports.is_empty() {
+            work |= self.copier.poll(&mut self.ctx);
+            for r in self.copier.reports.drain(..) {
+                self.ctx.send_control(ControlMsg::CopyDone(r));
+            }
         }
         while self.ctx.pool.available() > 0 {
             let Some(w) = self.ctx.buf_waiters.pop_front() else { break };
@@ -995,6 +1009,9 @@ impl Reactor {
             std::mem::swap(&mut batch, &mut self.ctx.links.finished);
             for f in batch.drain(..) {
                 match f {
+                    Finished::Done(rref, result) if rref.conn == crate::replica::copier::COPIER_CONN => {
+                        self.copier.on_forward_done(rref.req, result, &mut self.ctx);
+                    }
                     Finished::Done(rref, result) => {
                         if result == Err(PATH_ERROR) {
                             add(&self.ctx.stats.path_errors, 1);

@@ -15,7 +15,7 @@
 //! - the accepting reactor keeps a new connection for another reactor whose ring is
 //!   full, and hands it over at its next loop;
 //! - a reactor keeps what the control channel cannot take in a backlog, bounded by its
-//!   credits plus the one barrier answer it can owe.
+//!   credits plus the one barrier answer and the copy reports it can owe.
 
 use std::sync::Arc;
 
@@ -43,7 +43,7 @@ const RPC_ROOM: usize = 64;
 /// each: every credited request and barrier answer of every reactor, and the
 /// management bridge's calls.
 pub fn control_inbox_capacity(reactors: usize, credits: u32) -> usize {
-    reactors * (credits as usize + 2) + RPC_ROOM
+    reactors * (credits as usize + 2 + crate::replica::copier::JOBS_MAX) + RPC_ROOM
 }
 
 /// What a reactor is told.
@@ -85,6 +85,9 @@ pub enum ReactorMsg {
     /// Answer `BarrierDone(generation)` once every device I/O this reactor had
     /// submitted before receiving this message has completed.
     Barrier(u64),
+    /// Copy pieces of a page this peer leads to a member (the rebuild driver; at most
+    /// [`crate::replica::copier::JOBS_MAX`] outstanding per reactor).
+    Copy(crate::replica::copier::CopyJob),
     /// Stop the reactor.
     Shutdown,
 }
@@ -118,6 +121,8 @@ pub enum ControlMsg {
         /// Generation.
         generation: u64,
     },
+    /// A copy job ended.
+    CopyDone(crate::replica::copier::CopyReport),
     /// The group agent has answers or a new snapshot (a hint: the control thread
     /// also looks on every turn).
     GroupWake,

@@ -84,6 +84,8 @@ pub struct ReactorStats {
     /// Replica writes completed without a member that was evicted meanwhile (their
     /// pieces were marked as missed by it).
     pub replica_skipped: AtomicU64,
+    /// Data bytes a rebuild copied from this peer's copies to members (the copier).
+    pub rebuild_bytes: AtomicU64,
     /// Requests of other peers served (inbound peer links).
     pub link_served: AtomicU64,
     /// Of those, answered with an error status.

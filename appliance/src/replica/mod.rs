@@ -76,7 +76,9 @@
 //! full. Copies take the piece lock like writes, are rate-limited, and end with the
 //! leader promoting the member to `Sync`.
 
+pub mod copier;
 pub mod fence;
 pub mod locks;
 pub mod plan;
+pub mod rebuild;
 pub mod set;

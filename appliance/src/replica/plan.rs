@@ -274,6 +274,17 @@ fn resize(
         };
         why.push(format!("set {i}: copy on peer {} dropped ({replicas} replicas)", s.members[k].peer));
         s.members.remove(k);
+        // The members after it move up a position, and what the leader tracked of
+        // them is kept by position: nobody knows what they missed any more.
+        for m in &mut s.members[k..] {
+            match m.state {
+                MemberState::Out { ref mut tracker, .. } => *tracker = None,
+                MemberState::Rebuild { mode: RebuildMode::Delta } => {
+                    m.state = MemberState::Rebuild { mode: RebuildMode::Compare }
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -163,6 +163,10 @@ pub struct VolumeEntry {
     /// Pages with fewer in-sync copies than `replicas`.
     #[serde(default)]
     pub degraded_pages: u64,
+    /// While `rebuilding`: how far the leaders are, in percent of the pages they go
+    /// through (as they last reported to the group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_percent: Option<u8>,
 }
 
 fn healthy() -> String {
@@ -382,6 +386,9 @@ pub struct ReactorStatsEntry {
     /// Replica writes completed without a member evicted meanwhile.
     #[serde(default)]
     pub replica_skipped: u64,
+    /// Data bytes copied to members being rebuilt.
+    #[serde(default)]
+    pub rebuild_bytes: u64,
     /// Requests of other peers served on inbound links.
     #[serde(default)]
     pub link_served: u64,

@@ -1,0 +1,343 @@
+//! The reactor's copier: brings one member of a replica set up to date with this
+//! peer's copy (this peer leads the set), a page at a time, for the rebuild driver on
+//! the control thread ([`super::rebuild`]).
+//!
+//! A job is a page and the pieces of it to copy to one member. Each piece goes through
+//! the same gate as a host's write (the page's piece lock on this peer), so no write to
+//! the piece is in flight while it is read and sent, and every later write to it
+//! reaches the member after the copy (the member takes every write while it is being
+//! rebuilt, and the lock is held until the member has answered):
+//!
+//! ```text
+//!   Lock ──► (page allocated here) Read ── device ──► Send ── replica write ──► answer ──► next unit / piece
+//!     │      (page unallocated here) ──────────────► Send ── write zeroes ───┘
+//!     └── piece taken by a write: try again next pass
+//! ```
+//!
+//! A piece's "missed by this member" mark is cleared when the piece is locked and set
+//! again if the copy fails, so that a failed or abandoned copy is never counted as
+//! done. Units are at most [`proto::PART_MAX`] bytes and [`SEGS_MAX`] buffers; a
+//! job holds its buffers only while a unit is read or sent. A reactor runs at most
+//! [`JOBS_MAX`] jobs; each ends with one report to the control thread.
+
+use std::time::Instant;
+
+use quire_drivers::block::SEGS_MAX;
+use quire_drivers::dma::DmaBuf;
+use quire_drivers::{IoError, Op, SubmitError};
+use quire_wire::nvme::Status;
+
+use crate::peer::client::Forward;
+use crate::peer::frame::Segs;
+use crate::peer::proto;
+use crate::reactor::stats::add;
+use crate::reactor::{ReactorCtx, ReqRef};
+use crate::replica::locks::Pieces;
+use crate::volume::routing::PeerId;
+use crate::volume::VolumeId;
+
+/// Copy jobs one reactor runs at a time.
+pub const JOBS_MAX: usize = 2;
+/// The connection slot device completions and link answers of copies carry.
+pub const COPIER_CONN: u32 = u32::MAX;
+
+/// Copy pieces `mask` of `page` of `volume` to member `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyJob {
+    /// Identifies the job in its report.
+    pub id: u64,
+    /// The volume.
+    pub volume: VolumeId,
+    /// The page.
+    pub page: u64,
+    /// The pieces to copy.
+    pub mask: u64,
+    /// The member.
+    pub to: PeerId,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyReport {
+    /// The job.
+    pub id: u64,
+    /// Bytes sent (data, not zeroes).
+    pub bytes: u64,
+    /// None when every piece was copied; else why not.
+    pub failed: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Between units: the next one starts at the next pass.
+    Ready,
+    /// The device reads the unit into the job's buffers.
+    Reading,
+    /// The member has the unit's replica write.
+    Sending,
+}
+
+struct Running {
+    job: CopyJob,
+    /// Pieces not yet copied.
+    left: u64,
+    /// The piece being copied (locked here), and the member's position then.
+    piece: Option<(u32, u8)>,
+    /// Blocks of the piece done, and of the unit in flight.
+    off: u64,
+    unit: u64,
+    stage: Stage,
+    bufs: Vec<DmaBuf>,
+    bytes: u64,
+}
+
+/// The copy jobs of one reactor.
+#[derive(Default)]
+pub struct Copier {
+    slots: Vec<Option<Running>>,
+    /// Finished jobs, for the control thread.
+    pub reports: Vec<CopyReport>,
+}
+
+impl Copier {
+    /// Takes a job (the control thread never gives a reactor more than [`JOBS_MAX`]).
+    pub fn start(&mut self, job: CopyJob) {
+        let run = Running {
+            job,
+            left: job.mask,
+            piece: None,
+            off: 0,
+            unit: 0,
+            stage: Stage::Ready,
+            bufs: Vec::new(),
+            bytes: 0,
+        };
+        match self.slots.iter_mut().find(|s| s.is_none()) {
+            Some(s) => *s = Some(run),
+            None => {
+                assert!(self.slots.len() < JOBS_MAX, "more than {JOBS_MAX} copy jobs on one reactor");
+                self.slots.push(Some(run));
+            }
+        }
+    }
+
+    /// True while a job runs.
+    pub fn busy(&self) -> bool {
+        self.slots.iter().any(Option::is_some)
+    }
+
+    /// Starts the next unit of every job between units. True on progress.
+    pub fn poll(&mut self, ctx: &mut ReactorCtx) -> bool {
+        let mut work = false;
+        for i in 0..self.slots.len() {
+            if self.slots[i].as_ref().is_some_and(|r| r.stage == Stage::Ready) {
+                work |= self.step(i, ctx);
+            }
+        }
+        work
+    }
+
+    fn step(&mut self, i: usize, ctx: &mut ReactorCtx) -> bool {
+        let job = self.slots[i].as_ref().expect("a running job").job;
+        let Some(v) = ctx.volumes.get(&job.volume).filter(|v| job.page < v.routing.len()) else {
+            return self.finish(i, Some("the volume is gone".into()), ctx);
+        };
+        let set = *v.routing.set_of(job.page);
+        let (bpp, bs) = (v.view.info.blocks_per_page(), u64::from(v.view.info.block_size));
+        let (table, page_slot, epoch) = (v.view.pieces.clone(), v.view.pages.get(job.page), v.routing.epoch.0);
+        let pieces = Pieces::of(bpp);
+        let run = self.slots[i].as_mut().expect("a running job");
+        if run.piece.is_none() {
+            if run.left == 0 {
+                return self.finish(i, None, ctx);
+            }
+            if !set.leads_here() || !set.takes_writes(job.to) {
+                return self.finish(i, Some("this peer no longer leads the set, or the member left it".into()), ctx);
+            }
+            if !ctx.fence.holds(Instant::now(), set.my_inc()) {
+                return self.finish(i, Some("this peer's lease may have expired".into()), ctx);
+            }
+            let Some(slot) = set.slot_of(job.to) else {
+                return self.finish(i, Some("the member left the set".into()), ctx);
+            };
+            let piece = run.left.trailing_zeros();
+            let bit = 1u64 << piece;
+            if !table.try_lock(job.page, bit) {
+                // A write has it: next pass.
+                return false;
+            }
+            table.clear_missed(job.page, slot, bit);
+            run.piece = Some((piece, slot));
+            run.off = 0;
+        }
+        let (piece, _) = run.piece.expect("locked above");
+        let first = job.page * bpp + u64::from(piece) * pieces.blocks + run.off;
+        let rest = pieces.blocks - run.off;
+        let rref = ReqRef { conn: COPIER_CONN, req: slot_req(i) };
+        let Some(page_slot) = page_slot else {
+            // Nothing written here: the member's copy reads zeroes too.
+            run.unit = rest;
+            run.stage = Stage::Sending;
+            let f = forward(job, rref, (first, rest), proto::Op::WriteZeroes, epoch, Segs::NONE, bpp, ctx);
+            ctx.forward(job.to, f);
+            return true;
+        };
+        let chunk = ctx.pool.chunk_size() as u64;
+        let unit = rest.min(u64::from(proto::PART_MAX) / bs).min(SEGS_MAX as u64 * chunk / bs);
+        let need = usize::try_from((unit * bs).div_ceil(chunk)).expect("at most SEGS_MAX");
+        if ctx.pool.available() < need {
+            return false;
+        }
+        let dev_bs = ctx.dev_block_size;
+        let dev_lba = (page_slot + (u64::from(piece) * pieces.blocks + run.off) * bs) / dev_bs;
+        let dev_blocks = u32::try_from(unit * bs / dev_bs).expect("a unit is at most PART_MAX");
+        run.bufs.extend((0..need).map(|_| ctx.pool.get().expect("counted available")));
+        ctx.prepare(Op::Read, dev_lba, dev_blocks);
+        segs_of(&run.bufs, unit * bs, &mut ctx.dev_req);
+        match ctx.submit_prepared(rref) {
+            Ok(()) => {
+                run.unit = unit;
+                run.stage = Stage::Reading;
+                true
+            }
+            Err(SubmitError::QueueFull) => {
+                for b in run.bufs.drain(..) {
+                    ctx.pool.put(b);
+                }
+                false
+            }
+            Err(SubmitError::Invalid(why)) => self.finish(i, Some(format!("the device refused the read: {why}")), ctx),
+        }
+    }
+
+    /// The device read unit of job slot `req`.
+    pub fn on_device_completion(&mut self, req: u16, result: Result<(), IoError>, ctx: &mut ReactorCtx) {
+        let i = usize::from(req);
+        let run = self.slots[i].as_mut().expect("a device completion for a running copy");
+        assert_eq!(run.stage, Stage::Reading, "copy {i}: a device completion while {:?}", run.stage);
+        if let Err(e) = result {
+            run.stage = Stage::Ready;
+            self.finish(i, Some(format!("reading this peer's copy: {e:?}")), ctx);
+            return;
+        }
+        let job = run.job;
+        let Some(v) = ctx.volumes.get(&job.volume) else {
+            run.stage = Stage::Ready;
+            self.finish(i, Some("the volume is gone".into()), ctx);
+            return;
+        };
+        let (bpp, bs, epoch) = (v.view.info.blocks_per_page(), u64::from(v.view.info.block_size), v.routing.epoch.0);
+        let pieces = Pieces::of(bpp);
+        let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
+        let first = job.page * bpp + u64::from(piece) * pieces.blocks + run.off;
+        ctx.dev_req.nsegs = 0;
+        segs_of(&run.bufs, run.unit * bs, &mut ctx.dev_req);
+        let data = Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs]);
+        let rref = ReqRef { conn: COPIER_CONN, req };
+        let f = forward(job, rref, (first, run.unit), proto::Op::Write, epoch, data, bpp, ctx);
+        run.stage = Stage::Sending;
+        ctx.forward(job.to, f);
+    }
+
+    /// The member answered the unit of job slot `req`.
+    pub fn on_forward_done(&mut self, req: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
+        let i = usize::from(req);
+        let run = self.slots[i].as_mut().expect("a link answer for a running copy");
+        assert_eq!(run.stage, Stage::Sending, "copy {i}: a link answer while {:?}", run.stage);
+        for b in run.bufs.drain(..) {
+            ctx.pool.put(b);
+        }
+        if let Err(s) = result {
+            run.stage = Stage::Ready;
+            self.finish(i, Some(format!("the member answered {s:?}")), ctx);
+            return;
+        }
+        run.stage = Stage::Ready;
+        let job = run.job;
+        let Some(v) = ctx.volumes.get(&job.volume) else {
+            self.finish(i, Some("the volume is gone".into()), ctx);
+            return;
+        };
+        let (bpp, bs) = (v.view.info.blocks_per_page(), u64::from(v.view.info.block_size));
+        let pieces = Pieces::of(bpp);
+        let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
+        if v.view.pages.get(job.page).is_some() {
+            run.bytes += run.unit * bs;
+            add(&ctx.stats.rebuild_bytes, run.unit * bs);
+        }
+        run.off += run.unit;
+        if run.off == pieces.blocks {
+            let bit = 1u64 << piece;
+            v.view.pieces.unlock(job.page, bit);
+            run.left &= !bit;
+            run.piece = None;
+        }
+    }
+
+    /// Ends job `i` (its piece unlocked, marked missed again if it failed midway) and
+    /// reports it. Always true (progress).
+    fn finish(&mut self, i: usize, failed: Option<String>, ctx: &mut ReactorCtx) -> bool {
+        let run = self.slots[i].take().expect("a running job");
+        debug_assert!(run.stage != Stage::Reading, "a job ends only with no device read in flight");
+        for b in run.bufs {
+            ctx.pool.put(b);
+        }
+        if let Some((piece, slot)) = run.piece {
+            let bit = 1u64 << piece;
+            if let Some(v) = ctx.volumes.get(&run.job.volume).filter(|v| run.job.page < v.routing.len()) {
+                v.view.pieces.mark_missed(run.job.page, 1 << slot, bit);
+                v.view.pieces.unlock(run.job.page, bit);
+            }
+        }
+        self.reports.push(CopyReport { id: run.job.id, bytes: run.bytes, failed });
+        true
+    }
+}
+
+fn slot_req(i: usize) -> u16 {
+    u16::try_from(i).expect("at most JOBS_MAX jobs")
+}
+
+/// The first `len` bytes of `bufs` as the device request's segments.
+fn segs_of(bufs: &[DmaBuf], len: u64, req: &mut quire_drivers::IoRequest) {
+    let mut left = usize::try_from(len).expect("a unit's length");
+    req.nsegs = 0;
+    for b in bufs {
+        if left == 0 {
+            break;
+        }
+        let n = left.min(b.len());
+        req.segs[req.nsegs] = b.seg(0, n);
+        req.nsegs += 1;
+        left -= n;
+    }
+    assert_eq!(left, 0, "a unit's buffers hold it");
+}
+
+/// The replica write (or zeroes) of `[first, first + n)` for the job's member.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    job: CopyJob,
+    rref: ReqRef,
+    (first, n): (u64, u64),
+    op: proto::Op,
+    epoch: u64,
+    data: Segs,
+    bpp: u64,
+    ctx: &ReactorCtx,
+) -> Forward {
+    Forward {
+        rref,
+        to: job.to,
+        op,
+        fua: false,
+        volume: job.volume,
+        epoch: crate::volume::routing::Epoch(epoch),
+        page: first / bpp,
+        lba: first,
+        nlb: u32::try_from(n).expect("a piece's blocks"),
+        data,
+        deadline: Instant::now() + ctx.hold(),
+        replica: true,
+    }
+}

@@ -1,0 +1,292 @@
+//! The rebuild driver (control thread of a set's leader): brings each member being
+//! rebuilt (`Rebuild`) or reconciled (`Reconcile`) up to date, page by page, through
+//! the reactors' copiers ([`super::copier`]), at most `replication.rebuild_mb_s`, then
+//! asks the group to promote it to `Sync`.
+//!
+//! ```text
+//!   found (record: this peer leads, member rebuilding)
+//!     ─► Copying: every page of the set, the pieces it needs
+//!          delta: the pieces marked missed by the member's position
+//!          full / compare / reconcile: every piece (zeroes where this peer has none)
+//!     ─► Checking: pages whose pieces were marked missed meanwhile (a reactor with an
+//!        older table, a copy that failed) are copied again, until none is
+//!     ─► Promoting: GroupOp::Promote (the agent checks that this peer still leads
+//!        with the same lease and the member is the same run) ─► the record says Sync
+//!   the record changes (member gone, another leader): the task is dropped
+//! ```
+//!
+//! Writes go on meanwhile: the member takes every write while it is rebuilt, and each
+//! piece is copied under the same piece lock as a write ([`super::locks`]), so what
+//! the copy sends is never older than what the member has.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::copier::{CopyJob, CopyReport, JOBS_MAX};
+use super::locks::{PieceTable, Pieces};
+use super::set::{MemberState, RebuildMode};
+use crate::group::keys::VolumeRecord;
+use crate::volume::routing::PeerId;
+use crate::volume::VolumeId;
+
+/// A failed page is tried again after this long.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Identifies a rebuild: volume, set index, member peer, member's lease.
+pub type TaskKey = (VolumeId, usize, u16, i64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Copying,
+    Checking,
+    Promoting,
+}
+
+/// One member being brought up to date.
+#[derive(Debug)]
+pub struct Task {
+    /// The volume's name (for the promotion).
+    pub name: String,
+    /// Copy every piece (else only those marked missed).
+    pub full: bool,
+    /// The member's position in the set (its missed marks).
+    slot: u8,
+    /// Every page of the set; the pages of the current pass.
+    all: Vec<u64>,
+    pages: Vec<u64>,
+    next: usize,
+    inflight: usize,
+    failed: Vec<u64>,
+    retry_at: Option<Instant>,
+    phase: Phase,
+    /// Pages of the set, and pages done.
+    pub total: u64,
+    /// Pages copied (or found with nothing to copy) in the first pass.
+    pub done: u64,
+    /// Data bytes copied.
+    pub bytes: u64,
+    /// When it started.
+    pub started: Instant,
+}
+
+/// What the driver asks of the control thread.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send this job to reactor `.0`.
+    Copy(usize, CopyJob),
+    /// Ask the group to promote the member.
+    Promote {
+        /// Volume name.
+        name: String,
+        /// Set index.
+        set: usize,
+        /// Member peer.
+        peer: u16,
+        /// Member's lease.
+        inc: i64,
+    },
+}
+
+/// Every rebuild this peer drives.
+#[derive(Debug, Default)]
+pub struct Rebuilds {
+    /// The tasks, by key.
+    pub tasks: BTreeMap<TaskKey, Task>,
+    jobs: HashMap<u64, (TaskKey, u64, usize)>,
+    next_job: u64,
+    /// Jobs out per reactor.
+    load: Vec<usize>,
+    /// Byte budget (token bucket) and when it was last filled.
+    tokens: f64,
+    filled: Option<Instant>,
+}
+
+impl Rebuilds {
+    /// Finds the members this peer must bring up to date in `record` (this peer is
+    /// `me` with lease `lease`); drops tasks the record no longer calls for.
+    pub fn sync(&mut self, vid: VolumeId, record: &VolumeRecord, (me, lease): (u16, Option<i64>), now: Instant) {
+        let mut wanted: BTreeMap<TaskKey, (bool, u8)> = BTreeMap::new();
+        if let Some(lease) = lease {
+            for (si, s) in record.sets.iter().enumerate() {
+                if s.leader != me || s.member(me).is_none_or(|m| m.inc != lease || m.state != MemberState::Sync) {
+                    continue;
+                }
+                for (slot, m) in s.members.iter().enumerate() {
+                    let full = match m.state {
+                        MemberState::Rebuild { mode } => mode != RebuildMode::Delta,
+                        MemberState::Reconcile => true,
+                        _ => continue,
+                    };
+                    wanted.insert((vid, si, m.peer, m.inc), (full, u8::try_from(slot).expect("at most 4 members")));
+                }
+            }
+        }
+        self.tasks.retain(|k, _| k.0 != vid || wanted.contains_key(k));
+        let page_sets = record.page_sets().unwrap_or_default();
+        for (key, (full, slot)) in wanted {
+            self.tasks.entry(key).or_insert_with(|| {
+                let pages: Vec<u64> = page_sets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &s)| usize::from(s) == key.1)
+                    .map(|(p, _)| p as u64)
+                    .collect();
+                tracing::info!(
+                    volume = %record.name, set = key.1, member = key.2, full, pages = pages.len(),
+                    "rebuild of a member starts"
+                );
+                Task {
+                    name: record.name.clone(),
+                    full,
+                    slot,
+                    total: pages.len() as u64,
+                    all: pages.clone(),
+                    pages,
+                    next: 0,
+                    inflight: 0,
+                    failed: Vec::new(),
+                    retry_at: None,
+                    phase: Phase::Copying,
+                    done: 0,
+                    bytes: 0,
+                    started: now,
+                }
+            });
+        }
+    }
+
+    /// What this peer tells the group: per volume name, pages to go through, done,
+    /// bytes copied.
+    pub fn report(&self, name_of: impl Fn(VolumeId) -> Option<String>) -> crate::group::keys::RebuildReport {
+        let mut r = crate::group::keys::RebuildReport::default();
+        for (key, t) in &self.tasks {
+            let Some(name) = name_of(key.0) else { continue };
+            let p = r.volumes.entry(name).or_default();
+            p.pages += t.total;
+            p.done += t.done;
+            p.bytes += t.bytes;
+        }
+        r
+    }
+
+    /// Drops every task of a volume that went.
+    pub fn forget(&mut self, vid: VolumeId) {
+        self.tasks.retain(|k, _| k.0 != vid);
+    }
+
+    /// A copier's report.
+    pub fn on_report(&mut self, r: &CopyReport) {
+        let Some((key, page, reactor)) = self.jobs.remove(&r.id) else { return };
+        if let Some(l) = self.load.get_mut(reactor) {
+            *l = l.saturating_sub(1);
+        }
+        let Some(t) = self.tasks.get_mut(&key) else { return };
+        t.inflight -= 1;
+        t.bytes += r.bytes;
+        if let Some(why) = &r.failed {
+            tracing::debug!(volume = %t.name, page, "rebuild copy failed, tried again: {why}");
+            t.failed.push(page);
+            t.retry_at = Some(Instant::now() + RETRY);
+        }
+    }
+
+    /// The promotion of task `key` failed (the group refused or the record changed):
+    /// it is checked and tried again.
+    pub fn promotion_failed(&mut self, key: &TaskKey) {
+        if let Some(t) = self.tasks.get_mut(key) {
+            t.phase = Phase::Checking;
+            t.retry_at = Some(Instant::now() + RETRY);
+        }
+    }
+
+    /// The next jobs and promotions, within the byte budget (`mb_s` MB/s) and the
+    /// reactors' job slots (only data counts: a page this peer has not written is sent
+    /// as zeroes). `view(vid)` gives a volume's view on this peer.
+    pub fn turn(
+        &mut self,
+        reactors: usize,
+        mb_s: u32,
+        now: Instant,
+        view: impl Fn(VolumeId) -> Option<std::sync::Arc<crate::volume::VolumeView>>,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.tasks.is_empty() || reactors == 0 {
+            return out;
+        }
+        self.load.resize(reactors, 0);
+        let rate = f64::from(mb_s.max(1)) * 1e6;
+        let elapsed = self.filled.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+        // At most a tenth of a second's worth saved up: no bursts.
+        self.tokens = (self.tokens + elapsed * rate).min(rate / 10.0);
+        self.filled = Some(now);
+        let keys: Vec<TaskKey> = self.tasks.keys().copied().collect();
+        for key in keys {
+            let Some(v) = view(key.0) else { continue };
+            let pieces_table: &PieceTable = &v.pieces;
+            let pieces = Pieces::of(v.info.blocks_per_page());
+            let piece_bytes = pieces.blocks * u64::from(v.info.block_size);
+            let t = self.tasks.get_mut(&key).expect("listed");
+            if t.retry_at.is_some_and(|at| now < at) {
+                continue;
+            }
+            t.retry_at = None;
+            if t.next >= t.pages.len() && !t.failed.is_empty() {
+                t.pages = std::mem::take(&mut t.failed);
+                t.next = 0;
+            }
+            while t.next < t.pages.len() {
+                if self.tokens <= 0.0 {
+                    return out;
+                }
+                let Some(r) = (0..reactors).filter(|&r| self.load[r] < JOBS_MAX).min_by_key(|&r| self.load[r]) else {
+                    return out;
+                };
+                let page = t.pages[t.next];
+                let mask =
+                    if t.full && t.phase == Phase::Copying { pieces.all() } else { pieces_table.missed(page, t.slot) };
+                t.next += 1;
+                if t.phase == Phase::Copying {
+                    t.done += 1;
+                }
+                if mask == 0 {
+                    continue;
+                }
+                if v.pages.get(page).is_some() {
+                    self.tokens -= (u64::from(mask.count_ones()) * piece_bytes) as f64;
+                }
+                self.next_job += 1;
+                let job = CopyJob { id: self.next_job, volume: key.0, page, mask, to: PeerId(key.2) };
+                self.jobs.insert(job.id, (key, page, r));
+                self.load[r] += 1;
+                t.inflight += 1;
+                out.push(Action::Copy(r, job));
+            }
+            if t.inflight > 0 || !t.failed.is_empty() {
+                continue;
+            }
+            match t.phase {
+                Phase::Copying | Phase::Checking => {
+                    // Pages marked missed since they were copied (or never copied for a
+                    // delta): another pass; none: promote.
+                    let again: Vec<u64> =
+                        t.all.iter().copied().filter(|&p| pieces_table.missed(p, t.slot) != 0).collect();
+                    if again.is_empty() {
+                        t.phase = Phase::Promoting;
+                        tracing::info!(
+                            volume = %t.name, set = key.1, member = key.2, bytes = t.bytes,
+                            seconds = t.started.elapsed().as_secs_f64(),
+                            "rebuild copied everything; promoting the member"
+                        );
+                        out.push(Action::Promote { name: t.name.clone(), set: key.1, peer: key.2, inc: key.3 });
+                    } else {
+                        t.phase = Phase::Checking;
+                        t.pages = again;
+                        t.next = 0;
+                    }
+                }
+                Phase::Promoting => {}
+            }
+        }
+        out
+    }
+}
