@@ -48,6 +48,9 @@ pub enum ClientCommand {
     /// The group of peers this one belongs to.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Compare the copies of replicated pages and repair those that differ.
+    #[command(subcommand)]
+    Scrub(ScrubCommand),
     /// The daemon's log, as the appliance image keeps it (`quire.log` beside the
     /// management socket).
     Logs(LogsArgs),
@@ -62,6 +65,19 @@ pub struct LogsArgs {
     /// The log file (default: `quire.log` in the management socket's folder).
     #[arg(long)]
     pub file: Option<PathBuf>,
+}
+
+/// `quire scrub …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum ScrubCommand {
+    /// Scrub a volume now: every leader of its page sets compares each in-sync
+    /// member's checksums with its own copy, piece by piece, and repairs what differs.
+    Start {
+        /// The volume.
+        name: String,
+    },
+    /// Each volume's last scrub: pages compared, units repaired.
+    Status,
 }
 
 /// `quire group …`.
@@ -240,6 +256,14 @@ const VOLUME_COLUMNS: &[Column] = &[
     column("uuid", "UUID", Format::Text),
 ];
 
+const SCRUB_COLUMNS: &[Column] = &[
+    column("volume", "VOLUME", Format::Text),
+    column("state", "STATE", Format::Text),
+    column("pages", "PAGES", Format::Number),
+    column("compared", "COMPARED", Format::Number),
+    column("repaired", "REPAIRED", Format::Number),
+];
+
 const SUBSYSTEM_COLUMNS: &[Column] = &[
     column("nqn", "NQN", Format::Text),
     column("volume", "VOLUME", Format::Text),
@@ -386,6 +410,10 @@ impl ClientCommand {
             ClientCommand::Stats(StatsCommand::Requests) => (methods::STATS_REQUESTS, Value::Null),
             ClientCommand::Store(StoreCommand::Info) => (methods::STORE_INFO, Value::Null),
             ClientCommand::Group(GroupCommand::Status) => (methods::GROUP_STATUS, Value::Null),
+            ClientCommand::Scrub(ScrubCommand::Start { name }) => {
+                (methods::SCRUB_START, to_value(&VolumeNameParams { name: name.clone() }))
+            }
+            ClientCommand::Scrub(ScrubCommand::Status) => (methods::SCRUB_STATUS, Value::Null),
             ClientCommand::Logs(_) => unreachable!("quire logs reads a file, not the socket"),
             ClientCommand::Store(StoreCommand::Format(_)) => {
                 unreachable!("`quire store format` runs offline (run_with), never over RPC")
@@ -419,6 +447,8 @@ impl ClientCommand {
             ClientCommand::Stats(StatsCommand::Requests) => View::Table(TRANSITION_COLUMNS),
             ClientCommand::Store(StoreCommand::Info) => View::Record(STORE_FIELDS),
             ClientCommand::Store(StoreCommand::Format(_)) | ClientCommand::Logs(_) => View::Done(String::new()),
+            ClientCommand::Scrub(ScrubCommand::Start { name }) => View::Done(format!("scrub of {name} started")),
+            ClientCommand::Scrub(ScrubCommand::Status) => View::Table(SCRUB_COLUMNS),
             ClientCommand::Group(GroupCommand::Status) => {
                 View::RecordThenTable(GROUP_FIELDS, "peers", GROUP_PEER_COLUMNS)
             }

@@ -671,7 +671,7 @@ fn start_on(
         peer_name: cfg.peer.name.clone(),
         group,
         hold: Duration::from_millis(u64::from(cfg.group.hold_ms)),
-        rebuild_mb_s: cfg.replication.rebuild_mb_s,
+        replication: cfg.replication.clone(),
     });
     for v in &cfg.volumes {
         control.ensure_volume(&v.name, v.size.bytes(), v.page_size.bytes(), v.block_size).map_err(|e| {

@@ -354,3 +354,63 @@ fn set_index(pages: &Value, set: usize) -> usize {
     let set = u64::try_from(set).unwrap();
     pages["sets"].as_array().unwrap().iter().position(|s| s["set"].as_u64() == Some(set)).expect("a set in use")
 }
+
+#[test]
+fn a_scrub_finds_and_repairs_a_piece_corrupted_on_one_copy_behind_its_back() {
+    let _serial = serial();
+    let Some((_dir, _etcd, peers)) = three("a_scrub_repairs") else { return };
+    create_replicated(&peers, 0, "rep");
+    // A piece (16 blocks) of a page a leads, written through a: on a and on the other
+    // member x.
+    let p = pages(&peers[0], "rep");
+    let run = p["runs"].as_array().unwrap().iter().find(|r| r["owner"] == "a").expect("a page a leads").clone();
+    let page = run["first"].as_u64().unwrap();
+    let set = usize::try_from(run["set"].as_u64().unwrap()).unwrap();
+    let (_, members) = &sets(&peers[0], "rep")[set_index(&p, set)];
+    let x_name = members.iter().map(|(m, _)| m.clone()).find(|m| m != "a").expect("another member");
+    let x = peers.iter().position(|q| q.name == x_name).unwrap();
+    let lba = page * BLOCKS_PER_PAGE + 32;
+    let data = pattern(lba, 77, 16);
+    let mut a = Client::connect(&peers[0], "rep", Duration::from_secs(15));
+    a.write(lba, &data).expect("write a piece");
+    a.flush().expect("flush");
+    // Behind x's back: one block of its copy overwritten in its device file.
+    let img = peers[x].dir.join("quire.img");
+    let at = {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&img).expect("x's device file");
+        let mut buf = vec![0u8; 4096];
+        let mut off = 0u64;
+        loop {
+            f.seek(SeekFrom::Start(off)).unwrap();
+            if f.read_exact(&mut buf).is_err() {
+                panic!("the piece is not in {}", img.display());
+            }
+            if buf[..] == data[..4096] {
+                break off;
+            }
+            off += 4096;
+        }
+    };
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&[0xEE; 4096], at + 4096).unwrap();
+        f.sync_all().unwrap();
+    }
+    // x serves reads of the page from its own copy: the corruption shows there.
+    let mut via_x = Client::connect(&peers[x], "rep", Duration::from_secs(15));
+    assert_ne!(via_x.read(lba, 16).expect("read through x"), data, "x reads its own (corrupted) copy");
+    // The scrub, asked through any peer, compares and repairs it from a's copy.
+    assert_eq!(cli_json(&peers[2].socket(), &["scrub", "start", "rep"]), Value::Bool(true));
+    for q in &peers {
+        wait_for(q, "the scrub done, one unit repaired", Duration::from_secs(60), |q| {
+            let st = cli_json(&q.socket(), &["scrub", "status"]);
+            let e = st.as_array().unwrap().iter().find(|e| e["volume"] == "rep").cloned().unwrap_or(Value::Null);
+            e["state"] == "done" && e["repaired"] == 1 && e["compared"].as_u64() == e["pages"].as_u64()
+        });
+    }
+    assert_eq!(peers[0].reactor_sum("scrub_mismatches"), 1);
+    assert_eq!(via_x.read(lba, 16).expect("read through x again"), data, "x's copy repaired");
+    same_everywhere(&peers, "rep");
+}

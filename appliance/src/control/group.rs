@@ -56,7 +56,7 @@ impl Control {
         self.group.is_some()
             && matches!(
                 call.method.as_str(),
-                m::VOLUME_CREATE | m::VOLUME_GROW | m::VOLUME_DELETE | m::VOLUME_SET_REPLICAS
+                m::VOLUME_CREATE | m::VOLUME_GROW | m::VOLUME_DELETE | m::VOLUME_SET_REPLICAS | m::SCRUB_START
             )
     }
 
@@ -104,6 +104,10 @@ impl Control {
             m::VOLUME_SET_REPLICAS => {
                 let p: m::VolumeSetReplicasParams = call.params()?;
                 Ok(GroupOpKind::SetReplicas { name: p.name, replicas: p.replicas })
+            }
+            m::SCRUB_START => {
+                let p: m::VolumeNameParams = call.params()?;
+                Ok(GroupOpKind::Scrub { name: p.name })
             }
             other => unreachable!("not a group call: {other}"),
         }
@@ -173,7 +177,7 @@ impl Control {
     }
 
     fn group_reply(&self, method: &str, name: &str) -> Result<serde_json::Value, RpcError> {
-        if method == m::VOLUME_DELETE {
+        if method == m::VOLUME_DELETE || method == m::SCRUB_START {
             return Ok(json!(true));
         }
         match self.store.volume_by_name(name) {
@@ -417,8 +421,31 @@ impl Control {
         }
         let records = &self.records;
         self.rebuilds.tasks.retain(|k, _| records.contains_key(&k.0));
+        self.rebuilds.scrubs.retain(|k, _| records.contains_key(&k.0));
+        self.rebuilds.scrub_results.retain(|k, _| records.contains_key(k));
+        // Scrubs: asked for by an operator (a new request id in the group), or due
+        // (`replication.scrub_every_h` since this peer last scrubbed the volume).
+        if let (Some(g), Some(lease)) = (&self.group, self.me_lease) {
+            let requests = g.snapshot().scrubs;
+            let every = std::time::Duration::from_secs(u64::from(self.replication.scrub_every_h) * 3600);
+            for (vid, (rec, _)) in &self.records {
+                let asked =
+                    requests.get(&rec.name).copied().filter(|&id| self.scrubs_started.get(&rec.name) != Some(&id));
+                let last = *self.last_scrub.entry(*vid).or_insert(now);
+                let due = self.replication.scrub_every_h > 0 && now.duration_since(last) >= every;
+                if asked.is_none() && !due {
+                    continue;
+                }
+                if let Some(id) = asked {
+                    self.scrubs_started.insert(rec.name.clone(), id);
+                }
+                self.last_scrub.insert(*vid, now);
+                self.rebuilds.start_scrub(*vid, rec, (self.me.0, lease), asked.unwrap_or(0), now);
+            }
+        }
         let store = &self.store;
-        let actions = self.rebuilds.turn(self.reactors.len(), self.rebuild_mb_s, now, |vid| store.volume(vid));
+        let rates = (self.replication.rebuild_mb_s, self.replication.scrub_mb_s);
+        let actions = self.rebuilds.turn(self.reactors.len(), rates, now, |vid| store.volume(vid));
         let report = self.rebuilds.report(|vid| self.store.volume(vid).map(|v| v.info.name.clone()));
         if let Some(g) = &self.group {
             g.set_rebuild_report(report);
@@ -436,6 +463,34 @@ impl Control {
                 }
             }
         }
+    }
+
+    /// `scrub_status`: every volume's last scrub, summed over the leaders' reports.
+    pub(super) fn scrub_status(&self) -> Vec<m::ScrubEntry> {
+        let reports = self.group.as_ref().map(|g| g.snapshot().rebuilds).unwrap_or_default();
+        let mut out = Vec::new();
+        for v in self.store.volumes() {
+            let name = &v.info.name;
+            let mut e =
+                m::ScrubEntry { volume: name.clone(), state: "never".into(), pages: 0, compared: 0, repaired: 0 };
+            let mut any = false;
+            let mut running = false;
+            for p in reports.values().filter_map(|r| r.volumes.get(name)) {
+                if p.scrub_pages == 0 && !p.scrub_running && p.scrub_id == 0 && p.scrub_done == 0 {
+                    continue;
+                }
+                any = true;
+                running |= p.scrub_running;
+                e.pages += p.scrub_pages;
+                e.compared += p.scrub_done;
+                e.repaired += p.scrub_mismatches;
+            }
+            if any {
+                e.state = if running { "running" } else { "done" }.into();
+            }
+            out.push(e);
+        }
+        out
     }
 
     /// `volume_pages`.

@@ -47,6 +47,9 @@ const REACTOR_COUNTERS: &[(&str, &str, ReactorField)] = &[
         &s.replica_skipped
     }),
     ("quire_rebuild_bytes_total", "Data bytes copied to members being rebuilt.", |s| &s.rebuild_bytes),
+    ("quire_scrub_mismatches_total", "Units a scrub found different on a member, and repaired.", |s| {
+        &s.scrub_mismatches
+    }),
     ("quire_peer_link_served_total", "Requests of other peers served on inbound links.", |s| &s.link_served),
     ("quire_peer_link_errors_total", "Requests of other peers answered with an error.", |s| &s.link_errors),
     ("quire_peer_link_refusals_total", "Inbound peer links refused at the handshake.", |s| &s.link_refusals),

@@ -67,8 +67,8 @@ pub struct ControlParts {
     pub group: Option<Arc<crate::group::Shared>>,
     /// How long I/O for an unreachable page owner is held (`group.hold_ms`).
     pub hold: Duration,
-    /// Rebuild copies' rate limit (`replication.rebuild_mb_s`).
-    pub rebuild_mb_s: u32,
+    /// `[replication]`: rebuild and scrub rates, scrub period.
+    pub replication: quire_config::schema::Replication,
 }
 
 /// The control thread's state.
@@ -119,7 +119,11 @@ pub struct Control {
     activation_wanted: Vec<(VolumeId, usize)>,
     /// Members this peer brings up to date (it leads their sets).
     rebuilds: crate::replica::rebuild::Rebuilds,
-    rebuild_mb_s: u32,
+    replication: quire_config::schema::Replication,
+    /// The scrub requests started, by volume name, and when each volume led here was
+    /// last scrubbed (the periodic scrub).
+    scrubs_started: HashMap<String, u64>,
+    last_scrub: HashMap<VolumeId, std::time::Instant>,
 }
 
 impl Control {
@@ -155,7 +159,9 @@ impl Control {
             leading: std::collections::HashSet::new(),
             activation_wanted: Vec::new(),
             rebuilds: Default::default(),
-            rebuild_mb_s: parts.rebuild_mb_s,
+            replication: parts.replication,
+            scrubs_started: HashMap::new(),
+            last_scrub: HashMap::new(),
         };
         c.outboxes = Outboxes::new(c.reactors.len());
         if let Some(g) = &c.group {
@@ -389,6 +395,10 @@ impl Control {
                 self.publish(v.clone(), None);
                 Ok(json!(volume_entry(&v)))
             }
+            m::SCRUB_START => Err(RpcError::invalid_state(
+                "a single peer keeps one copy of each page: there is nothing to compare (scrubs need a group with replicas)",
+            )),
+            m::SCRUB_STATUS => Ok(json!(self.scrub_status())),
             m::VOLUME_SET_REPLICAS => {
                 let p: m::VolumeSetReplicasParams = call.params()?;
                 self.volume_id(&p.name)?;
@@ -644,6 +654,7 @@ impl Control {
                     fenced: get(&s.fenced),
                     replica_skipped: get(&s.replica_skipped),
                     rebuild_bytes: get(&s.rebuild_bytes),
+                    scrub_mismatches: get(&s.scrub_mismatches),
                     link_served: get(&s.link_served),
                     link_errors: get(&s.link_errors),
                     link_refusals: get(&s.link_refusals),

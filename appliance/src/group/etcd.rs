@@ -301,6 +301,7 @@ impl Agent {
             volumes: view.volumes.iter().map(|(n, (r, _))| (n.clone(), r.clone())).collect(),
             unreadable: view.unreadable_volumes.clone(),
             rebuilds: view.rebuilds.clone(),
+            scrubs: view.scrubs.clone(),
             live: view
                 .peers
                 .values()
@@ -600,7 +601,7 @@ impl Agent {
                     };
                     (
                         vec![unchanged_since(&keys::volume_key(name), *revision)],
-                        vec![delete_op(&keys::volume_key(name))],
+                        vec![delete_op(&keys::volume_key(name)), delete_op(&keys::scrub_key(name))],
                     )
                 }
                 GroupOpKind::SetReplicas { name, replicas } => {
@@ -647,6 +648,17 @@ impl Agent {
                     (
                         vec![unchanged_since(&keys::volume_key(name), *revision)],
                         vec![put_op(&keys::volume_key(name), r.encode())],
+                    )
+                }
+                GroupOpKind::Scrub { name } => {
+                    let Some((_, revision)) = view.volumes.get(name) else {
+                        return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));
+                    };
+                    let previous = view.scrubs.get(name).copied().unwrap_or(0);
+                    let request = keys::ScrubRequest { id: now_ms().max(previous + 1) };
+                    (
+                        vec![unchanged_since(&keys::volume_key(name), *revision)],
+                        vec![put_op(&keys::scrub_key(name), serde_json::to_vec(&request).expect("serializes"))],
                     )
                 }
             };

@@ -49,6 +49,21 @@ pub const VOLUMES: &str = "/quire/v1/volumes/";
 pub const REVOKED: &str = "/quire/v1/revoked/";
 /// The prefix of rebuild reports.
 pub const REBUILD: &str = "/quire/v1/rebuild/";
+/// The prefix of scrub requests.
+pub const SCRUB: &str = "/quire/v1/scrub/";
+
+/// The key of volume `name`'s scrub request.
+pub fn scrub_key(name: &str) -> String {
+    format!("{SCRUB}{name}")
+}
+
+/// An operator's request to scrub a volume (`quire scrub start`): every leader of its
+/// sets compares its members' copies with its own once for each new `id`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubRequest {
+    /// When it was asked (ms since the Unix epoch): newer requests have larger ids.
+    pub id: u64,
+}
 
 /// The key of peer `name`'s revocation record.
 pub fn revoked_key(name: &str) -> String {
@@ -89,6 +104,22 @@ pub struct RebuildProgress {
     pub bytes: u64,
     /// Pieces copied so far.
     pub pieces: u64,
+    /// The last scrub this leader ran of the sets it leads: pages to compare (one
+    /// per member), pages compared, units found different (and repaired), running.
+    #[serde(default)]
+    pub scrub_pages: u64,
+    /// Pages compared.
+    #[serde(default)]
+    pub scrub_done: u64,
+    /// Units found different and repaired.
+    #[serde(default)]
+    pub scrub_mismatches: u64,
+    /// Still running.
+    #[serde(default)]
+    pub scrub_running: bool,
+    /// Which request it ran for (0: the periodic scrub).
+    #[serde(default)]
+    pub scrub_id: u64,
 }
 
 /// The most pages a volume of a group has: the set of each page (2 bytes, base64) fits one

@@ -79,6 +79,8 @@ pub struct GroupSnapshot {
     pub live: BTreeMap<u16, LivePeer>,
     /// What each live peer reports of the rebuilds it leads, by peer name.
     pub rebuilds: BTreeMap<String, keys::RebuildReport>,
+    /// Scrub requests (their ids) by volume name.
+    pub scrubs: BTreeMap<String, u64>,
 }
 
 /// A live peer as the snapshot gives it: what links and hosts need to reach it.
@@ -141,6 +143,11 @@ pub enum GroupOpKind {
         /// Its incarnation.
         inc: i64,
     },
+    /// Ask every leader of the volume's sets to scrub them.
+    Scrub {
+        /// Name.
+        name: String,
+    },
 }
 
 impl GroupOpKind {
@@ -151,7 +158,8 @@ impl GroupOpKind {
             | GroupOpKind::Grow { name, .. }
             | GroupOpKind::Delete { name }
             | GroupOpKind::SetReplicas { name, .. }
-            | GroupOpKind::Promote { name, .. } => name,
+            | GroupOpKind::Promote { name, .. }
+            | GroupOpKind::Scrub { name } => name,
         }
     }
 }

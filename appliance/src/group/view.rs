@@ -63,6 +63,8 @@ pub struct GroupView {
     pub revoked: BTreeMap<String, keys::RevokedRecord>,
     /// What each live peer reports of the rebuilds it leads, by peer name.
     pub rebuilds: BTreeMap<String, keys::RebuildReport>,
+    /// Scrub requests by volume name.
+    pub scrubs: BTreeMap<String, u64>,
 }
 
 /// Whether a peer may register, from the view it read first.
@@ -122,6 +124,15 @@ impl GroupView {
                         view.revoked.insert(name.to_string(), r);
                     }
                     Err(e) => view.ignored.push(format!("{key}: not a revocation record: {e}")),
+                }
+                continue;
+            }
+            if let Some(name) = key.strip_prefix(keys::SCRUB) {
+                match serde_json::from_slice::<keys::ScrubRequest>(kv.value) {
+                    Ok(r) => {
+                        view.scrubs.insert(name.to_string(), r.id);
+                    }
+                    Err(e) => view.ignored.push(format!("{key}: not a scrub request: {e}")),
                 }
                 continue;
             }

@@ -1021,6 +1021,9 @@ impl Reactor {
                         c.on_forward_done(rref.req, result, &mut self.ctx);
                     }
                     Finished::Reroute(fwd) => self.ctx.reroutes.push((Instant::now() + REROUTE_DELAY, *fwd)),
+                    Finished::Digest { rref, from: _, result } if rref.conn == crate::replica::copier::COPIER_CONN => {
+                        self.copier.on_digest(rref.req, result, &mut self.ctx);
+                    }
                     Finished::Digest { rref, from, result } => {
                         let c =
                             self.conns[rref.conn as usize].as_mut().expect("a forwarding request's connection lives");

@@ -86,6 +86,8 @@ pub struct ReactorStats {
     pub replica_skipped: AtomicU64,
     /// Data bytes a rebuild copied from this peer's copies to members (the copier).
     pub rebuild_bytes: AtomicU64,
+    /// Units a scrub found different on a member (and repaired from this peer's copy).
+    pub scrub_mismatches: AtomicU64,
     /// Requests of other peers served (inbound peer links).
     pub link_served: AtomicU64,
     /// Of those, answered with an error status.

@@ -54,6 +54,9 @@ pub struct CopyJob {
     pub mask: u64,
     /// The member.
     pub to: PeerId,
+    /// Scrub: compare the member's checksum of each unit with this peer's, and send the
+    /// unit only where they differ (a repair), instead of sending every unit.
+    pub verify: bool,
 }
 
 /// How a job ended.
@@ -63,6 +66,8 @@ pub struct CopyReport {
     pub id: u64,
     /// Bytes sent (data, not zeroes).
     pub bytes: u64,
+    /// Scrub: units whose checksums differed (each repaired unless `failed`).
+    pub mismatches: u64,
     /// None when every piece was copied; else why not.
     pub failed: Option<String>,
 }
@@ -73,6 +78,8 @@ enum Stage {
     Ready,
     /// The device reads the unit into the job's buffers.
     Reading,
+    /// Scrub: the member computes its checksum of the unit.
+    Digesting,
     /// The member has the unit's replica write.
     Sending,
 }
@@ -89,6 +96,9 @@ struct Running {
     stage: Stage,
     bufs: Vec<DmaBuf>,
     bytes: u64,
+    /// Scrub: this peer's checksum of the unit in flight, and differences found.
+    crc: u32,
+    mismatches: u64,
 }
 
 /// The copy jobs of one reactor.
@@ -111,6 +121,8 @@ impl Copier {
             stage: Stage::Ready,
             bufs: Vec::new(),
             bytes: 0,
+            crc: 0,
+            mismatches: 0,
         };
         match self.slots.iter_mut().find(|s| s.is_none()) {
             Some(s) => *s = Some(run),
@@ -166,7 +178,9 @@ impl Copier {
                 // A write has it: next pass.
                 return false;
             }
-            table.clear_missed(job.page, slot, bit);
+            if !job.verify {
+                table.clear_missed(job.page, slot, bit);
+            }
             run.piece = Some((piece, slot));
             run.off = 0;
         }
@@ -174,16 +188,24 @@ impl Copier {
         let first = job.page * bpp + u64::from(piece) * pieces.blocks + run.off;
         let rest = pieces.blocks - run.off;
         let rref = ReqRef { conn: COPIER_CONN, req: slot_req(i) };
+        let chunk = ctx.pool.chunk_size() as u64;
+        let unit = rest.min(u64::from(proto::PART_MAX) / bs).min(SEGS_MAX as u64 * chunk / bs);
         let Some(page_slot) = page_slot else {
             // Nothing written here: the member's copy reads zeroes too.
+            if job.verify {
+                run.unit = unit;
+                run.crc = zeroes_crc(unit * bs);
+                run.stage = Stage::Digesting;
+                let f = forward(job, rref, (first, unit), proto::Op::Digest, epoch, Segs::NONE, bpp, ctx);
+                ctx.forward(job.to, f);
+                return true;
+            }
             run.unit = rest;
             run.stage = Stage::Sending;
             let f = forward(job, rref, (first, rest), proto::Op::WriteZeroes, epoch, Segs::NONE, bpp, ctx);
             ctx.forward(job.to, f);
             return true;
         };
-        let chunk = ctx.pool.chunk_size() as u64;
-        let unit = rest.min(u64::from(proto::PART_MAX) / bs).min(SEGS_MAX as u64 * chunk / bs);
         let need = usize::try_from((unit * bs).div_ceil(chunk)).expect("at most SEGS_MAX");
         if ctx.pool.available() < need {
             return false;
@@ -230,10 +252,17 @@ impl Copier {
         let pieces = Pieces::of(bpp);
         let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
         let first = job.page * bpp + u64::from(piece) * pieces.blocks + run.off;
+        let rref = ReqRef { conn: COPIER_CONN, req };
+        if job.verify {
+            run.crc = bufs_crc(&run.bufs, run.unit * bs);
+            run.stage = Stage::Digesting;
+            let f = forward(job, rref, (first, run.unit), proto::Op::Digest, epoch, Segs::NONE, bpp, ctx);
+            ctx.forward(job.to, f);
+            return;
+        }
         ctx.dev_req.nsegs = 0;
         segs_of(&run.bufs, run.unit * bs, &mut ctx.dev_req);
         let data = Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs]);
-        let rref = ReqRef { conn: COPIER_CONN, req };
         let f = forward(job, rref, (first, run.unit), proto::Op::Write, epoch, data, bpp, ctx);
         run.stage = Stage::Sending;
         ctx.forward(job.to, f);
@@ -243,7 +272,12 @@ impl Copier {
     pub fn on_forward_done(&mut self, req: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
         let i = usize::from(req);
         let run = self.slots[i].as_mut().expect("a link answer for a running copy");
-        assert_eq!(run.stage, Stage::Sending, "copy {i}: a link answer while {:?}", run.stage);
+        assert!(
+            matches!(run.stage, Stage::Sending | Stage::Digesting),
+            "copy {i}: a link answer while {:?}",
+            run.stage
+        );
+        debug_assert!(run.stage == Stage::Sending || result.is_err(), "a digest is answered by on_digest");
         for b in run.bufs.drain(..) {
             ctx.pool.put(b);
         }
@@ -258,13 +292,24 @@ impl Copier {
             self.finish(i, Some("the volume is gone".into()), ctx);
             return;
         };
-        let (bpp, bs) = (v.view.info.blocks_per_page(), u64::from(v.view.info.block_size));
-        let pieces = Pieces::of(bpp);
-        let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
+        let bs = u64::from(v.view.info.block_size);
         if v.view.pages.get(job.page).is_some() {
             run.bytes += run.unit * bs;
             add(&ctx.stats.rebuild_bytes, run.unit * bs);
         }
+        self.unit_done(i, ctx);
+    }
+
+    /// The unit in flight of job `i` is done: the next one, or the piece is.
+    fn unit_done(&mut self, i: usize, ctx: &mut ReactorCtx) {
+        let run = self.slots[i].as_mut().expect("a running job");
+        let job = run.job;
+        let Some(v) = ctx.volumes.get(&job.volume) else {
+            self.finish(i, Some("the volume is gone".into()), ctx);
+            return;
+        };
+        let pieces = Pieces::of(v.view.info.blocks_per_page());
+        let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
         run.off += run.unit;
         if run.off == pieces.blocks {
             let bit = 1u64 << piece;
@@ -272,6 +317,57 @@ impl Copier {
             run.left &= !bit;
             run.piece = None;
         }
+    }
+
+    /// The member's checksum of the unit of scrub job slot `req`: equal, the unit is
+    /// done; different, this peer's copy of it is sent (a repair).
+    pub fn on_digest(&mut self, req: u16, result: Result<u32, Status>, ctx: &mut ReactorCtx) {
+        let i = usize::from(req);
+        let run = self.slots[i].as_mut().expect("a digest for a running scrub");
+        assert_eq!(run.stage, Stage::Digesting, "scrub {i}: a digest while {:?}", run.stage);
+        let theirs = match result {
+            Ok(c) => c,
+            Err(s) => {
+                run.stage = Stage::Ready;
+                self.finish(i, Some(format!("the member answered {s:?}")), ctx);
+                return;
+            }
+        };
+        if theirs == run.crc {
+            for b in run.bufs.drain(..) {
+                ctx.pool.put(b);
+            }
+            run.stage = Stage::Ready;
+            self.unit_done(i, ctx);
+            return;
+        }
+        run.mismatches += 1;
+        add(&ctx.stats.scrub_mismatches, 1);
+        let job = run.job;
+        let Some(v) = ctx.volumes.get(&job.volume) else {
+            run.stage = Stage::Ready;
+            self.finish(i, Some("the volume is gone".into()), ctx);
+            return;
+        };
+        let (bpp, bs, epoch) = (v.view.info.blocks_per_page(), u64::from(v.view.info.block_size), v.routing.epoch.0);
+        let pieces = Pieces::of(bpp);
+        let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
+        let first = job.page * bpp + u64::from(piece) * pieces.blocks + run.off;
+        let rref = ReqRef { conn: COPIER_CONN, req };
+        tracing::warn!(
+            volume = ?job.volume, page = job.page, lba = first, member = job.to.0,
+            "scrub: the member's copy differs; repairing it"
+        );
+        let f = if run.bufs.is_empty() {
+            forward(job, rref, (first, run.unit), proto::Op::WriteZeroes, epoch, Segs::NONE, bpp, ctx)
+        } else {
+            ctx.dev_req.nsegs = 0;
+            segs_of(&run.bufs, run.unit * bs, &mut ctx.dev_req);
+            let data = Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs]);
+            forward(job, rref, (first, run.unit), proto::Op::Write, epoch, data, bpp, ctx)
+        };
+        run.stage = Stage::Sending;
+        ctx.forward(job.to, f);
     }
 
     /// Ends job `i` (its piece unlocked, marked missed again if it failed midway) and
@@ -285,13 +381,41 @@ impl Copier {
         if let Some((piece, slot)) = run.piece {
             let bit = 1u64 << piece;
             if let Some(v) = ctx.volumes.get(&run.job.volume).filter(|v| run.job.page < v.routing.len()) {
-                v.view.pieces.mark_missed(run.job.page, 1 << slot, bit);
+                if !run.job.verify {
+                    v.view.pieces.mark_missed(run.job.page, 1 << slot, bit);
+                }
                 v.view.pieces.unlock(run.job.page, bit);
             }
         }
-        self.reports.push(CopyReport { id: run.job.id, bytes: run.bytes, failed });
+        self.reports.push(CopyReport { id: run.job.id, bytes: run.bytes, mismatches: run.mismatches, failed });
         true
     }
+}
+
+/// CRC32C of the first `len` bytes of `bufs` (what a member's link server computes of
+/// its copy for a digest).
+fn bufs_crc(bufs: &[DmaBuf], len: u64) -> u32 {
+    let mut left = usize::try_from(len).expect("a unit's length");
+    let mut crc = 0;
+    for b in bufs {
+        let n = left.min(b.len());
+        crc = quire_wire::tcp::digest::crc32c_append(crc, &b.as_slice()[..n]);
+        left -= n;
+    }
+    crc
+}
+
+/// CRC32C of `len` zero bytes.
+fn zeroes_crc(len: u64) -> u32 {
+    const ZEROES: [u8; 4096] = [0; 4096];
+    let mut left = len;
+    let mut crc = 0;
+    while left > 0 {
+        let n = left.min(4096);
+        crc = quire_wire::tcp::digest::crc32c_append(crc, &ZEROES[..usize::try_from(n).expect("≤ 4096")]);
+        left -= n;
+    }
+    crc
 }
 
 fn slot_req(i: usize) -> u16 {

@@ -92,13 +92,36 @@ pub enum Action {
 pub struct Rebuilds {
     /// The tasks, by key.
     pub tasks: BTreeMap<TaskKey, Task>,
-    jobs: HashMap<u64, (TaskKey, u64, usize)>,
+    /// Job id → task, page, reactor, and whether it is a scrub's.
+    jobs: HashMap<u64, (TaskKey, u64, usize, bool)>,
     next_job: u64,
     /// Jobs out per reactor.
     load: Vec<usize>,
     /// Byte budget (token bucket) and when it was last filled.
     tokens: f64,
     filled: Option<Instant>,
+    /// Scrubs of in-sync members (the same machinery, comparing instead of copying),
+    /// their budget, and the last result per volume.
+    pub scrubs: BTreeMap<TaskKey, Task>,
+    scrub_tokens: f64,
+    scrub_filled: Option<Instant>,
+    /// The last scrub of each volume on this peer.
+    pub scrub_results: BTreeMap<VolumeId, ScrubResult>,
+}
+
+/// How the last scrub of a volume's sets led here went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubResult {
+    /// The request it ran for (0: periodic).
+    pub id: u64,
+    /// Pages to compare (one per member) and compared.
+    pub pages: u64,
+    /// Pages compared.
+    pub done: u64,
+    /// Units that differed (each repaired from this peer's copy).
+    pub mismatches: u64,
+    /// Still running.
+    pub running: bool,
 }
 
 impl Rebuilds {
@@ -122,6 +145,16 @@ impl Rebuilds {
             }
         }
         self.tasks.retain(|k, _| k.0 != vid || wanted.contains_key(k));
+        self.scrubs.retain(|k, _| {
+            k.0 != vid
+                || lease.is_some_and(|lease| {
+                    record.sets.get(k.1).is_some_and(|s| {
+                        s.leader == me
+                            && s.member(me).is_some_and(|m| m.inc == lease && m.state == MemberState::Sync)
+                            && s.member(k.2).is_some_and(|m| m.inc == k.3 && m.state == MemberState::Sync)
+                    })
+                })
+        });
         let page_sets = record.page_sets().unwrap_or_default();
         for (key, (full, slot)) in wanted {
             self.tasks.entry(key).or_insert_with(|| {
@@ -135,22 +168,7 @@ impl Rebuilds {
                     volume = %record.name, set = key.1, member = key.2, full, pages = pages.len(),
                     "rebuild of a member starts"
                 );
-                Task {
-                    name: record.name.clone(),
-                    full,
-                    slot,
-                    total: pages.len() as u64,
-                    all: pages.clone(),
-                    pages,
-                    next: 0,
-                    inflight: 0,
-                    failed: Vec::new(),
-                    retry_at: None,
-                    phase: Phase::Copying,
-                    done: 0,
-                    bytes: 0,
-                    started: now,
-                }
+                Task::new(&record.name, full, slot, pages, now)
             });
         }
     }
@@ -166,21 +184,74 @@ impl Rebuilds {
             p.done += t.done;
             p.bytes += t.bytes;
         }
+        for (vid, res) in &self.scrub_results {
+            let Some(name) = name_of(*vid) else { continue };
+            let p = r.volumes.entry(name).or_default();
+            p.scrub_pages = res.pages;
+            p.scrub_done = res.done;
+            p.scrub_mismatches = res.mismatches;
+            p.scrub_running = res.running;
+            p.scrub_id = res.id;
+        }
         r
+    }
+
+    /// Starts a scrub (request `id`, 0 for the periodic one) of every set of the
+    /// volume this peer leads: each in-sync member's copy compared with this peer's,
+    /// page by page, and repaired where it differs.
+    pub fn start_scrub(
+        &mut self,
+        vid: VolumeId,
+        record: &VolumeRecord,
+        (me, lease): (u16, i64),
+        id: u64,
+        now: Instant,
+    ) {
+        let page_sets = record.page_sets().unwrap_or_default();
+        let mut result = ScrubResult { id, running: true, ..ScrubResult::default() };
+        for (si, s) in record.sets.iter().enumerate() {
+            if s.leader != me || s.member(me).is_none_or(|m| m.inc != lease || m.state != MemberState::Sync) {
+                continue;
+            }
+            let pages: Vec<u64> =
+                page_sets.iter().enumerate().filter(|(_, &p)| usize::from(p) == si).map(|(p, _)| p as u64).collect();
+            if pages.is_empty() {
+                continue;
+            }
+            for (slot, m) in s.members.iter().enumerate() {
+                if m.peer == me || m.state != MemberState::Sync {
+                    continue;
+                }
+                result.pages += pages.len() as u64;
+                let slot = u8::try_from(slot).expect("at most 4 members");
+                self.scrubs.insert((vid, si, m.peer, m.inc), Task::new(&record.name, true, slot, pages.clone(), now));
+            }
+        }
+        tracing::info!(volume = %record.name, pages = result.pages, "scrub starts");
+        result.running = result.pages > 0;
+        self.scrub_results.insert(vid, result);
     }
 
     /// Drops every task of a volume that went.
     pub fn forget(&mut self, vid: VolumeId) {
         self.tasks.retain(|k, _| k.0 != vid);
+        self.scrubs.retain(|k, _| k.0 != vid);
+        self.scrub_results.remove(&vid);
     }
 
     /// A copier's report.
     pub fn on_report(&mut self, r: &CopyReport) {
-        let Some((key, page, reactor)) = self.jobs.remove(&r.id) else { return };
+        let Some((key, page, reactor, scrub)) = self.jobs.remove(&r.id) else { return };
         if let Some(l) = self.load.get_mut(reactor) {
             *l = l.saturating_sub(1);
         }
-        let Some(t) = self.tasks.get_mut(&key) else { return };
+        if scrub {
+            if let Some(res) = self.scrub_results.get_mut(&key.0) {
+                res.mismatches += r.mismatches;
+            }
+        }
+        let tasks = if scrub { &mut self.scrubs } else { &mut self.tasks };
+        let Some(t) = tasks.get_mut(&key) else { return };
         t.inflight -= 1;
         t.bytes += r.bytes;
         if let Some(why) = &r.failed {
@@ -199,33 +270,46 @@ impl Rebuilds {
         }
     }
 
-    /// The next jobs and promotions, within the byte budget (`mb_s` MB/s) and the
-    /// reactors' job slots (only data counts: a page this peer has not written is sent
-    /// as zeroes). `view(vid)` gives a volume's view on this peer.
+    /// The next jobs and promotions, within the byte budgets (`rebuild_mb_s`,
+    /// `scrub_mb_s` MB/s) and the reactors' job slots (only data counts: a page this
+    /// peer has not written is sent as zeroes). `view(vid)` gives a volume's view here.
     pub fn turn(
         &mut self,
         reactors: usize,
-        mb_s: u32,
+        (rebuild_mb_s, scrub_mb_s): (u32, u32),
         now: Instant,
         view: impl Fn(VolumeId) -> Option<std::sync::Arc<crate::volume::VolumeView>>,
     ) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.tasks.is_empty() || reactors == 0 {
+        if reactors == 0 || self.tasks.is_empty() && self.scrubs.is_empty() {
             return out;
         }
         self.load.resize(reactors, 0);
-        let rate = f64::from(mb_s.max(1)) * 1e6;
-        let elapsed = self.filled.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-        // At most a tenth of a second's worth saved up: no bursts.
-        self.tokens = (self.tokens + elapsed * rate).min(rate / 10.0);
-        self.filled = Some(now);
-        let keys: Vec<TaskKey> = self.tasks.keys().copied().collect();
+        refill(&mut self.tokens, &mut self.filled, rebuild_mb_s, now);
+        refill(&mut self.scrub_tokens, &mut self.scrub_filled, scrub_mb_s, now);
+        self.schedule(false, reactors, now, &view, &mut out);
+        self.schedule(true, reactors, now, &view, &mut out);
+        out
+    }
+
+    fn schedule(
+        &mut self,
+        scrub: bool,
+        reactors: usize,
+        now: Instant,
+        view: &impl Fn(VolumeId) -> Option<std::sync::Arc<crate::volume::VolumeView>>,
+        out: &mut Vec<Action>,
+    ) {
+        let (tasks, tokens) =
+            if scrub { (&mut self.scrubs, &mut self.scrub_tokens) } else { (&mut self.tasks, &mut self.tokens) };
+        let keys: Vec<TaskKey> = tasks.keys().copied().collect();
+        let mut finished = Vec::new();
         for key in keys {
             let Some(v) = view(key.0) else { continue };
             let pieces_table: &PieceTable = &v.pieces;
             let pieces = Pieces::of(v.info.blocks_per_page());
             let piece_bytes = pieces.blocks * u64::from(v.info.block_size);
-            let t = self.tasks.get_mut(&key).expect("listed");
+            let t = tasks.get_mut(&key).expect("listed");
             if t.retry_at.is_some_and(|at| now < at) {
                 continue;
             }
@@ -235,11 +319,11 @@ impl Rebuilds {
                 t.next = 0;
             }
             while t.next < t.pages.len() {
-                if self.tokens <= 0.0 {
-                    return out;
+                if *tokens <= 0.0 {
+                    return;
                 }
                 let Some(r) = (0..reactors).filter(|&r| self.load[r] < JOBS_MAX).min_by_key(|&r| self.load[r]) else {
-                    return out;
+                    return;
                 };
                 let page = t.pages[t.next];
                 let mask =
@@ -247,21 +331,30 @@ impl Rebuilds {
                 t.next += 1;
                 if t.phase == Phase::Copying {
                     t.done += 1;
+                    if scrub {
+                        if let Some(res) = self.scrub_results.get_mut(&key.0) {
+                            res.done += 1;
+                        }
+                    }
                 }
                 if mask == 0 {
                     continue;
                 }
                 if v.pages.get(page).is_some() {
-                    self.tokens -= (u64::from(mask.count_ones()) * piece_bytes) as f64;
+                    *tokens -= (u64::from(mask.count_ones()) * piece_bytes) as f64;
                 }
                 self.next_job += 1;
-                let job = CopyJob { id: self.next_job, volume: key.0, page, mask, to: PeerId(key.2) };
-                self.jobs.insert(job.id, (key, page, r));
+                let job = CopyJob { id: self.next_job, volume: key.0, page, mask, to: PeerId(key.2), verify: scrub };
+                self.jobs.insert(job.id, (key, page, r, scrub));
                 self.load[r] += 1;
                 t.inflight += 1;
                 out.push(Action::Copy(r, job));
             }
             if t.inflight > 0 || !t.failed.is_empty() {
+                continue;
+            }
+            if scrub {
+                finished.push(key);
                 continue;
             }
             match t.phase {
@@ -287,6 +380,47 @@ impl Rebuilds {
                 Phase::Promoting => {}
             }
         }
-        out
+        for key in finished {
+            let t = self.scrubs.remove(&key).expect("listed");
+            tracing::info!(volume = %t.name, set = key.1, member = key.2, pages = t.total, "scrub of a member done");
+            if !self.scrubs.keys().any(|k| k.0 == key.0) {
+                if let Some(res) = self.scrub_results.get_mut(&key.0) {
+                    res.running = false;
+                    tracing::info!(
+                        volume = %t.name, pages = res.pages, mismatches = res.mismatches,
+                        "scrub done (every unit that differed was repaired from the leader's copy)"
+                    );
+                }
+            }
+        }
     }
+}
+
+impl Task {
+    fn new(name: &str, full: bool, slot: u8, pages: Vec<u64>, now: Instant) -> Task {
+        Task {
+            name: name.to_string(),
+            full,
+            slot,
+            total: pages.len() as u64,
+            all: pages.clone(),
+            pages,
+            next: 0,
+            inflight: 0,
+            failed: Vec::new(),
+            retry_at: None,
+            phase: Phase::Copying,
+            done: 0,
+            bytes: 0,
+            started: now,
+        }
+    }
+}
+
+/// Fills a token bucket at `mb_s` MB/s, with at most a tenth of a second saved up.
+fn refill(tokens: &mut f64, filled: &mut Option<Instant>, mb_s: u32, now: Instant) {
+    let rate = f64::from(mb_s.max(1)) * 1e6;
+    let elapsed = filled.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
+    *tokens = (*tokens + elapsed * rate).min(rate / 10.0);
+    *filled = Some(now);
 }

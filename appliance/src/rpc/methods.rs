@@ -40,9 +40,13 @@ pub const METRICS: &str = "stats_metrics";
 pub const VOLUME_PAGES: &str = "volume_pages";
 /// `volume_set_replicas`.
 pub const VOLUME_SET_REPLICAS: &str = "volume_set_replicas";
+/// `scrub_start`.
+pub const SCRUB_START: &str = "scrub_start";
+/// `scrub_status`.
+pub const SCRUB_STATUS: &str = "scrub_status";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 18] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -59,6 +63,8 @@ pub const ALL: [&str; 16] = [
     METRICS,
     VOLUME_PAGES,
     VOLUME_SET_REPLICAS,
+    SCRUB_START,
+    SCRUB_STATUS,
 ];
 
 /// One entry of `stats_requests`: how often requests went from one state to another.
@@ -100,6 +106,22 @@ pub struct VolumeSetReplicasParams {
     pub name: String,
     /// Copies of each page from now on (1 ..= 3, at most the live peers).
     pub replicas: u8,
+}
+
+/// One entry of `scrub_status`: the last scrub of a volume, over every leader of its
+/// sets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubEntry {
+    /// The volume.
+    pub volume: String,
+    /// `running`, `done` or `never`.
+    pub state: String,
+    /// Pages to compare (one per in-sync member that is not the leader).
+    pub pages: u64,
+    /// Pages compared.
+    pub compared: u64,
+    /// Units found different on a member, each repaired from the leader's copy.
+    pub repaired: u64,
 }
 
 /// Params of `volume_grow`.
@@ -389,6 +411,9 @@ pub struct ReactorStatsEntry {
     /// Data bytes copied to members being rebuilt.
     #[serde(default)]
     pub rebuild_bytes: u64,
+    /// Units a scrub found different on a member, and repaired.
+    #[serde(default)]
+    pub scrub_mismatches: u64,
     /// Requests of other peers served on inbound links.
     #[serde(default)]
     pub link_served: u64,
