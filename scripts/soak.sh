@@ -12,6 +12,9 @@
 #                                            is printed at the start and in every
 #                                            failure message)
 #   KILL_REGION_MB=64 scripts/soak.sh        bigger regions per cycle (default 32)
+#   SIM_SEEDS=20000 scripts/soak.sh          seeds of the replication simulator
+#                                            (appliance/tests/replica_sim.rs; default
+#                                            5000, about 1 ms each; CI runs 60)
 #
 # About 5 s per cycle on a 2-core machine without KVM.  Logs: <target>/e2e-logs/.
 # Honours CARGO_TARGET_DIR.
@@ -34,5 +37,7 @@ printf '==> kill -9 under load: %s cycles%s\n' "$KILL_CYCLES" "${KILL_SEED:+, se
 start=$(date +%s)
 rc=0
 cargo test -p quire-tests --test e2e_kill_under_load -- --nocapture --test-threads=1 || rc=$?
+printf '==> replication simulator: %s seeds\n' "${SIM_SEEDS:-5000}"
+QUIRE_SIM_SEEDS=${SIM_SEEDS:-5000} cargo test --release -p quire --test replica_sim -- --nocapture || rc=$?
 echo "==> soak $([ "$rc" = 0 ] && echo PASSED || echo FAILED): $KILL_CYCLES cycles in $(( $(date +%s) - start ))s (logs in $TARGET/e2e-logs/)"
 exit "$rc"

@@ -31,26 +31,52 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     log_path: PathBuf,
+    /// Another address it serves clients at besides 127.0.0.1, and advertises.
+    also_on: Option<String>,
 }
 
 impl Etcd {
     /// Starts etcd and waits until it reports healthy.
     pub fn start() -> io::Result<Etcd> {
+        Etcd::start_with(None)
+    }
+
+    /// Starts etcd serving clients at `ip` as well as at 127.0.0.1 (e.g. the host's
+    /// end of a veth pair, for peers in another network namespace); its
+    /// [`Etcd::endpoint`] is then at `ip`.
+    pub fn start_on(ip: &str) -> io::Result<Etcd> {
+        Etcd::start_with(Some(ip.to_string()))
+    }
+
+    fn start_with(also_on: Option<String>) -> io::Result<Etcd> {
         let dir = tempfile::Builder::new().prefix("quire-etcd-").tempdir()?;
-        let mut etcd =
-            Etcd { child: None, dir, client_port: free_port(), peer_port: free_port(), log_path: new_log_path("etcd") };
+        let mut etcd = Etcd {
+            child: None,
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            log_path: new_log_path("etcd"),
+            also_on,
+        };
         etcd.spawn()?;
         Ok(etcd)
     }
 
     fn spawn(&mut self) -> io::Result<()> {
         let log = File::options().create(true).append(true).open(&self.log_path)?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let loopback = format!("http://127.0.0.1:{}", self.client_port);
+        let (listen, client) = match &self.also_on {
+            Some(ip) => {
+                let other = format!("http://{ip}:{}", self.client_port);
+                (format!("{loopback},{other}"), other)
+            }
+            None => (loopback.clone(), loopback),
+        };
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(ETCD_BIN)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
-            .args(["--name", "quire-test", "--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--name", "quire-test", "--listen-client-urls", &listen, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("quire-test={peer}")])
             .stdin(Stdio::null())
@@ -63,7 +89,7 @@ impl Etcd {
 
     /// The endpoint peers are configured with.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.also_on.as_deref().unwrap_or("127.0.0.1"), self.client_port)
     }
 
     /// Its log file.

@@ -42,6 +42,11 @@ pub struct PeerSpec {
     pub replace_after_s: u32,
     /// `replication.rebuild_mb_s`.
     pub rebuild_mb_s: u32,
+    /// The IP address its NVMe/TCP listener (`target.listen`) and its peer-link
+    /// listener (`group.listen`) bind; `None`: 127.0.0.1.
+    pub listen_ip: Option<String>,
+    /// The network namespace it runs in (`ip netns exec`); `None`: the test's own.
+    pub netns: Option<String>,
 }
 
 /// The device a test peer serves from.
@@ -73,7 +78,14 @@ impl PeerSpec {
             advertise: None,
             replace_after_s: 600,
             rebuild_mb_s: 200,
+            listen_ip: None,
+            netns: None,
         }
+    }
+
+    /// The address its listeners bind.
+    pub fn ip(&self) -> &str {
+        self.listen_ip.as_deref().unwrap_or("127.0.0.1")
     }
 
     fn config(&self, dir: &Path, port: u16) -> String {
@@ -89,6 +101,7 @@ impl PeerSpec {
 name = "{name}"
 data_dir = "{dir}"
 [target]
+listen = "{ip}"
 port = {port}
 discovery_port = 0
 advertise = "{advertise}"
@@ -97,7 +110,7 @@ count = {buffers}
 hugepages = false
 [group]
 etcd = ["{etcd}"]
-listen = "127.0.0.1:{link}"
+listen = "{ip}:{link}"
 secret_file = "{secret}"
 lease_ttl_s = {ttl}
 connect_timeout_ms = 3000
@@ -113,6 +126,7 @@ name = "demo"
 size = "{demo}"
 "#,
             name = self.name,
+            ip = self.ip(),
             dir = dir.display(),
             etcd = self.etcd,
             link = self.link_port,
@@ -143,6 +157,10 @@ pub struct Peer {
     pub port: u16,
     /// Its peer-link port.
     pub link_port: u16,
+    /// The address its listeners bind (NVMe/TCP and peer link).
+    pub ip: std::net::IpAddr,
+    /// The network namespace it runs in, if not the test's own.
+    pub netns: Option<String>,
 }
 
 impl Peer {
@@ -153,8 +171,7 @@ impl Peer {
         let port = free_port();
         let config_path = dir.join("quire.toml");
         std::fs::write(&config_path, spec.config(dir, port)).expect("write config");
-        let args = ["serve".to_string(), "--config".into(), config_path.display().to_string()];
-        let proc = QuireProcess::spawn(&args).expect("start quire");
+        let proc = serve(&config_path, spec.netns.as_deref()).expect("start quire");
         Peer {
             name: spec.name.clone(),
             dir: dir.to_path_buf(),
@@ -162,7 +179,14 @@ impl Peer {
             proc,
             port,
             link_port: spec.link_port,
+            ip: spec.ip().parse().expect("listen_ip is an IP address"),
+            netns: spec.netns.clone(),
         }
+    }
+
+    /// The address of its NVMe/TCP listener.
+    pub fn target_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.ip, self.port)
     }
 
     /// Its management socket.
@@ -172,14 +196,13 @@ impl Peer {
 
     /// Waits until the peer serves I/O and answers management calls.
     pub fn wait_serving(&mut self) {
-        self.proc.wait_for_port(self.port, deadline(Duration::from_secs(60))).unwrap();
+        self.proc.wait_for_addr(self.target_addr(), deadline(Duration::from_secs(60))).unwrap();
         self.proc.wait_for_log("serving on", deadline(Duration::from_secs(30))).unwrap();
     }
 
     /// Starts the same peer again (same directory, configuration and port).
     pub fn restart(&mut self) {
-        let args = ["serve".to_string(), "--config".into(), self.config.display().to_string()];
-        self.proc = QuireProcess::spawn(&args).expect("restart quire");
+        self.proc = serve(&self.config, self.netns.as_deref()).expect("restart quire");
         self.wait_serving();
     }
 
@@ -208,7 +231,16 @@ impl Peer {
 
     /// The transport ID of volume `volume` on this peer, for `quire-perf -r`.
     pub fn trid(&self, volume: &str) -> String {
-        format!("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{} subnqn:nqn.2026-11.io.quire:{volume}", self.port)
+        format!("trtype:TCP adrfam:IPv4 traddr:{} trsvcid:{} subnqn:nqn.2026-11.io.quire:{volume}", self.ip, self.port)
+    }
+}
+
+/// `quire serve --config CONFIG`, in the network namespace `netns` if given.
+fn serve(config: &Path, netns: Option<&str>) -> std::io::Result<QuireProcess> {
+    let args = ["serve".to_string(), "--config".into(), config.display().to_string()];
+    match netns {
+        Some(ns) => QuireProcess::spawn_in_netns(ns, &args),
+        None => QuireProcess::spawn(&args),
     }
 }
 
@@ -372,8 +404,7 @@ pub const BLOCK: usize = 4096;
 impl Client {
     /// Connects to `volume` on `peer`; `timeout` bounds each command.
     pub fn connect(peer: &Peer, volume: &str, timeout: Duration) -> Client {
-        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, peer.port));
-        Client::connect_addr(addr, volume, timeout)
+        Client::connect_addr(peer.target_addr(), volume, timeout)
     }
 
     /// Connects to `volume` at the NVMe/TCP address `addr`.
@@ -495,4 +526,100 @@ pub fn three_peers_with(
         .collect();
     let peers = start_group(dir.path(), &specs);
     Some((dir, etcd, peers))
+}
+
+// ----- replicated volumes (the replication suites) ------------------------------------
+
+/// `quire volume pages VOLUME` on `peer` (Null when it has no such volume).
+pub fn pages(peer: &Peer, volume: &str) -> Value {
+    cli_json(&peer.socket(), &["volume", "pages", volume])
+}
+
+/// Every set the volume uses, as (leader, [(member, state)]).
+pub fn sets(peer: &Peer, volume: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let p = pages(peer, volume);
+    p["sets"]
+        .as_array()
+        .map(|ss| {
+            ss.iter()
+                .map(|s| {
+                    let members = s["members"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|m| (m["peer"].as_str().unwrap().to_string(), m["state"].as_str().unwrap().to_string()))
+                        .collect();
+                    (s["leader"].as_str().unwrap().to_string(), members)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Creates `name` (48 MiB of 4 MiB pages) with two copies through `peers[via]`; waits
+/// until every peer routes it with every set of two in-sync members on distinct
+/// peers, and each of three peers leading some.
+pub fn create_replicated(peers: &[Peer], via: usize, name: &str) {
+    let v = cli_json(
+        &peers[via].socket(),
+        &["volume", "create", name, "--size", "48M", "--page-size", "4M", "--replicas", "2"],
+    );
+    assert_eq!(v["name"], name, "create {name}: {v}");
+    for p in peers {
+        wait_for(p, &format!("{name} with two in-sync copies of every page"), Duration::from_secs(15), |p| {
+            let s = sets(p, name);
+            let leaders: std::collections::BTreeSet<&str> = s.iter().map(|(l, _)| l.as_str()).collect();
+            !s.is_empty()
+                && leaders.len() == 3
+                && s.iter().all(|(_, ms)| ms.len() == 2 && ms[0].0 != ms[1].0 && ms.iter().all(|(_, st)| st == "sync"))
+        });
+    }
+    assert_eq!(pages(&peers[0], name)["replicas"], 2);
+}
+
+/// The first page of a set led by `leader`.
+pub fn first_led_by(peer: &Peer, volume: &str, leader: &str) -> u64 {
+    let p = pages(peer, volume);
+    let runs = p["runs"].as_array().unwrap();
+    runs.iter().find(|r| r["owner"] == leader).unwrap_or_else(|| panic!("no page led by {leader}: {p}"))["first"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Blocks in a page of [`create_replicated`]'s volumes.
+pub const BLOCKS_PER_PAGE: u64 = 1024;
+/// Bytes in a page of [`create_replicated`]'s volumes.
+pub const PAGE_BYTES: u64 = 4 << 20;
+
+/// The whole 48 MiB volume (of [`create_replicated`]) as read through `peer` (each
+/// page from the peer's own copy where it holds one in sync, else from the page's
+/// leader).
+pub fn volume_bytes(peer: &Peer, volume: &str) -> Vec<u8> {
+    let mut c = Client::connect(peer, volume, Duration::from_secs(15));
+    let mut out = Vec::with_capacity(48 << 20);
+    let step = 32u32;
+    // 48 MiB of 4 KiB blocks.
+    let blocks = 12 * BLOCKS_PER_PAGE;
+    let mut lba = 0;
+    while lba < blocks {
+        out.extend(c.read(lba, step).unwrap_or_else(|e| panic!("read {lba} through {}: {e:?}", peer.name)));
+        lba += u64::from(step);
+    }
+    out
+}
+
+/// Every peer reads the same volume (every copy agrees with its leader's).
+pub fn same_everywhere(peers: &[Peer], volume: &str) {
+    let first = volume_bytes(&peers[0], volume);
+    for p in &peers[1..] {
+        let other = volume_bytes(p, volume);
+        if let Some(at) = first.iter().zip(&other).position(|(x, y)| x != y) {
+            panic!(
+                "{volume}: byte {at} (page {}) differs between {} and {}",
+                at as u64 / PAGE_BYTES,
+                peers[0].name,
+                p.name
+            );
+        }
+    }
 }

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod etcd;
 pub mod group;
+pub mod netns;
 pub mod prometheus;
 
 /// The host's `127.0.0.1` as the guest sees it (QEMU user networking).
@@ -754,10 +755,29 @@ impl QuireProcess {
     /// Starts `bin` with `args` and extra environment variables `env`
     /// (e.g. `RUST_LOG`), its output captured in a new log file.
     pub fn spawn_bin<S: AsRef<OsStr>>(bin: &Path, args: &[S], env: &[(&str, &str)]) -> io::Result<QuireProcess> {
+        Self::spawn_cmd(bin, Command::new(bin), args, env)
+    }
+
+    /// Starts the `quire` binary with `args` in the network namespace `netns` (`ip
+    /// netns exec NETNS quire ARGS`: `ip` enters the namespace and executes `quire` in
+    /// its own place, so that the process id, [`QuireProcess::kill9`] and the log are
+    /// those of `quire` itself).
+    pub fn spawn_in_netns<S: AsRef<OsStr>>(netns: &str, args: &[S]) -> io::Result<QuireProcess> {
+        let bin = Self::bin_path().map_err(|e| io::Error::new(io::ErrorKind::NotFound, e))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(&bin);
+        Self::spawn_cmd(&bin, cmd, args, &[])
+    }
+
+    fn spawn_cmd<S: AsRef<OsStr>>(
+        bin: &Path,
+        mut cmd: Command,
+        args: &[S],
+        env: &[(&str, &str)],
+    ) -> io::Result<QuireProcess> {
         let label = bin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let log_path = new_log_path(&label);
         let log = File::create(&log_path)?;
-        let mut cmd = Command::new(bin);
         cmd.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn()?;
         Ok(QuireProcess { child: Some(child), status: None, log_path, bin: bin.to_path_buf() })
@@ -804,11 +824,15 @@ impl QuireProcess {
     /// Polls until 127.0.0.1:`port` accepts connections; fails at `deadline`
     /// or as soon as the process exits (with the end of its log).
     pub fn wait_for_port(&mut self, port: u16, deadline: Instant) -> Result<(), String> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        self.wait_for_addr(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), deadline)
+    }
+
+    /// [`QuireProcess::wait_for_port`] for a listener at `addr`.
+    pub fn wait_for_addr(&mut self, addr: SocketAddr, deadline: Instant) -> Result<(), String> {
         loop {
             if !self.is_running() {
                 return Err(format!(
-                    "{} exited ({:?}) before listening on port {port}; log {}:\n{}",
+                    "{} exited ({:?}) before listening on {addr}; log {}:\n{}",
                     self.bin.display(),
                     self.status.map(exit_code),
                     self.log_path.display(),
@@ -820,7 +844,7 @@ impl QuireProcess {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "{} not listening on port {port} by the deadline; log {}:\n{}",
+                    "{} not listening on {addr} by the deadline; log {}:\n{}",
                     self.bin.display(),
                     self.log_path.display(),
                     tail(&self.log(), 40)

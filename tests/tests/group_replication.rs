@@ -11,7 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use quire_tests::group::{cli_json, pattern, perf, volume_on, wait_for, Client, Peer};
+use quire_tests::group::{
+    cli_json, create_replicated, first_led_by, pages, pattern, perf, same_everywhere, sets, volume_on, wait_for,
+    Client, Peer, BLOCKS_PER_PAGE, PAGE_BYTES,
+};
 use quire_tests::{serial, tail};
 use serde_json::Value;
 
@@ -19,98 +22,10 @@ fn three(test: &str) -> Option<(tempfile::TempDir, quire_tests::etcd::Etcd, Vec<
     quire_tests::group::three_peers(test, 25_000)
 }
 
-fn pages(peer: &Peer, volume: &str) -> Value {
-    cli_json(&peer.socket(), &["volume", "pages", volume])
-}
-
-/// Every set the volume uses, as (leader, [(member, state)]).
-fn sets(peer: &Peer, volume: &str) -> Vec<(String, Vec<(String, String)>)> {
-    let p = pages(peer, volume);
-    p["sets"]
-        .as_array()
-        .map(|ss| {
-            ss.iter()
-                .map(|s| {
-                    let members = s["members"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|m| (m["peer"].as_str().unwrap().to_string(), m["state"].as_str().unwrap().to_string()))
-                        .collect();
-                    (s["leader"].as_str().unwrap().to_string(), members)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Creates `name` with two copies through `via`; waits until every peer routes it with
-/// every set of two in-sync members on distinct peers, and each peer leading some.
-fn create_replicated(peers: &[Peer], via: usize, name: &str) {
-    let v = cli_json(
-        &peers[via].socket(),
-        &["volume", "create", name, "--size", "48M", "--page-size", "4M", "--replicas", "2"],
-    );
-    assert_eq!(v["name"], name, "create {name}: {v}");
-    for p in peers {
-        wait_for(p, &format!("{name} with two in-sync copies of every page"), Duration::from_secs(15), |p| {
-            let s = sets(p, name);
-            let leaders: std::collections::BTreeSet<&str> = s.iter().map(|(l, _)| l.as_str()).collect();
-            !s.is_empty()
-                && leaders.len() == 3
-                && s.iter().all(|(_, ms)| ms.len() == 2 && ms[0].0 != ms[1].0 && ms.iter().all(|(_, st)| st == "sync"))
-        });
-    }
-    assert_eq!(pages(&peers[0], name)["replicas"], 2);
-}
-
-/// The first page of a set led by `leader`.
-fn first_led_by(peer: &Peer, volume: &str, leader: &str) -> u64 {
-    let p = pages(peer, volume);
-    let runs = p["runs"].as_array().unwrap();
-    runs.iter().find(|r| r["owner"] == leader).unwrap_or_else(|| panic!("no page led by {leader}: {p}"))["first"]
-        .as_u64()
-        .unwrap()
-}
-
-const BLOCKS_PER_PAGE: u64 = 1024;
 /// The rebuild rate limit of the replacement test, MB/s.
 const RATE_MB_S: u32 = 4;
 /// 4 MiB pages of 64 pieces.
 const PIECE_BYTES: u64 = 64 << 10;
-const PAGE_BYTES: u64 = 4 << 20;
-
-/// The whole 48 MiB volume as read through `peer` (each page from the peer's own copy
-/// where it holds one in sync, else from the page's leader).
-fn volume_bytes(peer: &Peer, volume: &str) -> Vec<u8> {
-    let mut c = Client::connect(peer, volume, Duration::from_secs(15));
-    let mut out = Vec::with_capacity(48 << 20);
-    let step = 32u32;
-    // 48 MiB of 4 KiB blocks.
-    let blocks = 12 * BLOCKS_PER_PAGE;
-    let mut lba = 0;
-    while lba < blocks {
-        out.extend(c.read(lba, step).unwrap_or_else(|e| panic!("read {lba} through {}: {e:?}", peer.name)));
-        lba += u64::from(step);
-    }
-    out
-}
-
-/// Every peer reads the same volume (every copy agrees with its leader's).
-fn same_everywhere(peers: &[Peer], volume: &str) {
-    let first = volume_bytes(&peers[0], volume);
-    for p in &peers[1..] {
-        let other = volume_bytes(p, volume);
-        if let Some(at) = first.iter().zip(&other).position(|(x, y)| x != y) {
-            panic!(
-                "{volume}: byte {at} (page {}) differs between {} and {}",
-                at as u64 / PAGE_BYTES,
-                peers[0].name,
-                p.name
-            );
-        }
-    }
-}
 
 /// The Prometheus text of `peer` (`stats_metrics` over its management socket).
 fn metrics(peer: &Peer) -> String {

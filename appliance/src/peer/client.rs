@@ -175,6 +175,9 @@ pub struct LinkClient {
     seq: u64,
     /// Why the last connection failed (logged once per kind of failure).
     last_error: Option<String>,
+    /// Forwards that were on a connection that went down, for the reactor to route
+    /// again with its newest table (the page may have another owner or leader now).
+    bounced: Vec<Forward>,
     /// Counters.
     pub stats: LinkStats,
     /// Scratch for the tokens a flush reports sent (kept: no allocation per flush).
@@ -225,6 +228,7 @@ impl LinkClient {
             writable: false,
             seq: 0,
             last_error: None,
+            bounced: Vec::new(),
             stats: LinkStats::default(),
             sent: Vec::with_capacity(BATCH_MAX_TOKENS),
         }
@@ -299,25 +303,28 @@ impl LinkClient {
             tracing::info!(peer = self.peer.0, addr = ?self.addr, "peer link: {reason}");
         }
         self.last_error = Some(reason);
-        // Everything sent on the lost connection goes again on the next, in order.
+        // Everything sent on the lost connection is routed again by the reactor, in
+        // order, with its newest table: to this peer again on the next connection if
+        // it still serves the page, else to the page's new owner or leader (a replica
+        // set's leader that was cut off is fenced and evicted: the part goes to the
+        // new leader instead of waiting for the old one). The socket is closed: no
+        // buffer of theirs is referred to by the connection any more.
         let _ = self.tx.drain_tokens();
         self.rx = FrameRx::new();
         self.in_window = 0;
         let gen = self.gen;
         let mut again: Vec<(u64, u32)> = Vec::new();
-        for (tag, s) in self.slots.iter_mut().enumerate() {
+        for (tag, s) in self.slots.iter().enumerate() {
             if let Some(s) = s {
                 if s.sent_on == Some(gen) {
-                    s.sent_on = None;
-                    s.written = false;
-                    s.answered = false;
                     again.push((s.seq, u32::try_from(tag).expect("fewer than 2^32 forwards")));
                 }
             }
         }
         again.sort_unstable();
-        for (_, tag) in again.into_iter().rev() {
-            self.queue.push_front(tag);
+        for (_, tag) in again {
+            let f = self.take(tag);
+            self.bounced.push(f);
         }
         self.state = State::Idle;
         self.state_since = now;
@@ -352,7 +359,7 @@ impl LinkClient {
 
     /// Drives the link: connection, handshake, receive, send. True on progress.
     fn poll(&mut self, dir: &PeerDirectory, registry: &Registry, finished: &mut Vec<Finished>, now: Instant) -> bool {
-        let mut work = false;
+        let mut work = self.bounce(finished);
         loop {
             let before = self.state;
             match self.state {
@@ -431,7 +438,16 @@ impl LinkClient {
             }
             work = true;
         }
-        work
+        work | self.bounce(finished)
+    }
+
+    /// Hands the forwards of a lost connection back to the reactor.
+    fn bounce(&mut self, finished: &mut Vec<Finished>) -> bool {
+        if self.bounced.is_empty() {
+            return false;
+        }
+        finished.extend(self.bounced.drain(..).map(|f| Finished::Reroute(Box::new(f))));
+        true
     }
 
     fn handshake_step(&mut self, registry: &Registry, now: Instant) {
@@ -558,6 +574,12 @@ impl LinkClient {
             }
             _ => {}
         }
+        if self.state == State::Up && !self.alive && self.in_window > 0 {
+            // The group says the peer is gone (its lease expired): what it has not
+            // answered goes where the newest table says, without waiting for the
+            // stall timeout.
+            self.fail_down("the group says the peer is gone".into(), registry, now);
+        }
         if self.state == State::Up && self.in_window > 0 && now.duration_since(self.last_rx) >= STALL_TIMEOUT {
             self.fail_down(
                 format!("no answer for {} s with {} request(s) outstanding", STALL_TIMEOUT.as_secs(), self.in_window),
@@ -581,6 +603,7 @@ impl LinkClient {
             }
             self.queue = keep;
         }
+        self.bounce(finished);
     }
 
     fn wants_poll(&self) -> bool {

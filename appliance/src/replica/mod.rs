@@ -82,3 +82,4 @@ pub mod locks;
 pub mod plan;
 pub mod rebuild;
 pub mod set;
+pub mod sim;

@@ -154,8 +154,35 @@ fn evict(s: &mut SetRecord, i: usize, input: &PlanInput<'_>, why: &mut Vec<Strin
         None
     };
     if leader_gone && new_leader.is_none() {
-        // Nobody left with every acknowledged write: the set waits for its leader (or a
-        // member in sync) to come back; its pages are unavailable meanwhile.
+        // Nobody left with every acknowledged write but the leader itself. Its peer
+        // back under a new incarnation (restarted, or registered again after its
+        // lease expired while etcd was out of reach) still holds its copy on its
+        // device: it leads again, and members being rebuilt start over by comparison.
+        let k = pos(s, s.leader);
+        if let Some(lease) = input.live_lease(s.leader) {
+            why.push(format!(
+                "set {i}: leader {} back (incarnation {lease}), the only copy with every acknowledged write: it leads again",
+                s.leader
+            ));
+            s.members[k].inc = lease;
+            s.members[k].state = MemberState::Sync;
+            for m in &mut s.members {
+                if let MemberState::Rebuild { .. } = m.state {
+                    m.state = MemberState::Rebuild { mode: RebuildMode::Compare };
+                }
+            }
+            // Any other member whose incarnation is gone is evicted as usual.
+            let others: Vec<usize> = gone.iter().copied().filter(|&g| g != k).collect();
+            for g in others {
+                let m = &mut s.members[g];
+                why.push(format!("set {i}: member {} (incarnation {}) evicted: its lease is gone", m.peer, m.inc));
+                let boot = input.peers.get(&m.peer).map(|p| p.boot.clone()).unwrap_or_default();
+                m.state = MemberState::Out { since_ms: input.now_ms, tracker: None, boot, was_leader: false };
+            }
+            return;
+        }
+        // The set waits for its leader (or a member in sync) to come back; its pages
+        // are unavailable meanwhile.
         notes.push(format!("set {i}: leader {} gone and no member in sync left: waiting for it", s.leader));
         return;
     }
@@ -168,10 +195,14 @@ fn evict(s: &mut SetRecord, i: usize, input: &PlanInput<'_>, why: &mut Vec<Strin
         let m = &mut s.members[k];
         let boot = input.peers.get(&m.peer).map(|p| p.boot.clone()).unwrap_or_default();
         let was_leader = m.peer == s.leader;
+        // What the leader tracks from now on is all it misses only if it had
+        // everything before: a member evicted while being rebuilt or reconciled comes
+        // back by comparison.
+        let was_sync = m.state == MemberState::Sync;
         why.push(format!("set {i}: member {} (incarnation {}) evicted: its lease is gone", m.peer, m.inc));
         m.state = MemberState::Out {
             since_ms: input.now_ms,
-            tracker: if was_leader { None } else { tracker },
+            tracker: if was_leader || !was_sync { None } else { tracker },
             boot,
             was_leader,
         };
