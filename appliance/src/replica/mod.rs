@@ -12,12 +12,17 @@
 //! - [`plan`]: the coordinator's decisions (evict a member whose peer is gone, admit it
 //!   back, replace it after a while, change the replication factor, pick a new
 //!   leader), as a pure function of the group's state.
-//! - Not written yet (issue 11 is open): the copier and rebuild driver (the leader
-//!   copying to a member what it lacks, piece by piece, throttled, then promoting it),
-//!   the scrub (comparing the copies' checksums: the peer protocol's `Digest` request
-//!   is there for it), and the deterministic simulator of these rules. Until then a
-//!   member admitted back or added stays `Rebuild`: it takes every write but serves no
-//!   read and is never promoted, and the volume reports itself `rebuilding`.
+//! - [`copier`] (reactor) and [`rebuild`] (control thread of the set's leader): the
+//!   leader copying to a member what it lacks, piece by piece under the piece locks,
+//!   rate-limited, then asking the group to promote it; the scrub runs on the same
+//!   machinery, comparing each in-sync member's CRC32C of every piece with the
+//!   leader's (the peer protocol's `Digest` request) and repairing what differs.
+//! - [`sim`]: these rules (the real [`plan`]) under a deterministic simulator with
+//!   crashes, partitions and reordering, checked by a model host
+//!   (`appliance/tests/replica_sim.rs`).
+//!
+//! The scrub takes the leader's copy as the reference (it orders every write); with
+//! three copies a majority vote would be better and is not done.
 //!
 //! # Writes
 //!

@@ -50,6 +50,8 @@
 //! | `volume_grow` | `{name, size}` (the new size, larger) | the volume, as one `volume_list` entry |
 //! | `volume_delete` | `{name}` | `true` |
 //! | `volume_set_replicas` | `{name, replicas}` | the volume, as one `volume_list` entry |
+//! | `scrub_start` | `{name}` | `true` |
+//! | `scrub_status` | none | `[{volume, state, pages, compared, repaired}]` |
 //! | `volume_pages` | `{name}` | `{name, epoch, page_size, pages, replicas, runs: [{first, count, owner, set}], owners: [{owner, pages, copies}], sets: [{set, leader, pages, members: [{peer, state, inc}]}]}` |
 //! | `subsystem_list` | none | `[{nqn, volume, allowed_hosts: [hostnqn], controllers}]` |
 //! | `subsystem_allow_host` | `{nqn, host}` | `true` |
@@ -73,6 +75,14 @@
 //! - `volume_create` / `volume_set_replicas`: `replicas` is the number of copies of
 //!   each page, on distinct peers (1 ..= 3, at most the live peers; default 2 in a
 //!   group of at least two live peers, else 1); a single peer refuses more than 1.
+//! - `volume_list` in a group also gives `replicas`, `health` (`healthy`, `degraded`:
+//!   some page has fewer in-sync copies, `rebuilding`: and a copy is being built),
+//!   `degraded_pages` and, while rebuilding, `rebuild_percent` (the leaders' progress
+//!   as they last reported it to the group).
+//! - `scrub_start`: every leader of the volume's replica sets compares each in-sync
+//!   member's copy with its own, piece by piece (CRC32C), and repairs what differs
+//!   from its copy; `scrub_status` sums the leaders' reports of the last scrub:
+//!   `state` `running`, `done` or `never`.
 //! - `volume_pages`: `runs` are consecutive pages of one replica set, `owner` its
 //!   leader (the peer that orders its writes); `owners[].pages` counts the pages a peer
 //!   leads, `copies` the copies it holds; a member's `state` is `sync`, `reconcile`,
