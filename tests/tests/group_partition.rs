@@ -74,8 +74,6 @@ fn is_path_error(status: &quire_wire::nvme::Status) -> bool {
 }
 
 #[test]
-#[ignore = "fails today (issue 11 is open): the cut-off peer holds a write sent to it after its eviction instead of \
-            refusing it at once; run with `cargo test -p quire-tests --test group_partition -- --ignored`"]
 fn a_peer_cut_off_by_a_partition_stops_serving_and_comes_back_in_sync() {
     let _serial = serial();
     if !require(TEST, netns_available()) || !require(TEST, perf_bin().map(|_| ())) || !require(TEST, etcd_available()) {

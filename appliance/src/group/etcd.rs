@@ -227,8 +227,7 @@ impl Agent {
                 self.shared.fence.renewed(lease, sent, ttl);
                 self.published_used = self.me.used_bytes;
                 self.last_publish = Instant::now();
-                self.keeper =
-                    Some(self.client.lease.keep_alive(lease).await.map_err(etcd_err("keep the lease alive"))?);
+                self.keeper = Some(self.open_keeper(lease).await?);
                 tracing::info!(lease, peer = %self.me.name, "registered in the group");
                 self.campaign().await?;
                 return Ok(());
@@ -442,6 +441,29 @@ impl Agent {
         Ok(())
     }
 
+    /// Opens the keep-alive stream of `lease`. Opening it sends a first keep-alive
+    /// whose answer is read here: left in the stream, every later answer would be
+    /// taken for the next request's, and the fence counted from a keep-alive etcd
+    /// had not seen yet (up to a third of the TTL past the lease's real end).
+    async fn open_keeper(&mut self, lease: i64) -> Result<LeaseKeepAliver, AgentError> {
+        let sent = Instant::now();
+        let mut keeper = self.client.lease.keep_alive(lease).await.map_err(etcd_err("keep the lease alive"))?;
+        match tokio::time::timeout(self.cfg.connect_timeout, keeper.message()).await {
+            Ok(Ok(Some(resp))) if resp.ttl > 0 => {
+                let ttl = Duration::from_secs(u64::try_from(resp.ttl).unwrap_or(0));
+                self.shared.fence.renewed(lease, sent, ttl);
+                Ok(keeper)
+            }
+            Ok(Ok(Some(_))) => {
+                self.shared.fence.drop_right();
+                Err(AgentError::Etcd("keep-alive: the lease has expired".into()))
+            }
+            Ok(Ok(None)) => Err(AgentError::Etcd("keep-alive stream closed".into())),
+            Ok(Err(e)) => Err(AgentError::Etcd(format!("keep-alive: {e}"))),
+            Err(_) => Err(AgentError::Etcd("keep-alive: no answer".into())),
+        }
+    }
+
     /// One keep-alive round trip; false when the lease has expired. An answer renews
     /// this peer's right to serve replicated pages ([`crate::replica::fence`]), counted
     /// from when the keep-alive was sent.
@@ -477,8 +499,7 @@ impl Agent {
             let lease = self.lease.expect("checked");
             let info = self.client.lease.get_lease_info(lease, false).await.map_err(etcd_err("lease info"))?;
             if info.ttl > 0 {
-                self.keeper =
-                    Some(self.client.lease.keep_alive(lease).await.map_err(etcd_err("keep the lease alive"))?);
+                self.keeper = Some(self.open_keeper(lease).await?);
             } else {
                 tracing::warn!(lease, "this peer's lease expired while etcd was unreachable: registering again");
                 self.lease = None;
