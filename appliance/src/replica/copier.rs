@@ -243,15 +243,11 @@ impl Copier {
             return;
         }
         let job = run.job;
-        let Some(v) = ctx.volumes.get(&job.volume) else {
+        let Some((bpp, bs, epoch, first)) = unit_at(run, ctx) else {
             run.stage = Stage::Ready;
             self.finish(i, Some("the volume is gone".into()), ctx);
             return;
         };
-        let (bpp, bs, epoch) = (v.view.info.blocks_per_page(), u64::from(v.view.info.block_size), v.routing.epoch.0);
-        let pieces = Pieces::of(bpp);
-        let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
-        let first = job.page * bpp + u64::from(piece) * pieces.blocks + run.off;
         let rref = ReqRef { conn: COPIER_CONN, req };
         if job.verify {
             run.crc = bufs_crc(&run.bufs, run.unit * bs);
@@ -344,15 +340,11 @@ impl Copier {
         run.mismatches += 1;
         add(&ctx.stats.scrub_mismatches, 1);
         let job = run.job;
-        let Some(v) = ctx.volumes.get(&job.volume) else {
+        let Some((bpp, bs, epoch, first)) = unit_at(run, ctx) else {
             run.stage = Stage::Ready;
             self.finish(i, Some("the volume is gone".into()), ctx);
             return;
         };
-        let (bpp, bs, epoch) = (v.view.info.blocks_per_page(), u64::from(v.view.info.block_size), v.routing.epoch.0);
-        let pieces = Pieces::of(bpp);
-        let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
-        let first = job.page * bpp + u64::from(piece) * pieces.blocks + run.off;
         let rref = ReqRef { conn: COPIER_CONN, req };
         tracing::warn!(
             volume = ?job.volume, page = job.page, lba = first, member = job.to.0,
@@ -390,6 +382,15 @@ impl Copier {
         self.reports.push(CopyReport { id: run.job.id, bytes: run.bytes, mismatches: run.mismatches, failed });
         true
     }
+}
+
+/// The unit in flight of `run`: the volume's blocks per page, block size and epoch on
+/// this reactor, and the unit's first volume block; None if the volume went.
+fn unit_at(run: &Running, ctx: &ReactorCtx) -> Option<(u64, u64, u64, u64)> {
+    let v = ctx.volumes.get(&run.job.volume)?;
+    let (bpp, bs, epoch) = (v.view.info.blocks_per_page(), u64::from(v.view.info.block_size), v.routing.epoch.0);
+    let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
+    Some((bpp, bs, epoch, run.job.page * bpp + u64::from(piece) * Pieces::of(bpp).blocks + run.off))
 }
 
 /// CRC32C of the first `len` bytes of `bufs` (what a member's link server computes of

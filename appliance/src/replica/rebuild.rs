@@ -232,13 +232,6 @@ impl Rebuilds {
         self.scrub_results.insert(vid, result);
     }
 
-    /// Drops every task of a volume that went.
-    pub fn forget(&mut self, vid: VolumeId) {
-        self.tasks.retain(|k, _| k.0 != vid);
-        self.scrubs.retain(|k, _| k.0 != vid);
-        self.scrub_results.remove(&vid);
-    }
-
     /// A copier's report.
     pub fn on_report(&mut self, r: &CopyReport) {
         let Some((key, page, reactor, scrub)) = self.jobs.remove(&r.id) else { return };
