@@ -556,13 +556,36 @@ pub fn sets(peer: &Peer, volume: &str) -> Vec<(String, Vec<(String, String)>)> {
         .unwrap_or_default()
 }
 
+/// Every page of `volume` in order, as (leader, members) of its set.
+pub fn page_members(peer: &Peer, volume: &str) -> Vec<(String, Vec<String>)> {
+    let p = pages(peer, volume);
+    let mut out = Vec::new();
+    for r in p["runs"].as_array().unwrap_or_else(|| panic!("no runs: {p}")) {
+        let set = &r["set"];
+        let s = p["sets"].as_array().unwrap().iter().find(|s| s["set"] == *set).unwrap_or_else(|| panic!("{p}"));
+        let members: Vec<String> =
+            s["members"].as_array().unwrap().iter().map(|m| m["peer"].as_str().unwrap().to_string()).collect();
+        let first = usize::try_from(r["first"].as_u64().unwrap()).unwrap();
+        assert_eq!(first, out.len(), "runs in page order: {p}");
+        for _ in 0..r["count"].as_u64().unwrap() {
+            out.push((s["leader"].as_str().unwrap().to_string(), members.clone()));
+        }
+    }
+    out
+}
+
 /// Creates `name` (48 MiB of 4 MiB pages) with two copies through `peers[via]`; waits
 /// until every peer routes it with every set of two in-sync members on distinct
 /// peers, and each of three peers leading some.
 pub fn create_replicated(peers: &[Peer], via: usize, name: &str) {
+    create_replicated_sized(peers, via, name, "48M");
+}
+
+/// [`create_replicated`] of `size` (4 MiB pages).
+pub fn create_replicated_sized(peers: &[Peer], via: usize, name: &str, size: &str) {
     let v = cli_json(
         &peers[via].socket(),
-        &["volume", "create", name, "--size", "48M", "--page-size", "4M", "--replicas", "2"],
+        &["volume", "create", name, "--size", size, "--page-size", "4M", "--replicas", "2"],
     );
     assert_eq!(v["name"], name, "create {name}: {v}");
     for p in peers {
@@ -575,6 +598,183 @@ pub fn create_replicated(peers: &[Peer], via: usize, name: &str) {
         });
     }
     assert_eq!(pages(&peers[0], name)["replicas"], 2);
+}
+
+/// A client connected to `volume` on `peer` from inside `ns` (the connection belongs
+/// to the namespace; the client may then be used from any thread).
+pub fn client_in(ns: &crate::netns::Netns, peer: &Peer, volume: &str, timeout: Duration) -> Client {
+    let addr = peer.target_addr();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter_this_thread().expect("enter the namespace");
+            Client::connect_addr(addr, volume, timeout)
+        })
+        .join()
+        .expect("connect from inside the namespace")
+    })
+}
+
+/// Every set of every one of `volumes`: `gone` out, not leading, another member in sync.
+pub fn out_everywhere(p: &Peer, volumes: &[&str], gone: &str) -> bool {
+    let s: Vec<_> = volumes.iter().flat_map(|v| sets(p, v)).collect();
+    !s.is_empty()
+        && s.iter().all(|(l, ms)| {
+            l != gone && ms.iter().all(|(m, st)| (m == gone) == (st == "out")) && ms.iter().any(|(_, st)| st == "sync")
+        })
+}
+
+/// Every member of every set of every one of `volumes` in sync, the volumes healthy.
+pub fn all_in_sync(p: &Peer, volumes: &[&str]) -> bool {
+    volumes.iter().all(|v| {
+        let s = sets(p, v);
+        !s.is_empty()
+            && s.iter().all(|(_, ms)| ms.len() == 2 && ms.iter().all(|(_, st)| st == "sync"))
+            && volume_on(p, v)["health"] == "healthy"
+    })
+}
+
+/// Write commands hosts sent for `volume`, summed over `peers`.
+pub fn host_writes(peers: &[Peer], volume: &str) -> u64 {
+    peers
+        .iter()
+        .map(|p| {
+            let vols = cli_json(&p.socket(), &["stats", "volumes"]);
+            vols.as_array()
+                .and_then(|vs| vs.iter().find(|v| v["name"] == volume))
+                .and_then(|v| v["write_ops"].as_u64())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// The offset of the first 4 KiB block of `file` equal to `block`.
+pub fn find_block(file: &std::path::Path, block: &[u8]) -> Option<u64> {
+    use std::io::Read;
+    let mut f = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file).expect("device file"));
+    let mut buf = vec![0u8; block.len()];
+    let mut off = 0u64;
+    while f.read_exact(&mut buf).is_ok() {
+        if buf == block {
+            return Some(off);
+        }
+        off += block.len() as u64;
+    }
+    None
+}
+
+/// Cuts `ns` off (peer c, `peers[2]`, inside it) and returns once a and b have taken
+/// c out of every set of `volumes` and see only each other live: how long after the
+/// cut c was out everywhere.
+pub fn cut_c_off(ns: &crate::netns::Netns, peers: &[Peer], volumes: &[&str]) -> Duration {
+    ns.cut();
+    let cut = std::time::Instant::now();
+    // c's lease expires: the coordinator takes c out of every set and names the other
+    // member leader of the sets c led.
+    for p in &peers[..2] {
+        wait_for(p, "c out of every set, no set led by c", Duration::from_secs(20), |p| {
+            out_everywhere(p, volumes, "c")
+        });
+    }
+    let switched = cut.elapsed();
+    wait_all(&[&peers[0], &peers[1]], "a and b live, c gone", Duration::from_secs(10), live_are(&["a", "b"]));
+    switched
+}
+
+/// c (`peers[2]`, cut off inside `ns`, its lease gone) serves nothing replicated: a
+/// write (data of round `round`) and a read of `lba` of `volume`, sent to it from
+/// inside the namespace, are refused with a path error and counted as fenced.
+pub fn c_refuses(ns: &crate::netns::Netns, c: &Peer, volume: &str, lba: u64, round: u64, logs: &dyn Fn() -> String) {
+    let is_path_error = |s: &quire_wire::nvme::Status| s.sct == 3 && s.sc == 0;
+    let fenced_before = c.reactor_sum("fenced");
+    let mut inside = client_in(ns, c, volume, Duration::from_secs(15));
+    match inside.write(lba, &pattern(lba, round, 2)) {
+        Ok(()) => panic!("c acknowledged a write during the partition, after its eviction\n{}", logs()),
+        Err(status) => assert!(is_path_error(&status), "c refused the write, but not with a path error: {status:?}"),
+    }
+    match inside.read(lba, 2) {
+        Ok(_) => panic!("c served a read of a replicated page during the partition\n{}", logs()),
+        Err(status) => assert!(is_path_error(&status), "c refused the read, but not with a path error: {status:?}"),
+    }
+    let fenced = c.reactor_sum("fenced");
+    assert!(fenced >= fenced_before + 2, "c counted the refused commands as fenced: {fenced_before} -> {fenced}");
+}
+
+/// Overwrites 4 KiB at byte `at` of `img` (a peer's device file) with `byte`, behind
+/// the peer's back, and syncs it.
+pub fn corrupt_block(img: &Path, at: u64, byte: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap_or_else(|e| panic!("{}: {e}", img.display()));
+    f.write_all_at(&[byte; 4096], at).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// `quire scrub start VOLUME` through `via`; waits until every peer of `peers` says
+/// the scrub of `volume` is done, every page compared, `repaired` units repaired.
+pub fn scrub_and_wait(peers: &[Peer], via: &Peer, volume: &str, repaired: u64, within: Duration) {
+    assert_eq!(cli_json(&via.socket(), &["scrub", "start", volume]), Value::Bool(true));
+    for q in peers {
+        wait_for(q, &format!("the scrub of {volume} done, {repaired} unit(s) repaired"), within, |q| {
+            let st = cli_json(&q.socket(), &["scrub", "status"]);
+            let e = st.as_array().unwrap().iter().find(|e| e["volume"] == volume).cloned().unwrap_or(Value::Null);
+            e["state"] == "done" && e["repaired"] == repaired && e["compared"].as_u64() == e["pages"].as_u64()
+        });
+    }
+}
+
+/// Peers a, b and c (buffered file devices, 3 s leases, each spec changed by `tweak`)
+/// and etcd, c in network namespace `quire-TAG-…` of its own (see
+/// [`crate::netns::Netns`]): a, b and etcd listen on the veth pair's host side, c on
+/// its inside. Returned as (namespace, directory, etcd, peers): declared in that
+/// order by the caller, the peers drop first and the namespace last.
+pub fn split_group(
+    tag: &str,
+    tweak: impl Fn(&mut PeerSpec),
+) -> (crate::netns::Netns, tempfile::TempDir, Etcd, Vec<Peer>) {
+    let ns = crate::netns::Netns::create(tag).unwrap_or_else(|e| panic!("a namespace with a veth pair: {e}"));
+    let dir = tempfile::Builder::new().prefix("quire-group-").tempdir().unwrap();
+    let etcd = Etcd::start_on(ns.host_ip()).expect("start etcd");
+    let secret = secret_in(dir.path());
+    let ep = etcd.endpoint();
+    let specs: Vec<PeerSpec> = ["a", "b", "c"]
+        .iter()
+        .map(|&n| {
+            let inside = n == "c";
+            let mut s = PeerSpec {
+                device: DeviceSpec::FileBuffered,
+                lease_ttl_s: 3,
+                listen_ip: Some(if inside { ns.inner_ip() } else { ns.host_ip() }.to_string()),
+                netns: inside.then(|| ns.name().to_string()),
+                ..PeerSpec::new(n, &ep, &secret)
+            };
+            tweak(&mut s);
+            s
+        })
+        .collect();
+    let peers = start_group(dir.path(), &specs);
+    (ns, dir, etcd, peers)
+}
+
+/// The last lines of every peer's log, and where etcd's log is (for a panic message).
+pub fn group_logs(peers: &[Peer], etcd: &Etcd) -> String {
+    let mut text: String = peers
+        .iter()
+        .map(|p| format!("--- {} ({}):\n{}\n", p.name, p.proc.log_path().display(), tail(&p.proc.log(), 25)))
+        .collect();
+    text.push_str(&format!("--- etcd: {}\n", etcd.log_path().display()));
+    text
+}
+
+/// Heals `ns` (c back in reach) and waits until a, b and c are live and every copy of
+/// `volumes` is in sync again: how long after the heal.
+pub fn heal_and_resync(ns: &crate::netns::Netns, peers: &[Peer], volumes: &[&str]) -> Duration {
+    ns.heal();
+    let healed = std::time::Instant::now();
+    let all: Vec<&Peer> = peers.iter().collect();
+    wait_all(&all, "a, b and c live again", Duration::from_secs(30), live_are(&["a", "b", "c"]));
+    for p in peers {
+        wait_for(p, "every member of every set in sync again", Duration::from_secs(60), |p| all_in_sync(p, volumes));
+    }
+    healed.elapsed()
 }
 
 /// The first page of a set led by `leader`.
@@ -591,15 +791,16 @@ pub const BLOCKS_PER_PAGE: u64 = 1024;
 /// Bytes in a page of [`create_replicated`]'s volumes.
 pub const PAGE_BYTES: u64 = 4 << 20;
 
-/// The whole 48 MiB volume (of [`create_replicated`]) as read through `peer` (each
-/// page from the peer's own copy where it holds one in sync, else from the page's
-/// leader).
+/// The whole volume (of [`create_replicated`]: 4 KiB blocks) as read through `peer`
+/// (each page from the peer's own copy where it holds one in sync, else from the
+/// page's leader).
 pub fn volume_bytes(peer: &Peer, volume: &str) -> Vec<u8> {
+    let p = pages(peer, volume);
+    let bytes = p["pages"].as_u64().unwrap() * p["page_size"].as_u64().unwrap();
     let mut c = Client::connect(peer, volume, Duration::from_secs(15));
-    let mut out = Vec::with_capacity(48 << 20);
+    let mut out = Vec::with_capacity(usize::try_from(bytes).unwrap());
     let step = 32u32;
-    // 48 MiB of 4 KiB blocks.
-    let blocks = 12 * BLOCKS_PER_PAGE;
+    let blocks = bytes / BLOCK as u64;
     let mut lba = 0;
     while lba < blocks {
         out.extend(c.read(lba, step).unwrap_or_else(|e| panic!("read {lba} through {}: {e:?}", peer.name)));

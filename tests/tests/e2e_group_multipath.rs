@@ -7,6 +7,10 @@
 //! 1. `nvme connect-all --persistent`: three paths (distinct controller IDs and ANA
 //!    groups, all optimized), one namespace head, `fio --verify` over it;
 //! 2. under `fio`, one peer is killed with SIGKILL and started again: no I/O error;
+//!    the volume keeps two copies of each page, and the counters show a delta
+//!    rebuild: of the copies the restarted peer holds, those of sets it led are
+//!    copied whole (it may hold writes nobody else has), those of pages `fio` wrote
+//!    while it was away get the pieces it missed, and the others nothing at all;
 //! 3. under `fio`, a fourth peer joins: the persistent discovery controller's event
 //!    makes the host connect a fourth path;
 //! 4. one path only: what was written through all paths verifies through one peer
@@ -18,9 +22,15 @@
 use std::time::Duration;
 
 use quire_tests::group::{
-    cli_json, owners_of, setup, start_group, volume_on, wait_all, wait_for, DeviceSpec, Peer, PeerSpec,
+    all_in_sync, cli_json, host_writes, owners_of, page_members, setup, start_group, volume_on, wait_all, wait_for,
+    DeviceSpec, Peer, PeerSpec,
 };
 use quire_tests::{require_guest, serial, tail, Counter, Guest, GuestOptions, HOST_FROM_GUEST};
+
+/// The guest's fio regions, MiB (phase N writes region N-1).
+const REGION_MB: u64 = 32;
+/// The volume's page size, MiB.
+const PAGE_MB: u64 = 4;
 
 const TEST: &str = "a_multipath_host_sees_one_path_per_peer_and_no_error_when_a_peer_restarts_or_joins";
 
@@ -54,6 +64,7 @@ fn a_multipath_host_sees_one_path_per_peer_and_no_error_when_a_peer_restarts_or_
         ("NQN", "nqn.2026-11.io.quire:mp".to_string()),
         ("CTRL_PORT", step.port().to_string()),
         ("PEERS", "3".to_string()),
+        ("REGION_MB", REGION_MB.to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let opts =
@@ -74,18 +85,57 @@ fn a_multipath_host_sees_one_path_per_peer_and_no_error_when_a_peer_restarts_or_
 
     // 2. c killed and restarted while fio writes through every path.
     wait(&mut guest, "MARK phase 2 writing", 60, &peers);
-    let before = host_writes(&peers);
+    let before = host_writes(&peers, "mp");
     let end = quire_tests::deadline(Duration::from_secs(30));
-    while host_writes(&peers) < before + 50 {
+    while host_writes(&peers, "mp") < before + 50 {
         assert!(std::time::Instant::now() < end, "{TEST}: fio's writes do not arrive");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let before_kill = page_members(&peers[0], "mp");
+    let copied_before: u64 = peers.iter().map(|p| p.reactor_sum("rebuild_bytes")).sum();
     peers[2].proc.kill9();
     std::thread::sleep(Duration::from_millis(1500));
     peers[2].restart();
     step.set(2);
     let line = wait(&mut guest, "MARK phase 2 verified", 300, &peers);
     eprintln!("{}", line.trim());
+    // c back in every set, rebuilt by delta.
+    for p in &peers {
+        wait_for(p, "every member of every set in sync again", Duration::from_secs(60), |p| all_in_sync(p, &["mp"]));
+    }
+    let copied: u64 = peers.iter().map(|p| p.reactor_sum("rebuild_bytes")).sum::<u64>() - copied_before;
+    let page_bytes = PAGE_MB << 20;
+    let region = (REGION_MB / PAGE_MB)..(2 * REGION_MB / PAGE_MB);
+    // Written so far: region 0 (phase 1) and region 1 (phase 2); a page nobody wrote
+    // is allocated nowhere and copied as zeroes (no bytes).
+    let written = 0..(2 * REGION_MB / PAGE_MB);
+    let has_c = |ms: &Vec<String>| ms.iter().any(|m| m == "c");
+    let held = before_kill.iter().filter(|(_, ms)| has_c(ms)).count() as u64;
+    let led_written = before_kill.iter().enumerate().filter(|(i, (l, _))| written.contains(&(*i as u64)) && l == "c");
+    let led_written = led_written.count() as u64;
+    let written_not_led = before_kill
+        .iter()
+        .enumerate()
+        .filter(|(i, (l, ms))| region.contains(&(*i as u64)) && l != "c" && has_c(ms))
+        .count() as u64;
+    eprintln!(
+        "c held {held} pages, led {led_written} written ones, and {written_not_led} others were written while it \
+         was away; {copied} bytes copied"
+    );
+    let held_written =
+        before_kill.iter().enumerate().filter(|(i, (_, ms))| written.contains(&(*i as u64)) && has_c(ms)).count()
+            as u64;
+    assert!(
+        held_written > led_written + written_not_led,
+        "c holds written pages that fio left alone while it was away"
+    );
+    assert!(
+        copied >= led_written * page_bytes && copied <= (led_written + written_not_led) * page_bytes,
+        "delta rebuild: {copied} bytes copied to c, expected the {led_written} written pages it led in full and at \
+         most the {written_not_led} others fio wrote while it was away ({} bytes would be a full rebuild of the \
+         written pages)",
+        held_written * page_bytes
+    );
 
     // 3. d joins while fio writes.
     wait(&mut guest, "MARK phase 3 writing", 60, &peers);
@@ -118,18 +168,4 @@ fn a_multipath_host_sees_one_path_per_peer_and_no_error_when_a_peer_restarts_or_
     for p in &peers {
         assert!(p.reactor_sum("link_served") > 0, "{} served parts for its peers", p.name);
     }
-}
-
-/// Write commands the hosts sent for `mp`, summed over `peers`.
-fn host_writes(peers: &[Peer]) -> u64 {
-    peers
-        .iter()
-        .map(|p| {
-            let vols = cli_json(&p.socket(), &["stats", "volumes"]);
-            vols.as_array()
-                .and_then(|vs| vs.iter().find(|v| v["name"] == "mp"))
-                .and_then(|v| v["write_ops"].as_u64())
-                .unwrap_or(0)
-        })
-        .sum()
 }

@@ -20,12 +20,12 @@
 
 use std::time::{Duration, Instant};
 
-use quire_tests::etcd::{etcd_available, Etcd};
+use quire_tests::etcd::etcd_available;
 use quire_tests::group::{
-    create_replicated, first_led_by, live_are, pattern, perf, perf_bin, same_everywhere, secret_in, sets, start_group,
-    volume_on, wait_all, wait_for, Client, DeviceSpec, Peer, PeerSpec, BLOCKS_PER_PAGE,
+    c_refuses, client_in, create_replicated, cut_c_off, first_led_by, group_logs, heal_and_resync, pattern, perf,
+    perf_bin, same_everywhere, split_group, volume_on, wait_for, Client, BLOCKS_PER_PAGE,
 };
-use quire_tests::netns::{netns_available, Netns};
+use quire_tests::netns::netns_available;
 use quire_tests::{require, serial, tail};
 
 const TEST: &str = "a_peer_cut_off_by_a_partition";
@@ -36,77 +36,14 @@ const PARTITION: Duration = Duration::from_secs(12);
 /// The host's verified I/O through a: from before the cut to after the heal.
 const IO_SECONDS: &str = "25";
 
-/// Every set of every one of `volumes`: c out, not leading, another member in sync.
-fn c_out_everywhere(p: &Peer, volumes: &[&str]) -> bool {
-    let s: Vec<_> = volumes.iter().flat_map(|v| sets(p, v)).collect();
-    !s.is_empty()
-        && s.iter().all(|(l, ms)| {
-            l != "c" && ms.iter().all(|(m, st)| (m == "c") == (st == "out")) && ms.iter().any(|(_, st)| st == "sync")
-        })
-}
-
-/// Every member of every set of every one of `volumes` in sync, the volumes healthy.
-fn all_in_sync(p: &Peer, volumes: &[&str]) -> bool {
-    volumes.iter().all(|v| {
-        let s = sets(p, v);
-        !s.is_empty()
-            && s.iter().all(|(_, ms)| ms.len() == 2 && ms.iter().all(|(_, st)| st == "sync"))
-            && volume_on(p, v)["health"] == "healthy"
-    })
-}
-
-/// A client connected to `volume` on `peer` from inside `ns` (the connection belongs
-/// to the namespace; the client may then be used from any thread).
-fn client_in(ns: &Netns, peer: &Peer, volume: &str, timeout: Duration) -> Client {
-    let addr = peer.target_addr();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            ns.enter_this_thread().expect("enter the namespace");
-            Client::connect_addr(addr, volume, timeout)
-        })
-        .join()
-        .expect("connect from inside the namespace")
-    })
-}
-
-fn is_path_error(status: &quire_wire::nvme::Status) -> bool {
-    status.sct == 3 && status.sc == 0
-}
-
 #[test]
 fn a_peer_cut_off_by_a_partition_stops_serving_and_comes_back_in_sync() {
     let _serial = serial();
     if !require(TEST, netns_available()) || !require(TEST, perf_bin().map(|_| ())) || !require(TEST, etcd_available()) {
         return;
     }
-    // Declared first, dropped last: after the peers (one of them in it) and etcd.
-    let ns = Netns::create("part").unwrap_or_else(|e| panic!("a namespace with a veth pair: {e}"));
-    let dir = tempfile::Builder::new().prefix("quire-group-").tempdir().unwrap();
-    let etcd = Etcd::start_on(ns.host_ip()).expect("start etcd");
-    let secret = secret_in(dir.path());
-    let ep = etcd.endpoint();
-    let specs: Vec<PeerSpec> = ["a", "b", "c"]
-        .iter()
-        .map(|&n| {
-            let inside = n == "c";
-            PeerSpec {
-                device: DeviceSpec::FileBuffered,
-                lease_ttl_s: 3,
-                listen_ip: Some(if inside { ns.inner_ip() } else { ns.host_ip() }.to_string()),
-                netns: inside.then(|| ns.name().to_string()),
-                ..PeerSpec::new(n, &ep, &secret)
-            }
-        })
-        .collect();
-    let peers = start_group(dir.path(), &specs);
-    let logs = || {
-        let mut text: String = peers
-            .iter()
-            .map(|p| format!("--- {} ({}):\n{}\n", p.name, p.proc.log_path().display(), tail(&p.proc.log(), 25)))
-            .collect();
-        text.push_str(&format!("--- etcd: {}\n", etcd.log_path().display()));
-        text
-    };
+    let (ns, _dir, etcd, peers) = split_group("part", |_| {});
+    let logs = || group_logs(&peers, &etcd);
     create_replicated(&peers, 0, "rep");
     create_replicated(&peers, 0, "probe");
 
@@ -126,41 +63,18 @@ fn a_peer_cut_off_by_a_partition_stops_serving_and_comes_back_in_sync() {
     wait_for(&peers[0], "replicated writes under way", Duration::from_secs(20), |p| {
         p.reactor_sum("replica_parts") > 500
     });
-    let fenced_before = peers[2].reactor_sum("fenced");
 
+    let fenced_before = peers[2].reactor_sum("fenced");
     // The partition.
-    ns.cut();
     let cut = Instant::now();
-    // c's lease expires (3 s): the coordinator takes c out of every set and names the
-    // other member leader of the sets c led.
-    for p in &peers[..2] {
-        wait_for(p, "c out of every set, no set led by c", Duration::from_secs(20), |p| {
-            c_out_everywhere(p, &["rep", "probe"])
-        });
-    }
-    let switched = cut.elapsed();
-    wait_all(&[&peers[0], &peers[1]], "a and b live, c gone", Duration::from_secs(10), live_are(&["a", "b"]));
+    let switched = cut_c_off(&ns, &peers, &["rep", "probe"]);
     println!("c out of every set {switched:.1?} after the cut");
 
     // c, its lease gone from etcd, serves nothing replicated: a write to the page it
     // led, sent to c from inside its namespace, is refused with a path error, and so is
     // a read (c's copy may be stale by now).
-    let mut inside = client_in(&ns, &peers[2], "probe", Duration::from_secs(15));
-    match inside.write(on_c, &pattern(on_c, 2, 2)) {
-        Ok(()) => panic!("c acknowledged a write during the partition, after its eviction\n{}", logs()),
-        Err(status) => assert!(is_path_error(&status), "c refused the write, but not with a path error: {status:?}"),
-    }
-    match inside.read(on_c, 2) {
-        Ok(data) => panic!(
-            "c served a read of a replicated page during the partition (round {})\n{}",
-            if data == pattern(on_c, 1, 2) { "1" } else { "?" },
-            logs()
-        ),
-        Err(status) => assert!(is_path_error(&status), "c refused the read, but not with a path error: {status:?}"),
-    }
+    c_refuses(&ns, &peers[2], "probe", on_c, 2, &logs);
     let fenced = peers[2].reactor_sum("fenced");
-    assert!(fenced >= fenced_before + 2, "c counted the refused commands as fenced: {fenced_before} -> {fenced}");
-    drop(inside);
 
     // The page's new leader takes a write through a.
     let mut a = Client::connect(&peers[0], "probe", Duration::from_secs(15));
@@ -183,16 +97,8 @@ fn a_peer_cut_off_by_a_partition_stops_serving_and_comes_back_in_sync() {
         std::thread::sleep(left);
     }
     println!("healing {:.1?} after the cut", cut.elapsed());
-    ns.heal();
-    let healed = Instant::now();
-    let all: Vec<&Peer> = peers.iter().collect();
-    wait_all(&all, "a, b and c live again", Duration::from_secs(30), live_are(&["a", "b", "c"]));
-    for p in &peers {
-        wait_for(p, "every member of every set in sync again", Duration::from_secs(60), |p| {
-            all_in_sync(p, &["rep", "probe"])
-        });
-    }
-    println!("every copy in sync {:.1?} after the heal", healed.elapsed());
+    let resynced = heal_and_resync(&ns, &peers, &["rep", "probe"]);
+    println!("every copy in sync {resynced:.1?} after the heal");
     let run = io.join().expect("perf thread");
     assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}\n{}", run.text, logs());
     let rebuilt: u64 = peers.iter().map(|p| p.reactor_sum("rebuild_bytes")).sum();

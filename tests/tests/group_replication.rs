@@ -12,8 +12,8 @@
 use std::time::{Duration, Instant};
 
 use quire_tests::group::{
-    cli_json, create_replicated, first_led_by, pages, pattern, perf, same_everywhere, sets, volume_on, wait_for,
-    Client, Peer, BLOCKS_PER_PAGE, PAGE_BYTES,
+    cli_json, corrupt_block, create_replicated, find_block, first_led_by, pages, pattern, perf, same_everywhere,
+    scrub_and_wait, sets, volume_on, wait_for, Client, Peer, BLOCKS_PER_PAGE, PAGE_BYTES,
 };
 use quire_tests::{serial, tail};
 use serde_json::Value;
@@ -80,7 +80,10 @@ fn a_peer_killed_for_good_costs_the_host_no_error_and_loses_no_acknowledged_writ
     for p in &peers[..2] {
         assert_eq!(p.reactor_sum("path_errors"), 0, "{}: {}", p.name, tail(&p.proc.log(), 20));
     }
-    // The write acknowledged before the kill reads back through a and through b.
+    // The write acknowledged before the kill reads back through a and through b (a new
+    // connection: the first one sat idle past its keep-alive timeout).
+    drop(a);
+    let mut a = Client::connect(&peers[0], "keep", Duration::from_secs(15));
     assert_eq!(a.read(on_c, 2).expect("read through a"), pattern(on_c, 11, 2));
     let mut b = Client::connect(&peers[1], "keep", Duration::from_secs(15));
     assert_eq!(b.read(on_c, 2).expect("read through b"), pattern(on_c, 11, 2));
@@ -291,41 +294,55 @@ fn a_scrub_finds_and_repairs_a_piece_corrupted_on_one_copy_behind_its_back() {
     a.flush().expect("flush");
     // Behind x's back: one block of its copy overwritten in its device file.
     let img = peers[x].dir.join("quire.img");
-    let at = {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(&img).expect("x's device file");
-        let mut buf = vec![0u8; 4096];
-        let mut off = 0u64;
-        loop {
-            f.seek(SeekFrom::Start(off)).unwrap();
-            if f.read_exact(&mut buf).is_err() {
-                panic!("the piece is not in {}", img.display());
-            }
-            if buf[..] == data[..4096] {
-                break off;
-            }
-            off += 4096;
-        }
-    };
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-        f.write_all_at(&[0xEE; 4096], at + 4096).unwrap();
-        f.sync_all().unwrap();
-    }
+    let at = find_block(&img, &data[..4096]).unwrap_or_else(|| panic!("the piece is not in {}", img.display()));
+    corrupt_block(&img, at + 4096, 0xEE);
     // x serves reads of the page from its own copy: the corruption shows there.
     let mut via_x = Client::connect(&peers[x], "rep", Duration::from_secs(15));
     assert_ne!(via_x.read(lba, 16).expect("read through x"), data, "x reads its own (corrupted) copy");
     // The scrub, asked through any peer, compares and repairs it from a's copy.
-    assert_eq!(cli_json(&peers[2].socket(), &["scrub", "start", "rep"]), Value::Bool(true));
-    for q in &peers {
-        wait_for(q, "the scrub done, one unit repaired", Duration::from_secs(60), |q| {
-            let st = cli_json(&q.socket(), &["scrub", "status"]);
-            let e = st.as_array().unwrap().iter().find(|e| e["volume"] == "rep").cloned().unwrap_or(Value::Null);
-            e["state"] == "done" && e["repaired"] == 1 && e["compared"].as_u64() == e["pages"].as_u64()
-        });
-    }
+    scrub_and_wait(&peers, &peers[2], "rep", 1, Duration::from_secs(60));
     assert_eq!(peers[0].reactor_sum("scrub_mismatches"), 1);
+    // A new connection: the first one may have sat idle past its keep-alive timeout.
+    let mut via_x = Client::connect(&peers[x], "rep", Duration::from_secs(15));
     assert_eq!(via_x.read(lba, 16).expect("read through x again"), data, "x's copy repaired");
     same_everywhere(&peers, "rep");
+}
+
+#[test]
+fn with_three_copies_a_scrub_takes_the_majoritys_side_and_repairs_the_leaders_copy() {
+    let _serial = serial();
+    let Some((_dir, _etcd, peers)) = three("a_scrub_takes_the_majoritys_side") else { return };
+    let v = cli_json(
+        &peers[0].socket(),
+        &["volume", "create", "rep3", "--size", "48M", "--page-size", "4M", "--replicas", "3"],
+    );
+    assert_eq!(v["name"], "rep3", "{v}");
+    for p in &peers {
+        wait_for(p, "rep3 with three in-sync copies of every page", Duration::from_secs(15), |p| {
+            let s = sets(p, "rep3");
+            !s.is_empty() && s.iter().all(|(_, ms)| ms.len() == 3 && ms.iter().all(|(_, st)| st == "sync"))
+        });
+    }
+    // A piece of a page a leads, written through a (on a, b and c); then a's own copy
+    // corrupted in its device file behind its back.
+    let lba = first_led_by(&peers[0], "rep3", "a") * BLOCKS_PER_PAGE + 48;
+    let data = pattern(lba, 91, 16);
+    let mut a = Client::connect(&peers[0], "rep3", Duration::from_secs(15));
+    a.write(lba, &data).expect("write a piece");
+    a.flush().expect("flush");
+    let img = peers[0].dir.join("quire.img");
+    let at = find_block(&img, &data[..4096]).unwrap_or_else(|| panic!("the piece is not in {}", img.display()));
+    corrupt_block(&img, at + 2 * 4096, 0x5A);
+    assert_ne!(a.read(lba, 16).expect("read through a"), data, "a reads its own (corrupted) copy");
+    // The leader's copy is the odd one out: b and c agree, so the scrub repairs a's
+    // copy from theirs (and does not spread a's corruption to them).
+    scrub_and_wait(&peers, &peers[1], "rep3", 1, Duration::from_secs(60));
+    assert_eq!(peers[0].reactor_sum("scrub_mismatches"), 1);
+    let mut a = Client::connect(&peers[0], "rep3", Duration::from_secs(15));
+    assert_eq!(a.read(lba, 16).expect("read through a again"), data, "a's copy repaired from the majority");
+    for p in &peers[1..] {
+        let mut c = Client::connect(p, "rep3", Duration::from_secs(15));
+        assert_eq!(c.read(lba, 16).expect("read through a member"), data, "{}'s copy untouched", p.name);
+    }
+    same_everywhere(&peers, "rep3");
 }

@@ -64,6 +64,23 @@ impl std::fmt::Display for AgentError {
     }
 }
 
+/// Runs one step of the agent (a few etcd round trips) within `limit`. An etcd that
+/// stops answering without closing the connection (a partition, a machine gone)
+/// ends the connected stretch like an error would, and the agent connects again,
+/// instead of stalling keep-alives and volume changes until TCP gives up. A step
+/// cut short leaves nothing half done that the next stretch does not read back
+/// from etcd first.
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, AgentError>>,
+) -> Result<T, AgentError> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(r) => r,
+        Err(_) => Err(AgentError::Etcd(format!("{what}: no answer within {} ms", limit.as_millis()))),
+    }
+}
+
 fn etcd_err(what: &str) -> impl Fn(etcdv3client::Error) -> AgentError + '_ {
     move |e| AgentError::Etcd(format!("{what}: {e}"))
 }
@@ -490,24 +507,34 @@ impl Agent {
         }
     }
 
-    /// One connected stretch: watch, refresh, keep alive, until an etcd error or
-    /// the stop flag.
+    /// How long one step of the agent may take: two connect timeouts.
+    fn step_limit(&self) -> Duration {
+        self.cfg.connect_timeout * 2
+    }
+
+    /// One connected stretch: watch, refresh, keep alive, until an etcd error, a step
+    /// that took longer than [`Self::step_limit`], or the stop flag.
     async fn connected(&mut self) -> Result<(), AgentError> {
+        let limit = self.step_limit();
         if self.lease.is_none() {
-            self.register().await?;
+            bounded(limit, "register", self.register()).await?;
         } else if self.keeper.is_none() {
             let lease = self.lease.expect("checked");
-            let info = self.client.lease.get_lease_info(lease, false).await.map_err(etcd_err("lease info"))?;
+            let info = bounded(limit, "lease info", async {
+                self.client.lease.get_lease_info(lease, false).await.map_err(etcd_err("lease info"))
+            })
+            .await?;
             if info.ttl > 0 {
-                self.keeper = Some(self.open_keeper(lease).await?);
+                self.keeper = Some(bounded(limit, "keep-alive", self.open_keeper(lease)).await?);
             } else {
                 tracing::warn!(lease, "this peer's lease expired while etcd was unreachable: registering again");
                 self.lease = None;
-                self.register().await?;
+                bounded(limit, "register", self.register()).await?;
             }
         }
-        self.watcher = Some(self.client.watch.watch_prefix(keys::ROOT).await.map_err(etcd_err("watch the group"))?);
-        self.refresh().await?;
+        let watch = async { self.client.watch.watch_prefix(keys::ROOT).await.map_err(etcd_err("watch the group")) };
+        self.watcher = Some(bounded(limit, "watch", watch).await?);
+        bounded(limit, "refresh", self.refresh()).await?;
         self.shared.set_etcd_ok();
         // Changes queued while etcd was away or before registration.
         self.run_ops().await?;
@@ -519,21 +546,21 @@ impl Agent {
             let watcher = self.watcher.as_mut().expect("set above");
             tokio::select! {
                 _ = keep_tick.tick() => {
-                    if !self.keep_alive().await? {
+                    if !bounded(limit, "keep-alive", self.keep_alive()).await? {
                         tracing::warn!("this peer's lease expired: registering again");
                         self.lease = None;
                         self.keeper = None;
-                        self.register().await?;
+                        bounded(limit, "register", self.register()).await?;
                     }
                 }
                 msg = watcher.message() => {
                     match msg {
-                        Ok(Some(_)) => self.refresh().await?,
+                        Ok(Some(_)) => bounded(limit, "refresh", self.refresh()).await?,
                         Ok(None) => return Err(AgentError::Etcd("watch stream closed".into())),
                         Err(e) => return Err(AgentError::Etcd(format!("watch: {e}"))),
                     }
                 }
-                _ = refresh_tick.tick() => self.refresh().await?,
+                _ = refresh_tick.tick() => bounded(limit, "refresh", self.refresh()).await?,
                 _ = self.shared.ops_ready.notified() => self.run_ops().await?,
                 _ = stop_tick.tick() => {
                     if self.shared.stopping() {
@@ -547,12 +574,15 @@ impl Agent {
     /// Runs every queued volume change; an etcd error ends the turn (the change that
     /// met it is answered with it, the rest wait for etcd).
     async fn run_ops(&mut self) -> Result<(), AgentError> {
+        let limit = self.step_limit();
         while let Some(op) = self.shared.next_op() {
-            match self.execute(&op.kind).await {
+            // Bounded here, not around the whole turn: the change taken from the queue
+            // is always answered.
+            match bounded(limit, "volume change", self.execute(&op.kind)).await {
                 Ok(Ok(name)) => {
                     // Read back what was written before answering, so that the control
                     // thread reconciles it before it replies.
-                    let refreshed = self.refresh().await;
+                    let refreshed = bounded(limit, "refresh", self.refresh()).await;
                     self.shared.answer(op.ticket, Ok(name));
                     refreshed?;
                 }

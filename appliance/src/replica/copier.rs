@@ -14,6 +14,19 @@
 //!     └── piece taken by a write: try again next pass
 //! ```
 //!
+//! A scrub job compares instead of copying: per unit, this peer's CRC32C against the
+//! member's (a `Digest`), and on a difference it repairs the member from this copy.
+//! When the set has a third copy in sync (a witness), the witness's checksum decides
+//! first: if it agrees with the member, this peer's copy is the odd one out and is
+//! repaired from the member (read over the link, written to the device here);
+//! otherwise the member is. With two copies the leader's copy is the reference.
+//!
+//! ```text
+//!   Read ──► Digest(member) ── equal ──► next unit
+//!                  └─ differs ──► Digest(witness) ── = member ──► Fetch(member) ──► Heal (device write) ──► next
+//!                         (no witness) └─ otherwise ──► Send (this copy to the member) ──► next
+//! ```
+//!
 //! A piece's "missed by this member" mark is cleared when the piece is locked and set
 //! again if the copy fails, so that a failed or abandoned copy is never counted as
 //! done. Units are at most [`proto::PART_MAX`] bytes and [`SEGS_MAX`] buffers; a
@@ -82,6 +95,13 @@ enum Stage {
     Digesting,
     /// The member has the unit's replica write.
     Sending,
+    /// Scrub, the member's copy differs: the witness computes its checksum.
+    Witnessing,
+    /// Scrub, this peer's copy is the odd one out: the member's unit is read into the
+    /// job's buffers.
+    Fetching,
+    /// Scrub: the member's unit is written over this peer's copy.
+    Healing,
 }
 
 struct Running {
@@ -96,8 +116,10 @@ struct Running {
     stage: Stage,
     bufs: Vec<DmaBuf>,
     bytes: u64,
-    /// Scrub: this peer's checksum of the unit in flight, and differences found.
+    /// Scrub: this peer's checksum of the unit in flight, the member's, and
+    /// differences found.
     crc: u32,
+    theirs: u32,
     mismatches: u64,
 }
 
@@ -122,6 +144,7 @@ impl Copier {
             bufs: Vec::new(),
             bytes: 0,
             crc: 0,
+            theirs: 0,
             mismatches: 0,
         };
         match self.slots.iter_mut().find(|s| s.is_none()) {
@@ -196,13 +219,13 @@ impl Copier {
                 run.unit = unit;
                 run.crc = zeroes_crc(unit * bs);
                 run.stage = Stage::Digesting;
-                let f = forward(job, rref, (first, unit), proto::Op::Digest, epoch, Segs::NONE, bpp, ctx);
+                let f = forward(job, job.to, rref, (first, unit), proto::Op::Digest, epoch, Segs::NONE, bpp, ctx);
                 ctx.forward(job.to, f);
                 return true;
             }
             run.unit = rest;
             run.stage = Stage::Sending;
-            let f = forward(job, rref, (first, rest), proto::Op::WriteZeroes, epoch, Segs::NONE, bpp, ctx);
+            let f = forward(job, job.to, rref, (first, rest), proto::Op::WriteZeroes, epoch, Segs::NONE, bpp, ctx);
             ctx.forward(job.to, f);
             return true;
         };
@@ -236,6 +259,10 @@ impl Copier {
     pub fn on_device_completion(&mut self, req: u16, result: Result<(), IoError>, ctx: &mut ReactorCtx) {
         let i = usize::from(req);
         let run = self.slots[i].as_mut().expect("a device completion for a running copy");
+        if run.stage == Stage::Healing {
+            self.on_healed(i, result, ctx);
+            return;
+        }
         assert_eq!(run.stage, Stage::Reading, "copy {i}: a device completion while {:?}", run.stage);
         if let Err(e) = result {
             run.stage = Stage::Ready;
@@ -252,14 +279,14 @@ impl Copier {
         if job.verify {
             run.crc = bufs_crc(&run.bufs, run.unit * bs);
             run.stage = Stage::Digesting;
-            let f = forward(job, rref, (first, run.unit), proto::Op::Digest, epoch, Segs::NONE, bpp, ctx);
+            let f = forward(job, job.to, rref, (first, run.unit), proto::Op::Digest, epoch, Segs::NONE, bpp, ctx);
             ctx.forward(job.to, f);
             return;
         }
         ctx.dev_req.nsegs = 0;
         segs_of(&run.bufs, run.unit * bs, &mut ctx.dev_req);
         let data = Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs]);
-        let f = forward(job, rref, (first, run.unit), proto::Op::Write, epoch, data, bpp, ctx);
+        let f = forward(job, job.to, rref, (first, run.unit), proto::Op::Write, epoch, data, bpp, ctx);
         run.stage = Stage::Sending;
         ctx.forward(job.to, f);
     }
@@ -269,11 +296,18 @@ impl Copier {
         let i = usize::from(req);
         let run = self.slots[i].as_mut().expect("a link answer for a running copy");
         assert!(
-            matches!(run.stage, Stage::Sending | Stage::Digesting),
+            matches!(run.stage, Stage::Sending | Stage::Digesting | Stage::Witnessing | Stage::Fetching),
             "copy {i}: a link answer while {:?}",
             run.stage
         );
-        debug_assert!(run.stage == Stage::Sending || result.is_err(), "a digest is answered by on_digest");
+        debug_assert!(
+            matches!(run.stage, Stage::Sending | Stage::Fetching) || result.is_err(),
+            "a digest is answered by on_digest"
+        );
+        if run.stage == Stage::Fetching && result.is_ok() {
+            self.heal(i, ctx);
+            return;
+        }
         for b in run.bufs.drain(..) {
             ctx.pool.put(b);
         }
@@ -315,21 +349,25 @@ impl Copier {
         }
     }
 
-    /// The member's checksum of the unit of scrub job slot `req`: equal, the unit is
-    /// done; different, this peer's copy of it is sent (a repair).
+    /// A checksum for scrub job slot `req`: the member's (equal to this peer's, the
+    /// unit is done; different, the witness is asked, or without one the member is
+    /// repaired), or the witness's (it agrees with the member: this peer's copy is
+    /// repaired from the member's; otherwise the member's from this one).
     pub fn on_digest(&mut self, req: u16, result: Result<u32, Status>, ctx: &mut ReactorCtx) {
         let i = usize::from(req);
         let run = self.slots[i].as_mut().expect("a digest for a running scrub");
-        assert_eq!(run.stage, Stage::Digesting, "scrub {i}: a digest while {:?}", run.stage);
-        let theirs = match result {
+        let stage = run.stage;
+        assert!(matches!(stage, Stage::Digesting | Stage::Witnessing), "scrub {i}: a digest while {:?}", run.stage);
+        let crc = match result {
             Ok(c) => c,
             Err(s) => {
                 run.stage = Stage::Ready;
-                self.finish(i, Some(format!("the member answered {s:?}")), ctx);
+                let whose = if stage == Stage::Witnessing { "witness" } else { "member" };
+                self.finish(i, Some(format!("the {whose} answered {s:?}")), ctx);
                 return;
             }
         };
-        if theirs == run.crc {
+        if stage == Stage::Digesting && crc == run.crc {
             for b in run.bufs.drain(..) {
                 ctx.pool.put(b);
             }
@@ -337,8 +375,6 @@ impl Copier {
             self.unit_done(i, ctx);
             return;
         }
-        run.mismatches += 1;
-        add(&ctx.stats.scrub_mismatches, 1);
         let job = run.job;
         let Some((bpp, bs, epoch, first)) = unit_at(run, ctx) else {
             run.stage = Stage::Ready;
@@ -346,20 +382,114 @@ impl Copier {
             return;
         };
         let rref = ReqRef { conn: COPIER_CONN, req };
+        if stage == Stage::Digesting {
+            run.mismatches += 1;
+            add(&ctx.stats.scrub_mismatches, 1);
+            run.theirs = crc;
+            if let Some(w) = witness(job, ctx) {
+                run.stage = Stage::Witnessing;
+                let f = forward(job, w, rref, (first, run.unit), proto::Op::Digest, epoch, Segs::NONE, bpp, ctx);
+                ctx.forward(w, f);
+                return;
+            }
+        } else if crc == run.theirs {
+            // Two copies against this one: this one is wrong.
+            tracing::warn!(
+                volume = ?job.volume, page = job.page, lba = first, member = job.to.0,
+                "scrub: this peer's copy differs from two others; repairing it from the member's"
+            );
+            if run.bufs.is_empty() {
+                // No slot here for the page (it reads as zeroes): the control thread
+                // allocates slots, not the copier. Left as it is, and said so.
+                tracing::error!(
+                    volume = ?job.volume, page = job.page, lba = first,
+                    "scrub: cannot repair this peer's copy of a page it holds no slot for"
+                );
+                run.stage = Stage::Ready;
+                self.unit_done(i, ctx);
+                return;
+            }
+            ctx.dev_req.nsegs = 0;
+            segs_of(&run.bufs, run.unit * bs, &mut ctx.dev_req);
+            let data = Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs]);
+            run.stage = Stage::Fetching;
+            let f = forward(job, job.to, rref, (first, run.unit), proto::Op::Read, epoch, data, bpp, ctx);
+            ctx.forward(job.to, f);
+            return;
+        }
+        self.repair_member(i, ctx);
+    }
+
+    /// Sends this peer's copy of the unit in flight of scrub job `i` to its member.
+    fn repair_member(&mut self, i: usize, ctx: &mut ReactorCtx) {
+        let run = self.slots[i].as_mut().expect("a running scrub");
+        let job = run.job;
+        let Some((bpp, bs, epoch, first)) = unit_at(run, ctx) else {
+            run.stage = Stage::Ready;
+            self.finish(i, Some("the volume is gone".into()), ctx);
+            return;
+        };
+        let rref = ReqRef { conn: COPIER_CONN, req: slot_req(i) };
         tracing::warn!(
             volume = ?job.volume, page = job.page, lba = first, member = job.to.0,
             "scrub: the member's copy differs; repairing it"
         );
         let f = if run.bufs.is_empty() {
-            forward(job, rref, (first, run.unit), proto::Op::WriteZeroes, epoch, Segs::NONE, bpp, ctx)
+            forward(job, job.to, rref, (first, run.unit), proto::Op::WriteZeroes, epoch, Segs::NONE, bpp, ctx)
         } else {
             ctx.dev_req.nsegs = 0;
             segs_of(&run.bufs, run.unit * bs, &mut ctx.dev_req);
             let data = Segs::of(&ctx.dev_req.segs[..ctx.dev_req.nsegs]);
-            forward(job, rref, (first, run.unit), proto::Op::Write, epoch, data, bpp, ctx)
+            forward(job, job.to, rref, (first, run.unit), proto::Op::Write, epoch, data, bpp, ctx)
         };
         run.stage = Stage::Sending;
         ctx.forward(job.to, f);
+    }
+
+    /// The member's unit of scrub job `i` is in the job's buffers: written over this
+    /// peer's copy (the piece is still locked: no write of the host's races it).
+    fn heal(&mut self, i: usize, ctx: &mut ReactorCtx) {
+        let run = self.slots[i].as_mut().expect("a running scrub");
+        let job = run.job;
+        let slot = ctx.volumes.get(&job.volume).and_then(|v| v.view.pages.get(job.page));
+        let (Some(page_slot), Some(v)) = (slot, ctx.volumes.get(&job.volume)) else {
+            run.stage = Stage::Ready;
+            self.finish(i, Some("the page's slot is gone".into()), ctx);
+            return;
+        };
+        let (bpp, bs) = (v.view.info.blocks_per_page(), u64::from(v.view.info.block_size));
+        let (piece, _) = run.piece.expect("a unit in flight is of a locked piece");
+        let dev_bs = ctx.dev_block_size;
+        let dev_lba = (page_slot + (u64::from(piece) * Pieces::of(bpp).blocks + run.off) * bs) / dev_bs;
+        let dev_blocks = u32::try_from(run.unit * bs / dev_bs).expect("a unit is at most PART_MAX");
+        ctx.prepare(Op::Write { fua: false }, dev_lba, dev_blocks);
+        segs_of(&run.bufs, run.unit * bs, &mut ctx.dev_req);
+        match ctx.submit_prepared(ReqRef { conn: COPIER_CONN, req: slot_req(i) }) {
+            Ok(()) => run.stage = Stage::Healing,
+            Err(e) => {
+                run.stage = Stage::Ready;
+                let why = match e {
+                    SubmitError::QueueFull => "the device queue is full".to_string(),
+                    SubmitError::Invalid(why) => format!("the device refused the write: {why}"),
+                };
+                // The page is scrubbed again later (a failed job's pages are retried).
+                self.finish(i, Some(format!("repairing this peer's copy: {why}")), ctx);
+            }
+        }
+    }
+
+    /// This peer's copy of the unit of scrub job `i` was written over.
+    fn on_healed(&mut self, i: usize, result: Result<(), IoError>, ctx: &mut ReactorCtx) {
+        let run = self.slots[i].as_mut().expect("a running scrub");
+        run.stage = Stage::Ready;
+        if let Err(e) = result {
+            self.finish(i, Some(format!("repairing this peer's copy: {e:?}")), ctx);
+            return;
+        }
+        for b in run.bufs.drain(..) {
+            ctx.pool.put(b);
+        }
+        self.unit_done(i, ctx);
     }
 
     /// Ends job `i` (its piece unlocked, marked missed again if it failed midway) and
@@ -382,6 +512,19 @@ impl Copier {
         self.reports.push(CopyReport { id: run.job.id, bytes: run.bytes, mismatches: run.mismatches, failed });
         true
     }
+}
+
+/// A third in-sync copy of the job's page (not this peer's, not the member's), for a
+/// scrub to break a tie with.
+fn witness(job: CopyJob, ctx: &ReactorCtx) -> Option<PeerId> {
+    let v = ctx.volumes.get(&job.volume)?;
+    let set = v.routing.set_of(job.page);
+    let me = set.me?;
+    set.members()
+        .iter()
+        .enumerate()
+        .find(|&(k, m)| k != usize::from(me) && m.0 != job.to && m.1 == crate::replica::set::Role::Sync)
+        .map(|(_, m)| m.0)
 }
 
 /// The unit in flight of `run`: the volume's blocks per page, block size and epoch on
@@ -443,6 +586,7 @@ fn segs_of(bufs: &[DmaBuf], len: u64, req: &mut quire_drivers::IoRequest) {
 #[allow(clippy::too_many_arguments)]
 fn forward(
     job: CopyJob,
+    to: PeerId,
     rref: ReqRef,
     (first, n): (u64, u64),
     op: proto::Op,
@@ -453,7 +597,7 @@ fn forward(
 ) -> Forward {
     Forward {
         rref,
-        to: job.to,
+        to,
         op,
         fua: false,
         volume: job.volume,

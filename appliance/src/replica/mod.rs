@@ -21,8 +21,10 @@
 //!   crashes, partitions and reordering, checked by a model host
 //!   (`appliance/tests/replica_sim.rs`).
 //!
-//! The scrub takes the leader's copy as the reference (it orders every write); with
-//! three copies a majority vote would be better and is not done.
+//! The scrub takes the leader's copy as the reference (it orders every write) when
+//! there are two copies: nothing else can tell which of two differing copies is
+//! right. With three in sync, a difference is settled by the third copy: if it
+//! agrees with the member, the leader's own copy is repaired from the member's.
 //!
 //! # Writes
 //!

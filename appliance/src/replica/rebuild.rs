@@ -118,7 +118,8 @@ pub struct ScrubResult {
     pub pages: u64,
     /// Pages compared.
     pub done: u64,
-    /// Units that differed (each repaired from this peer's copy).
+    /// Units that differed (each repaired: the member from this peer's copy, or this
+    /// copy from the majority's).
     pub mismatches: u64,
     /// Still running.
     pub running: bool,
@@ -381,7 +382,7 @@ impl Rebuilds {
                     res.running = false;
                     tracing::info!(
                         volume = %t.name, pages = res.pages, mismatches = res.mismatches,
-                        "scrub done (every unit that differed was repaired from the leader's copy)"
+                        "scrub done (every unit that differed was repaired: from the majority with three copies, else from the leader's)"
                     );
                 }
             }

@@ -28,20 +28,6 @@ mkdir -p "$WORK"
 echo 4 > /proc/sys/kernel/printk
 modprobe nvme-tcp
 
-step() { timeout 10 nc "$ADDR" "$CTRL_PORT" < /dev/null 2> /dev/null | sed -n 's/^step \([0-9][0-9]*\)$/\1/p'; }
-step_at_least() { _n=$(step || true); [ -n "$_n" ] && [ "$_n" -ge "$1" ]; }
-
-# live_paths: the live TCP controllers of $NQN
-live_paths() {
-  _n=0
-  for c in /sys/class/nvme/nvme*; do
-    [ "$(cat "$c/subsysnqn" 2> /dev/null)" = "$NQN" ] || continue
-    [ "$(cat "$c/state" 2> /dev/null)" = live ] || continue
-    _n=$(( _n + 1 ))
-  done
-  echo "$_n"
-}
-paths_are() { [ "$(live_paths)" -eq "$1" ]; }
 
 # fio_job REGION NAME [extra]: the options of a write+verify job over region REGION
 fio_job() {

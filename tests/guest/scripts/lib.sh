@@ -141,4 +141,21 @@ lba_size() { cat "/sys/block/$(basename "$DEV")/queue/logical_block_size"; }
 # dev_bytes: the namespace's size in bytes
 dev_bytes() { echo $(( $(cat "/sys/block/$(basename "$DEV")/size") * 512 )); }
 
+# step: the count of the test's step counter (CTRL_PORT at $ADDR, "step N");
+# step_at_least N: it has reached N
+step() { timeout 10 nc "$ADDR" "$CTRL_PORT" < /dev/null 2> /dev/null | sed -n 's/^step \([0-9][0-9]*\)$/\1/p'; }
+step_at_least() { _n=$(step || true); [ -n "$_n" ] && [ "$_n" -ge "$1" ]; }
+
+# live_paths: the live TCP controllers of $NQN (multipath: one per path)
+live_paths() {
+  _n=0
+  for c in /sys/class/nvme/nvme*; do
+    [ "$(cat "$c/subsysnqn" 2> /dev/null)" = "$NQN" ] || continue
+    [ "$(cat "$c/state" 2> /dev/null)" = live ] || continue
+    _n=$(( _n + 1 ))
+  done
+  echo "$_n"
+}
+paths_are() { [ "$(live_paths)" -eq "$1" ]; }
+
 pass() { mark "pass"; echo "PASS $SCRIPT_NAME"; }
