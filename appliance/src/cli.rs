@@ -23,7 +23,8 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use crate::rpc::methods::{
-    self, SubsystemHostParams, VolumeCreateParams, VolumeGrowParams, VolumeNameParams, VolumeSetReplicasParams,
+    self, MigrationCancelParams, PageMoveParams, PeerDrainParams, SubsystemHostParams, VolumeCreateParams,
+    VolumeGrowParams, VolumeNameParams, VolumeSetReplicasParams,
 };
 use crate::rpc::{self, ClientError};
 
@@ -51,6 +52,15 @@ pub enum ClientCommand {
     /// Compare the copies of replicated pages and repair those that differ.
     #[command(subcommand)]
     Scrub(ScrubCommand),
+    /// Move pages between peers while hosts use them.
+    #[command(subcommand)]
+    Page(PageCommand),
+    /// Moves of pages under way.
+    #[command(subcommand)]
+    Migration(MigrationCommand),
+    /// Peers of the group.
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// The daemon's log, as the appliance image keeps it (`quire.log` beside the
     /// management socket).
     Logs(LogsArgs),
@@ -78,6 +88,52 @@ pub enum ScrubCommand {
     },
     /// Each volume's last scrub: pages compared, units repaired.
     Status,
+}
+
+/// `quire page …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum PageCommand {
+    /// Move a page's copy to another peer, live: both copies take every write while
+    /// the page is copied, then the new one takes over and the old one is freed.
+    Move {
+        /// The volume.
+        volume: String,
+        /// The page (`quire volume pages` lists them).
+        page: u64,
+        /// The peer it moves to.
+        to: String,
+        /// The peer whose copy moves (default: the page's leader).
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+/// `quire migration …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum MigrationCommand {
+    /// Moves under way: pages, from, to, phase.
+    List,
+    /// Cancel a move before its cut-over (the new copy is dropped).
+    Cancel {
+        /// The volume.
+        volume: String,
+        /// The move's id (`quire migration list`).
+        id: u64,
+    },
+}
+
+/// `quire peer …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum PeerCommand {
+    /// Move every copy a peer holds to other peers (before it leaves); it takes no
+    /// new copies while drained.
+    Drain {
+        /// The peer.
+        name: String,
+        /// Stop draining it.
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 /// `quire group …`.
@@ -264,6 +320,16 @@ const SCRUB_COLUMNS: &[Column] = &[
     column("repaired", "REPAIRED", Format::Number),
 ];
 
+const MIGRATION_COLUMNS: &[Column] = &[
+    column("id", "ID", Format::Number),
+    column("volume", "VOLUME", Format::Text),
+    column("first_page", "PAGE", Format::Number),
+    column("pages", "PAGES", Format::Number),
+    column("from", "FROM", Format::Text),
+    column("to", "TO", Format::Text),
+    column("phase", "PHASE", Format::Text),
+];
+
 const SUBSYSTEM_COLUMNS: &[Column] = &[
     column("nqn", "NQN", Format::Text),
     column("volume", "VOLUME", Format::Text),
@@ -414,6 +480,17 @@ impl ClientCommand {
                 (methods::SCRUB_START, to_value(&VolumeNameParams { name: name.clone() }))
             }
             ClientCommand::Scrub(ScrubCommand::Status) => (methods::SCRUB_STATUS, Value::Null),
+            ClientCommand::Page(PageCommand::Move { volume, page, to, from }) => {
+                let params = PageMoveParams { volume: volume.clone(), page: *page, to: to.clone(), from: from.clone() };
+                (methods::PAGE_MOVE, to_value(&params))
+            }
+            ClientCommand::Migration(MigrationCommand::List) => (methods::MIGRATION_LIST, Value::Null),
+            ClientCommand::Migration(MigrationCommand::Cancel { volume, id }) => {
+                (methods::MIGRATION_CANCEL, to_value(&MigrationCancelParams { volume: volume.clone(), id: *id }))
+            }
+            ClientCommand::Peer(PeerCommand::Drain { name, undo }) => {
+                (methods::PEER_DRAIN, to_value(&PeerDrainParams { name: name.clone(), undo: *undo }))
+            }
             ClientCommand::Logs(_) => unreachable!("quire logs reads a file, not the socket"),
             ClientCommand::Store(StoreCommand::Format(_)) => {
                 unreachable!("`quire store format` runs offline (run_with), never over RPC")
@@ -449,6 +526,18 @@ impl ClientCommand {
             ClientCommand::Store(StoreCommand::Format(_)) | ClientCommand::Logs(_) => View::Done(String::new()),
             ClientCommand::Scrub(ScrubCommand::Start { name }) => View::Done(format!("scrub of {name} started")),
             ClientCommand::Scrub(ScrubCommand::Status) => View::Table(SCRUB_COLUMNS),
+            ClientCommand::Page(PageCommand::Move { .. }) | ClientCommand::Migration(MigrationCommand::List) => {
+                View::Table(MIGRATION_COLUMNS)
+            }
+            ClientCommand::Migration(MigrationCommand::Cancel { volume, id }) => {
+                View::Done(format!("move {id} of {volume} cancelled"))
+            }
+            ClientCommand::Peer(PeerCommand::Drain { name, undo: false }) => {
+                View::Done(format!("peer {name} is being drained (quire migration list shows the moves)"))
+            }
+            ClientCommand::Peer(PeerCommand::Drain { name, undo: true }) => {
+                View::Done(format!("peer {name} is no longer drained"))
+            }
             ClientCommand::Group(GroupCommand::Status) => {
                 View::RecordThenTable(GROUP_FIELDS, "peers", GROUP_PEER_COLUMNS)
             }
@@ -756,7 +845,7 @@ mod tests {
 
     #[test]
     fn every_command_maps_to_its_method() {
-        let cases: [(&[&str], &str, Value); 11] = [
+        let cases: [(&[&str], &str, Value); 17] = [
             (&["volume", "list"], "volume_list", Value::Null),
             (&["volume", "grow", "db", "--size", "20G"], "volume_grow", json!({"name": "db", "size": 20u64 << 30})),
             (&["volume", "delete", "db"], "volume_delete", json!({"name": "db"})),
@@ -776,6 +865,16 @@ mod tests {
             (&["stats", "volumes"], "stats_volumes", Value::Null),
             (&["stats", "reactors"], "stats_reactors", Value::Null),
             (&["store", "info"], "store_info", Value::Null),
+            (&["page", "move", "db", "7", "c"], "page_move", json!({"volume": "db", "page": 7, "to": "c"})),
+            (
+                &["page", "move", "db", "7", "c", "--from", "b"],
+                "page_move",
+                json!({"volume": "db", "page": 7, "to": "c", "from": "b"}),
+            ),
+            (&["migration", "list"], "migration_list", Value::Null),
+            (&["migration", "cancel", "db", "42"], "migration_cancel", json!({"volume": "db", "id": 42})),
+            (&["peer", "drain", "c"], "peer_drain", json!({"name": "c", "undo": false})),
+            (&["peer", "drain", "c", "--undo"], "peer_drain", json!({"name": "c", "undo": true})),
         ];
         for (args, method, params) in cases {
             assert_eq!(request(args), (method, params), "{args:?}");

@@ -777,6 +777,16 @@ pub fn heal_and_resync(ns: &crate::netns::Netns, peers: &[Peer], volumes: &[&str
     healed.elapsed()
 }
 
+/// `quire-perf --verify` (4 KiB random reads and writes, queue depth 8) through `peer`
+/// over `volume` for `seconds`, on a thread of its own.
+pub fn verified_io(peer: &Peer, volume: &str, seconds: u32) -> std::thread::JoinHandle<PerfRun> {
+    let trid = peer.trid(volume);
+    let t = seconds.to_string();
+    std::thread::spawn(move || {
+        perf(&["-q", "8", "-o", "4096", "-w", "randrw", "-M", "50", "-t", &t, "--verify", "-r", &trid])
+    })
+}
+
 /// The first page of a set led by `leader`.
 pub fn first_led_by(peer: &Peer, volume: &str, leader: &str) -> u64 {
     let p = pages(peer, volume);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use quire_tests::group::{
     cli_json, corrupt_block, create_replicated, find_block, first_led_by, pages, pattern, perf, same_everywhere,
-    scrub_and_wait, sets, volume_on, wait_for, Client, Peer, BLOCKS_PER_PAGE, PAGE_BYTES,
+    scrub_and_wait, sets, verified_io, volume_on, wait_for, Client, Peer, BLOCKS_PER_PAGE, PAGE_BYTES,
 };
 use quire_tests::{serial, tail};
 use serde_json::Value;
@@ -51,10 +51,7 @@ fn a_peer_killed_for_good_costs_the_host_no_error_and_loses_no_acknowledged_writ
     let health = volume_on(&peers[0], "keep");
     assert_eq!((health["replicas"].as_u64(), health["health"].as_str()), (Some(2), Some("healthy")), "{health}");
     a.write(on_c, &pattern(on_c, 11, 2)).expect("write to a page c leads");
-    let trid = peers[0].trid("rep");
-    let io = std::thread::spawn(move || {
-        perf(&["-q", "8", "-o", "4096", "-w", "randrw", "-M", "50", "-t", "14", "--verify", "-r", &trid])
-    });
+    let io = verified_io(&peers[0], "rep", 14);
     wait_for(&peers[0], "replicated writes under way", Duration::from_secs(20), |p| {
         p.reactor_sum("replica_parts") > 500
     });
@@ -116,10 +113,7 @@ fn a_peer_killed_and_restarted_costs_the_host_no_error() {
     let _serial = serial();
     let Some((_dir, _etcd, mut peers)) = three("a_peer_killed_and_restarted") else { return };
     create_replicated(&peers, 0, "rep");
-    let trid = peers[0].trid("rep");
-    let io = std::thread::spawn(move || {
-        perf(&["-q", "8", "-o", "4096", "-w", "randrw", "-M", "50", "-t", "12", "--verify", "-r", &trid])
-    });
+    let io = verified_io(&peers[0], "rep", 12);
     wait_for(&peers[0], "replicated writes under way", Duration::from_secs(20), |p| {
         p.reactor_sum("replica_parts") > 500
     });
@@ -159,10 +153,7 @@ fn a_peer_away_past_replace_after_is_replaced_by_a_copy_on_the_third_peer_under_
         return;
     };
     create_replicated(&peers, 0, "rep");
-    let trid = peers[0].trid("rep");
-    let io = std::thread::spawn(move || {
-        perf(&["-q", "8", "-o", "4096", "-w", "randrw", "-M", "50", "-t", "20", "--verify", "-r", &trid])
-    });
+    let io = verified_io(&peers[0], "rep", 20);
     wait_for(&peers[0], "replicated writes under way", Duration::from_secs(20), |p| {
         p.reactor_sum("replica_parts") > 500
     });

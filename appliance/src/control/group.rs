@@ -56,7 +56,14 @@ impl Control {
         self.group.is_some()
             && matches!(
                 call.method.as_str(),
-                m::VOLUME_CREATE | m::VOLUME_GROW | m::VOLUME_DELETE | m::VOLUME_SET_REPLICAS | m::SCRUB_START
+                m::VOLUME_CREATE
+                    | m::VOLUME_GROW
+                    | m::VOLUME_DELETE
+                    | m::VOLUME_SET_REPLICAS
+                    | m::SCRUB_START
+                    | m::PAGE_MOVE
+                    | m::MIGRATION_CANCEL
+                    | m::PEER_DRAIN
             )
     }
 
@@ -108,6 +115,18 @@ impl Control {
             m::SCRUB_START => {
                 let p: m::VolumeNameParams = call.params()?;
                 Ok(GroupOpKind::Scrub { name: p.name })
+            }
+            m::PAGE_MOVE => {
+                let p: m::PageMoveParams = call.params()?;
+                Ok(GroupOpKind::MovePage { name: p.volume, page: p.page, from: p.from, to: p.to })
+            }
+            m::MIGRATION_CANCEL => {
+                let p: m::MigrationCancelParams = call.params()?;
+                Ok(GroupOpKind::CancelMove { name: p.volume, id: p.id })
+            }
+            m::PEER_DRAIN => {
+                let p: m::PeerDrainParams = call.params()?;
+                Ok(GroupOpKind::Drain { peer: p.name, on: !p.undo })
             }
             other => unreachable!("not a group call: {other}"),
         }
@@ -177,8 +196,11 @@ impl Control {
     }
 
     fn group_reply(&self, method: &str, name: &str) -> Result<serde_json::Value, RpcError> {
-        if method == m::VOLUME_DELETE || method == m::SCRUB_START {
+        if matches!(method, m::VOLUME_DELETE | m::SCRUB_START | m::MIGRATION_CANCEL | m::PEER_DRAIN) {
             return Ok(json!(true));
+        }
+        if method == m::PAGE_MOVE {
+            return Ok(json!(self.migrations().into_iter().filter(|e| e.volume == name).collect::<Vec<_>>()));
         }
         match self.store.volume_by_name(name) {
             Some(v) => Ok(json!(volume_entry(&v))),
@@ -317,6 +339,16 @@ impl Control {
             // Piece locks and missed pieces, before any reactor routes a replicated page.
             view.pieces.grow(r.num_pages);
         }
+        // Copies this peer no longer holds (it left the page's set): freed once every
+        // reactor has the table that routes the page elsewhere and has finished its
+        // I/O on it (a barrier).
+        for (page, &si) in page_sets.iter().enumerate() {
+            let page = page as u64;
+            let held = r.sets.get(usize::from(si)).is_some_and(|s| s.member(self.me.0).is_some());
+            if !held && view.pages.get(page).is_some() && !self.unheld_wanted.contains(&(id, page)) {
+                self.unheld_wanted.push((id, page));
+            }
+        }
         let leading = &self.leading;
         let routing =
             Arc::new(RoutingTable::from_sets((self.me, self.me_lease), &r.sets, page_sets, Epoch(r.epoch), &|i| {
@@ -325,6 +357,32 @@ impl Control {
         self.records.insert(id, (r.clone(), self.me_lease));
         self.publish(view, Some(routing));
         Ok(())
+    }
+
+    /// The barrier after the tables that took `pages` from this peer is over: those
+    /// still not held here (the group may have changed again) are freed, their slots
+    /// quarantined until the next barrier.
+    pub(super) fn free_unheld(&mut self, pages: &[(VolumeId, u64)]) {
+        let mut page_sets: BTreeMap<VolumeId, Vec<u16>> = BTreeMap::new();
+        let mut gone: Vec<(VolumeId, u64)> = Vec::new();
+        for &(id, page) in pages {
+            let Some((r, _)) = self.records.get(&id) else { continue };
+            let sets = page_sets.entry(id).or_insert_with(|| r.page_sets().unwrap_or_default());
+            let si = usize::try_from(page).ok().and_then(|p| sets.get(p).copied());
+            if si.and_then(|si| r.sets.get(usize::from(si))).is_some_and(|s| s.member(self.me.0).is_none()) {
+                gone.push((id, page));
+            }
+        }
+        if gone.is_empty() {
+            return;
+        }
+        match self.store.free_pages(&gone) {
+            Ok(generation) => {
+                tracing::info!(pages = gone.len(), "freed the copies of pages this peer no longer holds");
+                self.quarantine_upto = Some(generation);
+            }
+            Err(e) => tracing::error!("freeing the copies of pages this peer no longer holds: {e}"),
+        }
     }
 
     /// The barrier after this peer came to lead `sets` is over: their writes may be
@@ -466,6 +524,28 @@ impl Control {
     }
 
     /// `scrub_status`: every volume's last scrub, summed over the leaders' reports.
+    /// The moves under way in the group, as this peer last read it.
+    pub(super) fn migrations(&self) -> Vec<m::MigrationEntry> {
+        let Some(g) = self.group.as_ref() else { return Vec::new() };
+        let snap = g.snapshot();
+        let name = |id: u16| snap.peer_ids.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+        let mut out = Vec::new();
+        for r in snap.volumes.values() {
+            for mv in crate::replica::migration::moves(r) {
+                out.push(m::MigrationEntry {
+                    id: mv.id,
+                    volume: r.name.clone(),
+                    first_page: mv.first_page,
+                    pages: mv.pages,
+                    from: name(mv.from),
+                    to: name(mv.to),
+                    phase: mv.phase.to_string(),
+                });
+            }
+        }
+        out
+    }
+
     pub(super) fn scrub_status(&self) -> Vec<m::ScrubEntry> {
         let reports = self.group.as_ref().map(|g| g.snapshot().rebuilds).unwrap_or_default();
         let mut out = Vec::new();
@@ -578,6 +658,7 @@ pub fn state_name(s: &crate::replica::set::MemberState) -> String {
         MemberState::Sync => "sync".into(),
         MemberState::Reconcile => "reconcile".into(),
         MemberState::Rebuild { mode } => format!("rebuild ({})", format!("{mode:?}").to_lowercase()),
+        MemberState::Leaving => "leaving".into(),
         MemberState::Out { .. } => "out".into(),
     }
 }

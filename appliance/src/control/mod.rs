@@ -45,6 +45,8 @@ struct PendingBarrier {
     release_upto: Option<u64>,
     /// Sets this peer came to lead, to order here once it completes.
     activate: Vec<(VolumeId, usize)>,
+    /// Pages this peer no longer holds a copy of, to free once it completes.
+    unheld: Vec<(VolumeId, u64)>,
 }
 
 /// What the control thread is built from.
@@ -117,6 +119,9 @@ pub struct Control {
     leading: std::collections::HashSet<(VolumeId, usize)>,
     /// Sets this peer came to lead, waiting for the next barrier.
     activation_wanted: Vec<(VolumeId, usize)>,
+    /// Pages allocated here whose set no longer has this peer (a move's source, a
+    /// dropped or replaced copy): freed after a barrier (no reactor still reads them).
+    unheld_wanted: Vec<(VolumeId, u64)>,
     /// Members this peer brings up to date (it leads their sets).
     rebuilds: crate::replica::rebuild::Rebuilds,
     replication: quire_config::schema::Replication,
@@ -158,6 +163,7 @@ impl Control {
             records: HashMap::new(),
             leading: std::collections::HashSet::new(),
             activation_wanted: Vec::new(),
+            unheld_wanted: Vec::new(),
             rebuilds: Default::default(),
             replication: parts.replication,
             scrubs_started: HashMap::new(),
@@ -342,14 +348,17 @@ impl Control {
     }
 
     fn maybe_start_barrier(&mut self) {
-        if self.barrier.is_some() || self.quarantine_upto.is_none() && self.activation_wanted.is_empty() {
+        if self.barrier.is_some()
+            || self.quarantine_upto.is_none() && self.activation_wanted.is_empty() && self.unheld_wanted.is_empty()
+        {
             return;
         }
         let release_upto = self.quarantine_upto.take();
         let activate = std::mem::take(&mut self.activation_wanted);
+        let unheld = std::mem::take(&mut self.unheld_wanted);
         self.barrier_next += 1;
         let generation = self.barrier_next;
-        self.barrier = Some(PendingBarrier { generation, acks: 0, release_upto, activate });
+        self.barrier = Some(PendingBarrier { generation, acks: 0, release_upto, activate, unheld });
         for r in 0..self.reactors.len() {
             self.send(r, ReactorMsg::Barrier(generation));
         }
@@ -367,6 +376,9 @@ impl Control {
             }
             if !b.activate.is_empty() {
                 self.activate(b.activate);
+            }
+            if !b.unheld.is_empty() {
+                self.free_unheld(&b.unheld);
             }
         }
     }
@@ -399,6 +411,10 @@ impl Control {
                 "a single peer keeps one copy of each page: there is nothing to compare (scrubs need a group with replicas)",
             )),
             m::SCRUB_STATUS => Ok(json!(self.scrub_status())),
+            m::MIGRATION_LIST => Ok(json!(self.migrations())),
+            m::PAGE_MOVE | m::MIGRATION_CANCEL | m::PEER_DRAIN => Err(RpcError::invalid_state(
+                "a single peer holds every page itself: moving pages needs a group of peers",
+            )),
             m::VOLUME_SET_REPLICAS => {
                 let p: m::VolumeSetReplicasParams = call.params()?;
                 self.volume_id(&p.name)?;

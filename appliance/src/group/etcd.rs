@@ -388,13 +388,19 @@ impl Agent {
         let mut peers = std::collections::BTreeMap::new();
         for g in self.membership.gone().values() {
             let r = &g.record;
-            peers.insert(r.id, PeerInfo { lease: None, weight: r.weight, boot: r.boot.clone() });
+            let draining = view.draining.contains(&r.name);
+            peers.insert(r.id, PeerInfo { lease: None, weight: r.weight, boot: r.boot.clone(), draining });
         }
         for e in view.peers.values() {
             if let Some(id) = view.peer_id(&e.record.name) {
                 peers.insert(
                     id,
-                    PeerInfo { lease: Some(e.lease), weight: e.record.weight, boot: e.record.boot.clone() },
+                    PeerInfo {
+                        lease: Some(e.lease),
+                        weight: e.record.weight,
+                        boot: e.record.boot.clone(),
+                        draining: view.draining.contains(&e.record.name),
+                    },
                 );
             }
         }
@@ -700,6 +706,56 @@ impl Agent {
                         vec![unchanged_since(&keys::volume_key(name), *revision)],
                         vec![put_op(&keys::volume_key(name), r.encode())],
                     )
+                }
+                GroupOpKind::MovePage { name, page, from, to } => {
+                    let Some((old, revision)) = view.volumes.get(name) else {
+                        return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));
+                    };
+                    let Some(to_id) = view.peer_id(to) else {
+                        return Ok(Err(RpcError::not_found(format!("no peer named {to:?} in the group"))));
+                    };
+                    let Some(to_lease) = view.peers.get(to).map(|e| e.lease) else {
+                        return Ok(Err(RpcError::invalid_state(format!("peer {to:?} is not live"))));
+                    };
+                    if view.draining.contains(to) {
+                        return Ok(Err(RpcError::invalid_state(format!("peer {to:?} is being drained"))));
+                    }
+                    let from_id = match from {
+                        None => None,
+                        Some(f) => match view.peer_id(f) {
+                            Some(id) => Some(id),
+                            None => return Ok(Err(RpcError::not_found(format!("no peer named {f:?} in the group")))),
+                        },
+                    };
+                    let r =
+                        match crate::replica::migration::start_page(old, *page, from_id, (to_id, to_lease), now_ms()) {
+                            Ok(r) => r,
+                            Err(e) => return Ok(Err(RpcError::invalid_state(format!("page {page} of {name:?}: {e}")))),
+                        };
+                    (
+                        vec![unchanged_since(&keys::volume_key(name), *revision)],
+                        vec![put_op(&keys::volume_key(name), r.encode())],
+                    )
+                }
+                GroupOpKind::CancelMove { name, id } => {
+                    let Some((old, revision)) = view.volumes.get(name) else {
+                        return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));
+                    };
+                    let r = match crate::replica::migration::cancel(old, *id) {
+                        Ok(r) => r,
+                        Err(e) => return Ok(Err(RpcError::invalid_state(e))),
+                    };
+                    (
+                        vec![unchanged_since(&keys::volume_key(name), *revision)],
+                        vec![put_op(&keys::volume_key(name), r.encode())],
+                    )
+                }
+                GroupOpKind::Drain { peer, on } => {
+                    if view.peer_id(peer).is_none() {
+                        return Ok(Err(RpcError::not_found(format!("no peer named {peer:?} in the group"))));
+                    }
+                    let key = keys::drain_key(peer);
+                    (Vec::new(), vec![if *on { put_op(&key, b"{}".to_vec()) } else { delete_op(&key) }])
                 }
                 GroupOpKind::Scrub { name } => {
                     let Some((_, revision)) = view.volumes.get(name) else {

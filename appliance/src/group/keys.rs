@@ -51,6 +51,13 @@ pub const REVOKED: &str = "/quire/v1/revoked/";
 pub const REBUILD: &str = "/quire/v1/rebuild/";
 /// The prefix of scrub requests.
 pub const SCRUB: &str = "/quire/v1/scrub/";
+/// The prefix of drain marks (`quire peer drain NAME`): the peer's copies move away.
+pub const DRAIN: &str = "/quire/v1/drain/";
+
+/// The key of peer `name`'s drain mark.
+pub fn drain_key(name: &str) -> String {
+    format!("{DRAIN}{name}")
+}
 
 /// The key of volume `name`'s scrub request.
 pub fn scrub_key(name: &str) -> String {

@@ -148,6 +148,32 @@ pub enum GroupOpKind {
         /// Name.
         name: String,
     },
+    /// Move page `page` of volume `name` from peer `from` (`None`: its leader) to
+    /// peer `to` (`replica::migration`).
+    MovePage {
+        /// Name.
+        name: String,
+        /// The page.
+        page: u64,
+        /// The peer whose copy moves.
+        from: Option<String>,
+        /// The peer it moves to.
+        to: String,
+    },
+    /// Cancel move `id` of volume `name` (before its cut-over).
+    CancelMove {
+        /// Name.
+        name: String,
+        /// The move.
+        id: u64,
+    },
+    /// Drain peer `peer` (its copies move to other peers), or stop draining it.
+    Drain {
+        /// The peer's name.
+        peer: String,
+        /// Drain (true) or stop (false).
+        on: bool,
+    },
 }
 
 impl GroupOpKind {
@@ -159,7 +185,11 @@ impl GroupOpKind {
             | GroupOpKind::Delete { name }
             | GroupOpKind::SetReplicas { name, .. }
             | GroupOpKind::Promote { name, .. }
-            | GroupOpKind::Scrub { name } => name,
+            | GroupOpKind::Scrub { name }
+            | GroupOpKind::MovePage { name, .. }
+            | GroupOpKind::CancelMove { name, .. } => name,
+            // A change of a peer, not of a volume.
+            GroupOpKind::Drain { .. } => "",
         }
     }
 }

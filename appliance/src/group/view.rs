@@ -65,6 +65,8 @@ pub struct GroupView {
     pub rebuilds: BTreeMap<String, keys::RebuildReport>,
     /// Scrub requests by volume name.
     pub scrubs: BTreeMap<String, u64>,
+    /// Peers being drained (their copies move to other peers), by name.
+    pub draining: std::collections::BTreeSet<String>,
 }
 
 /// Whether a peer may register, from the view it read first.
@@ -125,6 +127,10 @@ impl GroupView {
                     }
                     Err(e) => view.ignored.push(format!("{key}: not a revocation record: {e}")),
                 }
+                continue;
+            }
+            if let Some(name) = key.strip_prefix(keys::DRAIN) {
+                view.draining.insert(name.to_string());
                 continue;
             }
             if let Some(name) = key.strip_prefix(keys::SCRUB) {
@@ -192,6 +198,7 @@ impl GroupView {
     pub fn candidates(&self) -> Vec<Candidate> {
         self.peers
             .values()
+            .filter(|e| !self.draining.contains(&e.record.name))
             .filter_map(|e| {
                 let id = self.peer_id(&e.record.name)?;
                 Some(Candidate { peer: PeerId(id), weight: e.record.weight })

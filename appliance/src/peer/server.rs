@@ -585,18 +585,34 @@ fn respond(reqs: &mut ReqTable, meta: &[Meta], tx: &mut FrameTx, ctx: &mut React
     } else {
         (0, Segs::NONE)
     };
-    if !r.status.is_success() && m.refuse.is_none() && !r.misrouted {
-        add(&ctx.stats.link_errors, 1);
-    }
     let (outcome, status) = match m.refuse {
         Some(o) => (o, Status::SUCCESS),
         None if r.misrouted => (Outcome::NotOwner, Status::SUCCESS),
+        // A part this peer ordered as its page's leader and could not finish because it
+        // stopped leading meanwhile (a move's cut-over: the members refuse the writes
+        // of a leader that is no longer theirs): the sender takes it to the new
+        // leader, as a host would through another path. Applying it again there is
+        // harmless: the same data, and no write overlapping it can be in flight.
+        None if r.status == crate::peer::client::PATH_ERROR && !m.replica && !leads(ctx, &m) => {
+            (Outcome::NotOwner, Status::SUCCESS)
+        }
         None => (Outcome::Done, r.status),
     };
+    if outcome == Outcome::Done && !status.is_success() {
+        add(&ctx.stats.link_errors, 1);
+    }
     let msg = Message::Response { tag: m.tag, outcome, status, epoch, payload, digest };
     tx.push(OutMsg { msg, data, token: u32::from(idx) });
     reqs.set_state(idx, ReqState::Transmitting);
     add(&ctx.stats.link_served, 1);
+}
+
+/// Whether this peer leads the set of the page `m` addresses now.
+fn leads(ctx: &ReactorCtx, m: &Meta) -> bool {
+    ctx.volumes.get(&VolumeId(m.volume)).is_some_and(|v| {
+        let page = m.lba / v.view.info.blocks_per_page();
+        page < v.routing.len() && v.routing.set_of(page).leads_here()
+    })
 }
 
 /// The owner's reading of forwarded requests.

@@ -86,6 +86,7 @@
 pub mod copier;
 pub mod fence;
 pub mod locks;
+pub mod migration;
 pub mod plan;
 pub mod rebuild;
 pub mod set;

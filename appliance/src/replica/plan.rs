@@ -42,6 +42,8 @@ pub struct PeerInfo {
     pub weight: u64,
     /// Its machine's boot id as it last said.
     pub boot: String,
+    /// Being drained: takes no new copies, and its copies move to other peers.
+    pub draining: bool,
 }
 
 /// The state a plan is made from.
@@ -66,7 +68,7 @@ impl PlanInput<'_> {
     }
 
     /// The member's incarnation is still its peer's.
-    fn valid(&self, m: &Member) -> bool {
+    pub(super) fn valid(&self, m: &Member) -> bool {
         self.live_lease(m.peer) == Some(m.inc)
     }
 
@@ -109,8 +111,11 @@ pub fn plan_with_notes(r: &VolumeRecord, input: &PlanInput<'_>) -> (Option<Volum
             // replicas waits for its one owner.
             continue;
         }
+        super::migration::advance(&mut next.sets[i], i, input, &mut why);
         evict(&mut next.sets[i], i, input, &mut why, &mut notes);
         admit(&mut next.sets[i], i, input, &mut why);
+        let held = copies_held(&next, &pages_per_set);
+        drain(&mut next.sets[i], i, input, &held, &mut why, &mut notes);
         let held = copies_held(&next, &pages_per_set);
         replace(&mut next.sets[i], i, input, &held, &mut why);
         let held = copies_held(&next, &pages_per_set);
@@ -149,7 +154,9 @@ fn evict(s: &mut SetRecord, i: usize, input: &PlanInput<'_>, why: &mut Vec<Strin
         let pick = |want: fn(&MemberState) -> bool| {
             s.members.iter().position(|m| want(&m.state) && input.valid(m) && !gone.contains(&pos(s, m.peer)))
         };
-        pick(|st| *st == MemberState::Sync).or_else(|| pick(|st| *st == MemberState::Reconcile))
+        pick(|st| *st == MemberState::Sync)
+            .or_else(|| pick(|st| *st == MemberState::Reconcile))
+            .or_else(|| pick(|st| *st == MemberState::Leaving))
     } else {
         None
     };
@@ -252,7 +259,7 @@ fn candidate(s: &SetRecord, input: &PlanInput<'_>, held: &BTreeMap<u16, u64>) ->
     input
         .peers
         .iter()
-        .filter(|(id, p)| p.weight > 0 && p.lease.is_some() && s.member(**id).is_none())
+        .filter(|(id, p)| p.weight > 0 && !p.draining && p.lease.is_some() && s.member(**id).is_none())
         .min_by(|(a, pa), (b, pb)| {
             // held_a / weight_a < held_b / weight_b, in integers; ties to the lowest id.
             let ha = u128::from(held.get(a).copied().unwrap_or(0)) * u128::from(pb.weight);
@@ -260,6 +267,31 @@ fn candidate(s: &SetRecord, input: &PlanInput<'_>, held: &BTreeMap<u16, u64>) ->
             ha.cmp(&hb).then(a.cmp(b))
         })
         .map(|(&id, p)| (id, p.lease.expect("live")))
+}
+
+/// Starts moving the set's copy off a peer being drained (one move at a time per set,
+/// once every copy is in sync) to the live peer holding the fewest copies.
+fn drain(
+    s: &mut SetRecord,
+    i: usize,
+    input: &PlanInput<'_>,
+    held: &BTreeMap<u16, u64>,
+    why: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    if s.mv.is_some() || !s.members.iter().all(|m| m.state == MemberState::Sync) {
+        return;
+    }
+    let Some(from) = s.members.iter().map(|m| m.peer).find(|p| input.peers.get(p).is_some_and(|i| i.draining)) else {
+        return;
+    };
+    let Some(to) = candidate(s, input, held) else {
+        notes.push(format!("set {i}: peer {from} is being drained, but no other peer can take its copy"));
+        return;
+    };
+    if super::migration::start_set(s, from, to, input.now_ms).is_ok() {
+        why.push(format!("set {i}: peer {from} is being drained: its copy moves to peer {}", to.0));
+    }
 }
 
 fn replace(s: &mut SetRecord, i: usize, input: &PlanInput<'_>, held: &BTreeMap<u16, u64>, why: &mut Vec<String>) {
@@ -286,6 +318,10 @@ fn resize(
     held: &BTreeMap<u16, u64>,
     why: &mut Vec<String>,
 ) {
+    if s.mv.is_some() {
+        // A move holds one copy more until it is done.
+        return;
+    }
     while s.members.len() < replicas.min(super::set::MEMBERS_MAX) {
         let Some((peer, inc)) = candidate(s, input, held) else { break };
         why.push(format!("set {i}: a new copy on peer {peer} ({replicas} replicas)"));
@@ -295,7 +331,7 @@ fn resize(
         let rank = |m: &Member| match m.state {
             MemberState::Out { .. } => 0,
             MemberState::Rebuild { .. } => 1,
-            MemberState::Reconcile => 2,
+            MemberState::Reconcile | MemberState::Leaving => 2,
             MemberState::Sync => 3,
         };
         let Some(k) =
@@ -304,27 +340,16 @@ fn resize(
             break;
         };
         why.push(format!("set {i}: copy on peer {} dropped ({replicas} replicas)", s.members[k].peer));
-        s.members.remove(k);
-        // The members after it move up a position, and what the leader tracked of
-        // them is kept by position: nobody knows what they missed any more.
-        for m in &mut s.members[k..] {
-            match m.state {
-                MemberState::Out { ref mut tracker, .. } => *tracker = None,
-                MemberState::Rebuild { mode: RebuildMode::Delta } => {
-                    m.state = MemberState::Rebuild { mode: RebuildMode::Compare }
-                }
-                _ => {}
-            }
-        }
+        super::migration::remove_member(s, s.members[k].peer);
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::group::keys::hex16;
 
-    fn volume(replicas: u8, sets: Vec<SetRecord>, page_sets: &[u16]) -> VolumeRecord {
+    pub(crate) fn volume(replicas: u8, sets: Vec<SetRecord>, page_sets: &[u16]) -> VolumeRecord {
         let mut r = VolumeRecord {
             id: 1,
             name: "v".into(),
@@ -343,11 +368,13 @@ mod tests {
         r
     }
 
-    fn peers(list: &[(u16, Option<i64>)]) -> BTreeMap<u16, PeerInfo> {
-        list.iter().map(|&(id, lease)| (id, PeerInfo { lease, weight: 1, boot: "boot-1".into() })).collect()
+    pub(crate) fn peers(list: &[(u16, Option<i64>)]) -> BTreeMap<u16, PeerInfo> {
+        list.iter()
+            .map(|&(id, lease)| (id, PeerInfo { lease, weight: 1, boot: "boot-1".into(), draining: false }))
+            .collect()
     }
 
-    fn input<'a>(
+    pub(crate) fn input<'a>(
         now_ms: u64,
         peers: &'a BTreeMap<u16, PeerInfo>,
         revoked: &'a BTreeMap<(u16, i64), u64>,

@@ -51,6 +51,8 @@ pub struct Task {
     pub full: bool,
     /// The member's position in the set (its missed marks).
     slot: u8,
+    /// Tells this task from an earlier one under the same key (its jobs' reports).
+    serial: u64,
     /// Every page of the set; the pages of the current pass.
     all: Vec<u64>,
     pages: Vec<u64>,
@@ -92,9 +94,11 @@ pub enum Action {
 pub struct Rebuilds {
     /// The tasks, by key.
     pub tasks: BTreeMap<TaskKey, Task>,
-    /// Job id → task, page, reactor, and whether it is a scrub's.
-    jobs: HashMap<u64, (TaskKey, u64, usize, bool)>,
+    /// Job id → task (its key and serial), page, reactor, and whether it is a scrub's.
+    jobs: HashMap<u64, (TaskKey, u64, u64, usize, bool)>,
     next_job: u64,
+    /// Serials of tasks (a task made anew under the same key has a new one).
+    next_serial: u64,
     /// Jobs out per reactor.
     load: Vec<usize>,
     /// Byte budget (token bucket) and when it was last filled.
@@ -145,7 +149,10 @@ impl Rebuilds {
                 }
             }
         }
-        self.tasks.retain(|k, _| k.0 != vid || wanted.contains_key(k));
+        // A member that moved up a position (one before it left the set) is copied to
+        // afresh: what it missed is kept by position, and the plan made it a full
+        // (compare) rebuild.
+        self.tasks.retain(|k, t| k.0 != vid || wanted.get(k).is_some_and(|&(_, slot)| slot == t.slot));
         self.scrubs.retain(|k, _| {
             k.0 != vid
                 || lease.is_some_and(|lease| {
@@ -158,7 +165,9 @@ impl Rebuilds {
         });
         let page_sets = record.page_sets().unwrap_or_default();
         for (key, (full, slot)) in wanted {
+            let serial = &mut self.next_serial;
             self.tasks.entry(key).or_insert_with(|| {
+                *serial += 1;
                 let pages: Vec<u64> = page_sets
                     .iter()
                     .enumerate()
@@ -169,7 +178,7 @@ impl Rebuilds {
                     volume = %record.name, set = key.1, member = key.2, full, pages = pages.len(),
                     "rebuild of a member starts"
                 );
-                Task::new(&record.name, full, slot, pages, now)
+                Task::new(&record.name, full, (slot, *serial), pages, now)
             });
         }
     }
@@ -225,7 +234,9 @@ impl Rebuilds {
                 }
                 result.pages += pages.len() as u64;
                 let slot = u8::try_from(slot).expect("at most 4 members");
-                self.scrubs.insert((vid, si, m.peer, m.inc), Task::new(&record.name, true, slot, pages.clone(), now));
+                self.next_serial += 1;
+                let task = Task::new(&record.name, true, (slot, self.next_serial), pages.clone(), now);
+                self.scrubs.insert((vid, si, m.peer, m.inc), task);
             }
         }
         tracing::info!(volume = %record.name, pages = result.pages, "scrub starts");
@@ -235,7 +246,7 @@ impl Rebuilds {
 
     /// A copier's report.
     pub fn on_report(&mut self, r: &CopyReport) {
-        let Some((key, page, reactor, scrub)) = self.jobs.remove(&r.id) else { return };
+        let Some((key, serial, page, reactor, scrub)) = self.jobs.remove(&r.id) else { return };
         if let Some(l) = self.load.get_mut(reactor) {
             *l = l.saturating_sub(1);
         }
@@ -245,7 +256,7 @@ impl Rebuilds {
             }
         }
         let tasks = if scrub { &mut self.scrubs } else { &mut self.tasks };
-        let Some(t) = tasks.get_mut(&key) else { return };
+        let Some(t) = tasks.get_mut(&key).filter(|t| t.serial == serial) else { return };
         t.inflight -= 1;
         t.bytes += r.bytes;
         if let Some(why) = &r.failed {
@@ -339,7 +350,7 @@ impl Rebuilds {
                 }
                 self.next_job += 1;
                 let job = CopyJob { id: self.next_job, volume: key.0, page, mask, to: PeerId(key.2), verify: scrub };
-                self.jobs.insert(job.id, (key, page, r, scrub));
+                self.jobs.insert(job.id, (key, t.serial, page, r, scrub));
                 self.load[r] += 1;
                 t.inflight += 1;
                 out.push(Action::Copy(r, job));
@@ -391,11 +402,12 @@ impl Rebuilds {
 }
 
 impl Task {
-    fn new(name: &str, full: bool, slot: u8, pages: Vec<u64>, now: Instant) -> Task {
+    fn new(name: &str, full: bool, (slot, serial): (u8, u64), pages: Vec<u64>, now: Instant) -> Task {
         Task {
             name: name.to_string(),
             full,
             slot,
+            serial,
             total: pages.len() as u64,
             all: pages.clone(),
             pages,

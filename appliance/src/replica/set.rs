@@ -8,6 +8,8 @@
 //! admitted with (its etcd lease at the time) and a state:
 //!
 //! ```text
+//!   (a move's source: Sync ──cut-over──► Leaving ──a lease TTL──► removed)
+//!
 //!            admitted by the coordinator (peer back, or a new replica)
 //!   Out ──────────────────────────────────────────────────► Rebuild{delta|compare|full}
 //!    ▲                                                            │ the leader copied what it lacked
@@ -23,6 +25,8 @@
 //!   compared it.
 //! - `Rebuild`: receives every write and is being copied to; not read from.
 //! - `Out`: gets nothing; the leader tracks the pieces it misses (`tracker`).
+//! - `Leaving`: the source of a finished move (see `replica::migration`): receives
+//!   every write, serves no read, and leaves the set a lease TTL later.
 //!
 //! The leader waits for every member but the `Out` ones before it acknowledges a
 //! write, so `Sync`, `Reconcile` and `Rebuild` members never lack an acknowledged
@@ -78,6 +82,9 @@ pub enum MemberState {
         /// How the leader finds what it lacks.
         mode: RebuildMode,
     },
+    /// A move's source after the cut-over: receives every write, serves no read;
+    /// removed once every peer can have stopped reading from it.
+    Leaving,
     /// Gets nothing.
     Out {
         /// When it was evicted (ms since the Unix epoch, coordinator's clock).
@@ -100,7 +107,7 @@ impl MemberState {
     pub fn role(&self) -> Role {
         match self {
             MemberState::Sync => Role::Sync,
-            MemberState::Reconcile => Role::Reconcile,
+            MemberState::Reconcile | MemberState::Leaving => Role::Reconcile,
             MemberState::Rebuild { .. } => Role::Rebuild,
             MemberState::Out { .. } => Role::Out,
         }
@@ -129,6 +136,25 @@ pub struct SetRecord {
     /// the place of the member it replaces), so that per-member state kept by position
     /// (the pieces each missed) stays with its member.
     pub members: Vec<Member>,
+    /// A move of the set's pages from one member's peer to another under way.
+    #[serde(default, rename = "move", skip_serializing_if = "Option::is_none")]
+    pub mv: Option<Move>,
+}
+
+/// A move of a set's pages from peer `from` to peer `to` (see `replica::migration`):
+/// `to` is a member being copied to, then the cut-over makes `from` `Leaving` (and
+/// `to` the leader if `from` led), and a lease TTL later `from` leaves the set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// Names the move (when it was asked for, ms since the Unix epoch).
+    pub id: u64,
+    /// The peer whose copy moves.
+    pub from: u16,
+    /// The peer it moves to.
+    pub to: u16,
+    /// When the cut-over was made (coordinator's clock), once it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_ms: Option<u64>,
 }
 
 impl SetRecord {
@@ -137,6 +163,7 @@ impl SetRecord {
         SetRecord {
             leader: members[0].0,
             members: members.iter().map(|&(peer, inc)| Member { peer, inc, state: MemberState::Sync }).collect(),
+            mv: None,
         }
     }
 
@@ -148,6 +175,11 @@ impl SetRecord {
         for (i, m) in self.members.iter().enumerate() {
             if self.members[..i].iter().any(|o| o.peer == m.peer) {
                 return Err(format!("peer {} is a member twice", m.peer));
+            }
+        }
+        if let Some(mv) = self.mv {
+            if self.member(mv.from).is_none() || self.member(mv.to).is_none() || mv.from == mv.to {
+                return Err(format!("a move from peer {} to peer {} that are not both members", mv.from, mv.to));
             }
         }
         match self.members.iter().find(|m| m.peer == self.leader) {
@@ -167,9 +199,10 @@ impl SetRecord {
         self.members.iter().map(|m| m.peer).collect()
     }
 
-    /// True when every member is in sync.
+    /// True when every member is in sync (a move's source handing over counts: the
+    /// copy it hands over to is in sync).
     pub fn healthy(&self) -> bool {
-        self.members.iter().all(|m| m.state == MemberState::Sync)
+        self.members.iter().all(|m| matches!(m.state, MemberState::Sync | MemberState::Leaving))
     }
 }
 

@@ -72,6 +72,8 @@ pub struct SimStats {
     pub plans: u64,
     /// Promotions.
     pub promotions: u64,
+    /// Moves of a page started.
+    pub moves: u64,
 }
 
 struct Rng(u64);
@@ -159,8 +161,11 @@ struct Peer {
     leads: BTreeMap<u64, Lead>,
     /// Host requests this (entry) peer forwarded: forwarded id → original sender.
     relays: BTreeMap<u64, (Option<u16>, u64)>,
-    /// Blocks being copied to a member (rebuild), and writes waiting for a lock.
-    copying: BTreeMap<(u16, u16, i64), Vec<Block>>,
+    /// Copies started, by set, page, member (peer, incarnation) and the member's
+    /// position (a member that moves up a position is copied to afresh: what it
+    /// missed is kept by position).
+    copying: BTreeMap<(u16, u16, u16, i64, usize), Vec<Block>>,
+    /// Writes waiting for a lock.
     queued: Vec<(Option<u16>, u64, Block, u64, u64)>,
     /// Led writes with a resend scheduled (one at a time per write).
     retrying: std::collections::BTreeSet<u64>,
@@ -202,6 +207,8 @@ pub struct Sim {
     host: Host,
     next_id: u64,
     healing: bool,
+    /// The peer being drained, if one is.
+    drained: Option<u16>,
     stats: SimStats,
     log: Vec<String>,
 }
@@ -253,6 +260,7 @@ impl Sim {
             },
             next_id: 1,
             healing: false,
+            drained: None,
             stats: SimStats::default(),
             log: Vec::new(),
         };
@@ -410,10 +418,20 @@ impl Sim {
     }
 
     /// Healed, every set in sync on every peer's view, nothing in flight.
+    /// The sets that hold pages (a page that moved left its old set empty).
+    fn sets_in_use(&self) -> Vec<&SetRecord> {
+        let page_sets = self.record.page_sets().unwrap_or_default();
+        let mut used: Vec<usize> = page_sets.iter().map(|&s| usize::from(s)).collect();
+        used.sort_unstable();
+        used.dedup();
+        used.into_iter().filter_map(|i| self.record.sets.get(i)).collect()
+    }
+
     fn quiet(&self) -> bool {
+        let sets = self.sets_in_use();
         self.host.inflight.is_empty()
-            && self.record.sets.iter().all(|s| s.members.iter().all(|m| m.state == MemberState::Sync))
-            && self.record.sets.iter().all(|s| {
+            && sets.iter().all(|s| s.mv.is_none() && s.members.iter().all(|m| m.state == MemberState::Sync))
+            && sets.iter().all(|s| {
                 s.members.iter().all(|m| self.peers[usize::from(m.peer)].lease == Some(m.inc))
                     && s.members.len() == usize::from(self.cfg.replicas)
             })
@@ -424,8 +442,10 @@ impl Sim {
     }
 
     fn final_check(&self) -> Result<SimStats, String> {
-        for (si, s) in self.record.sets.iter().enumerate() {
-            let page = u16::try_from(si).expect("a set per page");
+        let page_sets = self.record.page_sets().map_err(|e| e.to_string())?;
+        for (page, &si) in page_sets.iter().enumerate() {
+            let page = u16::try_from(page).expect("few pages");
+            let s = &self.record.sets[usize::from(si)];
             for block in 0..self.cfg.blocks {
                 let b = (page, block);
                 let want = self.host.acked.get(&b).copied().unwrap_or(0);
@@ -552,6 +572,25 @@ impl Sim {
                 self.stats.partitions += 1;
                 self.note(format!("partition {p}: etcd {:?} links {:?}", self.cut_etcd, self.cut_links));
             }
+            // A page moves to a peer that does not hold it (`quire page move`).
+            7 => {
+                let page = self.rng.below(u64::from(self.cfg.pages));
+                let to = u16::try_from(self.rng.below(u64::from(n))).expect("few peers");
+                let Some(&(lease, _)) = self.leases.get(&to) else { return };
+                if let Ok(next) = super::migration::start_page(&self.record, page, None, (to, lease), self.now) {
+                    self.stats.moves += 1;
+                    self.note(format!("move page {page} to {to}"));
+                    self.put_record(next);
+                }
+            }
+            // A peer drained (its copies move away), or drained no more.
+            8 => {
+                self.drained = match self.drained {
+                    Some(_) => None,
+                    None => Some(u16::try_from(self.rng.below(u64::from(n))).expect("few peers")),
+                };
+                self.note(format!("drained: {:?}", self.drained));
+            }
             5..=6 if !self.cut_links.is_empty() || !self.cut_etcd.is_empty() => {
                 self.cut_links.clear();
                 let back = std::mem::take(&mut self.cut_etcd);
@@ -584,6 +623,7 @@ impl Sim {
                     lease: self.leases.get(&p).map(|&(l, _)| l),
                     weight: 1,
                     boot: format!("boot-{}", self.peers[usize::from(p)].boot),
+                    draining: self.drained == Some(p),
                 };
                 (p, info)
             })
@@ -994,7 +1034,7 @@ impl Sim {
                     MemberState::Reconcile => true,
                     _ => continue,
                 };
-                let key = (si, m.peer, m.inc);
+                let key = (si, page, m.peer, m.inc, k);
                 if !self.peers[usize::from(p)].copying.contains_key(&key) {
                     // Start: every block (full) or the missed ones (delta) are marked.
                     let blocks: Vec<Block> = (0..self.cfg.blocks).map(|b| (page, b)).collect();

@@ -44,9 +44,17 @@ pub const VOLUME_SET_REPLICAS: &str = "volume_set_replicas";
 pub const SCRUB_START: &str = "scrub_start";
 /// `scrub_status`.
 pub const SCRUB_STATUS: &str = "scrub_status";
+/// `page_move`.
+pub const PAGE_MOVE: &str = "page_move";
+/// `migration_list`.
+pub const MIGRATION_LIST: &str = "migration_list";
+/// `migration_cancel`.
+pub const MIGRATION_CANCEL: &str = "migration_cancel";
+/// `peer_drain`.
+pub const PEER_DRAIN: &str = "peer_drain";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 22] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -65,6 +73,10 @@ pub const ALL: [&str; 18] = [
     VOLUME_SET_REPLICAS,
     SCRUB_START,
     SCRUB_STATUS,
+    PAGE_MOVE,
+    MIGRATION_LIST,
+    MIGRATION_CANCEL,
+    PEER_DRAIN,
 ];
 
 /// One entry of `stats_requests`: how often requests went from one state to another.
@@ -106,6 +118,63 @@ pub struct VolumeSetReplicasParams {
     pub name: String,
     /// Copies of each page from now on (1 ..= 3, at most the live peers).
     pub replicas: u8,
+}
+
+/// Params of `page_move`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageMoveParams {
+    /// The volume.
+    pub volume: String,
+    /// The page (0-based; `volume_pages` lists them).
+    pub page: u64,
+    /// The peer it moves to.
+    pub to: String,
+    /// The peer whose copy moves (default: the page's leader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// Params of `migration_cancel`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationCancelParams {
+    /// The volume.
+    pub volume: String,
+    /// The move's id (`migration_list`).
+    pub id: u64,
+}
+
+/// Params of `peer_drain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerDrainParams {
+    /// The peer.
+    pub name: String,
+    /// Stop draining it instead.
+    #[serde(default)]
+    pub undo: bool,
+}
+
+/// One entry of `migration_list`: a move of pages between peers under way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationEntry {
+    /// Its id (for `migration_cancel`).
+    pub id: u64,
+    /// The volume.
+    pub volume: String,
+    /// The first page that moves, and how many (a page moved by hand: one; a drain
+    /// moves every page of a replica set).
+    pub first_page: u64,
+    /// Pages.
+    pub pages: u64,
+    /// The peer whose copy moves.
+    pub from: String,
+    /// The peer it moves to.
+    pub to: String,
+    /// `copying` (both copies take every write, the leader copies the pages) or
+    /// `cut over` (the new copy in charge, the old one leaves a lease TTL later).
+    pub phase: String,
 }
 
 /// One entry of `scrub_status`: the last scrub of a volume, over every leader of its

@@ -52,6 +52,10 @@
 //! | `volume_set_replicas` | `{name, replicas}` | the volume, as one `volume_list` entry |
 //! | `scrub_start` | `{name}` | `true` |
 //! | `scrub_status` | none | `[{volume, state, pages, compared, repaired}]` |
+//! | `page_move` | `{volume, page, to, from?}` | the volume's moves under way, as `migration_list` entries |
+//! | `migration_list` | none | `[{id, volume, first_page, pages, from, to, phase}]` |
+//! | `migration_cancel` | `{volume, id}` | `true` |
+//! | `peer_drain` | `{name, undo?}` | `true` |
 //! | `volume_pages` | `{name}` | `{name, epoch, page_size, pages, replicas, runs: [{first, count, owner, set}], owners: [{owner, pages, copies}], sets: [{set, leader, pages, members: [{peer, state, inc}]}]}` |
 //! | `subsystem_list` | none | `[{nqn, volume, allowed_hosts: [hostnqn], controllers}]` |
 //! | `subsystem_allow_host` | `{nqn, host}` | `true` |
@@ -83,10 +87,21 @@
 //!   member's copy with its own, piece by piece (CRC32C), and repairs what differs
 //!   from its copy; `scrub_status` sums the leaders' reports of the last scrub:
 //!   `state` `running`, `done` or `never`.
+//! - `page_move`: the page gets a replica set of its own with `to` added; both copies
+//!   take every write while the set's leader copies the page (at
+//!   `replication.rebuild_mb_s`); then `to` takes over (`phase` `cut over`: `from`
+//!   serves no read) and a lease TTL later `from` leaves the set and frees its copy.
+//!   Refused (`INVALID_STATE`) while a copy of the page is not in sync or the page
+//!   moves already, or when `to` holds it, is not live or is being drained.
+//!   `migration_cancel` drops the new copy of a move not cut over yet.
+//! - `peer_drain`: the coordinator moves the peer's copy out of every set, one move per
+//!   set at a time, to the live peers holding the fewest copies; a drained peer takes
+//!   no new copies (new volumes, new replicas) until `undo`.
 //! - `volume_pages`: `runs` are consecutive pages of one replica set, `owner` its
 //!   leader (the peer that orders its writes); `owners[].pages` counts the pages a peer
 //!   leads, `copies` the copies it holds; a member's `state` is `sync`, `reconcile`,
-//!   `rebuild (delta|compare|full)` or `out`, `inc` the lease of the run it names.
+//!   `rebuild (delta|compare|full)`, `leaving` (a move's source after its cut-over) or
+//!   `out`, `inc` the lease of the run it names.
 //! - `volume_grow`: `size` is the new total size, larger than the current one and a
 //!   multiple of the page size; hosts see a namespace-attribute-changed event.
 //! - `volume_delete`: allowed while hosts are connected: their I/O to it then completes

@@ -1,0 +1,157 @@
+//! Moving pages between peers while hosts use them (`replica::migration`), with real
+//! peers: three `quire serve` peers on loopback and a real etcd, `quire-perf --verify`
+//! as the host.
+//! - `quire page move` of a page of a volume with one copy, under verified I/O: the
+//!   page is copied to the new peer while both copies take every write, cut over,
+//!   and the old copy is freed: one copy at the end, on the new peer, the host saw no
+//!   error and every block verifies;
+//! - `quire migration cancel` before the cut-over leaves the page where it was;
+//! - `quire peer drain` under verified I/O moves every copy the peer holds of a
+//!   volume with two copies to the other peers, and frees them on the drained peer.
+
+use std::time::Duration;
+
+/// The copy rate of the page-move test, MB/s.
+const RATE_MB_S: u32 = 2;
+
+use quire_tests::group::{
+    cli_json, create_replicated, first_led_by, pattern, same_everywhere, sets, three_peers, three_peers_with,
+    verified_io, volume_on, wait_for, Client, Peer, BLOCKS_PER_PAGE,
+};
+use quire_tests::{serial, tail};
+use serde_json::Value;
+
+/// The members (peer names) of the set of page `page` of `volume` on `peer`, with the
+/// move under way in it (from, to), if any.
+fn page_set(peer: &Peer, volume: &str, page: u64) -> (String, Vec<String>) {
+    let members = quire_tests::group::page_members(peer, volume);
+    members[usize::try_from(page).unwrap()].clone()
+}
+
+/// The moves under way, as `quire migration list` gives them on `peer`.
+fn migrations(peer: &Peer) -> Vec<Value> {
+    cli_json(&peer.socket(), &["migration", "list"]).as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_page_moved_by_hand_under_io_ends_with_one_copy_on_the_new_peer() {
+    let _serial = serial();
+    // Copies at 2 MB/s: a page takes two seconds, long enough to cancel a move.
+    let Some((_dir, _etcd, peers)) = three_peers_with("a_page_moved_by_hand", 25_000, |s| s.rebuild_mb_s = RATE_MB_S)
+    else {
+        return;
+    };
+    let v = cli_json(
+        &peers[0].socket(),
+        &["volume", "create", "mv", "--size", "48M", "--page-size", "4M", "--replicas", "1"],
+    );
+    assert_eq!(v["name"], "mv", "{v}");
+    for p in &peers {
+        wait_for(p, "mv routed everywhere", Duration::from_secs(15), |p| !sets(p, "mv").is_empty());
+    }
+    let page = first_led_by(&peers[0], "mv", "a");
+    let allocated = |p: &Peer| volume_on(p, "mv")["allocated_pages"].as_u64().unwrap();
+
+    // Verified random I/O through b over the whole volume while the page moves.
+    let io = verified_io(&peers[1], "mv", 12);
+    wait_for(&peers[1], "host I/O under way", Duration::from_secs(20), |p| p.reactor_sum("forwarded_parts") > 300);
+    let started = cli_json(&peers[2].socket(), &["page", "move", "mv", &page.to_string(), "c"]);
+    let list = started.as_array().unwrap_or_else(|| panic!("page move: {started}"));
+    assert!(
+        list.iter().any(|m| m["first_page"] == page && m["from"] == "a" && m["to"] == "c"),
+        "the move is listed: {started}"
+    );
+    // Copied, cut over, handed over: the page's set is c alone, on every peer.
+    for p in &peers {
+        wait_for(p, "the page on c alone, the move done", Duration::from_secs(60), |p| {
+            page_set(p, "mv", page) == ("c".to_string(), vec!["c".to_string()]) && migrations(p).is_empty()
+        });
+    }
+    let run = io.join().expect("perf thread");
+    assert!(run.ok, "I/O through b across the move: {}\n{}", run.text, tail(&peers[0].proc.log(), 30));
+    assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}", run.text);
+    // Nothing held out at the host's peer. (The old leader may count a path error
+    // for a part it was ordering at the cut-over: the members refuse a leader that is
+    // no longer theirs, and the part goes back to its sender, which takes it to the
+    // new leader.)
+    assert_eq!(peers[1].reactor_sum("path_errors"), 0, "{}", tail(&peers[1].proc.log(), 20));
+    // One copy of each page: every page was written (the --verify prefill), and each
+    // peer's store holds exactly the pages whose set it is in; a's copy of the moved
+    // page is freed (after a barrier), c's allocated.
+    let members = quire_tests::group::page_members(&peers[0], "mv");
+    for p in &peers {
+        let held = members.iter().filter(|(_, ms)| ms.contains(&p.name)).count() as u64;
+        wait_for(p, "one copy of each page, on its set's peer", Duration::from_secs(20), |p| allocated(p) == held);
+    }
+    assert!(peers[0].reactor_sum("rebuild_bytes") > 0, "a copied the page to c");
+    // Every peer reads the same bytes; a write through a after the move lands on c.
+    let lba = page * BLOCKS_PER_PAGE + 40;
+    let mut a = Client::connect(&peers[0], "mv", Duration::from_secs(15));
+    a.write(lba, &pattern(lba, 5, 4)).expect("write through a after the move");
+    let mut c = Client::connect(&peers[2], "mv", Duration::from_secs(15));
+    assert!(c.read(lba, 4).expect("read through c") == pattern(lba, 5, 4), "the write reads back through c");
+    same_everywhere(&peers, "mv");
+
+    // A move cancelled before its cut-over (the copy takes two seconds) leaves the
+    // page where it was.
+    let other = first_led_by(&peers[0], "mv", "b");
+    let started = cli_json(&peers[0].socket(), &["page", "move", "mv", &other.to_string(), "a"]);
+    let id = started.as_array().and_then(|l| l.iter().find(|m| m["first_page"] == other)).map(|m| m["id"].clone());
+    let id = id.unwrap_or_else(|| panic!("page move: {started}"));
+    let cancelled = cli_json(&peers[1].socket(), &["migration", "cancel", "mv", &id.to_string()]);
+    assert_eq!(cancelled, Value::Bool(true), "cancel move {id}");
+    for p in &peers {
+        wait_for(p, "the page back on b alone", Duration::from_secs(20), |p| {
+            page_set(p, "mv", other) == ("b".to_string(), vec!["b".to_string()]) && migrations(p).is_empty()
+        });
+    }
+    // Its partial copy on a is freed: a holds only the pages of its sets.
+    let members = quire_tests::group::page_members(&peers[0], "mv");
+    let held = members.iter().filter(|(_, ms)| ms.contains(&"a".to_string())).count() as u64;
+    wait_for(&peers[0], "a's partial copy freed", Duration::from_secs(20), |p| allocated(p) == held);
+    same_everywhere(&peers, "mv");
+}
+
+#[test]
+fn a_drained_peer_gives_every_copy_away_under_io() {
+    let _serial = serial();
+    let Some((_dir, _etcd, peers)) = three_peers("a_drained_peer", 25_000) else { return };
+    create_replicated(&peers, 0, "dr");
+    let io = verified_io(&peers[0], "dr", 12);
+    wait_for(&peers[0], "replicated writes under way", Duration::from_secs(20), |p| {
+        p.reactor_sum("replica_parts") > 300
+    });
+    assert_eq!(cli_json(&peers[1].socket(), &["peer", "drain", "c"]), Value::Bool(true));
+    // Every set c was in moves its copy to a or b; then c holds nothing of the volume.
+    for p in &peers[..2] {
+        wait_for(p, "no copy on c, every set in sync", Duration::from_secs(90), |p| {
+            let s = sets(p, "dr");
+            !s.is_empty()
+                && s.iter()
+                    .all(|(l, ms)| l != "c" && ms.len() == 2 && ms.iter().all(|(m, st)| m != "c" && st == "sync"))
+                && migrations(p).is_empty()
+        });
+    }
+    let run = io.join().expect("perf thread");
+    assert!(run.ok, "I/O through a across the drain: {}\n{}", run.text, tail(&peers[2].proc.log(), 30));
+    assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}", run.text);
+    assert_eq!(peers[0].reactor_sum("path_errors"), 0, "{}", tail(&peers[0].proc.log(), 20));
+    wait_for(&peers[2], "c's copies freed", Duration::from_secs(20), |p| {
+        volume_on(p, "dr")["allocated_pages"].as_u64() == Some(0)
+    });
+    same_everywhere(&peers, "dr");
+    // c takes no new copies while drained: a new volume's sets leave it out.
+    create_drained_volume(&peers);
+}
+
+/// A volume made while c is drained has no copy on c.
+fn create_drained_volume(peers: &[Peer]) {
+    let v = cli_json(
+        &peers[0].socket(),
+        &["volume", "create", "after", "--size", "48M", "--page-size", "4M", "--replicas", "2"],
+    );
+    assert_eq!(v["name"], "after", "{v}");
+    wait_for(&peers[0], "after routed", Duration::from_secs(15), |p| !sets(p, "after").is_empty());
+    let s = sets(&peers[0], "after");
+    assert!(s.iter().all(|(_, ms)| ms.iter().all(|(m, _)| m != "c")), "a drained peer takes no copy: {s:?}");
+}
