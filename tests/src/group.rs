@@ -787,6 +787,35 @@ pub fn verified_io(peer: &Peer, volume: &str, seconds: u32) -> std::thread::Join
     })
 }
 
+/// A peer of the Linux-host suites: a file device, 3 s leases, and the address the
+/// guest reaches this machine at in its discovery log entries.
+pub fn guest_peer(name: &str, etcd: &str, secret: &Path) -> PeerSpec {
+    PeerSpec {
+        device: DeviceSpec::File,
+        lease_ttl_s: 3,
+        advertise: Some(crate::HOST_FROM_GUEST.to_string()),
+        ..PeerSpec::new(name, etcd, secret)
+    }
+}
+
+/// Waits until the guest's console has `pattern` (a `MARK` line), at most `secs`;
+/// panics with `why` (the peers' log tails) otherwise. The line found.
+pub fn guest_mark(guest: &mut crate::Guest, pattern: &str, secs: u64, why: &dyn Fn() -> String) -> String {
+    guest
+        .wait_for_log(pattern, deadline(Duration::from_secs(secs)))
+        .unwrap_or_else(|e| panic!("waiting for {pattern:?} in the guest: {e}\n{}", why()))
+}
+
+/// Waits until hosts have sent `peers` 100 more writes for `volume` (at most 60 s).
+pub fn writes_flow(peers: &[Peer], volume: &str) {
+    let before = host_writes(peers, volume);
+    let end = deadline(Duration::from_secs(60));
+    while host_writes(peers, volume) < before + 100 {
+        assert!(Instant::now() < end, "the host's writes to {volume} do not arrive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The first page of a set led by `leader`.
 pub fn first_led_by(peer: &Peer, volume: &str, leader: &str) -> u64 {
     let p = pages(peer, volume);

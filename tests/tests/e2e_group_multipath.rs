@@ -22,10 +22,10 @@
 use std::time::Duration;
 
 use quire_tests::group::{
-    all_in_sync, cli_json, host_writes, owners_of, page_members, setup, start_group, volume_on, wait_all, wait_for,
-    DeviceSpec, Peer, PeerSpec,
+    all_in_sync, cli_json, guest_peer, host_writes, owners_of, page_members, setup, start_group, volume_on, wait_all,
+    wait_for, Peer, PeerSpec,
 };
-use quire_tests::{require_guest, serial, tail, Counter, Guest, GuestOptions, HOST_FROM_GUEST};
+use quire_tests::{require_guest, serial, tail, Counter, Guest, GuestOptions};
 
 /// The guest's fio regions, MiB (phase N writes region N-1).
 const REGION_MB: u64 = 32;
@@ -42,13 +42,7 @@ fn a_multipath_host_sees_one_path_per_peer_and_no_error_when_a_peer_restarts_or_
     let _serial = serial();
     let Some((dir, etcd, secret)) = setup(TEST) else { return };
     let ep = etcd.endpoint();
-    let spec = |name: &str| PeerSpec {
-        device: DeviceSpec::File,
-        lease_ttl_s: 3,
-        advertise: Some(HOST_FROM_GUEST.to_string()),
-        demo_size: "16M",
-        ..PeerSpec::new(name, &ep, &secret)
-    };
+    let spec = |name: &str| PeerSpec { demo_size: "16M", ..guest_peer(name, &ep, &secret) };
     let mut peers = start_group(dir.path(), &[spec("a"), spec("b"), spec("c")]);
     let v = cli_json(&peers[0].socket(), &["volume", "create", "mp", "--size", "192M", "--page-size", "4M"]);
     assert_eq!(v["name"], "mp", "{v}");

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use quire_tests::etcd::etcd_available;
 use quire_tests::group::{
     c_refuses, cli_json, client_in, corrupt_block, create_replicated, create_replicated_sized, cut_c_off, find_block,
-    first_led_by, group_logs, heal_and_resync, host_writes, page_members, pattern, same_everywhere, scrub_and_wait,
-    sets, split_group, volume_on, wait_for, Client, Peer, BLOCKS_PER_PAGE, PAGE_BYTES,
+    first_led_by, group_logs, guest_mark, heal_and_resync, host_writes, page_members, pattern, same_everywhere,
+    scrub_and_wait, sets, split_group, volume_on, wait_for, writes_flow, Client, Peer, BLOCKS_PER_PAGE, PAGE_BYTES,
 };
 use quire_tests::netns::netns_available;
 use quire_tests::{require, require_guest, serial, tail, Counter, Guest, GuestOptions};
@@ -92,25 +92,14 @@ fn a_multipath_host_sees_no_error_through_a_partition_a_scrub_and_a_peer_killed_
         GuestOptions { timeout: Duration::from_secs(900), label: "group-replication".into(), ..Default::default() };
     let mut guest = Guest::spawn_script("group-replication.sh", &env, &opts).expect("boot the guest");
     let wait = |guest: &mut Guest, pattern: &str, secs: u64, peers: &[Peer]| -> String {
-        guest
-            .wait_for_log(pattern, quire_tests::deadline(Duration::from_secs(secs)))
-            .unwrap_or_else(|e| panic!("{TEST}: waiting for {pattern:?}: {e}\n{}", logs(peers)))
+        guest_mark(guest, pattern, secs, &|| logs(peers))
     };
-    let writes_flow = |peers: &[Peer]| {
-        let before = host_writes(peers, "rv");
-        let end = quire_tests::deadline(Duration::from_secs(60));
-        while host_writes(peers, "rv") < before + 100 {
-            assert!(Instant::now() < end, "{TEST}: fio's writes do not arrive");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-
     let line = wait(&mut guest, "MARK phase 1 verified", 300, &peers);
     eprintln!("{}", line.trim());
 
     // ---- 2. the partition --------------------------------------------------------
     wait(&mut guest, "MARK phase 2 writing", 60, &peers);
-    writes_flow(&peers);
+    writes_flow(&peers, "rv");
     let cut = Instant::now();
     let switched = cut_c_off(&ns, &peers, &["rv", "probe"]);
     eprintln!("c out of every set {switched:.1?} after the cut");
@@ -181,7 +170,7 @@ fn a_multipath_host_sees_no_error_through_a_partition_a_scrub_and_a_peer_killed_
 
     // ---- 4. c killed for good --------------------------------------------------------
     wait(&mut guest, "MARK phase 4 writing", 60, &peers);
-    writes_flow(&peers);
+    writes_flow(&peers, "rv");
     let copied_before: u64 = peers[..2].iter().map(|p| p.reactor_sum("rebuild_bytes")).sum();
     peers[2].proc.kill9();
     let killed = Instant::now();

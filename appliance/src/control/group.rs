@@ -658,7 +658,7 @@ pub fn state_name(s: &crate::replica::set::MemberState) -> String {
         MemberState::Sync => "sync".into(),
         MemberState::Reconcile => "reconcile".into(),
         MemberState::Rebuild { mode } => format!("rebuild ({})", format!("{mode:?}").to_lowercase()),
-        MemberState::Leaving => "leaving".into(),
+        MemberState::Leaving { .. } => "leaving".into(),
         MemberState::Out { .. } => "out".into(),
     }
 }

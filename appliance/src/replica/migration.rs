@@ -124,8 +124,15 @@ pub fn advance(s: &mut SetRecord, i: usize, input: &PlanInput<'_>, why: &mut Vec
                 // write the target acknowledged. Gone too: the set waits (evictions).
                 let Some(k) = from_k.filter(|_| from_live) else { return };
                 s.members[k].state = MemberState::Sync;
-                s.leader = mv.from;
-            } else if let Some(k) = from_k.filter(|&k| s.members[k].state == MemberState::Leaving) {
+                hand_lead(s, mv.from);
+                // The others may differ from it where the target's last writes were in
+                // flight (as after any leader's death).
+                for m in &mut s.members {
+                    if m.peer != mv.from && m.peer != mv.to && m.state == MemberState::Sync {
+                        m.state = MemberState::Reconcile;
+                    }
+                }
+            } else if let Some(k) = from_k.filter(|&k| matches!(s.members[k].state, MemberState::Leaving { .. })) {
                 s.members[k].state = MemberState::Sync;
             }
             why.push(format!("set {i}: move {} from peer {} given up: peer {} is gone", mv.id, mv.from, mv.to));
@@ -134,37 +141,67 @@ pub fn advance(s: &mut SetRecord, i: usize, input: &PlanInput<'_>, why: &mut Vec
             }
             s.mv = None;
         }
-        Some((MemberState::Sync, true)) => match mv.cut_ms {
-            None => {
-                let Some(k) = s.members.iter().position(|m| m.peer == mv.from) else {
-                    s.mv = None;
-                    return;
-                };
-                if matches!(s.members[k].state, MemberState::Out { .. }) {
-                    // The source is gone already: nothing to hand over.
-                    why.push(format!("set {i}: move {} done: peer {} is gone, peer {} has it", mv.id, mv.from, mv.to));
-                    remove_member(s, mv.from);
-                    s.mv = None;
-                    return;
-                }
-                why.push(format!("set {i}: move {} cut over from peer {} to peer {}", mv.id, mv.from, mv.to));
-                s.members[k].state = MemberState::Leaving;
-                if s.leader == mv.from {
-                    s.leader = mv.to;
-                }
-                s.mv = Some(Move { cut_ms: Some(input.now_ms), ..mv });
-            }
-            Some(cut) if input.now_ms >= cut + input.ttl_ms => {
-                why.push(format!("set {i}: move {} done: peer {} leaves the set", mv.id, mv.from));
-                if s.member(mv.from).is_some() {
-                    remove_member(s, mv.from);
-                }
+        Some((MemberState::Sync, true)) => {
+            let Some(k) = s.members.iter().position(|m| m.peer == mv.from) else {
                 s.mv = None;
+                return;
+            };
+            match s.members[k].state {
+                MemberState::Out { .. } => {
+                    // The source is gone: nothing to hand over (an Out member serves
+                    // nothing).
+                    why.push(format!("set {i}: move {} done: peer {} is gone, peer {} has it", mv.id, mv.from, mv.to));
+                    if s.leader == mv.from {
+                        hand_lead(s, mv.to);
+                    }
+                    remove_member(s, mv.from);
+                    s.mv = None;
+                }
+                MemberState::Leaving { since_ms } => {
+                    if s.leader == mv.from {
+                        // It took the lead back meanwhile (nobody else could): hand
+                        // it over again.
+                        hand_lead(s, mv.to);
+                    }
+                    if input.now_ms >= since_ms + input.ttl_ms {
+                        why.push(format!("set {i}: move {} done: peer {} leaves the set", mv.id, mv.from));
+                        remove_member(s, mv.from);
+                        s.mv = None;
+                    }
+                }
+                _ => {
+                    // The cut-over, or again after the source was evicted and admitted
+                    // back meanwhile (it may serve reads again: the grace starts over).
+                    why.push(format!("set {i}: move {} cut over from peer {} to peer {}", mv.id, mv.from, mv.to));
+                    s.members[k].state = MemberState::Leaving { since_ms: input.now_ms };
+                    if s.leader == mv.from {
+                        hand_lead(s, mv.to);
+                    }
+                    s.mv = Some(Move { cut_ms: Some(input.now_ms), ..mv });
+                }
             }
-            Some(_) => {}
-        },
+        }
         // Being copied to (or compared, after a change of leader): wait.
         Some(_) => {}
+    }
+}
+
+/// Makes `peer` the set's leader. What the old leader tracked of the members that are
+/// out, and what members being rebuilt by delta lack, the new one does not know: they
+/// come back, and are rebuilt, by comparison.
+fn hand_lead(s: &mut SetRecord, peer: u16) {
+    if s.leader == peer {
+        return;
+    }
+    s.leader = peer;
+    for m in &mut s.members {
+        match m.state {
+            MemberState::Out { ref mut tracker, .. } => *tracker = None,
+            MemberState::Rebuild { mode: RebuildMode::Delta } => {
+                m.state = MemberState::Rebuild { mode: RebuildMode::Compare }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -263,7 +300,7 @@ mod tests {
         let (cut, why) = plan_volume(&promoted, &input(3000, &p, &none)).unwrap();
         assert!(why[0].contains("cut over"), "{why:?}");
         let s = &cut.sets[1];
-        assert_eq!((s.leader, state(s, 0)), (2, Some(MemberState::Leaving)));
+        assert_eq!((s.leader, state(s, 0)), (2, Some(MemberState::Leaving { since_ms: 3000 })));
         assert_eq!(s.mv.unwrap().cut_ms, Some(3000));
         // Within a TTL: nothing; after it: peer 0 leaves, one copy left, no move.
         assert_eq!(plan_volume(&cut, &input(7999, &p, &none)), None);

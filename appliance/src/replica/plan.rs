@@ -156,7 +156,7 @@ fn evict(s: &mut SetRecord, i: usize, input: &PlanInput<'_>, why: &mut Vec<Strin
         };
         pick(|st| *st == MemberState::Sync)
             .or_else(|| pick(|st| *st == MemberState::Reconcile))
-            .or_else(|| pick(|st| *st == MemberState::Leaving))
+            .or_else(|| pick(|st| matches!(st, MemberState::Leaving { .. })))
     } else {
         None
     };
@@ -322,25 +322,48 @@ fn resize(
         // A move holds one copy more until it is done.
         return;
     }
-    while s.members.len() < replicas.min(super::set::MEMBERS_MAX) {
+    let staying = |s: &SetRecord| s.members.iter().filter(|m| !matches!(m.state, MemberState::Leaving { .. })).count();
+    while staying(s) < replicas.min(super::set::MEMBERS_MAX) && s.members.len() < super::set::MEMBERS_MAX {
         let Some((peer, inc)) = candidate(s, input, held) else { break };
         why.push(format!("set {i}: a new copy on peer {peer} ({replicas} replicas)"));
         s.members.push(Member { peer, inc, state: MemberState::Rebuild { mode: RebuildMode::Full } });
     }
-    while s.members.len() > replicas {
+    while staying(s) > replicas {
         let rank = |m: &Member| match m.state {
             MemberState::Out { .. } => 0,
             MemberState::Rebuild { .. } => 1,
-            MemberState::Reconcile | MemberState::Leaving => 2,
+            MemberState::Reconcile => 2,
             MemberState::Sync => 3,
+            MemberState::Leaving { .. } => unreachable!("filtered out"),
         };
-        let Some(k) =
-            (0..s.members.len()).filter(|&k| s.members[k].peer != s.leader).min_by_key(|&k| rank(&s.members[k]))
+        let Some(k) = (0..s.members.len())
+            .filter(|&k| s.members[k].peer != s.leader && !matches!(s.members[k].state, MemberState::Leaving { .. }))
+            .min_by_key(|&k| rank(&s.members[k]))
         else {
             break;
         };
-        why.push(format!("set {i}: copy on peer {} dropped ({replicas} replicas)", s.members[k].peer));
-        super::migration::remove_member(s, s.members[k].peer);
+        let peer = s.members[k].peer;
+        if s.members[k].state == MemberState::Sync {
+            // It may serve reads: it stops (every write still reaches it, no read is
+            // served from it) and leaves a lease TTL later.
+            why.push(format!("set {i}: copy on peer {peer} leaving ({replicas} replicas)"));
+            s.members[k].state = MemberState::Leaving { since_ms: input.now_ms };
+        } else {
+            why.push(format!("set {i}: copy on peer {peer} dropped ({replicas} replicas)"));
+            super::migration::remove_member(s, peer);
+        }
+    }
+    // Copies that left long enough ago that nobody reads from them any more.
+    let gone: Vec<u16> = s
+        .members
+        .iter()
+        .filter(|m| m.peer != s.leader)
+        .filter(|m| matches!(m.state, MemberState::Leaving { since_ms } if input.now_ms >= since_ms + input.ttl_ms))
+        .map(|m| m.peer)
+        .collect();
+    for peer in gone {
+        why.push(format!("set {i}: copy on peer {peer} dropped ({replicas} replicas)"));
+        super::migration::remove_member(s, peer);
     }
 }
 
@@ -491,7 +514,14 @@ pub(super) mod tests {
         let mut down = up.clone();
         down.replicas = 1;
         let (n, _) = plan_volume(&down, &input(0, &p, &none)).unwrap();
-        assert_eq!(n.sets[0].peers(), [0], "the copy being built goes first, then the one in sync");
+        // The copy being built goes at once; the one in sync (it may serve reads)
+        // stops serving them, and goes a lease TTL later.
+        assert_eq!(n.sets[0].peers(), [0, 1], "the copy being built goes first");
+        assert_eq!(n.sets[0].members[1].state, MemberState::Leaving { since_ms: 0 });
+        assert!(n.sets[0].healthy(), "a copy leaving is no missing copy");
+        assert_eq!(plan_volume(&n, &input(4_999, &p, &none)), None, "within a TTL");
+        let (n, _) = plan_volume(&n, &input(5_000, &p, &none)).unwrap();
+        assert_eq!(n.sets[0].peers(), [0], "then the one in sync");
         // No peer to add: the set stays as it is.
         let lonely = peers(&[(0, Some(10)), (1, Some(11))]);
         assert_eq!(plan_volume(&r, &input(0, &lonely, &none)), None);

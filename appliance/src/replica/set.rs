@@ -25,8 +25,10 @@
 //!   compared it.
 //! - `Rebuild`: receives every write and is being copied to; not read from.
 //! - `Out`: gets nothing; the leader tracks the pieces it misses (`tracker`).
-//! - `Leaving`: the source of a finished move (see `replica::migration`): receives
-//!   every write, serves no read, and leaves the set a lease TTL later.
+//! - `Leaving`: a copy on its way out (a move's source after the cut-over, see
+//!   `replica::migration`, or a copy the replication factor no longer wants):
+//!   receives every write, serves no read, and leaves the set a lease TTL later (by
+//!   then no peer reads from it: it has the table that says so, or it is fenced).
 //!
 //! The leader waits for every member but the `Out` ones before it acknowledges a
 //! write, so `Sync`, `Reconcile` and `Rebuild` members never lack an acknowledged
@@ -82,9 +84,14 @@ pub enum MemberState {
         /// How the leader finds what it lacks.
         mode: RebuildMode,
     },
-    /// A move's source after the cut-over: receives every write, serves no read;
-    /// removed once every peer can have stopped reading from it.
-    Leaving,
+    /// Leaves the set (a move's source after the cut-over, or a copy the replication
+    /// factor no longer wants): receives every write, serves no read; removed a lease
+    /// TTL after `since_ms`, once every peer can have stopped reading from it.
+    Leaving {
+        /// Since when (coordinator's clock, ms since the Unix epoch).
+        #[serde(default)]
+        since_ms: u64,
+    },
     /// Gets nothing.
     Out {
         /// When it was evicted (ms since the Unix epoch, coordinator's clock).
@@ -107,7 +114,7 @@ impl MemberState {
     pub fn role(&self) -> Role {
         match self {
             MemberState::Sync => Role::Sync,
-            MemberState::Reconcile | MemberState::Leaving => Role::Reconcile,
+            MemberState::Reconcile | MemberState::Leaving { .. } => Role::Reconcile,
             MemberState::Rebuild { .. } => Role::Rebuild,
             MemberState::Out { .. } => Role::Out,
         }
@@ -202,7 +209,7 @@ impl SetRecord {
     /// True when every member is in sync (a move's source handing over counts: the
     /// copy it hands over to is in sync).
     pub fn healthy(&self) -> bool {
-        self.members.iter().all(|m| matches!(m.state, MemberState::Sync | MemberState::Leaving))
+        self.members.iter().all(|m| matches!(m.state, MemberState::Sync | MemberState::Leaving { .. }))
     }
 }
 

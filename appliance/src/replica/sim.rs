@@ -17,6 +17,8 @@
 //!   lock and the pieces each member position missed, its copy of every block
 //!   (durable: a crash keeps it), writes it leads in flight, rebuild copies;
 //! - the coordinator: the first live peer that reaches etcd, planning every 100 ms;
+//! - operators: a page moved to a peer that does not hold it (`quire page move`), a
+//!   peer drained and undrained (`quire peer drain`), at random moments;
 //! - a host: one write at a time per block (numbered versions), reads, each sent to
 //!   a random peer, retried on any error until it succeeds.
 //!
@@ -163,8 +165,11 @@ struct Peer {
     relays: BTreeMap<u64, (Option<u16>, u64)>,
     /// Copies started, by set, page, member (peer, incarnation) and the member's
     /// position (a member that moves up a position is copied to afresh: what it
-    /// missed is kept by position).
-    copying: BTreeMap<(u16, u16, u16, i64, usize), Vec<Block>>,
+    /// missed is kept by position); true once the member's promotion was asked for
+    /// (nothing starts again until the record says what became of it). An entry goes
+    /// when the member is no longer being rebuilt in this peer's view, so that the
+    /// same member added again later is copied to afresh.
+    copying: BTreeMap<(u16, u16, u16, i64, usize), bool>,
     /// Writes waiting for a lock.
     queued: Vec<(Option<u16>, u64, Block, u64, u64)>,
     /// Led writes with a resend scheduled (one at a time per write).
@@ -1022,6 +1027,20 @@ impl Sim {
         }
         let Some(view) = self.peers[usize::from(p)].view.clone() else { return };
         let Ok(page_sets) = view.page_sets() else { return };
+        let rebuilding: Vec<(u16, u16, u16, i64, usize)> = page_sets
+            .iter()
+            .enumerate()
+            .flat_map(|(page, &si)| {
+                let page = u16::try_from(page).expect("few");
+                view.sets[usize::from(si)]
+                    .members
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| matches!(m.state, MemberState::Rebuild { .. } | MemberState::Reconcile))
+                    .map(move |(k, m)| (si, page, m.peer, m.inc, k))
+            })
+            .collect();
+        self.peers[usize::from(p)].copying.retain(|key, _| rebuilding.contains(key));
         for (page, &si) in page_sets.iter().enumerate() {
             let page = u16::try_from(page).expect("few");
             let s = &view.sets[usize::from(si)];
@@ -1035,16 +1054,20 @@ impl Sim {
                     _ => continue,
                 };
                 let key = (si, page, m.peer, m.inc, k);
-                if !self.peers[usize::from(p)].copying.contains_key(&key) {
-                    // Start: every block (full) or the missed ones (delta) are marked.
-                    let blocks: Vec<Block> = (0..self.cfg.blocks).map(|b| (page, b)).collect();
-                    let peer = &mut self.peers[usize::from(p)];
-                    if full {
-                        for &b in &blocks {
-                            *peer.missed.entry(b).or_insert(0) |= 1 << k;
+                match self.peers[usize::from(p)].copying.get(&key) {
+                    Some(true) => continue,
+                    Some(false) => {}
+                    None => {
+                        // Start: every block (full) or the missed ones (delta) are marked.
+                        let blocks: Vec<Block> = (0..self.cfg.blocks).map(|b| (page, b)).collect();
+                        let peer = &mut self.peers[usize::from(p)];
+                        if full {
+                            for &b in &blocks {
+                                *peer.missed.entry(b).or_insert(0) |= 1 << k;
+                            }
                         }
+                        peer.copying.insert(key, false);
                     }
-                    peer.copying.insert(key, blocks);
                 }
                 // One block copy at a time per member.
                 let busy = self.peers[usize::from(p)].leads.values().any(|l| l.copy == Some(m.peer));
@@ -1096,7 +1119,7 @@ impl Sim {
                             next.epoch += 1;
                             self.stats.promotions += 1;
                             self.note(format!("{p} promotes {} in set {si}", m.peer));
-                            self.peers[usize::from(p)].copying.remove(&key);
+                            self.peers[usize::from(p)].copying.insert(key, true);
                             self.put_record(next);
                             return;
                         }

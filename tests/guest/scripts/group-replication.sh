@@ -25,68 +25,9 @@
 CTRL_LOSS_TMO=${CTRL_LOSS_TMO:-120}
 . ./lib.sh
 need_env DISC_ADDR DISC_PORT NQN CTRL_PORT PEERS REGION_MB SCRUB_PIECE
-WORK=/tmp/rep
-mkdir -p "$WORK"
-echo 4 > /proc/sys/kernel/printk
-modprobe nvme-tcp
-
-# fio_job REGION SEED NAME: a write+verify job over region REGION with seed SEED
-fio_job() {
-  echo "--name=$3 --filename=$DEV --ioengine=libaio --direct=1 --rw=randwrite --bsrange=4k-128k --iodepth=16 --offset=$(( $1 * REGION_MB ))M --size=${REGION_MB}M --verify=crc32c --verify_fatal=1 --eta=never --randrepeat=0 --randseed=$2"
-}
-# run_fio REGION SEED NAME: write and verify region REGION; fails on any error
-run_fio() {
-  # shellcheck disable=SC2046
-  fio $(fio_job "$1" "$2" "$3") --do_verify=1 --output="$WORK/$3.out" ||
-    { cat "$WORK/$3.out"; fail "fio $3 failed"; }
-  grep -Eq 'err= *0' "$WORK/$3.out" || { cat "$WORK/$3.out"; fail "fio $3 reported errors"; }
-}
-# verify_only REGION SEED NAME: what run_fio REGION SEED wrote is still there
-verify_only() {
-  # shellcheck disable=SC2046
-  fio $(fio_job "$1" "$2" "$3") --verify_only --output="$WORK/$3.out" ||
-    { cat "$WORK/$3.out"; fail "region $1 (seed $2) does not verify: $3"; }
-}
-# fio_loop REGION STEP: run_fio over REGION, a new seed each pass, until a pass
-# starts after the test's step reached STEP; the last seed goes to $WORK/seedREGION
-fio_loop() {
-  _pass=0
-  while :; do
-    _seed=$(( 1000 * ($1 + 1) + _pass ))
-    run_fio "$1" "$_seed" "r$1-$_pass"
-    echo "$_seed" > "$WORK/seed$1"
-    _pass=$(( _pass + 1 ))
-    if step_at_least "$2"; then break; fi
-  done
-  echo "MARK region $1: $_pass passes written and verified"
-}
-
-# looped_phase REGION STEP WHAT: phase STEP, fio_loop over REGION while the test
-# makes WHAT happen; fails on any fio error
-looped_phase() {
-  fio_loop "$1" "$2" > "$WORK/loop$1.log" 2>&1 &
-  _loop=$!
-  mark "phase $2 writing"
-  _rc=0
-  wait "$_loop" || _rc=$?
-  cat "$WORK/loop$1.log"
-  [ "$_rc" -eq 0 ] || fail "fio failed across $3 (rc=$_rc)"
-}
 
 # ---- 1. one path per peer -----------------------------------------------------
-mark "phase 1: connect-all through $DISC_ADDR:$DISC_PORT"
-nvme connect-all -t tcp -a "$DISC_ADDR" -s "$DISC_PORT" --reconnect-delay=1 --ctrl-loss-tmo="$CTRL_LOSS_TMO" ||
-  fail "nvme connect-all failed"
-wait_until 30 "$PEERS live paths to $NQN" paths_are "$PEERS"
-wait_until "$DEV_WAIT" "the namespace head of $NQN" find_dev
-# Round-robin over the paths: every peer serves reads and takes writes from the host.
-for s in /sys/class/nvme-subsystem/nvme-subsys*; do
-  [ "$(cat "$s/subsysnqn" 2> /dev/null)" = "$NQN" ] || continue
-  echo round-robin > "$s/iopolicy" || fail "cannot set the round-robin I/O policy"
-  mark "iopolicy $(cat "$s/iopolicy")"
-done
-run_fio 0 1 p1
-mark "phase 1 verified: $PEERS paths"
+group_phase_one /tmp/rep
 
 # ---- 2. a partition under I/O ---------------------------------------------------
 looped_phase 1 2 "the partition"

@@ -1,0 +1,36 @@
+# group-migration.sh: the Linux host's side of the migration suite
+# (tests/tests/e2e_group_migration.rs): a host with native NVMe multipath,
+# round-robin over one path per peer, against three Quire peers and a volume with two
+# copies of every page, while pages move between the peers.
+#
+#  1. `nvme connect-all`: three paths, one namespace head; fio writes region 0 with
+#     crc32c verify.
+#  2. fio writes and verifies region 1 in a loop of new seeds while the test moves
+#     pages by hand (`quire page move`), until step 2.
+#  3. fio writes and verifies region 2 in a loop while the test drains a peer
+#     (`quire peer drain`): every copy it held moves to the two others, until step 3.
+#  4. Regions 0, 1 and 2 verify; every path is still live (a drained peer still
+#     serves I/O, forwarding it).
+#
+# Env: DISC_ADDR, DISC_PORT (a peer's discovery), NQN, CTRL_PORT (the test's step
+#   counter at 10.0.2.2), PEERS (3), REGION_MB.
+# Console: "MARK phase N ..." lines, "PASS group-migration.sh".
+CTRL_LOSS_TMO=${CTRL_LOSS_TMO:-60}
+. ./lib.sh
+need_env DISC_ADDR DISC_PORT NQN CTRL_PORT PEERS REGION_MB
+
+group_phase_one /tmp/mig
+
+looped_phase 1 2 "pages moved by hand"
+mark "phase 2 verified: no I/O error"
+
+looped_phase 2 3 "a peer drained"
+mark "phase 3 verified: no I/O error"
+
+verify_only 0 1 p4-region0
+verify_only 1 "$(cat "$WORK/seed1")" p4-region1
+verify_only 2 "$(cat "$WORK/seed2")" p4-region2
+paths_are "$PEERS" || fail "$(live_paths) live paths, not $PEERS"
+mark "phase 4 verified: every region, $PEERS paths live"
+nvme disconnect-all > /dev/null || fail "nvme disconnect-all failed"
+pass

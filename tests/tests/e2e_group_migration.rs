@@ -1,0 +1,147 @@
+//! End-to-end page moves: the real Linux NVMe/TCP host (native multipath,
+//! round-robin, one path per peer) running `fio --verify` in loops of new seeds
+//! against three `quire serve` peers, a real etcd and a volume with two copies of
+//! every page, while pages move between the peers.
+//!
+//! The guest runs `tests/guest/scripts/group-migration.sh`; this side acts when the
+//! guest says so (`MARK phase N ...`):
+//! 1. three paths, fio writes and verifies region 0;
+//! 2. under fio, pages are moved by hand (`quire page move`, through different
+//!    peers): pages fio has written, one it is writing, one nobody wrote; each ends
+//!    with its copy on the new peer and none left on the old one;
+//! 3. under fio, peer c is drained (`quire peer drain`): every copy it held moves to a
+//!    or b, and c frees them; c still serves the host's I/O (forwarding it).
+//! 4. Every region verifies. No command failed at the host's side, each peer holds
+//!    exactly one copy of each page of its sets (and c none), every peer reads the
+//!    same bytes.
+
+use std::time::Duration;
+
+use quire_tests::group::{
+    cli_json, create_replicated_sized, guest_mark, guest_peer, page_members, same_everywhere, sets, setup, start_group,
+    volume_on, wait_for, writes_flow, Peer,
+};
+use quire_tests::{require_guest, serial, tail, Counter, Guest, GuestOptions, HOST_FROM_GUEST};
+use serde_json::Value;
+
+const TEST: &str = "a_multipath_host_sees_no_error_while_pages_move_and_a_peer_is_drained";
+/// The guest's fio regions, MiB (pages 0-7, 8-15, 16-23 of 4 MiB).
+const REGION_MB: u64 = 32;
+/// Pages the three regions cover.
+const WRITTEN_PAGES: usize = 24;
+
+/// The moves under way, as `quire migration list` gives them on `peer`.
+fn migrations(peer: &Peer) -> Vec<Value> {
+    cli_json(&peer.socket(), &["migration", "list"]).as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_multipath_host_sees_no_error_while_pages_move_and_a_peer_is_drained() {
+    if !require_guest(TEST) {
+        return;
+    }
+    let _serial = serial();
+    let Some((dir, etcd, secret)) = setup(TEST) else { return };
+    let ep = etcd.endpoint();
+    let spec = |name: &str| guest_peer(name, &ep, &secret);
+    let peers = start_group(dir.path(), &[spec("a"), spec("b"), spec("c")]);
+    create_replicated_sized(&peers, 0, "mg", "192M");
+    let logs = |peers: &[Peer]| -> String {
+        peers.iter().map(|p| format!("--- {}:\n{}\n", p.name, tail(&p.proc.log(), 20))).collect()
+    };
+    let step = Counter::start("step");
+    let env = [
+        ("DISC_ADDR", HOST_FROM_GUEST.to_string()),
+        ("DISC_PORT", peers[0].port.to_string()),
+        ("NQN", "nqn.2026-11.io.quire:mg".to_string()),
+        ("CTRL_PORT", step.port().to_string()),
+        ("PEERS", "3".to_string()),
+        ("REGION_MB", REGION_MB.to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let opts =
+        GuestOptions { timeout: Duration::from_secs(900), label: "group-migration".into(), ..Default::default() };
+    let mut guest = Guest::spawn_script("group-migration.sh", &env, &opts).expect("boot the guest");
+    let wait = |guest: &mut Guest, pattern: &str, secs: u64, peers: &[Peer]| -> String {
+        guest_mark(guest, pattern, secs, &|| logs(peers))
+    };
+    let line = wait(&mut guest, "MARK phase 1 verified", 300, &peers);
+    eprintln!("{}", line.trim());
+
+    // ---- 2. pages moved by hand under fio ------------------------------------------
+    wait(&mut guest, "MARK phase 2 writing", 60, &peers);
+    writes_flow(&peers, "mg");
+    let before = page_members(&peers[0], "mg");
+    // Written by phase 1, being written, to be written by phase 3, never written.
+    let mut moved = Vec::new();
+    for (k, page) in [3usize, 12, 20, 40].into_iter().enumerate() {
+        let (leader, members) = &before[page];
+        let to = ["a", "b", "c"].into_iter().find(|n| !members.iter().any(|m| m == n)).expect("a peer without it");
+        let via = &peers[k % 3];
+        let answer = cli_json(&via.socket(), &["page", "move", "mg", &page.to_string(), to]);
+        assert!(
+            answer.as_array().is_some_and(|l| l.iter().any(|m| m["first_page"] == page as u64 && m["to"] == to)),
+            "page move {page} to {to} through {}: {answer}",
+            via.name
+        );
+        moved.push((page, leader.clone(), to.to_string()));
+    }
+    for p in &peers {
+        wait_for(p, "every move done", Duration::from_secs(90), |p| {
+            let now = page_members(p, "mg");
+            migrations(p).is_empty()
+                && moved.iter().all(|(page, from, to)| {
+                    let ms = &now[*page].1;
+                    ms.len() == 2 && ms.contains(to) && !ms.contains(from)
+                })
+        });
+    }
+    eprintln!("moved {moved:?}");
+    step.set(2);
+    let line = wait(&mut guest, "MARK phase 2 verified", 300, &peers);
+    eprintln!("{}", line.trim());
+
+    // ---- 3. c drained under fio ---------------------------------------------------------
+    wait(&mut guest, "MARK phase 3 writing", 60, &peers);
+    writes_flow(&peers, "mg");
+    assert_eq!(cli_json(&peers[1].socket(), &["peer", "drain", "c"]), Value::Bool(true));
+    for p in &peers {
+        wait_for(p, "no copy on c, every set in sync", Duration::from_secs(120), |p| {
+            let s = sets(p, "mg");
+            !s.is_empty()
+                && s.iter().all(|(l, ms)| l != "c" && ms.iter().all(|(m, st)| m != "c" && st == "sync"))
+                && migrations(p).is_empty()
+        });
+    }
+    wait_for(&peers[2], "c's copies freed", Duration::from_secs(30), |p| {
+        volume_on(p, "mg")["allocated_pages"].as_u64() == Some(0)
+    });
+    step.set(3);
+    let line = wait(&mut guest, "MARK phase 3 verified", 300, &peers);
+    eprintln!("{}", line.trim());
+    let line = wait(&mut guest, "MARK phase 4 verified", 300, &peers);
+    eprintln!("{}", line.trim());
+    let result = guest.wait();
+    assert!(result.success(), "{TEST}: the guest script failed (rc={}):\n{}", result.rc, tail(&result.log, 60));
+    assert!(result.log.contains("PASS group-migration.sh"), "{TEST}: no PASS line");
+    for l in result.log.lines().filter(|l| l.contains("MARK region")) {
+        eprintln!("{}", l.trim());
+    }
+
+    // One copy of each written page on each peer of its set, none elsewhere.
+    let members = page_members(&peers[0], "mg");
+    for p in &peers {
+        let held = members[..WRITTEN_PAGES].iter().filter(|(_, ms)| ms.contains(&p.name)).count() as u64;
+        wait_for(p, "one copy of each written page of its sets", Duration::from_secs(30), |p| {
+            volume_on(p, "mg")["allocated_pages"].as_u64() == Some(held)
+        });
+    }
+    // The host saw no error through a and b (c's path forwarded what it got).
+    for p in &peers {
+        let vols = cli_json(&p.socket(), &["stats", "volumes"]);
+        for v in vols.as_array().unwrap() {
+            assert_eq!(v["errors"], 0, "{}: {v}", p.name);
+        }
+    }
+    same_everywhere(&peers, "mg");
+}
