@@ -17,82 +17,14 @@
 #
 #   perf/bench/replication.sh                   # 3 pairs, 5 s per run
 #   PAIRS=5 TIME=10 RATE=100 perf/bench/replication.sh
-set -euo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-TIME=${TIME:-5}
-PAIRS=${PAIRS:-3}
-RATE=${RATE:-200}
-TTL=${TTL:-5}
-ETCD=${ETCD:-/usr/bin/etcd}
-[ -x "$ETCD" ] || { echo "replication.sh: needs etcd ($ETCD; Debian's etcd-server)" >&2; exit 2; }
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-WORK=$(mktemp -d /tmp/quire-rep-bench.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-cargo build --release -q -p quire -p quire-perf --manifest-path "$REPO/Cargo.toml"
-QUIRE=$REPO/target/release/quire
-PERF=$REPO/target/release/quire-perf
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-
-EC=$(free_port); EP=$(free_port)
-"$ETCD" --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$EC" --advertise-client-urls "http://127.0.0.1:$EC" \
-  --listen-peer-urls "http://127.0.0.1:$EP" --initial-advertise-peer-urls "http://127.0.0.1:$EP" \
-  --initial-cluster "default=http://127.0.0.1:$EP" > "$WORK/etcd.log" 2>&1 &
-PIDS+=($!); wait_port "$EC"
-head -c 32 /dev/urandom | base64 > "$WORK/secret"
-
-peer() {
-  local port; port=$(free_port)
-  cat > "$WORK/$1.toml" <<TOML
-device = [{ kind = "ram", size = "3G" }]
-[peer]
-name = "$1"
-data_dir = "$WORK/$1"
-[reactors]
-cores = [0]
-poll = "hybrid"
-spin_us = 0
-[target]
-port = $port
-discovery_port = 0
-[buffers]
-hugepages = false
-[group]
-etcd = ["http://127.0.0.1:$EC"]
-listen = "127.0.0.1:$(free_port)"
-secret_file = "$WORK/secret"
-lease_ttl_s = $TTL
-[replication]
-replace_after_s = 1
-rebuild_mb_s = $RATE
-TOML
-  eval "PORT_$1=$port"
-}
-start() { "$QUIRE" serve --config "$WORK/$1.toml" > "$WORK/$1.log" 2>&1 & PIDS+=($!); eval "PID_$1=$!"; }
-q() { "$QUIRE" --socket "$WORK/A/quire.sock" "$@"; }
-for p in A B C; do peer $p; start $p; done
-for p in A B C; do eval wait_port "\$PORT_$p"; done
-for _ in $(seq 100); do [ "$(q --json group status | grep -c '"state": *"live"')" = 3 ] && break; sleep 0.1; done
+BENCH=replication
+. "$(dirname "$0")/group-lib.sh"
+group_up A B C
 q volume create one --size 1G --page-size 4M --replicas 1 > /dev/null
 q volume create two --size 1G --page-size 4M --replicas 2 > /dev/null
 for _ in $(seq 100); do q volume list | grep -q '^two ' && break; sleep 0.1; done
 sleep 1
-trid() { echo "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:$PORT_A subnqn:nqn.2026-11.io.quire:$1"; }
 for v in one two; do "$PERF" -q 32 -o 1M -w write -t 600 -d 1024 -c 0x2 -r "$(trid $v)" > /dev/null; done
-
-# run VOLUME QD [TIME] -> "iops p50_us p99_us max_us"
-run() {
-  local json="$WORK/$1-$2.json"
-  "$PERF" -q "$2" -o 4096 -w randwrite -t "${3:-$TIME}" -a 1 -c 0x2 -L --json "$json" -r "$(trid "$1")" > "$WORK/$1-$2.txt" || true
-  python3 - "$json" <<'PY'
-import json, sys
-t = json.load(open(sys.argv[1]))["total"]
-p = {round(q["pct"], 5): q["us"] for q in t["percentiles"]}
-print(f'{t["iops"]:.0f} {p[50.0]:.1f} {p[99.0]:.1f} {t.get("max_us", 0):.0f}')
-PY
-}
 
 echo "== 1. one copy against two, 4 KiB random writes ($PAIRS pairs of ${TIME} s)"
 printf '%-8s %-6s %10s %9s %9s\n' qd volume IOPS p50_us p99_us
@@ -108,7 +40,6 @@ for pair in $(seq "$PAIRS"); do
     P99[$qd]+="$(awk -v x="$3" -v y="$7" 'BEGIN{printf "%.1f ", y-x}')"
   done
 done
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END{printf "%.3f", (NR%2?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2)}'; }
 for qd in 1 32; do
   printf 'median, two copies against one, qd%s: IOPS x%s, p50 +%s us, p99 +%s us\n' "$qd" \
     "$(echo "${R[$qd]}" | median)" "$(echo "${P50[$qd]}" | median)" "$(echo "${P99[$qd]}" | median)"
@@ -130,7 +61,7 @@ grep -E "IOPS:" "$WORK/fail.txt" | awk '{printf "%s ", $4} END {print "(IOPS per
 
 echo "== 3. rebuild: C back, \"two\" set to 3 copies: a copy of every page built on C (rebuild_mb_s = $RATE per leader), QD1 writes to \"two\" meanwhile"
 start C; wait_port "$PORT_C"
-for _ in $(seq 100); do [ "$(q --json group status | grep -c '"state": *"live"')" = 3 ] && break; sleep 0.1; done
+live_are 3
 for _ in $(seq 600); do q volume list | awk '$1 == "two" {print $9}' | grep -q healthy && break; sleep 0.1; done
 before=$(run two 1 3)
 la=$(wc -l < "$WORK/A.log"); lb=$(wc -l < "$WORK/B.log")
@@ -139,13 +70,7 @@ q volume set-replicas two 3 > /dev/null
 "$PERF" -q 1 -o 4096 -w randwrite -t 8 -a 0 -c 0x2 -L --json "$WORK/during.json" -r "$(trid two)" > /dev/null 2>&1 || true
 for _ in $(seq 900); do q volume list | awk '$1 == "two" {print $9}' | grep -q healthy && break; sleep 0.1; done
 healed=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
-during=$(python3 - "$WORK/during.json" <<'PY'
-import json, sys
-t = json.load(open(sys.argv[1]))["total"]
-p = {round(q["pct"], 5): q["us"] for q in t["percentiles"]}
-print(f'{t["iops"]:.0f} {p[50.0]:.1f} {p[99.0]:.1f} {t.get("max_us", 0):.0f}')
-PY
-)
+during=$(summary "$WORK/during.json")
 echo "host QD1 writes to \"two\" (IOPS p50_us p99_us max_us) before: $before; during the first 8 s of the rebuild: $during"
 { tail -n +"$((la + 1))" "$WORK/A.log"; tail -n +"$((lb + 1))" "$WORK/B.log"; } | grep "rebuild copied everything" | \
   sed 's/\x1b\[[0-9;]*m//g' | tr ' ' '\n' | awk -F= '$1 == "bytes" {b += $2} $1 == "seconds" && $2 > s {s = $2} END {printf "rebuilt %.0f MB on C; the longest member copy %.1f s\n", b/1e6, s}'

@@ -50,7 +50,7 @@ use crate::volume::routing::PeerId;
 use crate::volume::VolumeId;
 
 /// Copy jobs one reactor runs at a time.
-pub const JOBS_MAX: usize = 2;
+pub const JOBS_MAX: usize = 8;
 /// The connection slot device completions and link answers of copies carry.
 pub const COPIER_CONN: u32 = u32::MAX;
 

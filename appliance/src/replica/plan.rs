@@ -105,10 +105,12 @@ pub fn plan_with_notes(r: &VolumeRecord, input: &PlanInput<'_>) -> (Option<Volum
         if pages_per_set[i] == 0 {
             continue;
         }
+        let draining = next.sets[i].members.iter().any(|m| input.peers.get(&m.peer).is_some_and(|p| p.draining));
         let single = next.sets[i].members.len() == 1 && r.replicas == 1;
-        if single {
+        if single && !draining {
             // No copy to fail over to, nothing to rebuild: a page of a volume without
-            // replicas waits for its one owner.
+            // replicas waits for its one owner (unless its owner is being drained: its
+            // copy moves).
             continue;
         }
         super::migration::advance(&mut next.sets[i], i, input, &mut why);
@@ -537,6 +539,19 @@ pub(super) mod tests {
         let (next, _, notes) = plan_with_notes(&r, &input(0, &p, &none));
         assert_eq!(next, None, "a copy being rebuilt never leads");
         assert!(notes[0].contains("waiting"), "{notes:?}");
+    }
+
+    #[test]
+    fn a_drained_peer_gives_its_copies_away_also_of_a_volume_without_replicas() {
+        let r = volume(1, vec![SetRecord::fresh(&[(0, 10)]), SetRecord::fresh(&[(1, 11)])], &[0, 1]);
+        let mut p = peers(&[(0, Some(10)), (1, Some(11)), (2, Some(12))]);
+        p.get_mut(&0).unwrap().draining = true;
+        let none = BTreeMap::new();
+        let (n, why) = plan_volume(&r, &input(100, &p, &none)).unwrap();
+        assert!(why[0].contains("being drained"), "{why:?}");
+        let mv = n.sets[0].mv.expect("a move of set 0");
+        assert_eq!((mv.from, mv.to), (0, 2), "to the peer with the fewest copies");
+        assert_eq!(n.sets[1], r.sets[1], "the other set stays");
     }
 
     #[test]

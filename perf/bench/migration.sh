@@ -1,0 +1,95 @@
+#!/bin/bash
+# Benchmark (not a test): what moving pages costs (issue 12). Three peers (A, B, C)
+# with RAM devices, one reactor each, all on core 0 (hybrid mode), quire-perf on
+# core 1 through A, and etcd: on a 2-core machine, a lower bound of three machines.
+#   1. The peer link: 128 KiB reads at QD32 through A of volume "far", whose every
+#      page is on B (A and C were drained while it was made): what one link carries.
+#   2. A drain: peer C gives every copy it holds of volume "one" (1 GiB written, one
+#      copy per page, spread over A, B, C) to A and B, at replication.rebuild_mb_s
+#      (RATE, default 100000: no limit): bytes moved over the time until every move is
+#      cut over (its share of the link's rate), and until C holds none (a lease TTL
+#      more: the old copies serve no read, then leave).
+#   3. The host during a drain: QD1 4 KiB random writes to "one" through A, TIME s
+#      while nothing moves and TIME s while B is drained: p50/p99 of each and their
+#      ratio (at RATE; run again with RATE=200 for the default limit).
+#
+#   perf/bench/migration.sh
+#   RATE=200 TIME=8 perf/bench/migration.sh
+BENCH=migration
+RATE=${RATE:-100000}
+. "$(dirname "$0")/group-lib.sh"
+group_up A B C
+qc() { "$QUIRE" --socket "$WORK/$1/quire.sock" --json "${@:2}"; }
+# allocated NAME VOLUME: pages of VOLUME that peer NAME holds
+allocated() { qc "$1" volume list | python3 -c "import json,sys; print(sum(v['allocated_pages'] for v in json.load(sys.stdin) if v['name'] == '$2'))"; }
+# drained NAME VOLUME: waits until NAME holds no page of VOLUME and no move is left
+drained() {
+  for _ in $(seq 3000); do
+    [ "$(allocated "$1" "$2")" = 0 ] && [ "$(qc A migration list)" = "[]" ] && return 0
+    sleep 0.05
+  done
+  echo "$1 was not drained of $2" >&2; return 1
+}
+
+# "far": every page on B.
+q peer drain A > /dev/null; q peer drain C > /dev/null
+q volume create far --size 256M --page-size 4M --replicas 1 > /dev/null
+for _ in $(seq 100); do q volume list | grep -q '^far ' && break; sleep 0.1; done
+"$PERF" -q 32 -o 1M -w write -t 600 -d 256 -c 0x2 -r "$(trid far)" > /dev/null
+q peer drain A --undo > /dev/null; q peer drain C --undo > /dev/null
+[ "$(allocated B far)" = 64 ] || { echo "far is not all on B" >&2; exit 1; }
+
+echo "== 1. the peer link: 128 KiB reads at QD32 through A, every page on B"
+"$PERF" -q 32 -o 131072 -w randread -t "$TIME" -c 0x2 --json "$WORK/link.json" -r "$(trid far)" > /dev/null
+link=$(python3 -c "import json; t=json.load(open('$WORK/link.json'))['total']; print(f\"{t['iops']*131072/1e6:.0f}\")")
+echo "link: $link MB/s from B to A"
+
+q volume create one --size 1G --page-size 4M --replicas 1 > /dev/null
+for _ in $(seq 100); do q volume list | grep -q '^one ' && break; sleep 0.1; done
+"$PERF" -q 32 -o 1M -w write -t 600 -d 1024 -c 0x2 -r "$(trid one)" > /dev/null
+
+echo "== 2. C drained of \"one\" (rebuild_mb_s = $RATE)"
+pages=$(allocated C one)
+t0=$(date +%s.%N)
+q peer drain C > /dev/null
+# Copied: every move cut over (none "copying" any more).
+for _ in $(seq 3000); do
+  list=$(qc A migration list)
+  [ "$list" != "[]" ] && ! echo "$list" | grep -q '"copying"' && break
+  sleep 0.02
+done
+copied=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
+drained C one
+secs=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
+# The copies alone, from C's log (C leads the sets it held): the first copy's start
+# to the last copy's end, and the bytes.
+sed 's/\x1b\[[0-9;]*m//g' "$WORK/C.log" | python3 -c "
+import sys, re, datetime
+starts, ends, total = [], [], 0
+for line in sys.stdin:
+    t = line.split(' ', 1)[0]
+    if 'rebuild of a member starts' in line or 'rebuild copied everything' in line:
+        ts = datetime.datetime.fromisoformat(t.replace('Z', '+00:00')).timestamp()
+        if 'starts' in line:
+            starts.append(ts)
+        else:
+            ends.append(ts)
+            total += int(re.search(r'bytes=(\d+)', line).group(1))
+span = max(ends) - min(starts)
+print(f'the copies alone (C\'s log): {total/1e6:.0f} MB in {span:.2f} s: {total/1e6/span:.0f} MB/s, {total/1e6/span/$link:.2f} of the link')
+"
+python3 -c "
+b = $pages * 4 * 1024 * 1024
+print(f'{$pages} pages ({b/1e6:.0f} MB): copied and cut over in $copied s ({b/1e6/$copied:.0f} MB/s, {b/1e6/$copied/$link:.2f} of the link), '
+      f'C freed of them in $secs s (the old copies leave a lease TTL, $TTL s, after the cut-over)')"
+q peer drain C --undo > /dev/null
+
+echo "== 3. QD1 4 KiB random writes to \"one\" through A: nothing moving, then B drained"
+quiet=$(run one 1)
+q peer drain B > /dev/null
+moving=$(run one 1)
+drained B one || true
+echo "nothing moving: $quiet (IOPS p50_us p99_us max_us)"
+echo "B drained:      $moving"
+set -- $quiet $moving
+python3 -c "print(f'p50 x{$6/$2:.2f}, p99 x{$7/$3:.2f} while B is drained')"
