@@ -523,7 +523,6 @@ impl Control {
         }
     }
 
-    /// `scrub_status`: every volume's last scrub, summed over the leaders' reports.
     /// The moves under way in the group, as this peer last read it.
     pub(super) fn migrations(&self) -> Vec<m::MigrationEntry> {
         let Some(g) = self.group.as_ref() else { return Vec::new() };
@@ -546,6 +545,7 @@ impl Control {
         out
     }
 
+    /// `scrub_status`: every volume's last scrub, summed over the leaders' reports.
     pub(super) fn scrub_status(&self) -> Vec<m::ScrubEntry> {
         let reports = self.group.as_ref().map(|g| g.snapshot().rebuilds).unwrap_or_default();
         let mut out = Vec::new();
