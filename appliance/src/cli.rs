@@ -23,8 +23,8 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use crate::rpc::methods::{
-    self, MigrationCancelParams, PageMoveParams, PeerDrainParams, SubsystemHostParams, VolumeCreateParams,
-    VolumeGrowParams, VolumeNameParams, VolumeSetReplicasParams,
+    self, MigrationCancelParams, PageMoveParams, PagePinParams, PeerDrainParams, RebalancePauseParams,
+    SubsystemHostParams, VolumeCreateParams, VolumeGrowParams, VolumeNameParams, VolumeSetReplicasParams,
 };
 use crate::rpc::{self, ClientError};
 
@@ -61,6 +61,9 @@ pub enum ClientCommand {
     /// Peers of the group.
     #[command(subcommand)]
     Peer(PeerCommand),
+    /// The coordinator's rebalancer: spreads pages over the peers by weight.
+    #[command(subcommand)]
+    Rebalance(RebalanceCommand),
     /// The daemon's log, as the appliance image keeps it (`quire.log` beside the
     /// management socket).
     Logs(LogsArgs),
@@ -106,6 +109,29 @@ pub enum PageCommand {
         #[arg(long)]
         from: Option<String>,
     },
+    /// Keep a page where it is: the rebalancer does not move it (moves by hand and
+    /// drains still do).
+    Pin {
+        /// The volume.
+        volume: String,
+        /// The page.
+        page: u64,
+        /// Unpin it.
+        #[arg(long)]
+        undo: bool,
+    },
+}
+
+/// `quire rebalance …`.
+#[derive(clap::Subcommand, Clone, Debug, PartialEq, Eq)]
+pub enum RebalanceCommand {
+    /// Each peer's share against its ideal, what the rebalancer is doing and why,
+    /// the moves it made last (`--json` lists them).
+    Status,
+    /// Stop starting moves, group-wide (moves under way finish).
+    Pause,
+    /// Start moving again.
+    Resume,
 }
 
 /// `quire migration …`.
@@ -133,6 +159,12 @@ pub enum PeerCommand {
         /// Stop draining it.
         #[arg(long)]
         undo: bool,
+    },
+    /// Forget a peer for good: refused while it runs or holds copies (drain it, stop
+    /// it, then remove it).
+    Remove {
+        /// The peer.
+        name: String,
     },
 }
 
@@ -330,6 +362,25 @@ const MIGRATION_COLUMNS: &[Column] = &[
     column("phase", "PHASE", Format::Text),
 ];
 
+const REBALANCE_FIELDS: &[Column] = &[
+    column("enabled", "enabled", Format::Text),
+    column("paused", "paused", Format::Text),
+    column("state", "state", Format::Text),
+    column("tolerance_pct", "tolerance %", Format::Number),
+    column("moves", "moves", Format::Number),
+    column("moves_max", "moves max", Format::Number),
+    column("pinned", "pinned pages", Format::Number),
+];
+
+const REBALANCE_PEER_COLUMNS: &[Column] = &[
+    column("name", "NAME", Format::Text),
+    column("weight", "WEIGHT", Format::Number),
+    column("held_bytes", "HELD", Format::Bytes),
+    column("ideal_bytes", "IDEAL", Format::Bytes),
+    column("share_pct", "SHARE%", Format::Number),
+    column("eligible", "TAKES PART", Format::Text),
+];
+
 const SUBSYSTEM_COLUMNS: &[Column] = &[
     column("nqn", "NQN", Format::Text),
     column("volume", "VOLUME", Format::Text),
@@ -484,12 +535,25 @@ impl ClientCommand {
                 let params = PageMoveParams { volume: volume.clone(), page: *page, to: to.clone(), from: from.clone() };
                 (methods::PAGE_MOVE, to_value(&params))
             }
+            ClientCommand::Page(PageCommand::Pin { volume, page, undo }) => {
+                (methods::PAGE_PIN, to_value(&PagePinParams { volume: volume.clone(), page: *page, undo: *undo }))
+            }
+            ClientCommand::Rebalance(RebalanceCommand::Status) => (methods::REBALANCE_STATUS, Value::Null),
+            ClientCommand::Rebalance(RebalanceCommand::Pause) => {
+                (methods::REBALANCE_PAUSE, to_value(&RebalancePauseParams { paused: true }))
+            }
+            ClientCommand::Rebalance(RebalanceCommand::Resume) => {
+                (methods::REBALANCE_PAUSE, to_value(&RebalancePauseParams { paused: false }))
+            }
             ClientCommand::Migration(MigrationCommand::List) => (methods::MIGRATION_LIST, Value::Null),
             ClientCommand::Migration(MigrationCommand::Cancel { volume, id }) => {
                 (methods::MIGRATION_CANCEL, to_value(&MigrationCancelParams { volume: volume.clone(), id: *id }))
             }
             ClientCommand::Peer(PeerCommand::Drain { name, undo }) => {
                 (methods::PEER_DRAIN, to_value(&PeerDrainParams { name: name.clone(), undo: *undo }))
+            }
+            ClientCommand::Peer(PeerCommand::Remove { name }) => {
+                (methods::PEER_REMOVE, to_value(&PeerDrainParams { name: name.clone(), undo: false }))
             }
             ClientCommand::Logs(_) => unreachable!("quire logs reads a file, not the socket"),
             ClientCommand::Store(StoreCommand::Format(_)) => {
@@ -529,6 +593,19 @@ impl ClientCommand {
             ClientCommand::Page(PageCommand::Move { .. }) | ClientCommand::Migration(MigrationCommand::List) => {
                 View::Table(MIGRATION_COLUMNS)
             }
+            ClientCommand::Page(PageCommand::Pin { volume, page, undo: false }) => {
+                View::Done(format!("page {page} of {volume} pinned: the rebalancer leaves it where it is"))
+            }
+            ClientCommand::Page(PageCommand::Pin { volume, page, undo: true }) => {
+                View::Done(format!("page {page} of {volume} unpinned"))
+            }
+            ClientCommand::Rebalance(RebalanceCommand::Status) => {
+                View::RecordThenTable(REBALANCE_FIELDS, "peers", REBALANCE_PEER_COLUMNS)
+            }
+            ClientCommand::Rebalance(RebalanceCommand::Pause) => {
+                View::Done("rebalancer paused (moves under way finish)".into())
+            }
+            ClientCommand::Rebalance(RebalanceCommand::Resume) => View::Done("rebalancer resumed".into()),
             ClientCommand::Migration(MigrationCommand::Cancel { volume, id }) => {
                 View::Done(format!("move {id} of {volume} cancelled"))
             }
@@ -537,6 +614,9 @@ impl ClientCommand {
             }
             ClientCommand::Peer(PeerCommand::Drain { name, undo: true }) => {
                 View::Done(format!("peer {name} is no longer drained"))
+            }
+            ClientCommand::Peer(PeerCommand::Remove { name }) => {
+                View::Done(format!("peer {name} removed from the group"))
             }
             ClientCommand::Group(GroupCommand::Status) => {
                 View::RecordThenTable(GROUP_FIELDS, "peers", GROUP_PEER_COLUMNS)

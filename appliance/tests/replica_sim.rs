@@ -1,7 +1,7 @@
 //! The replication protocol under a deterministic simulator (`replica::sim`): peers
 //! that crash and restart, peers cut from etcd and from each other, messages delayed
 //! and reordered, pages moved and peers drained (`replica::migration`), the real
-//! coordinator plan, a host that checks every read against
+//! coordinator plan and rebalancer, a host that checks every read against
 //! the last acknowledged write and, at the end, every copy against it.
 //!
 //! `QUIRE_SIM_SEEDS=N` runs seeds 1..=N (default 60, what CI runs); `QUIRE_SIM_SEED=S`
@@ -21,6 +21,7 @@ fn seeds() -> Vec<u64> {
 fn replication_survives_crashes_partitions_and_reordering_on_every_seed() {
     let mut failed = Vec::new();
     let (mut acked, mut crashes, mut partitions, mut promotions, mut reads, mut moves) = (0, 0, 0, 0, 0, 0);
+    let mut rebalanced = 0;
     let seeds = seeds();
     for &seed in &seeds {
         match run_seed(seed) {
@@ -31,13 +32,14 @@ fn replication_survives_crashes_partitions_and_reordering_on_every_seed() {
                 promotions += s.promotions;
                 reads += s.reads;
                 moves += s.moves;
+                rebalanced += s.rebalanced;
             }
             Err(e) => failed.push((seed, e)),
         }
     }
     println!(
         "{} seeds: {} clean; {acked} writes acknowledged, {reads} reads checked, {crashes} crashes, \
-         {partitions} partitions, {promotions} promotions, {moves} page moves",
+         {partitions} partitions, {promotions} promotions, {moves} page moves, {rebalanced} by the rebalancer",
         seeds.len(),
         seeds.len() - failed.len()
     );
@@ -49,7 +51,14 @@ fn replication_survives_crashes_partitions_and_reordering_on_every_seed() {
         );
     }
     // The runs did what they are for.
-    assert!(acked > 100 * seeds.len() as u64 && crashes > 0 && partitions > 0 && promotions > 0 && moves > 0);
+    assert!(
+        acked > 100 * seeds.len() as u64
+            && crashes > 0
+            && partitions > 0
+            && promotions > 0
+            && moves > 0
+            && rebalanced > 0
+    );
 }
 
 #[test]

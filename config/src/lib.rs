@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, Location};
 pub use schema::{
     Buffers, Config, Device, DeviceKind, DirectIo, Formatting, Group, Log, LogFormat, Metrics, Peer, PollMode,
-    Reactors, Target, Volume,
+    Reactors, Rebalance, Target, Volume,
 };
 pub use size::{parse_size, ByteSize};
 

@@ -35,6 +35,8 @@ pub struct Config {
     pub group: Group,
     /// `[replication]`: rebuilds and scrubs of replicated pages (a group).
     pub replication: Replication,
+    /// `[rebalance]`: the coordinator spreads pages over the peers by weight (a group).
+    pub rebalance: Rebalance,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: Metrics,
     /// `[[device]]`: backing devices of the page store.
@@ -55,6 +57,7 @@ impl Default for Config {
             log: Log::default(),
             group: Group::default(),
             replication: Replication::default(),
+            rebalance: Rebalance::default(),
             metrics: Metrics::default(),
             devices: vec![Device::default_file()],
             volumes: vec![Volume::demo()],
@@ -255,6 +258,31 @@ pub struct Replication {
 impl Default for Replication {
     fn default() -> Replication {
         Replication { replace_after_s: 600, rebuild_mb_s: 200, scrub_mb_s: 50, scrub_every_h: 168 }
+    }
+}
+
+/// `[rebalance]`: how the group's coordinator moves pages so that each peer holds a
+/// share of every copy in proportion to its weight. Only the coordinator's section
+/// counts (it is the one that decides).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rebalance {
+    /// Move pages at all (`quire rebalance pause` stops it group-wide too).
+    pub enabled: bool,
+    /// A peer is out of balance when it holds more than its ideal share by this many
+    /// percent, or less by as many (a band against moving pages back and forth).
+    pub tolerance_pct: u32,
+    /// Moves copying at once in the whole group (the rebalancer starts none while
+    /// this many copy, operators' and drains' moves included).
+    pub moves_max: u32,
+    /// Pages one move of the rebalancer takes at most (pages of one replica set,
+    /// copied and cut over together).
+    pub batch_pages: u32,
+}
+
+impl Default for Rebalance {
+    fn default() -> Rebalance {
+        Rebalance { enabled: true, tolerance_pct: 10, moves_max: 2, batch_pages: 16 }
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::error::ConfigError;
 use crate::schema::{
-    Buffers, Config, Device, DeviceKind, DirectIo, Group, Log, Peer, Reactors, Replication, Target, Volume,
+    Buffers, Config, Device, DeviceKind, DirectIo, Group, Log, Peer, Reactors, Rebalance, Replication, Target, Volume,
 };
 use crate::size::ByteSize;
 
@@ -82,6 +82,12 @@ pub const REPLACE_AFTER_S: std::ops::RangeInclusive<u32> = 1..=30 * 86_400;
 pub const COPY_MB_S: std::ops::RangeInclusive<u32> = 1..=100_000;
 /// Range of `replication.scrub_every_h`.
 pub const SCRUB_EVERY_H: std::ops::RangeInclusive<u32> = 0..=8760;
+/// Range of `rebalance.tolerance_pct`.
+pub const TOLERANCE_PCT: std::ops::RangeInclusive<u32> = 1..=100;
+/// Range of `rebalance.moves_max`.
+pub const MOVES_MAX: std::ops::RangeInclusive<u32> = 1..=64;
+/// Range of `rebalance.batch_pages`.
+pub const BATCH_PAGES: std::ops::RangeInclusive<u32> = 1..=1024;
 /// Shortest group secret, bytes.
 pub const SECRET_LEN_MIN: usize = 16;
 /// Longest Unix socket path (sun_path is 108 bytes with its NUL).
@@ -102,6 +108,7 @@ pub fn validate(config: &Config) -> Result {
     log(&config.log)?;
     group(&config.group)?;
     replication(&config.replication)?;
+    rebalance(&config.rebalance)?;
     if let Some(listen) = &config.metrics.listen {
         let ok = listen.parse::<std::net::SocketAddr>().is_ok_and(|a| !a.ip().is_multicast());
         ensure(ok, "metrics.listen", quoted(listen), "\"IP:PORT\" (e.g. \"0.0.0.0:9442\"), or \"\" for off")?;
@@ -128,6 +135,20 @@ fn replication(r: &Replication) -> Result {
         r.scrub_every_h,
         format!("{lo}..={hi} (0: on demand only)"),
     )
+}
+
+fn rebalance(r: &Rebalance) -> Result {
+    let (lo, hi) = (TOLERANCE_PCT.start(), TOLERANCE_PCT.end());
+    ensure(
+        TOLERANCE_PCT.contains(&r.tolerance_pct),
+        "rebalance.tolerance_pct",
+        r.tolerance_pct,
+        format!("{lo}..={hi}"),
+    )?;
+    let (lo, hi) = (MOVES_MAX.start(), MOVES_MAX.end());
+    ensure(MOVES_MAX.contains(&r.moves_max), "rebalance.moves_max", r.moves_max, format!("{lo}..={hi}"))?;
+    let (lo, hi) = (BATCH_PAGES.start(), BATCH_PAGES.end());
+    ensure(BATCH_PAGES.contains(&r.batch_pages), "rebalance.batch_pages", r.batch_pages, format!("{lo}..={hi}"))
 }
 
 fn group(group: &Group) -> Result {
@@ -754,6 +775,18 @@ mod tests {
             c.buffers.count = 16;
         });
         assert_eq!(message, "buffers.count = 16: expected enough chunks of 16K for one target.max_transfer_size (1M)");
+    }
+
+    #[test]
+    fn rebalance_keys() {
+        valid(|c| {
+            c.rebalance.enabled = false;
+            c.rebalance.tolerance_pct = 100;
+            c.rebalance.moves_max = 64;
+        });
+        assert_eq!(invalid(|c| c.rebalance.tolerance_pct = 0), "rebalance.tolerance_pct = 0: expected 1..=100");
+        assert_eq!(invalid(|c| c.rebalance.moves_max = 65), "rebalance.moves_max = 65: expected 1..=64");
+        assert_eq!(invalid(|c| c.rebalance.batch_pages = 0), "rebalance.batch_pages = 0: expected 1..=1024");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct PeerSpec {
     pub replace_after_s: u32,
     /// `replication.rebuild_mb_s`.
     pub rebuild_mb_s: u32,
+    /// `rebalance.enabled`: off unless a test asks for it (the suites that count
+    /// where pages are placed, or move them by hand, would race it).
+    pub rebalance: bool,
     /// The IP address its NVMe/TCP listener (`target.listen`) and its peer-link
     /// listener (`group.listen`) bind; `None`: 127.0.0.1.
     pub listen_ip: Option<String>,
@@ -78,6 +81,7 @@ impl PeerSpec {
             advertise: None,
             replace_after_s: 600,
             rebuild_mb_s: 200,
+            rebalance: false,
             listen_ip: None,
             netns: None,
         }
@@ -119,6 +123,8 @@ hold_ms = {hold}
 [replication]
 replace_after_s = {replace}
 rebuild_mb_s = {rebuild}
+[rebalance]
+enabled = {rebalance}
 [[device]]
 {device}
 [[volume]]
@@ -136,6 +142,7 @@ size = "{demo}"
             hold = self.hold_ms,
             replace = self.replace_after_s,
             rebuild = self.rebuild_mb_s,
+            rebalance = self.rebalance,
             buffers = self.buffers,
             demo = self.demo_size,
             advertise = self.advertise.as_deref().unwrap_or(""),
@@ -252,6 +259,39 @@ pub fn cli_json(socket: &Path, args: &[&str]) -> Value {
         return Value::Null;
     }
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// `quire --json ARGS` on `socket` expected to fail: its error message, or `None`
+/// when it succeeded.
+pub fn cli_error(socket: &Path, args: &[&str]) -> Option<String> {
+    let bin = QuireProcess::bin_path().expect("quire binary");
+    let out = Command::new(bin).arg("--socket").arg(socket).arg("--json").args(args).output().expect("run quire");
+    (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `quire rebalance status` on `peer`.
+pub fn rebalance_status(peer: &Peer) -> Value {
+    cli_json(&peer.socket(), &["rebalance", "status"])
+}
+
+/// `name`'s share in a rebalance status.
+pub fn share_of(status: &Value, name: &str) -> Value {
+    status["peers"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == name)).cloned().unwrap_or(Value::Null)
+}
+
+/// The coordinator's last word in a rebalance status is that the spread is as even as
+/// it goes (every peer that takes part within 10% of its ideal, or as close as whole
+/// pages allow), no move is under way, and no peer is off its ideal by more than 10%
+/// and a 4 MiB page.
+pub fn rebalance_settled(status: &Value) -> bool {
+    let close = status["peers"].as_array().is_some_and(|ps| {
+        ps.iter().all(|e| {
+            let (held, ideal) = (e["held_bytes"].as_u64().unwrap_or(0), e["ideal_bytes"].as_u64().unwrap_or(0));
+            e["eligible"] == false || held.abs_diff(ideal) <= ideal / 10 + (4 << 20)
+        })
+    });
+    let word = status["state"].as_str().unwrap_or("");
+    close && status["moves"] == 0 && (word.contains("within") || word.contains("whole pages"))
 }
 
 /// The names of the peers a status lists in `state`.

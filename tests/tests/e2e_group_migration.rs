@@ -11,15 +11,18 @@
 //!    with its copy on the new peer and none left on the old one;
 //! 3. under fio, peer c is drained (`quire peer drain`): every copy it held moves to a
 //!    or b, and c frees them; c still serves the host's I/O (forwarding it).
-//! 4. Every region verifies. No command failed at the host's side, each peer holds
+//! 4. under fio, a fourth peer d joins and the coordinator's rebalancer (paused
+//!    until then, so that it leaves the moves by hand alone) gives it its share:
+//!    every peer that takes part (a, b, d) within 10% of its ideal;
+//! 5. Every region verifies. No command failed at the host's side, each peer holds
 //!    exactly one copy of each page of its sets (and c none), every peer reads the
 //!    same bytes.
 
 use std::time::Duration;
 
 use quire_tests::group::{
-    cli_json, create_replicated_sized, guest_mark, guest_peer, page_members, same_everywhere, sets, setup, start_group,
-    volume_on, wait_for, writes_flow, Peer,
+    cli_json, create_replicated_sized, guest_mark, guest_peer, page_members, rebalance_settled, rebalance_status,
+    same_everywhere, sets, setup, share_of, start_group, volume_on, wait_for, writes_flow, Peer, PeerSpec,
 };
 use quire_tests::{require_guest, serial, tail, Counter, Guest, GuestOptions, HOST_FROM_GUEST};
 use serde_json::Value;
@@ -27,8 +30,8 @@ use serde_json::Value;
 const TEST: &str = "a_multipath_host_sees_no_error_while_pages_move_and_a_peer_is_drained";
 /// The guest's fio regions, MiB (pages 0-7, 8-15, 16-23 of 4 MiB).
 const REGION_MB: u64 = 32;
-/// Pages the three regions cover.
-const WRITTEN_PAGES: usize = 24;
+/// Pages the four regions cover.
+const WRITTEN_PAGES: usize = 32;
 
 /// The moves under way, as `quire migration list` gives them on `peer`.
 fn migrations(peer: &Peer) -> Vec<Value> {
@@ -43,8 +46,18 @@ fn a_multipath_host_sees_no_error_while_pages_move_and_a_peer_is_drained() {
     let _serial = serial();
     let Some((dir, etcd, secret)) = setup(TEST) else { return };
     let ep = etcd.endpoint();
-    let spec = |name: &str| guest_peer(name, &ep, &secret);
-    let peers = start_group(dir.path(), &[spec("a"), spec("b"), spec("c")]);
+    let spec = |name: &str| PeerSpec { rebalance: true, ..guest_peer(name, &ep, &secret) };
+    let mut peers = start_group(dir.path(), &[spec("a"), spec("b"), spec("c")]);
+    // The configured volume, made by the first peer up alone, spread; then the
+    // rebalancer paused until phase 4.
+    for p in &peers {
+        wait_for(p, "the rebalancer settled", Duration::from_secs(90), |p| rebalance_settled(&rebalance_status(p)));
+    }
+    assert_eq!(cli_json(&peers[0].socket(), &["rebalance", "pause"]), Value::Bool(true));
+    wait_for(&peers[0], "the rebalancer paused", Duration::from_secs(20), |p| {
+        let s = rebalance_status(p);
+        s["paused"] == true && s["moves"] == 0 && s["state"].as_str().is_some_and(|w| w.contains("paused"))
+    });
     create_replicated_sized(&peers, 0, "mg", "192M");
     let logs = |peers: &[Peer]| -> String {
         peers.iter().map(|p| format!("--- {}:\n{}\n", p.name, tail(&p.proc.log(), 20))).collect()
@@ -119,7 +132,38 @@ fn a_multipath_host_sees_no_error_while_pages_move_and_a_peer_is_drained() {
     step.set(3);
     let line = wait(&mut guest, "MARK phase 3 verified", 300, &peers);
     eprintln!("{}", line.trim());
+
+    // ---- 4. a fourth peer joins, the rebalancer gives it its share under fio ------------
+    wait(&mut guest, "MARK phase 4 writing", 60, &peers);
+    writes_flow(&peers, "mg");
+    let mut d = Peer::spawn(&spec("d"), &dir.path().join("d"));
+    d.wait_serving();
+    peers.push(d);
+    {
+        let all: Vec<&Peer> = peers.iter().collect();
+        quire_tests::group::wait_all(
+            &all,
+            "d live",
+            Duration::from_secs(30),
+            quire_tests::group::live_are(&["a", "b", "c", "d"]),
+        );
+    }
+    let history_before = rebalance_status(&peers[0])["history"].as_array().map_or(0, Vec::len);
+    assert_eq!(cli_json(&peers[3].socket(), &["rebalance", "resume"]), Value::Bool(true));
+    for p in &peers {
+        wait_for(p, "a, b and d within the band, no move under way", Duration::from_secs(240), |p| {
+            let s = rebalance_status(p);
+            rebalance_settled(&s) && share_of(&s, "d")["held_bytes"].as_u64().unwrap_or(0) > 0
+        });
+    }
+    let s = rebalance_status(&peers[0]);
+    let made: Vec<&Value> = s["history"].as_array().unwrap().iter().skip(history_before).collect();
+    assert!(!made.is_empty() && made.iter().all(|m| m["to"] == "d"), "the rebalancer's moves go to d: {s}");
+    eprintln!("rebalanced: {} moves to d; {}", made.len(), s["peers"]);
+    step.set(4);
     let line = wait(&mut guest, "MARK phase 4 verified", 300, &peers);
+    eprintln!("{}", line.trim());
+    let line = wait(&mut guest, "MARK phase 5 verified", 300, &peers);
     eprintln!("{}", line.trim());
     let result = guest.wait();
     assert!(result.success(), "{TEST}: the guest script failed (rc={}):\n{}", result.rc, tail(&result.log, 60));

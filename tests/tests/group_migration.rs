@@ -7,7 +7,8 @@
 //!   error and every block verifies;
 //! - `quire migration cancel` before the cut-over leaves the page where it was;
 //! - `quire peer drain` under verified I/O moves every copy the peer holds of a
-//!   volume with two copies to the other peers, and frees them on the drained peer.
+//!   volume with two copies to the other peers, and frees them on the drained peer;
+//!   `quire peer remove` is refused while it runs, and once it is stopped forgets it.
 
 use std::time::Duration;
 
@@ -15,8 +16,8 @@ use std::time::Duration;
 const RATE_MB_S: u32 = 2;
 
 use quire_tests::group::{
-    cli_json, create_replicated, first_led_by, pattern, same_everywhere, sets, three_peers, three_peers_with,
-    verified_io, volume_on, wait_for, Client, Peer, BLOCKS_PER_PAGE,
+    cli_error, cli_json, create_replicated, first_led_by, pattern, peers_in, same_everywhere, sets, three_peers,
+    three_peers_with, verified_io, volume_on, wait_all, wait_for, Client, Peer, BLOCKS_PER_PAGE,
 };
 use quire_tests::{serial, tail};
 use serde_json::Value;
@@ -70,11 +71,11 @@ fn a_page_moved_by_hand_under_io_ends_with_one_copy_on_the_new_peer() {
     let run = io.join().expect("perf thread");
     assert!(run.ok, "I/O through b across the move: {}\n{}", run.text, tail(&peers[0].proc.log(), 30));
     assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}", run.text);
-    // Nothing held out at the host's peer. (The old leader may count a path error
-    // for a part it was ordering at the cut-over: the members refuse a leader that is
-    // no longer theirs, and the part goes back to its sender, which takes it to the
-    // new leader.)
-    assert_eq!(peers[1].reactor_sum("path_errors"), 0, "{}", tail(&peers[1].proc.log(), 20));
+    // No path error anywhere (a part the old leader was ordering at the cut-over goes
+    // back to its sender, which takes it to the new leader: not an error).
+    for p in &peers {
+        assert_eq!(p.reactor_sum("path_errors"), 0, "{}: {}", p.name, tail(&p.proc.log(), 20));
+    }
     // One copy of each page: every page was written (the --verify prefill), and each
     // peer's store holds exactly the pages whose set it is in; a's copy of the moved
     // page is freed (after a barrier), c's allocated.
@@ -142,6 +143,29 @@ fn a_drained_peer_gives_every_copy_away_under_io() {
     same_everywhere(&peers, "dr");
     // c takes no new copies while drained: a new volume's sets leave it out.
     create_drained_volume(&peers);
+
+    // Removed for good: refused while it runs; once stopped (and holding no copy of
+    // any volume, the configured one included), its routing id goes and no peer lists
+    // it any more, not even as gone.
+    let err = cli_error(&peers[0].socket(), &["peer", "remove", "c"]).expect("refused while c runs");
+    assert!(err.contains("is live"), "{err}");
+    for v in ["demo", "dr", "after"] {
+        wait_for(&peers[0], "no set names c", Duration::from_secs(60), |p| {
+            sets(p, v).iter().all(|(l, ms)| l != "c" && ms.iter().all(|(m, _)| m != "c"))
+        });
+    }
+    let mut peers = peers;
+    let code = peers[2].proc.terminate(Duration::from_secs(20)).and_then(|s| s.code());
+    assert_eq!(code, Some(0), "{}", tail(&peers[2].proc.log(), 20));
+    let (ab, _) = peers.split_at(2);
+    let ab: Vec<&Peer> = ab.iter().collect();
+    wait_all(&ab, "c not live", Duration::from_secs(20), |s| !peers_in(s, "live").contains(&"c".to_string()));
+    assert_eq!(cli_json(&peers[1].socket(), &["peer", "remove", "c"]), Value::Bool(true));
+    wait_all(&ab, "c listed nowhere", Duration::from_secs(20), |s| {
+        s["peers"].as_array().is_some_and(|ps| ps.iter().all(|p| p["name"] != "c"))
+    });
+    let err = cli_error(&peers[0].socket(), &["peer", "remove", "c"]).expect("c is no peer any more");
+    assert!(err.contains("no peer named"), "{err}");
 }
 
 /// A volume made while c is drained has no copy on c.

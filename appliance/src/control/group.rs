@@ -64,6 +64,9 @@ impl Control {
                     | m::PAGE_MOVE
                     | m::MIGRATION_CANCEL
                     | m::PEER_DRAIN
+                    | m::PAGE_PIN
+                    | m::PEER_REMOVE
+                    | m::REBALANCE_PAUSE
             )
     }
 
@@ -127,6 +130,21 @@ impl Control {
             m::PEER_DRAIN => {
                 let p: m::PeerDrainParams = call.params()?;
                 Ok(GroupOpKind::Drain { peer: p.name, on: !p.undo })
+            }
+            m::PAGE_PIN => {
+                let p: m::PagePinParams = call.params()?;
+                Ok(GroupOpKind::Pin { name: p.volume, page: p.page, on: !p.undo })
+            }
+            m::PEER_REMOVE => {
+                let p: m::PeerDrainParams = call.params()?;
+                if p.undo {
+                    return Err(RpcError::invalid_params("peer_remove takes no undo: a removed peer joins anew"));
+                }
+                Ok(GroupOpKind::RemovePeer { peer: p.name })
+            }
+            m::REBALANCE_PAUSE => {
+                let p: m::RebalancePauseParams = call.params()?;
+                Ok(GroupOpKind::PauseRebalance { paused: p.paused })
             }
             other => unreachable!("not a group call: {other}"),
         }
@@ -196,7 +214,16 @@ impl Control {
     }
 
     fn group_reply(&self, method: &str, name: &str) -> Result<serde_json::Value, RpcError> {
-        if matches!(method, m::VOLUME_DELETE | m::SCRUB_START | m::MIGRATION_CANCEL | m::PEER_DRAIN) {
+        if matches!(
+            method,
+            m::VOLUME_DELETE
+                | m::SCRUB_START
+                | m::MIGRATION_CANCEL
+                | m::PEER_DRAIN
+                | m::PEER_REMOVE
+                | m::PAGE_PIN
+                | m::REBALANCE_PAUSE
+        ) {
             return Ok(json!(true));
         }
         if method == m::PAGE_MOVE {
@@ -345,8 +372,8 @@ impl Control {
         for (page, &si) in page_sets.iter().enumerate() {
             let page = page as u64;
             let held = r.sets.get(usize::from(si)).is_some_and(|s| s.member(self.me.0).is_some());
-            if !held && view.pages.get(page).is_some() && !self.unheld_wanted.contains(&(id, page)) {
-                self.unheld_wanted.push((id, page));
+            if !held && view.pages.get(page).is_some() {
+                self.unheld_wanted.insert((id, page));
             }
         }
         let leading = &self.leading;
@@ -543,6 +570,47 @@ impl Control {
             }
         }
         out
+    }
+
+    /// `rebalance_status`: the rebalancer as this peer last read the group.
+    pub(super) fn rebalance_status(&self) -> Result<m::RebalanceStatus, RpcError> {
+        let Some(g) = self.group.as_ref() else {
+            return Err(RpcError::invalid_state(
+                "a single peer holds every page itself: rebalancing needs a group of peers",
+            ));
+        };
+        let snap = g.snapshot();
+        let r = &snap.rebalance;
+        let moves = snap.volumes.values().map(|v| crate::replica::migration::moves(v).len() as u64).sum();
+        let pinned = snap.volumes.values().map(|v| v.pinned.len() as u64).sum();
+        let mut shares: Vec<&(String, crate::replica::rebalance::Share)> = snap.shares.iter().collect();
+        shares.sort_by(|a, b| a.0.cmp(&b.0));
+        let peers = shares
+            .into_iter()
+            .map(|(name, s)| m::RebalancePeer {
+                name: name.clone(),
+                weight: s.weight,
+                held_bytes: s.held_bytes,
+                ideal_bytes: s.ideal_bytes,
+                share_pct: if s.ideal_bytes == 0 {
+                    0
+                } else {
+                    u64::try_from(u128::from(s.held_bytes) * 100 / u128::from(s.ideal_bytes)).unwrap_or(u64::MAX)
+                },
+                eligible: s.eligible,
+            })
+            .collect();
+        Ok(m::RebalanceStatus {
+            enabled: r.enabled,
+            paused: r.paused,
+            state: if r.state.is_empty() { "no word from the coordinator yet".into() } else { r.state.clone() },
+            tolerance_pct: r.tolerance_pct,
+            moves_max: r.moves_max,
+            moves,
+            pinned,
+            peers,
+            history: r.history.clone(),
+        })
     }
 
     /// `scrub_status`: every volume's last scrub, summed over the leaders' reports.

@@ -39,6 +39,7 @@ const REACTOR_COUNTERS: &[(&str, &str, ReactorField)] = &[
     }),
     ("quire_reactor_forwarded_bytes_total", "Data bytes of forwarded parts (not copied).", |s| &s.forwarded_bytes),
     ("quire_reactor_path_errors_total", "Forwarded parts failed with a path error after the hold.", |s| &s.path_errors),
+    ("quire_replica_releads_total", "Host writes sent to a page's new leader after a cut-over.", |s| &s.releads),
     ("quire_replica_writes_total", "Replica writes sent as a page set's leader, one per member.", |s| &s.replica_parts),
     ("quire_replica_write_bytes_total", "Data bytes of replica writes (not copied).", |s| &s.replica_bytes),
     ("quire_replica_order_waits_total", "Writes that waited for their pieces or for a leader.", |s| &s.order_waits),

@@ -121,7 +121,7 @@ pub struct Control {
     activation_wanted: Vec<(VolumeId, usize)>,
     /// Pages allocated here whose set no longer has this peer (a move's source, a
     /// dropped or replaced copy): freed after a barrier (no reactor still reads them).
-    unheld_wanted: Vec<(VolumeId, u64)>,
+    unheld_wanted: std::collections::BTreeSet<(VolumeId, u64)>,
     /// Members this peer brings up to date (it leads their sets).
     rebuilds: crate::replica::rebuild::Rebuilds,
     replication: quire_config::schema::Replication,
@@ -163,7 +163,7 @@ impl Control {
             records: HashMap::new(),
             leading: std::collections::HashSet::new(),
             activation_wanted: Vec::new(),
-            unheld_wanted: Vec::new(),
+            unheld_wanted: std::collections::BTreeSet::new(),
             rebuilds: Default::default(),
             replication: parts.replication,
             scrubs_started: HashMap::new(),
@@ -355,7 +355,7 @@ impl Control {
         }
         let release_upto = self.quarantine_upto.take();
         let activate = std::mem::take(&mut self.activation_wanted);
-        let unheld = std::mem::take(&mut self.unheld_wanted);
+        let unheld: Vec<(VolumeId, u64)> = std::mem::take(&mut self.unheld_wanted).into_iter().collect();
         self.barrier_next += 1;
         let generation = self.barrier_next;
         self.barrier = Some(PendingBarrier { generation, acks: 0, release_upto, activate, unheld });
@@ -412,7 +412,8 @@ impl Control {
             )),
             m::SCRUB_STATUS => Ok(json!(self.scrub_status())),
             m::MIGRATION_LIST => Ok(json!(self.migrations())),
-            m::PAGE_MOVE | m::MIGRATION_CANCEL | m::PEER_DRAIN => Err(RpcError::invalid_state(
+            m::REBALANCE_STATUS => self.rebalance_status().map(|s| json!(s)),
+            m::PAGE_MOVE | m::MIGRATION_CANCEL | m::PEER_DRAIN | m::PEER_REMOVE | m::PAGE_PIN | m::REBALANCE_PAUSE => Err(RpcError::invalid_state(
                 "a single peer holds every page itself: moving pages needs a group of peers",
             )),
             m::VOLUME_SET_REPLICAS => {
@@ -664,6 +665,7 @@ impl Control {
                     forwarded_bytes: get(&s.forwarded_bytes),
                     forwards_outstanding: get(&s.forwards_outstanding),
                     path_errors: get(&s.path_errors),
+                    releads: get(&s.releads),
                     replica_parts: get(&s.replica_parts),
                     replica_bytes: get(&s.replica_bytes),
                     order_waits: get(&s.order_waits),

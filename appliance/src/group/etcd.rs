@@ -45,6 +45,8 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// How long a replica stays out before the coordinator replaces it.
     pub replace_after: Duration,
+    /// The rebalancer's configuration (the coordinator's counts).
+    pub rebalance: quire_config::Rebalance,
 }
 
 /// An error of the agent: fatal (refuse to join) or transient (etcd unreachable).
@@ -318,6 +320,8 @@ impl Agent {
             unreadable: view.unreadable_volumes.clone(),
             rebuilds: view.rebuilds.clone(),
             scrubs: view.scrubs.clone(),
+            rebalance: view.rebalance.0.clone(),
+            shares: self.shares(&view),
             live: view
                 .peers
                 .values()
@@ -383,8 +387,57 @@ impl Agent {
     /// transaction against the revision read; a lost race is planned again on the
     /// next read.
     async fn plan_replicas(&mut self) -> Result<(), AgentError> {
-        use crate::replica::plan::{plan_with_notes, PeerInfo, PlanInput};
+        use crate::replica::plan::{plan_with_notes, PlanInput};
         let view = self.membership.view().clone();
+        let peers = self.plan_peers(&view);
+        let now = Instant::now();
+        let now_ms = now_ms();
+        for (name, r) in &view.revoked {
+            if let Some(id) = view.peer_id(name) {
+                self.revoked_seen.entry((id, r.lease)).or_insert(now);
+            }
+        }
+        let revoked: std::collections::BTreeMap<(u16, i64), u64> = self
+            .revoked_seen
+            .iter()
+            .map(|(&k, &seen)| {
+                (k, now_ms.saturating_sub(u64::try_from(now.duration_since(seen).as_millis()).unwrap_or(0)))
+            })
+            .collect();
+        let mut changed = false;
+        let input = PlanInput {
+            now_ms,
+            ttl_ms: u64::from(self.cfg.lease_ttl_s) * 1000,
+            replace_after_ms: u64::try_from(self.cfg.replace_after.as_millis()).unwrap_or(u64::MAX),
+            peers: &peers,
+            revoked: &revoked,
+        };
+        for (name, (record, revision)) in &view.volumes {
+            let (next, why, notes) = plan_with_notes(record, &input);
+            for n in notes {
+                if self.noted.insert(format!("{name}: {n}")) {
+                    tracing::warn!(volume = %name, "{n}");
+                }
+            }
+            let Some(next) = next else { continue };
+            changed = true;
+            let compare = vec![unchanged_since(&keys::volume_key(name), *revision)];
+            if txn(&mut self.client, compare, vec![put_op(&keys::volume_key(name), next.encode())]).await? {
+                for w in &why {
+                    tracing::info!(volume = %name, epoch = next.epoch, "replicas: {w}");
+                }
+            }
+        }
+        if !changed {
+            // On records the plan left as they are (a changed one is read again first).
+            self.rebalance(&view, &input).await?;
+        }
+        Ok(())
+    }
+
+    /// What the plan knows of every peer, live or gone, by routing id.
+    fn plan_peers(&self, view: &GroupView) -> std::collections::BTreeMap<u16, crate::replica::plan::PeerInfo> {
+        use crate::replica::plan::PeerInfo;
         let mut peers = std::collections::BTreeMap::new();
         for g in self.membership.gone().values() {
             let r = &g.record;
@@ -404,40 +457,106 @@ impl Agent {
                 );
             }
         }
-        let now = Instant::now();
-        let now_ms = now_ms();
-        for (name, r) in &view.revoked {
-            if let Some(id) = view.peer_id(name) {
-                self.revoked_seen.entry((id, r.lease)).or_insert(now);
+        peers
+    }
+
+    /// Every peer's share of the group's copies, by name.
+    fn shares(&self, view: &GroupView) -> Vec<(String, crate::replica::rebalance::Share)> {
+        let peers = self.plan_peers(view);
+        let none = std::collections::BTreeMap::new();
+        let input = crate::replica::plan::PlanInput {
+            now_ms: 0,
+            ttl_ms: 0,
+            replace_after_ms: 0,
+            peers: &peers,
+            revoked: &none,
+        };
+        let volumes = view.volumes.iter().map(|(n, (r, _))| (n.clone(), r.clone())).collect();
+        let spread = crate::replica::rebalance::spread(&volumes, &input);
+        spread
+            .peers
+            .into_values()
+            .map(|s| (view.peer_ids.get(&s.peer).cloned().unwrap_or_else(|| format!("#{}", s.peer)), s))
+            .collect()
+    }
+
+    /// The coordinator's rebalancer (`replica::rebalance`): starts at most one move,
+    /// and keeps its last word in the rebalance record.
+    async fn rebalance(
+        &mut self,
+        view: &GroupView,
+        input: &crate::replica::plan::PlanInput<'_>,
+    ) -> Result<(), AgentError> {
+        use crate::replica::rebalance::{decide, Decision, Policy};
+        let cfg = &self.cfg.rebalance;
+        let (record, revision) = &view.rebalance;
+        let policy = Policy {
+            enabled: cfg.enabled,
+            paused: record.paused,
+            tolerance_pct: cfg.tolerance_pct,
+            moves_max: usize::try_from(cfg.moves_max).unwrap_or(usize::MAX),
+            batch_max: usize::try_from(cfg.batch_pages).unwrap_or(usize::MAX),
+        };
+        let volumes = view.volumes.iter().map(|(n, (r, _))| (n.clone(), r.clone())).collect();
+        let mut next = keys::RebalanceRecord {
+            enabled: cfg.enabled,
+            tolerance_pct: cfg.tolerance_pct,
+            moves_max: cfg.moves_max,
+            ..record.clone()
+        };
+        let mut compare = vec![unchanged_since(keys::REBALANCE, *revision)];
+        let mut ops = Vec::new();
+        let mut log = None;
+        match decide(&volumes, input, &policy) {
+            Decision::Idle(why) => next.state = why,
+            Decision::Move { volume, pages, from, to: (to, to_inc) } => {
+                let (old, vrev) = &view.volumes[&volume];
+                let start = crate::replica::migration::start_pages(
+                    old,
+                    &pages,
+                    Some(from.peer),
+                    (to.peer, to_inc),
+                    input.now_ms,
+                );
+                let moved = match start {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The plan's checks and start_page's agree; a refusal is a bug
+                        // to see in the log, not a reason to stop.
+                        tracing::warn!(volume = %volume, ?pages, "rebalancer: the move was refused: {e}");
+                        return Ok(());
+                    }
+                };
+                let name = |id: u16| view.peer_ids.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+                let (from_name, to_name) = (name(from.peer), name(to.peer));
+                let why = crate::replica::rebalance::explain((&from_name, &from), (&to_name, &to));
+                let (page, count) = (pages[0], pages.len() as u64);
+                let entry = keys::RebalanceMove {
+                    at_ms: input.now_ms,
+                    volume: volume.clone(),
+                    page,
+                    pages: count,
+                    from: from_name,
+                    to: to_name,
+                    why: why.clone(),
+                };
+                let what = if count == 1 { format!("page {page}") } else { format!("{count} pages from page {page}") };
+                next.state = format!("moving {what} of {volume} from {} to {}: {why}", entry.from, entry.to);
+                next.history.push(entry);
+                let drop = next.history.len().saturating_sub(keys::REBALANCE_HISTORY_MAX);
+                next.history.drain(..drop);
+                compare.push(unchanged_since(&keys::volume_key(&volume), *vrev));
+                ops.push(put_op(&keys::volume_key(&volume), moved.encode()));
+                log = Some(next.state.clone());
             }
         }
-        let revoked: std::collections::BTreeMap<(u16, i64), u64> = self
-            .revoked_seen
-            .iter()
-            .map(|(&k, &seen)| {
-                (k, now_ms.saturating_sub(u64::try_from(now.duration_since(seen).as_millis()).unwrap_or(0)))
-            })
-            .collect();
-        let input = PlanInput {
-            now_ms,
-            ttl_ms: u64::from(self.cfg.lease_ttl_s) * 1000,
-            replace_after_ms: u64::try_from(self.cfg.replace_after.as_millis()).unwrap_or(u64::MAX),
-            peers: &peers,
-            revoked: &revoked,
-        };
-        for (name, (record, revision)) in &view.volumes {
-            let (next, why, notes) = plan_with_notes(record, &input);
-            for n in notes {
-                if self.noted.insert(format!("{name}: {n}")) {
-                    tracing::warn!(volume = %name, "{n}");
-                }
-            }
-            let Some(next) = next else { continue };
-            let compare = vec![unchanged_since(&keys::volume_key(name), *revision)];
-            if txn(&mut self.client, compare, vec![put_op(&keys::volume_key(name), next.encode())]).await? {
-                for w in &why {
-                    tracing::info!(volume = %name, epoch = next.epoch, "replicas: {w}");
-                }
+        if next == *record && ops.is_empty() {
+            return Ok(());
+        }
+        ops.push(put_op(keys::REBALANCE, serde_json::to_vec(&next).expect("a record serializes")));
+        if txn(&mut self.client, compare, ops).await? {
+            if let Some(line) = log {
+                tracing::info!("rebalancer: {line}");
             }
         }
         Ok(())
@@ -756,6 +875,70 @@ impl Agent {
                     }
                     let key = keys::drain_key(peer);
                     (Vec::new(), vec![if *on { put_op(&key, b"{}".to_vec()) } else { delete_op(&key) }])
+                }
+                GroupOpKind::RemovePeer { peer } => {
+                    let Some(id) = view.peer_id(peer) else {
+                        return Ok(Err(RpcError::not_found(format!("no peer named {peer:?} in the group"))));
+                    };
+                    if view.peers.contains_key(peer) {
+                        return Ok(Err(RpcError::invalid_state(format!(
+                            "peer {peer:?} is live: drain it (quire peer drain), stop it, then remove it"
+                        ))));
+                    }
+                    let holding: Vec<&str> = view
+                        .volumes
+                        .iter()
+                        .filter(|(_, (r, _))| r.sets.iter().any(|s| s.member(id).is_some()))
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    if !holding.is_empty() {
+                        return Ok(Err(RpcError::invalid_state(format!(
+                            "peer {peer:?} still holds copies of pages of {}: drain it first (quire peer drain {peer})",
+                            holding.join(", ")
+                        ))));
+                    }
+                    // Nobody registered under the name meanwhile (no set takes a copy on a
+                    // peer that is not live, so none can name it since this read).
+                    let compare = vec![unchanged_since(&keys::peer_key(peer), 0)];
+                    let ops = vec![
+                        delete_op(&keys::peer_id_key(id)),
+                        delete_op(&keys::drain_key(peer)),
+                        delete_op(&keys::revoked_key(peer)),
+                        delete_op(&keys::rebuild_key(peer)),
+                    ];
+                    (compare, ops)
+                }
+                GroupOpKind::PauseRebalance { paused } => {
+                    let (record, revision) = &view.rebalance;
+                    let next = keys::RebalanceRecord { paused: *paused, ..record.clone() };
+                    (
+                        vec![unchanged_since(keys::REBALANCE, *revision)],
+                        vec![put_op(keys::REBALANCE, serde_json::to_vec(&next).expect("a record serializes"))],
+                    )
+                }
+                GroupOpKind::Pin { name, page, on } => {
+                    let Some((old, revision)) = view.volumes.get(name) else {
+                        return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));
+                    };
+                    if *page >= old.num_pages {
+                        return Ok(Err(RpcError::invalid_params(format!(
+                            "volume {name:?} has {} pages: no page {page}",
+                            old.num_pages
+                        ))));
+                    }
+                    let mut r = old.clone();
+                    match (r.pinned.binary_search(page), on) {
+                        (Err(at), true) => r.pinned.insert(at, *page),
+                        (Ok(at), false) => {
+                            r.pinned.remove(at);
+                        }
+                        // Pinned already, or not pinned: nothing to change.
+                        _ => return Ok(Ok(name.clone())),
+                    }
+                    (
+                        vec![unchanged_since(&keys::volume_key(name), *revision)],
+                        vec![put_op(&keys::volume_key(name), r.encode())],
+                    )
                 }
                 GroupOpKind::Scrub { name } => {
                     let Some((_, revision)) = view.volumes.get(name) else {

@@ -54,6 +54,56 @@ pub const SCRUB: &str = "/quire/v1/scrub/";
 /// The prefix of drain marks (`quire peer drain NAME`): the peer's copies move away.
 pub const DRAIN: &str = "/quire/v1/drain/";
 
+/// The rebalancer's record ([`RebalanceRecord`]): paused or not, the coordinator's last
+/// word, the moves it made.
+pub const REBALANCE: &str = "/quire/v1/rebalance";
+
+/// Moves the rebalance record remembers.
+pub const REBALANCE_HISTORY_MAX: usize = 32;
+
+/// What the group keeps of the rebalancer (`replica::rebalance`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceRecord {
+    /// `quire rebalance pause` (until `resume`).
+    #[serde(default)]
+    pub paused: bool,
+    /// The coordinator's last word: why nothing moves, or the last move's reason.
+    #[serde(default)]
+    pub state: String,
+    /// The coordinator's `rebalance` configuration when it last wrote.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `rebalance.tolerance_pct`.
+    #[serde(default)]
+    pub tolerance_pct: u32,
+    /// `rebalance.moves_max`.
+    #[serde(default)]
+    pub moves_max: u32,
+    /// The last moves it started, oldest first.
+    #[serde(default)]
+    pub history: Vec<RebalanceMove>,
+}
+
+/// A move the rebalancer started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceMove {
+    /// When (coordinator's clock, ms since the Unix epoch): also the move's id.
+    pub at_ms: u64,
+    /// Volume.
+    pub volume: String,
+    /// Its first page.
+    pub page: u64,
+    /// Pages it moves (of one set).
+    #[serde(default)]
+    pub pages: u64,
+    /// From (peer name).
+    pub from: String,
+    /// To (peer name).
+    pub to: String,
+    /// Why.
+    pub why: String,
+}
+
 /// The key of peer `name`'s drain mark.
 pub fn drain_key(name: &str) -> String {
     format!("{DRAIN}{name}")
@@ -235,6 +285,9 @@ pub struct VolumeRecord {
     /// The set of each page: its index in `sets`, u16 little-endian, base64.
     #[serde(default)]
     pub pages: String,
+    /// Pages the rebalancer leaves where they are (`quire page pin`), ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<u64>,
     /// The first format's owner of each page (one routing id per page, base64): read
     /// as sets of one member, never written.
     #[serde(default, skip_serializing)]
@@ -269,6 +322,8 @@ impl VolumeRecord {
             r.set_page_sets(&page_sets);
             r.owners.clear();
         }
+        r.pinned.sort_unstable();
+        r.pinned.dedup();
         let page_sets = r.page_sets()?;
         if page_sets.len() as u64 != r.num_pages {
             return Err(format!("volume record {:?}: {} page sets for {} pages", r.name, page_sets.len(), r.num_pages));
@@ -353,6 +408,7 @@ mod tests {
             replicas: 2,
             sets: vec![SetRecord::fresh(&[(0, 5), (1, 6)]), SetRecord::fresh(&[(1, 6), (2, 7)])],
             pages: String::new(),
+            pinned: Vec::new(),
             owners: String::new(),
         };
         r.set_page_sets(&[0, 1, 1, 0]);

@@ -81,6 +81,10 @@ pub struct GroupSnapshot {
     pub rebuilds: BTreeMap<String, keys::RebuildReport>,
     /// Scrub requests (their ids) by volume name.
     pub scrubs: BTreeMap<String, u64>,
+    /// The rebalancer's record.
+    pub rebalance: keys::RebalanceRecord,
+    /// Every peer's share of the copies, by name (`quire rebalance status`).
+    pub shares: Vec<(String, crate::replica::rebalance::Share)>,
 }
 
 /// A live peer as the snapshot gives it: what links and hosts need to reach it.
@@ -174,6 +178,27 @@ pub enum GroupOpKind {
         /// Drain (true) or stop (false).
         on: bool,
     },
+    /// Remove peer `peer` from the group for good (refused while it is live or any
+    /// set of any volume names it).
+    RemovePeer {
+        /// The peer's name.
+        peer: String,
+    },
+    /// Pause the rebalancer (true) or let it go on (false).
+    PauseRebalance {
+        /// Pause.
+        paused: bool,
+    },
+    /// Pin page `page` of volume `name` where it is (the rebalancer leaves it), or
+    /// unpin it.
+    Pin {
+        /// Name.
+        name: String,
+        /// The page.
+        page: u64,
+        /// Pin (true) or unpin (false).
+        on: bool,
+    },
 }
 
 impl GroupOpKind {
@@ -187,9 +212,10 @@ impl GroupOpKind {
             | GroupOpKind::Promote { name, .. }
             | GroupOpKind::Scrub { name }
             | GroupOpKind::MovePage { name, .. }
-            | GroupOpKind::CancelMove { name, .. } => name,
-            // A change of a peer, not of a volume.
-            GroupOpKind::Drain { .. } => "",
+            | GroupOpKind::CancelMove { name, .. }
+            | GroupOpKind::Pin { name, .. } => name,
+            // A change of a peer, or of the group, not of a volume.
+            GroupOpKind::Drain { .. } | GroupOpKind::PauseRebalance { .. } | GroupOpKind::RemovePeer { .. } => "",
         }
     }
 }
@@ -490,6 +516,7 @@ pub fn connect(cfg: &Config) -> Result<Joining, String> {
         lease_ttl_s: g.lease_ttl_s,
         connect_timeout: Duration::from_millis(u64::from(g.connect_timeout_ms)),
         replace_after: Duration::from_secs(u64::from(cfg.replication.replace_after_s)),
+        rebalance: cfg.rebalance.clone(),
     };
     let client = runtime
         .block_on(etcd::connect(&agent_cfg))

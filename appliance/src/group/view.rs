@@ -67,6 +67,8 @@ pub struct GroupView {
     pub scrubs: BTreeMap<String, u64>,
     /// Peers being drained (their copies move to other peers), by name.
     pub draining: std::collections::BTreeSet<String>,
+    /// The rebalancer's record and its revision (0: none yet).
+    pub rebalance: (keys::RebalanceRecord, i64),
 }
 
 /// Whether a peer may register, from the view it read first.
@@ -126,6 +128,13 @@ impl GroupView {
                         view.revoked.insert(name.to_string(), r);
                     }
                     Err(e) => view.ignored.push(format!("{key}: not a revocation record: {e}")),
+                }
+                continue;
+            }
+            if key == keys::REBALANCE {
+                match serde_json::from_slice::<keys::RebalanceRecord>(kv.value) {
+                    Ok(r) => view.rebalance = (r, kv.mod_revision),
+                    Err(e) => view.ignored.push(format!("{key}: not a rebalance record: {e}")),
                 }
                 continue;
             }
@@ -191,7 +200,13 @@ impl GroupView {
 
     /// The lowest routing id nobody holds.
     pub fn free_peer_id(&self) -> Option<u16> {
-        (0..=u16::MAX).find(|id| !self.peer_ids.contains_key(id))
+        // One past the highest first: the id of a removed peer (`quire peer remove`)
+        // is not handed to a new one while any is left (peers may still hold state
+        // under it, e.g. a link being torn down).
+        match self.peer_ids.keys().next_back() {
+            Some(&top) if top < u16::MAX => Some(top + 1),
+            _ => (0..=u16::MAX).find(|id| !self.peer_ids.contains_key(id)),
+        }
     }
 
     /// The live peers that take new pages, by routing id.
@@ -253,6 +268,7 @@ impl GroupView {
             replicas,
             sets: Vec::new(),
             pages: String::new(),
+            pinned: Vec::new(),
             owners: String::new(),
         };
         self.place_new_pages(&mut r, num_pages)?;
@@ -428,6 +444,9 @@ impl Membership {
             }
             self.gone.remove(name);
         }
+        // A peer removed from the group (`quire peer remove`: its routing id deleted)
+        // is not gone any more: it is no longer there at all.
+        self.gone.retain(|name, _| view.peer_ids.values().any(|n| n == name));
         if view.coordinator != self.view.coordinator {
             changes.push(Change::Coordinator(view.coordinator.clone()));
         }

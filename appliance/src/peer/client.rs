@@ -120,6 +120,11 @@ pub enum Finished {
     /// The owner does not (yet) serve this page: route it again (boxed: rare, and a
     /// forward carries its segments).
     Reroute(Box<Forward>),
+    /// A replica write of a host's write that this peer ordered as its page's leader,
+    /// refused by the member because this peer leads the page no more (a move's
+    /// cut-over): the host's part goes to the new leader instead (the reactor's
+    /// `reroute_due` decides, the host connection sends).
+    LostLead(Box<Forward>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -313,6 +313,11 @@ impl ReactorCtx {
         self.links.directory().map_or(HOLD_DEFAULT, |d| d.hold)
     }
 
+    /// Routes part `f` again at the reactor's next pass, with its newest table.
+    pub fn route_again(&mut self, f: Forward) {
+        self.reroutes.push((Instant::now(), f));
+    }
+
     /// Sends a part to the peer that owns its page.
     pub fn forward(&mut self, peer: PeerId, mut f: Forward) {
         f.to = peer;
@@ -1013,14 +1018,21 @@ impl Reactor {
                         self.copier.on_forward_done(rref.req, result, &mut self.ctx);
                     }
                     Finished::Done(rref, result) => {
-                        if result == Err(PATH_ERROR) {
-                            add(&self.ctx.stats.path_errors, 1);
-                        }
                         let c =
                             self.conns[rref.conn as usize].as_mut().expect("a forwarding request's connection lives");
+                        // Counted where a host sees it: a peer link's part goes back to
+                        // the peer that sent it (which counts it if its host gets it),
+                        // or to the new leader when this one lost the page's lead.
+                        if result == Err(PATH_ERROR) && matches!(c, Conn::Host(_)) {
+                            add(&self.ctx.stats.path_errors, 1);
+                        }
                         c.on_forward_done(rref.req, result, &mut self.ctx);
                     }
                     Finished::Reroute(fwd) => self.ctx.reroutes.push((Instant::now() + REROUTE_DELAY, *fwd)),
+                    Finished::LostLead(fwd) => {
+                        let c = self.conns[fwd.rref.conn as usize].as_mut().expect("a host write's connection lives");
+                        c.host().on_lost_lead(fwd, &mut self.ctx);
+                    }
                     Finished::Digest { rref, from: _, result } if rref.conn == crate::replica::copier::COPIER_CONN => {
                         self.copier.on_digest(rref.req, result, &mut self.ctx);
                     }
@@ -1063,9 +1075,18 @@ impl Reactor {
             }
             if f.replica {
                 let set = v.routing.set_of(f.page);
-                if !set.leads_here() {
-                    // No longer this peer's set to lead: the host tries again (at the
-                    // new leader, through any path).
+                let host_write = matches!(f.op, Op::Write | Op::WriteZeroes | Op::Deallocate)
+                    && f.rref.conn != crate::replica::copier::COPIER_CONN
+                    && matches!(self.conns.get(f.rref.conn as usize), Some(Some(Conn::Host(_))));
+                if !set.leads_here() && host_write {
+                    // No longer this peer's set to lead (a move cut over while the
+                    // write was being replicated): the host's part goes to the new
+                    // leader, which orders it and sends it to every member, this
+                    // peer's copy included; the host sees no error.
+                    self.ctx.links.finished.push(Finished::LostLead(Box::new(f)));
+                } else if !set.leads_here() {
+                    // No longer this peer's set to lead: the sender tries again (at
+                    // the new leader, through any path).
                     self.ctx.links.finished.push(Finished::Done(f.rref, Err(PATH_ERROR)));
                 } else if set.takes_writes(f.to) {
                     f.epoch = v.routing.epoch;

@@ -67,9 +67,13 @@ pub struct ReactorStats {
     /// Read and write data bytes of those parts (sent or received on peer links, never
     /// copied in userspace).
     pub forwarded_bytes: AtomicU64,
-    /// Forwarded parts answered with a retryable path error: their owner could not be
-    /// reached within the hold time.
+    /// Parts of host commands (received on this peer's host connections) that ended
+    /// with a retryable path error: their owner could not be reached within the hold
+    /// time, or no leader took their page in time.
     pub path_errors: AtomicU64,
+    /// Host writes this peer was replicating as their page's leader when a move cut
+    /// over, sent to the new leader instead (the host saw no error).
+    pub releads: AtomicU64,
     /// Replica writes this peer sent as the leader of their pages' sets (a part per
     /// member).
     pub replica_parts: AtomicU64,

@@ -43,24 +43,46 @@ pub fn start_page(
     r: &VolumeRecord,
     page: u64,
     from: Option<u16>,
+    to: (u16, i64),
+    now_ms: u64,
+) -> Result<VolumeRecord, String> {
+    start_pages(r, &[page], from, to, now_ms)
+}
+
+/// [`start_page`] for several pages of one set at once (the rebalancer's batches):
+/// they share the new set, so they are copied together and cut over together.
+pub fn start_pages(
+    r: &VolumeRecord,
+    pages: &[u64],
+    from: Option<u16>,
     (to, to_inc): (u16, i64),
     now_ms: u64,
 ) -> Result<VolumeRecord, String> {
     let mut page_sets = r.page_sets()?;
-    let idx = usize::try_from(page).ok().filter(|&p| p < page_sets.len());
-    let Some(idx) = idx else {
-        return Err(format!("volume {:?} has {} pages: no page {page}", r.name, page_sets.len()));
-    };
-    let old = r.sets.get(usize::from(page_sets[idx])).ok_or("the page's set is missing")?;
+    let &first = pages.first().ok_or("no page to move")?;
+    let mut set_index = None;
+    for &page in pages {
+        let idx = usize::try_from(page).ok().filter(|&p| p < page_sets.len());
+        let Some(idx) = idx else {
+            return Err(format!("volume {:?} has {} pages: no page {page}", r.name, page_sets.len()));
+        };
+        if *set_index.get_or_insert(page_sets[idx]) != page_sets[idx] {
+            return Err(format!("pages {first} and {page} are in different sets: they move apart"));
+        }
+    }
+    let old_index = set_index.expect("at least one page");
+    let old = r.sets.get(usize::from(old_index)).ok_or("the page's set is missing")?;
     if let Some(mv) = old.mv {
-        return Err(format!("page {page} moves already: from peer {} to peer {} (id {})", mv.from, mv.to, mv.id));
+        return Err(format!("page {first} moves already: from peer {} to peer {} (id {})", mv.from, mv.to, mv.id));
     }
     let mut set = SetRecord { leader: old.leader, members: old.members.clone(), mv: None };
     start_set(&mut set, from.unwrap_or(old.leader), (to, to_inc), now_ms)?;
     let mut next = r.clone();
     let si = u16::try_from(next.sets.len()).map_err(|_| "the volume has no set index left".to_string())?;
     next.sets.push(set);
-    page_sets[idx] = si;
+    for &page in pages {
+        page_sets[usize::try_from(page).expect("checked")] = si;
+    }
     next.set_page_sets(&page_sets);
     next.epoch += 1;
     Ok(next)

@@ -88,6 +88,7 @@ pub mod fence;
 pub mod locks;
 pub mod migration;
 pub mod plan;
+pub mod rebalance;
 pub mod rebuild;
 pub mod set;
 pub mod sim;

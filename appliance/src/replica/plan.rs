@@ -124,11 +124,56 @@ pub fn plan_with_notes(r: &VolumeRecord, input: &PlanInput<'_>) -> (Option<Volum
         resize(&mut next.sets[i], i, usize::from(r.replicas), input, &held, &mut why);
         debug_assert!(next.sets[i].check().is_ok(), "{:?}", next.sets[i]);
     }
-    if next.sets == r.sets {
+    coalesce(&mut next, &mut why);
+    if next.sets == r.sets && next.pages == r.pages {
         return (None, Vec::new(), notes);
     }
     next.epoch += 1;
     (Some(next), why, notes)
+}
+
+/// A set that has settled into the same members as an older one that has pages (a
+/// page moved to a peer holding others of the volume the same way) gives its pages
+/// to the older one, so that a volume whose pages move keeps a few sets: set indices
+/// are never reused, and a volume has at most 65536. Both sets are in sync with no
+/// move, so nothing is copied or tracked for them: only the routing changes, to the
+/// same members in the same positions.
+fn coalesce(r: &mut VolumeRecord, why: &mut Vec<String>) {
+    let Ok(mut page_sets) = r.page_sets() else { return };
+    let mut count = vec![0u64; r.sets.len()];
+    for &s in &page_sets {
+        count[usize::from(s)] += 1;
+    }
+    let settled = |s: &SetRecord| s.mv.is_none() && s.members.iter().all(|m| m.state == MemberState::Sync);
+    let mut into: Vec<u16> = Vec::with_capacity(r.sets.len());
+    let mut changed = false;
+    for j in 0..r.sets.len() {
+        let sj = &r.sets[j];
+        let k = (count[j] > 0 && settled(sj))
+            .then(|| {
+                (0..j).find(|&k| {
+                    let sk = &r.sets[k];
+                    count[k] > 0 && settled(sk) && sk.leader == sj.leader && sk.members == sj.members
+                })
+            })
+            .flatten();
+        match k {
+            Some(k) => {
+                why.push(format!("set {j}: its {} pages join set {k} (the same copies)", count[j]));
+                into.push(u16::try_from(k).expect("k < j, a set index"));
+                count[k] += count[j];
+                count[j] = 0;
+                changed = true;
+            }
+            None => into.push(u16::try_from(j).expect("a set index")),
+        }
+    }
+    if changed {
+        for s in &mut page_sets {
+            *s = into[usize::from(*s)];
+        }
+        r.set_page_sets(&page_sets);
+    }
 }
 
 /// Copies of the volume each peer holds (members in any state).
@@ -387,6 +432,7 @@ pub(super) mod tests {
             replicas,
             sets,
             pages: String::new(),
+            pinned: Vec::new(),
             owners: String::new(),
         };
         r.set_page_sets(page_sets);

@@ -165,15 +165,17 @@ impl Rebuilds {
         });
         let page_sets = record.page_sets().unwrap_or_default();
         for (key, (full, slot)) in wanted {
+            let pages: Vec<u64> =
+                page_sets.iter().enumerate().filter(|(_, &s)| usize::from(s) == key.1).map(|(p, _)| p as u64).collect();
+            // The set's pages changed under a task this peer kept (it did not see the
+            // records in between, e.g. pages of a settled set joined this one): its
+            // progress counts pages that are not the set's any more.
+            if self.tasks.get(&key).is_some_and(|t| t.all != pages) {
+                self.tasks.remove(&key);
+            }
             let serial = &mut self.next_serial;
             self.tasks.entry(key).or_insert_with(|| {
                 *serial += 1;
-                let pages: Vec<u64> = page_sets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &s)| usize::from(s) == key.1)
-                    .map(|(p, _)| p as u64)
-                    .collect();
                 tracing::info!(
                     volume = %record.name, set = key.1, member = key.2, full, pages = pages.len(),
                     "rebuild of a member starts"

@@ -19,6 +19,9 @@
 //! - the coordinator: the first live peer that reaches etcd, planning every 100 ms;
 //! - operators: a page moved to a peer that does not hold it (`quire page move`), a
 //!   peer drained and undrained (`quire peer drain`), at random moments;
+//! - the rebalancer ([`super::rebalance::decide`], the real one) on every plan that
+//!   changes nothing, with peers of weights 1 and 2: it moves pages back towards
+//!   their ideal share after every operator's move and drain;
 //! - a host: one write at a time per block (numbered versions), reads, each sent to
 //!   a random peer, retried on any error until it succeeds.
 //!
@@ -74,8 +77,10 @@ pub struct SimStats {
     pub plans: u64,
     /// Promotions.
     pub promotions: u64,
-    /// Moves of a page started.
+    /// Moves of a page started by the operator (or a drain).
     pub moves: u64,
+    /// Moves the rebalancer started.
+    pub rebalanced: u64,
 }
 
 struct Rng(u64);
@@ -248,6 +253,7 @@ impl Sim {
                 replicas: cfg.replicas,
                 sets: Vec::new(),
                 pages: String::new(),
+                pinned: Vec::new(),
                 owners: String::new(),
             },
             revision: 1,
@@ -626,7 +632,7 @@ impl Sim {
             .map(|p| {
                 let info = PeerInfo {
                     lease: self.leases.get(&p).map(|&(l, _)| l),
-                    weight: 1,
+                    weight: 1 + u64::from(p % 2),
                     boot: format!("boot-{}", self.peers[usize::from(p)].boot),
                     draining: self.drained == Some(p),
                 };
@@ -644,6 +650,22 @@ impl Sim {
             self.stats.plans += 1;
             self.note(format!("coordinator {c}: {}", why.join("; ")));
             self.put_record(next);
+            return;
+        }
+        // The rebalancer, on a record the plan leaves as it is (peers weigh 1 or 2).
+        let vols = BTreeMap::from([(self.record.name.clone(), self.record.clone())]);
+        let policy =
+            super::rebalance::Policy { enabled: true, paused: false, tolerance_pct: 10, moves_max: 2, batch_max: 2 };
+        if let super::rebalance::Decision::Move { pages, from, to, .. } =
+            super::rebalance::decide(&vols, &input, &policy)
+        {
+            if let Ok(next) =
+                super::migration::start_pages(&self.record, &pages, Some(from.peer), (to.0.peer, to.1), self.now)
+            {
+                self.stats.rebalanced += 1;
+                self.note(format!("coordinator {c}: rebalance pages {pages:?} from {} to {}", from.peer, to.0.peer));
+                self.put_record(next);
+            }
         }
     }
 
@@ -1097,9 +1119,18 @@ impl Sim {
                         self.send(Some(p), Some(m.peer), Msg::Rep { wid, b, v, epoch });
                     }
                     None => {
-                        // Nothing missing: promote (a compare-and-swap in etcd, checked
-                        // as the agent does).
-                        if !self.reaches_etcd(p) {
+                        // Nothing missing in this page. The member is promoted (a
+                        // compare-and-swap in etcd, checked as the agent does) once no
+                        // page of the set lacks anything: every page's copy started
+                        // (its blocks marked) and none marked any more.
+                        let peer = &self.peers[usize::from(p)];
+                        let set_done = page_sets.iter().enumerate().filter(|(_, &x)| x == si).all(|(pg, _)| {
+                            let pg = u16::try_from(pg).expect("few");
+                            peer.copying.contains_key(&(si, pg, m.peer, m.inc, k))
+                                && (0..self.cfg.blocks)
+                                    .all(|b| peer.missed.get(&(pg, b)).is_none_or(|&x| x & (1 << k) == 0))
+                        });
+                        if !set_done || !self.reaches_etcd(p) {
                             continue;
                         }
                         let my_lease = self.peers[usize::from(p)].lease;

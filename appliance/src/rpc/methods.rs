@@ -52,9 +52,17 @@ pub const MIGRATION_LIST: &str = "migration_list";
 pub const MIGRATION_CANCEL: &str = "migration_cancel";
 /// `peer_drain`.
 pub const PEER_DRAIN: &str = "peer_drain";
+/// `page_pin`.
+pub const PAGE_PIN: &str = "page_pin";
+/// `peer_remove`.
+pub const PEER_REMOVE: &str = "peer_remove";
+/// `rebalance_status`.
+pub const REBALANCE_STATUS: &str = "rebalance_status";
+/// `rebalance_pause`.
+pub const REBALANCE_PAUSE: &str = "rebalance_pause";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 26] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -77,6 +85,10 @@ pub const ALL: [&str; 22] = [
     MIGRATION_LIST,
     MIGRATION_CANCEL,
     PEER_DRAIN,
+    PAGE_PIN,
+    PEER_REMOVE,
+    REBALANCE_STATUS,
+    REBALANCE_PAUSE,
 ];
 
 /// One entry of `stats_requests`: how often requests went from one state to another.
@@ -154,6 +166,67 @@ pub struct PeerDrainParams {
     /// Stop draining it instead.
     #[serde(default)]
     pub undo: bool,
+}
+
+/// Params of `page_pin`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagePinParams {
+    /// The volume.
+    pub volume: String,
+    /// The page.
+    pub page: u64,
+    /// Unpin it instead.
+    #[serde(default)]
+    pub undo: bool,
+}
+
+/// Params of `rebalance_pause`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalancePauseParams {
+    /// Pause (true) or resume (false).
+    pub paused: bool,
+}
+
+/// The answer of `rebalance_status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceStatus {
+    /// The coordinator's `rebalance.enabled`.
+    pub enabled: bool,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// The coordinator's last word: why nothing moves, or what it is moving and why.
+    pub state: String,
+    /// The coordinator's `rebalance.tolerance_pct`.
+    pub tolerance_pct: u32,
+    /// The coordinator's `rebalance.moves_max`.
+    pub moves_max: u32,
+    /// Moves under way (every kind).
+    pub moves: u64,
+    /// Pinned pages, over every volume.
+    pub pinned: u64,
+    /// Every peer's share.
+    pub peers: Vec<RebalancePeer>,
+    /// The moves it started last, oldest first.
+    pub history: Vec<crate::group::keys::RebalanceMove>,
+}
+
+/// A peer's share in `rebalance_status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalancePeer {
+    /// Its name.
+    pub name: String,
+    /// Its weight.
+    pub weight: u64,
+    /// Bytes of page copies it holds once the moves under way are done.
+    pub held_bytes: u64,
+    /// Its ideal share (0: takes no part).
+    pub ideal_bytes: u64,
+    /// held / ideal, percent (0 when it takes no part).
+    pub share_pct: u64,
+    /// Takes part (live, weighted, not drained).
+    pub eligible: bool,
 }
 
 /// One entry of `migration_list`: a move of pages between peers under way.
@@ -462,6 +535,9 @@ pub struct ReactorStatsEntry {
     /// Forwarded parts answered with a path error (owner unreachable past the hold).
     #[serde(default)]
     pub path_errors: u64,
+    /// Host writes sent to their page's new leader after a move's cut-over.
+    #[serde(default)]
+    pub releads: u64,
     /// Replica writes sent as a page set's leader (one per member).
     #[serde(default)]
     pub replica_parts: u64,

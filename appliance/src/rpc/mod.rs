@@ -56,6 +56,10 @@
 //! | `migration_list` | none | `[{id, volume, first_page, pages, from, to, phase}]` |
 //! | `migration_cancel` | `{volume, id}` | `true` |
 //! | `peer_drain` | `{name, undo?}` | `true` |
+//! | `page_pin` | `{volume, page, undo?}` | `true` |
+//! | `peer_remove` | `{name}` | `true` |
+//! | `rebalance_status` | none | `{enabled, paused, state, tolerance_pct, moves_max, moves, pinned, peers: [{name, weight, held_bytes, ideal_bytes, share_pct, eligible}], history: [{at_ms, volume, page, pages, from, to, why}]}` |
+//! | `rebalance_pause` | `{paused}` | `true` |
 //! | `volume_pages` | `{name}` | `{name, epoch, page_size, pages, replicas, runs: [{first, count, owner, set}], owners: [{owner, pages, copies}], sets: [{set, leader, pages, members: [{peer, state, inc}]}]}` |
 //! | `subsystem_list` | none | `[{nqn, volume, allowed_hosts: [hostnqn], controllers}]` |
 //! | `subsystem_allow_host` | `{nqn, host}` | `true` |
@@ -97,6 +101,17 @@
 //! - `peer_drain`: the coordinator moves the peer's copy out of every set, one move per
 //!   set at a time, to the live peers holding the fewest copies; a drained peer takes
 //!   no new copies (new volumes, new replicas) until `undo`.
+//! - `peer_remove`: forgets a peer for good (its routing id, drain mark, revocation
+//!   and rebuild records); refused (`INVALID_STATE`) while it is live or any set of
+//!   any volume names it (drain it, stop it, then remove it).
+//! - `rebalance_status`: the coordinator moves pages (as `page_move` does) so that
+//!   every live, undrained peer with a weight holds copies in proportion to its
+//!   weight (`ideal_bytes`, counted as the records will stand once the moves under
+//!   way are done); it starts one when a peer is more than `tolerance_pct` off its
+//!   ideal and fewer than `moves_max` moves copy (up to `batch_pages` pages of one
+//!   set each), and never moves a page so far that its source ends below its target. `state` is its last word (why nothing moves, or
+//!   the move it started and why), `history` its last 32 moves. `rebalance_pause`
+//!   stops it group-wide until resumed; `page_pin` keeps a page where it is.
 //! - `volume_pages`: `runs` are consecutive pages of one replica set, `owner` its
 //!   leader (the peer that orders its writes); `owners[].pages` counts the pages a peer
 //!   leads, `copies` the copies it holds; a member's `state` is `sync`, `reconcile`,

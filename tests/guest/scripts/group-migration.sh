@@ -9,8 +9,11 @@
 #     pages by hand (`quire page move`), until step 2.
 #  3. fio writes and verifies region 2 in a loop while the test drains a peer
 #     (`quire peer drain`): every copy it held moves to the two others, until step 3.
-#  4. Regions 0, 1 and 2 verify; every path is still live (a drained peer still
-#     serves I/O, forwarding it).
+#  4. fio writes and verifies region 3 in a loop while a fourth peer joins and the
+#     coordinator's rebalancer gives it its share of the copies, until step 4.
+#  5. Regions 0 to 3 verify; every path is still live (a drained peer still serves
+#     I/O, forwarding it; the host has no path to the fourth peer: its I/O to the
+#     pages there is forwarded).
 #
 # Env: DISC_ADDR, DISC_PORT (a peer's discovery), NQN, CTRL_PORT (the test's step
 #   counter at 10.0.2.2), PEERS (3), REGION_MB.
@@ -27,10 +30,14 @@ mark "phase 2 verified: no I/O error"
 looped_phase 2 3 "a peer drained"
 mark "phase 3 verified: no I/O error"
 
-verify_only 0 1 p4-region0
-verify_only 1 "$(cat "$WORK/seed1")" p4-region1
-verify_only 2 "$(cat "$WORK/seed2")" p4-region2
+looped_phase 3 4 "a fourth peer joined and rebalanced"
+mark "phase 4 verified: no I/O error"
+
+verify_only 0 1 p5-region0
+verify_only 1 "$(cat "$WORK/seed1")" p5-region1
+verify_only 2 "$(cat "$WORK/seed2")" p5-region2
+verify_only 3 "$(cat "$WORK/seed3")" p5-region3
 paths_are "$PEERS" || fail "$(live_paths) live paths, not $PEERS"
-mark "phase 4 verified: every region, $PEERS paths live"
+mark "phase 5 verified: every region, $PEERS paths live"
 nvme disconnect-all > /dev/null || fail "nvme disconnect-all failed"
 pass

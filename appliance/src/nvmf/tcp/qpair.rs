@@ -511,6 +511,39 @@ impl TcpQpair {
         self.maybe_closed(ctx);
     }
 
+    /// A replica write of request `f.rref.req`, ordered here as its page's leader, was
+    /// refused because this peer leads the page no more (`Finished::LostLead`). The
+    /// request gives back its pieces of the page (the new leader's replica write to
+    /// this peer needs them) and its part goes to the new leader, once per part
+    /// however many members refused it; the new leader applies it at every member
+    /// (the same data: this peer's own copy already has it, or will have it from
+    /// the device write in flight, which the request still waits for).
+    pub fn on_lost_lead(&mut self, mut f: Box<crate::peer::client::Forward>, ctx: &mut ReactorCtx) {
+        let idx = f.rref.req;
+        let r = self.reqs.req_mut(idx);
+        let table = ctx.volumes.get(&f.volume).map(|v| &v.view.pieces);
+        r.locks.retain(|&(page, mask)| {
+            if page != f.page {
+                return true;
+            }
+            if let Some(t) = table {
+                t.unlock(page, mask);
+            }
+            false
+        });
+        if r.releads.contains(&f.lba) {
+            // Sent to the new leader already (another member refused it first).
+            crate::volume::io::on_forward_done(&mut self.reqs, idx, Ok(()));
+            self.process(idx, ctx);
+            self.maybe_closed(ctx);
+            return;
+        }
+        r.releads.push(f.lba);
+        add(&ctx.stats.releads, 1);
+        f.replica = false;
+        ctx.route_again(*f);
+    }
+
     /// The control thread answered an allocation request `idx` waited for.
     pub fn on_alloc_done(&mut self, idx: u16, result: Result<(), Status>, ctx: &mut ReactorCtx) {
         self.reqs.req_mut(idx).alloc_answered(idx, result);

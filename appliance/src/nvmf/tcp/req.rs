@@ -233,6 +233,11 @@ pub struct Req {
     /// Pieces of replicated pages this request holds: (page, pieces), all of one
     /// volume (`replica::locks`); given back before it completes.
     pub locks: Vec<(u64, u64)>,
+    /// First blocks of the parts this request ordered as its page's leader and sent,
+    /// once this peer stopped leading the page, to the new leader instead (one send
+    /// per part, however many members refused it; empty, and never allocated, but for
+    /// a request that straddled a move's cut-over).
+    pub releads: Vec<u64>,
 }
 
 impl Req {
@@ -261,6 +266,7 @@ impl Req {
             counted: false,
             started: std::time::Instant::now(),
             locks: Vec::with_capacity(2),
+            releads: Vec::new(),
         }
     }
 
@@ -430,6 +436,7 @@ impl ReqTable {
         r.misrouted = false;
         r.flush_after = false;
         r.counted = false;
+        r.releads.clear();
         r.started = std::time::Instant::now();
         r.state = ReqState::New;
         self.transitions[ReqState::Free.index()][ReqState::New.index()] += 1;

@@ -1,0 +1,453 @@
+//! The rebalancer: the coordinator moves pages so that every peer holds a share of the
+//! group's copies in proportion to its weight (its **ideal capacity**), a pure function
+//! of the volume records, run after the replica plan on every read of the group.
+//!
+//! What a peer holds is counted in bytes of page copies as the records will stand once
+//! every move under way is done (a move's target counts, its source does not; a
+//! `Leaving` copy does not). Only live peers with a weight that are not drained take
+//! part; the ideal share of peer `p` is `total × weight_p / Σ weight`, where `total`
+//! is every copy of every page (those on peers gone or drained too: they come back
+//! to the others).
+//!
+//! One decision per run, each a move of up to `batch_max` pages of one set
+//! (`replica::migration::start_pages`: the pages are copied live and cut over
+//! together, then their old copy leaves):
+//!
+//! - **When.** Some peer holds more than its ideal by more than `tolerance_pct`, or
+//!   less by as much (and some page can move without overshooting, below); fewer than `moves_max` moves are under way in the group (drains'
+//!   and operators' included); the rebalancer is enabled and not paused.
+//! - **What.** From the peer holding the most for its weight to the one holding the
+//!   least, pages of one set that is all in sync and not moving, that the target
+//!   does not hold and that no operator pinned: the last such pages in (volume name,
+//!   page) order: one as the no-overshoot rule allows, more while neither peer
+//!   passes its ideal, at most `batch_max`.
+//! - **Never back and forth.** A page moves only when, after the move, its source still
+//!   holds at least as much for its weight as its target: every move brings each pair
+//!   closer and overshoots none, so the spread only narrows and the same page cannot be
+//!   sent back by the next decision. The tolerance band keeps a group that is nearly
+//!   even from moving pages for crumbs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::PlanInput;
+use super::set::{MemberState, MEMBERS_MAX};
+use crate::group::keys::VolumeRecord;
+
+/// How the coordinator's configuration and the operators steer it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// `rebalance.enabled`.
+    pub enabled: bool,
+    /// `quire rebalance pause`.
+    pub paused: bool,
+    /// `rebalance.tolerance_pct`.
+    pub tolerance_pct: u32,
+    /// `rebalance.moves_max`.
+    pub moves_max: usize,
+    /// Pages one move takes at most (of one set: they are copied and cut over
+    /// together).
+    pub batch_max: usize,
+}
+
+/// One peer's share.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// Routing id.
+    pub peer: u16,
+    /// Its weight.
+    pub weight: u64,
+    /// Bytes of page copies it holds once the moves under way are done.
+    pub held_bytes: u64,
+    /// Its ideal (0 when it takes no part).
+    pub ideal_bytes: u64,
+    /// Live, weighted and not drained: takes part.
+    pub eligible: bool,
+}
+
+impl Share {
+    /// Out of the tolerance band around its ideal.
+    fn out_of_band(&self, tolerance_pct: u32) -> bool {
+        let held = u128::from(self.held_bytes) * 100;
+        let ideal = u128::from(self.ideal_bytes);
+        held > ideal * u128::from(100 + tolerance_pct)
+            || held < ideal * u128::from(100u32.saturating_sub(tolerance_pct))
+    }
+
+    /// Moving `bytes` from `self` to `to` leaves `self` holding at least as much for
+    /// its weight as `to` (no overshoot).
+    fn may_give(&self, to: &Share, bytes: u64) -> bool {
+        self.held_bytes >= bytes
+            && u128::from(self.held_bytes - bytes) * u128::from(to.weight)
+                >= u128::from(to.held_bytes + bytes) * u128::from(self.weight)
+    }
+}
+
+/// The group's spread: every peer's share and the moves under way.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Spread {
+    /// By routing id.
+    pub peers: BTreeMap<u16, Share>,
+    /// Bytes of every copy.
+    pub total_bytes: u64,
+    /// Moves under way.
+    pub moves: usize,
+    /// Of those, moves still copying (the rest wait a lease TTL for the old copy to
+    /// leave, which costs nothing: the rebalancer does not count them).
+    pub copying: usize,
+    /// The smallest page of any volume.
+    pub page_min: u64,
+}
+
+/// What the rebalancer decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing moves, and why.
+    Idle(String),
+    /// Move `pages` (of one set) of `volume` from peer `from` to peer `to`.
+    Move {
+        /// Volume name.
+        volume: String,
+        /// Page indices, ascending.
+        pages: Vec<u64>,
+        /// Source peer's share.
+        from: Share,
+        /// Target peer's share, and its lease.
+        to: (Share, i64),
+    },
+}
+
+/// Why a move from `from` to `to` was made, for `quire rebalance status` (peers by
+/// name).
+pub fn explain((from_name, from): (&str, &Share), (to_name, to): (&str, &Share)) -> String {
+    format!(
+        "{from_name} holds {} MiB (ideal {} MiB), {to_name} holds {} MiB (ideal {} MiB)",
+        from.held_bytes >> 20,
+        from.ideal_bytes >> 20,
+        to.held_bytes >> 20,
+        to.ideal_bytes >> 20
+    )
+}
+
+/// The spread of `volumes` over `input.peers`.
+pub fn spread(volumes: &BTreeMap<String, VolumeRecord>, input: &PlanInput<'_>) -> Spread {
+    let mut out = Spread::default();
+    let mut held: BTreeMap<u16, u64> = BTreeMap::new();
+    for r in volumes.values() {
+        let Ok(page_sets) = r.page_sets() else { continue };
+        out.page_min = if out.page_min == 0 { r.page_size } else { out.page_min.min(r.page_size) };
+        let mut pages_per_set = vec![0u64; r.sets.len()];
+        for &s in &page_sets {
+            pages_per_set[usize::from(s)] += 1;
+        }
+        for (s, &n) in r.sets.iter().zip(&pages_per_set) {
+            if n == 0 {
+                continue;
+            }
+            out.moves += usize::from(s.mv.is_some());
+            out.copying += usize::from(s.mv.is_some_and(|mv| mv.cut_ms.is_none()));
+            for m in &s.members {
+                let leaving =
+                    matches!(m.state, MemberState::Leaving { .. }) || s.mv.is_some_and(|mv| mv.from == m.peer);
+                if !leaving {
+                    *held.entry(m.peer).or_default() += n * r.page_size;
+                }
+            }
+        }
+    }
+    out.total_bytes = held.values().sum();
+    let eligible = |id: &u16| input.peers.get(id).is_some_and(|p| p.lease.is_some() && p.weight > 0 && !p.draining);
+    let weights: u128 = input.peers.iter().filter(|(id, _)| eligible(id)).map(|(_, p)| u128::from(p.weight)).sum();
+    for (&id, p) in input.peers {
+        let ok = eligible(&id);
+        let ideal = if ok && weights > 0 {
+            u64::try_from(u128::from(out.total_bytes) * u128::from(p.weight) / weights).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
+        let held_bytes = held.get(&id).copied().unwrap_or(0);
+        out.peers.insert(id, Share { peer: id, weight: p.weight, held_bytes, ideal_bytes: ideal, eligible: ok });
+    }
+    out
+}
+
+/// The next move, or why there is none.
+pub fn decide(volumes: &BTreeMap<String, VolumeRecord>, input: &PlanInput<'_>, policy: &Policy) -> Decision {
+    if !policy.enabled {
+        return Decision::Idle("disabled (rebalance.enabled = false on the coordinator)".into());
+    }
+    if policy.paused {
+        return Decision::Idle("paused (quire rebalance resume)".into());
+    }
+    let spread = spread(volumes, input);
+    if spread.moves >= policy.moves_max {
+        return Decision::Idle(format!(
+            "{} moves under way (rebalance.moves_max = {})",
+            spread.moves, policy.moves_max
+        ));
+    }
+    let eligible: Vec<&Share> = spread.peers.values().filter(|s| s.eligible).collect();
+    if eligible.len() < 2 {
+        return Decision::Idle("fewer than two peers take copies".into());
+    }
+    if spread.total_bytes == 0 {
+        return Decision::Idle("no page to spread".into());
+    }
+    let band = |s: &Share| s.out_of_band(policy.tolerance_pct);
+    if !eligible.iter().any(|s| band(s)) {
+        return Decision::Idle(format!("every peer within {}% of its ideal", policy.tolerance_pct));
+    }
+    if !eligible.iter().any(|a| eligible.iter().any(|b| (band(a) || band(b)) && a.may_give(b, spread.page_min))) {
+        // E.g. 16 pages on 3 peers: 6, 5, 5 is as even as it gets.
+        return Decision::Idle("every peer as close to its ideal as whole pages allow".into());
+    }
+    // Most loaded for its weight first (ties: lowest id), and the reverse.
+    let load = |a: &&Share, b: &&Share| {
+        (u128::from(a.held_bytes) * u128::from(b.weight)).cmp(&(u128::from(b.held_bytes) * u128::from(a.weight)))
+    };
+    let mut sources = eligible.clone();
+    sources.sort_by(|a, b| load(b, a).then(a.peer.cmp(&b.peer)));
+    let mut targets = eligible;
+    targets.sort_by(|a, b| load(a, b).then(a.peer.cmp(&b.peer)));
+    for from in &sources {
+        for to in &targets {
+            if from.peer == to.peer || !(band(from) || band(to)) {
+                continue;
+            }
+            let Some((volume, pages)) = pick(volumes, from, to, policy.batch_max) else { continue };
+            let to_inc = input.peers.get(&to.peer).and_then(|p| p.lease).expect("eligible peers are live");
+            return Decision::Move { volume, pages, from: (*from).clone(), to: ((*to).clone(), to_inc) };
+        }
+    }
+    Decision::Idle("out of balance, waiting: the pages that could move are pinned, moving, or not in sync".into())
+}
+
+/// Pages of one set that can move from `from` to `to`: those of the last movable set
+/// (in (volume name, page) order), at most `batch_max` and as many as leave `from`
+/// holding at least as much for its weight as `to`, the last ones first.
+fn pick(
+    volumes: &BTreeMap<String, VolumeRecord>,
+    from: &Share,
+    to: &Share,
+    batch_max: usize,
+) -> Option<(String, Vec<u64>)> {
+    let mut found = None;
+    for (name, r) in volumes {
+        if !from.may_give(to, r.page_size) {
+            continue;
+        }
+        let Ok(page_sets) = r.page_sets() else { continue };
+        let movable: Vec<bool> = r
+            .sets
+            .iter()
+            .map(|s| {
+                s.mv.is_none()
+                    && s.members.len() < MEMBERS_MAX
+                    && s.member(from.peer).is_some()
+                    && s.member(to.peer).is_none()
+                    && s.members.iter().all(|m| m.state == MemberState::Sync)
+            })
+            .collect();
+        let free = |p: usize| movable[usize::from(page_sets[p])] && r.pinned.binary_search(&(p as u64)).is_err();
+        let Some(last) = (0..page_sets.len()).rev().find(|&p| free(p)) else { continue };
+        let set = page_sets[last];
+        let mut pages = Vec::new();
+        for p in (0..=last).rev().filter(|&p| page_sets[p] == set && free(p)) {
+            let bytes = r.page_size * (pages.len() as u64 + 1);
+            // The first page by the no-overshoot rule; more only while neither peer
+            // passes its ideal (a batch moves no page that a later decision would send
+            // elsewhere).
+            let within =
+                from.held_bytes.saturating_sub(bytes) >= from.ideal_bytes && to.held_bytes + bytes <= to.ideal_bytes;
+            if pages.len() >= batch_max || !from.may_give(to, bytes) || (!pages.is_empty() && !within) {
+                break;
+            }
+            pages.push(p as u64);
+        }
+        pages.reverse();
+        found = Some((name.clone(), pages));
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::migration::start_pages;
+    use crate::replica::plan::tests::{input, peers, volume};
+    use crate::replica::plan::{plan_volume, PeerInfo};
+    use crate::replica::set::SetRecord;
+
+    const POLICY: Policy = Policy { enabled: true, paused: false, tolerance_pct: 10, moves_max: 2, batch_max: 1 };
+
+    fn one(v: VolumeRecord) -> BTreeMap<String, VolumeRecord> {
+        BTreeMap::from([(v.name.clone(), v)])
+    }
+
+    /// Runs decisions and plans (every move's copy done at once) until the rebalancer
+    /// idles; the number of moves.
+    fn settle(vols: &mut BTreeMap<String, VolumeRecord>, p: &BTreeMap<u16, PeerInfo>, policy: &Policy) -> usize {
+        let none = BTreeMap::new();
+        let mut now = 1000;
+        let mut moves = 0;
+        for _ in 0..10_000 {
+            now += 10_000;
+            let inp = input(now, p, &none);
+            for r in vols.values_mut() {
+                // The leader's copy is done: promote every member being rebuilt.
+                for s in &mut r.sets {
+                    for m in &mut s.members {
+                        if matches!(m.state, MemberState::Rebuild { .. }) {
+                            m.state = MemberState::Sync;
+                        }
+                    }
+                }
+                while let Some((next, _)) = plan_volume(r, &inp) {
+                    *r = next;
+                }
+            }
+            match decide(vols, &inp, policy) {
+                Decision::Idle(_) if vols.values().all(|r| r.sets.iter().all(|s| s.mv.is_none())) => return moves,
+                Decision::Idle(_) => {}
+                Decision::Move { volume, pages, from, to } => {
+                    let r = vols.get_mut(&volume).unwrap();
+                    *r = start_pages(r, &pages, Some(from.peer), (to.0.peer, to.1), now).unwrap();
+                    moves += 1;
+                }
+            }
+        }
+        panic!("never settles");
+    }
+
+    #[test]
+    fn a_peer_that_joins_receives_its_share_and_nothing_flaps() {
+        // 24 pages, one copy each, on peers 0..3; peer 3 joins.
+        let r = volume(1, (0..3).map(|p| SetRecord::fresh(&[(p, 10 + i64::from(p))])).collect(), &[0, 1, 2].repeat(8));
+        let mut vols = one(r);
+        let p = peers(&[(0, Some(10)), (1, Some(11)), (2, Some(12)), (3, Some(13))]);
+        let moves = settle(&mut vols, &p, &POLICY);
+        let s = spread(&vols, &input(0, &p, &BTreeMap::new()));
+        let held: Vec<u64> = s.peers.values().map(|s| s.held_bytes / (4 << 20)).collect();
+        assert_eq!(held, vec![6, 6, 6, 6], "{s:?}");
+        assert_eq!(moves, 6, "exactly the pages peer 3 had to receive");
+        // Settled stays settled.
+        assert!(matches!(decide(&vols, &input(0, &p, &BTreeMap::new()), &POLICY), Decision::Idle(_)));
+        // Moved pages end in one set with peer 3's other pages.
+        let r = &vols["v"];
+        let used: std::collections::BTreeSet<u16> = r.page_sets().unwrap().into_iter().collect();
+        assert_eq!(used.len(), 4, "moved pages coalesce into one set per peer: {:?}", r.page_sets());
+    }
+
+    #[test]
+    fn a_few_pages_settle_within_a_page_of_the_ideal() {
+        // 16 pages on one peer of three: 6, 5, 5 (6 is 12% over 5.33, but no page can
+        // move without overshooting).
+        let r = volume(1, vec![SetRecord::fresh(&[(0, 10)])], &[0; 16]);
+        let mut vols = one(r);
+        let p = peers(&[(0, Some(10)), (1, Some(11)), (2, Some(12))]);
+        assert_eq!(settle(&mut vols, &p, &POLICY), 10);
+        let s = spread(&vols, &input(0, &p, &BTreeMap::new()));
+        let held: Vec<u64> = s.peers.values().map(|s| s.held_bytes >> 22).collect();
+        assert_eq!(held, vec![6, 5, 5]);
+        match decide(&vols, &input(0, &p, &BTreeMap::new()), &POLICY) {
+            Decision::Idle(why) => assert!(why.contains("whole pages"), "{why}"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn batches_move_several_pages_of_one_set_and_end_at_the_same_spread() {
+        let r = volume(1, (0..3).map(|p| SetRecord::fresh(&[(p, 10 + i64::from(p))])).collect(), &[0, 1, 2].repeat(8));
+        let p = peers(&[(0, Some(10)), (1, Some(11)), (2, Some(12)), (3, Some(13))]);
+        let batched = Policy { batch_max: 4, ..POLICY };
+        // The first decision takes two pages of one set: peer 0 holds 8, the ideal is
+        // 6, so two can go without it ending below peer 3.
+        match decide(&one(r.clone()), &input(0, &p, &BTreeMap::new()), &batched) {
+            Decision::Move { pages, from, to, .. } => {
+                assert_eq!((pages.len(), from.peer, to.0.peer), (2, 0, 3), "{pages:?}");
+                let sets = r.page_sets().unwrap();
+                let set_of = |pg: u64| sets[usize::try_from(pg).unwrap()];
+                assert!(pages.iter().all(|&pg| set_of(pg) == set_of(pages[0])), "one set");
+            }
+            d => panic!("{d:?}"),
+        }
+        let mut vols = one(r);
+        let moves = settle(&mut vols, &p, &batched);
+        assert_eq!(moves, 3, "three moves of two pages");
+        let s = spread(&vols, &input(0, &p, &BTreeMap::new()));
+        let held: Vec<u64> = s.peers.values().map(|s| s.held_bytes / (4 << 20)).collect();
+        assert_eq!(held, vec![6, 6, 6, 6]);
+    }
+
+    #[test]
+    fn weights_set_the_shares_and_the_band_keeps_crumbs_in_place() {
+        // Peer 1 weighs 3: it ends holding three quarters.
+        let r = volume(1, vec![SetRecord::fresh(&[(0, 10)])], &[0; 16]);
+        let mut vols = one(r);
+        let mut p = peers(&[(0, Some(10)), (1, Some(11))]);
+        p.get_mut(&1).unwrap().weight = 3;
+        settle(&mut vols, &p, &POLICY);
+        let s = spread(&vols, &input(0, &p, &BTreeMap::new()));
+        assert_eq!((s.peers[&0].held_bytes >> 22, s.peers[&1].held_bytes >> 22), (4, 12));
+        // 9 against 7 is out of a 10% band, 8.5 against 7.5 would not be: with a 25%
+        // band nothing moves.
+        let r = volume(
+            1,
+            vec![SetRecord::fresh(&[(0, 10)]), SetRecord::fresh(&[(1, 11)])],
+            &[[0u16; 9].as_slice(), [1u16; 7].as_slice()].concat(),
+        );
+        let p = peers(&[(0, Some(10)), (1, Some(11))]);
+        let wide = Policy { tolerance_pct: 25, ..POLICY };
+        assert!(matches!(decide(&one(r.clone()), &input(0, &p, &BTreeMap::new()), &wide), Decision::Idle(_)));
+        assert!(
+            matches!(decide(&one(r), &input(0, &p, &BTreeMap::new()), &POLICY), Decision::Move { ref from, .. } if from.peer == 0)
+        );
+    }
+
+    #[test]
+    fn replicas_pins_pause_and_the_move_limit_are_respected() {
+        // Two copies of 8 pages on peers 0 and 1; peer 2 joins: it takes a third of
+        // the copies, never two copies of one page.
+        let r = volume(2, vec![SetRecord::fresh(&[(0, 10), (1, 11)])], &[0; 8]);
+        let p = peers(&[(0, Some(10)), (1, Some(11)), (2, Some(12))]);
+        let none = BTreeMap::new();
+        let mut vols = one(r.clone());
+        settle(&mut vols, &p, &POLICY);
+        let s = spread(&vols, &input(0, &p, &none));
+        let held: Vec<u64> = s.peers.values().map(|s| s.held_bytes >> 22).collect();
+        assert!(held.iter().all(|&h| (5..=6).contains(&h)) && held.iter().sum::<u64>() == 16, "{held:?}");
+        let r2 = &vols["v"];
+        for (i, s) in r2.sets.iter().enumerate() {
+            let mut peers = s.peers();
+            peers.dedup();
+            assert_eq!(peers.len(), s.members.len(), "set {i}: distinct peers");
+        }
+        // Paused, disabled, or at the move limit: nothing.
+        let inp = input(0, &p, &none);
+        for policy in
+            [Policy { paused: true, ..POLICY }, Policy { enabled: false, ..POLICY }, Policy { moves_max: 0, ..POLICY }]
+        {
+            assert!(matches!(decide(&one(r.clone()), &inp, &policy), Decision::Idle(_)), "{policy:?}");
+        }
+        // Pinned pages stay: with every page but 3 pinned, page 3 is the one.
+        let mut pinned = r.clone();
+        pinned.pinned = (0..8).filter(|&p| p != 3).collect();
+        match decide(&one(pinned.clone()), &inp, &POLICY) {
+            Decision::Move { pages, to, .. } => assert_eq!((pages, to.0.peer), (vec![3], 2)),
+            d => panic!("{d:?}"),
+        }
+        pinned.pinned = (0..8).collect();
+        assert!(matches!(decide(&one(pinned), &inp, &POLICY), Decision::Idle(_)));
+    }
+
+    #[test]
+    fn a_drained_or_gone_peer_takes_no_part() {
+        let r = volume(1, vec![SetRecord::fresh(&[(0, 10)]), SetRecord::fresh(&[(1, 11)])], &[0, 0, 0, 0, 1, 1, 1, 1]);
+        let mut p = peers(&[(0, Some(10)), (1, Some(11)), (2, None)]);
+        let none = BTreeMap::new();
+        assert!(matches!(decide(&one(r.clone()), &input(0, &p, &none), &POLICY), Decision::Idle(_)), "2 is gone");
+        p.insert(2, PeerInfo { lease: Some(12), weight: 1, boot: "b".into(), draining: true });
+        assert!(matches!(decide(&one(r), &input(0, &p, &none), &POLICY), Decision::Idle(_)), "2 is drained");
+    }
+}

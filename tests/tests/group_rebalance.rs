@@ -1,0 +1,124 @@
+//! The coordinator's rebalancer (`replica::rebalance`) with real peers: three
+//! `quire serve` peers on loopback, a real etcd, `quire-perf --verify` as the host.
+//! - paused, it moves nothing when a fourth peer joins, and says so;
+//! - resumed, it gives the fourth peer its share (within the tolerance of its ideal)
+//!   with live page moves while the host writes and verifies: no host error, every
+//!   block verifies, one copy of each page at the end, the peers read the same bytes;
+//! - a pinned page stays where it is;
+//! - the configured volume, made by the first peer up alone, is spread too;
+//! - `quire rebalance status` shows the shares, the last word and the moves it made.
+
+use std::time::Duration;
+
+use quire_tests::group::{
+    cli_json, rebalance_settled, rebalance_status, same_everywhere, setup, share_of, start_group, verified_io,
+    volume_on, wait_all, wait_for, DeviceSpec, Peer, PeerSpec,
+};
+use quire_tests::{require, serial, tail};
+use serde_json::Value;
+
+fn spec(name: &str, etcd: &str, secret: &std::path::Path) -> PeerSpec {
+    PeerSpec {
+        device: DeviceSpec::FileBuffered,
+        lease_ttl_s: 3,
+        rebalance: true,
+        // Two pages at once at 20 MB/s each: the moves overlap the host's I/O.
+        rebuild_mb_s: 20,
+        ..PeerSpec::new(name, etcd, secret)
+    }
+}
+
+#[test]
+fn a_fourth_peer_receives_its_share_under_io_and_pins_and_pause_hold() {
+    let _serial = serial();
+    if !require("a_fourth_peer_receives_its_share", quire_tests::group::perf_bin().map(|_| ())) {
+        return;
+    }
+    let Some((dir, etcd, secret)) = setup("a_fourth_peer_receives_its_share") else { return };
+    let ep = etcd.endpoint();
+    let specs: Vec<PeerSpec> = ["a", "b", "c"].iter().map(|n| spec(n, &ep, &secret)).collect();
+    let mut peers = start_group(dir.path(), &specs);
+    let v = cli_json(
+        &peers[0].socket(),
+        &["volume", "create", "rb", "--size", "64M", "--page-size", "4M", "--replicas", "1"],
+    );
+    assert_eq!(v["name"], "rb", "{v}");
+    for p in &peers {
+        wait_for(p, "rb routed everywhere", Duration::from_secs(15), |p| volume_on(p, "rb")["pages"] == 16);
+    }
+    // The configured volume `demo` was placed by the first peer up, alone: the
+    // rebalancer spreads it (and rb) until every peer is within the band.
+    wait_for(&peers[0], "the rebalancer idle, every peer within the band", Duration::from_secs(60), |p| {
+        rebalance_settled(&rebalance_status(p))
+    });
+
+    // Paused, it lets a fourth peer join and moves nothing.
+    assert_eq!(cli_json(&peers[1].socket(), &["rebalance", "pause"]), Value::Bool(true));
+    let mut d = Peer::spawn(&spec("d", &ep, &secret), &dir.path().join("d"));
+    d.wait_serving();
+    peers.push(d);
+    let all: Vec<&Peer> = peers.iter().collect();
+    let d = &peers[3];
+    wait_all(&all, "d live", Duration::from_secs(20), quire_tests::group::live_are(&["a", "b", "c", "d"]));
+    wait_for(&peers[0], "d takes part, paused, no move under way", Duration::from_secs(20), |p| {
+        let s = rebalance_status(p);
+        share_of(&s, "d")["eligible"] == true
+            && s["paused"] == true
+            && s["moves"] == 0
+            && s["state"].as_str().unwrap_or("").contains("paused")
+    });
+    let s = rebalance_status(d);
+    assert_eq!((share_of(&s, "d")["held_bytes"].as_u64(), s["moves"].as_u64()), (Some(0), Some(0)), "paused: {s}");
+    assert!(share_of(&s, "d")["share_pct"].as_u64() == Some(0), "{s}");
+
+    // Page 0, pinned, stays where it is.
+    let pinned = 0u64;
+    let owner = quire_tests::group::page_members(&peers[0], "rb")[0].0.clone();
+    let pin = cli_json(&peers[2].socket(), &["page", "pin", "rb", &pinned.to_string()]);
+    assert_eq!(pin, Value::Bool(true));
+    wait_for(&peers[0], "the pin seen", Duration::from_secs(10), |p| rebalance_status(p)["pinned"] == 1);
+
+    let before = rebalance_status(&peers[0])["history"].as_array().map_or(0, |h| h.len());
+    // Resumed under verified I/O through b: d receives its share.
+    let io = verified_io(&peers[1], "rb", 25);
+    wait_for(&peers[1], "host I/O under way", Duration::from_secs(20), |p| p.reactor_sum("forwarded_parts") > 300);
+    assert_eq!(cli_json(&d.socket(), &["rebalance", "resume"]), Value::Bool(true));
+    for p in &all {
+        wait_for(p, "every peer within the band, no move under way", Duration::from_secs(120), |p| {
+            rebalance_settled(&rebalance_status(p))
+        });
+    }
+    let run = io.join().expect("perf thread");
+    assert!(run.ok, "I/O through b across the rebalance: {}\n{}", run.text, tail(&peers[0].proc.log(), 30));
+    assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}", run.text);
+    assert_eq!(peers[1].reactor_sum("path_errors"), 0, "{}", tail(&peers[1].proc.log(), 20));
+    // (Host writes b was replicating as a page's leader when its move cut over went to
+    // the new leader: counted, never failed.)
+    eprintln!("host writes sent to a new leader at a cut-over: {}", peers[1].reactor_sum("releads"));
+
+    // What it did, and why: since the resume, moves to d only, with reasons.
+    let s = rebalance_status(&peers[2]);
+    let history = s["history"].as_array().cloned().unwrap_or_default();
+    let since: Vec<&Value> = history.iter().skip(before).collect();
+    assert!(!since.is_empty(), "{s}");
+    assert!(since.iter().all(|m| m["to"] == "d" && m["why"].as_str().is_some_and(|w| w.contains("d holds"))), "{s}");
+    // Of rb's 16 pages and the demo volume's copies, d holds its quarter (the band
+    // allows 10% either way), and the pinned page never moved.
+    let members = quire_tests::group::page_members(&peers[0], "rb");
+    assert_eq!(members[0].1, vec![owner.clone()], "the pinned page stays on {owner}");
+    let on_d = members.iter().filter(|(_, ms)| ms == &vec!["d".to_string()]).count();
+    assert!(on_d >= 1, "d received pages of rb: {members:?}");
+    // One copy of each page: each peer's store holds exactly the pages of its sets
+    // (every page was written by the --verify prefill; moved-away copies are freed).
+    for p in &all {
+        let held = members.iter().filter(|(_, ms)| ms.contains(&p.name)).count() as u64;
+        wait_for(p, "one copy of each page, on its set's peer", Duration::from_secs(20), |p| {
+            volume_on(p, "rb")["allocated_pages"].as_u64() == Some(held)
+        });
+    }
+    // The volume keeps a few sets: moved pages joined d's set.
+    let used: std::collections::BTreeSet<String> = members.iter().map(|(l, _)| l.clone()).collect();
+    let sets = quire_tests::group::sets(&peers[0], "rb");
+    assert!(sets.len() <= used.len() + 2, "moved pages coalesce: {sets:?}");
+    same_everywhere(&peers, "rb");
+}
