@@ -24,7 +24,8 @@ use serde_json::Value;
 
 use crate::rpc::methods::{
     self, MigrationCancelParams, PageMoveParams, PagePinParams, PeerDrainParams, RebalancePauseParams,
-    SubsystemHostParams, VolumeCreateParams, VolumeGrowParams, VolumeNameParams, VolumeSetReplicasParams,
+    StatsPagesParams, SubsystemHostParams, VolumeCreateParams, VolumeGrowParams, VolumeNameParams,
+    VolumeSetReplicasParams,
 };
 use crate::rpc::{self, ClientError};
 
@@ -264,6 +265,17 @@ pub enum StatsCommand {
     Reactors,
     /// Request state transitions taken since start (every reactor), with counts.
     Requests,
+    /// A volume's hottest pages over the group: operations and KiB per second
+    /// (decaying, half-life 10 s), and the peers that serve them.
+    Pages {
+        /// The volume.
+        name: String,
+        /// How many pages.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Every peer's load: operations and KiB per second it serves.
+    Peers,
 }
 
 /// `quire store …`.
@@ -360,6 +372,27 @@ const MIGRATION_COLUMNS: &[Column] = &[
     column("from", "FROM", Format::Text),
     column("to", "TO", Format::Text),
     column("phase", "PHASE", Format::Text),
+];
+
+const PAGE_LOAD_FIELDS: &[Column] = &[
+    column("name", "volume", Format::Text),
+    column("pages", "pages", Format::Number),
+    column("ops_s", "ops/s", Format::Number),
+    column("kib_s", "KiB/s", Format::Number),
+];
+
+const PAGE_LOAD_COLUMNS: &[Column] = &[
+    column("page", "PAGE", Format::Number),
+    column("ops_s", "OPS/S", Format::Number),
+    column("kib_s", "KIB/S", Format::Number),
+    column("peers", "PEERS", Format::List { empty: "-" }),
+];
+
+const PEER_LOAD_COLUMNS: &[Column] = &[
+    column("name", "NAME", Format::Text),
+    column("ops_s", "OPS/S", Format::Number),
+    column("kib_s", "KIB/S", Format::Number),
+    column("volumes", "VOLUMES", Format::Number),
 ];
 
 const REBALANCE_FIELDS: &[Column] = &[
@@ -525,6 +558,10 @@ impl ClientCommand {
             ClientCommand::Stats(StatsCommand::Volumes) => (methods::STATS_VOLUMES, Value::Null),
             ClientCommand::Stats(StatsCommand::Reactors) => (methods::STATS_REACTORS, Value::Null),
             ClientCommand::Stats(StatsCommand::Requests) => (methods::STATS_REQUESTS, Value::Null),
+            ClientCommand::Stats(StatsCommand::Pages { name, top }) => {
+                (methods::STATS_PAGES, to_value(&StatsPagesParams { name: name.clone(), top: Some(*top) }))
+            }
+            ClientCommand::Stats(StatsCommand::Peers) => (methods::STATS_PEERS, Value::Null),
             ClientCommand::Store(StoreCommand::Info) => (methods::STORE_INFO, Value::Null),
             ClientCommand::Group(GroupCommand::Status) => (methods::GROUP_STATUS, Value::Null),
             ClientCommand::Scrub(ScrubCommand::Start { name }) => {
@@ -586,6 +623,10 @@ impl ClientCommand {
             ClientCommand::Stats(StatsCommand::Volumes) => View::Table(VOLUME_STATS_COLUMNS),
             ClientCommand::Stats(StatsCommand::Reactors) => View::Table(REACTOR_STATS_COLUMNS),
             ClientCommand::Stats(StatsCommand::Requests) => View::Table(TRANSITION_COLUMNS),
+            ClientCommand::Stats(StatsCommand::Pages { .. }) => {
+                View::RecordThenTable(PAGE_LOAD_FIELDS, "top", PAGE_LOAD_COLUMNS)
+            }
+            ClientCommand::Stats(StatsCommand::Peers) => View::Table(PEER_LOAD_COLUMNS),
             ClientCommand::Store(StoreCommand::Info) => View::Record(STORE_FIELDS),
             ClientCommand::Store(StoreCommand::Format(_)) | ClientCommand::Logs(_) => View::Done(String::new()),
             ClientCommand::Scrub(ScrubCommand::Start { name }) => View::Done(format!("scrub of {name} started")),

@@ -2,7 +2,8 @@
 # sourced by them: etcd on a free port, peers with RAM devices and one reactor each
 # on core 0 (hybrid mode), quire-perf on core 1, and helpers.
 #   Before sourcing: BENCH (a name), optional TIME, PAIRS, RATE (rebuild_mb_s), TTL,
-#   REPLACE_AFTER (replication.replace_after_s), ETCD.
+#   REPLACE_AFTER (replication.replace_after_s), MOVES_MAX, BATCH_PAGES (rebalance.*),
+#   ETCD.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 TIME=${TIME:-5}
@@ -10,6 +11,8 @@ PAIRS=${PAIRS:-3}
 RATE=${RATE:-200}
 TTL=${TTL:-5}
 REPLACE_AFTER=${REPLACE_AFTER:-1}
+MOVES_MAX=${MOVES_MAX:-2}
+BATCH_PAGES=${BATCH_PAGES:-16}
 ETCD=${ETCD:-/usr/bin/etcd}
 [ -x "$ETCD" ] || { echo "$BENCH: needs etcd ($ETCD; Debian's etcd-server)" >&2; exit 2; }
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -55,6 +58,9 @@ lease_ttl_s = $TTL
 [replication]
 replace_after_s = $REPLACE_AFTER
 rebuild_mb_s = $RATE
+[rebalance]
+moves_max = $MOVES_MAX
+batch_pages = $BATCH_PAGES
 TOML
   eval "PORT_$1=$port"
 }
@@ -64,11 +70,13 @@ start() { "$QUIRE" serve --config "$WORK/$1.toml" > "$WORK/$1.log" 2>&1 & PIDS+=
 q() { "$QUIRE" --socket "$WORK/A/quire.sock" "$@"; }
 # live_are N: waits until N peers are live
 live_are() { for _ in $(seq 100); do [ "$(q --json group status | grep -c '"state": *"live"')" = "$1" ] && return 0; sleep 0.1; done; return 1; }
-# group_up NAMES: starts the peers and waits until all are live
+# group_up NAMES: starts the peers and waits until all are live; the rebalancer is
+# paused (a benchmark that wants it runs `q rebalance resume`)
 group_up() {
   for p in "$@"; do peer "$p"; start "$p"; done
   for p in "$@"; do eval wait_port "\$PORT_$p"; done
   live_are "$#"
+  q rebalance pause > /dev/null
 }
 trid() { echo "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:$PORT_A subnqn:nqn.2026-11.io.quire:$1"; }
 # summary JSON -> "iops p50_us p99_us max_us"

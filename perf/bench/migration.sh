@@ -12,11 +12,18 @@
 #   3. The host during a drain: QD1 4 KiB random writes to "one" through A, TIME s
 #      while nothing moves and TIME s while B is drained: p50/p99 of each and their
 #      ratio (at RATE; run again with RATE=200 for the default limit).
+#   4. A fourth peer joins: volume "big" (BIG_GB, default 64 GiB, of 4 MiB pages,
+#      WRITE_GB, default 2 GiB, written) on A, B, C; D starts and the rebalancer
+#      (paused until then) gives it its share: the time until the spread is as even
+#      as it goes, the moves, the bytes D received.
 #
 #   perf/bench/migration.sh
 #   RATE=200 TIME=8 perf/bench/migration.sh
+#   JOIN_ONLY=1 BIG_GB=64 perf/bench/migration.sh     # section 4 alone
 BENCH=migration
 RATE=${RATE:-100000}
+BIG_GB=${BIG_GB:-64}
+WRITE_GB=${WRITE_GB:-2}
 . "$(dirname "$0")/group-lib.sh"
 group_up A B C
 qc() { "$QUIRE" --socket "$WORK/$1/quire.sock" --json "${@:2}"; }
@@ -31,6 +38,7 @@ drained() {
   echo "$1 was not drained of $2" >&2; return 1
 }
 
+if [ -z "${JOIN_ONLY:-}" ]; then
 # "far": every page on B.
 q peer drain A > /dev/null; q peer drain C > /dev/null
 q volume create far --size 256M --page-size 4M --replicas 1 > /dev/null
@@ -93,3 +101,32 @@ echo "nothing moving: $quiet (IOPS p50_us p99_us max_us)"
 echo "B drained:      $moving"
 set -- $quiet $moving
 python3 -c "print(f'p50 x{$6/$2:.2f}, p99 x{$7/$3:.2f} while B is drained')"
+q peer drain B --undo > /dev/null
+q volume delete far > /dev/null; q volume delete one > /dev/null
+fi
+
+echo "== 4. a fourth peer joins: time to the ideal spread (\"big\": $BIG_GB GiB of 4 MiB pages, $WRITE_GB GiB written)"
+q volume create big --size "${BIG_GB}G" --page-size 4M --replicas 1 > /dev/null
+for _ in $(seq 100); do q volume list | grep -q '^big ' && break; sleep 0.1; done
+"$PERF" -q 32 -o 1M -w write -t 600 -d $((WRITE_GB * 1024)) -c 0x2 -r "$(trid big)" > /dev/null
+peer D; start D; wait_port "$PORT_D"; live_are 4
+t0=$(date +%s.%N)
+q rebalance resume > /dev/null
+settled() {
+  qc A rebalance status | python3 -c "
+import json, sys
+s = json.load(sys.stdin)
+ok = s['moves'] == 0 and ('within' in s['state'] or 'whole pages' in s['state'])
+d = [p for p in s['peers'] if p['name'] == 'D']
+sys.exit(0 if ok and d and d[0]['held_bytes'] > 0 else 1)"
+}
+for _ in $(seq 12000); do settled && break; sleep 0.05; done
+secs=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+moves=$(cat "$WORK"/*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -c 'rebalancer: moving' || true)
+qc A rebalance status | python3 -c "
+import json, sys
+s = json.load(sys.stdin)
+for p in s['peers']:
+    print(f\"  {p['name']}: {p['held_bytes'] >> 20} MiB of copies, ideal {p['ideal_bytes'] >> 20} MiB ({p['share_pct']}%)\")
+print('  ' + s['state'])"
+echo "D received its share in $secs s: $moves moves of up to $BATCH_PAGES pages, $(allocated D big) written pages copied to D (moves_max $MOVES_MAX, rebuild_mb_s $RATE)"

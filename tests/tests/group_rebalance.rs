@@ -6,7 +6,8 @@
 //!   block verifies, one copy of each page at the end, the peers read the same bytes;
 //! - a pinned page stays where it is;
 //! - the configured volume, made by the first peer up alone, is spread too;
-//! - `quire rebalance status` shows the shares, the last word and the moves it made.
+//! - `quire rebalance status` shows the shares, the last word and the moves it made;
+//! - the load monitor: a hot page is the hottest on every peer, served by its owner.
 
 use std::time::Duration;
 
@@ -121,4 +122,58 @@ fn a_fourth_peer_receives_its_share_under_io_and_pins_and_pause_hold() {
     let sets = quire_tests::group::sets(&peers[0], "rb");
     assert!(sets.len() <= used.len() + 2, "moved pages coalesce: {sets:?}");
     same_everywhere(&peers, "rb");
+}
+
+/// The load monitor (`volume::load`): a page that takes most of the I/O is the
+/// hottest on every peer's `quire stats pages` (from the group's reports), served by
+/// the peer that owns it, and that peer serves the most in `quire stats peers`.
+#[test]
+fn a_hot_page_leads_the_load_monitor_on_every_peer() {
+    let _serial = serial();
+    let Some((_dir, _etcd, peers)) = quire_tests::group::three_peers("a_hot_page", 25_000) else { return };
+    let v = cli_json(
+        &peers[0].socket(),
+        &["volume", "create", "hot", "--size", "48M", "--page-size", "4M", "--replicas", "1"],
+    );
+    assert_eq!(v["name"], "hot", "{v}");
+    for p in &peers {
+        wait_for(p, "hot routed everywhere", Duration::from_secs(15), |p| {
+            !quire_tests::group::sets(p, "hot").is_empty()
+        });
+    }
+    let hot = quire_tests::group::first_led_by(&peers[0], "hot", "b");
+    let cool = quire_tests::group::first_led_by(&peers[0], "hot", "c");
+    // Through a: 2000 writes to the hot page (b serves it), 20 to the cool one (c).
+    let bpp = quire_tests::group::BLOCKS_PER_PAGE;
+    let mut a = quire_tests::group::Client::connect(&peers[0], "hot", Duration::from_secs(15));
+    for i in 0..2000u64 {
+        let lba = hot * bpp + (i % 256) * 4;
+        a.write(lba, &quire_tests::group::pattern(lba, i, 4)).expect("a write to the hot page");
+        if i % 100 == 0 {
+            let lba = cool * bpp + i / 100;
+            a.write(lba, &quire_tests::group::pattern(lba, i, 1)).expect("a write to the cool page");
+        }
+    }
+    for p in &peers {
+        wait_for(p, "the hot page first, served by b; the cool one after it", Duration::from_secs(30), |p| {
+            let s = cli_json(&p.socket(), &["stats", "pages", "hot", "--top", "3"]);
+            let top = s["top"].as_array().cloned().unwrap_or_default();
+            top.len() == 2
+                && top[0]["page"] == hot
+                && top[0]["peers"] == serde_json::json!(["b"])
+                && top[1]["page"] == cool
+                && top[1]["peers"] == serde_json::json!(["c"])
+                && top[0]["kib_s"].as_f64() > top[0]["ops_s"].as_f64().map(|o| o * 15.0)
+        });
+    }
+    wait_for(&peers[2], "b serves the most", Duration::from_secs(30), |p| {
+        let s = cli_json(&p.socket(), &["stats", "peers"]);
+        let ops = |n: &str| {
+            s.as_array()
+                .and_then(|l| l.iter().find(|e| e["name"] == n))
+                .and_then(|e| e["ops_s"].as_f64())
+                .unwrap_or(0.0)
+        };
+        ops("b") > 10.0 * ops("c").max(0.1) && ops("a") == 0.0
+    });
 }

@@ -459,6 +459,14 @@ impl Control {
         }
         self.registry.set_group_peer(self.me.0);
         self.registry.set_group_paths(paths);
+        // A drained peer steers hosts away: its paths are non-optimized (a host with
+        // native multipath sends I/O to the optimized paths while it has one).
+        let drained = snap.peer_ids.get(&self.me.0).is_some_and(|me| snap.draining.contains(me));
+        self.registry.set_ana_state(if drained {
+            quire_wire::nvme::log::AnaState::NonOptimized
+        } else {
+            quire_wire::nvme::log::AnaState::Optimized
+        });
         let peers: BTreeMap<u16, PeerEntry> = snap
             .peer_ids
             .iter()

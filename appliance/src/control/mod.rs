@@ -18,6 +18,7 @@ use quire_wire::nvme::Status;
 use serde_json::{json, Value};
 
 mod group;
+mod load;
 mod metrics;
 pub mod outbox;
 
@@ -124,6 +125,8 @@ pub struct Control {
     unheld_wanted: std::collections::BTreeSet<(VolumeId, u64)>,
     /// Members this peer brings up to date (it leads their sets).
     rebuilds: crate::replica::rebuild::Rebuilds,
+    /// Per-page load of every volume (`volume::load`).
+    load: crate::volume::load::LoadTracker,
     replication: quire_config::schema::Replication,
     /// The scrub requests started, by volume name, and when each volume led here was
     /// last scrubbed (the periodic scrub).
@@ -165,6 +168,7 @@ impl Control {
             activation_wanted: Vec::new(),
             unheld_wanted: std::collections::BTreeSet::new(),
             rebuilds: Default::default(),
+            load: Default::default(),
             replication: parts.replication,
             scrubs_started: HashMap::new(),
             last_scrub: HashMap::new(),
@@ -217,6 +221,7 @@ impl Control {
             .entry(id)
             .or_insert_with(|| self.reactors.iter().map(|_| Arc::new(VolumeCounters::default())).collect())
             .clone();
+        let load = self.load.counters(id, view.info.num_pages, self.reactors.len());
         let hosts = self.allowed_hosts.get(&view.info.name).cloned();
         self.registry.upsert_volume(&view.info, hosts);
         for i in 0..self.reactors.len() {
@@ -227,6 +232,7 @@ impl Control {
                     routing: routing.clone(),
                     counters: counters[i].clone(),
                     all_counters: counters.clone(),
+                    load: load[i].clone(),
                 },
             );
         }
@@ -261,6 +267,7 @@ impl Control {
             }
             self.group_turn();
             self.rebuild_turn();
+            self.load_turn();
             if let Some(g) = &self.group {
                 let cap = self.store.capacity();
                 g.set_capacity(cap.total_bytes, cap.used_bytes);
@@ -508,6 +515,11 @@ impl Control {
             m::STATS_VOLUMES => Ok(self.stats_volumes()),
             m::STATS_REACTORS => Ok(self.stats_reactors()),
             m::STATS_REQUESTS => Ok(self.stats_requests()),
+            m::STATS_PAGES => {
+                let p: m::StatsPagesParams = call.params()?;
+                self.stats_pages(p).map(|s| json!(s))
+            }
+            m::STATS_PEERS => Ok(json!(self.stats_peers())),
             m::METRICS => Ok(Value::String(self.metrics_text())),
             m::GROUP_STATUS => Ok(json!(match &self.group {
                 Some(g) => g.status(),
@@ -546,6 +558,7 @@ impl Control {
         }
         self.routing.remove(&id);
         self.counters.remove(&id);
+        self.load.forget(id);
         let generation = self.store.delete_volume(id).map_err(store_rpc_error)?;
         self.quarantine_upto = Some(generation);
         Ok(())

@@ -186,6 +186,8 @@ pub struct Agent {
     noted: std::collections::BTreeSet<String>,
     /// The rebuild report last published.
     published_rebuild: keys::RebuildReport,
+    /// When this peer last published its load report.
+    load_published_at: Option<Instant>,
 }
 
 impl Agent {
@@ -206,6 +208,7 @@ impl Agent {
             revoked_seen: std::collections::BTreeMap::new(),
             noted: std::collections::BTreeSet::new(),
             published_rebuild: keys::RebuildReport::default(),
+            load_published_at: None,
         }
     }
 
@@ -322,6 +325,8 @@ impl Agent {
             scrubs: view.scrubs.clone(),
             rebalance: view.rebalance.0.clone(),
             shares: self.shares(&view),
+            draining: view.draining.clone(),
+            loads: view.loads.clone(),
             live: view
                 .peers
                 .values()
@@ -358,11 +363,26 @@ impl Agent {
             self.plan_replicas().await?;
         }
         self.republish_if_changed().await?;
+        self.republish_load().await?;
         self.republish_rebuild().await
     }
 
     /// Puts this peer's rebuild report when it changed (under its lease: it goes with
     /// the peer); deletes it when nothing is being rebuilt.
+    /// Puts this peer's load report (`volume::load`) under its lease, every 5 s.
+    async fn republish_load(&mut self) -> Result<(), AgentError> {
+        let Some(lease) = self.lease else { return Ok(()) };
+        if self.load_published_at.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(&self.shared.load_report()).expect("a report serializes");
+        let put =
+            pb::PutRequest { key: keys::load_key(&self.me.name).into_bytes(), value, lease, ..Default::default() };
+        self.client.kv.put(put).await.map_err(etcd_err("publish this peer's load report"))?;
+        self.load_published_at = Some(Instant::now());
+        Ok(())
+    }
+
     async fn republish_rebuild(&mut self) -> Result<(), AgentError> {
         let Some(lease) = self.lease else { return Ok(()) };
         let report = self.shared.rebuild_report();

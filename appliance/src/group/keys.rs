@@ -54,6 +54,51 @@ pub const SCRUB: &str = "/quire/v1/scrub/";
 /// The prefix of drain marks (`quire peer drain NAME`): the peer's copies move away.
 pub const DRAIN: &str = "/quire/v1/drain/";
 
+/// The prefix of load reports (`volume::load`): each peer's, under its lease.
+pub const LOAD: &str = "/quire/v1/load/";
+
+/// The key of peer `name`'s load report.
+pub fn load_key(name: &str) -> String {
+    format!("{LOAD}{name}")
+}
+
+/// What a peer publishes of the I/O it serves (`volume::load`), every few seconds.
+/// Rates are in thousandths per second (integers: a record compares exactly).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Operations per 1000 s over every volume.
+    pub ops_milli: u64,
+    /// KiB per 1000 s over every volume.
+    pub kib_milli: u64,
+    /// Per volume name.
+    pub volumes: std::collections::BTreeMap<String, VolumeLoad>,
+}
+
+/// One volume's load on one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeLoad {
+    /// Operations per 1000 s.
+    pub ops_milli: u64,
+    /// KiB per 1000 s.
+    pub kib_milli: u64,
+    /// Its hottest pages here, hottest first: (page, operations per 1000 s, KiB per
+    /// 1000 s).
+    pub top: Vec<(u64, u64, u64)>,
+}
+
+/// A rate per second as thousandths.
+pub fn milli(rate: f32) -> u64 {
+    let m = (f64::from(rate) * 1000.0).round();
+    if m.is_nan() || m <= 0.0 {
+        return 0;
+    }
+    // Rates of I/O are far below 2^53: the conversion is exact where it matters and
+    // saturates beyond.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let m = m.min(u64::MAX as f64) as u64;
+    m
+}
+
 /// The rebalancer's record ([`RebalanceRecord`]): paused or not, the coordinator's last
 /// word, the moves it made.
 pub const REBALANCE: &str = "/quire/v1/rebalance";

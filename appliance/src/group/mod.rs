@@ -85,6 +85,10 @@ pub struct GroupSnapshot {
     pub rebalance: keys::RebalanceRecord,
     /// Every peer's share of the copies, by name (`quire rebalance status`).
     pub shares: Vec<(String, crate::replica::rebalance::Share)>,
+    /// Peers being drained, by name.
+    pub draining: std::collections::BTreeSet<String>,
+    /// Each live peer's load report, by name.
+    pub loads: BTreeMap<String, keys::LoadReport>,
 }
 
 /// A live peer as the snapshot gives it: what links and hosts need to reach it.
@@ -263,6 +267,8 @@ pub struct Shared {
     /// The rebuilds this peer leads, for the group (the control thread sets it, the
     /// agent publishes it).
     rebuild: Mutex<keys::RebuildReport>,
+    /// This peer's load report (the control thread sets it, the agent publishes it).
+    load: Mutex<keys::LoadReport>,
 }
 
 impl Shared {
@@ -281,6 +287,7 @@ impl Shared {
             control: Mutex::new(None),
             fence: Arc::default(),
             rebuild: Mutex::default(),
+            load: Mutex::default(),
         })
     }
 
@@ -292,6 +299,15 @@ impl Shared {
     /// The control thread's report of the rebuilds this peer leads.
     pub fn set_rebuild_report(&self, r: keys::RebuildReport) {
         *self.rebuild.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+    }
+
+    /// The control thread's report of the load this peer serves.
+    pub fn set_load_report(&self, r: keys::LoadReport) {
+        *self.load.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+    }
+
+    fn load_report(&self) -> keys::LoadReport {
+        self.load.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn rebuild_report(&self) -> keys::RebuildReport {

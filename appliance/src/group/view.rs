@@ -69,6 +69,8 @@ pub struct GroupView {
     pub draining: std::collections::BTreeSet<String>,
     /// The rebalancer's record and its revision (0: none yet).
     pub rebalance: (keys::RebalanceRecord, i64),
+    /// Each live peer's load report, by name.
+    pub loads: BTreeMap<String, keys::LoadReport>,
 }
 
 /// Whether a peer may register, from the view it read first.
@@ -128,6 +130,15 @@ impl GroupView {
                         view.revoked.insert(name.to_string(), r);
                     }
                     Err(e) => view.ignored.push(format!("{key}: not a revocation record: {e}")),
+                }
+                continue;
+            }
+            if let Some(name) = key.strip_prefix(keys::LOAD) {
+                match serde_json::from_slice::<keys::LoadReport>(kv.value) {
+                    Ok(r) => {
+                        view.loads.insert(name.to_string(), r);
+                    }
+                    Err(e) => view.ignored.push(format!("{key}: not a load report: {e}")),
                 }
                 continue;
             }
@@ -486,6 +497,10 @@ mod tests {
         if let Some(c) = coordinator {
             kvs.push(Kv { key: keys::COORDINATOR.as_bytes(), value: c.as_bytes(), lease: 1, mod_revision: 1 });
         }
+        // Routing ids outlive leases: every peer of these tests has one.
+        let ids: Vec<(String, &str)> =
+            ["a", "b", "c", "d"].iter().zip(0u16..).map(|(n, i)| (keys::peer_id_key(i), *n)).collect();
+        kvs.extend(ids.iter().map(|(k, n)| Kv { key: k.as_bytes(), value: n.as_bytes(), lease: 0, mod_revision: 1 }));
         GroupView::from_kvs(revision, kvs)
     }
 
@@ -513,7 +528,7 @@ mod tests {
         assert!(v.unreadable_volumes.contains("db"), "an unreadable record is not a deleted volume");
         assert!(v.ignored[0].contains("names peer \"a\""), "{:?}", v.ignored);
         assert_eq!(v.peer_id("a"), Some(2));
-        assert_eq!(v.free_peer_id(), Some(0));
+        assert_eq!(v.free_peer_id(), Some(3), "one past the highest: a removed peer's id is not reused at once");
         assert_eq!(v.next_volume_id, (4, 6));
     }
 
@@ -525,6 +540,7 @@ mod tests {
         b.weight = 3;
         let geo = (4 << 20, 4096);
         let mut v = view(5, &[(&a, 11), (&b, 12)], Some("a"));
+        v.peer_ids.clear();
         assert!(v.new_volume("db", 8, geo, Some(1)).unwrap_err().contains("no uuid"));
         v.group_uuid = Some([9; 16]);
         // Peers without a routing id take no pages.
@@ -597,5 +613,13 @@ mod tests {
         let changes = m.install(view(9, &[(&a, 9), (&b, 2)], Some("b")), 500).unwrap();
         assert_eq!(changes, [Change::Joined("a".into()), Change::Coordinator(Some("b".into()))]);
         assert!(m.gone().is_empty(), "a peer that is back is not gone");
+        // Gone again, then removed (`quire peer remove`: its routing id deleted): not
+        // listed as gone any more.
+        m.install(view(10, &[(&b, 2)], Some("b")), 600).unwrap();
+        assert!(m.gone().contains_key("a"));
+        let mut removed = view(11, &[(&b, 2)], Some("b"));
+        removed.peer_ids.retain(|_, n| n != "a");
+        m.install(removed, 700).unwrap();
+        assert!(m.gone().is_empty(), "a removed peer is not gone, it is no more");
     }
 }

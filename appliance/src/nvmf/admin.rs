@@ -14,7 +14,7 @@ use quire_wire::nvme::fabrics::{
 };
 use quire_wire::nvme::features::{self as feat, FeatureRequest};
 use quire_wire::nvme::identify::{self as ident, ControllerIdentity, NamespaceIdentity, NsDescriptor};
-use quire_wire::nvme::log::{self, AnaGroup, AnaState, DiscoveryEntry, LogPageRequest};
+use quire_wire::nvme::log::{self, AnaGroup, DiscoveryEntry, LogPageRequest};
 use quire_wire::nvme::{opcode, Status, DISCOVERY_NQN};
 
 use crate::cast::{hi32, lo32, usize_from};
@@ -447,8 +447,9 @@ fn get_log_page(q: &QueueInfo, c: &NvmfController, reqs: &mut ReqTable, idx: u16
         log::LID_ANA => {
             let nsids = if c.volume.is_some_and(|v| ctx.volumes.contains_key(&v)) { vec![1] } else { vec![] };
             let grpid = ctx.registry.ana_group();
-            let groups = [AnaGroup { grpid, chgcnt: 1, state: AnaState::Optimized, nsids }];
-            log::build_ana_log(1, &groups, lp.lsp & log::LSP_ANA_RGO != 0)
+            let (state, chgcnt) = ctx.registry.ana();
+            let groups = [AnaGroup { grpid, chgcnt, state, nsids }];
+            log::build_ana_log(chgcnt, &groups, lp.lsp & log::LSP_ANA_RGO != 0)
         }
         _ => return Done::err(Status::INVALID_FIELD.with_dnr()),
     };

@@ -77,6 +77,11 @@ pub struct RegistryInner {
     /// This peer's ANA group (a group peer has one of its own: hosts see one path per
     /// peer, each in its own group).
     pub ana_group: u32,
+    /// The state this peer reports for its ANA group: optimized, or non-optimized
+    /// while it is drained (hosts prefer the other peers' paths).
+    pub ana_state: Option<quire_wire::nvme::log::AnaState>,
+    /// The ANA log's change count (bumped with every change of the state).
+    pub ana_chgcnt: u64,
     /// The I/O listeners of the group's other live peers, as hosts reach them
     /// (advertised addresses): the discovery log lists them as paths too.
     pub group_paths: Vec<SocketAddr>,
@@ -209,6 +214,27 @@ impl Registry {
     /// This peer's ANA group.
     pub fn ana_group(&self) -> u32 {
         self.lock().ana_group
+    }
+
+    /// This peer's ANA group's state and the log's change count.
+    pub fn ana(&self) -> (quire_wire::nvme::log::AnaState, u64) {
+        let r = self.lock();
+        (r.ana_state.unwrap_or(quire_wire::nvme::log::AnaState::Optimized), r.ana_chgcnt.max(1))
+    }
+
+    /// Sets the state of this peer's ANA group; on a change, every I/O controller gets
+    /// an ANA change event (the host reads the ANA log again and picks its paths).
+    pub fn set_ana_state(&self, state: quire_wire::nvme::log::AnaState) {
+        let mut r = self.lock();
+        if r.ana_state.unwrap_or(quire_wire::nvme::log::AnaState::Optimized) == state {
+            return;
+        }
+        r.ana_state = Some(state);
+        r.ana_chgcnt = r.ana_chgcnt.max(1) + 1;
+        tracing::info!(?state, "this peer's ANA state changed");
+        for c in r.controllers.values().filter(|c| !c.discovery) {
+            c.post_event(crate::nvmf::ctrlr::AEN_ANA_CHANGED);
+        }
     }
 
     /// Forgets a controller (its admin queue went away or it timed out).

@@ -212,6 +212,8 @@ pub struct VolumeEntry {
     pub counters: Arc<VolumeCounters>,
     /// Every reactor's counters for the volume (SMART log).
     pub all_counters: Arc<[Arc<VolumeCounters>]>,
+    /// This reactor's per-page load counters (`volume::load`).
+    pub load: Arc<crate::volume::load::PageCounters>,
 }
 
 /// A handle to send a reactor messages.
@@ -803,9 +805,9 @@ impl Reactor {
             match m {
                 ReactorMsg::NewConnection(s, kind) => self.add_connection(s, kind),
                 ReactorMsg::PeersUpdated(dir) => self.ctx.links.set_directory(dir, Instant::now()),
-                ReactorMsg::VolumeUpdated { view, routing, counters, all_counters } => {
+                ReactorMsg::VolumeUpdated { view, routing, counters, all_counters, load } => {
                     let id = view.info.id;
-                    self.ctx.volumes.insert(id, VolumeEntry { view, routing, counters, all_counters });
+                    self.ctx.volumes.insert(id, VolumeEntry { view, routing, counters, all_counters, load });
                     // Parts still waiting for a link may belong elsewhere now (a new
                     // leader, a member evicted): route them again with this table.
                     let mut unsent = Vec::new();

@@ -63,6 +63,8 @@ pub enum ReactorMsg {
         counters: Arc<VolumeCounters>,
         /// Every reactor's counters for the volume.
         all_counters: Arc<[Arc<VolumeCounters>]>,
+        /// This reactor's per-page load counters for the volume.
+        load: Arc<crate::volume::load::PageCounters>,
     },
     /// A volume is gone; I/O to it fails from now on.
     VolumeRemoved(VolumeId),

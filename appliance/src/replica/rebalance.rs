@@ -181,10 +181,10 @@ pub fn decide(volumes: &BTreeMap<String, VolumeRecord>, input: &PlanInput<'_>, p
         return Decision::Idle("paused (quire rebalance resume)".into());
     }
     let spread = spread(volumes, input);
-    if spread.moves >= policy.moves_max {
+    if spread.copying >= policy.moves_max {
         return Decision::Idle(format!(
-            "{} moves under way (rebalance.moves_max = {})",
-            spread.moves, policy.moves_max
+            "{} moves copying (rebalance.moves_max = {})",
+            spread.copying, policy.moves_max
         ));
     }
     let eligible: Vec<&Share> = spread.peers.values().filter(|s| s.eligible).collect();
@@ -430,6 +430,20 @@ mod tests {
         {
             assert!(matches!(decide(&one(r.clone()), &inp, &policy), Decision::Idle(_)), "{policy:?}");
         }
+        // A move cut over (its old copy only waiting to leave) does not count against
+        // the limit; one copying does.
+        let mut cut = r.clone();
+        cut.sets.push(SetRecord {
+            mv: Some(crate::replica::set::Move { id: 1, from: 0, to: 2, cut_ms: Some(5) }),
+            ..r.sets[0].clone()
+        });
+        let mut ps = cut.page_sets().unwrap();
+        ps[0] = 1;
+        cut.set_page_sets(&ps);
+        let single = Policy { moves_max: 1, ..POLICY };
+        assert!(matches!(decide(&one(cut.clone()), &inp, &single), Decision::Move { .. }));
+        cut.sets[1].mv = Some(crate::replica::set::Move { id: 1, from: 0, to: 2, cut_ms: None });
+        assert!(matches!(decide(&one(cut), &inp, &single), Decision::Idle(_)));
         // Pinned pages stay: with every page but 3 pinned, page 3 is the one.
         let mut pinned = r.clone();
         pinned.pinned = (0..8).filter(|&p| p != 3).collect();

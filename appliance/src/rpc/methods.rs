@@ -54,6 +54,10 @@ pub const MIGRATION_CANCEL: &str = "migration_cancel";
 pub const PEER_DRAIN: &str = "peer_drain";
 /// `page_pin`.
 pub const PAGE_PIN: &str = "page_pin";
+/// `stats_pages`.
+pub const STATS_PAGES: &str = "stats_pages";
+/// `stats_peers`.
+pub const STATS_PEERS: &str = "stats_peers";
 /// `peer_remove`.
 pub const PEER_REMOVE: &str = "peer_remove";
 /// `rebalance_status`.
@@ -62,7 +66,7 @@ pub const REBALANCE_STATUS: &str = "rebalance_status";
 pub const REBALANCE_PAUSE: &str = "rebalance_pause";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 26] = [
+pub const ALL: [&str; 28] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -74,6 +78,8 @@ pub const ALL: [&str; 26] = [
     STATS_VOLUMES,
     STATS_REACTORS,
     STATS_REQUESTS,
+    STATS_PAGES,
+    STATS_PEERS,
     STORE_INFO,
     GROUP_STATUS,
     METRICS,
@@ -166,6 +172,58 @@ pub struct PeerDrainParams {
     /// Stop draining it instead.
     #[serde(default)]
     pub undo: bool,
+}
+
+/// Params of `stats_pages`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsPagesParams {
+    /// The volume.
+    pub name: String,
+    /// How many pages (default 10).
+    #[serde(default)]
+    pub top: Option<usize>,
+}
+
+/// The answer of `stats_pages`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsPages {
+    /// The volume.
+    pub name: String,
+    /// Its pages.
+    pub pages: u64,
+    /// Operations per second over the group.
+    pub ops_s: f64,
+    /// KiB per second over the group.
+    pub kib_s: f64,
+    /// The hottest pages, hottest first.
+    pub top: Vec<PageLoadEntry>,
+}
+
+/// One page in `stats_pages`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PageLoadEntry {
+    /// The page.
+    pub page: u64,
+    /// Operations per second (decaying, half-life 10 s), summed over the peers.
+    pub ops_s: f64,
+    /// KiB per second.
+    pub kib_s: f64,
+    /// The peers that served it.
+    pub peers: Vec<String>,
+}
+
+/// One peer in `stats_peers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerLoadEntry {
+    /// Its name.
+    pub name: String,
+    /// Operations per second it serves from its copies.
+    pub ops_s: f64,
+    /// KiB per second.
+    pub kib_s: f64,
+    /// Volumes it serves I/O of.
+    pub volumes: u64,
 }
 
 /// Params of `page_pin`.

@@ -68,6 +68,8 @@
 //! | `stats_volumes` | none | `[{name, read_ops, write_ops, read_bytes, write_bytes, other_ops, errors}]` |
 //! | `stats_reactors` | none | `[{reactor, core, connections, polls, busy_polls, sleeps, io_ops, rx_bytes, tx_bytes, rx_copied_bytes, tx_copied_bytes}]` |
 //! | `stats_requests` | none | `[{from, to, count}]` |
+//! | `stats_pages` | `{name, top?}` | `{name, pages, ops_s, kib_s, top: [{page, ops_s, kib_s, peers: [name]}]}` |
+//! | `stats_peers` | none | `[{name, ops_s, kib_s, volumes}]` |
 //! | `store_info` | none | `{device, size, used, free, volumes}` |
 //! | `stats_metrics` | none | the Prometheus text exposition, as one string (what `GET /metrics` serves) |
 //! | `group_status` | none | `{mode, peer, coordinator, etcd: [url], etcd_state, etcd_error, etcd_since_ms, revision, ignored, peers: [{name, state, target, discovery, link, lease_age_s, coordinator, weight, capacity_bytes, used_bytes, version, gone_since_ms}]}` |
@@ -104,6 +106,12 @@
 //! - `peer_remove`: forgets a peer for good (its routing id, drain mark, revocation
 //!   and rebuild records); refused (`INVALID_STATE`) while it is live or any set of
 //!   any volume names it (drain it, stop it, then remove it).
+//! - `stats_pages` / `stats_peers`: the load monitor (`volume::load`): per page, the
+//!   operations and KiB per second each peer serves from its copy (a leader's writes,
+//!   any copy's reads), decaying with a half-life of 10 s; a peer publishes its totals
+//!   and its 16 hottest pages per volume to the group every 5 s, and these calls
+//!   read every live peer's last report (this peer's as it is now). `top` defaults
+//!   to 10.
 //! - `rebalance_status`: the coordinator moves pages (as `page_move` does) so that
 //!   every live, undrained peer with a weight holds copies in proportion to its
 //!   weight (`ideal_bytes`, counted as the records will stand once the moves under

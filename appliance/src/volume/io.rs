@@ -348,6 +348,10 @@ fn run_window(
         if !matches!(step, Step::Continue) {
             return step;
         }
+        if let Some(v) = ctx.volumes.get(&vol_id).filter(|_| origin.orders()) {
+            // Served here (once: the part advanced): the load monitor's count.
+            v.load.record(part.page, part.num_blocks * bs);
+        }
         if let Some(set) = set.filter(|s| s.replicated() && kind != Kind::Read && origin.orders()) {
             // Applied (or on its way) here: now to every other member that takes
             // writes, from the same buffers.

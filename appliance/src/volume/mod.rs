@@ -13,6 +13,7 @@
 
 pub mod alloc;
 pub mod io;
+pub mod load;
 pub mod meta;
 pub mod pages;
 pub mod placement;

@@ -8,7 +8,8 @@
 #  2. fio writes and verifies region 1 in a loop of new seeds while the test moves
 #     pages by hand (`quire page move`), until step 2.
 #  3. fio writes and verifies region 2 in a loop while the test drains a peer
-#     (`quire peer drain`): every copy it held moves to the two others, until step 3.
+#     (`quire peer drain`): every copy it held moves to the two others, until step 3;
+#     the drained peer's path turns non-optimized (ANA), the others stay optimized.
 #  4. fio writes and verifies region 3 in a loop while a fourth peer joins and the
 #     coordinator's rebalancer gives it its share of the copies, until step 4.
 #  5. Regions 0 to 3 verify; every path is still live (a drained peer still serves
@@ -28,7 +29,10 @@ looped_phase 1 2 "pages moved by hand"
 mark "phase 2 verified: no I/O error"
 
 looped_phase 2 3 "a peer drained"
-mark "phase 3 verified: no I/O error"
+# The drained peer's path is non-optimized (its ANA change event made the host read
+# the ANA log again): the host sends its I/O to the two others.
+wait_until 30 "the drained peer's path non-optimized" ana_states_are "non-optimized optimized optimized"
+mark "phase 3 verified: no I/O error; paths $(ana_states)"
 
 looped_phase 3 4 "a fourth peer joined and rebalanced"
 mark "phase 4 verified: no I/O error"

@@ -158,6 +158,19 @@ live_paths() {
 }
 paths_are() { [ "$(live_paths)" -eq "$1" ]; }
 
+# ana_states: the ANA state of every path to NQN's namespace as the host sees it
+# (optimized, non-optimized, ...), sorted, on one line
+ana_states() {
+  for c in /sys/class/nvme/nvme*; do
+    [ "$(cat "$c/subsysnqn" 2> /dev/null)" = "$NQN" ] || continue
+    for ns in "$c"/nvme*c*n*; do
+      [ -e "$ns/ana_state" ] && cat "$ns/ana_state"
+    done
+  done | sort | tr '\n' ' '
+}
+# ana_states_are STATES: ana_states is exactly STATES (space-separated, sorted)
+ana_states_are() { [ "$(ana_states)" = "$1 " ]; }
+
 # ---- fio over regions of REGION_MB (in WORK), for the group scripts ----------------
 # fio_job REGION SEED NAME: a write+verify job over region REGION with seed SEED
 fio_job() {

@@ -1,0 +1,116 @@
+//! The load monitor's control side (`volume::load`): the rates, this peer's report to
+//! the group, and `stats_pages` / `stats_peers` over the whole group's reports.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::Control;
+use crate::group::keys::{milli, LoadReport, VolumeLoad};
+use crate::rpc::methods as m;
+use crate::rpc::RpcError;
+use crate::volume::load::TOP_PUBLISHED;
+
+impl Control {
+    /// Takes the reactors' counts into the rates (once a second) and hands the agent
+    /// this peer's report.
+    pub(super) fn load_turn(&mut self) {
+        self.load.tick(Instant::now());
+        if let Some(g) = &self.group {
+            g.set_load_report(self.load_report());
+        }
+    }
+
+    /// This peer's report: its totals and, per volume, its hottest pages.
+    fn load_report(&self) -> LoadReport {
+        let mut r = LoadReport::default();
+        for v in self.store.volumes() {
+            let (ops_s, kib_s) = self.load.total(v.info.id);
+            let (ops_milli, kib_milli) = (milli(ops_s), milli(kib_s));
+            r.ops_milli += ops_milli;
+            r.kib_milli += kib_milli;
+            if ops_milli > 0 {
+                let top = self
+                    .load
+                    .top(v.info.id, TOP_PUBLISHED)
+                    .into_iter()
+                    .map(|p| (p.page, milli(p.ops_s), milli(p.kib_s)))
+                    .collect();
+                r.volumes.insert(v.info.name.clone(), VolumeLoad { ops_milli, kib_milli, top });
+            }
+        }
+        r
+    }
+
+    /// Every peer's report, by name: this peer's own as it is now, the others' as they
+    /// last published them.
+    fn reports(&self) -> BTreeMap<String, LoadReport> {
+        let mut all = BTreeMap::new();
+        if let Some(g) = &self.group {
+            let snap = g.snapshot();
+            for (name, r) in snap.loads {
+                if snap.live.values().any(|p| p.name == name) {
+                    all.insert(name, r);
+                }
+            }
+        }
+        all.insert(self.peer_name.clone(), self.load_report());
+        all
+    }
+
+    /// `stats_pages`: the hottest pages of a volume over the group (each page's rate
+    /// summed over the peers that serve it: its leader's writes, every copy's reads).
+    pub(super) fn stats_pages(&self, p: m::StatsPagesParams) -> Result<m::StatsPages, RpcError> {
+        let v = self
+            .store
+            .volume_by_name(&p.name)
+            .ok_or_else(|| RpcError::not_found(format!("no volume named {:?}", p.name)))?;
+        // Page → (operations, KiB per 1000 s, summed; the peers that served it).
+        let mut pages: BTreeMap<u64, Summed> = BTreeMap::new();
+        let (mut ops, mut kib) = (0u64, 0u64);
+        for (peer, r) in self.reports() {
+            let Some(vl) = r.volumes.get(&p.name) else { continue };
+            ops += vl.ops_milli;
+            kib += vl.kib_milli;
+            for &(page, o, k) in &vl.top {
+                let e = pages.entry(page).or_default();
+                e.0 += o;
+                e.1 += k;
+                e.2.push(peer.clone());
+            }
+        }
+        let mut top: Vec<(u64, Summed)> = pages.into_iter().collect();
+        top.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+        top.truncate(p.top.unwrap_or(10));
+        Ok(m::StatsPages {
+            name: p.name,
+            pages: v.info.num_pages,
+            ops_s: per_s(ops),
+            kib_s: per_s(kib),
+            top: top
+                .into_iter()
+                .map(|(page, (o, k, peers))| m::PageLoadEntry { page, ops_s: per_s(o), kib_s: per_s(k), peers })
+                .collect(),
+        })
+    }
+
+    /// `stats_peers`: every peer's load.
+    pub(super) fn stats_peers(&self) -> Vec<m::PeerLoadEntry> {
+        self.reports()
+            .into_iter()
+            .map(|(name, r)| m::PeerLoadEntry {
+                name,
+                ops_s: per_s(r.ops_milli),
+                kib_s: per_s(r.kib_milli),
+                volumes: r.volumes.len() as u64,
+            })
+            .collect()
+    }
+}
+
+/// A page's operations and KiB per 1000 s over the peers, and the peers.
+type Summed = (u64, u64, Vec<String>);
+
+/// Thousandths per second as a rate to one decimal (what a person reads).
+fn per_s(milli: u64) -> f64 {
+    (milli / 100) as f64 / 10.0
+}
