@@ -13,25 +13,8 @@ TTL=${TTL:-5}
 REPLACE_AFTER=${REPLACE_AFTER:-1}
 MOVES_MAX=${MOVES_MAX:-2}
 BATCH_PAGES=${BATCH_PAGES:-16}
-ETCD=${ETCD:-/usr/bin/etcd}
-[ -x "$ETCD" ] || { echo "$BENCH: needs etcd ($ETCD; Debian's etcd-server)" >&2; exit 2; }
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-WORK=$(mktemp -d "/tmp/quire-$BENCH-bench.XXXXXX")
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-cargo build --release -q -p quire -p quire-perf --manifest-path "$REPO/Cargo.toml"
-QUIRE=$REPO/target/release/quire
-PERF=$REPO/target/release/quire-perf
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-
-EC=$(free_port); EP=$(free_port)
-"$ETCD" --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$EC" --advertise-client-urls "http://127.0.0.1:$EC" \
-  --listen-peer-urls "http://127.0.0.1:$EP" --initial-advertise-peer-urls "http://127.0.0.1:$EP" \
-  --initial-cluster "default=http://127.0.0.1:$EP" > "$WORK/etcd.log" 2>&1 &
-PIDS+=($!); wait_port "$EC"
-head -c 32 /dev/urandom | base64 > "$WORK/secret"
+. "$REPO/perf/bench/bench-env.sh"
+etcd_up
 
 # peer NAME: writes NAME's configuration; its I/O port in PORT_NAME
 peer() {

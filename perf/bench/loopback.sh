@@ -21,14 +21,8 @@ PAIRS=${PAIRS:-3}
 SPDK_DIR=${SPDK_DIR:-}
 PORT=${PORT:-$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')}
 SPDK_PORT=${SPDK_PORT:-$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')}
-WORK=$(mktemp -d /tmp/quire-bench.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-cargo build --release -q -p quire -p quire-perf --manifest-path "$REPO/Cargo.toml"
-QUIRE=$REPO/target/release/quire
-PERF=$REPO/target/release/quire-perf
+BENCH=loopback
+. "$REPO/perf/bench/bench-env.sh"
 
 cat > "$WORK/quire.toml" <<TOML
 device = [{ kind = "ram", size = "2G" }]
@@ -44,8 +38,6 @@ discovery_port = 0
 [buffers]
 hugepages = true
 TOML
-
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 start_quire() {
   "$QUIRE" serve --config "$WORK/quire.toml" > "$WORK/quire.log" 2>&1 &

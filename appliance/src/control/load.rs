@@ -11,10 +11,12 @@ use crate::rpc::RpcError;
 use crate::volume::load::TOP_PUBLISHED;
 
 impl Control {
-    /// Takes the reactors' counts into the rates (once a second) and hands the agent
-    /// this peer's report.
+    /// Takes the reactors' counts into the rates and hands the agent this peer's
+    /// report, once a second (the control loop turns far more often).
     pub(super) fn load_turn(&mut self) {
-        self.load.tick(Instant::now());
+        if !self.load.tick(Instant::now()) {
+            return;
+        }
         if let Some(g) = &self.group {
             g.set_load_report(self.load_report());
         }

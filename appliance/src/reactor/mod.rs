@@ -1077,8 +1077,9 @@ impl Reactor {
             }
             if f.replica {
                 let set = v.routing.set_of(f.page);
+                // (The copier's connection is no host connection: its copies fail
+                // and the copy is tried again.)
                 let host_write = matches!(f.op, Op::Write | Op::WriteZeroes | Op::Deallocate)
-                    && f.rref.conn != crate::replica::copier::COPIER_CONN
                     && matches!(self.conns.get(f.rref.conn as usize), Some(Some(Conn::Host(_))));
                 if !set.leads_here() && host_write {
                     // No longer this peer's set to lead (a move cut over while the

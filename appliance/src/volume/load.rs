@@ -124,15 +124,16 @@ impl LoadTracker {
         self.volumes.remove(&id);
     }
 
-    /// Takes the counts since the last tick into the rates (at most once a second).
-    pub fn tick(&mut self, now: Instant) {
+    /// Takes the counts since the last tick into the rates (at most once a second);
+    /// true when it did.
+    pub fn tick(&mut self, now: Instant) -> bool {
         let Some(last) = self.last_tick else {
             self.last_tick = Some(now);
-            return;
+            return false;
         };
         let dt = now.duration_since(last);
         if dt < Duration::from_secs(1) {
-            return;
+            return false;
         }
         self.last_tick = Some(now);
         let secs = dt.as_secs_f32();
@@ -154,6 +155,7 @@ impl LoadTracker {
                 *r = (keep * r.0 + (1.0 - keep) * d_ops, keep * r.1 + (1.0 - keep) * d_kib);
             }
         }
+        true
     }
 
     /// The `n` pages of volume `id` with the most operations per second (ties: more
@@ -224,8 +226,9 @@ mod tests {
         c[0].ops[0].store(u32::MAX - 5, Ordering::Relaxed);
         t.volumes.get_mut(&id).unwrap().last[0] = (u32::MAX - 5, 0);
         let start = Instant::now();
-        t.tick(start);
-        t.tick(start + Duration::from_secs(1));
+        assert!(!t.tick(start), "the first tick only starts the clock");
+        assert!(!t.tick(start + Duration::from_millis(500)), "at most once a second");
+        assert!(t.tick(start + Duration::from_secs(1)));
         assert!(t.top(id, 1).is_empty(), "nothing since");
         for _ in 0..10 {
             c[0].record(0, 1024);
