@@ -276,6 +276,9 @@ pub enum StatsCommand {
     },
     /// Every peer's load: operations and KiB per second it serves.
     Peers,
+    /// Every host's I/O on each volume over the group: operations and KiB per second
+    /// (decaying, half-life 10 s), mean latency, the peers it goes through.
+    Hosts,
 }
 
 /// `quire store …`.
@@ -372,6 +375,8 @@ const MIGRATION_COLUMNS: &[Column] = &[
     column("from", "FROM", Format::Text),
     column("to", "TO", Format::Text),
     column("phase", "PHASE", Format::Text),
+    column("pieces_done", "COPIED", Format::Number),
+    column("pieces", "PIECES", Format::Number),
 ];
 
 const PAGE_LOAD_FIELDS: &[Column] = &[
@@ -393,6 +398,15 @@ const PEER_LOAD_COLUMNS: &[Column] = &[
     column("ops_s", "OPS/S", Format::Number),
     column("kib_s", "KIB/S", Format::Number),
     column("volumes", "VOLUMES", Format::Number),
+];
+
+const HOST_LOAD_COLUMNS: &[Column] = &[
+    column("host", "HOST", Format::Text),
+    column("volume", "VOLUME", Format::Text),
+    column("ops_s", "OPS/S", Format::Number),
+    column("kib_s", "KIB/S", Format::Number),
+    column("latency_us", "LAT_US", Format::Number),
+    column("peers", "PEERS", Format::Text),
 ];
 
 const REBALANCE_FIELDS: &[Column] = &[
@@ -562,6 +576,7 @@ impl ClientCommand {
                 (methods::STATS_PAGES, to_value(&StatsPagesParams { name: name.clone(), top: Some(*top) }))
             }
             ClientCommand::Stats(StatsCommand::Peers) => (methods::STATS_PEERS, Value::Null),
+            ClientCommand::Stats(StatsCommand::Hosts) => (methods::STATS_HOSTS, Value::Null),
             ClientCommand::Store(StoreCommand::Info) => (methods::STORE_INFO, Value::Null),
             ClientCommand::Group(GroupCommand::Status) => (methods::GROUP_STATUS, Value::Null),
             ClientCommand::Scrub(ScrubCommand::Start { name }) => {
@@ -627,6 +642,7 @@ impl ClientCommand {
                 View::RecordThenTable(PAGE_LOAD_FIELDS, "top", PAGE_LOAD_COLUMNS)
             }
             ClientCommand::Stats(StatsCommand::Peers) => View::Table(PEER_LOAD_COLUMNS),
+            ClientCommand::Stats(StatsCommand::Hosts) => View::Table(HOST_LOAD_COLUMNS),
             ClientCommand::Store(StoreCommand::Info) => View::Record(STORE_FIELDS),
             ClientCommand::Store(StoreCommand::Format(_)) | ClientCommand::Logs(_) => View::Done(String::new()),
             ClientCommand::Scrub(ScrubCommand::Start { name }) => View::Done(format!("scrub of {name} started")),

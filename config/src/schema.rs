@@ -278,11 +278,28 @@ pub struct Rebalance {
     /// Pages one move of the rebalancer takes at most (pages of one replica set,
     /// copied and cut over together).
     pub batch_pages: u32,
+    /// Hot pages: a peer serving more I/O than its share of the group's (by weight) by
+    /// this many percent gives one of its hot pages to the least loaded peer, when
+    /// that leaves the target less loaded than the source (0: load is not looked at).
+    pub load_tolerance_pct: u32,
+    /// Below this many operations a second in the whole group, load moves nothing.
+    pub load_min_iops: u32,
+    /// Seconds between two moves for load (rates are averages that need this long to
+    /// show where the moved page's I/O went).
+    pub load_interval_s: u32,
 }
 
 impl Default for Rebalance {
     fn default() -> Rebalance {
-        Rebalance { enabled: true, tolerance_pct: 10, moves_max: 2, batch_pages: 16 }
+        Rebalance {
+            enabled: true,
+            tolerance_pct: 10,
+            moves_max: 2,
+            batch_pages: 16,
+            load_tolerance_pct: 50,
+            load_min_iops: 200,
+            load_interval_s: 30,
+        }
     }
 }
 

@@ -88,6 +88,10 @@ pub const TOLERANCE_PCT: std::ops::RangeInclusive<u32> = 1..=100;
 pub const MOVES_MAX: std::ops::RangeInclusive<u32> = 1..=64;
 /// Range of `rebalance.batch_pages`.
 pub const BATCH_PAGES: std::ops::RangeInclusive<u32> = 1..=1024;
+/// Range of `rebalance.load_tolerance_pct`.
+pub const LOAD_TOLERANCE_PCT: std::ops::RangeInclusive<u32> = 0..=1000;
+/// Range of `rebalance.load_interval_s`.
+pub const LOAD_INTERVAL_S: std::ops::RangeInclusive<u32> = 1..=3600;
 /// Shortest group secret, bytes.
 pub const SECRET_LEN_MIN: usize = 16;
 /// Longest Unix socket path (sun_path is 108 bytes with its NUL).
@@ -148,7 +152,21 @@ fn rebalance(r: &Rebalance) -> Result {
     let (lo, hi) = (MOVES_MAX.start(), MOVES_MAX.end());
     ensure(MOVES_MAX.contains(&r.moves_max), "rebalance.moves_max", r.moves_max, format!("{lo}..={hi}"))?;
     let (lo, hi) = (BATCH_PAGES.start(), BATCH_PAGES.end());
-    ensure(BATCH_PAGES.contains(&r.batch_pages), "rebalance.batch_pages", r.batch_pages, format!("{lo}..={hi}"))
+    ensure(BATCH_PAGES.contains(&r.batch_pages), "rebalance.batch_pages", r.batch_pages, format!("{lo}..={hi}"))?;
+    let (lo, hi) = (LOAD_TOLERANCE_PCT.start(), LOAD_TOLERANCE_PCT.end());
+    ensure(
+        LOAD_TOLERANCE_PCT.contains(&r.load_tolerance_pct),
+        "rebalance.load_tolerance_pct",
+        r.load_tolerance_pct,
+        format!("{lo}..={hi}"),
+    )?;
+    let (lo, hi) = (LOAD_INTERVAL_S.start(), LOAD_INTERVAL_S.end());
+    ensure(
+        LOAD_INTERVAL_S.contains(&r.load_interval_s),
+        "rebalance.load_interval_s",
+        r.load_interval_s,
+        format!("{lo}..={hi}"),
+    )
 }
 
 fn group(group: &Group) -> Result {
@@ -787,6 +805,11 @@ mod tests {
         assert_eq!(invalid(|c| c.rebalance.tolerance_pct = 0), "rebalance.tolerance_pct = 0: expected 1..=100");
         assert_eq!(invalid(|c| c.rebalance.moves_max = 65), "rebalance.moves_max = 65: expected 1..=64");
         assert_eq!(invalid(|c| c.rebalance.batch_pages = 0), "rebalance.batch_pages = 0: expected 1..=1024");
+        assert_eq!(
+            invalid(|c| c.rebalance.load_tolerance_pct = 1001),
+            "rebalance.load_tolerance_pct = 1001: expected 0..=1000"
+        );
+        assert_eq!(invalid(|c| c.rebalance.load_interval_s = 0), "rebalance.load_interval_s = 0: expected 1..=3600");
     }
 
     #[test]

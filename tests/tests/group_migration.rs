@@ -8,7 +8,11 @@
 //! - `quire migration cancel` before the cut-over leaves the page where it was;
 //! - `quire peer drain` under verified I/O moves every copy the peer holds of a
 //!   volume with two copies to the other peers, and frees them on the drained peer;
-//!   `quire peer remove` is refused while it runs, and once it is stopped forgets it.
+//!   `quire peer remove` is refused while it runs, and once it is stopped forgets it;
+//! - a move whose source (the page's only copy, which drives the copy) is killed
+//!   mid-copy and restarted resumes from the progress persisted in the group: the
+//!   pieces copied before are compared, only the rest is copied again;
+//! - a move whose coordinator is killed mid-copy and restarted completes.
 
 use std::time::Duration;
 
@@ -17,7 +21,7 @@ const RATE_MB_S: u32 = 2;
 
 use quire_tests::group::{
     cli_error, cli_json, create_replicated, first_led_by, pattern, peers_in, same_everywhere, sets, three_peers,
-    three_peers_with, verified_io, volume_on, wait_all, wait_for, Client, Peer, BLOCKS_PER_PAGE,
+    three_peers_with, verified_io, volume_on, wait_all, wait_for, Client, Peer, BLOCKS_PER_PAGE, PAGE_BYTES,
 };
 use quire_tests::{serial, tail};
 use serde_json::Value;
@@ -27,6 +31,32 @@ use serde_json::Value;
 fn page_set(peer: &Peer, volume: &str, page: u64) -> (String, Vec<String>) {
     let members = quire_tests::group::page_members(peer, volume);
     members[usize::try_from(page).unwrap()].clone()
+}
+
+/// Creates `name` (48 MiB of 4 MiB pages, one copy each) through the first peer and
+/// waits until every peer routes it.
+fn create_single(peers: &[Peer], name: &str) {
+    let v = cli_json(
+        &peers[0].socket(),
+        &["volume", "create", name, "--size", "48M", "--page-size", "4M", "--replicas", "1"],
+    );
+    assert_eq!(v["name"], name, "{v}");
+    for p in peers {
+        wait_for(p, "the volume routed everywhere", Duration::from_secs(15), |p| !sets(p, name).is_empty());
+    }
+}
+
+/// Every page of `volume` (all written) has one copy, on its set's peer, and every peer
+/// reads the same bytes.
+fn one_copy_each(peers: &[Peer], volume: &str) {
+    let members = quire_tests::group::page_members(&peers[0], volume);
+    for p in peers {
+        let held = members.iter().filter(|(_, ms)| ms.contains(&p.name)).count() as u64;
+        wait_for(p, "one copy of each page, on its set's peer", Duration::from_secs(30), |p| {
+            volume_on(p, volume)["allocated_pages"].as_u64() == Some(held)
+        });
+    }
+    same_everywhere(peers, volume);
 }
 
 /// The moves under way, as `quire migration list` gives them on `peer`.
@@ -42,14 +72,7 @@ fn a_page_moved_by_hand_under_io_ends_with_one_copy_on_the_new_peer() {
     else {
         return;
     };
-    let v = cli_json(
-        &peers[0].socket(),
-        &["volume", "create", "mv", "--size", "48M", "--page-size", "4M", "--replicas", "1"],
-    );
-    assert_eq!(v["name"], "mv", "{v}");
-    for p in &peers {
-        wait_for(p, "mv routed everywhere", Duration::from_secs(15), |p| !sets(p, "mv").is_empty());
-    }
+    create_single(&peers, "mv");
     let page = first_led_by(&peers[0], "mv", "a");
     let allocated = |p: &Peer| volume_on(p, "mv")["allocated_pages"].as_u64().unwrap();
 
@@ -111,6 +134,105 @@ fn a_page_moved_by_hand_under_io_ends_with_one_copy_on_the_new_peer() {
     let held = members.iter().filter(|(_, ms)| ms.contains(&"a".to_string())).count() as u64;
     wait_for(&peers[0], "a's partial copy freed", Duration::from_secs(20), |p| allocated(p) == held);
     same_everywhere(&peers, "mv");
+}
+
+/// The copy rate of the resume test, MB/s: a page takes about four seconds.
+const RESUME_MB_S: u32 = 1;
+
+#[test]
+fn a_move_whose_source_restarts_mid_copy_resumes_from_its_persisted_progress() {
+    let _serial = serial();
+    let Some((_dir, _etcd, mut peers)) = three_peers_with("a_move_resumes", 25_000, |s| s.rebuild_mb_s = RESUME_MB_S)
+    else {
+        return;
+    };
+    create_single(&peers, "rs");
+    let page = first_led_by(&peers[0], "rs", "a");
+    // Verified random I/O through b over the whole volume (every page written first)
+    // across the move, the kill of its source and its restart (b holds the parts for
+    // a's pages while a is away).
+    let io = verified_io(&peers[1], "rs", 30);
+    wait_for(&peers[1], "host I/O under way", Duration::from_secs(20), |p| p.reactor_sum("forwarded_parts") > 300);
+    let started = cli_json(&peers[1].socket(), &["page", "move", "rs", &page.to_string(), "c"]);
+    assert!(started.as_array().is_some_and(|l| l.iter().any(|m| m["first_page"] == page)), "{started}");
+    // The copy's progress, persisted in the group: pieces from the first all copied.
+    let progress = |p: &Peer| {
+        migrations(p)
+            .iter()
+            .find(|m| m["first_page"] == page)
+            .map(|m| (m["pieces_done"].as_u64().unwrap_or(0), m["pieces"].as_u64().unwrap_or(0)))
+    };
+    wait_for(&peers[1], "a quarter of the page copied, as persisted", Duration::from_secs(30), |p| {
+        progress(p).is_some_and(|(done, all)| all == 64 && done >= 16)
+    });
+    // a, the page's only copy in sync and the copy's driver, dies mid-copy and comes back.
+    peers[0].proc.kill9();
+    let (done, all) = progress(&peers[1]).expect("the move is under way");
+    assert!(done < all, "killed mid-copy: {done}/{all}");
+    peers[0].restart();
+    for p in &peers {
+        wait_for(p, "the page on c alone, the move done", Duration::from_secs(90), |p| {
+            page_set(p, "rs", page) == ("c".to_string(), vec!["c".to_string()]) && migrations(p).is_empty()
+        });
+    }
+    // The restarted a took up the copy where the persisted progress said: it compared
+    // the pieces before it (equal: nothing written meanwhile) and copied only the rest.
+    let log = peers[0].proc.log();
+    assert!(log.contains("rebuild resumes from an earlier run's progress"), "{}", tail(&log, 30));
+    let copied = peers[0].reactor_sum("rebuild_bytes");
+    let piece = PAGE_BYTES / 64;
+    eprintln!("a killed at {done}/{all} pieces persisted; it copied {copied} bytes after its restart");
+    assert!(copied > 0, "the rest of the page was copied");
+    assert!(
+        copied <= (all - done) * piece,
+        "a copied {copied} bytes after its restart: more than the {} pieces left after the {done} persisted",
+        all - done
+    );
+    let run = io.join().expect("perf thread");
+    assert!(run.ok, "I/O through b across the move and a's restart: {}\n{}", run.text, tail(&log, 30));
+    assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}", run.text);
+    // One copy of each page, on its set's peer; every peer reads the same bytes.
+    one_copy_each(&peers, "rs");
+}
+
+#[test]
+fn a_move_survives_the_coordinator_killed_mid_copy() {
+    let _serial = serial();
+    let Some((_dir, _etcd, mut peers)) =
+        three_peers_with("a_move_coordinator_killed", 25_000, |s| s.rebuild_mb_s = RESUME_MB_S)
+    else {
+        return;
+    };
+    create_single(&peers, "ck");
+    // The page moves between the two peers that do not coordinate; the host uses the
+    // source.
+    let all: Vec<&Peer> = peers.iter().collect();
+    let coordinator = quire_tests::group::one_coordinator(&all, &["a", "b", "c"]);
+    let k = peers.iter().position(|p| p.name == coordinator).expect("a peer coordinates");
+    let (x, y) = ((k + 1) % 3, (k + 2) % 3);
+    let (from, to) = (peers[x].name.clone(), peers[y].name.clone());
+    let page = first_led_by(&peers[x], "ck", &from);
+    let io = verified_io(&peers[x], "ck", 25);
+    wait_for(&peers[x], "host I/O under way", Duration::from_secs(20), |p| p.reactor_sum("forwarded_parts") > 300);
+    let started = cli_json(&peers[x].socket(), &["page", "move", "ck", &page.to_string(), &to]);
+    assert!(started.as_array().is_some_and(|l| l.iter().any(|m| m["first_page"] == page)), "{started}");
+    wait_for(&peers[x], "part of the page copied", Duration::from_secs(30), |p| {
+        migrations(p).iter().any(|m| m["first_page"] == page && m["pieces_done"].as_u64().unwrap_or(0) >= 8)
+    });
+    // The coordinator dies mid-copy and comes back: the copy goes on (its source drives
+    // it), and the cut-over and hand-over are planned by whichever peer coordinates.
+    peers[k].proc.kill9();
+    assert!(migrations(&peers[x]).iter().any(|m| m["first_page"] == page && m["phase"] == "copying"));
+    peers[k].restart();
+    for p in &peers {
+        wait_for(p, "the page on its new peer alone, the move done", Duration::from_secs(90), |p| {
+            page_set(p, "ck", page) == (to.clone(), vec![to.clone()]) && migrations(p).is_empty()
+        });
+    }
+    let run = io.join().expect("perf thread");
+    assert!(run.ok, "I/O through {from} across the coordinator's restart: {}", run.text);
+    assert!(run.text.contains("Verify: 0 mismatched blocks"), "{}", run.text);
+    one_copy_each(&peers, "ck");
 }
 
 #[test]

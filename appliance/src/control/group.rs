@@ -509,8 +509,10 @@ impl Control {
             return;
         }
         let now = std::time::Instant::now();
+        let copied = self.group.as_ref().map(|g| g.group_copied()).unwrap_or_default();
         for (vid, (rec, _)) in &self.records {
-            self.rebuilds.sync(*vid, rec, (self.me.0, self.me_lease), now);
+            let progress = |set: usize, member: u16| copied.get(&(rec.name.clone(), set, member)).copied();
+            self.rebuilds.sync(*vid, rec, (self.me.0, self.me_lease), now, progress);
         }
         let records = &self.records;
         self.rebuilds.tasks.retain(|k, _| records.contains_key(&k.0));
@@ -542,6 +544,15 @@ impl Control {
         let report = self.rebuilds.report(|vid| self.store.volume(vid).map(|v| v.info.name.clone()));
         if let Some(g) = &self.group {
             g.set_rebuild_report(report);
+            let copied = self
+                .rebuilds
+                .progress(self.me.0)
+                .into_iter()
+                .filter_map(|((vid, set, member), p)| {
+                    self.store.volume(vid).map(|v| ((v.info.name.clone(), set, member), p))
+                })
+                .collect();
+            g.set_copied(copied);
         }
         for a in actions {
             match a {
@@ -574,6 +585,8 @@ impl Control {
                     from: name(mv.from),
                     to: name(mv.to),
                     phase: mv.phase.to_string(),
+                    pieces_done: snap.copied.get(&(r.name.clone(), mv.set, mv.to)).map_or(0, |p| p.done),
+                    pieces: snap.copied.get(&(r.name.clone(), mv.set, mv.to)).map_or(0, |p| p.items),
                 });
             }
         }

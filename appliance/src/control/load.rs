@@ -1,11 +1,12 @@
-//! The load monitor's control side (`volume::load`): the rates, this peer's report to
-//! the group, and `stats_pages` / `stats_peers` over the whole group's reports.
+//! The load monitor's control side (`volume::load`): the rates (pages' and hosts'),
+//! this peer's report to the group, and `stats_pages` / `stats_peers` /
+//! `stats_hosts` over the whole group's reports.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::Control;
-use crate::group::keys::{milli, LoadReport, VolumeLoad};
+use crate::group::keys::{milli, HostLoad, LoadReport, VolumeLoad};
 use crate::rpc::methods as m;
 use crate::rpc::RpcError;
 use crate::volume::load::TOP_PUBLISHED;
@@ -14,9 +15,22 @@ impl Control {
     /// Takes the reactors' counts into the rates and hands the agent this peer's
     /// report, once a second (the control loop turns far more often).
     pub(super) fn load_turn(&mut self) {
-        if !self.load.tick(Instant::now()) {
+        let now = Instant::now();
+        if !self.load.tick(now) {
             return;
         }
+        let controllers: Vec<crate::volume::load::ControllerIo> = {
+            let r = self.registry.lock();
+            r.controllers
+                .values()
+                .filter(|c| !c.discovery)
+                .filter_map(|c| {
+                    let v = self.store.volume(c.volume?)?;
+                    Some((c.cntlid, c.hostnqn.clone(), v.info.name.clone(), c.io_totals()))
+                })
+                .collect()
+        };
+        self.hosts.tick(now, controllers);
         if let Some(g) = &self.group {
             g.set_load_report(self.load_report());
         }
@@ -40,7 +54,45 @@ impl Control {
                 r.volumes.insert(v.info.name.clone(), VolumeLoad { ops_milli, kib_milli, top });
             }
         }
+        r.hosts = self
+            .hosts
+            .rates
+            .iter()
+            .filter(|(_, h)| milli(h.ops_s) > 0)
+            .map(|((host, volume), h)| HostLoad {
+                host: host.clone(),
+                volume: volume.clone(),
+                ops_milli: milli(h.ops_s),
+                kib_milli: milli(h.kib_s),
+                latency_ns: milli(h.latency_us),
+            })
+            .collect();
         r
+    }
+
+    /// `stats_hosts`: every host's load on each volume over the group's reports.
+    pub(super) fn stats_hosts(&self) -> Vec<m::HostLoadEntry> {
+        // (host, volume) → operations and KiB per 1000 s, latency ns × operations, peers.
+        let mut all: BTreeMap<(String, String), HostSummed> = BTreeMap::new();
+        for (peer, r) in self.reports() {
+            for h in &r.hosts {
+                let e = all.entry((h.host.clone(), h.volume.clone())).or_default();
+                e.0 += h.ops_milli;
+                e.1 += h.kib_milli;
+                e.2 += u128::from(h.latency_ns) * u128::from(h.ops_milli);
+                e.3.push(peer.clone());
+            }
+        }
+        all.into_iter()
+            .map(|((host, volume), (ops, kib, lat, peers))| m::HostLoadEntry {
+                host,
+                volume,
+                ops_s: per_s(ops),
+                kib_s: per_s(kib),
+                latency_us: if ops == 0 { 0.0 } else { (lat / u128::from(ops)) as f64 / 1000.0 },
+                peers,
+            })
+            .collect()
     }
 
     /// Every peer's report, by name: this peer's own as it is now, the others' as they
@@ -108,6 +160,10 @@ impl Control {
             .collect()
     }
 }
+
+/// A host's operations and KiB per 1000 s on a volume over the peers, its latency (ns)
+/// times its operations, and the peers.
+type HostSummed = (u64, u64, u128, Vec<String>);
 
 /// A page's operations and KiB per 1000 s over the peers, and the peers.
 type Summed = (u64, u64, Vec<String>);

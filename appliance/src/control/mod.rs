@@ -127,6 +127,8 @@ pub struct Control {
     rebuilds: crate::replica::rebuild::Rebuilds,
     /// Per-page load of every volume (`volume::load`).
     load: crate::volume::load::LoadTracker,
+    /// Each host's rates on each volume served here.
+    hosts: crate::volume::load::HostRates,
     replication: quire_config::schema::Replication,
     /// The scrub requests started, by volume name, and when each volume led here was
     /// last scrubbed (the periodic scrub).
@@ -169,6 +171,7 @@ impl Control {
             unheld_wanted: std::collections::BTreeSet::new(),
             rebuilds: Default::default(),
             load: Default::default(),
+            hosts: Default::default(),
             replication: parts.replication,
             scrubs_started: HashMap::new(),
             last_scrub: HashMap::new(),
@@ -520,6 +523,7 @@ impl Control {
                 self.stats_pages(p).map(|s| json!(s))
             }
             m::STATS_PEERS => Ok(json!(self.stats_peers())),
+            m::STATS_HOSTS => Ok(json!(self.stats_hosts())),
             m::METRICS => Ok(Value::String(self.metrics_text())),
             m::GROUP_STATUS => Ok(json!(match &self.group {
                 Some(g) => g.status(),

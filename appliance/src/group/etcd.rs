@@ -188,6 +188,9 @@ pub struct Agent {
     published_rebuild: keys::RebuildReport,
     /// When this peer last published its load report.
     load_published_at: Option<Instant>,
+    /// The rebuild progress last published, and when.
+    published_copied: super::CopiedMap,
+    copied_published_at: Option<Instant>,
 }
 
 impl Agent {
@@ -209,6 +212,8 @@ impl Agent {
             noted: std::collections::BTreeSet::new(),
             published_rebuild: keys::RebuildReport::default(),
             load_published_at: None,
+            published_copied: super::CopiedMap::new(),
+            copied_published_at: None,
         }
     }
 
@@ -327,6 +332,7 @@ impl Agent {
             shares: self.shares(&view),
             draining: view.draining.clone(),
             loads: view.loads.clone(),
+            copied: view.copied.clone(),
             live: view
                 .peers
                 .values()
@@ -364,7 +370,56 @@ impl Agent {
         }
         self.republish_if_changed().await?;
         self.republish_load().await?;
+        self.republish_copied().await?;
         self.republish_rebuild().await
+    }
+
+    /// Puts the progress of the full rebuilds this peer drives that changed, at most
+    /// once a second, without a lease (the next leader resumes from it). Entries of
+    /// rebuilds that ended are left for the coordinator to delete
+    /// ([`Agent::clean_copied`]): a member that restarted is rebuilt again from them.
+    async fn republish_copied(&mut self) -> Result<(), AgentError> {
+        if self.lease.is_none() || self.copied_published_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return Ok(());
+        }
+        let now = self.shared.my_copied();
+        for (k, p) in &now {
+            if self.published_copied.get(k) == Some(p) {
+                continue;
+            }
+            let value = serde_json::to_vec(p).expect("progress serializes");
+            let put =
+                pb::PutRequest { key: keys::copied_key(&k.0, k.1, k.2).into_bytes(), value, ..Default::default() };
+            self.client.kv.put(put).await.map_err(etcd_err("publish a rebuild's progress"))?;
+        }
+        self.published_copied = now;
+        self.copied_published_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The coordinator deletes the progress of rebuilds nobody will resume: the volume
+    /// or set is gone, or the member is in sync, leaving or gone.
+    async fn clean_copied(&mut self, view: &super::view::GroupView) -> Result<(), AgentError> {
+        use crate::replica::set::MemberState;
+        for (volume, set, member) in view.copied.keys() {
+            let wanted = view
+                .volumes
+                .get(volume)
+                .and_then(|(r, _)| r.sets.get(*set))
+                .and_then(|s| s.member(*member))
+                .is_some_and(|m| {
+                    matches!(m.state, MemberState::Rebuild { .. } | MemberState::Out { .. } | MemberState::Reconcile)
+                });
+            if wanted || view.unreadable_volumes.contains(volume) {
+                continue;
+            }
+            let del = pb::DeleteRangeRequest {
+                key: keys::copied_key(volume, *set, *member).into_bytes(),
+                ..Default::default()
+            };
+            self.client.kv.delete_range(del).await.map_err(etcd_err("delete a finished rebuild's progress"))?;
+        }
+        Ok(())
     }
 
     /// Puts this peer's rebuild report when it changed (under its lease: it goes with
@@ -409,6 +464,7 @@ impl Agent {
     async fn plan_replicas(&mut self) -> Result<(), AgentError> {
         use crate::replica::plan::{plan_with_notes, PlanInput};
         let view = self.membership.view().clone();
+        self.clean_copied(&view).await?;
         let peers = self.plan_peers(&view);
         let now = Instant::now();
         let now_ms = now_ms();
@@ -507,7 +563,7 @@ impl Agent {
         view: &GroupView,
         input: &crate::replica::plan::PlanInput<'_>,
     ) -> Result<(), AgentError> {
-        use crate::replica::rebalance::{decide, Decision, Policy};
+        use crate::replica::rebalance::{decide_with, Decision, LoadInput, Policy};
         let cfg = &self.cfg.rebalance;
         let (record, revision) = &view.rebalance;
         let policy = Policy {
@@ -518,6 +574,25 @@ impl Agent {
             batch_max: usize::try_from(cfg.batch_pages).unwrap_or(usize::MAX),
         };
         let volumes = view.volumes.iter().map(|(n, (r, _))| (n.clone(), r.clone())).collect();
+        // The peers' load reports: each one's rate and hottest pages, by routing id.
+        let mut loads = LoadInput {
+            last_move_ms: record.history.iter().rev().find(|m| m.load).map(|m| m.at_ms),
+            tolerance_pct: cfg.load_tolerance_pct,
+            min_milli: u64::from(cfg.load_min_iops) * 1000,
+            every_ms: u64::from(cfg.load_interval_s) * 1000,
+            ..LoadInput::default()
+        };
+        for (name, report) in &view.loads {
+            let Some(id) = view.peer_id(name) else { continue };
+            loads.ops_milli.insert(id, report.ops_milli);
+            let mut hot: Vec<(String, u64, u64)> = report
+                .volumes
+                .iter()
+                .flat_map(|(v, l)| l.top.iter().map(move |&(page, ops, _)| (v.clone(), page, ops)))
+                .collect();
+            hot.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, a.1).cmp(&(&b.0, b.1))));
+            loads.hot.insert(id, hot);
+        }
         let mut next = keys::RebalanceRecord {
             enabled: cfg.enabled,
             tolerance_pct: cfg.tolerance_pct,
@@ -527,9 +602,13 @@ impl Agent {
         let mut compare = vec![unchanged_since(keys::REBALANCE, *revision)];
         let mut ops = Vec::new();
         let mut log = None;
-        match decide(&volumes, input, &policy) {
+        let decision = decide_with(&volumes, input, &policy, &loads);
+        let (decision, candidate) =
+            crate::replica::rebalance::confirm_load(decision, record.load_candidate.as_ref(), input.now_ms);
+        next.load_candidate = candidate;
+        match decision {
             Decision::Idle(why) => next.state = why,
-            Decision::Move { volume, pages, from, to: (to, to_inc) } => {
+            Decision::Move { volume, pages, from, to: (to, to_inc), load } => {
                 let (old, vrev) = &view.volumes[&volume];
                 let start = crate::replica::migration::start_pages(
                     old,
@@ -549,8 +628,11 @@ impl Agent {
                 };
                 let name = |id: u16| view.peer_ids.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
                 let (from_name, to_name) = (name(from.peer), name(to.peer));
-                let why = crate::replica::rebalance::explain((&from_name, &from), (&to_name, &to));
                 let (page, count) = (pages[0], pages.len() as u64);
+                let why = match &load {
+                    Some(l) => crate::replica::rebalance::explain_load(&from_name, &to_name, (&volume, page), l),
+                    None => crate::replica::rebalance::explain((&from_name, &from), (&to_name, &to)),
+                };
                 let entry = keys::RebalanceMove {
                     at_ms: input.now_ms,
                     volume: volume.clone(),
@@ -559,6 +641,7 @@ impl Agent {
                     from: from_name,
                     to: to_name,
                     why: why.clone(),
+                    load: load.is_some(),
                 };
                 let what = if count == 1 { format!("page {page}") } else { format!("{count} pages from page {page}") };
                 next.state = format!("moving {what} of {volume} from {} to {}: {why}", entry.from, entry.to);

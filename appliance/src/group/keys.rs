@@ -15,6 +15,11 @@
 //!                            peer <name> that its next run revoked, and when
 //! /quire/v1/rebuild/<name>   RebuildReport (JSON): the rebuilds peer <name> leads and
 //!                            how far they are, attached to its lease
+//! /quire/v1/copied/<volume>/<set>/<member>
+//!                            CopyProgress (JSON): how far the full rebuild of a member
+//!                            got (pieces from the first all copied); no lease: the
+//!                            next leader resumes from it; the coordinator deletes it
+//!                            once the member is no longer rebuilt
 //! ```
 //!
 //! What says a peer is alive is attached to its lease: a peer that stops (or is cut
@@ -54,6 +59,21 @@ pub const SCRUB: &str = "/quire/v1/scrub/";
 /// The prefix of drain marks (`quire peer drain NAME`): the peer's copies move away.
 pub const DRAIN: &str = "/quire/v1/drain/";
 
+/// The prefix of full rebuilds' progress (`replica::rebuild::CopyProgress`).
+pub const COPIED: &str = "/quire/v1/copied/";
+
+/// The key of the progress of the full rebuild of `member` in set `set` of `volume`.
+pub fn copied_key(volume: &str, set: usize, member: u16) -> String {
+    format!("{COPIED}{volume}/{set}/{member}")
+}
+
+/// Volume, set and member of a progress key (what follows [`COPIED`]).
+pub fn parse_copied(rest: &str) -> Option<(String, usize, u16)> {
+    let (rest, member) = rest.rsplit_once('/')?;
+    let (volume, set) = rest.rsplit_once('/')?;
+    Some((volume.to_string(), set.parse().ok()?, member.parse().ok()?))
+}
+
 /// The prefix of load reports (`volume::load`): each peer's, under its lease.
 pub const LOAD: &str = "/quire/v1/load/";
 
@@ -72,6 +92,24 @@ pub struct LoadReport {
     pub kib_milli: u64,
     /// Per volume name.
     pub volumes: std::collections::BTreeMap<String, VolumeLoad>,
+    /// Per host on each volume it reaches through this peer.
+    #[serde(default)]
+    pub hosts: Vec<HostLoad>,
+}
+
+/// One host's load on one volume through one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostLoad {
+    /// Host NQN.
+    pub host: String,
+    /// Volume name.
+    pub volume: String,
+    /// Reads and writes per 1000 s.
+    pub ops_milli: u64,
+    /// KiB per 1000 s.
+    pub kib_milli: u64,
+    /// Mean latency, ns.
+    pub latency_ns: u64,
 }
 
 /// One volume's load on one peer.
@@ -127,6 +165,10 @@ pub struct RebalanceRecord {
     /// The last moves it started, oldest first.
     #[serde(default)]
     pub history: Vec<RebalanceMove>,
+    /// The move for load it would make, and since when it would: it is made once it
+    /// has stayed the choice for a while (`replica::rebalance::confirm_load`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_candidate: Option<crate::replica::rebalance::LoadCandidate>,
 }
 
 /// A move the rebalancer started.
@@ -147,6 +189,9 @@ pub struct RebalanceMove {
     pub to: String,
     /// Why.
     pub why: String,
+    /// A move for load (a hot page), not for capacity.
+    #[serde(default)]
+    pub load: bool,
 }
 
 /// The key of peer `name`'s drain mark.
@@ -206,6 +251,10 @@ pub struct RebuildProgress {
     pub bytes: u64,
     /// Pieces copied so far.
     pub pieces: u64,
+    /// Pieces compared instead of copied: a rebuild resumed from an earlier run's
+    /// progress (`/quire/v1/copied/...`).
+    #[serde(default)]
+    pub compared: u64,
     /// The last scrub this leader ran of the sets it leads: pages to compare (one
     /// per member), pages compared, units found different (and repaired), running.
     #[serde(default)]

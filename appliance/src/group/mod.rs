@@ -89,6 +89,8 @@ pub struct GroupSnapshot {
     pub draining: std::collections::BTreeSet<String>,
     /// Each live peer's load report, by name.
     pub loads: BTreeMap<String, keys::LoadReport>,
+    /// How far full rebuilds got, by (volume, set, member).
+    pub copied: CopiedMap,
 }
 
 /// A live peer as the snapshot gives it: what links and hosts need to reach it.
@@ -269,7 +271,13 @@ pub struct Shared {
     rebuild: Mutex<keys::RebuildReport>,
     /// This peer's load report (the control thread sets it, the agent publishes it).
     load: Mutex<keys::LoadReport>,
+    /// How far the full rebuilds this peer drives got (the control thread sets it, the
+    /// agent publishes it).
+    copied: Mutex<CopiedMap>,
 }
+
+/// Full rebuilds' progress by (volume, set, member).
+pub type CopiedMap = BTreeMap<(String, usize, u16), crate::replica::rebuild::CopyProgress>;
 
 impl Shared {
     /// Shared state of peer `me` in the group at `endpoints`, whose secret is `secret`.
@@ -288,6 +296,7 @@ impl Shared {
             fence: Arc::default(),
             rebuild: Mutex::default(),
             load: Mutex::default(),
+            copied: Mutex::default(),
         })
     }
 
@@ -304,6 +313,15 @@ impl Shared {
     /// The control thread's report of the load this peer serves.
     pub fn set_load_report(&self, r: keys::LoadReport) {
         *self.load.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = r;
+    }
+
+    /// The control thread's account of how far the full rebuilds it drives got.
+    pub fn set_copied(&self, c: CopiedMap) {
+        *self.copied.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = c;
+    }
+
+    fn my_copied(&self) -> CopiedMap {
+        self.copied.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn load_report(&self) -> keys::LoadReport {
@@ -341,6 +359,11 @@ impl Shared {
     /// The last published snapshot.
     pub fn snapshot(&self) -> GroupSnapshot {
         self.state().snapshot.clone()
+    }
+
+    /// The progress of full rebuilds, as last read (without copying the whole snapshot).
+    pub fn group_copied(&self) -> CopiedMap {
+        self.state().snapshot.copied.clone()
     }
 
     /// Publishes what the agent read about volumes; a new generation only if it changed.

@@ -71,6 +71,8 @@ pub struct GroupView {
     pub rebalance: (keys::RebalanceRecord, i64),
     /// Each live peer's load report, by name.
     pub loads: BTreeMap<String, keys::LoadReport>,
+    /// How far full rebuilds got, by (volume, set, member).
+    pub copied: BTreeMap<(String, usize, u16), crate::replica::rebuild::CopyProgress>,
 }
 
 /// Whether a peer may register, from the view it read first.
@@ -130,6 +132,15 @@ impl GroupView {
                         view.revoked.insert(name.to_string(), r);
                     }
                     Err(e) => view.ignored.push(format!("{key}: not a revocation record: {e}")),
+                }
+                continue;
+            }
+            if let Some(rest) = key.strip_prefix(keys::COPIED) {
+                match (keys::parse_copied(rest), serde_json::from_slice(kv.value)) {
+                    (Some(k), Ok(p)) => {
+                        view.copied.insert(k, p);
+                    }
+                    _ => view.ignored.push(format!("{key}: not a copy progress record")),
                 }
                 continue;
             }

@@ -267,6 +267,7 @@ fn connect_io(q: &mut QueueInfo, registry: &Registry, cc: &ConnectCmd, data: &Co
     q.qid = Some(cc.qid);
     q.sqsize = cc.sqsize + 1;
     q.sqflow_disabled = cc.cattr & 0x4 != 0;
+    q.host_io = Some(ctrlr.queue_io());
     q.ctrlr = Some(ctrlr.clone());
     tracing::debug!(cntlid = ctrlr.cntlid, qid = cc.qid, sqsize = q.sqsize, "I/O queue connected");
     Done::ok(u32::from(ctrlr.cntlid))

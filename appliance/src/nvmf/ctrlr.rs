@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use quire_wire::nvme::fabrics::{CC_EN, CC_SHN_SHIFT, CSTS_CFS, CSTS_RDY, CSTS_SHST_COMPLETE};
@@ -82,6 +82,29 @@ pub struct CtrlrState {
     pub error_count: u64,
 }
 
+/// The reads and writes one I/O queue of a controller completed (`quire stats
+/// hosts`): its reactor is the only writer, so each count is a plain load and store.
+#[derive(Debug, Default)]
+pub struct HostIo {
+    /// Reads and writes completed.
+    pub ops: AtomicU64,
+    /// Their bytes.
+    pub bytes: AtomicU64,
+    /// Their latencies summed (from the command's capsule to its completion), ns.
+    pub latency_ns: AtomicU64,
+}
+
+impl HostIo {
+    /// A read or write of `bytes` completed after `ns`.
+    #[inline]
+    pub fn record(&self, bytes: u64, ns: u64) {
+        let bump = |c: &AtomicU64, n: u64| c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        bump(&self.ops, 1);
+        bump(&self.bytes, bytes);
+        bump(&self.latency_ns, ns);
+    }
+}
+
 /// One controller.
 #[derive(Debug)]
 pub struct NvmfController {
@@ -109,6 +132,8 @@ pub struct NvmfController {
     kato_ms: AtomicU32,
     last_keepalive_ms: AtomicU64,
     state: Mutex<CtrlrState>,
+    /// Each I/O queue's counts, as its queue connected.
+    io: Mutex<Vec<Arc<HostIo>>>,
 }
 
 impl NvmfController {
@@ -152,7 +177,27 @@ impl NvmfController {
                 errors: VecDeque::with_capacity(ERROR_LOG_MAX),
                 error_count: 0,
             }),
+            io: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The counts of an I/O queue that connects.
+    pub fn queue_io(&self) -> Arc<HostIo> {
+        let io = Arc::new(HostIo::default());
+        self.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(io.clone());
+        io
+    }
+
+    /// Reads and writes completed on every I/O queue, their bytes and latencies (ns).
+    pub fn io_totals(&self) -> (u64, u64, u64) {
+        let io = self.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        io.iter().fold((0, 0, 0), |(o, b, l), q| {
+            (
+                o + q.ops.load(Ordering::Relaxed),
+                b + q.bytes.load(Ordering::Relaxed),
+                l + q.latency_ns.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Locks the admin state.

@@ -49,8 +49,13 @@ use crate::replica::locks::Pieces;
 use crate::volume::routing::PeerId;
 use crate::volume::VolumeId;
 
-/// Copy jobs one reactor runs at a time.
-pub const JOBS_MAX: usize = 8;
+/// Copy jobs one reactor holds at a time, running and queued: the control thread
+/// keeps it this full, so that a job that ends is followed at once by a queued one,
+/// without waiting for the control thread's next turn.
+pub const JOBS_MAX: usize = 96;
+/// Copy jobs one reactor runs at a time (a job is a piece for a full rebuild: this
+/// many units in flight per reactor keep the link busy across round trips).
+pub const RUN_MAX: usize = 32;
 /// The connection slot device completions and link answers of copies carry.
 pub const COPIER_CONN: u32 = u32::MAX;
 
@@ -70,6 +75,20 @@ pub struct CopyJob {
     /// Scrub: compare the member's checksum of each unit with this peer's, and send the
     /// unit only where they differ (a repair), instead of sending every unit.
     pub verify: bool,
+    /// With `verify`: a rebuild by comparison (a copy resumed after a crash goes over
+    /// what it had already sent this way), not a scrub. This peer's copy is the
+    /// reference (the member is not in sync: no witness is asked), a difference is
+    /// not counted as a scrub's, and the piece's "missed" mark is cleared and set
+    /// again on failure as for a copy.
+    pub compare: bool,
+}
+
+impl CopyJob {
+    /// Whether the job brings the member's "missed" marks up to date (a copy, or a
+    /// rebuild by comparison; a scrub leaves them).
+    pub fn tracks_missed(&self) -> bool {
+        !self.verify || self.compare
+    }
 }
 
 /// How a job ended.
@@ -127,13 +146,22 @@ struct Running {
 #[derive(Default)]
 pub struct Copier {
     slots: Vec<Option<Running>>,
+    /// Jobs waiting for a slot, in the order given.
+    queued: std::collections::VecDeque<CopyJob>,
     /// Finished jobs, for the control thread.
     pub reports: Vec<CopyReport>,
 }
 
 impl Copier {
-    /// Takes a job (the control thread never gives a reactor more than [`JOBS_MAX`]).
+    /// Takes a job (the control thread never gives a reactor more than [`JOBS_MAX`]):
+    /// runs it, or queues it while [`RUN_MAX`] run.
     pub fn start(&mut self, job: CopyJob) {
+        let running = self.slots.iter().filter(|s| s.is_some()).count();
+        assert!(running + self.queued.len() < JOBS_MAX, "more than {JOBS_MAX} copy jobs on one reactor");
+        if running >= RUN_MAX {
+            self.queued.push_back(job);
+            return;
+        }
         let run = Running {
             job,
             left: job.mask,
@@ -150,20 +178,26 @@ impl Copier {
         match self.slots.iter_mut().find(|s| s.is_none()) {
             Some(s) => *s = Some(run),
             None => {
-                assert!(self.slots.len() < JOBS_MAX, "more than {JOBS_MAX} copy jobs on one reactor");
+                debug_assert!(self.slots.len() < RUN_MAX);
                 self.slots.push(Some(run));
             }
         }
     }
 
-    /// True while a job runs.
+    /// True while a job runs or waits.
     pub fn busy(&self) -> bool {
-        self.slots.iter().any(Option::is_some)
+        !self.queued.is_empty() || self.slots.iter().any(Option::is_some)
     }
 
-    /// Starts the next unit of every job between units. True on progress.
+    /// Starts queued jobs in free slots, and the next unit of every job between units.
+    /// True on progress.
     pub fn poll(&mut self, ctx: &mut ReactorCtx) -> bool {
         let mut work = false;
+        while !self.queued.is_empty() && self.slots.iter().filter(|s| s.is_some()).count() < RUN_MAX {
+            let job = self.queued.pop_front().expect("not empty");
+            self.start(job);
+            work = true;
+        }
         for i in 0..self.slots.len() {
             if self.slots[i].as_ref().is_some_and(|r| r.stage == Stage::Ready) {
                 work |= self.step(i, ctx);
@@ -201,7 +235,7 @@ impl Copier {
                 // A write has it: next pass.
                 return false;
             }
-            if !job.verify {
+            if job.tracks_missed() {
                 table.clear_missed(job.page, slot, bit);
             }
             run.piece = Some((piece, slot));
@@ -230,7 +264,10 @@ impl Copier {
             return true;
         };
         let need = usize::try_from((unit * bs).div_ceil(chunk)).expect("at most SEGS_MAX");
-        if ctx.pool.available() < need {
+        // A quarter of the reactor's buffers stays for the hosts' commands: copies
+        // wait for buffers, hosts' commands do not wait on copies.
+        let reserve = (ctx.pool.total() / 4).min(ctx.pool.total().saturating_sub(need));
+        if ctx.pool.available() < need + reserve {
             return false;
         }
         let dev_bs = ctx.dev_block_size;
@@ -384,8 +421,12 @@ impl Copier {
         let rref = ReqRef { conn: COPIER_CONN, req };
         if stage == Stage::Digesting {
             run.mismatches += 1;
-            add(&ctx.stats.scrub_mismatches, 1);
             run.theirs = crc;
+            if job.compare {
+                self.repair_member(i, ctx);
+                return;
+            }
+            add(&ctx.stats.scrub_mismatches, 1);
             if let Some(w) = witness(job, ctx) {
                 run.stage = Stage::Witnessing;
                 let f = forward(job, w, rref, (first, run.unit), proto::Op::Digest, epoch, Segs::NONE, bpp, ctx);
@@ -430,10 +471,12 @@ impl Copier {
             return;
         };
         let rref = ReqRef { conn: COPIER_CONN, req: slot_req(i) };
-        tracing::warn!(
-            volume = ?job.volume, page = job.page, lba = first, member = job.to.0,
-            "scrub: the member's copy differs; repairing it"
-        );
+        if !job.compare {
+            tracing::warn!(
+                volume = ?job.volume, page = job.page, lba = first, member = job.to.0,
+                "scrub: the member's copy differs; repairing it"
+            );
+        }
         let f = if run.bufs.is_empty() {
             forward(job, job.to, rref, (first, run.unit), proto::Op::WriteZeroes, epoch, Segs::NONE, bpp, ctx)
         } else {
@@ -503,7 +546,7 @@ impl Copier {
         if let Some((piece, slot)) = run.piece {
             let bit = 1u64 << piece;
             if let Some(v) = ctx.volumes.get(&run.job.volume).filter(|v| run.job.page < v.routing.len()) {
-                if !run.job.verify {
+                if run.job.tracks_missed() {
                     v.view.pieces.mark_missed(run.job.page, 1 << slot, bit);
                 }
                 v.view.pieces.unlock(run.job.page, bit);
@@ -563,7 +606,7 @@ fn zeroes_crc(len: u64) -> u32 {
 }
 
 fn slot_req(i: usize) -> u16 {
-    u16::try_from(i).expect("at most JOBS_MAX jobs")
+    u16::try_from(i).expect("at most RUN_MAX jobs run")
 }
 
 /// The first `len` bytes of `bufs` as the device request's segments.

@@ -26,6 +26,19 @@
 //!   closer and overshoots none, so the spread only narrows and the same page cannot be
 //!   sent back by the next decision. The tolerance band keeps a group that is nearly
 //!   even from moving pages for crumbs.
+//!
+//! **Hot pages** ([`LoadInput`], from the peers' load reports, `volume::load`): once
+//! capacity is as even as it goes, a peer serving more operations than its share of
+//! the group's (by weight) by more than `load_tolerance_pct` gives one of its hottest
+//! pages to the peer serving the least for its weight, when the page's rate leaves the
+//! target serving no more than the source for its weight (so the page cannot come
+//! back: the same rule as for capacity), at most one such move per `load_interval_s`
+//! (rates are averages: the move must show in them before the next). A move for load
+//! is made only once it has stayed the choice for [`LOAD_CONFIRM_MS`] (two load
+//! reports): the peers publish every 5 s, each at its own moment, so a peer whose
+//! rate just rose can look busier than the others for a report or two. Capacity moves
+//! leave hot pages where they are (they take cold ones), so that the two never undo
+//! each other.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +62,95 @@ pub struct Policy {
     /// Pages one move takes at most (of one set: they are copied and cut over
     /// together).
     pub batch_max: usize,
+}
+
+/// What the coordinator knows of the group's load, and how it weighs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadInput {
+    /// Operations per 1000 s each peer serves (routing id).
+    pub ops_milli: BTreeMap<u16, u64>,
+    /// Each peer's hottest pages, hottest first: (volume, page, operations per 1000 s).
+    pub hot: BTreeMap<u16, Vec<(String, u64, u64)>>,
+    /// When the last move for load was made (coordinator's ms).
+    pub last_move_ms: Option<u64>,
+    /// `rebalance.load_tolerance_pct` (0: load is not looked at).
+    pub tolerance_pct: u32,
+    /// `rebalance.load_min_iops`, per 1000 s.
+    pub min_milli: u64,
+    /// `rebalance.load_interval_s`, ms.
+    pub every_ms: u64,
+}
+
+impl LoadInput {
+    /// Pages hot enough that capacity moves leave them: at least a twentieth of the
+    /// group's operations.
+    fn hot_pages(&self) -> std::collections::BTreeSet<(String, u64)> {
+        let total: u64 = self.ops_milli.values().sum();
+        self.hot
+            .values()
+            .flatten()
+            .filter(|(_, _, ops)| *ops > 0 && *ops >= total / 20)
+            .map(|(v, p, _)| (v.clone(), *p))
+            .collect()
+    }
+}
+
+/// How long a move for load must stay the choice before it is made, ms.
+pub const LOAD_CONFIRM_MS: u64 = 10_000;
+
+/// A move for load the rebalancer would make (kept in its record).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadCandidate {
+    /// Volume.
+    pub volume: String,
+    /// Page.
+    pub page: u64,
+    /// From and to (routing ids).
+    pub from: u16,
+    /// To.
+    pub to: u16,
+    /// First chosen (coordinator's clock, ms).
+    pub since_ms: u64,
+}
+
+/// A move for load is made only once it has been the choice for `LOAD_CONFIRM_MS`:
+/// the decision to act on now, and the candidate to keep.
+pub fn confirm_load(
+    decision: Decision,
+    kept: Option<&LoadCandidate>,
+    now_ms: u64,
+) -> (Decision, Option<LoadCandidate>) {
+    let Decision::Move { ref volume, ref pages, ref from, ref to, load: Some(_) } = decision else {
+        return (decision, None);
+    };
+    let same = |c: &&LoadCandidate| {
+        c.volume == *volume && Some(&c.page) == pages.first() && c.from == from.peer && c.to == to.0.peer
+    };
+    let since = kept.filter(same).map_or(now_ms, |c| c.since_ms);
+    if now_ms >= since.saturating_add(LOAD_CONFIRM_MS) {
+        return (decision, None);
+    }
+    let candidate =
+        LoadCandidate { volume: volume.clone(), page: pages[0], from: from.peer, to: to.0.peer, since_ms: since };
+    let why = format!(
+        "load: page {} of {volume} would move from peer {} to peer {} if it stays the choice for {} s",
+        pages[0],
+        from.peer,
+        to.0.peer,
+        LOAD_CONFIRM_MS / 1000
+    );
+    (Decision::Idle(why), Some(candidate))
+}
+
+/// Why a move for load was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadMove {
+    /// Operations per 1000 s the source served, the target served, and the page's.
+    pub from_milli: u64,
+    /// The target's.
+    pub to_milli: u64,
+    /// The page's.
+    pub page_milli: u64,
 }
 
 /// One peer's share.
@@ -115,6 +217,8 @@ pub enum Decision {
         from: Share,
         /// Target peer's share, and its lease.
         to: (Share, i64),
+        /// A move for load (a hot page), not for capacity.
+        load: Option<LoadMove>,
     },
 }
 
@@ -127,6 +231,16 @@ pub fn explain((from_name, from): (&str, &Share), (to_name, to): (&str, &Share))
         from.ideal_bytes >> 20,
         to.held_bytes >> 20,
         to.ideal_bytes >> 20
+    )
+}
+
+/// Why a move for load was made, for `quire rebalance status`.
+pub fn explain_load(from_name: &str, to_name: &str, (volume, page): (&str, u64), l: &LoadMove) -> String {
+    format!(
+        "hot page {page} of {volume} ({} op/s): {from_name} served {} op/s, {to_name} {} op/s",
+        l.page_milli / 1000,
+        l.from_milli / 1000,
+        l.to_milli / 1000
     )
 }
 
@@ -172,8 +286,104 @@ pub fn spread(volumes: &BTreeMap<String, VolumeRecord>, input: &PlanInput<'_>) -
     out
 }
 
-/// The next move, or why there is none.
+/// The next move for capacity alone, or why there is none.
 pub fn decide(volumes: &BTreeMap<String, VolumeRecord>, input: &PlanInput<'_>, policy: &Policy) -> Decision {
+    decide_with(volumes, input, policy, &LoadInput::default())
+}
+
+/// The next move (for capacity first, then for load), or why there is none.
+pub fn decide_with(
+    volumes: &BTreeMap<String, VolumeRecord>,
+    input: &PlanInput<'_>,
+    policy: &Policy,
+    loads: &LoadInput,
+) -> Decision {
+    match decide_capacity(volumes, input, policy, loads) {
+        Decision::Idle(why) if policy.enabled && !policy.paused => match decide_load(volumes, input, policy, loads) {
+            Ok(m) => m,
+            Err(None) => Decision::Idle(why),
+            Err(Some(load)) => Decision::Idle(format!("{why}; {load}")),
+        },
+        d => d,
+    }
+}
+
+/// A move of a hot page, or (perhaps) why there is none.
+fn decide_load(
+    volumes: &BTreeMap<String, VolumeRecord>,
+    input: &PlanInput<'_>,
+    policy: &Policy,
+    loads: &LoadInput,
+) -> Result<Decision, Option<String>> {
+    if loads.tolerance_pct == 0 {
+        return Err(None);
+    }
+    let spread = spread(volumes, input);
+    if spread.copying >= policy.moves_max {
+        return Err(None);
+    }
+    let eligible: Vec<&Share> = spread.peers.values().filter(|s| s.eligible).collect();
+    let weights: u128 = eligible.iter().map(|s| u128::from(s.weight)).sum();
+    let ops = |s: &Share| loads.ops_milli.get(&s.peer).copied().unwrap_or(0);
+    let total: u64 = eligible.iter().map(|s| ops(s)).sum();
+    if eligible.len() < 2 || weights == 0 || total < loads.min_milli.max(1) {
+        return Err(None);
+    }
+    if loads.last_move_ms.is_some_and(|at| input.now_ms < at.saturating_add(loads.every_ms)) {
+        return Err(Some("load: waiting for the last move for load to show in the rates".into()));
+    }
+    // Serving the most for its weight first.
+    let per_weight = |a: &&Share, b: &&Share| {
+        (u128::from(ops(a)) * u128::from(b.weight)).cmp(&(u128::from(ops(b)) * u128::from(a.weight)))
+    };
+    let from = *eligible.iter().max_by(|a, b| per_weight(a, b).then(b.peer.cmp(&a.peer))).expect("two peers");
+    let ideal = u128::from(total) * u128::from(from.weight) / weights;
+    if u128::from(ops(from)) * 100 <= ideal * u128::from(100 + loads.tolerance_pct) {
+        return Err(Some(format!("load: every peer within {}% of its share of the I/O", loads.tolerance_pct)));
+    }
+    let mut targets: Vec<&Share> = eligible.iter().copied().filter(|s| s.peer != from.peer).collect();
+    targets.sort_by(|a, b| per_weight(a, b).then(a.peer.cmp(&b.peer)));
+    for (volume, page, page_ops) in loads.hot.get(&from.peer).map(Vec::as_slice).unwrap_or_default() {
+        let Some(r) = volumes.get(volume) else { continue };
+        let Some(set) = r.page_sets().ok().and_then(|ps| ps.get(usize::try_from(*page).ok()?).copied()) else {
+            continue;
+        };
+        let s = &r.sets[usize::from(set)];
+        let movable = s.mv.is_none()
+            && s.members.len() < MEMBERS_MAX
+            && s.member(from.peer).is_some()
+            && s.members.iter().all(|m| m.state == MemberState::Sync)
+            && r.pinned.binary_search(page).is_err();
+        if !movable || *page_ops > ops(from) {
+            continue;
+        }
+        for to in &targets {
+            // The target ends serving no more for its weight than the source.
+            let fits = u128::from(ops(to) + page_ops) * u128::from(from.weight)
+                <= u128::from(ops(from) - page_ops) * u128::from(to.weight);
+            if s.member(to.peer).is_some() || !fits {
+                continue;
+            }
+            let to_inc = input.peers.get(&to.peer).and_then(|p| p.lease).expect("eligible peers are live");
+            let load = LoadMove { from_milli: ops(from), to_milli: ops(to), page_milli: *page_ops };
+            return Ok(Decision::Move {
+                volume: volume.clone(),
+                pages: vec![*page],
+                from: from.clone(),
+                to: ((*to).clone(), to_inc),
+                load: Some(load),
+            });
+        }
+    }
+    Err(Some("load: no hot page of the busiest peer would leave its target less busy".into()))
+}
+
+fn decide_capacity(
+    volumes: &BTreeMap<String, VolumeRecord>,
+    input: &PlanInput<'_>,
+    policy: &Policy,
+    loads: &LoadInput,
+) -> Decision {
     if !policy.enabled {
         return Decision::Idle("disabled (rebalance.enabled = false on the coordinator)".into());
     }
@@ -206,6 +416,7 @@ pub fn decide(volumes: &BTreeMap<String, VolumeRecord>, input: &PlanInput<'_>, p
     let load = |a: &&Share, b: &&Share| {
         (u128::from(a.held_bytes) * u128::from(b.weight)).cmp(&(u128::from(b.held_bytes) * u128::from(a.weight)))
     };
+    let hot = loads.hot_pages();
     let mut sources = eligible.clone();
     sources.sort_by(|a, b| load(b, a).then(a.peer.cmp(&b.peer)));
     let mut targets = eligible;
@@ -215,9 +426,9 @@ pub fn decide(volumes: &BTreeMap<String, VolumeRecord>, input: &PlanInput<'_>, p
             if from.peer == to.peer || !(band(from) || band(to)) {
                 continue;
             }
-            let Some((volume, pages)) = pick(volumes, from, to, policy.batch_max) else { continue };
+            let Some((volume, pages)) = pick(volumes, (from, to), policy.batch_max, &hot) else { continue };
             let to_inc = input.peers.get(&to.peer).and_then(|p| p.lease).expect("eligible peers are live");
-            return Decision::Move { volume, pages, from: (*from).clone(), to: ((*to).clone(), to_inc) };
+            return Decision::Move { volume, pages, from: (*from).clone(), to: ((*to).clone(), to_inc), load: None };
         }
     }
     Decision::Idle("out of balance, waiting: the pages that could move are pinned, moving, or not in sync".into())
@@ -225,12 +436,13 @@ pub fn decide(volumes: &BTreeMap<String, VolumeRecord>, input: &PlanInput<'_>, p
 
 /// Pages of one set that can move from `from` to `to`: those of the last movable set
 /// (in (volume name, page) order), at most `batch_max` and as many as leave `from`
-/// holding at least as much for its weight as `to`, the last ones first.
+/// holding at least as much for its weight as `to`, the last ones first; hot pages
+/// (`hot`) stay.
 fn pick(
     volumes: &BTreeMap<String, VolumeRecord>,
-    from: &Share,
-    to: &Share,
+    (from, to): (&Share, &Share),
     batch_max: usize,
+    hot: &std::collections::BTreeSet<(String, u64)>,
 ) -> Option<(String, Vec<u64>)> {
     let mut found = None;
     for (name, r) in volumes {
@@ -249,7 +461,13 @@ fn pick(
                     && s.members.iter().all(|m| m.state == MemberState::Sync)
             })
             .collect();
-        let free = |p: usize| movable[usize::from(page_sets[p])] && r.pinned.binary_search(&(p as u64)).is_err();
+        let hot_here: std::collections::BTreeSet<u64> =
+            hot.iter().filter(|(v, _)| v == name).map(|&(_, p)| p).collect();
+        let free = |p: usize| {
+            movable[usize::from(page_sets[p])]
+                && r.pinned.binary_search(&(p as u64)).is_err()
+                && !hot_here.contains(&(p as u64))
+        };
         let Some(last) = (0..page_sets.len()).rev().find(|&p| free(p)) else { continue };
         let set = page_sets[last];
         let mut pages = Vec::new();
@@ -310,7 +528,7 @@ mod tests {
             match decide(vols, &inp, policy) {
                 Decision::Idle(_) if vols.values().all(|r| r.sets.iter().all(|s| s.mv.is_none())) => return moves,
                 Decision::Idle(_) => {}
-                Decision::Move { volume, pages, from, to } => {
+                Decision::Move { volume, pages, from, to, .. } => {
                     let r = vols.get_mut(&volume).unwrap();
                     *r = start_pages(r, &pages, Some(from.peer), (to.0.peer, to.1), now).unwrap();
                     moves += 1;
@@ -463,5 +681,134 @@ mod tests {
         assert!(matches!(decide(&one(r.clone()), &input(0, &p, &none), &POLICY), Decision::Idle(_)), "2 is gone");
         p.insert(2, PeerInfo { lease: Some(12), weight: 1, boot: "b".into(), draining: true });
         assert!(matches!(decide(&one(r), &input(0, &p, &none), &POLICY), Decision::Idle(_)), "2 is drained");
+    }
+
+    fn loads(ops: &[(u16, u64)], hot: &[(u16, u64, u64)]) -> LoadInput {
+        let mut l = LoadInput {
+            ops_milli: ops.iter().copied().collect(),
+            tolerance_pct: 50,
+            min_milli: 200_000,
+            every_ms: 30_000,
+            ..LoadInput::default()
+        };
+        for &(peer, page, rate) in hot {
+            l.hot.entry(peer).or_default().push(("v".to_string(), page, rate));
+        }
+        l
+    }
+
+    /// Six pages, one copy each, two on each of peers 0, 1, 2 (capacity even).
+    fn six() -> (BTreeMap<String, VolumeRecord>, BTreeMap<u16, PeerInfo>) {
+        let sets = (0..3).map(|p| SetRecord::fresh(&[(p, 10 + i64::from(p))])).collect();
+        let mut r = volume(1, sets, &[0, 0, 1, 1, 2, 2]);
+        r.name = "v".into();
+        (one(r), peers(&[(0, Some(10)), (1, Some(11)), (2, Some(12))]))
+    }
+
+    #[test]
+    fn a_peer_with_two_hot_pages_gives_one_to_the_least_busy_peer_and_no_more() {
+        let (vols, p) = six();
+        let none = BTreeMap::new();
+        let inp = input(100_000, &p, &none);
+        // Peer 0 serves 10000 op/s, all of it pages 0 and 1; peer 2 is the least busy.
+        // Page 0 would leave peer 2 busier (7000) than peer 0 (4000): page 1 goes.
+        let l = loads(&[(0, 10_000_000), (1, 2_000_000), (2, 1_000_000)], &[(0, 0, 6_000_000), (0, 1, 4_000_000)]);
+        match decide_with(&vols, &inp, &POLICY, &l) {
+            Decision::Move { volume, pages, from, to, load } => {
+                assert_eq!((volume.as_str(), pages, from.peer, to.0.peer), ("v", vec![1], 0, 2));
+                assert_eq!(load.map(|l| l.page_milli), Some(4_000_000));
+            }
+            d => panic!("{d:?}"),
+        }
+        // Once it went: 6000, 2000, 5000 op/s. Even with a band of 10%, page 0 would
+        // leave peer 1 busier than peer 0, and page 1 cannot go back (peer 2 is not
+        // the busiest): nothing moves.
+        let mut after =
+            loads(&[(0, 6_000_000), (1, 2_000_000), (2, 5_000_000)], &[(0, 0, 6_000_000), (2, 1, 4_000_000)]);
+        after.tolerance_pct = 10;
+        match decide_with(&vols, &inp, &POLICY, &after) {
+            Decision::Idle(why) => assert!(why.contains("no hot page"), "{why}"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn load_moves_wait_for_the_band_the_floor_and_the_interval() {
+        let (vols, p) = six();
+        let none = BTreeMap::new();
+        let inp = input(100_000, &p, &none);
+        let hot = [(0, 0, 6_000_000), (0, 1, 4_000_000)];
+        let busy = [(0, 10_000_000), (1, 2_000_000), (2, 1_000_000)];
+        // One hot page that is all of its peer's load: moving it moves the problem.
+        let single = loads(&busy, &[(0, 0, 10_000_000)]);
+        assert!(matches!(decide_with(&vols, &inp, &POLICY, &single), Decision::Idle(_)));
+        // Within 50% of the share: 5000 against an ideal of 13000 / 3.
+        let even = loads(&[(0, 5_000_000), (1, 4_000_000), (2, 4_000_000)], &hot);
+        match decide_with(&vols, &inp, &POLICY, &even) {
+            Decision::Idle(why) => assert!(why.contains("within 50%"), "{why}"),
+            d => panic!("{d:?}"),
+        }
+        // Below the floor (200 op/s in the group).
+        let quiet = loads(&[(0, 150_000), (1, 0), (2, 0)], &[(0, 0, 100_000), (0, 1, 50_000)]);
+        assert!(matches!(decide_with(&vols, &inp, &POLICY, &quiet), Decision::Idle(_)));
+        // Too soon after the last move for load; then not.
+        let mut soon = loads(&busy, &hot);
+        soon.last_move_ms = Some(80_000);
+        assert!(matches!(decide_with(&vols, &inp, &POLICY, &soon), Decision::Idle(ref w) if w.contains("waiting")));
+        soon.last_move_ms = Some(70_000);
+        assert!(matches!(decide_with(&vols, &inp, &POLICY, &soon), Decision::Move { .. }));
+        // Off, paused, or a pinned hot page.
+        let mut off = loads(&busy, &hot);
+        off.tolerance_pct = 0;
+        assert!(matches!(decide_with(&vols, &inp, &POLICY, &off), Decision::Idle(_)));
+        let paused = Policy { paused: true, ..POLICY };
+        assert!(matches!(decide_with(&vols, &inp, &paused, &loads(&busy, &hot)), Decision::Idle(_)));
+        let mut pinned = vols.clone();
+        pinned.get_mut("v").unwrap().pinned = vec![1];
+        assert!(
+            matches!(decide_with(&pinned, &inp, &POLICY, &loads(&busy, &hot)), Decision::Idle(_)),
+            "the pinned page stays, and the other one would leave its target busier"
+        );
+    }
+
+    #[test]
+    fn capacity_moves_leave_hot_pages_where_they_are() {
+        // Peer 3 joins a group of six pages; pages 5 and 4 (the last ones, those a
+        // capacity move takes first) are hot on peer 2.
+        let (vols, _) = six();
+        let p = peers(&[(0, Some(10)), (1, Some(11)), (2, Some(12)), (3, Some(13))]);
+        let none = BTreeMap::new();
+        let l = loads(&[(2, 1_000_000)], &[(2, 5, 600_000), (2, 4, 400_000)]);
+        match decide_with(&vols, &input(0, &p, &none), &POLICY, &l) {
+            Decision::Move { pages, from, load: None, .. } => {
+                assert!(from.peer != 2 && !pages.contains(&5) && !pages.contains(&4), "{pages:?} from {}", from.peer);
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_move_for_load_waits_until_it_has_stayed_the_choice() {
+        let (vols, p) = six();
+        let none = BTreeMap::new();
+        let l = loads(&[(0, 10_000_000), (1, 2_000_000), (2, 1_000_000)], &[(0, 0, 6_000_000), (0, 1, 4_000_000)]);
+        let at = |now: u64, kept: Option<&LoadCandidate>| {
+            confirm_load(decide_with(&vols, &input(now, &p, &none), &POLICY, &l), kept, now)
+        };
+        let (d, first) = at(100_000, None);
+        assert!(matches!(d, Decision::Idle(ref w) if w.contains("stays the choice")), "{d:?}");
+        let first = first.expect("a candidate");
+        assert_eq!((first.page, first.from, first.to, first.since_ms), (1, 0, 2, 100_000));
+        let (d, again) = at(105_000, Some(&first));
+        assert!(matches!(d, Decision::Idle(_)));
+        assert_eq!(again.as_ref().map(|c| c.since_ms), Some(100_000), "the same choice keeps its start");
+        let (d, kept) = at(110_000, again.as_ref());
+        assert!(matches!(d, Decision::Move { load: Some(_), .. }), "{d:?}");
+        assert_eq!(kept, None);
+        // Another choice starts over; a capacity move or none clears it.
+        let other = LoadCandidate { page: 0, ..first.clone() };
+        assert_eq!(at(200_000, Some(&other)).1.map(|c| c.since_ms), Some(200_000));
+        let idle = Decision::Idle("x".into());
+        assert_eq!(confirm_load(idle, Some(&first), 300_000).1, None);
     }
 }

@@ -6,8 +6,11 @@
 //! ```text
 //!   found (record: this peer leads, member rebuilding)
 //!     ─► Copying: every page of the set, the pieces it needs
-//!          delta: the pieces marked missed by the member's position
-//!          full / compare / reconcile: every piece (zeroes where this peer has none)
+//!          delta: the pieces marked missed by the member's position (a job a page)
+//!          full / compare / reconcile: every piece (zeroes where this peer has none),
+//!            a job a piece, so that several pieces of one page are in flight; the
+//!            pieces before the persisted progress of an earlier run are compared
+//!            (checksums), the rest copied
 //!     ─► Checking: pages whose pieces were marked missed meanwhile (a reactor with an
 //!        older table, a copy that failed) are copied again, until none is
 //!     ─► Promoting: GroupOp::Promote (the agent checks that this peer still leads
@@ -18,6 +21,16 @@
 //! Writes go on meanwhile: the member takes every write while it is rebuilt, and each
 //! piece is copied under the same piece lock as a write ([`super::locks`]), so what
 //! the copy sends is never older than what the member has.
+//!
+//! **Resuming.** A full rebuild (a member new to the set: a page moved to another peer,
+//! a replacement) publishes how far it got: the count of pieces, from the first, all
+//! copied ([`CopyProgress`], kept in the group without a lease, so that it outlives
+//! this peer). Whoever drives the rebuild next (this peer restarted, another leader,
+//! the member restarted) compares those pieces instead of copying them: the member's
+//! checksum of each unit against this copy's, and only a unit that differs is sent.
+//! The comparison makes the resume safe whatever happened meanwhile (writes the member
+//! missed were tracked in the memory of a leader that may have died); the progress
+//! only saves the link the bytes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -31,6 +44,31 @@ use crate::volume::VolumeId;
 
 /// A failed page is tried again after this long.
 const RETRY: Duration = Duration::from_secs(1);
+/// An item outside the first pass (a delta page, a check, a scrub page).
+const NO_ITEM: u64 = u64::MAX;
+
+/// How far a full rebuild of one member got, as published to the group
+/// (`/quire/v1/copied/<volume>/<set>/<member>`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CopyProgress {
+    /// Identifies the work list: the set's pages and pieces per page (a hash).
+    pub sig: u64,
+    /// Pieces in all (pages × pieces per page).
+    pub items: u64,
+    /// Pieces from the first that are all done.
+    pub done: u64,
+    /// The leader that drove it (routing id).
+    pub leader: u16,
+}
+
+/// One unit of work: the pieces of a page to copy (0: those marked missed when it
+/// is issued), and its place in the first pass ([`NO_ITEM`] outside it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Item {
+    page: u64,
+    mask: u64,
+    idx: u64,
+}
 
 /// Identifies a rebuild: volume, set index, member peer, member's lease.
 pub type TaskKey = (VolumeId, usize, u16, i64);
@@ -53,20 +91,35 @@ pub struct Task {
     slot: u8,
     /// Tells this task from an earlier one under the same key (its jobs' reports).
     serial: u64,
-    /// Every page of the set; the pages of the current pass.
+    /// Every page of the set; the items of the current pass (built at the first
+    /// turn, when the page's pieces are known).
     all: Vec<u64>,
-    pages: Vec<u64>,
+    items: Vec<Item>,
+    built: bool,
+    /// The items are the first pass's (not failed ones tried again, not a check).
+    first: bool,
     next: usize,
     inflight: usize,
-    failed: Vec<u64>,
+    failed: Vec<Item>,
     retry_at: Option<Instant>,
     phase: Phase,
+    /// First pass of a full rebuild: which items are done (a bit each), how many from
+    /// the first are all done, and the work list's signature.
+    finished: Vec<u64>,
+    cursor: u64,
+    per_page: u64,
+    sig: u64,
+    /// An earlier run's progress, and the items it had done (compared, not copied).
+    resume: Option<CopyProgress>,
+    compare_below: u64,
     /// Pages of the set, and pages done.
     pub total: u64,
     /// Pages copied (or found with nothing to copy) in the first pass.
     pub done: u64,
     /// Data bytes copied.
     pub bytes: u64,
+    /// Pieces compared instead of copied (a resume), and how many of them differed.
+    pub compared: u64,
     /// When it started.
     pub started: Instant,
 }
@@ -94,8 +147,8 @@ pub enum Action {
 pub struct Rebuilds {
     /// The tasks, by key.
     pub tasks: BTreeMap<TaskKey, Task>,
-    /// Job id → task (its key and serial), page, reactor, and whether it is a scrub's.
-    jobs: HashMap<u64, (TaskKey, u64, u64, usize, bool)>,
+    /// Job id → task (its key and serial), item, reactor, and whether it is a scrub's.
+    jobs: HashMap<u64, (TaskKey, u64, Item, usize, bool)>,
     next_job: u64,
     /// Serials of tasks (a task made anew under the same key has a new one).
     next_serial: u64,
@@ -132,7 +185,16 @@ pub struct ScrubResult {
 impl Rebuilds {
     /// Finds the members this peer must bring up to date in `record` (this peer is
     /// `me` with lease `lease`); drops tasks the record no longer calls for.
-    pub fn sync(&mut self, vid: VolumeId, record: &VolumeRecord, (me, lease): (u16, Option<i64>), now: Instant) {
+    /// `progress(set, member)` is what the group holds of an earlier run's full
+    /// rebuild of that member.
+    pub fn sync(
+        &mut self,
+        vid: VolumeId,
+        record: &VolumeRecord,
+        (me, lease): (u16, Option<i64>),
+        now: Instant,
+        progress: impl Fn(usize, u16) -> Option<CopyProgress>,
+    ) {
         let mut wanted: BTreeMap<TaskKey, (bool, u8)> = BTreeMap::new();
         if let Some(lease) = lease {
             for (si, s) in record.sets.iter().enumerate() {
@@ -180,7 +242,11 @@ impl Rebuilds {
                     volume = %record.name, set = key.1, member = key.2, full, pages = pages.len(),
                     "rebuild of a member starts"
                 );
-                Task::new(&record.name, full, (slot, *serial), pages, now)
+                let mut t = Task::new(&record.name, full, (slot, *serial), pages, now);
+                if full {
+                    t.resume = progress(key.1, key.2);
+                }
+                t
             });
         }
     }
@@ -195,6 +261,7 @@ impl Rebuilds {
             p.pages += t.total;
             p.done += t.done;
             p.bytes += t.bytes;
+            p.compared += t.compared;
         }
         for (vid, res) in &self.scrub_results {
             let Some(name) = name_of(*vid) else { continue };
@@ -248,7 +315,7 @@ impl Rebuilds {
 
     /// A copier's report.
     pub fn on_report(&mut self, r: &CopyReport) {
-        let Some((key, serial, page, reactor, scrub)) = self.jobs.remove(&r.id) else { return };
+        let Some((key, serial, item, reactor, scrub)) = self.jobs.remove(&r.id) else { return };
         if let Some(l) = self.load.get_mut(reactor) {
             *l = l.saturating_sub(1);
         }
@@ -262,10 +329,25 @@ impl Rebuilds {
         t.inflight -= 1;
         t.bytes += r.bytes;
         if let Some(why) = &r.failed {
-            tracing::debug!(volume = %t.name, page, "rebuild copy failed, tried again: {why}");
-            t.failed.push(page);
+            tracing::debug!(volume = %t.name, page = item.page, "rebuild copy failed, tried again: {why}");
+            t.failed.push(item);
             t.retry_at = Some(Instant::now() + RETRY);
+        } else if item.idx != NO_ITEM && !scrub {
+            t.item_done(item.idx);
         }
+    }
+
+    /// The progress of every full rebuild this peer drives that has done anything:
+    /// (volume, set, member) → progress, for the group.
+    pub fn progress(&self, me: u16) -> Vec<((VolumeId, usize, u16), CopyProgress)> {
+        self.tasks
+            .iter()
+            .filter(|(_, t)| t.full && t.built && t.phase == Phase::Copying && t.cursor > 0)
+            .map(|(k, t)| {
+                let p = CopyProgress { sig: t.sig, items: t.finished_items(), done: t.cursor, leader: me };
+                ((k.0, k.1, k.2), p)
+            })
+            .collect()
     }
 
     /// The promotion of task `key` failed (the group refused or the record changed):
@@ -321,22 +403,26 @@ impl Rebuilds {
                 continue;
             }
             t.retry_at = None;
-            if t.next >= t.pages.len() && !t.failed.is_empty() {
-                t.pages = std::mem::take(&mut t.failed);
-                t.next = 0;
+            if !t.built {
+                t.build(pieces.count, pieces.all(), scrub);
             }
-            while t.next < t.pages.len() {
+            if t.next >= t.items.len() && !t.failed.is_empty() {
+                t.items = std::mem::take(&mut t.failed);
+                t.next = 0;
+                t.first = false;
+            }
+            while t.next < t.items.len() {
                 if *tokens <= 0.0 {
                     return;
                 }
                 let Some(r) = (0..reactors).filter(|&r| self.load[r] < JOBS_MAX).min_by_key(|&r| self.load[r]) else {
                     return;
                 };
-                let page = t.pages[t.next];
-                let mask =
-                    if t.full && t.phase == Phase::Copying { pieces.all() } else { pieces_table.missed(page, t.slot) };
+                let item = t.items[t.next];
+                let page = item.page;
+                let mask = if item.mask != 0 { item.mask } else { pieces_table.missed(page, t.slot) };
                 t.next += 1;
-                if t.phase == Phase::Copying {
+                if t.first && (item.idx + 1) % t.per_page == 0 {
                     t.done += 1;
                     if scrub {
                         if let Some(res) = self.scrub_results.get_mut(&key.0) {
@@ -345,14 +431,32 @@ impl Rebuilds {
                     }
                 }
                 if mask == 0 {
+                    if item.idx != NO_ITEM && !scrub {
+                        t.item_done(item.idx);
+                    }
                     continue;
                 }
+                // A piece an earlier run had done is compared, not copied: a
+                // checksum crosses the link, the data only where it differs.
+                let compare = !scrub && item.idx != NO_ITEM && item.idx < t.compare_below;
+                if compare {
+                    t.compared += u64::from(mask.count_ones());
+                }
                 if v.pages.get(page).is_some() {
-                    *tokens -= (u64::from(mask.count_ones()) * piece_bytes) as f64;
+                    let bytes = (u64::from(mask.count_ones()) * piece_bytes) as f64;
+                    *tokens -= if compare { bytes / 8.0 } else { bytes };
                 }
                 self.next_job += 1;
-                let job = CopyJob { id: self.next_job, volume: key.0, page, mask, to: PeerId(key.2), verify: scrub };
-                self.jobs.insert(job.id, (key, t.serial, page, r, scrub));
+                let job = CopyJob {
+                    id: self.next_job,
+                    volume: key.0,
+                    page,
+                    mask,
+                    to: PeerId(key.2),
+                    verify: scrub || compare,
+                    compare,
+                };
+                self.jobs.insert(job.id, (key, t.serial, item, r, scrub));
                 self.load[r] += 1;
                 t.inflight += 1;
                 out.push(Action::Copy(r, job));
@@ -374,14 +478,15 @@ impl Rebuilds {
                         t.phase = Phase::Promoting;
                         tracing::info!(
                             volume = %t.name, set = key.1, member = key.2, bytes = t.bytes,
-                            seconds = t.started.elapsed().as_secs_f64(),
+                            compared = t.compared, seconds = t.started.elapsed().as_secs_f64(),
                             "rebuild copied everything; promoting the member"
                         );
                         out.push(Action::Promote { name: t.name.clone(), set: key.1, peer: key.2, inc: key.3 });
                     } else {
                         t.phase = Phase::Checking;
-                        t.pages = again;
+                        t.items = again.into_iter().map(|page| Item { page, mask: 0, idx: NO_ITEM }).collect();
                         t.next = 0;
+                        t.first = false;
                     }
                 }
                 Phase::Promoting => {}
@@ -411,18 +516,85 @@ impl Task {
             slot,
             serial,
             total: pages.len() as u64,
-            all: pages.clone(),
-            pages,
+            all: pages,
+            items: Vec::new(),
+            built: false,
+            first: true,
             next: 0,
             inflight: 0,
             failed: Vec::new(),
             retry_at: None,
             phase: Phase::Copying,
+            finished: Vec::new(),
+            cursor: 0,
+            per_page: 1,
+            sig: 0,
+            resume: None,
+            compare_below: 0,
             done: 0,
             bytes: 0,
+            compared: 0,
             started: now,
         }
     }
+
+    /// The first pass's items, once the pieces of a page are known (`count` of them,
+    /// `all` their mask): a piece each for a full rebuild, a page each for a delta (its
+    /// missed pieces when issued) or a scrub (every piece).
+    fn build(&mut self, count: u64, all: u64, scrub: bool) {
+        debug_assert!(!self.built);
+        self.built = true;
+        if self.full && !scrub {
+            self.per_page = count;
+            self.items = self
+                .all
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &page)| (0..count).map(move |b| Item { page, mask: 1 << b, idx: i as u64 * count + b }))
+                .collect();
+            self.sig = signature(&self.all, count);
+            self.finished = vec![0; (self.items.len()).div_ceil(64)];
+            if let Some(p) = self.resume.filter(|p| p.sig == self.sig && p.items == self.items.len() as u64) {
+                self.compare_below = p.done.min(p.items);
+                tracing::info!(
+                    volume = %self.name, pieces = p.items, done = p.done, leader = p.leader,
+                    "rebuild resumes from an earlier run's progress: the pieces it had done are compared, the rest copied"
+                );
+            }
+        } else {
+            let mask = if self.full { all } else { 0 };
+            self.items = self.all.iter().enumerate().map(|(i, &page)| Item { page, mask, idx: i as u64 }).collect();
+        }
+    }
+
+    /// Pieces in the first pass of a full rebuild.
+    fn finished_items(&self) -> u64 {
+        self.all.len() as u64 * self.per_page
+    }
+
+    /// First-pass item `idx` is done: the cursor moves over every item done from it.
+    fn item_done(&mut self, idx: u64) {
+        if self.finished.is_empty() {
+            return;
+        }
+        self.finished[(idx / 64) as usize] |= 1 << (idx % 64);
+        let n = self.finished_items();
+        while self.cursor < n && self.finished[(self.cursor / 64) as usize] & (1 << (self.cursor % 64)) != 0 {
+            self.cursor += 1;
+        }
+    }
+}
+
+/// A stable hash (FNV-1a) of a work list: the set's pages and pieces per page.
+fn signature(pages: &[u64], per_page: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in std::iter::once(per_page).chain(pages.iter().copied()) {
+        for b in x.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// Fills a token bucket at `mb_s` MB/s, with at most a tenth of a second saved up.
@@ -431,4 +603,66 @@ fn refill(tokens: &mut f64, filled: &mut Option<Instant>, mb_s: u32, now: Instan
     let elapsed = filled.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
     *tokens = (*tokens + elapsed * rate).min(rate / 10.0);
     *filled = Some(now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(full: bool, pages: Vec<u64>) -> Task {
+        Task::new("v", full, (1, 1), pages, Instant::now())
+    }
+
+    #[test]
+    fn a_full_rebuild_goes_a_piece_at_a_time_and_its_cursor_covers_only_what_is_all_done() {
+        let mut t = task(true, vec![3, 7]);
+        t.build(4, 0b1111, false);
+        assert_eq!(t.items.len(), 8);
+        assert_eq!(t.items[0], Item { page: 3, mask: 1, idx: 0 });
+        assert_eq!(t.items[5], Item { page: 7, mask: 0b10, idx: 5 });
+        // Done out of order: the cursor stops at the first piece not done.
+        for idx in [1, 2, 0, 4] {
+            t.item_done(idx);
+        }
+        assert_eq!(t.cursor, 3, "pieces 0..3 are done, piece 3 is not");
+        t.item_done(3);
+        assert_eq!(t.cursor, 5, "piece 4 was done already");
+        let p = Rebuilds { tasks: [((VolumeId(1), 0, 2, 9), t)].into_iter().collect(), ..Rebuilds::default() };
+        let published = p.progress(4);
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].0, (VolumeId(1), 0, 2));
+        assert_eq!((published[0].1.done, published[0].1.items, published[0].1.leader), (5, 8, 4));
+    }
+
+    #[test]
+    fn a_resumed_rebuild_compares_what_the_earlier_run_had_done_only_for_the_same_work_list() {
+        let mut first = task(true, vec![3, 7]);
+        first.build(4, 0b1111, false);
+        (0..6).for_each(|i| first.item_done(i));
+        let progress = CopyProgress { sig: first.sig, items: 8, done: first.cursor, leader: 0 };
+        let mut again = task(true, vec![3, 7]);
+        again.resume = Some(progress);
+        again.build(4, 0b1111, false);
+        assert_eq!(again.compare_below, 6);
+        // Another set of pages (or pieces per page): nothing is taken from it.
+        let mut other = task(true, vec![3, 8]);
+        other.resume = Some(progress);
+        other.build(4, 0b1111, false);
+        assert_eq!(other.compare_below, 0);
+        let mut finer = task(true, vec![3, 7]);
+        finer.resume = Some(progress);
+        finer.build(8, 0xff, false);
+        assert_eq!(finer.compare_below, 0);
+    }
+
+    #[test]
+    fn a_delta_rebuild_and_a_scrub_go_a_page_at_a_time() {
+        let mut d = task(false, vec![1, 2]);
+        d.build(4, 0b1111, false);
+        assert_eq!(d.items, vec![Item { page: 1, mask: 0, idx: 0 }, Item { page: 2, mask: 0, idx: 1 }]);
+        let mut s = task(true, vec![1, 2]);
+        s.build(4, 0b1111, true);
+        assert_eq!(s.items[1], Item { page: 2, mask: 0b1111, idx: 1 });
+        assert!(s.finished.is_empty(), "a scrub keeps no progress");
+    }
 }

@@ -58,6 +58,8 @@ pub const PAGE_PIN: &str = "page_pin";
 pub const STATS_PAGES: &str = "stats_pages";
 /// `stats_peers`.
 pub const STATS_PEERS: &str = "stats_peers";
+/// `stats_hosts`.
+pub const STATS_HOSTS: &str = "stats_hosts";
 /// `peer_remove`.
 pub const PEER_REMOVE: &str = "peer_remove";
 /// `rebalance_status`.
@@ -66,7 +68,7 @@ pub const REBALANCE_STATUS: &str = "rebalance_status";
 pub const REBALANCE_PAUSE: &str = "rebalance_pause";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 28] = [
+pub const ALL: [&str; 29] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -80,6 +82,7 @@ pub const ALL: [&str; 28] = [
     STATS_REQUESTS,
     STATS_PAGES,
     STATS_PEERS,
+    STATS_HOSTS,
     STORE_INFO,
     GROUP_STATUS,
     METRICS,
@@ -226,6 +229,24 @@ pub struct PeerLoadEntry {
     pub volumes: u64,
 }
 
+/// One entry of `stats_hosts`: a host's I/O on a volume, over the group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostLoadEntry {
+    /// Host NQN.
+    pub host: String,
+    /// Volume.
+    pub volume: String,
+    /// Reads and writes per second, over every peer it reaches the volume through.
+    pub ops_s: f64,
+    /// KiB per second.
+    pub kib_s: f64,
+    /// Mean latency of its reads and writes as the peers measure them (capsule in to
+    /// completion out), µs, weighted by each peer's operations.
+    pub latency_us: f64,
+    /// The peers it reaches the volume through (its paths).
+    pub peers: Vec<String>,
+}
+
 /// Params of `page_pin`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -306,6 +327,14 @@ pub struct MigrationEntry {
     /// `copying` (both copies take every write, the leader copies the pages) or
     /// `cut over` (the new copy in charge, the old one leaves a lease TTL later).
     pub phase: String,
+    /// The copy's progress as persisted in the group (what a restarted copy resumes
+    /// from): pieces (up to 64 a page) from the first all copied, and in all; 0 and 0
+    /// before the first is persisted.
+    #[serde(default)]
+    pub pieces_done: u64,
+    /// Pieces in all.
+    #[serde(default)]
+    pub pieces: u64,
 }
 
 /// One entry of `scrub_status`: the last scrub of a volume, over every leader of its

@@ -70,6 +70,7 @@
 //! | `stats_requests` | none | `[{from, to, count}]` |
 //! | `stats_pages` | `{name, top?}` | `{name, pages, ops_s, kib_s, top: [{page, ops_s, kib_s, peers: [name]}]}` |
 //! | `stats_peers` | none | `[{name, ops_s, kib_s, volumes}]` |
+//! | `stats_hosts` | none | `[{host, volume, ops_s, kib_s, latency_us, peers}]` |
 //! | `store_info` | none | `{device, size, used, free, volumes}` |
 //! | `stats_metrics` | none | the Prometheus text exposition, as one string (what `GET /metrics` serves) |
 //! | `group_status` | none | `{mode, peer, coordinator, etcd: [url], etcd_state, etcd_error, etcd_since_ms, revision, ignored, peers: [{name, state, target, discovery, link, lease_age_s, coordinator, weight, capacity_bytes, used_bytes, version, gone_since_ms}]}` |
@@ -112,6 +113,10 @@
 //!   and its 16 hottest pages per volume to the group every 5 s, and these calls
 //!   read every live peer's last report (this peer's as it is now). `top` defaults
 //!   to 10.
+//! - `stats_hosts`: per host NQN and volume, the reads and writes per second and KiB
+//!   per second each peer served it (counted per I/O queue, decaying the same way),
+//!   summed over the peers it goes through, and their mean latency (capsule in to
+//!   completion out, as the peers measure it).
 //! - `rebalance_status`: the coordinator moves pages (as `page_move` does) so that
 //!   every live, undrained peer with a weight holds copies in proportion to its
 //!   weight (`ideal_bytes`, counted as the records will stand once the moves under

@@ -180,6 +180,75 @@ impl LoadTracker {
     }
 }
 
+/// The rates of each host on each volume served here (`quire stats hosts`), from the
+/// controllers' I/O queue counts (`nvmf::ctrlr::HostIo`), decaying like the pages'.
+#[derive(Debug, Default)]
+pub struct HostRates {
+    /// Each controller's totals at the last tick (operations, bytes, latency ns).
+    last: HashMap<u16, (u64, u64, u64)>,
+    /// (host NQN, volume name) → rates.
+    pub rates: std::collections::BTreeMap<(String, String), HostRate>,
+    last_tick: Option<Instant>,
+}
+
+/// A controller's I/O totals: its id, host NQN, volume name, and its reads and writes
+/// completed, their bytes and latencies summed (ns).
+pub type ControllerIo = (u16, String, String, (u64, u64, u64));
+
+/// One host's rates on one volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostRate {
+    /// Reads and writes per second.
+    pub ops_s: f32,
+    /// KiB per second.
+    pub kib_s: f32,
+    /// Mean latency of its reads and writes, µs.
+    pub latency_us: f32,
+}
+
+impl HostRates {
+    /// Takes the controllers' totals (cntlid, host, volume, totals) into the rates, at
+    /// most once a second; hosts whose rates have decayed to nothing and that have no
+    /// controller here any more are forgotten.
+    pub fn tick(&mut self, now: Instant, controllers: impl IntoIterator<Item = ControllerIo>) {
+        let secs = match self.last_tick {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => return,
+            Some(t) => now.duration_since(t).as_secs_f32(),
+            None => 0.0,
+        };
+        self.last_tick = Some(now);
+        let mut delta: std::collections::BTreeMap<(String, String), (u64, u64, u64)> = Default::default();
+        let mut seen = HashMap::new();
+        for (cntlid, host, volume, t) in controllers {
+            let before = self.last.get(&cntlid).copied().unwrap_or((0, 0, 0));
+            let d = delta.entry((host, volume)).or_default();
+            d.0 += t.0.saturating_sub(before.0);
+            d.1 += t.1.saturating_sub(before.1);
+            d.2 += t.2.saturating_sub(before.2);
+            seen.insert(cntlid, t);
+        }
+        self.last = seen;
+        if secs == 0.0 {
+            return;
+        }
+        let keep = 0.5f32.powf(secs / HALF_LIFE.as_secs_f32());
+        for r in self.rates.values_mut() {
+            r.ops_s *= keep;
+            r.kib_s *= keep;
+        }
+        for (key, (ops, bytes, ns)) in &delta {
+            let r = self.rates.entry(key.clone()).or_default();
+            r.ops_s += (1.0 - keep) * (*ops as f32 / secs);
+            r.kib_s += (1.0 - keep) * (*bytes as f32 / 1024.0 / secs);
+            if *ops > 0 {
+                let mean = *ns as f32 / *ops as f32 / 1000.0;
+                r.latency_us = if r.latency_us == 0.0 { mean } else { keep * r.latency_us + (1.0 - keep) * mean };
+            }
+        }
+        self.rates.retain(|k, r| r.ops_s >= 0.001 || delta.contains_key(k));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +305,28 @@ mod tests {
         t.tick(start + Duration::from_secs(2));
         let r = t.top(id, 1)[0];
         assert!(r.ops_s > 0.0 && r.ops_s < 10.0, "{r:?}");
+    }
+
+    #[test]
+    fn host_rates_follow_each_host_on_each_volume_and_forget_idle_ones() {
+        let mut h = HostRates::default();
+        let t0 = Instant::now();
+        let ctl = |cntlid, host: &str, ops, bytes, ns| (cntlid, host.to_string(), "v".to_string(), (ops, bytes, ns));
+        h.tick(t0, [ctl(1, "h1", 0, 0, 0)]);
+        assert!(h.rates.is_empty());
+        // 1000 ops of 4 KiB in a second at 50 µs each, on two controllers of h1.
+        let t1 = t0 + Duration::from_secs(1);
+        h.tick(t1, [ctl(1, "h1", 600, 600 * 4096, 600 * 50_000), ctl(2, "h1", 400, 400 * 4096, 400 * 50_000)]);
+        let r = h.rates[&("h1".to_string(), "v".to_string())];
+        let weight = 1.0 - 0.5f32.powf(0.1);
+        assert!((r.ops_s - 1000.0 * weight).abs() < 1.0, "{r:?}");
+        assert!((r.kib_s - 4000.0 * weight).abs() < 4.0, "{r:?}");
+        assert!((r.latency_us - 50.0).abs() < 0.01, "{r:?}");
+        // Too soon: nothing changes.
+        h.tick(t1 + Duration::from_millis(10), [ctl(1, "h1", 10_000, 0, 0)]);
+        assert_eq!(h.rates[&("h1".to_string(), "v".to_string())], r);
+        // Controllers gone, minutes without I/O: forgotten.
+        h.tick(t1 + Duration::from_secs(300), []);
+        assert!(h.rates.is_empty(), "{:?}", h.rates);
     }
 }

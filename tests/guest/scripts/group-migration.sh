@@ -12,9 +12,13 @@
 #     the drained peer's path turns non-optimized (ANA), the others stay optimized.
 #  4. fio writes and verifies region 3 in a loop while a fourth peer joins and the
 #     coordinator's rebalancer gives it its share of the copies, until step 4.
-#  5. Regions 0 to 3 verify; every path is still live (a drained peer still serves
-#     I/O, forwarding it; the host has no path to the fourth peer: its I/O to the
-#     pages there is forwarded).
+#  5. fio writes and verifies region 4 in a loop while the test kills a moving page's
+#     source mid-copy and restarts it, until step 5.
+#  6. fio writes and verifies region 5 in a loop while the test kills the coordinator
+#     mid-move and restarts it, until step 6.
+#  7. Regions 0 to 5 verify; every path is live again (a drained peer still serves
+#     I/O, forwarding it; a restarted peer's path reconnects; the host has no path to
+#     the fourth peer: its I/O to the pages there is forwarded).
 #
 # Env: DISC_ADDR, DISC_PORT (a peer's discovery), NQN, CTRL_PORT (the test's step
 #   counter at 10.0.2.2), PEERS (3), REGION_MB.
@@ -37,11 +41,17 @@ mark "phase 3 verified: no I/O error; paths $(ana_states)"
 looped_phase 3 4 "a fourth peer joined and rebalanced"
 mark "phase 4 verified: no I/O error"
 
-verify_only 0 1 p5-region0
-verify_only 1 "$(cat "$WORK/seed1")" p5-region1
-verify_only 2 "$(cat "$WORK/seed2")" p5-region2
-verify_only 3 "$(cat "$WORK/seed3")" p5-region3
-paths_are "$PEERS" || fail "$(live_paths) live paths, not $PEERS"
-mark "phase 5 verified: every region, $PEERS paths live"
+looped_phase 4 5 "a moving page's source killed mid-copy and restarted"
+mark "phase 5 verified: no I/O error"
+
+looped_phase 5 6 "the coordinator killed mid-move and restarted"
+mark "phase 6 verified: no I/O error"
+
+verify_only 0 1 p7-region0
+for r in 1 2 3 4 5; do
+  verify_only "$r" "$(cat "$WORK/seed$r")" "p7-region$r"
+done
+wait_until 90 "$PEERS live paths" paths_are "$PEERS"
+mark "phase 7 verified: every region, $PEERS paths live"
 nvme disconnect-all > /dev/null || fail "nvme disconnect-all failed"
 pass

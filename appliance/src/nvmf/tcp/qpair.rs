@@ -76,6 +76,8 @@ pub struct QueueInfo {
     pub sqsize: u16,
     /// The controller once connected.
     pub ctrlr: Option<Arc<NvmfController>>,
+    /// An I/O queue's counts for `quire stats hosts` (its controller sums them).
+    pub host_io: Option<Arc<crate::nvmf::ctrlr::HostIo>>,
     /// Digests negotiated by ICReq (None before).
     pub digests: Option<Digests>,
     /// Host PDU data alignment from ICReq: C2H data starts at a multiple of
@@ -143,6 +145,7 @@ impl TcpQpair {
                 qid: None,
                 sqsize: 0,
                 ctrlr: None,
+                host_io: None,
                 digests: None,
                 hpda: 0,
                 sqflow_disabled: false,
@@ -460,6 +463,9 @@ impl TcpQpair {
                 let h =
                     if r.cmd.opcode == opcode::NVM_READ { &v.counters.read_latency } else { &v.counters.write_latency };
                 h.record(ns);
+                if let Some(io) = &self.q.host_io {
+                    io.record(u64::from(r.cmd.nlb()) * u64::from(v.view.info.block_size), ns);
+                }
             }
         }
         if self.state == ConnState::Draining || self.state == ConnState::Closed || self.state == ConnState::Terminating
