@@ -1,12 +1,16 @@
 # bench-env.sh: what every benchmark script starts with, sourced by them: a work
-# folder removed at exit with every process it started (PIDS), the release binaries
+# folder removed at exit (kept with KEEP=1, for the peers' logs) with every process it
+# started (PIDS), the release binaries
 # built (QUIRE, PERF), free_port, wait_port, and etcd_up (a throwaway etcd on free
 # ports, its client port in EC, and a group secret in $WORK/secret).
 #   Before sourcing: BENCH (a name), REPO; optional ETCD (for etcd_up).
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 WORK=$(mktemp -d "/tmp/quire-$BENCH-bench.XXXXXX")
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then echo "$BENCH: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
 trap cleanup EXIT
 
 cargo build --release -q -p quire -p quire-perf --manifest-path "$REPO/Cargo.toml"

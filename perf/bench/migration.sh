@@ -70,12 +70,15 @@ copied=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
 drained C one
 secs=$(python3 -c "import time; print(f'{time.time() - $t0:.2f}')")
 # The copies alone, from C's log (C leads the sets it held): the first copy's start
-# to the last copy's end, and the bytes.
+# to the last copy's end of volume "one", and the bytes (C may have copied pages of
+# the configured volume while the group formed: those are not counted).
 sed 's/\x1b\[[0-9;]*m//g' "$WORK/C.log" | python3 -c "
 import sys, re, datetime
 starts, ends, total = [], [], 0
 for line in sys.stdin:
     t = line.split(' ', 1)[0]
+    if 'volume=one ' not in line:
+        continue
     if 'rebuild of a member starts' in line or 'rebuild copied everything' in line:
         ts = datetime.datetime.fromisoformat(t.replace('Z', '+00:00')).timestamp()
         if 'starts' in line:
