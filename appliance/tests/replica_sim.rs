@@ -21,7 +21,7 @@ fn seeds() -> Vec<u64> {
 fn replication_survives_crashes_partitions_and_reordering_on_every_seed() {
     let mut failed = Vec::new();
     let (mut acked, mut crashes, mut partitions, mut promotions, mut reads, mut moves) = (0, 0, 0, 0, 0, 0);
-    let mut rebalanced = 0;
+    let (mut rebalanced, mut load_moves) = (0, 0);
     let seeds = seeds();
     for &seed in &seeds {
         match run_seed(seed) {
@@ -33,13 +33,15 @@ fn replication_survives_crashes_partitions_and_reordering_on_every_seed() {
                 reads += s.reads;
                 moves += s.moves;
                 rebalanced += s.rebalanced;
+                load_moves += s.load_moves;
             }
             Err(e) => failed.push((seed, e)),
         }
     }
     println!(
         "{} seeds: {} clean; {acked} writes acknowledged, {reads} reads checked, {crashes} crashes, \
-         {partitions} partitions, {promotions} promotions, {moves} page moves, {rebalanced} by the rebalancer",
+         {partitions} partitions, {promotions} promotions, {moves} page moves, {rebalanced} by the rebalancer \
+         ({load_moves} for load)",
         seeds.len(),
         seeds.len() - failed.len()
     );
@@ -58,6 +60,7 @@ fn replication_survives_crashes_partitions_and_reordering_on_every_seed() {
             && promotions > 0
             && moves > 0
             && rebalanced > 0
+            && load_moves > 0
     );
 }
 

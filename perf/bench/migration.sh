@@ -9,6 +9,8 @@
 #      (RATE, default 100000: no limit): bytes moved over the time until every move is
 #      cut over (its share of the link's rate), and until C holds none (a lease TTL
 #      more: the old copies serve no read, then leave).
+#   2b. One page moved: three written pages of "one", one after the other, from B to
+#      A, with no other move: each copy's rate (from B's log).
 #   3. The host during a drain: QD1 4 KiB random writes to "one" through A, TIME s
 #      while nothing moves and TIME s while B is drained: p50/p99 of each and their
 #      ratio (at RATE; run again with RATE=200 for the default limit).
@@ -94,6 +96,27 @@ b = $pages * 4 * 1024 * 1024
 print(f'{$pages} pages ({b/1e6:.0f} MB): copied and cut over in $copied s ({b/1e6/$copied:.0f} MB/s, {b/1e6/$copied/$link:.2f} of the link), '
       f'C freed of them in $secs s (the old copies leave a lease TTL, $TTL s, after the cut-over)')"
 q peer drain C --undo > /dev/null
+
+echo "== 2b. three written pages of \"one\", one at a time, moved from B to A"
+pages=$(qc A volume pages one | python3 -c "
+import json, sys
+p = json.load(sys.stdin)
+on_b = [x for r in p['runs'] if r['owner'] == 'B' for x in range(r['first'], r['first'] + r['count'])]
+print(' '.join(str(x) for x in on_b[:3]))")
+for page in $pages; do
+  q page move one "$page" A > /dev/null
+  for _ in $(seq 1000); do [ "$(qc A migration list)" = "[]" ] && break; sleep 0.02; done
+done
+# Each copy's bytes and time, from B's log (B leads the pages it holds).
+sed 's/\x1b\[[0-9;]*m//g' "$WORK/B.log" | python3 -c "
+import sys, re, statistics
+rates = []
+for line in sys.stdin:
+    if 'volume=one ' in line and 'rebuild copied everything' in line:
+        b, s = int(re.search(r'bytes=(\d+)', line).group(1)), float(re.search(r'seconds=([0-9.]+)', line).group(1))
+        rates.append(b / 1e6 / s)
+print('one page moved: ' + ', '.join(f'{r:.0f}' for r in rates) + f' MB/s; median {statistics.median(rates):.0f} MB/s, {statistics.median(rates)/$link:.2f} of the link')
+"
 
 echo "== 3. QD1 4 KiB random writes to \"one\" through A: nothing moving, then B drained"
 quiet=$(run one 1)

@@ -391,19 +391,16 @@ impl Rebuilds {
     ) {
         let (tasks, tokens) =
             if scrub { (&mut self.scrubs, &mut self.scrub_tokens) } else { (&mut self.tasks, &mut self.tokens) };
-        let keys: Vec<TaskKey> = tasks.keys().copied().collect();
-        let mut finished = Vec::new();
-        for key in keys {
+        // The tasks that may go on this turn, with their volume's view.
+        let mut ready: Vec<(TaskKey, std::sync::Arc<crate::volume::VolumeView>)> = Vec::new();
+        for (&key, t) in tasks.iter_mut() {
             let Some(v) = view(key.0) else { continue };
-            let pieces_table: &PieceTable = &v.pieces;
-            let pieces = Pieces::of(v.info.blocks_per_page());
-            let piece_bytes = pieces.blocks * u64::from(v.info.block_size);
-            let t = tasks.get_mut(&key).expect("listed");
             if t.retry_at.is_some_and(|at| now < at) {
                 continue;
             }
             t.retry_at = None;
             if !t.built {
+                let pieces = Pieces::of(v.info.blocks_per_page());
                 t.build(pieces.count, pieces.all(), scrub);
             }
             if t.next >= t.items.len() && !t.failed.is_empty() {
@@ -411,16 +408,29 @@ impl Rebuilds {
                 t.next = 0;
                 t.first = false;
             }
-            while t.next < t.items.len() {
+            ready.push((key, v));
+        }
+        // One item per task per round, so that the tasks share the budget and the
+        // reactors' job slots (a move is not held up behind a long rebuild).
+        'rounds: loop {
+            let mut issued = false;
+            for (key, v) in &ready {
+                let t = tasks.get_mut(key).expect("listed");
+                if t.next >= t.items.len() {
+                    continue;
+                }
                 if *tokens <= 0.0 {
-                    return;
+                    break 'rounds;
                 }
                 let Some(r) = (0..reactors).filter(|&r| self.load[r] < JOBS_MAX).min_by_key(|&r| self.load[r]) else {
-                    return;
+                    break 'rounds;
                 };
+                issued = true;
+                let pieces = Pieces::of(v.info.blocks_per_page());
+                let piece_bytes = pieces.blocks * u64::from(v.info.block_size);
                 let item = t.items[t.next];
                 let page = item.page;
-                let mask = if item.mask != 0 { item.mask } else { pieces_table.missed(page, t.slot) };
+                let mask = if item.mask != 0 { item.mask } else { v.pieces.missed(page, t.slot) };
                 t.next += 1;
                 if t.first && (item.idx + 1) % t.per_page == 0 {
                     t.done += 1;
@@ -456,12 +466,21 @@ impl Rebuilds {
                     verify: scrub || compare,
                     compare,
                 };
-                self.jobs.insert(job.id, (key, t.serial, item, r, scrub));
+                self.jobs.insert(job.id, (*key, t.serial, item, r, scrub));
                 self.load[r] += 1;
                 t.inflight += 1;
                 out.push(Action::Copy(r, job));
             }
-            if t.inflight > 0 || !t.failed.is_empty() {
+            if !issued {
+                break;
+            }
+        }
+        let mut finished = Vec::new();
+        for (key, v) in &ready {
+            let key = *key;
+            let pieces_table: &PieceTable = &v.pieces;
+            let t = tasks.get_mut(&key).expect("listed");
+            if t.next < t.items.len() || t.inflight > 0 || !t.failed.is_empty() {
                 continue;
             }
             if scrub {

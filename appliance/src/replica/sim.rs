@@ -19,11 +19,14 @@
 //! - the coordinator: the first live peer that reaches etcd, planning every 100 ms;
 //! - operators: a page moved to a peer that does not hold it (`quire page move`), a
 //!   peer drained and undrained (`quire peer drain`), at random moments;
-//! - the rebalancer ([`super::rebalance::decide`], the real one) on every plan that
-//!   changes nothing, with peers of weights 1 and 2: it moves pages back towards
-//!   their ideal share after every operator's move and drain;
+//! - the rebalancer ([`super::rebalance::decide_with`] and
+//!   [`super::rebalance::confirm_load`], the real ones) on every plan that changes
+//!   nothing, with peers of weights 1 and 2: it moves pages back towards their ideal
+//!   share after every operator's move and drain, and hot pages off a busy peer from
+//!   the load each peer served (reported every 5 s);
 //! - a host: one write at a time per block (numbered versions), reads, each sent to
-//!   a random peer, retried on any error until it succeeds.
+//!   a random peer, retried on any error until it succeeds; half of its I/O goes to
+//!   page 0.
 //!
 //! Checked: every read returns at least the last version acknowledged before it was
 //! sent (no stale read, no lost write visible); at the end, with every peer back and
@@ -81,6 +84,8 @@ pub struct SimStats {
     pub moves: u64,
     /// Moves the rebalancer started.
     pub rebalanced: u64,
+    /// Of those, moves for load (a hot page).
+    pub load_moves: u64,
 }
 
 struct Rng(u64);
@@ -219,6 +224,14 @@ pub struct Sim {
     healing: bool,
     /// The peer being drained, if one is.
     drained: Option<u16>,
+    /// The load monitor: operations each peer served per page since the last report
+    /// (every 5 s), the reports' sum as the coordinator reads it, the rebalancer's
+    /// candidate move for load, and its last such move.
+    served: BTreeMap<(u16, u16), u64>,
+    loads: super::rebalance::LoadInput,
+    reported_at: u64,
+    load_candidate: Option<super::rebalance::LoadCandidate>,
+    last_load_move: Option<u64>,
     stats: SimStats,
     log: Vec<String>,
 }
@@ -272,6 +285,11 @@ impl Sim {
             next_id: 1,
             healing: false,
             drained: None,
+            served: BTreeMap::new(),
+            loads: super::rebalance::LoadInput::default(),
+            reported_at: 0,
+            load_candidate: None,
+            last_load_move: None,
             stats: SimStats::default(),
             log: Vec::new(),
         };
@@ -628,6 +646,10 @@ impl Sim {
         let Some(c) = (0..self.cfg.peers).find(|&p| self.reaches_etcd(p) && self.leases.contains_key(&p)) else {
             return;
         };
+        if self.now >= self.reported_at + 5_000 {
+            self.report_load();
+        }
+        self.loads.last_move_ms = self.last_load_move;
         let peers: BTreeMap<u16, PeerInfo> = (0..self.cfg.peers)
             .map(|p| {
                 let info = PeerInfo {
@@ -652,21 +674,57 @@ impl Sim {
             self.put_record(next);
             return;
         }
-        // The rebalancer, on a record the plan leaves as it is (peers weigh 1 or 2).
+        // The rebalancer, on a record the plan leaves as it is (peers weigh 1 or 2),
+        // for capacity and then for load, from the peers' reports of every 5 s.
         let vols = BTreeMap::from([(self.record.name.clone(), self.record.clone())]);
         let policy =
             super::rebalance::Policy { enabled: true, paused: false, tolerance_pct: 10, moves_max: 2, batch_max: 2 };
-        if let super::rebalance::Decision::Move { pages, from, to, .. } =
-            super::rebalance::decide(&vols, &input, &policy)
-        {
+        let decision = super::rebalance::decide_with(&vols, &input, &policy, &self.loads);
+        let (decision, candidate) = super::rebalance::confirm_load(decision, self.load_candidate.as_ref(), self.now);
+        self.load_candidate = candidate;
+        if let super::rebalance::Decision::Move { pages, from, to, load, .. } = decision {
             if let Ok(next) =
                 super::migration::start_pages(&self.record, &pages, Some(from.peer), (to.0.peer, to.1), self.now)
             {
                 self.stats.rebalanced += 1;
-                self.note(format!("coordinator {c}: rebalance pages {pages:?} from {} to {}", from.peer, to.0.peer));
+                if load.is_some() {
+                    self.stats.load_moves += 1;
+                    self.last_load_move = Some(self.now);
+                }
+                let why = if load.is_some() { "for load" } else { "for capacity" };
+                self.note(format!(
+                    "coordinator {c}: rebalance pages {pages:?} from {} to {} {why}",
+                    from.peer, to.0.peer
+                ));
                 self.put_record(next);
             }
         }
+    }
+
+    /// The peers' load reports as the coordinator reads them: each peer's operations
+    /// per 1000 s over the last 5 s, and its pages hottest first.
+    fn report_load(&mut self) {
+        let secs = (self.now - self.reported_at).max(1);
+        self.reported_at = self.now;
+        let per_milli = |ops: u64| ops * 1_000_000 / secs;
+        let mut loads = super::rebalance::LoadInput {
+            tolerance_pct: 50,
+            min_milli: 1_000,
+            every_ms: 10_000,
+            ..super::rebalance::LoadInput::default()
+        };
+        for p in 0..self.cfg.peers {
+            loads.ops_milli.insert(p, 0);
+        }
+        for (&(peer, page), &ops) in &self.served {
+            *loads.ops_milli.entry(peer).or_default() += per_milli(ops);
+            loads.hot.entry(peer).or_default().push((self.record.name.clone(), u64::from(page), per_milli(ops)));
+        }
+        for hot in loads.hot.values_mut() {
+            hot.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
+        }
+        self.served.clear();
+        self.loads = loads;
     }
 
     fn put_record(&mut self, next: VolumeRecord) {
@@ -720,8 +778,10 @@ impl Sim {
             return;
         }
         for _ in 0..2 {
+            // Skewed: half of the I/O goes to page 0 (a hot page for the rebalancer).
+            let page = if self.rng.chance(500) { 0 } else { self.rng.below(u64::from(self.cfg.pages)) };
             let b = (
-                u16::try_from(self.rng.below(u64::from(self.cfg.pages))).expect("few"),
+                u16::try_from(page).expect("few"),
                 u16::try_from(self.rng.below(u64::from(self.cfg.blocks))).expect("few"),
             );
             if self.healing {
@@ -785,6 +845,7 @@ impl Sim {
         }
         self.host.sends.remove(&send);
         self.host.reqs.remove(&id);
+        *self.served.entry((by, b.0)).or_default() += 1;
         match wv {
             Some(wv) => {
                 let last = self.host.acked.entry(b).or_insert(0);
