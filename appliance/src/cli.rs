@@ -221,6 +221,26 @@ pub enum VolumeCommand {
         /// Copies of each page, 1 ..= 3 (at most the group's live peers).
         replicas: u8,
     },
+    /// Limit a volume's I/O, group-wide whichever peers the hosts go through: the
+    /// limits given change, the others stay; 0 removes one. Commands over a limit
+    /// wait (they are never failed for it).
+    #[command(group(clap::ArgGroup::new("limit").required(true).multiple(true)))]
+    SetLimits {
+        /// The volume.
+        name: String,
+        /// Reads, writes and Write Zeroes per second, over every host.
+        #[arg(long, group = "limit")]
+        iops: Option<u32>,
+        /// MiB per second read and written, over every host.
+        #[arg(long = "mib-s", value_name = "MIB_S", group = "limit")]
+        mib_s: Option<u32>,
+        /// Operations per second of each host.
+        #[arg(long = "host-iops", value_name = "IOPS", group = "limit")]
+        host_iops: Option<u32>,
+        /// MiB per second of each host.
+        #[arg(long = "host-mib-s", value_name = "MIB_S", group = "limit")]
+        host_mib_s: Option<u32>,
+    },
     /// Which peer owns which pages of a volume (ranges of pages and their owners).
     Pages {
         /// The volume.
@@ -327,6 +347,8 @@ pub enum Format {
     },
     /// The number of elements of a list, right-aligned.
     Len,
+    /// A volume's limits (`volume::qos::Limits`), in words; `-` for none.
+    Limits,
 }
 
 /// One column of a table: which key of each row object, under which header.
@@ -355,6 +377,7 @@ const VOLUME_COLUMNS: &[Column] = &[
     column("replicas", "COPIES", Format::Number),
     column("health", "HEALTH", Format::Text),
     column("rebuild_percent", "REBUILT%", Format::Number),
+    column("limits", "LIMITS", Format::Limits),
     column("nqn", "NQN", Format::Text),
     column("uuid", "UUID", Format::Text),
 ];
@@ -452,6 +475,8 @@ const VOLUME_STATS_COLUMNS: &[Column] = &[
     column("write_bytes", "WRITTEN", Format::Bytes),
     column("other_ops", "OTHER", Format::Number),
     column("errors", "ERRORS", Format::Number),
+    column("qos_waits", "LIMITED", Format::Number),
+    column("qos_host_waits", "HOST-LIMITED", Format::Number),
 ];
 
 const TRANSITION_COLUMNS: &[Column] =
@@ -556,6 +581,16 @@ impl ClientCommand {
                 let params = VolumeSetReplicasParams { name: name.clone(), replicas: *replicas };
                 (methods::VOLUME_SET_REPLICAS, to_value(&params))
             }
+            ClientCommand::Volume(VolumeCommand::SetLimits { name, iops, mib_s, host_iops, host_mib_s }) => {
+                let params = crate::rpc::methods::VolumeSetLimitsParams {
+                    name: name.clone(),
+                    iops: *iops,
+                    mib_s: *mib_s,
+                    host_iops: *host_iops,
+                    host_mib_s: *host_mib_s,
+                };
+                (methods::VOLUME_SET_LIMITS, to_value(&params))
+            }
             ClientCommand::Volume(VolumeCommand::Pages { name }) => {
                 (methods::VOLUME_PAGES, to_value(&VolumeNameParams { name: name.clone() }))
             }
@@ -624,6 +659,9 @@ impl ClientCommand {
                 | VolumeCommand::SetReplicas { .. },
             ) => View::Table(VOLUME_COLUMNS),
             ClientCommand::Volume(VolumeCommand::Delete { name }) => View::Done(format!("deleted volume {name}")),
+            ClientCommand::Volume(VolumeCommand::SetLimits { name, .. }) => {
+                View::Done(format!("limits of volume {name} set (quire volume list shows them)"))
+            }
             ClientCommand::Volume(VolumeCommand::Pages { .. }) => {
                 View::RecordThenTable(PAGES_FIELDS, "runs", PAGE_RUN_COLUMNS)
             }
@@ -879,6 +917,9 @@ fn cell(row: &Value, column: &Column) -> String {
         (_, Value::Null) => "-".to_string(),
         (Format::Bytes, Value::Number(n)) => n.as_u64().map_or_else(|| n.to_string(), format_bytes),
         (Format::Len, Value::Array(items)) => items.len().to_string(),
+        (Format::Limits, v) => {
+            serde_json::from_value::<crate::volume::qos::Limits>(v.clone()).map_or_else(|_| plain(v), |l| l.describe())
+        }
         (Format::List { empty }, Value::Array(items)) if items.is_empty() => empty.to_string(),
         (Format::List { .. }, Value::Array(items)) => items.iter().map(plain).collect::<Vec<_>>().join(","),
         (_, value) => plain(value),
@@ -1044,7 +1085,10 @@ c          -      -  -                 -
 
     #[test]
     fn empty_table_is_its_header() {
-        assert_eq!(render_table(&[], VOLUME_STATS_COLUMNS), "VOLUME  READS  WRITES  READ  WRITTEN  OTHER  ERRORS\n");
+        assert_eq!(
+            render_table(&[], VOLUME_STATS_COLUMNS),
+            "VOLUME  READS  WRITES  READ  WRITTEN  OTHER  ERRORS  LIMITED  HOST-LIMITED\n"
+        );
     }
 
     #[test]
@@ -1053,12 +1097,13 @@ c          -      -  -                 -
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(
-            lines[0].starts_with("NAME  ID  SIZE  PAGE  BLOCK  PAGES  ALLOCATED  COPIES  HEALTH    REBUILT%  NQN"),
+            lines[0]
+                .starts_with("NAME  ID  SIZE  PAGE  BLOCK  PAGES  ALLOCATED  COPIES  HEALTH    REBUILT%  LIMITS  NQN"),
             "{text}"
         );
         assert!(
             lines[1].starts_with(
-                "db     2   10G    4M   4096   2560          3       2  degraded         -  nqn.2024-01.io.quire:db"
+                "db     2   10G    4M   4096   2560          3       2  degraded         -  -       nqn.2024-01.io.quire:db"
             ),
             "{text}"
         );

@@ -503,6 +503,7 @@ const NOT_EXPECTED: &[(&str, &str)] = &[
     ("AwaitingEvent", "Free"),
     ("ReadyToComplete", "Free"),
     ("WaitingDevice", "Free"),
+    ("WaitingQos", "Free"),
     // Reached by `writes_that_find_no_space_fail_and_leave_nothing_behind` and
     // `a_host_that_leaves_while_its_write_waits_for_an_allocation`.
     ("WaitingControl", "Executing"),
@@ -528,10 +529,17 @@ fn random_run(seed: u64, ops: u64, credits: u32) -> (std::collections::BTreeSet<
     ctl.media_error_permille.store(15, Ordering::Relaxed);
     ctl.abort_permille.store(5, Ordering::Relaxed);
     let addr = t.io_addr;
+    // The volume's limit holds the hosts' first commands back (every kind waits in
+    // `WaitingQos`); lifted once enough have waited.
+    let limit = |iops: u32| t.rpc("volume_set_limits", serde_json::json!({"name": "demo", "iops": iops}));
+    limit(200);
     // Three hosts, each on its own 16 pages of `demo`.
     let workers: Vec<_> = (0..3u64)
         .map(|w| std::thread::spawn(move || worker(addr, seed * 100 + w, w * 16 * BPP, 16 * BPP, ops, w == 2)))
         .collect();
+    let waited = || t.rpc("stats_volumes", serde_json::json!({}))[0]["qos_waits"].as_u64().unwrap_or(0);
+    wait_for("commands waiting for the volume's limit", || waited() >= 60);
+    limit(0);
     let models: Vec<Vec<Block>> =
         workers.into_iter().map(|w| w.join().unwrap_or_else(|_| panic!("seed {seed}: a host failed"))).collect();
     ctl.calm();
@@ -702,6 +710,26 @@ fn a_closing_connection_frees_requests_from_every_state_they_wait_in() {
     }
     gone(&t);
 
+    // WaitingQos -> Free: reads and writes (in the capsule and by R2T) over the
+    // volume's limit of 1 IOPS when their host leaves; the limit lifted after.
+    {
+        let set = |iops: u32| t.rpc("volume_set_limits", serde_json::json!({"name": "demo", "iops": iops}));
+        set(1);
+        let mut h = Host::connect(t.io_addr, "demo");
+        let io = h.io();
+        for i in 0..6u64 {
+            match i % 3 {
+                0 => io.submit(io.rw_cmd(opcode::NVM_READ, i, 1), None, 4096),
+                1 => io.submit(io.rw_cmd(opcode::NVM_WRITE, i, 1), Some(pattern(5, 4096)), 0),
+                _ => io.submit(io.rw_cmd(opcode::NVM_WRITE, 64 * i, 64), Some(pattern(6, 256 << 10)), 0),
+            };
+        }
+        wait_for("the commands over the limit waiting", || active(&t) >= 5);
+        drop(h);
+        gone(&t);
+        set(0);
+    }
+
     let seen = transitions_of(&t);
     for (from, to) in [
         ("AwaitingH2C", "Free"),
@@ -709,6 +737,7 @@ fn a_closing_connection_frees_requests_from_every_state_they_wait_in() {
         ("ReceivingCapsuleData", "Free"),
         ("ReadyToComplete", "Free"),
         ("NeedBuffer", "Free"),
+        ("WaitingQos", "Free"),
     ] {
         assert!(seen.contains(&(from.to_string(), to.to_string())), "{from} -> {to} never happened: {seen:?}");
     }

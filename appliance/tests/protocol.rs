@@ -593,3 +593,60 @@ fn zeroes_and_deallocate_over_more_pages_than_one_window_of_parts() {
     // LBA 0 was outside the range: still there.
     assert_eq!(h.io().read(0, 1).ok().data, pattern(1000, 4096));
 }
+
+/// Volume limits (`volume::qos`): commands over a limit wait and then complete, none
+/// fails; the limit bounds how soon they can all have completed; a queue closed while
+/// commands wait (reads, in-capsule writes, writes by R2T) leaves nothing behind, and
+/// the target serves the next host; the limits are in `volume_list`.
+#[test]
+fn commands_over_a_limit_wait_and_complete_and_a_closed_queue_leaves_nothing() {
+    let t = TestTarget::start();
+    let set = |iops: u32| assert_eq!(t.rpc("volume_set_limits", json!({"name": "demo", "iops": iops})), json!(true));
+    set(50);
+    assert_eq!(t.volume("demo")["limits"], json!({"iops": 50}));
+    let mut h = Host::connect(t.io_addr, "demo");
+    let io = h.io();
+    let start = std::time::Instant::now();
+    let mut cids = Vec::new();
+    for i in 0..30u64 {
+        let cid = if i % 3 == 0 {
+            let cmd = io.rw_cmd(opcode::NVM_WRITE, i * 8, 1);
+            io.submit(cmd, Some(pattern(i as u32, 4096)), 0)
+        } else {
+            let cmd = io.rw_cmd(opcode::NVM_READ, i * 8, 1);
+            io.submit(cmd, None, 4096)
+        };
+        cids.push(cid);
+    }
+    for cid in cids {
+        let d = io.wait(cid);
+        assert!(d.status().is_success(), "a command over the limit failed: {}", d.status());
+    }
+    // 30 commands at 50 a second, one of them in the burst: at least 29 × 20 ms.
+    let took = start.elapsed();
+    assert!(took >= std::time::Duration::from_millis(560), "30 commands under 50 IOPS took {took:?}");
+    let stats = t.rpc("stats_volumes", json!({}));
+    let waits = stats.as_array().unwrap().iter().find(|v| v["name"] == "demo").unwrap()["qos_waits"].as_u64();
+    assert!(waits.is_some_and(|w| w >= 25), "commands counted as waiting: {waits:?}");
+    assert_eq!(io.read(0, 1).ok().data, pattern(0, 4096), "the write that waited landed");
+
+    // Close the queue while 20 commands wait (a second's worth and more).
+    for i in 0..20u64 {
+        match i % 3 {
+            0 => io.submit(io.rw_cmd(opcode::NVM_READ, i, 1), None, 4096),
+            1 => io.submit(io.rw_cmd(opcode::NVM_WRITE, i, 1), Some(pattern(7, 4096)), 0),
+            _ => io.submit(io.rw_cmd(opcode::NVM_WRITE, 512 + i * 64, 64), Some(pattern(8, 256 << 10)), 0),
+        };
+    }
+    drop(h);
+    t.wait_connections(0);
+    // Lifted: a new host's commands go at once, and the target is unharmed.
+    set(0);
+    assert_eq!(t.volume("demo").get("limits"), None, "no limits, none listed");
+    let mut h = Host::connect(t.io_addr, "demo");
+    let before = t.rpc("stats_volumes", json!({}))[0]["qos_waits"].as_u64();
+    for i in 0..20u64 {
+        h.io().round_trip(4096 + i * 8, &pattern(9, 4096));
+    }
+    assert_eq!(t.rpc("stats_volumes", json!({}))[0]["qos_waits"].as_u64(), before, "nothing waits with no limit");
+}

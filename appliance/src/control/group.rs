@@ -60,6 +60,7 @@ impl Control {
                     | m::VOLUME_GROW
                     | m::VOLUME_DELETE
                     | m::VOLUME_SET_REPLICAS
+                    | m::VOLUME_SET_LIMITS
                     | m::SCRUB_START
                     | m::PAGE_MOVE
                     | m::MIGRATION_CANCEL
@@ -114,6 +115,10 @@ impl Control {
             m::VOLUME_SET_REPLICAS => {
                 let p: m::VolumeSetReplicasParams = call.params()?;
                 Ok(GroupOpKind::SetReplicas { name: p.name, replicas: p.replicas })
+            }
+            m::VOLUME_SET_LIMITS => {
+                let p: m::VolumeSetLimitsParams = call.params()?;
+                Ok(GroupOpKind::SetLimits { name: p.name.clone(), set: p })
             }
             m::SCRUB_START => {
                 let p: m::VolumeNameParams = call.params()?;
@@ -217,6 +222,7 @@ impl Control {
         if matches!(
             method,
             m::VOLUME_DELETE
+                | m::VOLUME_SET_LIMITS
                 | m::SCRUB_START
                 | m::MIGRATION_CANCEL
                 | m::PEER_DRAIN
@@ -288,6 +294,9 @@ impl Control {
                 self.warn_once(&r.name, format!("group volume {:?} is not served here: {why}", r.name));
             }
         }
+        // Limits as soon as the records say them (a peer that starts enforces them
+        // before its first command).
+        self.qos_turn();
     }
 
     /// Creates or grows group volume `r` here and installs its routing table.
@@ -334,6 +343,9 @@ impl Control {
             && self.records.get(&id).is_some_and(|(_, lease)| *lease == self.me_lease);
         if !current {
             self.install(view, r)?;
+        } else if let Some((kept, _)) = self.records.get_mut(&id) {
+            // Limits change no epoch (the QoS turn at the end of `reconcile` applies them).
+            kept.limits = r.limits;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ impl Control {
                 .collect()
         };
         self.hosts.tick(now, controllers);
+        self.qos_turn();
         if let Some(g) = &self.group {
             g.set_load_report(self.load_report());
         }
@@ -59,12 +60,22 @@ impl Control {
             .rates
             .iter()
             .filter(|(_, h)| milli(h.ops_s) > 0)
-            .map(|((host, volume), h)| HostLoad {
-                host: host.clone(),
-                volume: volume.clone(),
-                ops_milli: milli(h.ops_s),
-                kib_milli: milli(h.kib_s),
-                latency_ns: milli(h.latency_us),
+            .map(|((host, volume), h)| {
+                let (waited, host_waited) = self
+                    .qos_waits
+                    .get(&(host.clone(), volume.clone()))
+                    .map_or((false, false), |w| w.lately(Instant::now()));
+                HostLoad {
+                    host: host.clone(),
+                    volume: volume.clone(),
+                    ops_milli: milli(h.ops_s),
+                    kib_milli: milli(h.kib_s),
+                    latency_ns: milli(h.latency_us),
+                    ops_now_milli: milli(h.fast_ops_s),
+                    kib_now_milli: milli(h.fast_kib_s),
+                    waited,
+                    host_waited,
+                }
             })
             .collect();
         r
@@ -97,7 +108,7 @@ impl Control {
 
     /// Every peer's report, by name: this peer's own as it is now, the others' as they
     /// last published them.
-    fn reports(&self) -> BTreeMap<String, LoadReport> {
+    pub(super) fn reports(&self) -> BTreeMap<String, LoadReport> {
         let mut all = BTreeMap::new();
         if let Some(g) = &self.group {
             let snap = g.snapshot();

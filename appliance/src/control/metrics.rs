@@ -165,6 +165,35 @@ impl Control {
                 e.sample(&[("volume", &v.info.name)], sum(v.info.id, *field));
             }
         }
+        e.family(
+            "quire_volume_qos_waits_total",
+            Kind::Counter,
+            "Commands that waited for the volume's limits on this peer (quire volume set-limits).",
+        );
+        for v in &volumes {
+            e.sample(&[("volume", &v.info.name)], get(&v.qos.volume.waited));
+        }
+        e.family(
+            "quire_volume_qos_host_waits_total",
+            Kind::Counter,
+            "Commands that waited for the per-host limit, by host (hosts with an I/O queue here).",
+        );
+        for v in &volumes {
+            let mut hosts = v.qos.hosts();
+            hosts.sort_by(|a, b| a.0.cmp(&b.0));
+            for (host, p) in hosts {
+                e.sample(&[("volume", &v.info.name), ("host", &host)], get(&p.waited));
+            }
+        }
+        e.family("quire_volume_limit", Kind::Gauge, "The volume's group-wide limits (0: none), by kind.");
+        for v in &volumes {
+            let l = self.limits_of(v.info.id);
+            for (kind, x) in
+                [("iops", l.iops), ("mib_s", l.mib_s), ("host_iops", l.host_iops), ("host_mib_s", l.host_mib_s)]
+            {
+                e.sample(&[("volume", &v.info.name), ("kind", kind)], u64::from(x));
+            }
+        }
         e.family("quire_volume_size_bytes", Kind::Gauge, "Volume size.");
         for v in &volumes {
             e.sample(&[("volume", &v.info.name)], v.info.size_bytes());

@@ -21,6 +21,7 @@ mod group;
 mod load;
 mod metrics;
 pub mod outbox;
+mod qos;
 
 use crate::cast::sat_u32;
 use crate::nvmf::subsystem::Registry;
@@ -129,6 +130,8 @@ pub struct Control {
     load: crate::volume::load::LoadTracker,
     /// Each host's rates on each volume served here.
     hosts: crate::volume::load::HostRates,
+    /// Each host's waits for each volume's limits (`qos`).
+    qos_waits: std::collections::HashMap<(String, String), qos::HostWaits>,
     replication: quire_config::schema::Replication,
     /// The scrub requests started, by volume name, and when each volume led here was
     /// last scrubbed (the periodic scrub).
@@ -172,6 +175,7 @@ impl Control {
             rebuilds: Default::default(),
             load: Default::default(),
             hosts: Default::default(),
+            qos_waits: Default::default(),
             replication: parts.replication,
             scrubs_started: HashMap::new(),
             last_scrub: HashMap::new(),
@@ -248,6 +252,8 @@ impl Control {
 
     /// Runs until a Shutdown message.
     pub fn run(mut self) {
+        // The stored limits of a single peer's volumes, before the first command.
+        self.qos_turn();
         let mut batch = Vec::with_capacity(BATCH_MAX);
         let mut backlog = false;
         loop {
@@ -426,6 +432,15 @@ impl Control {
             m::PAGE_MOVE | m::MIGRATION_CANCEL | m::PEER_DRAIN | m::PEER_REMOVE | m::PAGE_PIN | m::REBALANCE_PAUSE => Err(RpcError::invalid_state(
                 "a single peer holds every page itself: moving pages needs a group of peers",
             )),
+            m::VOLUME_SET_LIMITS => {
+                let p: m::VolumeSetLimitsParams = call.params()?;
+                let id = self.volume_id(&p.name)?;
+                let limits = p.apply(self.store.limits(id).map_err(store_rpc_error)?);
+                self.store.set_limits(id, limits).map_err(store_rpc_error)?;
+                self.qos_turn();
+                tracing::info!(volume = %p.name, limits = %limits.describe(), "volume limits set");
+                Ok(json!(true))
+            }
             m::VOLUME_SET_REPLICAS => {
                 let p: m::VolumeSetReplicasParams = call.params()?;
                 self.volume_id(&p.name)?;
@@ -445,6 +460,7 @@ impl Control {
                     .iter()
                     .map(|v| {
                         let mut e = volume_entry(v);
+                        e.limits = self.limits_of(v.info.id);
                         if let Some((r, _)) = self.records.get(&v.info.id) {
                             (e.replicas, e.health, e.degraded_pages) = health_of(r);
                             if e.health == "rebuilding" {
@@ -632,6 +648,8 @@ impl Control {
                     write_bytes: sum(|c| &c.write_bytes),
                     other_ops: sum(|c| &c.other_ops),
                     errors: sum(|c| &c.errors),
+                    qos_waits: get(&v.qos.volume.waited),
+                    qos_host_waits: get(&v.qos.host_waits),
                 }
             })
             .collect();
@@ -738,6 +756,7 @@ fn volume_entry(v: &VolumeView) -> m::VolumeEntry {
         health: "healthy".into(),
         degraded_pages: 0,
         rebuild_percent: None,
+        limits: Default::default(),
     }
 }
 

@@ -897,6 +897,17 @@ impl Agent {
                         vec![put_op(&keys::volume_key(name), r.encode())],
                     )
                 }
+                GroupOpKind::SetLimits { name, set } => {
+                    let Some((old, revision)) = view.volumes.get(name) else {
+                        return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));
+                    };
+                    let mut r = old.clone();
+                    r.limits = set.apply(old.limits);
+                    (
+                        vec![unchanged_since(&keys::volume_key(name), *revision)],
+                        vec![put_op(&keys::volume_key(name), r.encode())],
+                    )
+                }
                 GroupOpKind::Promote { name, set, peer, inc } => {
                     let Some((old, revision)) = view.volumes.get(name) else {
                         return Ok(Err(RpcError::not_found(format!("no volume named {name:?}"))));

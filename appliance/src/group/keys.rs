@@ -110,6 +110,18 @@ pub struct HostLoad {
     pub kib_milli: u64,
     /// Mean latency, ns.
     pub latency_ns: u64,
+    /// Reads and writes per 1000 s over the last seconds (`volume::load::FAST_HALF_LIFE`).
+    #[serde(default)]
+    pub ops_now_milli: u64,
+    /// KiB per 1000 s over the last seconds.
+    #[serde(default)]
+    pub kib_now_milli: u64,
+    /// Some of its commands here waited for the volume's limit lately (`volume::qos`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waited: bool,
+    /// Some of its commands here waited for the per-host limit lately.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_waited: bool,
 }
 
 /// One volume's load on one peer.
@@ -379,6 +391,9 @@ pub struct VolumeRecord {
     /// The set of each page: its index in `sets`, u16 little-endian, base64.
     #[serde(default)]
     pub pages: String,
+    /// Its limits (`quire volume set-limits`, `volume::qos`), group-wide.
+    #[serde(default, skip_serializing_if = "crate::volume::qos::Limits::is_none")]
+    pub limits: crate::volume::qos::Limits,
     /// Pages the rebalancer leaves where they are (`quire page pin`), ascending.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pinned: Vec<u64>,
@@ -502,6 +517,7 @@ mod tests {
             replicas: 2,
             sets: vec![SetRecord::fresh(&[(0, 5), (1, 6)]), SetRecord::fresh(&[(1, 6), (2, 7)])],
             pages: String::new(),
+            limits: Default::default(),
             pinned: Vec::new(),
             owners: String::new(),
         };

@@ -141,6 +141,13 @@ pub enum GroupOpKind {
         /// Copies of each page.
         replicas: u8,
     },
+    /// Change a volume's limits (`volume::qos`): those `set` gives.
+    SetLimits {
+        /// Name.
+        name: String,
+        /// The limits to change.
+        set: crate::rpc::methods::VolumeSetLimitsParams,
+    },
     /// The leader of set `set` of volume `name` (this peer) has copied to member
     /// `peer` (incarnation `inc`) everything it lacked: it is in sync now.
     Promote {
@@ -215,6 +222,7 @@ impl GroupOpKind {
             | GroupOpKind::Grow { name, .. }
             | GroupOpKind::Delete { name }
             | GroupOpKind::SetReplicas { name, .. }
+            | GroupOpKind::SetLimits { name, .. }
             | GroupOpKind::Promote { name, .. }
             | GroupOpKind::Scrub { name }
             | GroupOpKind::MovePage { name, .. }

@@ -290,6 +290,7 @@ impl GroupView {
             replicas,
             sets: Vec::new(),
             pages: String::new(),
+            limits: Default::default(),
             pinned: Vec::new(),
             owners: String::new(),
         };

@@ -307,6 +307,32 @@ pub struct ReactorCtx {
     /// Requests waiting for the right to order a replicated write (`WaitingOrder`),
     /// tried again on every pass.
     pub order_waiters: VecDeque<ReqRef>,
+    /// Requests over their volume's limits (`WaitingQos`), soonest first.
+    pub qos_waiters: std::collections::BinaryHeap<QosWaiter>,
+}
+
+/// A request waiting for its volume's limits (`volume::qos`) to admit it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QosWaiter {
+    /// When it may go.
+    pub at: Instant,
+    /// The request.
+    pub rref: ReqRef,
+    /// Its volume (a volume whose limits are lifted lets its requests go at once).
+    pub volume: VolumeId,
+}
+
+impl Ord for QosWaiter {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the soonest first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.rref.conn, other.rref.req).cmp(&(self.at, self.rref.conn, self.rref.req))
+    }
+}
+
+impl PartialOrd for QosWaiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl ReactorCtx {
@@ -540,6 +566,7 @@ impl Reactor {
             reroutes: Vec::new(),
             fence: parts.fence,
             order_waiters: VecDeque::new(),
+            qos_waiters: Default::default(),
         };
         let reactor = Reactor {
             ctx,
@@ -671,6 +698,10 @@ impl Reactor {
             });
         if pending_local || self.last_work.elapsed() < spin {
             return Some(Duration::ZERO);
+        }
+        if let Some(w) = self.ctx.qos_waiters.peek() {
+            // Sleep until the soonest request over its limits may go (at most a tick).
+            return Some(w.at.saturating_duration_since(Instant::now()).min(TICK));
         }
         if !self.ctx.order_waiters.is_empty() || !self.ctx.reroutes.is_empty() || self.copier.busy() {
             // Pieces another reactor holds come back within a device round trip.
@@ -906,6 +937,19 @@ impl Reactor {
             let c = self.conns[w.conn as usize].as_mut().expect("a parked request's connection lives");
             c.resume_device(w.req, &mut self.ctx);
         }
+        if !self.ctx.qos_waiters.is_empty() {
+            let now = Instant::now();
+            while let Some(w) = self.ctx.qos_waiters.peek().copied() {
+                let lifted = self.ctx.volumes.get(&w.volume).is_none_or(|v| !v.view.qos.active());
+                if w.at > now && !lifted {
+                    break;
+                }
+                self.ctx.qos_waiters.pop();
+                let c = self.conns[w.rref.conn as usize].as_mut().expect("a parked request's connection lives");
+                c.host().resume_qos(w.rref.req, &mut self.ctx);
+                work = true;
+            }
+        }
         if self.copier.busy() || !self.copier.reports.is_empty() {
             work |= self.copier.poll(&mut self.ctx);
             for r in self.copier.reports.drain(..) {
@@ -992,6 +1036,7 @@ impl Reactor {
                 // the old one's answers.
                 let mine = |w: &ReqRef| w.conn == index;
                 assert!(!self.ctx.buf_waiters.iter().any(mine) && !self.ctx.dev_waiters.iter().any(mine));
+                assert!(!self.ctx.qos_waiters.iter().any(|w| mine(&w.rref)));
                 debug_assert!(!self.ctx.alloc_waiters.values().flatten().any(mine));
                 debug_assert!(!self.ctx.free_waiters.values().any(mine));
             }

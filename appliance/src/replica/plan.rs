@@ -432,6 +432,7 @@ pub(super) mod tests {
             replicas,
             sets,
             pages: String::new(),
+            limits: Default::default(),
             pinned: Vec::new(),
             owners: String::new(),
         };

@@ -266,6 +266,7 @@ impl Sim {
                 replicas: cfg.replicas,
                 sets: Vec::new(),
                 pages: String::new(),
+                limits: Default::default(),
                 pinned: Vec::new(),
                 owners: String::new(),
             },

@@ -40,6 +40,8 @@ pub const METRICS: &str = "stats_metrics";
 pub const VOLUME_PAGES: &str = "volume_pages";
 /// `volume_set_replicas`.
 pub const VOLUME_SET_REPLICAS: &str = "volume_set_replicas";
+/// `volume_set_limits`.
+pub const VOLUME_SET_LIMITS: &str = "volume_set_limits";
 /// `scrub_start`.
 pub const SCRUB_START: &str = "scrub_start";
 /// `scrub_status`.
@@ -68,7 +70,7 @@ pub const REBALANCE_STATUS: &str = "rebalance_status";
 pub const REBALANCE_PAUSE: &str = "rebalance_pause";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 29] = [
+pub const ALL: [&str; 30] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -88,6 +90,7 @@ pub const ALL: [&str; 29] = [
     METRICS,
     VOLUME_PAGES,
     VOLUME_SET_REPLICAS,
+    VOLUME_SET_LIMITS,
     SCRUB_START,
     SCRUB_STATUS,
     PAGE_MOVE,
@@ -139,6 +142,39 @@ pub struct VolumeSetReplicasParams {
     pub name: String,
     /// Copies of each page from now on (1 ..= 3, at most the live peers).
     pub replicas: u8,
+}
+
+/// Params of `volume_set_limits`: the limits given change, the others stay; 0 removes
+/// one (`volume::qos`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSetLimitsParams {
+    /// The volume.
+    pub name: String,
+    /// Operations per second over every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u32>,
+    /// MiB per second over every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mib_s: Option<u32>,
+    /// Operations per second of each host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_iops: Option<u32>,
+    /// MiB per second of each host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_mib_s: Option<u32>,
+}
+
+impl VolumeSetLimitsParams {
+    /// `old` with the limits given here changed.
+    pub fn apply(&self, old: crate::volume::qos::Limits) -> crate::volume::qos::Limits {
+        crate::volume::qos::Limits {
+            iops: self.iops.unwrap_or(old.iops),
+            mib_s: self.mib_s.unwrap_or(old.mib_s),
+            host_iops: self.host_iops.unwrap_or(old.host_iops),
+            host_mib_s: self.host_mib_s.unwrap_or(old.host_mib_s),
+        }
+    }
 }
 
 /// Params of `page_move`.
@@ -418,6 +454,9 @@ pub struct VolumeEntry {
     /// through (as they last reported to the group).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild_percent: Option<u8>,
+    /// Its limits (`volume_set_limits`); left out when it has none.
+    #[serde(default, skip_serializing_if = "crate::volume::qos::Limits::is_none")]
+    pub limits: crate::volume::qos::Limits,
 }
 
 fn healthy() -> String {
@@ -562,6 +601,12 @@ pub struct VolumeStatsEntry {
     pub other_ops: u64,
     /// Commands completed with an error status.
     pub errors: u64,
+    /// Commands that waited for the volume's limits on this peer (`volume_set_limits`).
+    #[serde(default)]
+    pub qos_waits: u64,
+    /// Commands that waited for the per-host limit on this peer.
+    #[serde(default)]
+    pub qos_host_waits: u64,
 }
 
 /// One entry of `stats_reactors`.

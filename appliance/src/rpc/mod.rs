@@ -46,10 +46,11 @@
 //! | method | params | result |
 //! |---|---|---|
 //! | `volume_create` | `{name, size, page_size?, block_size?, replicas?}` | the new volume, as one `volume_list` entry |
-//! | `volume_list` | none | `[{name, id, size, page_size, block_size, pages, allocated_pages, nqn, uuid, nguid}]` |
+//! | `volume_list` | none | `[{name, id, size, page_size, block_size, pages, allocated_pages, nqn, uuid, nguid, replicas, health, degraded_pages, rebuild_percent?, limits?}]` |
 //! | `volume_grow` | `{name, size}` (the new size, larger) | the volume, as one `volume_list` entry |
 //! | `volume_delete` | `{name}` | `true` |
 //! | `volume_set_replicas` | `{name, replicas}` | the volume, as one `volume_list` entry |
+//! | `volume_set_limits` | `{name, iops?, mib_s?, host_iops?, host_mib_s?}` (those given change; 0 removes one) | `true` |
 //! | `scrub_start` | `{name}` | `true` |
 //! | `scrub_status` | none | `[{volume, state, pages, compared, repaired}]` |
 //! | `page_move` | `{volume, page, to, from?}` | the volume's moves under way, as `migration_list` entries |

@@ -204,7 +204,16 @@ pub struct HostRate {
     pub kib_s: f32,
     /// Mean latency of its reads and writes, µs.
     pub latency_us: f32,
+    /// Reads and writes per second over the last seconds ([`FAST_HALF_LIFE`]): what
+    /// the split of a volume's limits among peers follows (`volume::qos`).
+    pub fast_ops_s: f32,
+    /// KiB per second over the last seconds.
+    pub fast_kib_s: f32,
 }
+
+/// The half-life of [`HostRate::fast_ops_s`]: a host that stops gives up its share of
+/// a limit within seconds.
+pub const FAST_HALF_LIFE: Duration = Duration::from_secs(2);
 
 impl HostRates {
     /// Takes the controllers' totals (cntlid, host, volume, totals) into the rates, at
@@ -232,14 +241,19 @@ impl HostRates {
             return;
         }
         let keep = 0.5f32.powf(secs / HALF_LIFE.as_secs_f32());
+        let keep_fast = 0.5f32.powf(secs / FAST_HALF_LIFE.as_secs_f32());
         for r in self.rates.values_mut() {
             r.ops_s *= keep;
             r.kib_s *= keep;
+            r.fast_ops_s *= keep_fast;
+            r.fast_kib_s *= keep_fast;
         }
         for (key, (ops, bytes, ns)) in &delta {
             let r = self.rates.entry(key.clone()).or_default();
             r.ops_s += (1.0 - keep) * (*ops as f32 / secs);
             r.kib_s += (1.0 - keep) * (*bytes as f32 / 1024.0 / secs);
+            r.fast_ops_s += (1.0 - keep_fast) * (*ops as f32 / secs);
+            r.fast_kib_s += (1.0 - keep_fast) * (*bytes as f32 / 1024.0 / secs);
             if *ops > 0 {
                 let mean = *ns as f32 / *ops as f32 / 1000.0;
                 r.latency_us = if r.latency_us == 0.0 { mean } else { keep * r.latency_us + (1.0 - keep) * mean };

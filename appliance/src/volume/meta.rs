@@ -497,6 +497,9 @@ pub struct VolumeEntry {
     pub uuid: [u8; 16],
     /// Namespace NGUID.
     pub nguid: [u8; 16],
+    /// Its limits (`volume::qos`): four `u32` at bytes 112..128, zero in entries
+    /// written before limits existed (no limit).
+    pub limits: crate::volume::qos::Limits,
 }
 
 const STATE_EMPTY: u8 = 0;
@@ -523,6 +526,10 @@ impl VolumeEntry {
         e[16..16 + v.name.len()].copy_from_slice(v.name.as_bytes());
         e[80..96].copy_from_slice(&v.uuid);
         e[96..112].copy_from_slice(&v.nguid);
+        let l = &v.limits;
+        for (i, x) in [l.iops, l.mib_s, l.host_iops, l.host_mib_s].into_iter().enumerate() {
+            put_u32(e, 112 + 4 * i, x);
+        }
     }
 
     /// Reads entry `slot` of a volume table block.
@@ -551,6 +558,12 @@ impl VolumeEntry {
             num_pages: get_u64(e, 8),
             uuid: e[80..96].try_into().expect("16 bytes"),
             nguid: e[96..112].try_into().expect("16 bytes"),
+            limits: crate::volume::qos::Limits {
+                iops: get_u32(e, 112),
+                mib_s: get_u32(e, 116),
+                host_iops: get_u32(e, 120),
+                host_mib_s: get_u32(e, 124),
+            },
         }))
     }
 }
@@ -818,6 +831,7 @@ mod tests {
             num_pages: 1 << 40,
             uuid,
             nguid,
+            limits: crate::volume::qos::Limits { iops: 1, mib_s: u32::MAX, host_iops: 3, host_mib_s: 4 },
         };
         VolumeEntry::encode(Some(&e), &mut b, 30);
         assert_eq!(VolumeEntry::decode(&b, 30), Ok(Some(e)));

@@ -17,6 +17,7 @@ pub mod load;
 pub mod meta;
 pub mod pages;
 pub mod placement;
+pub mod qos;
 pub mod routing;
 pub mod split;
 pub mod store;
@@ -100,6 +101,8 @@ pub struct VolumeView {
     /// Per page: piece locks and what members missed (`replica::locks`); empty until
     /// the volume has replicas, then one table for its whole life, like `pages`.
     pub pieces: Arc<crate::replica::locks::PieceTable>,
+    /// Its limiter on this peer (`qos`); one for the volume's whole life, like `pages`.
+    pub qos: Arc<qos::Limiter>,
 }
 
 /// Checks a volume name: 1 to 64 characters of `[a-z0-9._-]`, not starting with `.`/`-`.

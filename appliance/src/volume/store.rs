@@ -50,6 +50,7 @@ use super::meta::{
     self, Header, Kind, Layout, SlotRecord, Superblock, VolumeEntry, VolumeState, ENTRIES_PER_BLOCK, META_BLOCK_SIZE,
     RECORDS_PER_BLOCK, UNIT_BYTES, UNIT_SHIFT, VOLUMES_MAX,
 };
+use super::qos::Limits;
 use super::{check_name, PageTable, VolumeId, VolumeInfo, VolumeView, PAGE_SIZE_MAX, PAGE_SIZE_MIN};
 use crate::cast::usize_from;
 
@@ -936,7 +937,7 @@ impl PageStore {
                 }
             }
             let pages = Arc::new(PageTable::new(info.num_pages));
-            let view = Arc::new(VolumeView { info, pages, pieces: Arc::default() });
+            let view = Arc::new(VolumeView { info, pages, pieces: Arc::default(), qos: Arc::default() });
             self.volumes.insert(view.info.id, Volume { pos, view });
         }
         self.table = table;
@@ -1169,6 +1170,7 @@ impl PageStore {
             num_pages,
             uuid,
             nguid,
+            limits: Limits::default(),
         };
         let info = entry_info(&entry).expect("validated above");
         self.table[pos] = Some(entry);
@@ -1176,7 +1178,12 @@ impl PageStore {
         // The entry goes before the superblock; if only the entry lands, open derives
         // the next id from it.
         self.write_blocks(&[self.table_block(pos), 0])?;
-        let view = Arc::new(VolumeView { info, pages: Arc::new(PageTable::new(num_pages)), pieces: Arc::default() });
+        let view = Arc::new(VolumeView {
+            info,
+            pages: Arc::new(PageTable::new(num_pages)),
+            pieces: Arc::default(),
+            qos: Arc::default(),
+        });
         self.volumes.insert(VolumeId(id), Volume { pos, view: view.clone() });
         tracing::info!(volume = id, name, size_bytes = view.info.size_bytes(), page_size, "volume created");
         Ok(view)
@@ -1207,9 +1214,30 @@ impl PageStore {
         if !pieces.is_empty() {
             pieces.grow(num_pages);
         }
-        v.view = Arc::new(VolumeView { info: VolumeInfo { num_pages, ..old }, pages, pieces });
+        let qos = v.view.qos.clone();
+        v.view = Arc::new(VolumeView { info: VolumeInfo { num_pages, ..old }, pages, pieces, qos });
         assert_eq!(v.view.pages.len(), num_pages);
         Ok(v.view.clone())
+    }
+
+    /// The limits stored with a volume (`volume::qos`).
+    pub fn limits(&self, id: VolumeId) -> Result<Limits> {
+        let v = self.volumes.get(&id).ok_or(StoreError::NoSuchVolume(id))?;
+        Ok(self.table[v.pos].as_ref().expect("live volume has an entry").limits)
+    }
+
+    /// Stores a volume's limits with it (one volume-table block written: the entry
+    /// holds them whole, old or new, at any crash).
+    pub fn set_limits(&mut self, id: VolumeId, limits: Limits) -> Result<()> {
+        self.check_alive()?;
+        let v = self.volumes.get(&id).ok_or(StoreError::NoSuchVolume(id))?;
+        let pos = v.pos;
+        let entry = self.table[pos].as_mut().expect("live volume has an entry");
+        if entry.limits == limits {
+            return Ok(());
+        }
+        entry.limits = limits;
+        self.write_blocks(&[self.table_block(pos)])
     }
 
     /// Deletes a volume: marks it deleting, frees its slots (into quarantine, under

@@ -78,6 +78,9 @@ pub struct QueueInfo {
     pub ctrlr: Option<Arc<NvmfController>>,
     /// An I/O queue's counts for `quire stats hosts` (its controller sums them).
     pub host_io: Option<Arc<crate::nvmf::ctrlr::HostIo>>,
+    /// Its host's limits on the volume (`volume::qos`), taken by the first command
+    /// that asks them.
+    pub qos_host: Option<Arc<crate::volume::qos::Pair>>,
     /// Digests negotiated by ICReq (None before).
     pub digests: Option<Digests>,
     /// Host PDU data alignment from ICReq: C2H data starts at a multiple of
@@ -146,6 +149,7 @@ impl TcpQpair {
                 sqsize: 0,
                 ctrlr: None,
                 host_io: None,
+                qos_host: None,
                 digests: None,
                 hpda: 0,
                 sqflow_disabled: false,
@@ -264,7 +268,7 @@ impl TcpQpair {
         let r = self.reqs.req_mut(idx);
         let len = if sgl.is_transport() || sgl.is_in_capsule() { sgl.len } else { 0 };
         if len == 0 || dir == Direction::None {
-            self.reqs.set_state(idx, ReqState::ReadyToExecute);
+            self.admit(idx, ReqState::ReadyToExecute, ctx);
         } else if !sgl.is_transport() {
             r.status = Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr();
             self.reqs.set_state(idx, ReqState::ReadyToComplete);
@@ -277,7 +281,7 @@ impl TcpQpair {
                 Direction::HostToController => Xfer::H2C,
                 _ => Xfer::C2H,
             };
-            self.reqs.set_state(idx, ReqState::NeedBuffer);
+            self.admit(idx, ReqState::NeedBuffer, ctx);
         }
         self.process(idx, ctx);
         Ok(())
@@ -297,7 +301,10 @@ impl TcpQpair {
                 ReqState::Free => return,
                 ReqState::New => unreachable!("a new request is given a path when its capsule arrives"),
                 ReqState::NeedBuffer => self.need_buffer(idx, ctx),
-                ReqState::ReceivingCapsuleData | ReqState::AwaitingH2C | ReqState::AwaitingEvent => return,
+                ReqState::ReceivingCapsuleData
+                | ReqState::AwaitingH2C
+                | ReqState::AwaitingEvent
+                | ReqState::WaitingQos => return,
                 ReqState::ReadyToExecute => self.execute(idx, ctx),
                 ReqState::Executing => {
                     if r.outstanding() {
@@ -354,8 +361,56 @@ impl TcpQpair {
         let in_place =
             !io_write || ((seg.addr as u64) | u64::from(seg.len)).is_multiple_of(align) || self.all_remote(idx, ctx);
         let next = if in_place { ReqState::ReadyToExecute } else { ReqState::NeedBuffer };
+        self.admit(idx, next, ctx);
+        self.process(idx, ctx);
+    }
+
+    /// Moves request `idx` on to `next`, unless its volume's limits (`volume::qos`)
+    /// make it wait first: then it waits in `WaitingQos`, in the reactor's timer list,
+    /// holding no pool buffer (in-capsule data stays where it arrived).
+    fn admit(&mut self, idx: u16, next: ReqState, ctx: &mut ReactorCtx) {
+        match self.qos_due(idx, ctx) {
+            None => self.reqs.set_state(idx, next),
+            Some((at, volume)) => {
+                self.reqs.req_mut(idx).qos_next = next;
+                self.reqs.set_state(idx, ReqState::WaitingQos);
+                ctx.qos_waiters.push(crate::reactor::QosWaiter { at, rref: self.rref(idx), volume });
+            }
+        }
+    }
+
+    /// When request `idx` may go, if its volume's limits hold it back: reads, writes
+    /// and Write Zeroes of an I/O queue count (bytes for reads and writes).
+    fn qos_due(&mut self, idx: u16, ctx: &ReactorCtx) -> Option<(std::time::Instant, crate::volume::VolumeId)> {
+        let cmd = self.reqs.req(idx).cmd;
+        if self.q.qid.unwrap_or(0) == 0
+            || !matches!(cmd.opcode, opcode::NVM_READ | opcode::NVM_WRITE | opcode::NVM_WRITE_ZEROES)
+        {
+            return None;
+        }
+        let c = self.q.ctrlr.as_ref()?;
+        let id = c.volume?;
+        let v = ctx.volumes.get(&id)?;
+        let qos = &v.view.qos;
+        if !qos.active() {
+            return None;
+        }
+        let host = self.q.qos_host.get_or_insert_with(|| qos.host(&c.hostnqn));
+        let bytes = match cmd.opcode {
+            opcode::NVM_WRITE_ZEROES => 0,
+            _ => u64::from(cmd.nlb()) * u64::from(v.view.info.block_size),
+        };
+        qos.admit(std::time::Instant::now(), Some(host), bytes).map(|at| (at, id))
+    }
+
+    /// Request `idx`'s volume's limits admit it now (or were lifted).
+    pub fn resume_qos(&mut self, idx: u16, ctx: &mut ReactorCtx) {
+        let r = self.reqs.req(idx);
+        assert_eq!(r.state(), ReqState::WaitingQos, "request {idx} resumed from the QoS timer list");
+        let next = r.qos_next;
         self.reqs.set_state(idx, next);
         self.process(idx, ctx);
+        self.maybe_closed(ctx);
     }
 
     /// True when every block command `idx` addresses lies on pages other peers own: its
@@ -736,6 +791,11 @@ impl TcpQpair {
                 ReqState::Transmitting if self.tx.held.contains(&idx) => {}
                 ReqState::NeedBuffer => {
                     ctx.buf_waiters.retain(|w| *w != rref);
+                    release_buffers(&mut self.reqs, idx, ctx);
+                    self.reqs.set_state_closing(idx, ReqState::Free);
+                }
+                ReqState::WaitingQos => {
+                    ctx.qos_waiters.retain(|w| w.rref != rref);
                     release_buffers(&mut self.reqs, idx, ctx);
                     self.reqs.set_state_closing(idx, ReqState::Free);
                 }

@@ -79,11 +79,15 @@ pub enum ReqState {
     ReadyToComplete,
     /// Response PDUs queued; the slot is freed when the socket has taken them.
     Transmitting,
+    /// Over its volume's limits (`volume::qos`): sits in the reactor's timer list
+    /// until its time, holding no pool buffer (only in-capsule data), then goes on to
+    /// `Req::qos_next`.
+    WaitingQos,
 }
 
 impl ReqState {
     /// Every state, in discriminant order.
-    pub const ALL: [ReqState; 13] = [
+    pub const ALL: [ReqState; 14] = [
         ReqState::Free,
         ReqState::New,
         ReqState::NeedBuffer,
@@ -97,6 +101,7 @@ impl ReqState {
         ReqState::AwaitingEvent,
         ReqState::ReadyToComplete,
         ReqState::Transmitting,
+        ReqState::WaitingQos,
     ];
 
     fn index(self) -> usize {
@@ -110,12 +115,14 @@ impl ReqState {
         use ReqState::*;
         let normal = match (self, to) {
             (Free, _) => false,
-            (New, NeedBuffer | ReceivingCapsuleData | ReadyToExecute | ReadyToComplete) => true,
+            (New, NeedBuffer | ReceivingCapsuleData | ReadyToExecute | ReadyToComplete | WaitingQos) => true,
+            // Admitted by its volume's limits: on to what it would have done at once.
+            (WaitingQos, NeedBuffer | ReadyToExecute) => true,
             (NeedBuffer, AwaitingH2C | ReadyToExecute | ReadyToComplete) => true,
             (ReceivingCapsuleData | AwaitingH2C, ReadyToExecute) => true,
             // In-capsule data the device cannot take in place waits for a buffer to be
             // copied into, or is dropped for the host to retry.
-            (ReceivingCapsuleData, NeedBuffer | ReadyToComplete) => true,
+            (ReceivingCapsuleData, NeedBuffer | ReadyToComplete | WaitingQos) => true,
             (
                 ReadyToExecute,
                 Executing | WaitingDevice | WaitingControl | WaitingOrder | AwaitingEvent | ReadyToComplete,
@@ -140,7 +147,8 @@ impl ReqState {
                             | WaitingDevice
                             | WaitingOrder
                             | AwaitingEvent
-                            | ReadyToComplete,
+                            | ReadyToComplete
+                            | WaitingQos,
                         Free
                     ) | (AwaitingH2C, ReadyToComplete)
                 )
@@ -149,7 +157,7 @@ impl ReqState {
 
 /// Number of states (for the per-state counts), tied to the enum: the last state's
 /// discriminant plus one, and `ALL` lists them in order.
-pub const REQ_STATES: usize = ReqState::Transmitting as usize + 1;
+pub const REQ_STATES: usize = ReqState::WaitingQos as usize + 1;
 
 const _: () = {
     assert!(ReqState::ALL.len() == REQ_STATES);
@@ -228,6 +236,8 @@ pub struct Req {
     /// after waiting for page allocations or room in the device queue, with nothing
     /// submitted yet; this flag keeps it from being counted twice.
     pub counted: bool,
+    /// Where a request in `WaitingQos` goes once its volume's limits admit it.
+    pub qos_next: ReqState,
     /// When the command's capsule arrived (the start of its latency).
     pub started: std::time::Instant,
     /// Pieces of replicated pages this request holds: (page, pieces), all of one
@@ -264,6 +274,7 @@ impl Req {
             misrouted: false,
             flush_after: false,
             counted: false,
+            qos_next: ReqState::New,
             started: std::time::Instant::now(),
             locks: Vec::with_capacity(2),
             releads: Vec::new(),
@@ -436,6 +447,7 @@ impl ReqTable {
         r.misrouted = false;
         r.flush_after = false;
         r.counted = false;
+        r.qos_next = ReqState::New;
         r.releads.clear();
         r.started = std::time::Instant::now();
         r.state = ReqState::New;
