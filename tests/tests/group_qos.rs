@@ -37,6 +37,25 @@ fn figures(run: &PerfRun, what: &str) -> (f64, f64) {
     (t["iops"].as_f64().expect("iops"), t["mibps"].as_f64().expect("mibps"))
 }
 
+/// The I/O ports of the NVMe entries of `peer`'s discovery log (read through its I/O
+/// port), in order.
+fn discovery_ports(peer: &Peer) -> Vec<u16> {
+    let opts = quire_perf::initiator::ControllerOptions::new(peer.target_addr(), None);
+    let Ok(entries) = quire_perf::initiator::discover(&opts) else { return Vec::new() };
+    let mut ports: Vec<u16> = Vec::new();
+    for e in entries.iter().filter(|e| e.subtype == quire_wire::nvme::log::SUBTYPE_NVME && e.subnqn.ends_with(":q")) {
+        let port = e.trsvcid.trim().parse().unwrap_or(0);
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+fn peers_port(peers: &[Peer], i: usize) -> u16 {
+    peers[i].port
+}
+
 fn stat(peer: &Peer, key: &str) -> u64 {
     let s = cli_json(&peer.socket(), &["stats", "volumes"]);
     s.as_array().and_then(|l| l.iter().find(|v| v["name"] == "q")).and_then(|v| v[key].as_u64()).unwrap_or(0)
@@ -80,6 +99,16 @@ fn volume_and_host_limits_hold_group_wide_across_peers() {
     let waits = [stat(&peers[0], "qos_waits"), stat(&peers[1], "qos_waits")];
     assert!(waits.iter().all(|&w| w > 0), "commands waited on both paths: {waits:?}");
     assert_eq!(stat(&peers[2], "qos_waits"), 0, "c served no host");
+    // Discovery lists the least loaded peers first: c, which took no host's commands,
+    // before a itself in a's discovery log (and before b).
+    wait_for(&peers[0], "c's path first in a's discovery log", Duration::from_secs(30), |a| {
+        let ports = discovery_ports(a);
+        let at = |p: u16| ports.iter().position(|&x| x == p);
+        match (at(peers_port(&peers, 2)), at(a.port), at(peers_port(&peers, 1))) {
+            (Some(c), Some(a), Some(b)) => c < a && c < b,
+            _ => false,
+        }
+    });
 
     // 2. Lifted: nothing waits any more.
     set_limits(&peers[2], &["--iops", "0"]);

@@ -32,6 +32,16 @@ impl Control {
         };
         self.hosts.tick(now, controllers);
         self.qos_turn();
+        if let Some(g) = self.group.clone() {
+            let snap = g.snapshot();
+            let paths = snap
+                .live
+                .iter()
+                .filter(|(&id, _)| crate::volume::routing::PeerId(id) != self.me)
+                .filter_map(|(_, p)| p.target.parse().ok())
+                .collect();
+            self.order_paths(&snap, paths);
+        }
         if let Some(g) = &self.group {
             g.set_load_report(self.load_report());
         }
@@ -104,6 +114,40 @@ impl Control {
                 peers,
             })
             .collect()
+    }
+
+    /// Hands the registry the other live peers' I/O addresses (`paths`, any order) in
+    /// the discovery log's order: least loaded first, and this peer among them
+    /// ([`discovery_steps`]).
+    pub(super) fn order_paths(&mut self, snap: &crate::group::GroupSnapshot, paths: Vec<std::net::SocketAddr>) {
+        let reports = self.reports();
+        let mut peers: Vec<(String, Option<std::net::SocketAddr>, u64, u64)> = snap
+            .live
+            .iter()
+            .filter_map(|(&id, p)| {
+                let addr = if crate::volume::routing::PeerId(id) == self.me {
+                    None
+                } else {
+                    Some(p.target.parse().ok().filter(|a| paths.contains(a))?)
+                };
+                let ops =
+                    reports.get(&p.name).map_or(0, |r| r.ops_milli + r.hosts.iter().map(|h| h.ops_milli).sum::<u64>());
+                let weight = snap.shares.iter().find(|(n, _)| *n == p.name).map_or(1, |(_, s)| s.weight.max(1));
+                Some((p.name.clone(), addr, ops, weight))
+            })
+            .collect();
+        if !peers.iter().any(|p| p.1.is_none()) {
+            // Not registered yet: this peer last.
+            peers.push((self.peer_name.clone(), None, u64::MAX, 1));
+        }
+        let loads: Vec<(String, u64, u64)> = peers.iter().map(|(n, _, o, w)| (n.clone(), *o, *w)).collect();
+        let steps = discovery_steps(&loads, &self.discovery_steps);
+        let mut order: Vec<usize> = (0..peers.len()).collect();
+        order.sort_by(|&a, &b| (steps[a], &peers[a].0).cmp(&(steps[b], &peers[b].0)));
+        self.discovery_steps = loads.iter().zip(&steps).map(|((n, _, _), &s)| (n.clone(), s)).collect();
+        let before = order.iter().position(|&i| peers[i].1.is_none()).unwrap_or(0);
+        let ordered = order.iter().filter_map(|&i| peers[i].1).collect();
+        self.registry.set_group_paths(ordered, before);
     }
 
     /// Every peer's report, by name: this peer's own as it is now, the others' as they
@@ -182,4 +226,58 @@ type Summed = (u64, u64, Vec<String>);
 /// Thousandths per second as a rate to one decimal (what a person reads).
 fn per_s(milli: u64) -> f64 {
     (milli / 100) as f64 / 10.0
+}
+
+/// Each peer's step of load in the discovery log's order: its operations per second
+/// (pages served and hosts' commands taken) per unit of weight, against the group's,
+/// in powers of two (below half the group's: 0; half to once: 1; once to twice: 2;
+/// …). A peer keeps its last step (`last`) until its load leaves that step's range by
+/// a fifth more: loads that hover at an edge do not reorder the log, and every
+/// reorder is a discovery change event to the hosts.
+pub(super) fn discovery_steps(peers: &[(String, u64, u64)], last: &std::collections::HashMap<String, i32>) -> Vec<i32> {
+    let total_ops: u64 = peers.iter().map(|p| p.1.min(u64::MAX / 2)).sum();
+    let total_weight: u64 = peers.iter().map(|p| p.2.max(1)).sum();
+    if total_ops < 100_000 {
+        // Under 100 operations a second in all: no order by load.
+        return vec![0; peers.len()];
+    }
+    let mean = total_ops as f64 / total_weight as f64;
+    peers
+        .iter()
+        .map(|(name, ops, weight)| {
+            let rel = (*ops).min(u64::MAX / 2) as f64 / (*weight).max(1) as f64 / mean;
+            let x = (rel * 2.0).max(f64::MIN_POSITIVE).log2() + 1.0;
+            match last.get(name) {
+                Some(&p) if x >= f64::from(p) - 0.25 && x < f64::from(p) + 1.25 => p,
+                // Steps are small: the cast cannot truncate.
+                #[allow(clippy::cast_possible_truncation)]
+                _ => (x.floor() as i32).max(0),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_steps_order_by_load_per_weight_and_hold_at_edges() {
+        let p = |n: &str, ops: u64, w: u64| (n.to_string(), ops * 1000, w);
+        let none = std::collections::HashMap::new();
+        // Idle group: no order by load.
+        assert_eq!(discovery_steps(&[p("a", 10, 1), p("b", 50, 1)], &none), vec![0, 0]);
+        // a at 0.25 of the mean, b at 1.0, c at 1.75: steps 0, 2, 2.
+        let loads = [p("a", 250, 1), p("b", 1000, 1), p("c", 1750, 1)];
+        assert_eq!(discovery_steps(&loads, &none), vec![0, 2, 2]);
+        // Weight counts: c twice as big carries twice as much at the same step.
+        assert_eq!(discovery_steps(&[p("a", 1000, 1), p("c", 2000, 2)], &none), vec![2, 2]);
+        // At an edge: b just under the mean keeps step 2 it had; far under, it moves.
+        let last: std::collections::HashMap<String, i32> = [("b".to_string(), 2)].into();
+        let loads = [p("a", 1050, 1), p("b", 950, 1)];
+        assert_eq!(discovery_steps(&loads, &none), vec![2, 1]);
+        assert_eq!(discovery_steps(&loads, &last)[1], 2, "a wobble keeps the step");
+        let loads = [p("a", 1600, 1), p("b", 400, 1)];
+        assert_eq!(discovery_steps(&loads, &last)[1], 0, "b at 0.4 of the mean moves down");
+    }
 }

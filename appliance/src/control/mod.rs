@@ -132,6 +132,8 @@ pub struct Control {
     hosts: crate::volume::load::HostRates,
     /// Each host's waits for each volume's limits (`qos`).
     qos_waits: std::collections::HashMap<(String, String), qos::HostWaits>,
+    /// Each peer's step of load in the discovery log's order (`load::discovery_steps`).
+    discovery_steps: std::collections::HashMap<String, i32>,
     replication: quire_config::schema::Replication,
     /// The scrub requests started, by volume name, and when each volume led here was
     /// last scrubbed (the periodic scrub).
@@ -176,6 +178,7 @@ impl Control {
             load: Default::default(),
             hosts: Default::default(),
             qos_waits: Default::default(),
+            discovery_steps: Default::default(),
             replication: parts.replication,
             scrubs_started: HashMap::new(),
             last_scrub: HashMap::new(),

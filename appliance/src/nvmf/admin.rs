@@ -493,7 +493,35 @@ fn smart_log(c: &NvmfController, ctx: &ReactorCtx) -> log::SmartLog {
 
 fn discovery_log(q: &QueueInfo, c: &NvmfController, ctx: &ReactorCtx) -> Vec<u8> {
     let r = ctx.registry.lock();
+    // The group's other live peers serve every volume too (any peer takes any I/O):
+    // one more path per peer, at the address its hosts reach it; the peers less loaded
+    // than this one first (hosts that take the first path take the least loaded).
+    // A peer's port id follows its address, not its place in the order.
+    let mut by_addr = r.group_paths.clone();
+    by_addr.sort();
+    let others = |range: std::ops::Range<usize>, entries: &mut Vec<DiscoveryEntry>| {
+        for addr in &r.group_paths[range] {
+            let i = by_addr.binary_search(addr).expect("the same addresses");
+            let portid = 0x100 + port_id(i);
+            for s in r.subsystems.values() {
+                if matches!(s.kind, SubsystemKind::Volume(_)) && s.allows(&c.hostnqn) {
+                    let mut e = DiscoveryEntry::tcp_ipv4(
+                        log::SUBTYPE_NVME,
+                        portid,
+                        &addr.ip().to_string(),
+                        addr.port(),
+                        &s.nqn,
+                    );
+                    e.asqsz = ctx.registry.params.max_queue_depth;
+                    e.treq |= log::TREQ_DISABLE_SQFLOW;
+                    entries.push(e);
+                }
+            }
+        }
+    };
     let mut entries = Vec::new();
+    let before = r.paths_before.min(r.group_paths.len());
+    others(0..before, &mut entries);
     for (portid, l) in r.listeners.iter().enumerate() {
         let ip = if l.addr.ip().is_unspecified() { q.local_ip } else { l.addr.ip() };
         // Behind NAT or port forwarding hosts reach the advertised address; the
@@ -526,20 +554,7 @@ fn discovery_log(q: &QueueInfo, c: &NvmfController, ctx: &ReactorCtx) -> Vec<u8>
             entries.push(e);
         }
     }
-    // The group's other live peers serve every volume too (any peer takes any I/O):
-    // one more path per peer, at the address its hosts reach it.
-    for (i, addr) in r.group_paths.iter().enumerate() {
-        let portid = 0x100 + port_id(i);
-        for s in r.subsystems.values() {
-            if matches!(s.kind, SubsystemKind::Volume(_)) && s.allows(&c.hostnqn) {
-                let mut e =
-                    DiscoveryEntry::tcp_ipv4(log::SUBTYPE_NVME, portid, &addr.ip().to_string(), addr.port(), &s.nqn);
-                e.asqsz = ctx.registry.params.max_queue_depth;
-                e.treq |= log::TREQ_DISABLE_SQFLOW;
-                entries.push(e);
-            }
-        }
-    }
+    others(before..r.group_paths.len(), &mut entries);
     log::build_discovery_log(r.discovery_genctr, &entries)
 }
 

@@ -83,8 +83,11 @@ pub struct RegistryInner {
     /// The ANA log's change count (bumped with every change of the state).
     pub ana_chgcnt: u64,
     /// The I/O listeners of the group's other live peers, as hosts reach them
-    /// (advertised addresses): the discovery log lists them as paths too.
+    /// (advertised addresses), least loaded first: the discovery log lists them as
+    /// paths too, the first `paths_before` of them before this peer's own.
     pub group_paths: Vec<SocketAddr>,
+    /// How many of `group_paths` are less loaded than this peer.
+    pub paths_before: usize,
     /// Discovery log generation counter (bumped whenever the log changes).
     pub discovery_genctr: u64,
 }
@@ -200,13 +203,16 @@ impl Registry {
         }
     }
 
-    /// The group's other live peers' I/O addresses changed.
-    pub fn set_group_paths(&self, mut paths: Vec<SocketAddr>) {
-        paths.sort();
-        paths.dedup();
+    /// The group's other live peers' I/O addresses, least loaded first, and how many
+    /// of them are less loaded than this peer (the discovery log's order).
+    pub fn set_group_paths(&self, mut paths: Vec<SocketAddr>, before: usize) {
+        let mut seen = std::collections::HashSet::new();
+        paths.retain(|p| seen.insert(*p));
+        let before = before.min(paths.len());
         let mut r = self.lock();
-        if r.group_paths != paths {
+        if r.group_paths != paths || r.paths_before != before {
             r.group_paths = paths;
+            r.paths_before = before;
             r.discovery_changed();
         }
     }
