@@ -248,6 +248,9 @@ pub struct Replication {
     pub replace_after_s: u32,
     /// The most a leader copies per second to members being rebuilt, MB (10^6 bytes).
     pub rebuild_mb_s: u32,
+    /// The most a leader copies per second to the new peers of pages that move
+    /// (`quire page move`, drains, the rebalancer), MB; apart from rebuilds'.
+    pub migration_mb_s: u32,
     /// The most a leader reads per second to compare copies in a scrub, MB.
     pub scrub_mb_s: u32,
     /// A scrub of every replicated volume this often, hours; 0 = only on demand
@@ -257,7 +260,7 @@ pub struct Replication {
 
 impl Default for Replication {
     fn default() -> Replication {
-        Replication { replace_after_s: 600, rebuild_mb_s: 200, scrub_mb_s: 50, scrub_every_h: 168 }
+        Replication { replace_after_s: 600, rebuild_mb_s: 200, migration_mb_s: 200, scrub_mb_s: 50, scrub_every_h: 168 }
     }
 }
 

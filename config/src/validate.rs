@@ -78,7 +78,7 @@ pub const CONTROL_CREDITS: std::ops::RangeInclusive<u32> = 1..=65_536;
 pub const HOLD_MS: std::ops::RangeInclusive<u32> = 1000..=600_000;
 /// Range of `replication.replace_after_s`.
 pub const REPLACE_AFTER_S: std::ops::RangeInclusive<u32> = 1..=30 * 86_400;
-/// Range of `replication.rebuild_mb_s` and `replication.scrub_mb_s`.
+/// Range of `replication.rebuild_mb_s`, `migration_mb_s` and `scrub_mb_s`.
 pub const COPY_MB_S: std::ops::RangeInclusive<u32> = 1..=100_000;
 /// Range of `replication.scrub_every_h`.
 pub const SCRUB_EVERY_H: std::ops::RangeInclusive<u32> = 0..=8760;
@@ -131,6 +131,12 @@ fn replication(r: &Replication) -> Result {
     )?;
     let (lo, hi) = (COPY_MB_S.start(), COPY_MB_S.end());
     ensure(COPY_MB_S.contains(&r.rebuild_mb_s), "replication.rebuild_mb_s", r.rebuild_mb_s, format!("{lo}..={hi}"))?;
+    ensure(
+        COPY_MB_S.contains(&r.migration_mb_s),
+        "replication.migration_mb_s",
+        r.migration_mb_s,
+        format!("{lo}..={hi}"),
+    )?;
     ensure(COPY_MB_S.contains(&r.scrub_mb_s), "replication.scrub_mb_s", r.scrub_mb_s, format!("{lo}..={hi}"))?;
     let (lo, hi) = (SCRUB_EVERY_H.start(), SCRUB_EVERY_H.end());
     ensure(

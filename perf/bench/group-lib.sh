@@ -41,6 +41,7 @@ lease_ttl_s = $TTL
 [replication]
 replace_after_s = $REPLACE_AFTER
 rebuild_mb_s = $RATE
+migration_mb_s = $RATE
 [rebalance]
 moves_max = $MOVES_MAX
 batch_pages = $BATCH_PAGES

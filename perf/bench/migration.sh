@@ -5,7 +5,7 @@
 #   1. The peer link: 128 KiB reads at QD32 through A of volume "far", whose every
 #      page is on B (A and C were drained while it was made): what one link carries.
 #   2. A drain: peer C gives every copy it holds of volume "one" (1 GiB written, one
-#      copy per page, spread over A, B, C) to A and B, at replication.rebuild_mb_s
+#      copy per page, spread over A, B, C) to A and B, at replication.migration_mb_s
 #      (RATE, default 100000: no limit): bytes moved over the time until every move is
 #      cut over (its share of the link's rate), and until C holds none (a lease TTL
 #      more: the old copies serve no read, then leave).

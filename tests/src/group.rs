@@ -42,6 +42,8 @@ pub struct PeerSpec {
     pub replace_after_s: u32,
     /// `replication.rebuild_mb_s`.
     pub rebuild_mb_s: u32,
+    /// `replication.migration_mb_s` (`None`: the same as `rebuild_mb_s`).
+    pub migration_mb_s: Option<u32>,
     /// `rebalance.enabled`: off unless a test asks for it (the suites that count
     /// where pages are placed, or move them by hand, would race it).
     pub rebalance: bool,
@@ -81,6 +83,7 @@ impl PeerSpec {
             advertise: None,
             replace_after_s: 600,
             rebuild_mb_s: 200,
+            migration_mb_s: None,
             rebalance: false,
             listen_ip: None,
             netns: None,
@@ -123,6 +126,7 @@ hold_ms = {hold}
 [replication]
 replace_after_s = {replace}
 rebuild_mb_s = {rebuild}
+migration_mb_s = {migration}
 [rebalance]
 enabled = {rebalance}
 [[device]]
@@ -142,6 +146,7 @@ size = "{demo}"
             hold = self.hold_ms,
             replace = self.replace_after_s,
             rebuild = self.rebuild_mb_s,
+            migration = self.migration_mb_s.unwrap_or(self.rebuild_mb_s),
             rebalance = self.rebalance,
             buffers = self.buffers,
             demo = self.demo_size,

@@ -24,7 +24,7 @@
 //!    exactly one copy of each page of its sets (and c none), every peer reads the
 //!    same bytes.
 //!
-//! Copies run at 1 MB/s (`replication.rebuild_mb_s`), so that a page's copy lasts
+//! Copies run at 1 MB/s (`replication.rebuild_mb_s` and `migration_mb_s`), so that a page's copy lasts
 //! about four seconds: long enough to kill a peer in the middle of one.
 
 use std::time::Duration;

@@ -551,7 +551,8 @@ impl Control {
             }
         }
         let store = &self.store;
-        let rates = (self.replication.rebuild_mb_s, self.replication.scrub_mb_s);
+        let r = &self.replication;
+        let rates = (r.rebuild_mb_s, r.migration_mb_s, r.scrub_mb_s);
         let actions = self.rebuilds.turn(self.reactors.len(), rates, now, |vid| store.volume(vid));
         let report = self.rebuilds.report(|vid| self.store.volume(vid).map(|v| v.info.name.clone()));
         if let Some(g) = &self.group {

@@ -1,6 +1,7 @@
 //! The rebuild driver (control thread of a set's leader): brings each member being
 //! rebuilt (`Rebuild`) or reconciled (`Reconcile`) up to date, page by page, through
-//! the reactors' copiers ([`super::copier`]), at most `replication.rebuild_mb_s`, then
+//! the reactors' copiers ([`super::copier`]), at most `replication.rebuild_mb_s` (the
+//! new member of a page move: `replication.migration_mb_s`, a budget of its own), then
 //! asks the group to promote it to `Sync`.
 //!
 //! ```text
@@ -87,6 +88,9 @@ pub struct Task {
     pub name: String,
     /// Copy every piece (else only those marked missed).
     pub full: bool,
+    /// The member is the new peer of a page move (its copy is paced by
+    /// `migration_mb_s`, not `rebuild_mb_s`).
+    pub moving: bool,
     /// The member's position in the set (its missed marks).
     slot: u8,
     /// Tells this task from an earlier one under the same key (its jobs' reports).
@@ -157,6 +161,9 @@ pub struct Rebuilds {
     /// Byte budget (token bucket) and when it was last filled.
     tokens: f64,
     filled: Option<Instant>,
+    /// The budget of copies to the new peers of moving pages.
+    move_tokens: f64,
+    move_filled: Option<Instant>,
     /// Scrubs of in-sync members (the same machinery, comparing instead of copying),
     /// their budget, and the last result per volume.
     pub scrubs: BTreeMap<TaskKey, Task>,
@@ -195,7 +202,7 @@ impl Rebuilds {
         now: Instant,
         progress: impl Fn(usize, u16) -> Option<CopyProgress>,
     ) {
-        let mut wanted: BTreeMap<TaskKey, (bool, u8)> = BTreeMap::new();
+        let mut wanted: BTreeMap<TaskKey, (bool, u8, bool)> = BTreeMap::new();
         if let Some(lease) = lease {
             for (si, s) in record.sets.iter().enumerate() {
                 if s.leader != me || s.member(me).is_none_or(|m| m.inc != lease || m.state != MemberState::Sync) {
@@ -207,14 +214,16 @@ impl Rebuilds {
                         MemberState::Reconcile => true,
                         _ => continue,
                     };
-                    wanted.insert((vid, si, m.peer, m.inc), (full, u8::try_from(slot).expect("at most 4 members")));
+                    let moving = s.mv.is_some_and(|mv| mv.to == m.peer);
+                    let slot = u8::try_from(slot).expect("at most 4 members");
+                    wanted.insert((vid, si, m.peer, m.inc), (full, slot, moving));
                 }
             }
         }
         // A member that moved up a position (one before it left the set) is copied to
         // afresh: what it missed is kept by position, and the plan made it a full
         // (compare) rebuild.
-        self.tasks.retain(|k, t| k.0 != vid || wanted.get(k).is_some_and(|&(_, slot)| slot == t.slot));
+        self.tasks.retain(|k, t| k.0 != vid || wanted.get(k).is_some_and(|&(_, slot, _)| slot == t.slot));
         self.scrubs.retain(|k, _| {
             k.0 != vid
                 || lease.is_some_and(|lease| {
@@ -226,7 +235,7 @@ impl Rebuilds {
                 })
         });
         let page_sets = record.page_sets().unwrap_or_default();
-        for (key, (full, slot)) in wanted {
+        for (key, (full, slot, moving)) in wanted {
             let pages: Vec<u64> =
                 page_sets.iter().enumerate().filter(|(_, &s)| usize::from(s) == key.1).map(|(p, _)| p as u64).collect();
             // The set's pages changed under a task this peer kept (it did not see the
@@ -236,7 +245,7 @@ impl Rebuilds {
                 self.tasks.remove(&key);
             }
             let serial = &mut self.next_serial;
-            self.tasks.entry(key).or_insert_with(|| {
+            let t = self.tasks.entry(key).or_insert_with(|| {
                 *serial += 1;
                 tracing::info!(
                     volume = %record.name, set = key.1, member = key.2, full, pages = pages.len(),
@@ -248,6 +257,7 @@ impl Rebuilds {
                 }
                 t
             });
+            t.moving = moving;
         }
     }
 
@@ -360,12 +370,13 @@ impl Rebuilds {
     }
 
     /// The next jobs and promotions, within the byte budgets (`rebuild_mb_s`,
-    /// `scrub_mb_s` MB/s) and the reactors' job slots (only data counts: a page this
-    /// peer has not written is sent as zeroes). `view(vid)` gives a volume's view here.
+    /// `migration_mb_s`, `scrub_mb_s` MB/s) and the reactors' job slots (only data
+    /// counts: a page this peer has not written is sent as zeroes). `view(vid)` gives
+    /// a volume's view here.
     pub fn turn(
         &mut self,
         reactors: usize,
-        (rebuild_mb_s, scrub_mb_s): (u32, u32),
+        (rebuild_mb_s, migration_mb_s, scrub_mb_s): (u32, u32, u32),
         now: Instant,
         view: impl Fn(VolumeId) -> Option<std::sync::Arc<crate::volume::VolumeView>>,
     ) -> Vec<Action> {
@@ -375,6 +386,7 @@ impl Rebuilds {
         }
         self.load.resize(reactors, 0);
         refill(&mut self.tokens, &mut self.filled, rebuild_mb_s, now);
+        refill(&mut self.move_tokens, &mut self.move_filled, migration_mb_s, now);
         refill(&mut self.scrub_tokens, &mut self.scrub_filled, scrub_mb_s, now);
         self.schedule(false, reactors, now, &view, &mut out);
         self.schedule(true, reactors, now, &view, &mut out);
@@ -389,8 +401,11 @@ impl Rebuilds {
         view: &impl Fn(VolumeId) -> Option<std::sync::Arc<crate::volume::VolumeView>>,
         out: &mut Vec<Action>,
     ) {
-        let (tasks, tokens) =
-            if scrub { (&mut self.scrubs, &mut self.scrub_tokens) } else { (&mut self.tasks, &mut self.tokens) };
+        let (tasks, tokens, mut move_tokens) = if scrub {
+            (&mut self.scrubs, &mut self.scrub_tokens, None)
+        } else {
+            (&mut self.tasks, &mut self.tokens, Some(&mut self.move_tokens))
+        };
         // The tasks that may go on this turn, with their volume's view.
         let mut ready: Vec<(TaskKey, std::sync::Arc<crate::volume::VolumeView>)> = Vec::new();
         for (&key, t) in tasks.iter_mut() {
@@ -419,8 +434,14 @@ impl Rebuilds {
                 if t.next >= t.items.len() {
                     continue;
                 }
-                if *tokens <= 0.0 {
-                    break 'rounds;
+                // A move's copy spends its own budget; a task whose budget is spent
+                // waits for the next turn, the others go on.
+                let budget: &mut f64 = match move_tokens.as_deref_mut() {
+                    Some(m) if t.moving => m,
+                    _ => &mut *tokens,
+                };
+                if *budget <= 0.0 {
+                    continue;
                 }
                 let Some(r) = (0..reactors).filter(|&r| self.load[r] < JOBS_MAX).min_by_key(|&r| self.load[r]) else {
                     break 'rounds;
@@ -454,7 +475,7 @@ impl Rebuilds {
                 }
                 if v.pages.get(page).is_some() {
                     let bytes = (u64::from(mask.count_ones()) * piece_bytes) as f64;
-                    *tokens -= if compare { bytes / 8.0 } else { bytes };
+                    *budget -= if compare { bytes / 8.0 } else { bytes };
                 }
                 self.next_job += 1;
                 let job = CopyJob {
@@ -532,6 +553,7 @@ impl Task {
         Task {
             name: name.to_string(),
             full,
+            moving: false,
             slot,
             serial,
             total: pages.len() as u64,
@@ -630,6 +652,48 @@ mod tests {
 
     fn task(full: bool, pages: Vec<u64>) -> Task {
         Task::new("v", full, (1, 1), pages, Instant::now())
+    }
+
+    #[test]
+    fn moves_and_rebuilds_spend_budgets_of_their_own() {
+        // A volume of 4 pages of 4 MiB, all written here (their data counts).
+        let info = crate::volume::VolumeInfo {
+            id: VolumeId(1),
+            name: "v".into(),
+            uuid: [0; 16],
+            nguid: [0; 16],
+            page_size: 4 << 20,
+            block_size: 4096,
+            num_pages: 4,
+        };
+        let pages = std::sync::Arc::new(crate::volume::PageTable::new(4));
+        for p in 0..4 {
+            pages.set(p, p * (4 << 20));
+        }
+        let view = std::sync::Arc::new(crate::volume::VolumeView {
+            info,
+            pages,
+            pieces: Default::default(),
+            qos: Default::default(),
+        });
+        let mut r = Rebuilds::default();
+        let rebuild: TaskKey = (VolumeId(1), 0, 2, 1);
+        let mv: TaskKey = (VolumeId(1), 1, 3, 1);
+        r.tasks.insert(rebuild, task(true, vec![0, 1]));
+        let mut t = task(true, vec![2, 3]);
+        t.moving = true;
+        r.tasks.insert(mv, t);
+        let t0 = Instant::now();
+        let jobs_of = |out: &[Action], set: usize| {
+            out.iter().filter(|a| matches!(a, Action::Copy(_, j) if j.page / 2 == set as u64)).count()
+        };
+        // Rebuilds at 1 MB/s, moves at 100 MB/s: a tenth of a second in, the rebuild
+        // has 0.1 MB (one 64 KiB piece goes, then its budget is spent), the move 10 MB
+        // (as many pieces as the reactor's job slots take).
+        assert!(r.turn(1, (1, 100, 1), t0, |_| Some(view.clone())).is_empty(), "no budget yet");
+        let out = r.turn(1, (1, 100, 1), t0 + std::time::Duration::from_millis(100), |_| Some(view.clone()));
+        assert_eq!(jobs_of(&out, 0), 2, "the rebuild: its 0.1 MB of budget takes two pieces");
+        assert!(jobs_of(&out, 1) >= 40, "the move goes on at its own rate: {}", jobs_of(&out, 1));
     }
 
     #[test]

@@ -97,7 +97,7 @@
 //!   `state` `running`, `done` or `never`.
 //! - `page_move`: the page gets a replica set of its own with `to` added; both copies
 //!   take every write while the set's leader copies the page (at
-//!   `replication.rebuild_mb_s`); then `to` takes over (`phase` `cut over`: `from`
+//!   `replication.migration_mb_s`); then `to` takes over (`phase` `cut over`: `from`
 //!   serves no read) and a lease TTL later `from` leaves the set and frees its copy.
 //!   Refused (`INVALID_STATE`) while a copy of the page is not in sync or the page
 //!   moves already, or when `to` holds it, is not live or is being drained.
