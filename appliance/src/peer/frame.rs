@@ -383,10 +383,14 @@ pub struct OutMsg {
 /// The sending half of a link's framing.
 pub struct FrameTx {
     queue: VecDeque<OutMsg>,
-    /// The batch being written: head and headers, payload segments, tokens.
+    /// The batch being written: head and headers, payload segments, tokens, and how
+    /// far into the batch each message is wholly written (its header for a message
+    /// without payload, which the receiver takes as soon as it has the headers; else
+    /// the end of its payload, which the receiver reads in order).
     bytes: Vec<u8>,
     segs: Vec<DmaSeg>,
     tokens: Vec<u32>,
+    ends: Vec<usize>,
     total: usize,
     sent: usize,
     /// The socket said it would block: wait for a writable event.
@@ -409,6 +413,7 @@ impl FrameTx {
             bytes: Vec::with_capacity(BATCH_HEAD_LEN + BATCH_MAX * MSG_LEN),
             segs: Vec::with_capacity(IOV_MAX),
             tokens: Vec::with_capacity(BATCH_MAX),
+            ends: Vec::with_capacity(BATCH_MAX),
             total: 0,
             sent: 0,
             blocked: false,
@@ -432,10 +437,15 @@ impl FrameTx {
         !self.is_empty() && !self.blocked
     }
 
-    /// Messages queued or in the batch being written (for a link going down: every
-    /// token in here will never be sent).
+    /// Messages queued or in the batch being written and not yet wholly written (for
+    /// a link going down: every token in here will never be sent; those `flush`
+    /// gave back are not here).
     pub fn drain_tokens(&mut self) -> Vec<u32> {
-        let mut t: Vec<u32> = std::mem::take(&mut self.tokens);
+        let sent = self.sent;
+        let mut t: Vec<u32> =
+            self.tokens.iter().zip(&self.ends).filter(|&(_, &end)| end > sent).map(|(&t, _)| t).collect();
+        self.tokens.clear();
+        self.ends.clear();
         t.extend(self.queue.drain(..).map(|m| m.token));
         self.bytes.clear();
         self.segs.clear();
@@ -449,6 +459,7 @@ impl FrameTx {
         self.bytes.clear();
         self.segs.clear();
         self.tokens.clear();
+        self.ends.clear();
         self.bytes.resize(BATCH_HEAD_LEN, 0);
         let mut payload = 0u64;
         while let Some(m) = self.queue.front() {
@@ -462,6 +473,14 @@ impl FrameTx {
             self.segs.extend_from_slice(&m.data.segs[..m.data.n]);
             payload += u64::from(m.msg.payload());
             self.tokens.push(m.token);
+            // For now the payload bytes before its end; the headers' length is added
+            // below (0: no payload).
+            let end = if m.msg.payload() > 0 { usize::try_from(payload).expect("fits memory") } else { 0 };
+            self.ends.push(end);
+        }
+        let headers = self.bytes.len();
+        for e in &mut self.ends {
+            *e += headers;
         }
         let count = u16::try_from(self.tokens.len()).expect("at most BATCH_MAX");
         self.bytes[..BATCH_HEAD_LEN].copy_from_slice(&BatchHead { count, payload }.encode());
@@ -470,7 +489,9 @@ impl FrameTx {
     }
 
     /// Writes what the socket takes; `done` gets the tokens of messages now wholly
-    /// written. `Err` when the socket failed (the link is over).
+    /// written, each as soon as its own bytes are (not when the whole batch is: the
+    /// other end may act on a message, and answer it, while later payloads of its
+    /// batch are still being written). `Err` when the socket failed (the link is over).
     pub fn flush(&mut self, fd: RawFd, done: &mut Vec<u32>) -> io::Result<()> {
         loop {
             if self.total == 0 {
@@ -505,10 +526,17 @@ impl FrameTx {
             // The kernel only reads them.
             match unsafe { writev(fd, &iov) } {
                 Ok(n) => {
+                    let before = self.sent;
                     self.sent += n;
                     self.sent_bytes += n as u64;
+                    let now = self.sent;
+                    done.extend(
+                        self.tokens.iter().zip(&self.ends).filter(|&(_, &e)| e > before && e <= now).map(|(&t, _)| t),
+                    );
                     if self.sent == self.total {
-                        done.append(&mut self.tokens);
+                        debug_assert!(self.ends.iter().all(|&e| e <= self.total));
+                        self.tokens.clear();
+                        self.ends.clear();
                         self.total = 0;
                         self.sent = 0;
                     }
@@ -580,7 +608,7 @@ unsafe fn writev(fd: RawFd, iov: &[libc::iovec]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peer::proto::{Op, Outcome};
+    use crate::peer::proto::{Op, Outcome, PAYLOAD_MAX};
     use quire_wire::nvme::Status;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
@@ -676,7 +704,9 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(sent, (0..150).collect::<Vec<_>>(), "every message was written, in order");
+        let mut order = sent.clone();
+        order.sort_unstable();
+        assert_eq!(order, (0..150).collect::<Vec<_>>(), "every message was written, once");
         assert_eq!(sink.msgs.len(), 150);
         assert_eq!(sink.done.len(), 100, "every payload arrived");
         // Payload bytes landed where the endpoint pointed them.
@@ -688,6 +718,66 @@ mod tests {
                 k += 2;
             }
         }
+    }
+
+    #[test]
+    fn a_message_counts_as_written_once_its_own_bytes_are_not_when_its_batch_is() {
+        // A read (no payload) and eight 128 KiB writes in one batch; the socket takes
+        // far less than the writes' payloads at once. The receiver has the read's
+        // header and may answer it: the sender must know the read is written; the
+        // last write is not yet.
+        let (a, b) = pair();
+        let mut bufs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; PAYLOAD_MAX as usize]).collect();
+        let batch = |tx: &mut FrameTx, bufs: &mut [Vec<u8>]| {
+            let read =
+                Message::Request { tag: 0, op: Op::Read, flags: 0, volume: 1, epoch: 1, lba: 0, nlb: 8, payload: 0 };
+            tx.push(OutMsg { msg: read, data: Segs::NONE, token: 100 });
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                let tag = u32::try_from(i).unwrap() + 1;
+                let write = Message::Request {
+                    tag,
+                    op: Op::Write,
+                    flags: 0,
+                    volume: 1,
+                    epoch: 1,
+                    lba: u64::from(tag) * 32,
+                    nlb: 32,
+                    payload: PAYLOAD_MAX,
+                };
+                tx.push(OutMsg { msg: write, data: Segs::of(&[seg_of(buf)]), token: tag });
+            }
+        };
+        let mut tx = FrameTx::new();
+        batch(&mut tx, &mut bufs);
+        let mut sent = Vec::new();
+        tx.flush(a.as_raw_fd(), &mut sent).unwrap();
+        assert_eq!(sent.first(), Some(&100), "the read is on the wire first: {sent:?}");
+        assert!(!sent.contains(&8), "the last write is not yet: {sent:?}");
+        assert!(sent[1..].windows(2).all(|w| w[0] + 1 == w[1]), "writes in order as their payloads go: {sent:?}");
+        let mut rx = FrameRx::new();
+        let mut sink = Sink { msgs: Vec::new(), bufs: Vec::new(), done: Vec::new(), stall_at: None };
+        for _ in 0..10_000 {
+            tx.blocked = false;
+            tx.flush(a.as_raw_fd(), &mut sent).unwrap();
+            if let RxEnd::Closed(e) = rx.receive(b.as_raw_fd(), &mut sink) {
+                panic!("{e}");
+            }
+            if sink.done.len() == 8 {
+                break;
+            }
+        }
+        assert_eq!(sent, [100, 1, 2, 3, 4, 5, 6, 7, 8], "each once, the writes as their payloads went");
+        assert_eq!(sink.msgs.len(), 9);
+        // A link going down gives back only what was never wholly written.
+        let mut tx = FrameTx::new();
+        batch(&mut tx, &mut bufs);
+        let (c, _d) = pair();
+        let mut sent = Vec::new();
+        tx.flush(c.as_raw_fd(), &mut sent).unwrap();
+        let mut back = tx.drain_tokens();
+        back.extend(&sent);
+        back.sort_unstable();
+        assert_eq!(back, [1, 2, 3, 4, 5, 6, 7, 8, 100], "written or given back, never both: {sent:?}");
     }
 
     #[test]
