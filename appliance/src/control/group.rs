@@ -521,41 +521,54 @@ impl Control {
             return;
         }
         let now = std::time::Instant::now();
-        let copied = self.group.as_ref().map(|g| g.group_copied()).unwrap_or_default();
-        for (vid, (rec, _)) in &self.records {
-            let progress = |set: usize, member: u16| copied.get(&(rec.name.clone(), set, member)).copied();
-            self.rebuilds.sync(*vid, rec, (self.me.0, self.me_lease), now, progress);
-        }
-        let records = &self.records;
-        self.rebuilds.tasks.retain(|k, _| records.contains_key(&k.0));
-        self.rebuilds.scrubs.retain(|k, _| records.contains_key(&k.0));
-        self.rebuilds.scrub_results.retain(|k, _| records.contains_key(k));
-        // Scrubs: asked for by an operator (a new request id in the group), or due
-        // (`replication.scrub_every_h` since this peer last scrubbed the volume).
-        if let (Some(g), Some(lease)) = (&self.group, self.me_lease) {
-            let requests = g.snapshot().scrubs;
-            let every = std::time::Duration::from_secs(u64::from(self.replication.scrub_every_h) * 3600);
+        // The records' rebuilds, scrubs and the report: when the group's records
+        // changed, else every 200 ms while something runs and every second when nothing
+        // does (the control loop turns far more often; a turn only feeds jobs).
+        let idle = self.rebuilds.tasks.is_empty() && self.rebuilds.scrubs.is_empty();
+        let every = std::time::Duration::from_millis(if idle { 1000 } else { 200 });
+        let due =
+            self.rebuild_synced.is_none_or(|(t, gen)| now.duration_since(t) >= every || gen != self.group_applied);
+        if due {
+            self.rebuild_synced = Some((now, self.group_applied));
+            let copied = self.group.as_ref().map(|g| g.group_copied()).unwrap_or_default();
             for (vid, (rec, _)) in &self.records {
-                let asked =
-                    requests.get(&rec.name).copied().filter(|&id| self.scrubs_started.get(&rec.name) != Some(&id));
-                let last = *self.last_scrub.entry(*vid).or_insert(now);
-                let due = self.replication.scrub_every_h > 0 && now.duration_since(last) >= every;
-                if asked.is_none() && !due {
-                    continue;
-                }
-                if let Some(id) = asked {
-                    self.scrubs_started.insert(rec.name.clone(), id);
-                }
-                self.last_scrub.insert(*vid, now);
-                self.rebuilds.start_scrub(*vid, rec, (self.me.0, lease), asked.unwrap_or(0), now);
+                let progress = |set: usize, member: u16| copied.get(&(rec.name.clone(), set, member)).copied();
+                self.rebuilds.sync(*vid, rec, (self.me.0, self.me_lease), now, progress);
             }
+            let records = &self.records;
+            self.rebuilds.tasks.retain(|k, _| records.contains_key(&k.0));
+            self.rebuilds.scrubs.retain(|k, _| records.contains_key(&k.0));
+            self.rebuilds.scrub_results.retain(|k, _| records.contains_key(k));
+            // Scrubs: asked for by an operator (a new request id in the group), or due
+            // (`replication.scrub_every_h` since this peer last scrubbed the volume).
+            if let (Some(g), Some(lease)) = (&self.group, self.me_lease) {
+                let requests = g.snapshot().scrubs;
+                let every = std::time::Duration::from_secs(u64::from(self.replication.scrub_every_h) * 3600);
+                for (vid, (rec, _)) in &self.records {
+                    let asked =
+                        requests.get(&rec.name).copied().filter(|&id| self.scrubs_started.get(&rec.name) != Some(&id));
+                    let last = *self.last_scrub.entry(*vid).or_insert(now);
+                    let due = self.replication.scrub_every_h > 0 && now.duration_since(last) >= every;
+                    if asked.is_none() && !due {
+                        continue;
+                    }
+                    if let Some(id) = asked {
+                        self.scrubs_started.insert(rec.name.clone(), id);
+                    }
+                    self.last_scrub.insert(*vid, now);
+                    self.rebuilds.start_scrub(*vid, rec, (self.me.0, lease), asked.unwrap_or(0), now);
+                }
+            }
+        }
+        if !due && self.rebuilds.tasks.is_empty() && self.rebuilds.scrubs.is_empty() {
+            return;
         }
         let store = &self.store;
         let r = &self.replication;
         let rates = (r.rebuild_mb_s, r.migration_mb_s, r.scrub_mb_s);
         let actions = self.rebuilds.turn(self.reactors.len(), rates, now, |vid| store.volume(vid));
-        let report = self.rebuilds.report(|vid| self.store.volume(vid).map(|v| v.info.name.clone()));
-        if let Some(g) = &self.group {
+        if let Some(g) = self.group.as_ref().filter(|_| due) {
+            let report = self.rebuilds.report(|vid| self.store.volume(vid).map(|v| v.info.name.clone()));
             g.set_rebuild_report(report);
             let copied = self
                 .rebuilds

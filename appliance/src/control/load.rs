@@ -69,7 +69,9 @@ impl Control {
             .hosts
             .rates
             .iter()
-            .filter(|(_, h)| milli(h.ops_s) > 0)
+            // Hosts with I/O lately, and hosts connected here (a path they may use:
+            // the split of a volume's limits counts it).
+            .filter(|(k, h)| milli(h.ops_s) > 0 || self.hosts.connected.contains(*k))
             .map(|((host, volume), h)| {
                 let (waited, host_waited) = self
                     .qos_waits
@@ -81,6 +83,7 @@ impl Control {
                     ops_milli: milli(h.ops_s),
                     kib_milli: milli(h.kib_s),
                     latency_ns: milli(h.latency_us),
+                    connected: self.hosts.connected.contains(&(host.clone(), volume.clone())),
                     ops_now_milli: milli(h.fast_ops_s),
                     kib_now_milli: milli(h.fast_kib_s),
                     waited,

@@ -139,6 +139,8 @@ pub struct Control {
     /// last scrubbed (the periodic scrub).
     scrubs_started: HashMap<String, u64>,
     last_scrub: HashMap<VolumeId, std::time::Instant>,
+    /// When `rebuild_turn` last went through the records, and at which snapshot.
+    rebuild_synced: Option<(std::time::Instant, u64)>,
 }
 
 impl Control {
@@ -182,6 +184,7 @@ impl Control {
             replication: parts.replication,
             scrubs_started: HashMap::new(),
             last_scrub: HashMap::new(),
+            rebuild_synced: None,
         };
         c.outboxes = Outboxes::new(c.reactors.len());
         if let Some(g) = &c.group {

@@ -90,8 +90,9 @@ impl Control {
                     // The volume's demand through each peer: every host's, and whether
                     // any waited for the volume's limit.
                     let volume = share(names, *me, reports, (limits.iops, limits.mib_s), |r| {
-                        r.hosts.iter().filter(|h| h.volume == *name).fold((0, 0, false), |(o, k, w), h| {
-                            (o + h.ops_now_milli, k + h.kib_now_milli, w || h.waited)
+                        r.hosts.iter().filter(|h| h.volume == *name && h.connected).fold(None, |d, h| {
+                            let (o, k, w) = d.unwrap_or((0, 0, false));
+                            Some((o + h.ops_now_milli, k + h.kib_now_milli, w || h.waited))
                         })
                     });
                     // Each host's through each peer; a host not seen yet has done
@@ -100,8 +101,8 @@ impl Control {
                         share(names, *me, reports, (limits.host_iops, limits.host_mib_s), |r| {
                             r.hosts
                                 .iter()
-                                .find(|h| h.volume == *name && Some(h.host.as_str()) == nqn)
-                                .map_or((0, 0, false), |h| (h.ops_now_milli, h.kib_now_milli, h.host_waited))
+                                .find(|h| h.volume == *name && h.connected && Some(h.host.as_str()) == nqn)
+                                .map(|h| (h.ops_now_milli, h.kib_now_milli, h.host_waited))
                         })
                     });
                 }
@@ -111,21 +112,90 @@ impl Control {
 }
 
 /// This peer's (`names[me]`) share of `(iops, mib_s)`, from each peer's demand in its
-/// report: (operations and KiB per 1000 s, waited).
+/// report: (operations and KiB per 1000 s, waited), or `None` when no host of the
+/// volume (or not the host) is connected there. Only the peers with hosts connected
+/// share the limit, and this one (a host that connects here gets a share at once; the
+/// others count this peer once its report says so).
 fn share(
     names: &[String],
     me: usize,
     reports: &BTreeMap<String, LoadReport>,
     (iops, mib_s): (u32, u32),
-    demand: impl Fn(&LoadReport) -> (u64, u64, bool),
+    demand: impl Fn(&LoadReport) -> Option<(u64, u64, bool)>,
 ) -> (u64, u64) {
-    let d: Vec<(u64, u64, bool)> = names.iter().map(|n| reports.get(n).map_or((0, 0, false), &demand)).collect();
+    let mut d: Vec<(u64, u64, bool)> = Vec::new();
+    let mut mine = 0;
+    for (i, n) in names.iter().enumerate() {
+        let x = reports.get(n).and_then(&demand);
+        if i == me {
+            mine = d.len();
+            d.push(x.unwrap_or_default());
+        } else if let Some(x) = x {
+            d.push(x);
+        }
+    }
     let of = |limit: u64, used: &dyn Fn(&(u64, u64, bool)) -> f64| {
         if limit == 0 {
             return 0;
         }
         let demands: Vec<Demand> = d.iter().map(|x| Demand { used: used(x), waited: x.2 }).collect();
-        split(limit, &demands)[me]
+        split(limit, &demands)[mine]
     };
     (of(u64::from(iops), &|x| x.0 as f64 / 1000.0), of(Limits::bytes_s(mib_s), &|x| x.1 as f64 / 1000.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::keys::HostLoad;
+
+    fn report(hosts: &[(&str, u64, bool)]) -> LoadReport {
+        LoadReport {
+            hosts: hosts
+                .iter()
+                .map(|&(h, ops, waited)| HostLoad {
+                    host: h.into(),
+                    volume: "v".into(),
+                    ops_now_milli: ops * 1000,
+                    connected: true,
+                    waited,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_peers_with_hosts_connected_share_a_limit_and_this_one_always_does() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        // Hosts on a (waiting) and b (waiting); none on c.
+        let reports: BTreeMap<String, LoadReport> = [
+            ("a".to_string(), report(&[("h1", 300, true)])),
+            ("b".to_string(), report(&[("h2", 300, true)])),
+            ("c".to_string(), report(&[])),
+        ]
+        .into();
+        let vol = |r: &LoadReport| {
+            r.hosts.iter().fold(None, |d: Option<(u64, u64, bool)>, h| {
+                let (o, k, w) = d.unwrap_or_default();
+                Some((o + h.ops_now_milli, k + h.kib_now_milli, w || h.waited))
+            })
+        };
+        let a = share(&names, 0, &reports, (600, 0), vol);
+        let b = share(&names, 1, &reports, (600, 0), vol);
+        assert_eq!((a.0, b.0), (300, 300), "c takes no part: a and b share the whole limit");
+        assert_eq!(a.1, 0, "no MiB/s limit");
+        // c, with no host yet, still computes a share for itself (a host that connects
+        // there gets to start at once).
+        let c = share(&names, 2, &reports, (600, 0), vol);
+        assert!(c.0 >= 50, "{c:?}");
+        // A host connected to b but idle there: b keeps a floor, a the rest.
+        let reports: BTreeMap<String, LoadReport> =
+            [("a".to_string(), report(&[("h1", 500, true)])), ("b".to_string(), report(&[("h1", 0, false)]))].into();
+        let a = share(&names, 0, &reports, (600, 0), vol);
+        let b = share(&names, 1, &reports, (600, 0), vol);
+        assert_eq!(b.0, 75, "a quarter of an equal share of two");
+        assert_eq!(a.0 + b.0, 600);
+    }
 }

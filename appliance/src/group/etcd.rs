@@ -603,8 +603,9 @@ impl Agent {
         let mut ops = Vec::new();
         let mut log = None;
         let decision = decide_with(&volumes, input, &policy, &loads);
+        let peer_name = |id: u16| view.peer_ids.get(&id).cloned().unwrap_or_else(|| format!("peer #{id}"));
         let (decision, candidate) =
-            crate::replica::rebalance::confirm_load(decision, record.load_candidate.as_ref(), input.now_ms);
+            crate::replica::rebalance::confirm_load(decision, record.load_candidate.as_ref(), input.now_ms, peer_name);
         next.load_candidate = candidate;
         match decision {
             Decision::Idle(why) => next.state = why,

@@ -116,6 +116,9 @@ pub struct HostLoad {
     /// KiB per 1000 s over the last seconds.
     #[serde(default)]
     pub kib_now_milli: u64,
+    /// It has a controller here (a path it may use).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub connected: bool,
     /// Some of its commands here waited for the volume's limit lately (`volume::qos`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub waited: bool,

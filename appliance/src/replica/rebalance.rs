@@ -119,6 +119,7 @@ pub fn confirm_load(
     decision: Decision,
     kept: Option<&LoadCandidate>,
     now_ms: u64,
+    name: impl Fn(u16) -> String,
 ) -> (Decision, Option<LoadCandidate>) {
     let Decision::Move { ref volume, ref pages, ref from, ref to, load: Some(_) } = decision else {
         return (decision, None);
@@ -133,10 +134,10 @@ pub fn confirm_load(
     let candidate =
         LoadCandidate { volume: volume.clone(), page: pages[0], from: from.peer, to: to.0.peer, since_ms: since };
     let why = format!(
-        "load: page {} of {volume} would move from peer {} to peer {} if it stays the choice for {} s",
+        "load: page {} of {volume} would move from {} to {} if it stays the choice for {} s",
         pages[0],
-        from.peer,
-        to.0.peer,
+        name(from.peer),
+        name(to.0.peer),
         LOAD_CONFIRM_MS / 1000
     );
     (Decision::Idle(why), Some(candidate))
@@ -793,7 +794,7 @@ mod tests {
         let none = BTreeMap::new();
         let l = loads(&[(0, 10_000_000), (1, 2_000_000), (2, 1_000_000)], &[(0, 0, 6_000_000), (0, 1, 4_000_000)]);
         let at = |now: u64, kept: Option<&LoadCandidate>| {
-            confirm_load(decide_with(&vols, &input(now, &p, &none), &POLICY, &l), kept, now)
+            confirm_load(decide_with(&vols, &input(now, &p, &none), &POLICY, &l), kept, now, |id| format!("p{id}"))
         };
         let (d, first) = at(100_000, None);
         assert!(matches!(d, Decision::Idle(ref w) if w.contains("stays the choice")), "{d:?}");
@@ -809,6 +810,6 @@ mod tests {
         let other = LoadCandidate { page: 0, ..first.clone() };
         assert_eq!(at(200_000, Some(&other)).1.map(|c| c.since_ms), Some(200_000));
         let idle = Decision::Idle("x".into());
-        assert_eq!(confirm_load(idle, Some(&first), 300_000).1, None);
+        assert_eq!(confirm_load(idle, Some(&first), 300_000, |id| id.to_string()).1, None);
     }
 }

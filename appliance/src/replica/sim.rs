@@ -681,7 +681,8 @@ impl Sim {
         let policy =
             super::rebalance::Policy { enabled: true, paused: false, tolerance_pct: 10, moves_max: 2, batch_max: 2 };
         let decision = super::rebalance::decide_with(&vols, &input, &policy, &self.loads);
-        let (decision, candidate) = super::rebalance::confirm_load(decision, self.load_candidate.as_ref(), self.now);
+        let (decision, candidate) =
+            super::rebalance::confirm_load(decision, self.load_candidate.as_ref(), self.now, |id| format!("peer {id}"));
         self.load_candidate = candidate;
         if let super::rebalance::Decision::Move { pages, from, to, load, .. } = decision {
             if let Ok(next) =

@@ -188,6 +188,8 @@ pub struct HostRates {
     last: HashMap<u16, (u64, u64, u64)>,
     /// (host NQN, volume name) → rates.
     pub rates: std::collections::BTreeMap<(String, String), HostRate>,
+    /// The (host NQN, volume name) pairs with a controller here at the last tick.
+    pub connected: std::collections::BTreeSet<(String, String)>,
     last_tick: Option<Instant>,
 }
 
@@ -228,7 +230,9 @@ impl HostRates {
         self.last_tick = Some(now);
         let mut delta: std::collections::BTreeMap<(String, String), (u64, u64, u64)> = Default::default();
         let mut seen = HashMap::new();
+        self.connected.clear();
         for (cntlid, host, volume, t) in controllers {
+            self.connected.insert((host.clone(), volume.clone()));
             let before = self.last.get(&cntlid).copied().unwrap_or((0, 0, 0));
             let d = delta.entry((host, volume)).or_default();
             d.0 += t.0.saturating_sub(before.0);

@@ -31,14 +31,19 @@
 //! A host may reach a volume through several peers. Each peer enforces a share of
 //! each limit; the shares add up to the limit ([`split`]). Every peer computes them
 //! from the same inputs, the peers' load reports (`/quire/v1/load/<peer>`, every 5 s):
-//! what each peer's hosts did on the volume and whether any of their commands waited
-//! for it. A peer whose commands waited wants more; a peer whose commands did not
-//! wait is given what it used plus a quarter, never less than a floor of the limit
-//! (a new path can start); what is left is shared equally among the peers that want
-//! more. So a host that moves its I/O from one path to another gets the whole limit
-//! on the new path within two or three reports, and the group's total stays at
-//! the limit (for the few seconds in which peers have seen different reports, a
-//! share can be off by what changed in between).
+//! which hosts are connected through each peer, what they did on the volume (rates
+//! over the last seconds) and whether any of their commands waited for the limit.
+//! Only the peers with a host of the volume connected (for a per-host limit: that
+//! host) take part, and the peer computing (a host that connects there can start at
+//! once). A peer whose commands waited wants more; a peer whose commands did not
+//! wait is given what it used plus a quarter, never less than a floor of a quarter of
+//! an equal share (a path in use again can start); what is left is shared equally
+//! among the peers that want more. So a host that moves its I/O from one path to
+//! another gets the limit, but for the idle paths' floors, on the new path within two
+//! or three reports, and the group's total stays at the limit. For the few seconds in
+//! which peers have seen different reports (a host connected through a new peer, whose
+//! report the others have not read yet), a share can be off by what changed in
+//! between: at most the new peer's floor.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
