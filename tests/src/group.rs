@@ -44,6 +44,8 @@ pub struct PeerSpec {
     pub rebuild_mb_s: u32,
     /// `replication.migration_mb_s` (`None`: the same as `rebuild_mb_s`).
     pub migration_mb_s: Option<u32>,
+    /// `rebalance.load_min_iops`: the least a peer serves before a move for load.
+    pub load_min_iops: u32,
     /// `rebalance.enabled`: off unless a test asks for it (the suites that count
     /// where pages are placed, or move them by hand, would race it).
     pub rebalance: bool,
@@ -84,6 +86,7 @@ impl PeerSpec {
             replace_after_s: 600,
             rebuild_mb_s: 200,
             migration_mb_s: None,
+            load_min_iops: 200,
             rebalance: false,
             listen_ip: None,
             netns: None,
@@ -129,6 +132,7 @@ rebuild_mb_s = {rebuild}
 migration_mb_s = {migration}
 [rebalance]
 enabled = {rebalance}
+load_min_iops = {load_min}
 [[device]]
 {device}
 [[volume]]
@@ -147,6 +151,7 @@ size = "{demo}"
             replace = self.replace_after_s,
             rebuild = self.rebuild_mb_s,
             migration = self.migration_mb_s.unwrap_or(self.rebuild_mb_s),
+            load_min = self.load_min_iops,
             rebalance = self.rebalance,
             buffers = self.buffers,
             demo = self.demo_size,

@@ -20,9 +20,13 @@
 //!    copied before are compared, not copied again; shown in its log);
 //! 6. under fio, a page moves and the coordinator (a member of the page's set) is
 //!    killed mid-copy, then restarted: the move completes;
-//! 7. Every region verifies. No command failed at the host's side, each peer holds
-//!    exactly one copy of each page of its sets (and c none), every peer reads the
-//!    same bytes.
+//! 7. Every region verifies;
+//! 8. a skewed workload: the host writes and verifies two pages led by one peer, and
+//!    nothing else; the rebalancer, resumed, moves one of them to a less busy peer
+//!    for load (its status says so) under the host's I/O.
+//!
+//! No command failed at the host's side, each peer holds exactly one copy of each
+//! page of its sets (and c none), every peer reads the same bytes.
 //!
 //! Copies run at 1 MB/s (`replication.rebuild_mb_s` and `migration_mb_s`), so that a page's copy lasts
 //! about four seconds: long enough to kill a peer in the middle of one.
@@ -55,7 +59,10 @@ fn a_multipath_host_sees_no_error_while_pages_move_and_a_peer_is_drained() {
     let _serial = serial();
     let Some((dir, etcd, secret)) = setup(TEST) else { return };
     let ep = etcd.endpoint();
-    let spec = |name: &str| PeerSpec { rebalance: true, rebuild_mb_s: 1, ..guest_peer(name, &ep, &secret) };
+    // A guest without KVM writes a few hundred commands a second: a hot page's peer
+    // serves less than the default least for a move for load.
+    let spec =
+        |name: &str| PeerSpec { rebalance: true, rebuild_mb_s: 1, load_min_iops: 20, ..guest_peer(name, &ep, &secret) };
     let mut peers = start_group(dir.path(), &[spec("a"), spec("b"), spec("c")]);
     // The configured volume, made by the first peer up alone, spread; then the
     // rebalancer paused until phase 4.
@@ -72,11 +79,14 @@ fn a_multipath_host_sees_no_error_while_pages_move_and_a_peer_is_drained() {
         peers.iter().map(|p| format!("--- {}:\n{}\n", p.name, tail(&p.proc.log(), 20))).collect()
     };
     let step = Counter::start("step");
+    let hot = Counter::start("hot");
     let env = [
         ("DISC_ADDR", HOST_FROM_GUEST.to_string()),
         ("DISC_PORT", peers[0].port.to_string()),
         ("NQN", "nqn.2026-11.io.quire:mg".to_string()),
         ("CTRL_PORT", step.port().to_string()),
+        ("HOT_PORT", hot.port().to_string()),
+        ("PAGE_MB", "4".to_string()),
         ("PEERS", "3".to_string()),
         ("REGION_MB", REGION_MB.to_string()),
     ];
@@ -262,6 +272,39 @@ fn a_multipath_host_sees_no_error_while_pages_move_and_a_peer_is_drained() {
     let line = wait(&mut guest, "MARK phase 6 verified", 300, &peers);
     eprintln!("{}", line.trim());
     let line = wait(&mut guest, "MARK phase 7 verified", 300, &peers);
+    eprintln!("{}", line.trim());
+
+    // ---- 8. a skewed workload: two hot pages on one peer, one moved away for load -------
+    // Two written pages led by one peer (not c, drained): the host writes them alone;
+    // the rebalancer, resumed, moves one of them to a less busy peer under the host's
+    // I/O, and says it moved it for load.
+    let members = page_members(&peers[0], "mg");
+    let (hot_a, hot_b) = (0..WRITTEN_PAGES)
+        .flat_map(|a| (a + 1..WRITTEN_PAGES).map(move |b| (a, b)))
+        .find(|&(a, b)| members[a].0 == members[b].0 && members[a].0 != "c")
+        .expect("two pages led by one peer");
+    let busy = members[hot_a].0.clone();
+    let history_before = rebalance_status(&peers[0])["history"].as_array().map_or(0, Vec::len);
+    assert_eq!(cli_json(&peers[1].socket(), &["rebalance", "resume"]), Value::Bool(true));
+    hot.set(hot_a as u64 * 1000 + hot_b as u64);
+    wait(&mut guest, "MARK phase 8 writing", 120, &peers);
+    let moved_for_load = |p: &Peer| -> Option<Value> {
+        let s = rebalance_status(p);
+        let history = s["history"].as_array().cloned().unwrap_or_default();
+        history.into_iter().skip(history_before).find(|m| {
+            m["load"] == true && m["from"] == busy.as_str() && [hot_a, hot_b].iter().any(|&h| m["page"] == h as u64)
+        })
+    };
+    wait_for(&peers[0], "a hot page moved away for load, the move done", Duration::from_secs(240), |p| {
+        moved_for_load(p).is_some() && migrations(p).is_empty()
+    });
+    let mv = moved_for_load(&peers[0]).expect("found above");
+    eprintln!("moved for load: {mv}");
+    let page = usize::try_from(mv["page"].as_u64().expect("a page")).expect("a page index");
+    let now = page_members(&peers[0], "mg");
+    assert!(!now[page].1.contains(&busy), "page {page} left {busy}: {:?}", now[page]);
+    step.set(8);
+    let line = wait(&mut guest, "MARK phase 8 verified", 300, &peers);
     eprintln!("{}", line.trim());
     let result = guest.wait();
     assert!(result.success(), "{TEST}: the guest script failed (rc={}):\n{}", result.rc, tail(&result.log, 60));
