@@ -203,17 +203,23 @@ fio_loop() {
   echo "MARK region $1: $_pass passes written and verified"
 }
 
-# looped_phase REGION STEP WHAT: phase STEP, fio_loop over REGION while the test
-# makes WHAT happen; fails on any fio error
-looped_phase() {
-  fio_loop "$1" "$2" > "$WORK/loop$1.log" 2>&1 &
+# phase_while STEP WHAT CMD...: phase STEP, CMD (a loop of fio runs) in the
+# background while the test makes WHAT happen, its output shown after; fails on any
+# error of it
+phase_while() {
+  _step=$1 _what=$2
+  shift 2
+  "$@" > "$WORK/phase$_step.log" 2>&1 &
   _loop=$!
-  mark "phase $2 writing"
+  mark "phase $_step writing"
   _rc=0
   wait "$_loop" || _rc=$?
-  cat "$WORK/loop$1.log"
-  [ "$_rc" -eq 0 ] || fail "fio failed across $3 (rc=$_rc)"
+  cat "$WORK/phase$_step.log"
+  [ "$_rc" -eq 0 ] || fail "fio failed across $_what (rc=$_rc)"
 }
+# looped_phase REGION STEP WHAT: phase STEP, fio_loop over REGION while the test
+# makes WHAT happen
+looped_phase() { phase_while "$2" "$3" fio_loop "$1" "$2"; }
 
 # group_phase_one WORK: the group scripts' start: WORK made, the kernel quiet, paths
 # to every peer (connect_all_round_robin), region 0 written and verified
