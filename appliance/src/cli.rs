@@ -175,6 +175,21 @@ pub enum GroupCommand {
     /// Peers (live and gone), their addresses, lease age and capacity; the
     /// coordinator; whether etcd is reachable.
     Status,
+    /// The most each leader copies per second, group-wide and at once (no restart):
+    /// rebuilds, page moves, scrubs; those given change; 0 goes back to each peer's
+    /// `replication` configuration. `quire rebalance status` shows them.
+    #[command(group(clap::ArgGroup::new("rate").required(true).multiple(true)))]
+    SetLimits {
+        /// Rebuilds, MB/s.
+        #[arg(long = "rebuild-mb-s", value_name = "MB_S", group = "rate")]
+        rebuild_mb_s: Option<u32>,
+        /// Page moves (by hand, drains, the rebalancer), MB/s.
+        #[arg(long = "migration-mb-s", value_name = "MB_S", group = "rate")]
+        migration_mb_s: Option<u32>,
+        /// Scrubs, MB/s.
+        #[arg(long = "scrub-mb-s", value_name = "MB_S", group = "rate")]
+        scrub_mb_s: Option<u32>,
+    },
 }
 
 /// `quire volume …`.
@@ -349,6 +364,8 @@ pub enum Format {
     Len,
     /// A volume's limits (`volume::qos::Limits`), in words; `-` for none.
     Limits,
+    /// The group's copy rates (`group::keys::CopyRates`), in words.
+    CopyRates,
 }
 
 /// One column of a table: which key of each row object, under which header.
@@ -440,6 +457,7 @@ const REBALANCE_FIELDS: &[Column] = &[
     column("moves", "moves", Format::Number),
     column("moves_max", "moves max", Format::Number),
     column("pinned", "pinned pages", Format::Number),
+    column("copy_mb_s", "copy rates", Format::CopyRates),
 ];
 
 const REBALANCE_PEER_COLUMNS: &[Column] = &[
@@ -614,6 +632,14 @@ impl ClientCommand {
             ClientCommand::Stats(StatsCommand::Hosts) => (methods::STATS_HOSTS, Value::Null),
             ClientCommand::Store(StoreCommand::Info) => (methods::STORE_INFO, Value::Null),
             ClientCommand::Group(GroupCommand::Status) => (methods::GROUP_STATUS, Value::Null),
+            ClientCommand::Group(GroupCommand::SetLimits { rebuild_mb_s, migration_mb_s, scrub_mb_s }) => {
+                let params = crate::rpc::methods::GroupSetLimitsParams {
+                    rebuild_mb_s: *rebuild_mb_s,
+                    migration_mb_s: *migration_mb_s,
+                    scrub_mb_s: *scrub_mb_s,
+                };
+                (methods::GROUP_SET_LIMITS, to_value(&params))
+            }
             ClientCommand::Scrub(ScrubCommand::Start { name }) => {
                 (methods::SCRUB_START, to_value(&VolumeNameParams { name: name.clone() }))
             }
@@ -715,6 +741,9 @@ impl ClientCommand {
             }
             ClientCommand::Group(GroupCommand::Status) => {
                 View::RecordThenTable(GROUP_FIELDS, "peers", GROUP_PEER_COLUMNS)
+            }
+            ClientCommand::Group(GroupCommand::SetLimits { .. }) => {
+                View::Done("copy rates set for the group (quire rebalance status shows them)".into())
             }
         }
     }
@@ -920,6 +949,13 @@ fn cell(row: &Value, column: &Column) -> String {
         (Format::Limits, v) => {
             serde_json::from_value::<crate::volume::qos::Limits>(v.clone()).map_or_else(|_| plain(v), |l| l.describe())
         }
+        (Format::CopyRates, v) => serde_json::from_value::<crate::group::keys::CopyRates>(v.clone()).map_or_else(
+            |_| plain(v),
+            |r| {
+                let one = |n: u32| if n == 0 { "configured".to_string() } else { format!("{n} MB/s") };
+                format!("rebuild {}, migration {}, scrub {}", one(r.rebuild), one(r.migration), one(r.scrub))
+            },
+        ),
         (Format::List { empty }, Value::Array(items)) if items.is_empty() => empty.to_string(),
         (Format::List { .. }, Value::Array(items)) => items.iter().map(plain).collect::<Vec<_>>().join(","),
         (_, value) => plain(value),

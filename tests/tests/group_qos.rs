@@ -8,7 +8,10 @@
 //! - lifted, nothing waits any more;
 //! - a per-host limit holds for each host, not for the two together;
 //! - a bandwidth limit holds for large writes through a third peer;
-//! - the limits are in the volume's record: a restarted peer still enforces them.
+//! - the limits are in the volume's record: a restarted peer still enforces them;
+//! - the group's copy rate for page moves, set at runtime (`quire group set-limits`):
+//!   a written page's copy takes as long as that rate says (the copier cannot go
+//!   faster), and the rate shows in every peer's `quire rebalance status`.
 //!
 //! Rates are upper bounds (a limiter cannot let more through, however fast the
 //! machine) and loose lower bounds (a fraction of a few hundred IOPS, which any
@@ -16,7 +19,7 @@
 
 use std::time::Duration;
 
-use quire_tests::group::{cli_json, perf, volume_on, wait_for, Peer, PerfRun};
+use quire_tests::group::{cli_json, page_members, perf, rebalance_status, volume_on, wait_for, Peer, PerfRun};
 use quire_tests::serial;
 use serde_json::Value;
 
@@ -149,4 +152,45 @@ fn volume_and_host_limits_hold_group_wide_across_peers() {
     let w = figures(&load(&peers[2], "randwrite", "65536", 0, 4).join().unwrap(), "writes via restarted c");
     assert!(w.1 <= MIB_S * 1.1 + 0.3, "the restarted peer lets more through: {:.2} MiB/s", w.1);
     assert!(stat(&peers[2], "qos_waits") > before, "the restarted peer's commands waited for the limit");
+
+    // 6. Page moves copy at the group's runtime rate: 2 MB/s for a written 4 MiB page.
+    let set_rate = |mb_s: &str| {
+        let answer = cli_json(&peers[0].socket(), &["group", "set-limits", "--migration-mb-s", mb_s]);
+        assert_eq!(answer, Value::Bool(true), "group set-limits --migration-mb-s {mb_s}");
+        for p in &peers {
+            wait_for(p, "the copy rate in every peer's status", Duration::from_secs(15), |p| {
+                rebalance_status(p)["copy_mb_s"]["migration"].as_u64().map(|m| m.to_string()) == Some(mb_s.to_string())
+            });
+        }
+    };
+    set_rate("2");
+    let members = page_members(&peers[0], "q");
+    let from = members[0].0.clone();
+    let to = ["a", "b", "c"].into_iter().find(|n| *n != from).expect("another peer");
+    let answer = cli_json(&peers[1].socket(), &["page", "move", "q", "0", to]);
+    assert!(answer.as_array().is_some_and(|l| l.iter().any(|m| m["first_page"] == 0)), "{answer}");
+    for p in &peers {
+        wait_for(p, "page 0 moved", Duration::from_secs(60), |p| {
+            cli_json(&p.socket(), &["migration", "list"]).as_array().is_some_and(Vec::is_empty)
+                && page_members(p, "q")[0].1 == [to.to_string()]
+        });
+    }
+    let source = peers.iter().find(|p| p.name == from).expect("the source is a peer");
+    let log = source.proc.log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("rebuild copied everything") && l.contains("volume=q"))
+        .unwrap_or_else(|| panic!("{from} copied page 0: {}", quire_tests::tail(&log, 20)));
+    let field = |k: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {line}"))
+    };
+    let (bytes, seconds) = (field("bytes"), field("seconds"));
+    eprintln!("page 0 copied {from} -> {to} at the 2 MB/s set at runtime: {bytes} bytes in {seconds:.2} s");
+    assert!(bytes >= 4.0 * 1024.0 * 1024.0, "a written page copies whole: {line}");
+    assert!(seconds >= 1.5, "4 MiB at 2 MB/s take two seconds: {line}");
+    set_rate("0");
 }

@@ -68,6 +68,7 @@ impl Control {
                     | m::PAGE_PIN
                     | m::PEER_REMOVE
                     | m::REBALANCE_PAUSE
+                    | m::GROUP_SET_LIMITS
             )
     }
 
@@ -146,6 +147,19 @@ impl Control {
                     return Err(RpcError::invalid_params("peer_remove takes no undo: a removed peer joins anew"));
                 }
                 Ok(GroupOpKind::RemovePeer { peer: p.name })
+            }
+            m::GROUP_SET_LIMITS => {
+                let p: m::GroupSetLimitsParams = call.params()?;
+                if p == m::GroupSetLimitsParams::default() {
+                    return Err(RpcError::invalid_params(
+                        "give at least one of rebuild_mb_s, migration_mb_s, scrub_mb_s",
+                    ));
+                }
+                Ok(GroupOpKind::SetCopyRates {
+                    rebuild: p.rebuild_mb_s,
+                    migration: p.migration_mb_s,
+                    scrub: p.scrub_mb_s,
+                })
             }
             m::REBALANCE_PAUSE => {
                 let p: m::RebalancePauseParams = call.params()?;
@@ -229,6 +243,7 @@ impl Control {
                 | m::PEER_REMOVE
                 | m::PAGE_PIN
                 | m::REBALANCE_PAUSE
+                | m::GROUP_SET_LIMITS
         ) {
             return Ok(json!(true));
         }
@@ -530,6 +545,11 @@ impl Control {
             self.rebuild_synced.is_none_or(|(t, gen)| now.duration_since(t) >= every || gen != self.group_applied);
         if due {
             self.rebuild_synced = Some((now, self.group_applied));
+            // The group's copy rates where set at runtime, this peer's configuration
+            // elsewhere.
+            let r = &self.replication;
+            let set = self.group.as_ref().map(|g| g.snapshot().rebalance.copy_mb_s).unwrap_or_default();
+            self.copy_rates = set.or((r.rebuild_mb_s, r.migration_mb_s, r.scrub_mb_s));
             let copied = self.group.as_ref().map(|g| g.group_copied()).unwrap_or_default();
             for (vid, (rec, _)) in &self.records {
                 let progress = |set: usize, member: u16| copied.get(&(rec.name.clone(), set, member)).copied();
@@ -564,8 +584,7 @@ impl Control {
             return;
         }
         let store = &self.store;
-        let r = &self.replication;
-        let rates = (r.rebuild_mb_s, r.migration_mb_s, r.scrub_mb_s);
+        let rates = self.copy_rates;
         let actions = self.rebuilds.turn(self.reactors.len(), rates, now, |vid| store.volume(vid));
         if let Some(g) = self.group.as_ref().filter(|_| due) {
             let report = self.rebuilds.report(|vid| self.store.volume(vid).map(|v| v.info.name.clone()));
@@ -657,6 +676,7 @@ impl Control {
             pinned,
             peers,
             history: r.history.clone(),
+            copy_mb_s: r.copy_mb_s,
         })
     }
 

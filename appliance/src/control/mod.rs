@@ -141,6 +141,8 @@ pub struct Control {
     last_scrub: HashMap<VolumeId, std::time::Instant>,
     /// When `rebuild_turn` last went through the records, and at which snapshot.
     rebuild_synced: Option<(std::time::Instant, u64)>,
+    /// The copy rates in force (rebuild, migration, scrub MB/s).
+    copy_rates: (u32, u32, u32),
 }
 
 impl Control {
@@ -185,6 +187,7 @@ impl Control {
             scrubs_started: HashMap::new(),
             last_scrub: HashMap::new(),
             rebuild_synced: None,
+            copy_rates: (0, 0, 0),
         };
         c.outboxes = Outboxes::new(c.reactors.len());
         if let Some(g) = &c.group {
@@ -435,7 +438,13 @@ impl Control {
             m::SCRUB_STATUS => Ok(json!(self.scrub_status())),
             m::MIGRATION_LIST => Ok(json!(self.migrations())),
             m::REBALANCE_STATUS => self.rebalance_status().map(|s| json!(s)),
-            m::PAGE_MOVE | m::MIGRATION_CANCEL | m::PEER_DRAIN | m::PEER_REMOVE | m::PAGE_PIN | m::REBALANCE_PAUSE => Err(RpcError::invalid_state(
+            m::PAGE_MOVE
+            | m::MIGRATION_CANCEL
+            | m::PEER_DRAIN
+            | m::PEER_REMOVE
+            | m::PAGE_PIN
+            | m::REBALANCE_PAUSE
+            | m::GROUP_SET_LIMITS => Err(RpcError::invalid_state(
                 "a single peer holds every page itself: moving pages needs a group of peers",
             )),
             m::VOLUME_SET_LIMITS => {

@@ -1023,6 +1023,32 @@ impl Agent {
                     ];
                     (compare, ops)
                 }
+                GroupOpKind::SetCopyRates { rebuild, migration, scrub } => {
+                    let range = quire_config::validate::COPY_MB_S;
+                    for (key, v) in [("rebuild_mb_s", rebuild), ("migration_mb_s", migration), ("scrub_mb_s", scrub)] {
+                        if let Some(v) = *v {
+                            if v != 0 && !range.contains(&v) {
+                                return Ok(Err(RpcError::invalid_params(format!(
+                                    "{key}: {v} MB/s; {}..={} allowed, or 0 for each peer's configuration",
+                                    range.start(),
+                                    range.end()
+                                ))));
+                            }
+                        }
+                    }
+                    let (record, revision) = &view.rebalance;
+                    let old = record.copy_mb_s;
+                    let copy_mb_s = keys::CopyRates {
+                        rebuild: rebuild.unwrap_or(old.rebuild),
+                        migration: migration.unwrap_or(old.migration),
+                        scrub: scrub.unwrap_or(old.scrub),
+                    };
+                    let next = keys::RebalanceRecord { copy_mb_s, ..record.clone() };
+                    (
+                        vec![unchanged_since(keys::REBALANCE, *revision)],
+                        vec![put_op(keys::REBALANCE, serde_json::to_vec(&next).expect("a record serializes"))],
+                    )
+                }
                 GroupOpKind::PauseRebalance { paused } => {
                     let (record, revision) = &view.rebalance;
                     let next = keys::RebalanceRecord { paused: *paused, ..record.clone() };

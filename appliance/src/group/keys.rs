@@ -184,6 +184,37 @@ pub struct RebalanceRecord {
     /// has stayed the choice for a while (`replica::rebalance::confirm_load`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_candidate: Option<crate::replica::rebalance::LoadCandidate>,
+    /// Copy rates set at runtime for the whole group (`quire group set-limits`); 0:
+    /// each peer's `replication` configuration.
+    #[serde(default, skip_serializing_if = "CopyRates::is_none")]
+    pub copy_mb_s: CopyRates,
+}
+
+/// The most a leader copies per second, MB, by kind; 0: the peer's configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRates {
+    /// Rebuilds (`replication.rebuild_mb_s`).
+    #[serde(default)]
+    pub rebuild: u32,
+    /// Page moves (`replication.migration_mb_s`).
+    #[serde(default)]
+    pub migration: u32,
+    /// Scrubs (`replication.scrub_mb_s`).
+    #[serde(default)]
+    pub scrub: u32,
+}
+
+impl CopyRates {
+    /// Nothing set: the configuration everywhere.
+    pub fn is_none(&self) -> bool {
+        *self == CopyRates::default()
+    }
+
+    /// These rates where set, `config`'s (rebuild, migration, scrub) elsewhere.
+    pub fn or(&self, (rebuild, migration, scrub): (u32, u32, u32)) -> (u32, u32, u32) {
+        let pick = |set: u32, conf: u32| if set == 0 { conf } else { set };
+        (pick(self.rebuild, rebuild), pick(self.migration, migration), pick(self.scrub, scrub))
+    }
 }
 
 /// A move the rebalancer started.

@@ -197,6 +197,16 @@ pub enum GroupOpKind {
         /// The peer's name.
         peer: String,
     },
+    /// Set the group's copy rates (`keys::CopyRates`): those given change; 0 goes
+    /// back to each peer's configuration.
+    SetCopyRates {
+        /// Rebuilds, MB/s.
+        rebuild: Option<u32>,
+        /// Page moves, MB/s.
+        migration: Option<u32>,
+        /// Scrubs, MB/s.
+        scrub: Option<u32>,
+    },
     /// Pause the rebalancer (true) or let it go on (false).
     PauseRebalance {
         /// Pause.
@@ -229,7 +239,10 @@ impl GroupOpKind {
             | GroupOpKind::CancelMove { name, .. }
             | GroupOpKind::Pin { name, .. } => name,
             // A change of a peer, or of the group, not of a volume.
-            GroupOpKind::Drain { .. } | GroupOpKind::PauseRebalance { .. } | GroupOpKind::RemovePeer { .. } => "",
+            GroupOpKind::Drain { .. }
+            | GroupOpKind::PauseRebalance { .. }
+            | GroupOpKind::SetCopyRates { .. }
+            | GroupOpKind::RemovePeer { .. } => "",
         }
     }
 }

@@ -68,9 +68,11 @@ pub const PEER_REMOVE: &str = "peer_remove";
 pub const REBALANCE_STATUS: &str = "rebalance_status";
 /// `rebalance_pause`.
 pub const REBALANCE_PAUSE: &str = "rebalance_pause";
+/// `group_set_limits`.
+pub const GROUP_SET_LIMITS: &str = "group_set_limits";
 
 /// Every method, in the reference's order.
-pub const ALL: [&str; 30] = [
+pub const ALL: [&str; 31] = [
     VOLUME_CREATE,
     VOLUME_LIST,
     VOLUME_GROW,
@@ -101,6 +103,7 @@ pub const ALL: [&str; 30] = [
     PEER_REMOVE,
     REBALANCE_STATUS,
     REBALANCE_PAUSE,
+    GROUP_SET_LIMITS,
 ];
 
 /// One entry of `stats_requests`: how often requests went from one state to another.
@@ -304,6 +307,22 @@ pub struct RebalancePauseParams {
     pub paused: bool,
 }
 
+/// Params of `group_set_limits`: the rates given change, the others stay; 0 goes back
+/// to each peer's `replication` configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSetLimitsParams {
+    /// Rebuilds, MB/s per leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild_mb_s: Option<u32>,
+    /// Page moves, MB/s per leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_mb_s: Option<u32>,
+    /// Scrubs, MB/s per leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub_mb_s: Option<u32>,
+}
+
 /// The answer of `rebalance_status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebalanceStatus {
@@ -325,6 +344,9 @@ pub struct RebalanceStatus {
     pub peers: Vec<RebalancePeer>,
     /// The moves it started last, oldest first.
     pub history: Vec<crate::group::keys::RebalanceMove>,
+    /// The group's copy rates set at runtime (`group_set_limits`; 0: configuration).
+    #[serde(default)]
+    pub copy_mb_s: crate::group::keys::CopyRates,
 }
 
 /// A peer's share in `rebalance_status`.

@@ -59,6 +59,7 @@
 //! | `peer_drain` | `{name, undo?}` | `true` |
 //! | `page_pin` | `{volume, page, undo?}` | `true` |
 //! | `peer_remove` | `{name}` | `true` |
+//! | `group_set_limits` | `{rebuild_mb_s?, migration_mb_s?, scrub_mb_s?}` (those given change; 0: each peer's configuration) | `true` |
 //! | `rebalance_status` | none | `{enabled, paused, state, tolerance_pct, moves_max, moves, pinned, peers: [{name, weight, held_bytes, ideal_bytes, share_pct, eligible}], history: [{at_ms, volume, page, pages, from, to, why}]}` |
 //! | `rebalance_pause` | `{paused}` | `true` |
 //! | `volume_pages` | `{name}` | `{name, epoch, page_size, pages, replicas, runs: [{first, count, owner, set}], owners: [{owner, pages, copies}], sets: [{set, leader, pages, members: [{peer, state, inc}]}]}` |
