@@ -699,18 +699,17 @@ impl Reactor {
         if pending_local || self.last_work.elapsed() < spin {
             return Some(Duration::ZERO);
         }
-        if let Some(w) = self.ctx.qos_waiters.peek() {
-            // Sleep until the soonest request over its limits may go (at most a tick).
-            return Some(w.at.saturating_duration_since(Instant::now()).min(TICK));
-        }
-        if !self.ctx.order_waiters.is_empty() || !self.ctx.reroutes.is_empty() || self.copier.busy() {
+        let nap = if !self.ctx.order_waiters.is_empty() || !self.ctx.reroutes.is_empty() || self.copier.busy() {
             // Pieces another reactor holds come back within a device round trip.
-            return Some(ORDER_NAP);
-        }
-        if self.ctx.dev.outstanding() > 0 && self.ctx.dev.completion_fd().is_none() {
-            return Some(DEVICE_NAP);
-        }
-        Some(TICK)
+            ORDER_NAP
+        } else if self.ctx.dev.outstanding() > 0 && self.ctx.dev.completion_fd().is_none() {
+            DEVICE_NAP
+        } else {
+            TICK
+        };
+        // No later than the soonest request over its limits may go.
+        let qos = self.ctx.qos_waiters.peek().map_or(nap, |w| w.at.saturating_duration_since(Instant::now()));
+        Some(nap.min(qos))
     }
 
     fn on_event(&mut self, ev: &mio::event::Event) {

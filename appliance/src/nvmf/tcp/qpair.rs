@@ -78,8 +78,11 @@ pub struct QueueInfo {
     pub ctrlr: Option<Arc<NvmfController>>,
     /// An I/O queue's counts for `quire stats hosts` (its controller sums them).
     pub host_io: Option<Arc<crate::nvmf::ctrlr::HostIo>>,
+    /// Its volume's limiter (one for the volume's life) and block size, taken by the
+    /// first command that asks: no volume lookup per command.
+    pub qos: Option<(Arc<crate::volume::qos::Limiter>, u32)>,
     /// Its host's limits on the volume (`volume::qos`), taken by the first command
-    /// that asks them.
+    /// that waits for them.
     pub qos_host: Option<Arc<crate::volume::qos::Pair>>,
     /// Digests negotiated by ICReq (None before).
     pub digests: Option<Digests>,
@@ -149,6 +152,7 @@ impl TcpQpair {
                 sqsize: 0,
                 ctrlr: None,
                 host_io: None,
+                qos: None,
                 qos_host: None,
                 digests: None,
                 hpda: 0,
@@ -390,15 +394,18 @@ impl TcpQpair {
         }
         let c = self.q.ctrlr.as_ref()?;
         let id = c.volume?;
-        let v = ctx.volumes.get(&id)?;
-        let qos = &v.view.qos;
+        if self.q.qos.is_none() {
+            let v = ctx.volumes.get(&id)?;
+            self.q.qos = Some((v.view.qos.clone(), v.view.info.block_size));
+        }
+        let (qos, block_size) = self.q.qos.as_ref()?;
         if !qos.active() {
             return None;
         }
         let host = self.q.qos_host.get_or_insert_with(|| qos.host(&c.hostnqn));
         let bytes = match cmd.opcode {
             opcode::NVM_WRITE_ZEROES => 0,
-            _ => u64::from(cmd.nlb()) * u64::from(v.view.info.block_size),
+            _ => u64::from(cmd.nlb()) * u64::from(*block_size),
         };
         qos.admit(std::time::Instant::now(), Some(host), bytes).map(|at| (at, id))
     }
