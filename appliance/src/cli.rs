@@ -447,6 +447,7 @@ const HOST_LOAD_COLUMNS: &[Column] = &[
     column("kib_s", "KIB/S", Format::Number),
     column("latency_us", "LAT_US", Format::Number),
     column("peers", "PEERS", Format::Text),
+    column("steered_from", "STEERED AWAY FROM", Format::List { empty: "-" }),
 ];
 
 const REBALANCE_FIELDS: &[Column] = &[

@@ -672,6 +672,7 @@ fn start_on(
         group,
         hold: Duration::from_millis(u64::from(cfg.group.hold_ms)),
         replication: cfg.replication.clone(),
+        rebalance: cfg.rebalance.clone(),
     });
     for v in &cfg.volumes {
         control.ensure_volume(&v.name, v.size.bytes(), v.page_size.bytes(), v.block_size).map_err(|e| {

@@ -290,6 +290,14 @@ pub struct Rebalance {
     /// Seconds between two moves for load (rates are averages that need this long to
     /// show where the moved page's I/O went).
     pub load_interval_s: u32,
+    /// Steer hosts by load (`control::steer`): a peer serving more than the others
+    /// reports its path non-optimized (ANA) to one of its hosts that has a path to a
+    /// less loaded peer, when moving that host's I/O there narrows the gap. Every
+    /// peer decides for its own paths, with its own section.
+    pub steer_hosts: bool,
+    /// Seconds between two changes of a peer's host steering (a host's rate needs
+    /// this long to show where its I/O went).
+    pub steer_interval_s: u32,
 }
 
 impl Default for Rebalance {
@@ -302,6 +310,8 @@ impl Default for Rebalance {
             load_tolerance_pct: 50,
             load_min_iops: 200,
             load_interval_s: 30,
+            steer_hosts: true,
+            steer_interval_s: 10,
         }
     }
 }

@@ -92,6 +92,8 @@ pub const BATCH_PAGES: std::ops::RangeInclusive<u32> = 1..=1024;
 pub const LOAD_TOLERANCE_PCT: std::ops::RangeInclusive<u32> = 0..=1000;
 /// Range of `rebalance.load_interval_s`.
 pub const LOAD_INTERVAL_S: std::ops::RangeInclusive<u32> = 1..=3600;
+/// Range of `rebalance.steer_interval_s`.
+pub const STEER_INTERVAL_S: std::ops::RangeInclusive<u32> = 1..=3600;
 /// Shortest group secret, bytes.
 pub const SECRET_LEN_MIN: usize = 16;
 /// Longest Unix socket path (sun_path is 108 bytes with its NUL).
@@ -171,6 +173,13 @@ fn rebalance(r: &Rebalance) -> Result {
         LOAD_INTERVAL_S.contains(&r.load_interval_s),
         "rebalance.load_interval_s",
         r.load_interval_s,
+        format!("{lo}..={hi}"),
+    )?;
+    let (lo, hi) = (STEER_INTERVAL_S.start(), STEER_INTERVAL_S.end());
+    ensure(
+        STEER_INTERVAL_S.contains(&r.steer_interval_s),
+        "rebalance.steer_interval_s",
+        r.steer_interval_s,
         format!("{lo}..={hi}"),
     )
 }
@@ -816,6 +825,7 @@ mod tests {
             "rebalance.load_tolerance_pct = 1001: expected 0..=1000"
         );
         assert_eq!(invalid(|c| c.rebalance.load_interval_s = 0), "rebalance.load_interval_s = 0: expected 1..=3600");
+        assert_eq!(invalid(|c| c.rebalance.steer_interval_s = 0), "rebalance.steer_interval_s = 0: expected 1..=3600");
     }
 
     #[test]

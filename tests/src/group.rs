@@ -49,6 +49,11 @@ pub struct PeerSpec {
     /// `rebalance.enabled`: off unless a test asks for it (the suites that count
     /// where pages are placed, or move them by hand, would race it).
     pub rebalance: bool,
+    /// `rebalance.steer_hosts`: off unless a test asks for it (the suites that check
+    /// every path's ANA state would race it).
+    pub steer_hosts: bool,
+    /// `rebalance.steer_interval_s`.
+    pub steer_interval_s: u32,
     /// The IP address its NVMe/TCP listener (`target.listen`) and its peer-link
     /// listener (`group.listen`) bind; `None`: 127.0.0.1.
     pub listen_ip: Option<String>,
@@ -88,6 +93,8 @@ impl PeerSpec {
             migration_mb_s: None,
             load_min_iops: 200,
             rebalance: false,
+            steer_hosts: false,
+            steer_interval_s: 10,
             listen_ip: None,
             netns: None,
         }
@@ -133,6 +140,8 @@ migration_mb_s = {migration}
 [rebalance]
 enabled = {rebalance}
 load_min_iops = {load_min}
+steer_hosts = {steer}
+steer_interval_s = {steer_s}
 [[device]]
 {device}
 [[volume]]
@@ -153,6 +162,8 @@ size = "{demo}"
             migration = self.migration_mb_s.unwrap_or(self.rebuild_mb_s),
             load_min = self.load_min_iops,
             rebalance = self.rebalance,
+            steer = self.steer_hosts,
+            steer_s = self.steer_interval_s,
             buffers = self.buffers,
             demo = self.demo_size,
             advertise = self.advertise.as_deref().unwrap_or(""),

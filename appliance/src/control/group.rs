@@ -485,7 +485,8 @@ impl Control {
             }
         }
         self.registry.set_group_peer(self.me.0);
-        self.order_paths(snap, paths);
+        let reports = self.reports_in(snap);
+        self.order_paths(snap, &reports, paths);
         // A drained peer steers hosts away: its paths are non-optimized (a host with
         // native multipath sends I/O to the optimized paths while it has one).
         let drained = snap.peer_ids.get(&self.me.0).is_some_and(|me| snap.draining.contains(me));

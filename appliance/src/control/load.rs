@@ -34,13 +34,15 @@ impl Control {
         self.qos_turn();
         if let Some(g) = self.group.clone() {
             let snap = g.snapshot();
+            let reports = self.reports_in(&snap);
+            self.steer_turn(&snap, &reports);
             let paths = snap
                 .live
                 .iter()
                 .filter(|(&id, _)| crate::volume::routing::PeerId(id) != self.me)
                 .filter_map(|(_, p)| p.target.parse().ok())
                 .collect();
-            self.order_paths(&snap, paths);
+            self.order_paths(&snap, &reports, paths);
         }
         if let Some(g) = &self.group {
             g.set_load_report(self.load_report());
@@ -88,6 +90,7 @@ impl Control {
                     kib_now_milli: milli(h.fast_kib_s),
                     waited,
                     host_waited,
+                    steered: self.steering.steered.contains_key(&(host.clone(), volume.clone())),
                 }
             })
             .collect();
@@ -105,16 +108,20 @@ impl Control {
                 e.1 += h.kib_milli;
                 e.2 += u128::from(h.latency_ns) * u128::from(h.ops_milli);
                 e.3.push(peer.clone());
+                if h.steered {
+                    e.4.push(peer.clone());
+                }
             }
         }
         all.into_iter()
-            .map(|((host, volume), (ops, kib, lat, peers))| m::HostLoadEntry {
+            .map(|((host, volume), (ops, kib, lat, peers, steered_from))| m::HostLoadEntry {
                 host,
                 volume,
                 ops_s: per_s(ops),
                 kib_s: per_s(kib),
                 latency_us: if ops == 0 { 0.0 } else { (lat / u128::from(ops)) as f64 / 1000.0 },
                 peers,
+                steered_from,
             })
             .collect()
     }
@@ -122,8 +129,12 @@ impl Control {
     /// Hands the registry the other live peers' I/O addresses (`paths`, any order) in
     /// the discovery log's order: least loaded first, and this peer among them
     /// ([`discovery_steps`]).
-    pub(super) fn order_paths(&mut self, snap: &crate::group::GroupSnapshot, paths: Vec<std::net::SocketAddr>) {
-        let reports = self.reports();
+    pub(super) fn order_paths(
+        &mut self,
+        snap: &crate::group::GroupSnapshot,
+        reports: &BTreeMap<String, LoadReport>,
+        paths: Vec<std::net::SocketAddr>,
+    ) {
         let mut peers: Vec<(String, Option<std::net::SocketAddr>, u64, u64)> = snap
             .live
             .iter()
@@ -156,13 +167,18 @@ impl Control {
     /// Every peer's report, by name: this peer's own as it is now, the others' as they
     /// last published them.
     pub(super) fn reports(&self) -> BTreeMap<String, LoadReport> {
+        match &self.group {
+            Some(g) => self.reports_in(&g.snapshot()),
+            None => BTreeMap::from([(self.peer_name.clone(), self.load_report())]),
+        }
+    }
+
+    /// [`Control::reports`] from a snapshot already taken.
+    pub(super) fn reports_in(&self, snap: &crate::group::GroupSnapshot) -> BTreeMap<String, LoadReport> {
         let mut all = BTreeMap::new();
-        if let Some(g) = &self.group {
-            let snap = g.snapshot();
-            for (name, r) in snap.loads {
-                if snap.live.values().any(|p| p.name == name) {
-                    all.insert(name, r);
-                }
+        for (name, r) in &snap.loads {
+            if snap.live.values().any(|p| p.name == *name) {
+                all.insert(name.clone(), r.clone());
             }
         }
         all.insert(self.peer_name.clone(), self.load_report());
@@ -220,8 +236,8 @@ impl Control {
 }
 
 /// A host's operations and KiB per 1000 s on a volume over the peers, its latency (ns)
-/// times its operations, and the peers.
-type HostSummed = (u64, u64, u128, Vec<String>);
+/// times its operations, the peers, and those that steer it away.
+type HostSummed = (u64, u64, u128, Vec<String>, Vec<String>);
 
 /// A page's operations and KiB per 1000 s over the peers, and the peers.
 type Summed = (u64, u64, Vec<String>);

@@ -22,6 +22,7 @@ mod load;
 mod metrics;
 pub mod outbox;
 mod qos;
+pub mod steer;
 
 use crate::cast::sat_u32;
 use crate::nvmf::subsystem::Registry;
@@ -73,6 +74,8 @@ pub struct ControlParts {
     pub hold: Duration,
     /// `[replication]`: rebuild and scrub rates, scrub period.
     pub replication: quire_config::schema::Replication,
+    /// `[rebalance]`: host steering by load (`steer`) and its floor.
+    pub rebalance: quire_config::schema::Rebalance,
 }
 
 /// The control thread's state.
@@ -143,6 +146,12 @@ pub struct Control {
     rebuild_synced: Option<(std::time::Instant, u64)>,
     /// The copy rates in force (rebuild, migration, scrub MB/s).
     copy_rates: (u32, u32, u32),
+    /// The hosts this peer steers away (`steer`).
+    steering: steer::Steering,
+    /// `rebalance.steer_hosts` and `steer_interval_s`.
+    steer_cfg: (bool, std::time::Duration),
+    /// `rebalance.load_min_iops`, per 1000 s.
+    steer_min_milli: u64,
 }
 
 impl Control {
@@ -188,6 +197,9 @@ impl Control {
             last_scrub: HashMap::new(),
             rebuild_synced: None,
             copy_rates: (0, 0, 0),
+            steering: Default::default(),
+            steer_cfg: (parts.rebalance.steer_hosts, steer::interval(&parts.rebalance)),
+            steer_min_milli: u64::from(parts.rebalance.load_min_iops) * 1000,
         };
         c.outboxes = Outboxes::new(c.reactors.len());
         if let Some(g) = &c.group {

@@ -125,6 +125,10 @@ pub struct HostLoad {
     /// Some of its commands here waited for the per-host limit lately.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_waited: bool,
+    /// This peer steers the host away: its path here is non-optimized to it
+    /// (`control::steer`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub steered: bool,
 }
 
 /// One volume's load on one peer.

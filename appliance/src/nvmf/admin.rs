@@ -448,7 +448,7 @@ fn get_log_page(q: &QueueInfo, c: &NvmfController, reqs: &mut ReqTable, idx: u16
         log::LID_ANA => {
             let nsids = if c.volume.is_some_and(|v| ctx.volumes.contains_key(&v)) { vec![1] } else { vec![] };
             let grpid = ctx.registry.ana_group();
-            let (state, chgcnt) = ctx.registry.ana();
+            let (state, chgcnt) = ctx.registry.ana_for(&c.hostnqn, c.volume);
             let groups = [AnaGroup { grpid, chgcnt, state, nsids }];
             log::build_ana_log(chgcnt, &groups, lp.lsp & log::LSP_ANA_RGO != 0)
         }

@@ -82,6 +82,9 @@ pub struct RegistryInner {
     pub ana_state: Option<quire_wire::nvme::log::AnaState>,
     /// The ANA log's change count (bumped with every change of the state).
     pub ana_chgcnt: u64,
+    /// (host NQN, volume) pairs this peer steers away by load (`control::steer`): its
+    /// ANA group is non-optimized to those hosts' controllers of that volume only.
+    pub steered: std::collections::BTreeSet<(String, VolumeId)>,
     /// The I/O listeners of the group's other live peers, as hosts reach them
     /// (advertised addresses), least loaded first: the discovery log lists them as
     /// paths too, the first `paths_before` of them before this peer's own.
@@ -222,10 +225,36 @@ impl Registry {
         self.lock().ana_group
     }
 
-    /// This peer's ANA group's state and the log's change count.
-    pub fn ana(&self) -> (quire_wire::nvme::log::AnaState, u64) {
+    /// This peer's ANA group's state as the controller of `host` for `volume` sees it,
+    /// and the log's change count: non-optimized while the peer is drained or steers
+    /// that host away from it, else optimized.
+    pub fn ana_for(&self, host: &str, volume: Option<VolumeId>) -> (quire_wire::nvme::log::AnaState, u64) {
+        use quire_wire::nvme::log::AnaState;
         let r = self.lock();
-        (r.ana_state.unwrap_or(quire_wire::nvme::log::AnaState::Optimized), r.ana_chgcnt.max(1))
+        let steered = volume.is_some_and(|v| r.steered.contains(&(host.to_string(), v)));
+        let state = match r.ana_state.unwrap_or(AnaState::Optimized) {
+            AnaState::Optimized if steered => AnaState::NonOptimized,
+            s => s,
+        };
+        (state, r.ana_chgcnt.max(1))
+    }
+
+    /// The (host, volume) pairs this peer steers away; the controllers whose state
+    /// changed get an ANA change event.
+    pub fn set_steered(&self, steered: std::collections::BTreeSet<(String, VolumeId)>) {
+        let mut r = self.lock();
+        if r.steered == steered {
+            return;
+        }
+        let changed: std::collections::BTreeSet<(String, VolumeId)> =
+            r.steered.symmetric_difference(&steered).cloned().collect();
+        r.steered = steered;
+        r.ana_chgcnt = r.ana_chgcnt.max(1) + 1;
+        for c in r.controllers.values().filter(|c| !c.discovery) {
+            if c.volume.is_some_and(|v| changed.contains(&(c.hostnqn.clone(), v))) {
+                c.post_event(crate::nvmf::ctrlr::AEN_ANA_CHANGED);
+            }
+        }
     }
 
     /// Sets the state of this peer's ANA group; on a change, every I/O controller gets
@@ -259,4 +288,40 @@ pub fn serial_for(peer: &str, n: u32) -> String {
     let mut s = format!("{}-{n:04}", peer.chars().take(14).collect::<String>());
     s.truncate(20);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quire_wire::nvme::log::AnaState;
+
+    #[test]
+    fn a_steered_host_alone_sees_the_path_non_optimized_and_alone_gets_the_event() {
+        let reg = Registry::new(TargetParams::default());
+        let v = VolumeId(7);
+        let ctrlr = |cntlid: u16, host: &str| {
+            let c =
+                Arc::new(NvmfController::new(cntlid, "nqn.x:v".into(), host.into(), [0; 16], Some(v), false, 0, 4, 0));
+            c.state().async_event_config = quire_wire::nvme::features::AEC_ANA_CHANGE;
+            reg.lock().controllers.insert(cntlid, c.clone());
+            c
+        };
+        let (h1, h2) = (ctrlr(1, "h1"), ctrlr(2, "h2"));
+        let (s, cnt) = reg.ana_for("h1", Some(v));
+        assert_eq!(s, AnaState::Optimized);
+        reg.set_steered([("h1".to_string(), v)].into());
+        let (s, cnt2) = reg.ana_for("h1", Some(v));
+        assert_eq!(s, AnaState::NonOptimized);
+        assert!(cnt2 > cnt, "the change count moves with a change");
+        assert_eq!(reg.ana_for("h2", Some(v)).0, AnaState::Optimized, "another host keeps its optimized path");
+        assert_eq!(reg.ana_for("h1", Some(VolumeId(8))).0, AnaState::Optimized, "the host's other volumes too");
+        assert_eq!(h1.state().events.iter().copied().collect::<Vec<_>>(), [crate::nvmf::ctrlr::AEN_ANA_CHANGED]);
+        assert!(h2.state().events.is_empty(), "a host whose state did not change gets no event");
+        // Drained: non-optimized to every host; steered back: optimized again.
+        reg.set_ana_state(AnaState::NonOptimized);
+        assert_eq!(reg.ana_for("h2", Some(v)).0, AnaState::NonOptimized);
+        reg.set_ana_state(AnaState::Optimized);
+        reg.set_steered(Default::default());
+        assert_eq!(reg.ana_for("h1", Some(v)).0, AnaState::Optimized);
+    }
 }

@@ -284,6 +284,10 @@ pub struct HostLoadEntry {
     pub latency_us: f64,
     /// The peers it reaches the volume through (its paths).
     pub peers: Vec<String>,
+    /// The peers that steer it away by load (their paths are non-optimized to it:
+    /// `control::steer`).
+    #[serde(default)]
+    pub steered_from: Vec<String>,
 }
 
 /// Params of `page_pin`.
