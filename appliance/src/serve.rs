@@ -673,6 +673,7 @@ fn start_on(
         hold: Duration::from_millis(u64::from(cfg.group.hold_ms)),
         replication: cfg.replication.clone(),
         rebalance: cfg.rebalance.clone(),
+        leave_grace: Duration::from_millis(u64::from(cfg.group.leave_grace_ms)),
     });
     for v in &cfg.volumes {
         control.ensure_volume(&v.name, v.size.bytes(), v.page_size.bytes(), v.block_size).map_err(|e| {

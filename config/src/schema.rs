@@ -216,6 +216,10 @@ pub struct Group {
     /// How long I/O to a page whose owner cannot be reached is held before it is
     /// answered with a retryable path error, ms.
     pub hold_ms: u32,
+    /// A peer stopping (SIGTERM, SIGINT) with hosts connected first turns its paths
+    /// ANA inaccessible and goes on serving what is under way until its hosts stop
+    /// sending (none for 300 ms) or this many ms passed; 0 = leave at once.
+    pub leave_grace_ms: u32,
 }
 
 impl Default for Group {
@@ -228,6 +232,7 @@ impl Default for Group {
             lease_ttl_s: 5,
             connect_timeout_ms: 5000,
             hold_ms: 25_000,
+            leave_grace_ms: 3000,
         }
     }
 }

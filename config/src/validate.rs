@@ -74,6 +74,8 @@ pub const LEASE_TTL_S: std::ops::RangeInclusive<u32> = 2..=60;
 pub const CONNECT_TIMEOUT_MS: std::ops::RangeInclusive<u32> = 100..=600_000;
 /// Range of `reactors.control_credits`.
 pub const CONTROL_CREDITS: std::ops::RangeInclusive<u32> = 1..=65_536;
+/// Range of `group.leave_grace_ms`.
+pub const LEAVE_GRACE_MS: std::ops::RangeInclusive<u32> = 0..=60_000;
 /// Range of `group.hold_ms`.
 pub const HOLD_MS: std::ops::RangeInclusive<u32> = 1000..=600_000;
 /// Range of `replication.replace_after_s`.
@@ -205,6 +207,9 @@ fn group(group: &Group) -> Result {
     let h = group.hold_ms;
     let (lo, hi) = (HOLD_MS.start(), HOLD_MS.end());
     ensure(HOLD_MS.contains(&h), "group.hold_ms", h, format!("{lo}..={hi}"))?;
+    let g = group.leave_grace_ms;
+    let (lo, hi) = (LEAVE_GRACE_MS.start(), LEAVE_GRACE_MS.end());
+    ensure(LEAVE_GRACE_MS.contains(&g), "group.leave_grace_ms", g, format!("{lo}..={hi}"))?;
     if let Some(weight) = group.weight {
         ensure(weight >= 1, "group.weight", weight, "at least 1")?;
     }
@@ -848,6 +853,7 @@ mod tests {
         assert_eq!(invalid(|c| c.group.lease_ttl_s = 1), "group.lease_ttl_s = 1: expected 2..=60");
         assert_eq!(invalid(|c| c.group.connect_timeout_ms = 5), "group.connect_timeout_ms = 5: expected 100..=600000");
         assert_eq!(invalid(|c| c.group.hold_ms = 10), "group.hold_ms = 10: expected 1000..=600000");
+        assert_eq!(invalid(|c| c.group.leave_grace_ms = 60_001), "group.leave_grace_ms = 60001: expected 0..=60000");
         assert_eq!(invalid(|c| c.group.weight = Some(0)), "group.weight = 0: expected at least 1");
         let message = invalid(|c| c.target.advertise = Some("0.0.0.0".into()));
         assert!(message.starts_with("target.advertise = \"0.0.0.0\": expected \"IP\" or \"IP:PORT\""), "{message}");

@@ -76,6 +76,8 @@ pub struct ControlParts {
     pub replication: quire_config::schema::Replication,
     /// `[rebalance]`: host steering by load (`steer`) and its floor.
     pub rebalance: quire_config::schema::Rebalance,
+    /// `group.leave_grace_ms`.
+    pub leave_grace: Duration,
 }
 
 /// The control thread's state.
@@ -152,6 +154,8 @@ pub struct Control {
     steer_cfg: (bool, std::time::Duration),
     /// `rebalance.load_min_iops`, per 1000 s.
     steer_min_milli: u64,
+    /// `group.leave_grace_ms`.
+    leave_grace: Duration,
 }
 
 impl Control {
@@ -200,6 +204,7 @@ impl Control {
             steering: Default::default(),
             steer_cfg: (parts.rebalance.steer_hosts, steer::interval(&parts.rebalance)),
             steer_min_milli: u64::from(parts.rebalance.load_min_iops) * 1000,
+            leave_grace: parts.leave_grace,
         };
         c.outboxes = Outboxes::new(c.reactors.len());
         if let Some(g) = &c.group {
@@ -277,6 +282,7 @@ impl Control {
         self.qos_turn();
         let mut batch = Vec::with_capacity(BATCH_MAX);
         let mut backlog = false;
+        let mut leaving: Option<Leaving> = None;
         loop {
             // A full reactor ring is drained by its reactor within a loop or so: come
             // back for the outbox soon.
@@ -292,7 +298,13 @@ impl Control {
                     Err(_) => break,
                 }
             }
-            if !self.handle_batch(&mut batch) {
+            if !self.handle_batch(&mut batch) && leaving.is_none() {
+                match self.start_leaving() {
+                    Some(l) => leaving = Some(l),
+                    None => break,
+                }
+            }
+            if leaving.as_mut().is_some_and(|l| l.done(&self.registry)) {
                 break;
             }
             self.group_turn();
@@ -347,6 +359,21 @@ impl Control {
             call.respond(result);
         }
         !stop
+    }
+
+    /// Asked to stop: a group peer with hosts connected turns its paths inaccessible
+    /// first and goes on serving ([`Leaving`]); `None`: stop now.
+    fn start_leaving(&mut self) -> Option<Leaving> {
+        if self.group.is_none() || self.leave_grace.is_zero() || !self.registry.has_hosts() {
+            return None;
+        }
+        tracing::info!(
+            grace = ?self.leave_grace,
+            "leaving: this peer's paths are ANA inaccessible; serving what is under way until hosts stop sending"
+        );
+        self.registry.set_leaving();
+        let now = std::time::Instant::now();
+        Some(Leaving { started: now, grace: self.leave_grace, commands: self.registry.host_commands(), last: now })
     }
 
     fn allocate(&mut self, allocs: &[(usize, VolumeId, u64)]) {
@@ -837,5 +864,40 @@ fn store_rpc_error(e: StoreError) -> RpcError {
         StoreError::NoSpace { .. } | StoreError::TooManyVolumes => RpcError::no_space(e.to_string()),
         StoreError::Invalid { .. } => RpcError::invalid_params(e.to_string()),
         _ => RpcError::internal(e.to_string()),
+    }
+}
+
+/// A group peer leaving (`group.leave_grace_ms`): its paths are inaccessible, and it
+/// serves on until no host command completed here for [`Leaving::QUIET`] or the
+/// grace is over.
+struct Leaving {
+    started: std::time::Instant,
+    grace: Duration,
+    /// Host commands completed here when last looked at, and when that count moved.
+    commands: u64,
+    last: std::time::Instant,
+}
+
+impl Leaving {
+    /// No host command for this long: the hosts have moved.
+    const QUIET: Duration = Duration::from_millis(300);
+
+    fn done(&mut self, registry: &crate::nvmf::subsystem::Registry) -> bool {
+        let now = std::time::Instant::now();
+        let n = registry.host_commands();
+        if n != self.commands {
+            self.commands = n;
+            self.last = now;
+        }
+        let over = now.duration_since(self.started) >= self.grace;
+        let quiet = now.duration_since(self.last) >= Self::QUIET;
+        if over || quiet {
+            tracing::info!(
+                after = ?now.duration_since(self.started),
+                "left: {}",
+                if quiet { "no host command lately" } else { "the grace is over" }
+            );
+        }
+        over || quiet
     }
 }

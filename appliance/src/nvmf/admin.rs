@@ -232,6 +232,7 @@ fn connect_admin(q: &mut QueueInfo, registry: &Registry, cc: &ConnectCmd, data: 
         reactor,
     ));
     ctrlr.touch_keepalive();
+    ctrlr.set_inaccessible(r.ana_state == Some(log::AnaState::Inaccessible));
     r.controllers.insert(cntlid, ctrlr.clone());
     tracing::info!(cntlid, subnqn = %data.subnqn, host = %data.hostnqn, kato_ms = cc.kato_ms, "controller created");
     q.qid = Some(0);

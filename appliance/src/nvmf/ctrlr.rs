@@ -126,6 +126,9 @@ pub struct NvmfController {
     enabled: AtomicBool,
     dead: AtomicBool,
     events_pending: AtomicBool,
+    /// Its ANA group is inaccessible (the peer is leaving): I/O commands get the
+    /// ANA-inaccessible status. Read by every command, hence an atomic.
+    inaccessible: AtomicBool,
     /// Volatile write cache enabled (feature 06h); read by every write on every
     /// reactor, hence an atomic rather than part of the locked admin state.
     write_cache: AtomicBool,
@@ -162,6 +165,7 @@ impl NvmfController {
             enabled: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             events_pending: AtomicBool::new(false),
+            inaccessible: AtomicBool::new(false),
             write_cache: AtomicBool::new(true),
             kato_ms: AtomicU32::new(kato_ms),
             last_keepalive_ms: AtomicU64::new(0),
@@ -209,6 +213,17 @@ impl NvmfController {
     #[inline]
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
+    }
+
+    /// True while its ANA group is inaccessible (the peer is leaving).
+    #[inline]
+    pub fn is_inaccessible(&self) -> bool {
+        self.inaccessible.load(Ordering::Relaxed)
+    }
+
+    /// Sets whether its ANA group is inaccessible.
+    pub fn set_inaccessible(&self, v: bool) {
+        self.inaccessible.store(v, Ordering::Relaxed);
     }
 
     /// True once the controller is torn down; its queues must close.

@@ -50,6 +50,10 @@ fn check_and_run(
     if !ctrlr.is_enabled() {
         return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
     }
+    if ctrlr.is_inaccessible() {
+        // The peer is leaving: a path error the host retries on another path.
+        return Err(Status::ANA_INACCESSIBLE);
+    }
     let cmd = reqs.req(idx).cmd;
     if cmd.nsid != 1 {
         return Err(Status::INVALID_NAMESPACE.with_dnr());

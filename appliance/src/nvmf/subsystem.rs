@@ -82,6 +82,8 @@ pub struct RegistryInner {
     pub ana_state: Option<quire_wire::nvme::log::AnaState>,
     /// The ANA log's change count (bumped with every change of the state).
     pub ana_chgcnt: u64,
+    /// The peer is leaving: its ANA group stays inaccessible whatever else is set.
+    pub leaving: bool,
     /// (host NQN, volume) pairs this peer steers away by load (`control::steer`): its
     /// ANA group is non-optimized to those hosts' controllers of that volume only.
     pub steered: std::collections::BTreeSet<(String, VolumeId)>,
@@ -261,6 +263,9 @@ impl Registry {
     /// an ANA change event (the host reads the ANA log again and picks its paths).
     pub fn set_ana_state(&self, state: quire_wire::nvme::log::AnaState) {
         let mut r = self.lock();
+        if r.leaving {
+            return;
+        }
         if r.ana_state.unwrap_or(quire_wire::nvme::log::AnaState::Optimized) == state {
             return;
         }
@@ -268,8 +273,27 @@ impl Registry {
         r.ana_chgcnt = r.ana_chgcnt.max(1) + 1;
         tracing::info!(?state, "this peer's ANA state changed");
         for c in r.controllers.values().filter(|c| !c.discovery) {
+            c.set_inaccessible(state == quire_wire::nvme::log::AnaState::Inaccessible);
             c.post_event(crate::nvmf::ctrlr::AEN_ANA_CHANGED);
         }
+    }
+
+    /// The peer is leaving: its ANA group turns inaccessible to every host for good
+    /// (the ANA change event on every I/O controller; their I/O commands get the
+    /// ANA-inaccessible status from now on).
+    pub fn set_leaving(&self) {
+        self.set_ana_state(quire_wire::nvme::log::AnaState::Inaccessible);
+        self.lock().leaving = true;
+    }
+
+    /// The host commands this peer's I/O controllers completed so far.
+    pub fn host_commands(&self) -> u64 {
+        self.lock().controllers.values().filter(|c| !c.discovery).map(|c| c.io_totals().0).sum()
+    }
+
+    /// Whether a host has an I/O controller here.
+    pub fn has_hosts(&self) -> bool {
+        self.lock().controllers.values().any(|c| !c.discovery)
     }
 
     /// Forgets a controller (its admin queue went away or it timed out).

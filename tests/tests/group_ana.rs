@@ -22,13 +22,19 @@ use quire_perf::initiator::{read, write, Connection, Controller, ControllerOptio
 use quire_tests::group::{cli_json, setup, start_group, wait_for, Peer, PeerSpec};
 use quire_tests::serial;
 use quire_wire::nvme::log::{parse_ana_log, AnaState, LID_ANA};
+use quire_wire::nvme::status::SCT_PATH;
 
 const TEST: &str = "a_busy_peer_steers_one_host_away_and_back_and_nothing_flaps";
+const LEAVE_TEST: &str = "a_leaving_peer_turns_its_paths_inaccessible_and_its_host_moves_without_error";
 /// Blocks of the volume the hosts read: all of it (its pages lie half on each peer, so
 /// the pages' share of the load is even).
 const BLOCKS: usize = 64 * 256;
 /// The pause between two reads of a host (a steady few hundred reads a second).
 const PACE: Duration = Duration::from_millis(2);
+/// A read's deadline.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The ANA state of a path whose controller does not answer.
+const DEAD: u8 = 0;
 
 /// One host: a controller and an I/O queue on each peer, and the path it uses.
 struct Host {
@@ -45,6 +51,12 @@ struct HostState {
     ana: [std::sync::atomic::AtomicU8; 2],
     /// Reads completed.
     reads: AtomicU64,
+    /// Reads that failed with a path status and went down the other path.
+    path_errors: AtomicU64,
+    /// Reads that failed on a broken connection and went down the other path.
+    transport_errors: AtomicU64,
+    /// It read an ANA log with its path inaccessible.
+    saw_inaccessible: AtomicBool,
     /// Keep going (keep-alives and ANA logs).
     run: AtomicBool,
     /// Keep reading.
@@ -69,30 +81,43 @@ fn connect(name: &str, peers: &[Peer], hostid: [u8; 16]) -> Host {
     Host { name: name.to_string(), paths }
 }
 
-/// The ANA state of the path's one group, as its controller reports it.
-fn ana(c: &mut Controller) -> AnaState {
-    let page = c.get_log_page(LID_ANA, 64, 0).expect("ANA log");
+/// The ANA state of the path's one group, as its controller reports it; `None`: the
+/// controller does not answer (its peer went away).
+fn ana(c: &mut Controller) -> Option<AnaState> {
+    let page = c.get_log_page(LID_ANA, 64, 0).ok()?;
     let (_, groups) = parse_ana_log(&page).expect("an ANA log");
     assert_eq!(groups.len(), 1, "one ANA group per peer");
-    groups[0].state
+    Some(groups[0].state)
 }
 
 /// The host's loop: a read through its path every PACE, its paths' ANA states every
 /// 200 ms; on a non-optimized path with an optimized other, it moves (as multipath).
+/// A read that fails with a path status (ANA inaccessible) or on a broken connection
+/// is retried on the other path, as multipath does; a path whose controller does not
+/// answer is dead (state 0).
 fn drive(mut h: Host, st: Arc<HostState>, expect: Arc<Vec<u8>>) {
     let fail = |what: String| {
         *st.error.lock().unwrap() = Some(what);
     };
     let mut next_look = Instant::now();
+    let mut dead = [false; 2];
     let mut lba = 0usize;
     while st.run.load(Ordering::Relaxed) {
         if Instant::now() >= next_look {
             next_look = Instant::now() + Duration::from_millis(200);
             for (i, (c, _)) in h.paths.iter_mut().enumerate() {
-                if let Err(e) = c.keep_alive_if_due() {
-                    return fail(format!("{}: keep-alive on path {i}: {e}", h.name));
+                if dead[i] {
+                    continue;
                 }
-                st.ana[i].store(ana(c) as u8, Ordering::Relaxed);
+                let state = match c.keep_alive_if_due() {
+                    Ok(_) => ana(c).map_or(DEAD, |a| a as u8),
+                    Err(_) => DEAD,
+                };
+                dead[i] = state == DEAD;
+                if state == AnaState::Inaccessible as u8 {
+                    st.saw_inaccessible.store(true, Ordering::Relaxed);
+                }
+                st.ana[i].store(state, Ordering::Relaxed);
             }
             let cur = st.path.load(Ordering::Relaxed);
             let opt = |i: usize| st.ana[i].load(Ordering::Relaxed) == AnaState::Optimized as u8;
@@ -106,8 +131,26 @@ fn drive(mut h: Host, st: Arc<HostState>, expect: Arc<Vec<u8>>) {
         }
         let cur = st.path.load(Ordering::Relaxed);
         lba = (lba + 2053) % BLOCKS;
-        let io = &mut h.paths[cur].1;
-        match io.execute(read(1, lba as u64, 1), DataDir::FromController, &[], 4096, "Read", Duration::from_secs(10)) {
+        let mut result =
+            h.paths[cur].1.execute(read(1, lba as u64, 1), DataDir::FromController, &[], 4096, "Read", IO_TIMEOUT);
+        if let Err(e) = &result {
+            // Multipath: a path error or a broken path sends the command down the other.
+            let path_status =
+                matches!(e, quire_perf::initiator::Error::Status { status, .. } if status.sct == SCT_PATH);
+            let counter = if path_status { &st.path_errors } else { &st.transport_errors };
+            counter.fetch_add(1, Ordering::Relaxed);
+            st.path.store(1 - cur, Ordering::Relaxed);
+            result = h.paths[1 - cur].1.execute(
+                read(1, lba as u64, 1),
+                DataDir::FromController,
+                &[],
+                4096,
+                "Read",
+                IO_TIMEOUT,
+            );
+        }
+        let cur = st.path.load(Ordering::Relaxed);
+        match result {
             Ok((_, data)) => {
                 let at = lba * 4096;
                 if data[..] != expect[at..at + 4096] {
@@ -196,14 +239,7 @@ fn a_busy_peer_steers_one_host_away_and_back_and_nothing_flaps() {
         ..PeerSpec::new(name, &ep, &secret)
     };
     let peers = start_group(dir.path(), &[spec("a"), spec("b")]);
-    let v = cli_json(&peers[0].socket(), &["volume", "create", "s", "--size", "64M", "--replicas", "1"]);
-    assert_eq!(v["name"], "s", "{v}");
-    for p in &peers {
-        wait_for(p, "s routed on both peers", Duration::from_secs(15), |p| {
-            !quire_tests::group::sets(p, "s").is_empty()
-        });
-    }
-    let expect = Arc::new(fill(&peers[0]));
+    let expect = volume_s(&peers, "1");
 
     // 1. Two hosts, both reading through a.
     let mut sts = Vec::new();
@@ -263,4 +299,87 @@ fn a_busy_peer_steers_one_host_away_and_back_and_nothing_flaps() {
     }
     check_errors(&sts);
     assert!(sts.iter().all(|s| s.reads.load(Ordering::Relaxed) > 100), "both hosts read");
+}
+
+/// Makes volume "s" (64 MiB, `replicas` copies of each page) and writes a pattern all
+/// over it; returns the pattern.
+fn volume_s(peers: &[Peer], replicas: &str) -> Arc<Vec<u8>> {
+    let v = cli_json(&peers[0].socket(), &["volume", "create", "s", "--size", "64M", "--replicas", replicas]);
+    assert_eq!(v["name"], "s", "{v}");
+    for p in peers {
+        wait_for(p, "s routed on both peers", Duration::from_secs(15), |p| {
+            !quire_tests::group::sets(p, "s").is_empty()
+        });
+    }
+    Arc::new(fill(&peers[0]))
+}
+
+/// Starts a host's thread reading through its first path.
+fn start_host(
+    name: &str,
+    id: u8,
+    peers: &[Peer],
+    expect: &Arc<Vec<u8>>,
+) -> (Arc<HostState>, std::thread::JoinHandle<()>) {
+    let host = connect(name, peers, [id; 16]);
+    let st = Arc::new(HostState::default());
+    st.run.store(true, Ordering::Relaxed);
+    st.reading.store(true, Ordering::Relaxed);
+    let (s, expect) = (st.clone(), expect.clone());
+    (st, std::thread::spawn(move || drive(host, s, expect)))
+}
+
+/// Waits until the host completed `n` more reads than now.
+fn wait_reads(st: &Arc<HostState>, n: u64, what: &str) {
+    let want = st.reads.load(Ordering::Relaxed) + n;
+    let end = Instant::now() + Duration::from_secs(30);
+    while st.reads.load(Ordering::Relaxed) < want {
+        check_errors(std::slice::from_ref(st));
+        assert!(Instant::now() < end, "{what}: the host's reads stalled at {}", st.reads.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A peer stopping with a host connected: its path turns inaccessible (the host gets
+/// the ANA-inaccessible status, a path error it retries on its other path, or reads it
+/// in the ANA log), the peer serves on until the host stopped sending, then exits; the
+/// host never sees a broken connection under a command, and reads on through the
+/// other peer.
+#[test]
+fn a_leaving_peer_turns_its_paths_inaccessible_and_its_host_moves_without_error() {
+    let _serial = serial();
+    let Some((dir, etcd, secret)) = setup(LEAVE_TEST) else { return };
+    let ep = etcd.endpoint();
+    let mut peers = start_group(dir.path(), &[PeerSpec::new("a", &ep, &secret), PeerSpec::new("b", &ep, &secret)]);
+    let expect = volume_s(&peers, "2");
+    let (st, thread) = start_host("h", 1, &peers, &expect);
+    wait_reads(&st, 200, "through a");
+    assert_eq!(st.path.load(Ordering::Relaxed), 0, "the host reads through a");
+
+    let t = Instant::now();
+    let status = peers[0].proc.terminate(Duration::from_secs(20));
+    let took = t.elapsed();
+    let log = peers[0].proc.log();
+    assert!(status.is_some_and(|s| s.success()), "a exits cleanly on SIGTERM: {status:?}\n{log}");
+    assert!(log.contains("leaving: this peer's paths are ANA inaccessible"), "a says it leaves:\n{log}");
+    assert!(log.contains("left: no host command lately"), "a left once its host stopped sending:\n{log}");
+    assert!(took < Duration::from_secs(10), "a took {took:?} to leave");
+    eprintln!("a left in {took:?}");
+
+    wait_reads(&st, 200, "through b after a left");
+    st.run.store(false, Ordering::Relaxed);
+    thread.join().unwrap();
+    check_errors(std::slice::from_ref(&st));
+    let (path_errors, transport_errors) =
+        (st.path_errors.load(Ordering::Relaxed), st.transport_errors.load(Ordering::Relaxed));
+    eprintln!(
+        "path errors retried on b: {path_errors}; ANA log read inaccessible: {}",
+        st.saw_inaccessible.load(Ordering::Relaxed)
+    );
+    assert_eq!(st.path.load(Ordering::Relaxed), 1, "the host reads through b");
+    assert!(
+        path_errors > 0 || st.saw_inaccessible.load(Ordering::Relaxed),
+        "the host learnt a's path was inaccessible before a went"
+    );
+    assert_eq!(transport_errors, 0, "no command of the host was under way when a closed its connections");
 }
