@@ -13,6 +13,10 @@
 //!    while it was away get the pieces it missed, and the others nothing at all;
 //! 3. under `fio`, a fourth peer joins: the persistent discovery controller's event
 //!    makes the host connect a fourth path;
+//!    Then, round-robin over the four paths under `fio`, d is stopped (SIGTERM): its
+//!    path turns ANA inaccessible, the host's multipath stops sending there, d leaves
+//!    once no command came for 300 ms (its log says so; a host that kept sending
+//!    would hold it for the whole grace), and `fio` sees no error;
 //! 4. one path only: what was written through all paths verifies through one peer
 //!    (every other page forwarded), and a new region is written and verified.
 //!
@@ -142,6 +146,27 @@ fn a_multipath_host_sees_one_path_per_peer_and_no_error_when_a_peer_restarts_or_
     eprintln!("{}", line.trim());
     wait_for(&d, "mp on d", Duration::from_secs(10), |d| !volume_on(d, "mp").is_null());
 
+    // 3b. d leaves gently while fio writes round-robin over the four paths.
+    wait(&mut guest, "MARK phase 3b writing", 60, &peers);
+    let d_writes = host_writes(std::slice::from_ref(&d), "mp");
+    let end = quire_tests::deadline(Duration::from_secs(30));
+    while host_writes(std::slice::from_ref(&d), "mp") < d_writes + 50 {
+        assert!(std::time::Instant::now() < end, "{TEST}: fio's writes do not arrive at d");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let code = d.proc.terminate(Duration::from_secs(20)).and_then(|s| s.code());
+    let log = d.proc.log();
+    assert_eq!(code, Some(0), "{TEST}: d exits cleanly on SIGTERM:\n{}", tail(&log, 20));
+    assert!(log.contains("leaving: this peer's paths are ANA inaccessible"), "{TEST}: d leaves:\n{}", tail(&log, 20));
+    assert!(
+        log.contains("left: no host command lately"),
+        "{TEST}: the host stopped sending to d once its path was inaccessible:\n{}",
+        tail(&log, 20)
+    );
+    step.set(3);
+    let line = wait(&mut guest, "MARK phase 3b verified", 300, &peers);
+    eprintln!("{}", line.trim());
+
     // 4. one path (b).
     let line = wait(&mut guest, "MARK phase 4 verified", 300, &peers);
     eprintln!("{}", line.trim());
@@ -149,9 +174,8 @@ fn a_multipath_host_sees_one_path_per_peer_and_no_error_when_a_peer_restarts_or_
     assert!(result.success(), "{TEST}: the guest script failed (rc={}):\n{}", result.rc, tail(&result.log, 60));
     assert!(result.log.contains("PASS group-multipath.sh"), "{TEST}: no PASS line");
 
-    let mut all: Vec<&Peer> = peers.iter().collect();
-    all.push(&d);
-    for p in &all {
+    // d has left (what it answered a leaving peer's way is not counted here).
+    for p in &peers {
         assert_eq!(p.reactor_sum("path_errors"), 0, "{}: no forward held out", p.name);
         let vols = cli_json(&p.socket(), &["stats", "volumes"]);
         for v in vols.as_array().unwrap() {

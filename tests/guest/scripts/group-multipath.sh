@@ -11,6 +11,10 @@
 #  3. fio under way, the test starts a fourth peer: the persistent discovery
 #     controller gets a discovery-log-changed event; like nvme-cli's udev rule, the
 #     event handler runs `nvme connect-all` and a fourth path appears.
+#  3b. Round-robin over the four paths, fio under way, the test stops the fourth
+#     peer with SIGTERM: its path turns ANA inaccessible, the host moves its I/O to
+#     the others (the peer leaves once no command came for a moment, which the test
+#     checks): fio sees no error and verifies.
 #  4. Everything disconnected, then one peer only (PORT_ONE): every page another
 #     peer owns is forwarded. What phase 1 wrote (through every path) reads back and
 #     verifies through that one peer; a new region is written and verified.
@@ -113,6 +117,21 @@ rc=0
 wait "$FIO" || rc=$?
 [ "$rc" -eq 0 ] || { cat "$WORK/p3.out"; fail "fio failed while a peer joined (rc=$rc)"; }
 mark "phase 3 verified: $(( PEERS + 1 )) paths"
+
+# ---- 3b. a peer leaves gently under I/O ------------------------------------------
+for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+  [ "$(cat "$s/subsysnqn" 2> /dev/null)" = "$NQN" ] && echo round-robin > "$s/iopolicy"
+done
+# shellcheck disable=SC2046
+fio $(fio_job 4 p3b) --do_verify=1 --output="$WORK/p3b.out" > /dev/null 2>&1 &
+FIO=$!
+mark "phase 3b writing"
+wait_until 120 "the test to stop a peer" step_at_least 3
+rc=0
+wait "$FIO" || rc=$?
+[ "$rc" -eq 0 ] || { cat "$WORK/p3b.out"; fail "fio failed while a peer left (rc=$rc)"; }
+grep -Eq 'err= *0' "$WORK/p3b.out" || { cat "$WORK/p3b.out"; fail "fio reported errors while a peer left"; }
+mark "phase 3b verified: no I/O error while a peer left"
 
 # ---- 4. one path: everything forwarded ------------------------------------------
 kill "$UEVENT_PID" 2> /dev/null || true
