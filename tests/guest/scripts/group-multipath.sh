@@ -94,16 +94,23 @@ mark "controller IDs:$cntlids ANA groups:$groups"
 run_fio 0 p1
 mark "phase 1 verified: $PEERS paths"
 
+# fio_across REGION PHASE STEP WHAT: fio writes and verifies REGION in the
+# background, "MARK phase PHASE writing"; once the test's step reaches STEP (it did
+# WHAT meanwhile), fio must end without an error.
+fio_across() {
+  # shellcheck disable=SC2046
+  fio $(fio_job "$1" "p$2") --do_verify=1 --output="$WORK/p$2.out" > /dev/null 2>&1 &
+  FIO=$!
+  mark "phase $2 writing"
+  wait_until 120 "the test to $4" step_at_least "$3"
+  rc=0
+  wait "$FIO" || rc=$?
+  [ "$rc" -eq 0 ] || { cat "$WORK/p$2.out"; fail "fio failed while the test did $4 (rc=$rc)"; }
+  grep -Eq 'err= *0' "$WORK/p$2.out" || { cat "$WORK/p$2.out"; fail "fio reported errors while the test did $4"; }
+}
+
 # ---- 2. a peer killed and restarted under I/O ----------------------------------
-# shellcheck disable=SC2046
-fio $(fio_job 1 p2) --do_verify=1 --output="$WORK/p2.out" > /dev/null 2>&1 &
-FIO=$!
-mark "phase 2 writing"
-wait_until 120 "the test to kill and restart a peer" step_at_least 2
-rc=0
-wait "$FIO" || rc=$?
-[ "$rc" -eq 0 ] || { cat "$WORK/p2.out"; fail "fio failed across the peer's restart (rc=$rc)"; }
-grep -Eq 'err= *0' "$WORK/p2.out" || { cat "$WORK/p2.out"; fail "fio reported errors across the restart"; }
+fio_across 1 2 2 "kill and restart a peer"
 wait_until 60 "$PEERS live paths again" paths_are "$PEERS"
 mark "phase 2 verified: no I/O error, $PEERS paths again"
 
@@ -122,15 +129,7 @@ mark "phase 3 verified: $(( PEERS + 1 )) paths"
 for s in /sys/class/nvme-subsystem/nvme-subsys*; do
   [ "$(cat "$s/subsysnqn" 2> /dev/null)" = "$NQN" ] && echo round-robin > "$s/iopolicy"
 done
-# shellcheck disable=SC2046
-fio $(fio_job 4 p3b) --do_verify=1 --output="$WORK/p3b.out" > /dev/null 2>&1 &
-FIO=$!
-mark "phase 3b writing"
-wait_until 120 "the test to stop a peer" step_at_least 3
-rc=0
-wait "$FIO" || rc=$?
-[ "$rc" -eq 0 ] || { cat "$WORK/p3b.out"; fail "fio failed while a peer left (rc=$rc)"; }
-grep -Eq 'err= *0' "$WORK/p3b.out" || { cat "$WORK/p3b.out"; fail "fio reported errors while a peer left"; }
+fio_across 4 3b 3 "stop a peer"
 mark "phase 3b verified: no I/O error while a peer left"
 
 # ---- 4. one path: everything forwarded ------------------------------------------
