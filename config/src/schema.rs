@@ -216,9 +216,10 @@ pub struct Group {
     /// How long I/O to a page whose owner cannot be reached is held before it is
     /// answered with a retryable path error, ms.
     pub hold_ms: u32,
-    /// A peer stopping (SIGTERM, SIGINT) with hosts connected first turns its paths
-    /// ANA inaccessible and goes on serving what is under way until its hosts stop
-    /// sending (none for 300 ms) or this many ms passed; 0 = leave at once.
+    /// A peer stopping (SIGTERM, SIGINT) with hosts connected (and another live peer
+    /// for them) first turns its paths ANA inaccessible and goes on serving what is
+    /// under way until none of its hosts' commands is (no read or write for 300 ms
+    /// either) or this many ms passed; 0 = leave at once.
     pub leave_grace_ms: u32,
 }
 

@@ -299,6 +299,10 @@ fn a_busy_peer_steers_one_host_away_and_back_and_nothing_flaps() {
     }
     check_errors(&sts);
     assert!(sts.iter().all(|s| s.reads.load(Ordering::Relaxed) > 100), "both hosts read");
+    for s in &sts {
+        let errors = (s.path_errors.load(Ordering::Relaxed), s.transport_errors.load(Ordering::Relaxed));
+        assert_eq!(errors, (0, 0), "no read failed on either path (path status, broken connection)");
+    }
 }
 
 /// Makes volume "s" (64 MiB, `replicas` copies of each page) and writes a pattern all

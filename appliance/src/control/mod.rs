@@ -361,10 +361,13 @@ impl Control {
         !stop
     }
 
-    /// Asked to stop: a group peer with hosts connected turns its paths inaccessible
-    /// first and goes on serving ([`Leaving`]); `None`: stop now.
+    /// Asked to stop: a group peer with hosts connected and another live peer for
+    /// them to go to turns its paths inaccessible first and goes on serving
+    /// ([`Leaving`]); `None`: stop now (a host with nowhere else to go reconnects
+    /// rather than meets path errors).
     fn start_leaving(&mut self) -> Option<Leaving> {
-        if self.group.is_none() || self.leave_grace.is_zero() || !self.registry.has_hosts() {
+        let others = self.group.as_ref().is_some_and(|g| g.snapshot().live.keys().any(|&id| PeerId(id) != self.me));
+        if !others || self.leave_grace.is_zero() || !self.registry.has_hosts() {
             return None;
         }
         tracing::info!(
@@ -373,7 +376,7 @@ impl Control {
         );
         self.registry.set_leaving();
         let now = std::time::Instant::now();
-        Some(Leaving { started: now, grace: self.leave_grace, commands: self.registry.host_commands(), last: now })
+        Some(Leaving { started: now, grace: self.leave_grace, commands: self.registry.host_commands().0, last: now })
     }
 
     fn allocate(&mut self, allocs: &[(usize, VolumeId, u64)]) {
@@ -868,8 +871,8 @@ fn store_rpc_error(e: StoreError) -> RpcError {
 }
 
 /// A group peer leaving (`group.leave_grace_ms`): its paths are inaccessible, and it
-/// serves on until no host command completed here for [`Leaving::QUIET`] or the
-/// grace is over.
+/// serves on until no host read or write completed here for [`Leaving::QUIET`] and
+/// none of its hosts' commands is under way, or the grace is over.
 struct Leaving {
     started: std::time::Instant,
     grace: Duration,
@@ -884,13 +887,13 @@ impl Leaving {
 
     fn done(&mut self, registry: &crate::nvmf::subsystem::Registry) -> bool {
         let now = std::time::Instant::now();
-        let n = registry.host_commands();
+        let (n, active) = registry.host_commands();
         if n != self.commands {
             self.commands = n;
             self.last = now;
         }
         let over = now.duration_since(self.started) >= self.grace;
-        let quiet = now.duration_since(self.last) >= Self::QUIET;
+        let quiet = now.duration_since(self.last) >= Self::QUIET && active == 0;
         if over || quiet {
             tracing::info!(
                 after = ?now.duration_since(self.started),

@@ -8,16 +8,17 @@
 //! Every peer decides for its own paths, once a second, from the group's load reports
 //! ([`decide`], a pure function): a peer's load is the operations it serves (pages'
 //! reads and writes) plus the commands hosts send it, per unit of weight. Rules:
-//! - **steer** a host away when this peer carries at least `rebalance.load_min_iops`,
-//!   the host has a path to a less loaded peer (connected there, not steered there),
-//!   and moving its I/O there narrows the gap between the two by a quarter or more
-//!   (moving a host that carries the whole difference, or more, would only swap the
-//!   two: it stays);
-//! - **return** it (optimized again) when it no longer sends I/O worth counting, when
-//!   it has no other path any more, or when moving its I/O back narrows the gap by a
-//!   quarter or leaves this peer no busier than the one it went to. A move and its
-//!   return cannot both narrow the same gap by a quarter, so loads that stay put never
-//!   make a host flap;
+//! - **steer** a host away when this peer and the host each carry at least
+//!   `rebalance.load_min_iops`, the host has other paths (connected there, not
+//!   steered there, to peers not drained), and moving its I/O narrows the gap by a
+//!   quarter or more whichever of those paths its multipath sends it to (the busiest
+//!   decides; moving a host that carries the whole difference, or more, would only
+//!   swap two peers: it stays);
+//! - **return** it (optimized again) when it sends less than half that floor, when it
+//!   has no other path any more, or when moving its I/O back from the peer that takes
+//!   most of it narrows the gap by a quarter or leaves this peer no busier than that
+//!   one. A move and its return cannot both narrow the same gap by a quarter, and the
+//!   floors differ by half, so loads that stay put do not make a host flap;
 //! - one change per `rebalance.steer_interval_s`, and after a host is steered away no
 //!   other change until the reports show its I/O arrived elsewhere (half its rate at
 //!   least: the peers publish their reports every few seconds, and rates take a few
@@ -115,8 +116,8 @@ pub fn decide(
         if others.is_empty() {
             return back("it has no other optimized path".into());
         }
-        if l < min_milli {
-            return back(format!("it sends {} op/s, under rebalance.load_min_iops", l / 1000));
+        if l < min_milli / 2 {
+            return back(format!("it sends {} op/s, under half rebalance.load_min_iops", l / 1000));
         }
         // The peer that takes most of it.
         let Some(&(q, lq)) = others.iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.name.cmp(&a.0.name))) else {
@@ -142,25 +143,29 @@ pub fn decide(
     }
     let mut best: Option<(f64, Change)> = None;
     for (&(host, volume), &l) in &here {
-        if l == 0 || steered.contains(&(host.to_string(), volume.to_string())) {
+        // A host under the floor is not steered (it would be returned as idle).
+        if l < min_milli || steered.contains(&(host.to_string(), volume.to_string())) {
             continue;
         }
         let others = elsewhere(host, volume);
-        // The least loaded peer it may go to.
+        if others.is_empty() {
+            continue;
+        }
+        // Its multipath may send its I/O to any of its other optimized paths: the move
+        // must narrow the gap whichever it lands on (the busiest of them decides).
+        let l = l as f64;
+        let narrows = |q: &PeerLoad| {
+            let before = per_w(mine, 0.0) - per_w(q, 0.0);
+            let after = per_w(mine, -l) - per_w(q, l);
+            (before > 0.0 && after.abs() <= NARROW * before).then_some(after.abs())
+        };
+        let Some(after) = others.iter().map(|(q, _)| narrows(q)).collect::<Option<Vec<f64>>>() else { continue };
+        let after = after.into_iter().fold(0.0, f64::max);
         let Some(&(q, _)) =
-            others.iter().min_by(|a, b| per_w(a.0, 0.0).total_cmp(&per_w(b.0, 0.0)).then(a.0.name.cmp(&b.0.name)))
+            others.iter().max_by(|a, b| per_w(a.0, 0.0).total_cmp(&per_w(b.0, 0.0)).then(b.0.name.cmp(&a.0.name)))
         else {
             continue;
         };
-        let l = l as f64;
-        let before = per_w(mine, 0.0) - per_w(q, 0.0);
-        if before <= 0.0 {
-            continue;
-        }
-        let after = per_w(mine, -l) - per_w(q, l);
-        if after.abs() > NARROW * before {
-            continue;
-        }
         let why = format!(
             "{me} serves {:.0} op/s per weight against {:.0} at {}: the host's {:.0} op/s there leave {:.0} against {:.0}",
             per_w(mine, 0.0) / 1000.0,
@@ -171,8 +176,8 @@ pub fn decide(
             per_w(q, l) / 1000.0
         );
         let c = Change { host: host.to_string(), volume: volume.to_string(), steer: true, why };
-        if best.as_ref().is_none_or(|(score, _)| after.abs() < *score) {
-            best = Some((after.abs(), c));
+        if best.as_ref().is_none_or(|(score, _)| after < *score) {
+            best = Some((after, c));
         }
     }
     best.map(|(_, c)| c)
@@ -185,17 +190,20 @@ pub struct Steering {
     pub steered: BTreeMap<(String, String), Instant>,
     /// The last change.
     pub changed: Option<Instant>,
-    /// The host last steered away and its rate here then (per 1000 s), until the
-    /// reports show that rate's half elsewhere.
-    pub moving: Option<((String, String), u64)>,
+    /// The host last steered away, its rate here then and its rate elsewhere then
+    /// (per 1000 s), until the reports show half its rate here arrived elsewhere.
+    pub moving: Option<((String, String), u64, u64)>,
 }
 
-/// Whether the reports (`paths`) show at least half of `rate` of `key` at peers other
-/// than `me`: the steered host's I/O arrived elsewhere.
-fn arrived(me: &str, paths: &[HostPath], key: &(String, String), rate: u64) -> bool {
-    let elsewhere: u64 =
-        paths.iter().filter(|h| h.peer != me && h.host == key.0 && h.volume == key.1).map(|h| h.ops_milli).sum();
-    elsewhere >= rate / 2
+/// The rate of `key` at peers other than `me` in the reports (`paths`).
+fn elsewhere_rate(me: &str, paths: &[HostPath], key: &(String, String)) -> u64 {
+    paths.iter().filter(|h| h.peer != me && h.host == key.0 && h.volume == key.1).map(|h| h.ops_milli).sum()
+}
+
+/// Whether the reports show at least half of `rate` more of `key` at the other peers
+/// than `base`: the steered host's I/O arrived elsewhere.
+fn arrived(me: &str, paths: &[HostPath], key: &(String, String), rate: u64, base: u64) -> bool {
+    elsewhere_rate(me, paths, key).saturating_sub(base) >= rate / 2
 }
 
 impl Control {
@@ -240,9 +248,9 @@ impl Control {
                     })
                 })
                 .collect();
-            if let Some((key, rate)) = &self.steering.moving {
+            if let Some((key, rate, base)) = &self.steering.moving {
                 let gone = !self.steering.steered.contains_key(key);
-                if gone || arrived(&me, &paths, key, *rate) || since.is_some_and(|t| t >= 3 * interval) {
+                if gone || arrived(&me, &paths, key, *rate, *base) || since.is_some_and(|t| t >= 3 * interval) {
                     self.steering.moving = None;
                 }
             }
@@ -254,7 +262,8 @@ impl Control {
                 if c.steer {
                     let key = (c.host, c.volume);
                     let rate = paths.iter().find(|h| h.peer == me && h.host == key.0 && h.volume == key.1);
-                    self.steering.moving = Some((key.clone(), rate.map_or(0, |h| h.ops_milli)));
+                    let base = elsewhere_rate(&me, &paths, &key);
+                    self.steering.moving = Some((key.clone(), rate.map_or(0, |h| h.ops_milli), base));
                     self.steering.steered.insert(key, Instant::now());
                 } else {
                     self.steering.steered.remove(&(c.host, c.volume));
@@ -361,9 +370,35 @@ mod tests {
     fn a_steered_host_has_arrived_once_half_its_rate_shows_elsewhere() {
         let key = ("h1".to_string(), "v".to_string());
         let paths = [path("h1", "a", 300), path("h1", "b", 100), path("h2", "b", 400)];
-        assert!(!arrived("a", &paths, &key, 300_000));
+        assert!(!arrived("a", &paths, &key, 300_000, 0));
         let paths = [path("h1", "a", 100), path("h1", "b", 150)];
-        assert!(arrived("a", &paths, &key, 300_000));
+        assert!(arrived("a", &paths, &key, 300_000, 0));
+        // What it already sent elsewhere (round-robin) does not count as arrived.
+        let paths = [path("h1", "a", 150), path("h1", "b", 200)];
+        assert!(!arrived("a", &paths, &key, 300_000, 150_000));
+    }
+
+    #[test]
+    fn a_host_under_the_floor_is_neither_steered_nor_made_to_flap() {
+        // a 400 (250 of pages, h 150), b 100, floor 200: h would narrow the gap but is
+        // under the floor, so it is not steered (it would be returned as idle).
+        let paths = [path("h", "a", 150), path("h", "b", 0)];
+        assert_eq!(decide("a", &[peer("a", 400), peer("b", 100)], &paths, &set(&[]), 200_000), None);
+        // Steered at 150 with a floor of 250: kept until under half the floor.
+        let paths = [path("h", "a", 0), path("h", "b", 150)];
+        assert_eq!(decide("a", &[peer("a", 250), peer("b", 250)], &paths, &set(&["h"]), 250_000), None);
+    }
+
+    #[test]
+    fn with_three_peers_the_busiest_other_path_decides() {
+        // a 1000 (h 400), b 900, c 0: multipath may send h to b, which would then be
+        // the busier of the two; h stays.
+        let paths = [path("h", "a", 400), path("h", "b", 0), path("h", "c", 0)];
+        let peers = [peer("a", 1000), peer("b", 900), peer("c", 0)];
+        assert_eq!(decide("a", &peers, &paths, &set(&[]), 20_000), None);
+        // a 1000, b 500, c 0: b ends at 900 against a's 600 (narrower), c at 400.
+        let peers = [peer("a", 1000), peer("b", 500), peer("c", 0)];
+        assert!(decide("a", &peers, &paths, &set(&[]), 20_000).is_some_and(|c| c.steer));
     }
 
     #[test]

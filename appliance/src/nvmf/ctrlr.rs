@@ -92,6 +92,9 @@ pub struct HostIo {
     pub bytes: AtomicU64,
     /// Their latencies summed (from the command's capsule to its completion), ns.
     pub latency_ns: AtomicU64,
+    /// Commands of the queue under way, as of its last tick (`reactor::TICK`): a
+    /// leaving peer waits for none to be left.
+    pub active: std::sync::atomic::AtomicU32,
 }
 
 impl HostIo {
@@ -190,6 +193,12 @@ impl NvmfController {
         let io = Arc::new(HostIo::default());
         self.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(io.clone());
         io
+    }
+
+    /// Commands of its I/O queues under way (as of their last ticks).
+    pub fn io_active(&self) -> u64 {
+        let io = self.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        io.iter().map(|q| u64::from(q.active.load(Ordering::Relaxed))).sum()
     }
 
     /// Reads and writes completed on every I/O queue, their bytes and latencies (ns).

@@ -105,6 +105,37 @@ pub const CNTLIDS_PER_PEER: u16 = 1024;
 pub const ANA_GROUP_MAX: u32 = 1024;
 
 impl RegistryInner {
+    /// The state of this peer's ANA group as the controller of `host` for `volume`
+    /// sees it: the peer's state, non-optimized where that host is steered away.
+    fn ana_of(&self, host: &str, volume: Option<VolumeId>) -> quire_wire::nvme::log::AnaState {
+        use quire_wire::nvme::log::AnaState;
+        let steered = volume.is_some_and(|v| self.steered.contains(&(host.to_string(), v)));
+        match self.ana_state.unwrap_or(AnaState::Optimized) {
+            AnaState::Optimized if steered => AnaState::NonOptimized,
+            s => s,
+        }
+    }
+
+    /// Every I/O controller's ANA state, by controller ID.
+    fn states(&self) -> BTreeMap<u16, quire_wire::nvme::log::AnaState> {
+        let io = self.controllers.values().filter(|c| !c.discovery);
+        io.map(|c| (c.cntlid, self.ana_of(&c.hostnqn, c.volume))).collect()
+    }
+
+    /// After a change of states: a new change count if any controller's state is not
+    /// what it was (`before`), and an ANA change event on each such controller.
+    fn changed_since(&mut self, before: &BTreeMap<u16, quire_wire::nvme::log::AnaState>) {
+        let now = self.states();
+        let changed: Vec<u16> = now.iter().filter(|(id, s)| before.get(id) != Some(s)).map(|(&id, _)| id).collect();
+        if changed.is_empty() {
+            return;
+        }
+        self.ana_chgcnt = self.ana_chgcnt.max(1) + 1;
+        for id in changed {
+            self.controllers[&id].post_event(crate::nvmf::ctrlr::AEN_ANA_CHANGED);
+        }
+    }
+
     /// The discovery log changed: a new generation, and an event for every discovery
     /// controller that asked for them (a host with a persistent discovery connection
     /// learns new paths without polling).
@@ -231,32 +262,21 @@ impl Registry {
     /// and the log's change count: non-optimized while the peer is drained or steers
     /// that host away from it, else optimized.
     pub fn ana_for(&self, host: &str, volume: Option<VolumeId>) -> (quire_wire::nvme::log::AnaState, u64) {
-        use quire_wire::nvme::log::AnaState;
         let r = self.lock();
-        let steered = volume.is_some_and(|v| r.steered.contains(&(host.to_string(), v)));
-        let state = match r.ana_state.unwrap_or(AnaState::Optimized) {
-            AnaState::Optimized if steered => AnaState::NonOptimized,
-            s => s,
-        };
-        (state, r.ana_chgcnt.max(1))
+        (r.ana_of(host, volume), r.ana_chgcnt.max(1))
     }
 
     /// The (host, volume) pairs this peer steers away; the controllers whose state
-    /// changed get an ANA change event.
+    /// changed get an ANA change event (none while the whole peer is non-optimized or
+    /// inaccessible: steering changes nothing then).
     pub fn set_steered(&self, steered: std::collections::BTreeSet<(String, VolumeId)>) {
         let mut r = self.lock();
         if r.steered == steered {
             return;
         }
-        let changed: std::collections::BTreeSet<(String, VolumeId)> =
-            r.steered.symmetric_difference(&steered).cloned().collect();
+        let before = r.states();
         r.steered = steered;
-        r.ana_chgcnt = r.ana_chgcnt.max(1) + 1;
-        for c in r.controllers.values().filter(|c| !c.discovery) {
-            if c.volume.is_some_and(|v| changed.contains(&(c.hostnqn.clone(), v))) {
-                c.post_event(crate::nvmf::ctrlr::AEN_ANA_CHANGED);
-            }
-        }
+        r.changed_since(&before);
     }
 
     /// Sets the state of this peer's ANA group; on a change, every I/O controller gets
@@ -269,13 +289,13 @@ impl Registry {
         if r.ana_state.unwrap_or(quire_wire::nvme::log::AnaState::Optimized) == state {
             return;
         }
+        let before = r.states();
         r.ana_state = Some(state);
-        r.ana_chgcnt = r.ana_chgcnt.max(1) + 1;
         tracing::info!(?state, "this peer's ANA state changed");
         for c in r.controllers.values().filter(|c| !c.discovery) {
             c.set_inaccessible(state == quire_wire::nvme::log::AnaState::Inaccessible);
-            c.post_event(crate::nvmf::ctrlr::AEN_ANA_CHANGED);
         }
+        r.changed_since(&before);
     }
 
     /// The peer is leaving: its ANA group turns inaccessible to every host for good
@@ -286,9 +306,12 @@ impl Registry {
         self.lock().leaving = true;
     }
 
-    /// The host commands this peer's I/O controllers completed so far.
-    pub fn host_commands(&self) -> u64 {
-        self.lock().controllers.values().filter(|c| !c.discovery).map(|c| c.io_totals().0).sum()
+    /// The reads and writes this peer's I/O controllers completed so far, and the
+    /// commands of their I/O queues under way.
+    pub fn host_commands(&self) -> (u64, u64) {
+        let r = self.lock();
+        let io = r.controllers.values().filter(|c| !c.discovery);
+        io.fold((0, 0), |(done, active), c| (done + c.io_totals().0, active + c.io_active()))
     }
 
     /// Whether a host has an I/O controller here.

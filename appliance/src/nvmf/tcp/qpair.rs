@@ -843,6 +843,9 @@ impl TcpQpair {
     /// Periodic checks: keep-alive, dead controller, async events, stuck termination.
     pub fn tick(&mut self, ctx: &mut ReactorCtx) {
         ctx.stats.transitions.add(&self.reqs.take_transitions());
+        if let Some(io) = &self.q.host_io {
+            io.active.store(self.reqs.active(), std::sync::atomic::Ordering::Relaxed);
+        }
         if !self.tx.held.is_empty() {
             // Collect zero-copy completions at least once a tick, event or not.
             self.tx.zc_ready = true;
@@ -907,6 +910,9 @@ impl TcpQpair {
 
     /// Ends the association when the admin queue goes away.
     pub fn on_closed(&mut self, ctx: &ReactorCtx) {
+        if let Some(io) = &self.q.host_io {
+            io.active.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         if let (Some(0), Some(c)) = (self.q.qid, &self.q.ctrlr) {
             c.kill();
             ctx.registry.remove_controller(c.cntlid);
