@@ -163,8 +163,12 @@ fn open_device(cfg: &Config, pool: &DmaPool) -> Result<Opened, ServeError> {
         }
         DeviceKind::Ram => {
             let size = d.size.expect("validated: ram devices have a size").bytes();
-            let dev = quire_drivers::ram::RamDevice::new(size, 512)
-                .map_err(|e| ServeError::Device { path: "ram".into(), reason: e.to_string() })?;
+            let dev = if d.prefault {
+                quire_drivers::ram::RamDevice::committed(size, 512)
+            } else {
+                quire_drivers::ram::RamDevice::new(size, 512)
+            }
+            .map_err(|e| ServeError::Device { path: "ram".into(), reason: e.to_string() })?;
             Ok(plain(Arc::new(dev), format!("ram ({size} bytes, lost at exit)"), true, None))
         }
         DeviceKind::Nvme => {

@@ -153,6 +153,7 @@ mod tests {
             bind_vfio: false,
             queue_depth: 4,
             format: Formatting::Never,
+            prefault: false,
         });
         config.validate().unwrap();
         let text = config.to_toml();

@@ -386,6 +386,11 @@ pub struct Device {
     /// What `quire serve` does with a device that holds no Quire page store.
     #[serde(default)]
     pub format: Formatting,
+    /// ram: allocate all its memory at start (as SPDK's Malloc bdev does) rather than
+    /// as it is first written: benchmarks then measure the target, not the kernel's
+    /// first-touch page clearing (several ms per 4 MiB slot the page store zeroes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefault: bool,
 }
 
 impl Device {
@@ -400,6 +405,7 @@ impl Device {
             bind_vfio: false,
             queue_depth: Device::queue_depth_default(),
             format: Formatting::IfBlank,
+            prefault: false,
         }
     }
 

@@ -482,10 +482,12 @@ fn device_ram(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
     ensure(direct == DirectIo::Auto, &key("direct_io"), quoted(direct.as_str()), "\"auto\" for a ram device")
 }
 
-/// `bind_vfio` only means something for an nvme device.
+/// `bind_vfio` only means something for an nvme device; `prefault` only for a ram one.
 fn no_vfio(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
     let expected = format!("false for {} device (only nvme devices are bound to vfio-pci)", a_kind(device.kind));
-    ensure(!device.bind_vfio, &key("bind_vfio"), "true", expected)
+    ensure(!device.bind_vfio, &key("bind_vfio"), "true", expected)?;
+    let expected = format!("false for {} device (only a ram device's memory is prefaulted)", a_kind(device.kind));
+    ensure(!device.prefault || device.kind == DeviceKind::Ram, &key("prefault"), "true", expected)
 }
 
 fn device_nvme(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
@@ -494,6 +496,8 @@ fn device_nvme(device: &Device, key: &dyn Fn(&str) -> String) -> Result {
     ensure(is_pci_address(address), &key("pci_address"), quoted(address), expected)?;
     absent(&device.path, key("path"), |p| path_text(p), device.kind)?;
     absent(&device.size, key("size"), |s| size_text(*s), device.kind)?;
+    let expected = "false for an nvme device (only a ram device's memory is prefaulted)";
+    ensure(!device.prefault, &key("prefault"), "true", expected)?;
     let direct = device.direct_io;
     ensure(direct == DirectIo::Auto, &key("direct_io"), quoted(direct.as_str()), "\"auto\" for an nvme device")
 }
@@ -585,6 +589,7 @@ mod tests {
             bind_vfio: false,
             queue_depth: 1024,
             format: crate::schema::Formatting::IfBlank,
+            prefault: false,
         }
     }
 
@@ -912,10 +917,17 @@ mod tests {
             bind_vfio: false,
             queue_depth: 64,
             format: crate::schema::Formatting::Never,
+            prefault: false,
         };
         valid(|c| c.devices = vec![block.clone()]);
         let message = invalid(|c| c.devices = vec![Device { size: Some(ByteSize::gib(1)), ..block.clone() }]);
         assert_eq!(message, "device[0].size = \"1G\": expected no value for a block device");
+        let message = invalid(|c| c.devices = vec![Device { prefault: true, ..block.clone() }]);
+        assert_eq!(
+            message,
+            "device[0].prefault = true: expected false for a block device (only a ram device's memory is prefaulted)"
+        );
+        valid(|c| c.devices = vec![Device { prefault: true, ..ram(64 << 20) }]);
         let message = invalid(|c| c.devices = vec![Device { path: None, ..block }]);
         assert_eq!(message, "device[0].path = (missing): expected a path for a block device");
     }

@@ -16,7 +16,7 @@ trap cleanup EXIT
 cargo build --release -q -p quire -p quire-perf --manifest-path "$REPO/Cargo.toml"
 QUIRE=$REPO/target/release/quire
 PERF=$REPO/target/release/quire-perf
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+wait_port() { for _ in $(seq 1200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 # etcd_up: starts etcd (EC: its client port) and writes the group secret
 etcd_up() {

@@ -20,7 +20,7 @@ etcd_up
 peer() {
   local port; port=$(free_port)
   cat > "$WORK/$1.toml" <<TOML
-device = [{ kind = "ram", size = "3G" }]
+device = [{ kind = "ram", size = "3G", prefault = true }]
 [peer]
 name = "$1"
 data_dir = "$WORK/$1"
