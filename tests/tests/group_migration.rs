@@ -27,8 +27,12 @@ use quire_tests::{serial, tail};
 use serde_json::Value;
 
 /// The members (peer names) of the set of page `page` of `volume` on `peer`, with the
-/// move under way in it (from, to), if any.
+/// move under way in it (from, to), if any; nothing from a peer that does not serve
+/// the volume (yet: one just restarted learns it from the group first).
 fn page_set(peer: &Peer, volume: &str, page: u64) -> (String, Vec<String>) {
+    if !quire_tests::group::pages(peer, volume)["runs"].is_array() {
+        return (String::new(), Vec::new());
+    }
     let members = quire_tests::group::page_members(peer, volume);
     members[usize::try_from(page).unwrap()].clone()
 }
