@@ -274,12 +274,38 @@ pub fn deadline(d: Duration) -> Instant {
     Instant::now() + d
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read the
-/// port, close). Another process may take it before it is used: good enough
-/// for tests, which use ports from the kernel's ephemeral range.
+/// The ports [`free_port`] hands out: below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768-60999 by default). A port from that
+/// range can be taken between the test's probe and the server's bind by any
+/// outgoing connection on the machine (a test's client, `etcd`, the guest's
+/// forwarding), which is what made a peer fail with "Address already in use"
+/// in CI; ports below it are taken only by something that binds them by number.
+const PORTS: std::ops::Range<u16> = 20000..32768;
+
+/// A TCP port that was free a moment ago on every address (probed by binding
+/// `0.0.0.0:port`), from [`PORTS`], never the same twice in one test process.
+/// Each process starts at its own offset (from its pid and the clock) so that
+/// test binaries running side by side rarely probe the same ports; the probe
+/// skips what another run or a left-over `quire serve` holds.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr of a bound socket").port()
+    static NEXT: AtomicU64 = AtomicU64::new(u64::MAX);
+    let span = u64::from(PORTS.end - PORTS.start);
+    if NEXT.load(Ordering::Relaxed) == u64::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::from(d.subsec_nanos()))
+            .unwrap_or(0);
+        let start = (u64::from(std::process::id()).wrapping_mul(7919) ^ nanos) % span;
+        let _ = NEXT.compare_exchange(u64::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS.start + u16::try_from(n % span).expect("n % span fits the range");
+        if TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {PORTS:?}");
 }
 
 /// Polls until something accepts TCP connections on 127.0.0.1:`port`, or
@@ -986,10 +1012,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_port_is_bindable() {
-        let port = free_port();
-        assert_ne!(port, 0);
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("the port is free");
+    fn free_port_is_bindable_outside_the_ephemeral_range_and_never_repeats() {
+        let ports: Vec<u16> = (0..64).map(|_| free_port()).collect();
+        for &port in &ports {
+            assert!(PORTS.contains(&port), "{port} is outside {PORTS:?}");
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("the port is free");
+        }
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice: {ports:?}");
     }
 
     #[test]
