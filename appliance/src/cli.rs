@@ -560,6 +560,7 @@ const STORE_FIELDS: &[Column] = &[
     column("used", "used", Format::Bytes),
     column("free", "free", Format::Bytes),
     column("volumes", "volumes", Format::Number),
+    column("zeroed_spares", "zeroed spares", Format::Number),
 ];
 
 /// How a command's result is shown.
@@ -1144,8 +1145,8 @@ c          -      -  -                 -
             ),
             "{text}"
         );
-        let store = json!({"device": "file:quire.img", "size": 8u64 << 30, "used": 12u64 << 20, "free": (8u64 << 30) - (12 << 20), "volumes": 1});
-        let expected = "device:  file:quire.img\nsize:    8G\nused:    12M\nfree:    8.0G\nvolumes: 1\n";
+        let store = json!({"device": "file:quire.img", "size": 8u64 << 30, "used": 12u64 << 20, "free": (8u64 << 30) - (12 << 20), "volumes": 1, "zeroed_spares": 8});
+        let expected = "device:        file:quire.img\nsize:          8G\nused:          12M\nfree:          8.0G\nvolumes:       1\nzeroed spares: 8\n";
         assert_eq!(render(&View::Record(STORE_FIELDS), &store), expected);
         assert_eq!(render(&View::Done("deleted volume db".into()), &json!(true)), "deleted volume db\n");
     }

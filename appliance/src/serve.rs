@@ -570,7 +570,10 @@ fn start_on(
         None
     };
     let store_qp = dev.create_qpair(STORE_QUEUE_DEPTH).map_err(|e| ServeError::Io(format!("device queue: {e}")))?;
-    let store = PageStore::open_or_format_in(&*dev, store_qp, store_shard, formatting)
+    let mut store = PageStore::open_or_format_in(&*dev, store_qp, store_shard, formatting)
+        .map_err(|e| ServeError::Store { device: device_desc.clone(), reason: e.to_string() })?;
+    store
+        .set_spares(cfg.devices.first().map_or(0, |d| d.zeroed_spares as usize))
         .map_err(|e| ServeError::Store { device: device_desc.clone(), reason: e.to_string() })?;
     let (store_uuid, capacity_bytes) = (store.uuid(), store.capacity().total_bytes);
 

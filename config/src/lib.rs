@@ -154,6 +154,7 @@ mod tests {
             queue_depth: 4,
             format: Formatting::Never,
             prefault: false,
+            zeroed_spares: 0,
         });
         config.validate().unwrap();
         let text = config.to_toml();

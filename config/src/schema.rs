@@ -391,6 +391,12 @@ pub struct Device {
     /// first-touch page clearing (several ms per 4 MiB slot the page store zeroes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prefault: bool,
+    /// Slots of the volumes' page size the page store keeps zeroed ahead of demand
+    /// (0..=1024; 0: none), so that a host's first write to a page waits for one
+    /// metadata write instead of zeroing, a flush and a metadata write. They count as
+    /// free space and are given back when the space is needed.
+    #[serde(default = "Device::zeroed_spares_default")]
+    pub zeroed_spares: u32,
 }
 
 impl Device {
@@ -406,7 +412,13 @@ impl Device {
             queue_depth: Device::queue_depth_default(),
             format: Formatting::IfBlank,
             prefault: false,
+            zeroed_spares: Device::zeroed_spares_default(),
         }
+    }
+
+    /// The default `zeroed_spares`.
+    pub fn zeroed_spares_default() -> u32 {
+        16
     }
 
     /// The default `queue_depth`.

@@ -8,6 +8,10 @@
 //! so that a command line needs no quoting. The sets are applied to the file's text
 //! with a format-preserving editor, and the result is read exactly as a file is: the
 //! same errors, naming the key; an error on a key a set wrote says so.
+//!
+//! A set into a list the text leaves out (`device.0.zeroed_spares=0` on the embedded
+//! default, which writes no `[[device]]`) edits the list the text stands for: the
+//! default list is written out first, then the set applied to it.
 
 use toml_edit::{DocumentMut, Item, Table, Value};
 
@@ -36,6 +40,11 @@ pub fn apply(text: &str, sets: &[String]) -> Result<String, ConfigError> {
         if path.iter().any(|p| p.is_empty()) {
             return Err(ConfigError::invalid("--set", set, "a dotted key such as target.port or device.0.kind"));
         }
+        if path.len() > 1 && path[1].parse::<usize>().is_ok() && !doc.contains_key(path[0]) {
+            if let Some(list) = default_list(path[0]) {
+                doc.insert(path[0], list);
+            }
+        }
         set_path(doc.as_table_mut(), &path, value_of(raw.trim()))
             .map_err(|why| ConfigError::invalid("--set", set, why))?;
     }
@@ -56,6 +65,12 @@ pub fn blame(e: ConfigError, sets: &[String]) -> ConfigError {
         }
         e => e,
     }
+}
+
+/// The default configuration's list of tables `key` (`device`, `volume`), as TOML.
+fn default_list(key: &str) -> Option<Item> {
+    let defaults: DocumentMut = crate::Config::default().to_toml().parse().expect("the default configuration reads");
+    defaults.get(key).filter(|item| item.is_array_of_tables()).cloned()
 }
 
 /// The value a set's text stands for: a TOML value if it reads as one, else a string.
@@ -136,6 +151,26 @@ mod tests {
         let out = apply("", &sets(&["group.etcd=[\"http://127.0.0.1:2379\"]", "group.secret_file=/s"])).unwrap();
         let c: Config = toml::from_str(&out).unwrap();
         assert_eq!(c.group.etcd, ["http://127.0.0.1:2379"]);
+    }
+
+    #[test]
+    fn a_set_into_a_list_the_text_leaves_out_edits_the_default_list() {
+        let c = Config::from_file_with(None, &sets(&["device.0.zeroed_spares=0", "volume.0.size=2G"])).unwrap();
+        let d = Config::default();
+        assert_eq!(c.devices.len(), 1);
+        assert_eq!(c.devices[0], quire_device_with_spares(&d.devices[0], 0));
+        assert_eq!(c.volumes.len(), d.volumes.len());
+        assert_eq!(c.volumes[0].name, d.volumes[0].name);
+        assert_eq!(c.volumes[0].size, crate::ByteSize::gib(2));
+        // A list the text has is edited as it is.
+        let out = apply("[[device]]\nkind = \"ram\"\nsize = \"1G\"\n", &sets(&["device.0.zeroed_spares=3"])).unwrap();
+        let c = Config::from_str(&out).unwrap();
+        assert_eq!(c.devices[0].kind, crate::DeviceKind::Ram);
+        assert_eq!(c.devices[0].zeroed_spares, 3);
+    }
+
+    fn quire_device_with_spares(d: &crate::Device, zeroed_spares: u32) -> crate::Device {
+        crate::Device { zeroed_spares, ..d.clone() }
     }
 
     #[test]

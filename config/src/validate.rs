@@ -25,6 +25,8 @@ pub const CORE_ID_MAX: u32 = 1023;
 pub const SPIN_US_MAX: u32 = 1_000_000;
 /// Smallest queue depth offered.
 pub const QUEUE_DEPTH_MIN: u32 = 16;
+/// Most `[[device]] zeroed_spares`.
+pub const ZEROED_SPARES_MAX: u32 = 1024;
 /// Largest queue depth offered.
 pub const QUEUE_DEPTH_MAX: u32 = 1024;
 /// Most I/O queues per controller.
@@ -416,6 +418,8 @@ fn devices(devices: &[Device], have_volumes: bool) -> Result {
             DeviceKind::Nvme => device_nvme(device, &key)?,
         }
         queue_depth(device, &key)?;
+        let spares = device.zeroed_spares;
+        ensure(spares <= ZEROED_SPARES_MAX, &key("zeroed_spares"), spares, format!("0..={ZEROED_SPARES_MAX}"))?;
         if let Some(path) = &device.path {
             ensure(paths.insert(path.clone()), &key("path"), path_text(path), "a path no other device uses")?;
         }
@@ -590,11 +594,19 @@ mod tests {
             queue_depth: 1024,
             format: crate::schema::Formatting::IfBlank,
             prefault: false,
+            zeroed_spares: 8,
         }
     }
 
     fn nvme(address: &str) -> Device {
         Device { kind: DeviceKind::Nvme, size: None, pci_address: Some(address.to_string()), ..ram(0) }
+    }
+
+    #[test]
+    fn device_zeroed_spares_range() {
+        assert_eq!(invalid(|c| c.devices[0].zeroed_spares = 1025), "device[0].zeroed_spares = 1025: expected 0..=1024");
+        valid(|c| c.devices[0].zeroed_spares = 0);
+        valid(|c| c.devices[0].zeroed_spares = 1024);
     }
 
     #[test]
@@ -918,6 +930,7 @@ mod tests {
             queue_depth: 64,
             format: crate::schema::Formatting::Never,
             prefault: false,
+            zeroed_spares: 8,
         };
         valid(|c| c.devices = vec![block.clone()]);
         let message = invalid(|c| c.devices = vec![Device { size: Some(ByteSize::gib(1)), ..block.clone() }]);

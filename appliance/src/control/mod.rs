@@ -37,6 +37,13 @@ use outbox::Outboxes;
 
 /// Messages handled per batch at most.
 const BATCH_MAX: usize = 4096;
+/// Most spare slots zeroed in one idle turn ([`Control::spares_turn`]).
+const SPARES_PER_TURN: usize = 16;
+/// No page allocated for this long: the spares are topped up whatever they lack.
+const SPARES_IDLE: Duration = Duration::from_secs(1);
+/// How long the control thread waits before zeroing spares again when a turn added
+/// none.
+const SPARES_RETRY: Duration = Duration::from_secs(1);
 /// The routing id of a peer outside a group.
 pub const LOCAL_PEER: PeerId = PeerId(0);
 
@@ -83,6 +90,11 @@ pub struct ControlParts {
 /// The control thread's state.
 pub struct Control {
     store: PageStore,
+    /// When to try zeroing spare slots again after a turn that could add none (no
+    /// room, or the device refused): `None` while they are worth trying.
+    spares_retry: Option<std::time::Instant>,
+    /// When a page was last allocated.
+    last_alloc: std::time::Instant,
     registry: Arc<Registry>,
     reactors: Vec<ReactorHandle>,
     rx: Receiver<ControlMsg>,
@@ -163,6 +175,8 @@ impl Control {
     pub fn new(parts: ControlParts) -> Control {
         let mut c = Control {
             store: parts.store,
+            spares_retry: None,
+            last_alloc: std::time::Instant::now(),
             registry: parts.registry,
             reactors: parts.reactors,
             rx: parts.rx,
@@ -286,7 +300,8 @@ impl Control {
         loop {
             // A full reactor ring is drained by its reactor within a loop or so: come
             // back for the outbox soon.
-            let wait = if backlog { Duration::from_millis(1) } else { Duration::from_millis(50) };
+            let wait =
+                if backlog || self.spares_wanted() { Duration::from_millis(1) } else { Duration::from_millis(50) };
             match self.rx.recv_timeout(wait) {
                 Ok(m) => batch.push(m),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -316,6 +331,9 @@ impl Control {
             }
             self.maybe_start_barrier();
             backlog = self.outboxes.flush(&self.reactors);
+            if !backlog && self.rx.is_empty() {
+                self.spares_turn();
+            }
         }
         for r in 0..self.reactors.len() {
             self.send(r, ReactorMsg::Shutdown);
@@ -379,9 +397,36 @@ impl Control {
         Some(Leaving { started: now, grace: self.leave_grace, commands: self.registry.host_commands().0, last: now })
     }
 
+    /// Idle: tops up the page store's zeroed spare slots. While pages are being
+    /// allocated, only once half of them are gone, and then all that are missing in
+    /// one batch: zeroing costs a flush and the spares' records a metadata write, so a
+    /// batch of n costs each of its spares 1/n of them (topping up one spare after each
+    /// allocation would cost each allocation more than zeroing its own slot). A
+    /// message arriving meanwhile waits for one batch at most.
+    fn spares_turn(&mut self) {
+        if !self.spares_wanted() {
+            return;
+        }
+        self.spares_retry = None;
+        let added = self.store.refill_spares(SPARES_PER_TURN).unwrap_or_else(|e| {
+            tracing::warn!("zeroing spare slots failed (tried again in {SPARES_RETRY:?}): {e}");
+            0
+        });
+        if added == 0 {
+            self.spares_retry = Some(std::time::Instant::now() + SPARES_RETRY);
+        }
+    }
+
+    /// Whether the page store is short of spares and they are worth trying now.
+    fn spares_wanted(&self) -> bool {
+        let idle = self.last_alloc.elapsed() >= SPARES_IDLE;
+        self.store.spares_due(idle) > 0 && self.spares_retry.is_none_or(|t| std::time::Instant::now() >= t)
+    }
+
     fn allocate(&mut self, allocs: &[(usize, VolumeId, u64)]) {
         let pages: Vec<(VolumeId, u64)> = allocs.iter().map(|&(_, v, p)| (v, p)).collect();
         let results = self.store.allocate_pages(&pages);
+        self.last_alloc = std::time::Instant::now();
         let mut asked: BTreeMap<(usize, VolumeId, u64), ()> = BTreeMap::new();
         for (&(reactor, volume, page), result) in allocs.iter().zip(results) {
             // A reactor asks once per page until answered (its waiters share the answer),
@@ -610,6 +655,7 @@ impl Control {
                     used: cap.used_bytes,
                     free: cap.free_bytes,
                     volumes: sat_u32(self.store.volumes().len()),
+                    zeroed_spares: sat_u32(self.store.spares()),
                 }))
             }
             other => Err(RpcError::method_not_found(other)),

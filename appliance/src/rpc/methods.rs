@@ -774,6 +774,10 @@ pub struct StoreInfo {
     pub free: u64,
     /// Number of volumes.
     pub volumes: u32,
+    /// Slots zeroed ahead of first writes (`[[device]] zeroed_spares`), counted in
+    /// `free`.
+    #[serde(default)]
+    pub zeroed_spares: u32,
 }
 
 /// The result of `group_status`.

@@ -568,20 +568,41 @@ impl VolumeEntry {
     }
 }
 
+/// The `volume_id` of a spare slot's record: zeroed and durably so, owned by no
+/// volume yet. No volume has this id: ids stop one short of it (the next id would
+/// not fit).
+pub const SPARE_VOLUME_ID: u32 = u32::MAX;
+
+/// [`SlotRecord::flags`] of a spare slot: every byte of the slot is zero on the device.
+pub const FLAG_ZEROED: u8 = 1;
+
 /// A slot record: which page lives in the slot that starts at this unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotRecord {
-    /// Owning volume (never 0; 0 on the device means "no slot starts here").
+    /// Owning volume (never 0; 0 on the device means "no slot starts here"), or
+    /// [`SPARE_VOLUME_ID`].
     pub volume_id: u32,
     /// Log2 of the slot size in units.
     pub order: u8,
-    /// Reserved for copy-on-write and migration states; 0 today.
+    /// [`FLAG_ZEROED`] on a spare's record; 0 on a page's.
     pub flags: u8,
-    /// Page index inside the volume.
+    /// Page index inside the volume (0 for a spare).
     pub page: u64,
 }
 
 impl SlotRecord {
+    /// The record of a spare slot of `order`: written only once the slot's zeroes are
+    /// durable (zeroed, completed, flushed), so that the slot can be mapped to a page
+    /// without zeroing it again.
+    pub fn spare(order: u8) -> SlotRecord {
+        SlotRecord { volume_id: SPARE_VOLUME_ID, order, flags: FLAG_ZEROED, page: 0 }
+    }
+
+    /// Whether this is a spare's record ([`SlotRecord::spare`]).
+    pub fn is_spare(&self) -> bool {
+        self.volume_id == SPARE_VOLUME_ID && self.flags == FLAG_ZEROED && self.page == 0
+    }
+
     /// Writes record `slot` of a slot record block (`None`: no slot starts here).
     pub fn encode(record: Option<&SlotRecord>, block: &mut [u8], slot: usize) {
         assert!(slot < RECORDS_PER_BLOCK);

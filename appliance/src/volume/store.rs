@@ -23,10 +23,27 @@
 //! - A request that depends on another is submitted only once that one has completed
 //!   ([`MetaIo::run`] refuses a Flush inside a batch); requests of one batch are
 //!   independent (the FUA copies of different blocks).
+//! - A slot is a spare (zeroed ahead of demand, see below) only once its zeroes are
+//!   durable: [`PageStore::refill_spares`] zeroes, waits, flushes, waits, and only then
+//!   writes the spare's record ([`SlotRecord::spare`]). Mapping a spare to a page is
+//!   then one record write: the page's record replaces the spare's.
 //! - A page is unmapped on the device before its slot can be reused:
 //!   [`PageStore::free_pages`] persists the cleared records, then clears the page
 //!   table, then quarantines the slot until every reactor has drained the I/O that may
 //!   still address it ([`PageStore::release_quarantine`]).
+//!
+//! ## Spare slots: the first write to a page costs one metadata write
+//!
+//! Zeroing a slot on the device, then flushing, then writing its record, each waiting
+//! for the one before, is what a host's first write to a page would wait for (a flush
+//! is the slow part on a file or a drive without power-loss protection). So the store
+//! keeps up to [`PageStore::set_spares`] slots of the page size last asked for zeroed
+//! in advance, each with a durable spare record; the control thread tops them up when
+//! it has nothing else to do ([`PageStore::refill_spares`]), and
+//! [`PageStore::allocate_pages`] takes a spare before it zeroes a slot itself. Spares
+//! count as free space; when the allocator has no room for a slot, spares of other
+//! sizes are given back first (their records cleared before the allocator sees them).
+//! At open, spare records put their slots back among the spares.
 //!
 //! Free space is derived at open from the slot records; a volume left half-deleted by
 //! a crash (marked deleting in the table) is finished at open. What no crash can
@@ -371,6 +388,9 @@ struct Fresh {
     page: u64,
     unit: u64,
     order: u8,
+    /// A spare: zeroed already, its spare record on the device until the page's
+    /// record replaces it.
+    spare: bool,
     /// Set when zeroing the slot failed.
     error: Option<IoError>,
 }
@@ -400,6 +420,12 @@ pub struct PageStore {
     alloc: BuddyAllocator,
     quarantine: VecDeque<Quarantined>,
     generation: u64,
+    /// Spare slots by order (first units), each with its spare record in `records`.
+    spares: BTreeMap<u8, Vec<u64>>,
+    /// How many spares of `spare_order` to keep.
+    spares_wanted: usize,
+    /// The order spares are made of: the page size last allocated (or created).
+    spare_order: Option<u8>,
     failed: bool,
 }
 
@@ -410,6 +436,7 @@ impl std::fmt::Debug for PageStore {
             .field("layout", &self.layout)
             .field("volumes", &self.volumes.len())
             .field("slots", &self.records.len())
+            .field("spares", &self.spares.values().map(Vec::len).sum::<usize>())
             .field("failed", &self.failed)
             .finish()
     }
@@ -832,6 +859,9 @@ impl PageStore {
             alloc: BuddyAllocator::new(layout.data_units),
             quarantine: VecDeque::new(),
             generation: 0,
+            spares: BTreeMap::new(),
+            spares_wanted: 0,
+            spare_order: None,
             failed: false,
             layout,
             sb,
@@ -943,6 +973,10 @@ impl PageStore {
         self.table = table;
         let mut dirty = BTreeSet::new();
         for (unit, record) in records {
+            if record.volume_id == meta::SPARE_VOLUME_ID {
+                self.take_spare_record(unit, record)?;
+                continue;
+            }
             let id = VolumeId(record.volume_id);
             match self.volumes.get(&id) {
                 Some(_) if deleting.contains(&id) => {
@@ -1000,6 +1034,19 @@ impl PageStore {
         }
         view.pages.set(record.page, self.layout.unit_offset(unit));
         self.records.insert(unit, record);
+        Ok(())
+    }
+
+    /// Puts a spare found at open back among the spares.
+    fn take_spare_record(&mut self, unit: u64, record: SlotRecord) -> Result<()> {
+        if !record.is_spare() || record.order > ORDER_MAX {
+            return Err(StoreError::Corrupt(format!("slot record at unit {unit} is no valid spare: {record:?}")));
+        }
+        self.alloc
+            .mark_used(unit, record.order)
+            .map_err(|e| StoreError::Corrupt(format!("spare slot record at unit {unit}: {e}")))?;
+        self.records.insert(unit, record);
+        self.spares.entry(record.order).or_default().push(unit);
         Ok(())
     }
 
@@ -1185,6 +1232,7 @@ impl PageStore {
             qos: Arc::default(),
         });
         self.volumes.insert(VolumeId(id), Volume { pos, view: view.clone() });
+        self.spare_order.get_or_insert(order_of(page_size));
         tracing::info!(volume = id, name, size_bytes = view.info.size_bytes(), page_size, "volume created");
         Ok(view)
     }
@@ -1312,13 +1360,15 @@ impl PageStore {
                 owners.push((i, f));
             } else {
                 let order = order_of(view.info.page_size);
-                match self.alloc.allocate(order) {
-                    Some(unit) => {
+                self.spare_order = Some(order);
+                match self.slot_for_page(order) {
+                    Ok(Some((unit, spare))) => {
                         seen.insert((volume, page), fresh.len());
                         owners.push((i, fresh.len()));
-                        fresh.push(Fresh { volume, page, unit, order, error: None });
+                        fresh.push(Fresh { volume, page, unit, order, spare, error: None });
                     }
-                    None => results[i] = Some(Err(StoreError::NoSpace { slot_bytes: view.info.page_size })),
+                    Ok(None) => results[i] = Some(Err(StoreError::NoSpace { slot_bytes: view.info.page_size })),
+                    Err(e) => results[i] = Some(Err(e)),
                 }
             }
         }
@@ -1336,15 +1386,134 @@ impl PageStore {
         results.into_iter().map(|r| r.expect("every request answered")).collect()
     }
 
-    /// Zeroes, flushes, persists and maps the new slots of a batch, each step only once
-    /// the one before has completed: the Write Zeroes of every slot, and waits for
-    /// them; then a Flush (which covers only writes completed before it is submitted),
-    /// and waits; then the slot records (FUA), and waits; only then the page table. A
-    /// slot whose zeroing failed gets its error and goes back to the allocator.
-    fn map_fresh(&mut self, fresh: &mut [Fresh]) -> Result<()> {
+    /// A slot of `order` for a new page: a spare (`true`: zeroed already), else one
+    /// from the allocator; when the allocator has no room, spares of other orders are
+    /// given back to it first. `None`: no room.
+    fn slot_for_page(&mut self, order: u8) -> Result<Option<(u64, bool)>> {
+        if let Some(unit) = self.spares.get_mut(&order).and_then(Vec::pop) {
+            return Ok(Some((unit, true)));
+        }
+        if let Some(unit) = self.alloc.allocate(order) {
+            return Ok(Some((unit, false)));
+        }
+        if self.spares.values().all(Vec::is_empty) {
+            return Ok(None);
+        }
+        self.drop_spares()?;
+        Ok(self.alloc.allocate(order).map(|unit| (unit, false)))
+    }
+
+    /// Gives every spare back to the allocator (to make room, or when none are
+    /// wanted any more): their records are cleared on the
+    /// device first (a spare record over a slot the allocator hands out again as part
+    /// of another would map it twice at the next open).
+    fn drop_spares(&mut self) -> Result<()> {
+        let units: Vec<(u64, u8)> = std::mem::take(&mut self.spares)
+            .into_iter()
+            .flat_map(|(o, us)| us.into_iter().map(move |u| (u, o)))
+            .collect();
+        let units_len = units.len();
+        let mut dirty = BTreeSet::new();
+        for &(unit, _) in &units {
+            let record = self.records.remove(&unit).expect("a spare has a record");
+            assert!(record.is_spare(), "unit {unit} is no spare: {record:?}");
+            dirty.insert(self.layout.slot_block_of(unit));
+        }
+        self.write_blocks(&dirty.into_iter().collect::<Vec<_>>())?;
+        for (unit, order) in units {
+            self.alloc.free(unit, order);
+        }
+        tracing::debug!(slots = units_len, "spare slots given back");
+        Ok(())
+    }
+
+    /// Asks the store to keep `wanted` spare slots. 0 gives back every spare it has
+    /// (their records cleared on the device: a build without spares can then open
+    /// it). The control thread calls [`PageStore::refill_spares`] when it is idle.
+    pub fn set_spares(&mut self, wanted: usize) -> Result<()> {
+        self.spares_wanted = wanted;
+        if wanted == 0 && self.spares() > 0 {
+            self.drop_spares()?;
+        }
+        if self.spare_order.is_none() {
+            // The size of the spares found at open, else of the first volume's pages.
+            self.spare_order = self
+                .spares
+                .iter()
+                .max_by_key(|(_, us)| us.len())
+                .map(|(&o, _)| o)
+                .or_else(|| self.volumes.values().next().map(|v| order_of(v.view.info.page_size)));
+        }
+        Ok(())
+    }
+
+    /// How many spares [`PageStore::refill_spares`] would add.
+    pub fn spares_missing(&self) -> usize {
+        let Some(order) = self.spare_order else { return 0 };
+        if self.failed {
+            return 0;
+        }
+        self.spares_wanted.saturating_sub(self.spares.get(&order).map_or(0, Vec::len))
+    }
+
+    /// How many spares to make now: what is missing once half of the wanted are gone
+    /// (or any are missing, when `idle`: no page allocated for a while), else 0.
+    pub fn spares_due(&self, idle: bool) -> usize {
+        let missing = self.spares_missing();
+        if idle || missing * 2 >= self.spares_wanted {
+            missing
+        } else {
+            0
+        }
+    }
+
+    /// Spare slots held now, of every order.
+    pub fn spares(&self) -> usize {
+        self.spares.values().map(Vec::len).sum()
+    }
+
+    /// Makes up to `max` new spares of the page size last asked for, out of free space
+    /// (never the last slot the allocator has: a spare must not be what makes a page
+    /// allocation fail): zeroes the slots and waits, flushes and waits, and only then
+    /// writes their spare records (FUA). Returns how many were added.
+    pub fn refill_spares(&mut self, max: usize) -> Result<usize> {
+        self.check_alive()?;
+        let n = self.spares_missing().min(max);
+        let Some(order) = self.spare_order.filter(|_| n > 0) else { return Ok(0) };
+        let mut fresh = Vec::with_capacity(n);
+        while fresh.len() < n && self.alloc.free_units() > 2 * (1 << order) {
+            let Some(unit) = self.alloc.allocate(order) else { break };
+            fresh.push(Fresh {
+                volume: VolumeId(meta::SPARE_VOLUME_ID),
+                page: 0,
+                unit,
+                order,
+                spare: false,
+                error: None,
+            });
+        }
+        self.zero_fresh(&mut fresh)?;
+        let mut dirty = BTreeSet::new();
+        for slot in fresh.iter().filter(|f| f.error.is_none()) {
+            let previous = self.records.insert(slot.unit, SlotRecord::spare(order));
+            assert!(previous.is_none(), "unit {} handed out twice", slot.unit);
+            dirty.insert(self.layout.slot_block_of(slot.unit));
+        }
+        self.write_blocks(&dirty.into_iter().collect::<Vec<_>>())?;
+        let added: Vec<u64> = fresh.iter().filter(|f| f.error.is_none()).map(|f| f.unit).collect();
+        let count = added.len();
+        self.spares.entry(order).or_default().extend(added);
+        Ok(count)
+    }
+
+    /// Zeroes the slots of `fresh` that are not spares, waits for the zeroes, then
+    /// flushes and waits (a Flush covers only writes completed before it is
+    /// submitted). A slot whose zeroing failed gets its error and goes back to the
+    /// allocator; if the batch could not run at all, every slot goes back.
+    fn zero_fresh(&mut self, fresh: &mut [Fresh]) -> Result<()> {
         let mut reqs = Vec::with_capacity(fresh.len());
         let mut owner = Vec::with_capacity(fresh.len());
-        for (f, slot) in fresh.iter().enumerate() {
+        for (f, slot) in fresh.iter().enumerate().filter(|(_, f)| !f.spare) {
             let slot_bytes = UNIT_BYTES << slot.order;
             let piece = slot_bytes.min(ZEROES_BYTES_MAX);
             let start = self.layout.unit_offset(slot.unit);
@@ -1352,6 +1521,9 @@ impl PageStore {
                 reqs.push(self.io.request(Op::WriteZeroes, start + k * piece, piece, 0, None));
                 owner.push(f);
             }
+        }
+        if reqs.is_empty() {
+            return Ok(());
         }
         // SAFETY: none of these requests carries memory.
         let zeroed = unsafe { self.io.run(&reqs) }.and_then(|results| Ok((results, self.io.flush()?)));
@@ -1368,11 +1540,25 @@ impl PageStore {
             }
         }
         self.give_back(fresh.iter().filter(|f| f.error.is_some()));
+        Ok(())
+    }
+
+    /// Zeroes (unless spares), flushes, persists and maps the new slots of a batch,
+    /// each step only once the one before has completed: the Write Zeroes of every
+    /// slot, and waits for them; then a Flush (which covers only writes completed
+    /// before it is submitted), and waits; then the slot records (FUA), and waits; only
+    /// then the page table. A spare's record is replaced by the page's in the same
+    /// write. A slot whose zeroing failed gets its error and goes back to the allocator.
+    fn map_fresh(&mut self, fresh: &mut [Fresh]) -> Result<()> {
+        self.zero_fresh(fresh)?;
         let mut dirty = BTreeSet::new();
         for slot in fresh.iter().filter(|f| f.error.is_none()) {
             let record = SlotRecord { volume_id: slot.volume.0, order: slot.order, flags: 0, page: slot.page };
             let previous = self.records.insert(slot.unit, record);
-            assert!(previous.is_none(), "unit {} handed out twice", slot.unit);
+            match previous {
+                None => assert!(!slot.spare, "spare unit {} had no record", slot.unit),
+                Some(p) => assert!(slot.spare && p.is_spare(), "unit {} handed out twice (held {p:?})", slot.unit),
+            }
             dirty.insert(self.layout.slot_block_of(slot.unit));
         }
         self.write_blocks(&dirty.into_iter().collect::<Vec<_>>())?;
@@ -1384,9 +1570,15 @@ impl PageStore {
         Ok(())
     }
 
+    /// Returns slots of a batch that did not get their page: spares to the spares
+    /// (their records never changed), the others to the allocator.
     fn give_back<'a>(&mut self, slots: impl Iterator<Item = &'a Fresh>) {
         for slot in slots {
-            self.alloc.free(slot.unit, slot.order);
+            if slot.spare {
+                self.spares.entry(slot.order).or_default().push(slot.unit);
+            } else {
+                self.alloc.free(slot.unit, slot.order);
+            }
         }
     }
 
@@ -1461,7 +1653,8 @@ impl PageStore {
     /// Space in the data region.
     pub fn capacity(&self) -> Capacity {
         let total_bytes = self.layout.data_units * UNIT_BYTES;
-        let free_bytes = self.alloc.free_units() * UNIT_BYTES;
+        let spare_units: u64 = self.spares.iter().map(|(&o, us)| (us.len() as u64) << o).sum();
+        let free_bytes = (self.alloc.free_units() + spare_units) * UNIT_BYTES;
         Capacity { total_bytes, used_bytes: total_bytes - free_bytes, free_bytes }
     }
 
@@ -1981,11 +2174,18 @@ mod tests {
         for v in store.volumes() {
             slots.extend((0..v.info.num_pages).filter_map(|p| v.pages.get(p)).map(|o| (o, o + v.info.page_size)));
         }
+        let used: u64 = slots.iter().map(|(a, b)| b - a).sum();
+        for (&order, units) in &store.spares {
+            for &u in units {
+                let o = store.layout.unit_offset(u);
+                slots.push((o, o + (UNIT_BYTES << order)));
+                assert_eq!(store.records.get(&u), Some(&SlotRecord::spare(order)), "spare at unit {u}");
+            }
+        }
         slots.sort_unstable();
         for w in slots.windows(2) {
             assert!(w[0].1 <= w[1].0, "slots {:?} and {:?} overlap", w[0], w[1]);
         }
-        let used: u64 = slots.iter().map(|(a, b)| b - a).sum();
         let cap = store.capacity();
         assert_eq!(cap.used_bytes, used + store.quarantine.iter().map(|q| UNIT_BYTES << q.order).sum::<u64>());
         assert_eq!(cap.free_bytes + cap.used_bytes, cap.total_bytes);
@@ -2420,6 +2620,106 @@ mod tests {
         assert_eq!(results[2], Err(StoreError::NoSuchVolume(VolumeId(99))));
     }
 
+    /// Every byte of the slot at `offset` of `bytes` is zero on the device.
+    fn assert_zero(dev: &dyn BlockDevice, offset: u64, bytes: u64, ctx: &str) {
+        let block = u64::from(dev.info().block_size);
+        let mut buf = vec![0u8; bytes as usize];
+        sync_io(&mut *qp(dev), Op::Read, offset / block, &mut buf, block, &mut VecDeque::new());
+        assert!(buf.iter().all(|&b| b == 0), "{ctx}: the slot at {offset} is not zero");
+    }
+
+    #[test]
+    fn a_first_write_takes_a_zeroed_spare_with_one_metadata_write() {
+        let dev = CrashDevice::new(24 * MIB, 512, None, 1);
+        let mut store = format(&dev);
+        let v = store.create_volume("v", 8 * MIB, 64 << 10, 512).unwrap().info.id;
+        // A slot that held data, freed: a spare made of it is zeroed again.
+        let mut data = qp(&dev);
+        let old = store.allocate_pages(&[(v, 0)])[0].clone().unwrap();
+        write_pattern(&mut *data, 512, old, 64 << 10, v.0, 0);
+        let gen = store.free_pages(&[(v, 0)]).unwrap();
+        store.release_quarantine(gen);
+        let free = store.capacity().free_bytes;
+        assert_eq!(store.spares_missing(), 0, "none asked for");
+        store.set_spares(3).unwrap();
+        assert_eq!(store.spares_missing(), 3);
+        assert_eq!(store.refill_spares(2).unwrap(), 2, "at most the number asked for per call");
+        assert_eq!(store.refill_spares(8).unwrap(), 1);
+        assert_eq!((store.spares(), store.spares_missing()), (3, 0));
+        assert_eq!(store.capacity().free_bytes, free, "spares are free space");
+        let spares: BTreeSet<u64> = store.spares[&0].iter().map(|&u| store.layout.unit_offset(u)).collect();
+        assert!(spares.contains(&old), "the freed slot is among the spares");
+        for &s in &spares {
+            assert_zero(&dev, s, 64 << 10, "a spare");
+        }
+        // Taking a spare writes the record block and nothing else: no zeroes, no flush.
+        let before = dev.writes();
+        let got = store.allocate_pages(&[(v, 5)])[0].clone().unwrap();
+        assert!(spares.contains(&got), "page 5 got slot {got}, not a spare");
+        assert_eq!(dev.writes() - before, 1, "one metadata write");
+        assert_eq!(store.spares_missing(), 1);
+        // Spares survive a reopen, as spares, and stay clear of mapped slots.
+        drop(store);
+        let mut store = reopen(&dev);
+        assert_eq!(store.spares(), 2);
+        assert_eq!(store.volume(v).unwrap().pages.get(5), Some(got));
+        check_slots_disjoint(&store);
+        // Out of spares, a first write zeroes its slot as before.
+        let taken = store.allocate_pages(&[(v, 6), (v, 7)]);
+        assert!(taken.iter().all(|r| spares.contains(r.as_ref().unwrap())), "the spares left: {taken:?}");
+        assert_eq!(store.spares(), 0);
+        let before = dev.writes();
+        let fresh = store.allocate_pages(&[(v, 9)])[0].clone().unwrap();
+        assert!(!spares.contains(&fresh));
+        assert!(dev.writes() - before >= 2, "zeroes and the record");
+        assert_zero(&dev, fresh, 64 << 10, "a freshly zeroed slot");
+        check_slots_disjoint(&store);
+        // None wanted any more: every spare goes back, on the device too.
+        store.set_spares(2).unwrap();
+        assert_eq!(store.refill_spares(4).unwrap(), 2);
+        let free = store.capacity().free_bytes;
+        store.set_spares(0).unwrap();
+        assert_eq!((store.spares(), store.capacity().free_bytes), (0, free));
+        assert_eq!(store.refill_spares(4).unwrap(), 0);
+        drop(store);
+        let store = reopen(&dev);
+        assert_eq!((store.spares(), store.capacity().free_bytes), (0, free));
+        assert!(store.records.values().all(|r| !r.is_spare()));
+        check_slots_disjoint(&store);
+    }
+
+    #[test]
+    fn spares_make_room_when_the_space_is_needed() {
+        let dev = RamDevice::new(8 * MIB, 512).unwrap();
+        let mut store = format(&dev);
+        let small = store.create_volume("small", 64 * MIB, 64 << 10, 512).unwrap().info.id;
+        let big = store.create_volume("big", 64 * MIB, MIB, 512).unwrap().info.id;
+        store.set_spares(4).unwrap();
+        assert_eq!(store.refill_spares(4).unwrap(), 4);
+        // The spares are of the first volume's page size; the big volume's pages take
+        // space the allocator has, then the space spares held.
+        let total = store.capacity().free_bytes;
+        let mut mapped = 0;
+        for p in 0.. {
+            match store.allocate_pages(&[(big, p)])[0] {
+                Ok(_) => mapped += MIB,
+                Err(StoreError::NoSpace { .. }) => break,
+                Err(ref e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(store.spares(), 0, "given back for the big pages");
+        let left = store.capacity().free_bytes;
+        assert_eq!(left + mapped, total);
+        // What is left (less than a big page) goes to small pages; none fails while
+        // space remains, and refilling never takes the last slots.
+        let n = left / (64 << 10);
+        let results = store.allocate_pages(&(0..n).map(|p| (small, p)).collect::<Vec<_>>());
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(store.capacity().free_bytes, 0);
+        assert_eq!(store.refill_spares(4).unwrap(), 0);
+        check_slots_disjoint(&store);
+    }
+
     #[test]
     fn validation_errors_name_the_field() {
         let dev = RamDevice::new(64 * MIB, 4096).unwrap();
@@ -2530,6 +2830,13 @@ mod tests {
         let gen = store.delete_volume(b).unwrap();
         store.release_quarantine(gen);
         acked(&store);
+        // Spares zeroed ahead (over slots that held beta's and alpha's data), taken by
+        // gamma's first pages below, and found again at open after the crash.
+        store.set_spares(3).unwrap();
+        store.refill_spares(2).unwrap();
+        acked(&store);
+        store.refill_spares(2).unwrap();
+        acked(&store);
         let c = store.create_volume("gamma", MIB / 2, 64 << 10, 4096).unwrap().info.id;
         acked(&store);
         alloc(&mut store, &(0..8).map(|p| (c, p)).collect::<Vec<_>>());
@@ -2572,6 +2879,7 @@ mod tests {
         let total = dev.writes();
         assert!(total > 60, "the script writes {total} times");
         let mut runs = 0;
+        let mut with_spares = 0;
         for at in 0..=total {
             let cut = seed << 32 | at;
             for loss in [Loss::Unflushed, Loss::Completed, Loss::InFlight, Loss::Torn, Loss::Any(cut)] {
@@ -2579,11 +2887,12 @@ mod tests {
                 script(&dev, &mut |_| {});
                 assert_eq!(dev.writes(), total, "the script's writes do not depend on the completion order");
                 dev.crash();
-                check_crash(&dev, &history, at, loss);
+                with_spares += usize::from(check_crash(&dev, &history, at, loss) > 0);
                 runs += 1;
             }
         }
-        eprintln!("seed {seed}: {runs} crash runs over {total} writes");
+        eprintln!("seed {seed}: {runs} crash runs over {total} writes, {with_spares} of them reopened with spares");
+        assert!(with_spares >= runs / 20, "the crash points cover the spares: {with_spares} of {runs}");
     }
 
     #[test]
@@ -2601,7 +2910,8 @@ mod tests {
         crash_runs(3);
     }
 
-    fn check_crash(dev: &CrashDevice, history: &[(u64, State)], at: u64, loss: Loss) {
+    /// Returns how many spares the reopened store held.
+    fn check_crash(dev: &CrashDevice, history: &[(u64, State)], at: u64, loss: Loss) -> usize {
         let ctx = format!("crash at write {at} ({loss:?})");
         // Operations acknowledged before the crash, and the one in flight.
         let Some(acked) = history.iter().rposition(|(w, _)| *w <= at) else {
@@ -2611,7 +2921,7 @@ mod tests {
                 Ok(store) => assert_eq!(state_of(&store), State::default(), "{ctx}"),
                 Err(e) => panic!("{ctx}: {e}"),
             }
-            return;
+            return 0;
         };
         let before = &history[acked].1;
         let after = &history.get(acked + 1).unwrap_or(&history[acked]).1;
@@ -2628,6 +2938,12 @@ mod tests {
         }
         check_slots_disjoint(&store);
         check_slot_contents(dev, &store, &ctx);
+        for (&order, units) in &store.spares {
+            for &u in units {
+                assert_zero(dev, store.layout.unit_offset(u), UNIT_BYTES << order, &ctx);
+            }
+        }
+        let spares = store.spares();
         // The store keeps working after the crash, and never reuses an acknowledged id.
         let max_id = history[..=acked].iter().flat_map(|(_, s)| s.volumes.keys()).max().copied().unwrap_or(0);
         let v = store.create_volume("zz", MIB, 64 << 10, 512).unwrap().info.id;
@@ -2639,6 +2955,7 @@ mod tests {
         let store = reopen(dev);
         assert_eq!(state_of(&store), expected, "{ctx}: after further changes");
         check_slots_disjoint(&store);
+        spares
     }
 
     #[test]
