@@ -14,7 +14,9 @@
 //! 3. **Watch** the group's prefix; every event (and a periodic tick) re-reads the
 //!    prefix and installs the view in [`Membership`] (revision order).
 //! 4. **Keep alive** the lease every third of its TTL. etcd unreachable: the state
-//!    says so (group changes are frozen; I/O goes on), and the agent retries; back,
+//!    says so (group changes are frozen; I/O to single-copy pages goes on, replicated
+//!    pages are served only while the lease is certainly alive: [`crate::replica::fence`]),
+//!    and the agent retries; back,
 //!    it keeps its lease if it is still alive, else registers again.
 //! 5. **Volume changes** queued by the control thread ([`super::GroupOp`]): each is
 //!    one transaction that compares the revisions it read (the volume's record, the
@@ -1127,7 +1129,10 @@ impl Agent {
                     self.shared.set_etcd_error(format!("refused: {why}"));
                 }
                 Err(AgentError::Etcd(e)) => {
-                    tracing::warn!("etcd: {e}; group changes are frozen until it is back (I/O goes on)");
+                    tracing::warn!(
+                        "etcd: {e}; group changes are frozen until it is back (I/O to single-copy pages goes on; \
+                         replicated pages are served until 0.9 of the lease TTL after the last keep-alive)"
+                    );
                     self.shared.set_etcd_error(e);
                 }
             }

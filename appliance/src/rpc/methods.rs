@@ -791,7 +791,8 @@ pub struct GroupStatus {
     pub coordinator: Option<String>,
     /// etcd endpoints.
     pub etcd: Vec<String>,
-    /// `"connected"`, `"unreachable"` (group changes frozen; I/O goes on) or `"none"`.
+    /// `"connected"`, `"unreachable"` (group changes frozen; I/O to single-copy pages
+    /// goes on, replicated pages only while the lease is certainly alive) or `"none"`.
     pub etcd_state: String,
     /// The last etcd error while unreachable.
     pub etcd_error: String,

@@ -154,10 +154,12 @@
 //! - `stats_requests`: request state transitions (`Executing` → `ReadyToComplete`, ...)
 //!   counted since start, summed over the reactors, the ones that happened only.
 //! - `store_info`: `device` describes the backing device(s); `size`, `used`, `free` in
-//!   bytes; `volumes` is the number of volumes.
+//!   bytes; `volumes` is the number of volumes; `zeroed_spares` the slots zeroed ahead
+//!   of first writes (counted in `free`).
 //! - `group_status`: `mode` is `"single"` for a peer without `group.etcd` (then the
 //!   rest is empty) or `"group"`; `etcd_state` is `"connected"` or `"unreachable"`
-//!   (group changes are frozen, I/O goes on; `etcd_error` says why); `revision` is
+//!   (group changes are frozen, I/O to single-copy pages goes on, replicated pages only
+//!   while the lease is certainly alive; `etcd_error` says why); `revision` is
 //!   the etcd revision of the view shown; `peers` lists the live peers (`state`
 //!   `"live"`, `lease_age_s` the seconds since its last keep-alive reached etcd) and
 //!   the peers this one saw leave (`"gone"`, `gone_since_ms`).
