@@ -650,3 +650,78 @@ fn commands_over_a_limit_wait_and_complete_and_a_closed_queue_leaves_nothing() {
     }
     assert_eq!(t.rpc("stats_volumes", json!({}))[0]["qos_waits"].as_u64(), before, "nothing waits with no limit");
 }
+
+fn compare(io: &mut Conn, slba: u64, data: &[u8]) -> Status {
+    let nlb = (data.len() / 4096) as u32;
+    let c = io.rw_cmd(opcode::NVM_COMPARE, slba, nlb);
+    io.exec(c, Some(data.to_vec()), 0).status()
+}
+
+#[test]
+fn compare_matches_what_is_stored_and_fails_on_any_difference() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    let id = ident::parse_controller(&h.admin.identify(ident::CNS_CONTROLLER, 0));
+    assert!(id.oncs & ident::ONCS_COMPARE != 0, "Identify Controller announces Compare");
+    assert_eq!(id.fuses, 0, "no fused operations are announced");
+    let effects = h.admin.get_log(log::LID_CMD_EFFECTS, 0, 0, 4096).ok().data;
+    let io_compare = 1024 + 4 * usize::from(opcode::NVM_COMPARE);
+    assert_eq!(effects[io_compare] & 1, 1, "the effects log lists Compare as supported");
+
+    let io = h.io();
+    let failure = Status::COMPARE_FAILURE.with_dnr();
+    // Never written: compares equal to zeroes, allocates nothing.
+    assert_eq!(compare(io, 5 * 256, &[0u8; 8192]), Status::SUCCESS);
+    assert_ne!(compare(io, 5 * 256, &pattern(1, 4096)), Status::SUCCESS);
+    assert_eq!(t.allocated_pages("demo"), 0, "a Compare allocates nothing");
+    // In the capsule (8 KiB) and by R2T (MDTS across a page boundary).
+    let small = pattern(2, 8192);
+    io.write(10, &small).ok();
+    assert_eq!(compare(io, 10, &small), Status::SUCCESS);
+    let big = pattern(3, MDTS_BYTES);
+    let slba = 256 - 7;
+    io.write(slba, &big).ok();
+    assert_eq!(compare(io, slba, &big), Status::SUCCESS);
+    // One byte off anywhere fails: first, last, and in the second page.
+    for at in [0, MDTS_BYTES - 1, 7 * 4096 + 123] {
+        let mut off = big.clone();
+        off[at] ^= 0x40;
+        assert_eq!(compare(io, slba, &off), failure, "a difference at byte {at} goes unnoticed");
+    }
+    let mut off = small.clone();
+    off[4096] ^= 1;
+    assert_eq!(compare(io, 10, &off), failure);
+    // Shifted by one block: differs.
+    assert_eq!(compare(io, 11, &small), failure);
+    // Range and length are checked as for a write.
+    assert_eq!(compare(io, 4 * 256 * 64, &small), Status::LBA_OUT_OF_RANGE.with_dnr());
+    let c = io.rw_cmd(opcode::NVM_COMPARE, 10, 3);
+    assert_eq!(io.exec(c, Some(small.clone()), 0).status(), Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+    // The data is unchanged by all of it, and every buffer went back to the pool.
+    assert!(io.read(10, 2).ok().data == small);
+    assert!(io.read(slba, (MDTS_BYTES / 4096) as u32).ok().data == big);
+    drop(h);
+    t.wait_quiet();
+}
+
+#[test]
+fn a_fused_pair_is_refused_and_its_write_never_lands() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    let io = h.io();
+    let old = pattern(1, 4096);
+    io.write(3, &old).ok();
+    // Compare and Write as a fused pair, whose compare would fail: neither half may run
+    // (the controller announces no fused operations).
+    let mut first = io.rw_cmd(opcode::NVM_COMPARE, 3, 1);
+    first.flags |= 1;
+    let mut second = io.rw_cmd(opcode::NVM_WRITE, 3, 1);
+    second.flags |= 2;
+    let a = io.submit(first, Some(pattern(9, 4096)), 0);
+    let b = io.submit(second, Some(pattern(8, 4096)), 0);
+    assert_eq!(io.wait(a).status(), Status::INVALID_FIELD.with_dnr());
+    assert_eq!(io.wait(b).status(), Status::INVALID_FIELD.with_dnr());
+    assert!(io.read(3, 1).ok().data == old, "the second half of a fused pair wrote");
+    drop(h);
+    t.wait_quiet();
+}

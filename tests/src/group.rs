@@ -519,6 +519,15 @@ impl Client {
         self.run(cmd, quire_perf::initiator::DataDir::FromController, &[], len)
     }
 
+    /// Compares the blocks at `lba` with `data` (whole blocks): `Ok` when they match,
+    /// the status (Compare Failure, or another error) when not.
+    pub fn compare(&mut self, lba: u64, data: &[u8]) -> Result<(), quire_wire::nvme::Status> {
+        assert!(data.len().is_multiple_of(BLOCK) && !data.is_empty());
+        let nlb = u32::try_from(data.len() / BLOCK).unwrap();
+        let cmd = quire_perf::initiator::compare(1, lba, nlb);
+        self.run(cmd, quire_perf::initiator::DataDir::ToController, data, 0).map(|_| ())
+    }
+
     /// Flush.
     pub fn flush(&mut self) -> Result<(), quire_wire::nvme::Status> {
         self.run(quire_perf::initiator::flush(1), quire_perf::initiator::DataDir::None, &[], 0).map(|_| ())

@@ -18,6 +18,7 @@ use quire_tests::group::{
     DeviceSpec, Peer, PeerSpec, BLOCK,
 };
 use quire_tests::{require, serial, tail};
+use quire_wire::nvme::Status;
 
 fn three(test: &str, hold_ms: u32) -> Option<(tempfile::TempDir, quire_tests::etcd::Etcd, Vec<Peer>)> {
     quire_tests::group::three_peers(test, hold_ms)
@@ -87,6 +88,14 @@ fn any_peer_serves_any_io_and_forwards_without_copying() {
     for (i, c) in clients.iter_mut().enumerate() {
         let got = c.read(lba, u32::try_from(blocks).unwrap()).expect("read");
         assert!(got == data, "read through {} differs", peers[i].name);
+    }
+    // Compare through every peer, over the three owners: equal, and one byte off on
+    // the last page fails wherever it is asked.
+    let mut off = data.clone();
+    off[35 * BLOCK + 5] ^= 0x10; // block 49, page 3
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.compare(lba, &data).unwrap_or_else(|s| panic!("compare through {}: {s:?}", peers[i].name));
+        assert_eq!(c.compare(lba, &off), Err(Status::COMPARE_FAILURE.with_dnr()), "through {}", peers[i].name);
     }
     // Write Zeroes through b and Deallocate through c, across owners.
     clients[1].write_zeroes(lba, 4, false).expect("write zeroes through b");

@@ -290,12 +290,17 @@ fn a_scrub_finds_and_repairs_a_piece_corrupted_on_one_copy_behind_its_back() {
     // x serves reads of the page from its own copy: the corruption shows there.
     let mut via_x = Client::connect(&peers[x], "rep", Duration::from_secs(15));
     assert_ne!(via_x.read(lba, 16).expect("read through x"), data, "x reads its own (corrupted) copy");
+    // A Compare reads the way a Read does: x's copy differs, a's does not.
+    let failure = Err(quire_wire::nvme::Status::COMPARE_FAILURE.with_dnr());
+    assert_eq!(via_x.compare(lba, &data), failure, "compare through x");
+    a.compare(lba, &data).expect("compare through a");
     // The scrub, asked through any peer, compares and repairs it from a's copy.
     scrub_and_wait(&peers, &peers[2], "rep", 1, Duration::from_secs(60));
     assert_eq!(peers[0].reactor_sum("scrub_mismatches"), 1);
     // A new connection: the first one may have sat idle past its keep-alive timeout.
     let mut via_x = Client::connect(&peers[x], "rep", Duration::from_secs(15));
     assert_eq!(via_x.read(lba, 16).expect("read through x again"), data, "x's copy repaired");
+    via_x.compare(lba, &data).expect("compare through x after the repair");
     same_everywhere(&peers, "rep");
 }
 

@@ -337,7 +337,7 @@ fn controller_identity(c: &NvmfController, ctx: &ReactorCtx) -> ControllerIdenti
         nn: 1,
         // Linux rejects an ANA-reporting controller whose MNAN is 0 or above NN.
         mnan: 1,
-        oncs: ident::ONCS_DSM | ident::ONCS_WRITE_ZEROES,
+        oncs: ident::ONCS_COMPARE | ident::ONCS_DSM | ident::ONCS_WRITE_ZEROES,
         vwc: ident::VWC_PRESENT | ident::VWC_FLUSH_ALL_UNSUPPORTED,
         sgls: ident::SGLS_SUPPORTED | ident::SGLS_OFFSET | ident::SGLS_TRANSPORT_DATA_BLOCK,
         subnqn: c.subnqn.clone(),

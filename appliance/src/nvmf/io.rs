@@ -1,4 +1,5 @@
-//! NVM command execution: Read, Write, Flush, Write Zeroes, Dataset Management.
+//! NVM command execution: Read, Write, Flush, Compare, Write Zeroes, Dataset
+//! Management.
 //!
 //! The target's half: a command is decoded and checked (controller enabled,
 //! namespace, LBA range, transfer length), counted, and its range handed to the
@@ -91,6 +92,27 @@ fn check_and_run(
             vio::run(reqs, idx, rref, (vol_id, Origin::Host), (slba, nlb, 0), kind, ctx);
             Ok(())
         }
+        opcode::NVM_COMPARE => {
+            // The range is read, wherever its pages live, the way a Read is (into the
+            // buffers taken for it, `Req::cmp_bufs`), and compared with the host's
+            // data once every part is in (`compare_done`).
+            let (slba, nlb) = (cmd.slba(), u64::from(cmd.nlb()));
+            check_range(slba, nlb, info.num_blocks())?;
+            let r = reqs.req_mut(idx);
+            if nlb * bs != u64::from(r.data_len) {
+                return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+            }
+            if !std::mem::replace(&mut r.counted, true) {
+                add(&vol.counters.other_ops, 1);
+            }
+            if !r.cmp_swapped {
+                assert!(!r.cmp_bufs.is_empty(), "a Compare took the buffers for its read");
+                std::mem::swap(&mut r.bufs, &mut r.cmp_bufs);
+                r.cmp_swapped = true;
+            }
+            vio::run(reqs, idx, rref, (vol_id, Origin::Host), (slba, nlb, 0), Kind::Read, ctx);
+            Ok(())
+        }
         opcode::NVM_FLUSH => {
             if !std::mem::replace(&mut reqs.req_mut(idx).counted, true) {
                 add(&vol.counters.other_ops, 1);
@@ -119,6 +141,15 @@ fn check_and_run(
             dataset_management(reqs, idx, rref, vol_id, ctx)
         }
         _ => Err(Status::INVALID_OPCODE.with_dnr()),
+    }
+}
+
+/// A Compare's read is complete: its verdict becomes the command's status (unless
+/// the read failed).
+pub fn compare_done(reqs: &mut ReqTable, idx: u16) {
+    let r = reqs.req_mut(idx);
+    if r.status.is_success() && !r.compare_matches(r.data_len as usize) {
+        r.status = Status::COMPARE_FAILURE.with_dnr();
     }
 }
 

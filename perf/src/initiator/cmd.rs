@@ -15,6 +15,11 @@ pub fn write(nsid: u32, slba: u64, nlb: u32) -> Command {
     rw(opcode::NVM_WRITE, nsid, slba, nlb)
 }
 
+/// A Compare of `nlb` blocks at `slba` with the data sent along.
+pub fn compare(nsid: u32, slba: u64, nlb: u32) -> Command {
+    rw(opcode::NVM_COMPARE, nsid, slba, nlb)
+}
+
 /// A Write Zeroes of `nlb` blocks at `slba`.
 pub fn write_zeroes(nsid: u32, slba: u64, nlb: u32) -> Command {
     rw(opcode::NVM_WRITE_ZEROES, nsid, slba, nlb)

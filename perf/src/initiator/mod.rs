@@ -28,7 +28,7 @@ mod connection;
 mod ctrlr;
 mod slot;
 
-pub use cmd::{dsm_deallocate, flush, read, write, write_zeroes, DsmRange};
+pub use cmd::{compare, dsm_deallocate, flush, read, write, write_zeroes, DsmRange};
 pub use connection::{Connection, ConnectionParams, DataDir, Done};
 pub use ctrlr::{discover, mdts_limit_bytes, Controller, ControllerOptions, NamespaceInfo};
 pub use quire_wire::nvme::identify::{ControllerIdentity, NamespaceIdentity};

@@ -1,12 +1,13 @@
 # zeroes-dealloc-flush.sh: Write Zeroes, Dataset Management (deallocate),
-# blkdiscard (discard and zero-out through the block layer) and Flush.
+# blkdiscard (discard and zero-out through the block layer), Compare and Flush.
 # Each check writes random data over three adjacent ranges A|B|C, applies the
 # operation to B only, and verifies B reads back as zeroes while A and C keep
 # their data (catching off-by-one LBA ranges).  Reads use O_DIRECT so they
 # come from the target, not the page cache.
 # Env: PORT, NQN (see lib.sh); RANGE_KB (size of each range, default 1024);
 # DEALLOC_ZEROES=0 to only warn (not fail) when deallocated blocks do not
-# read back as zeroes.
+# read back as zeroes. Compare is checked when the controller announces it (ONCS
+# bit 0); COMPARE=1 fails the run when it does not.
 . ./lib.sh
 need_env PORT NQN
 RANGE_KB=${RANGE_KB:-1024}
@@ -73,6 +74,33 @@ mark "blkdiscard --zeroout"
 fill
 /usr/sbin/blkdiscard --zeroout --offset $(( SLBA_B * LBS )) --length "$RANGE" "$DEV" || fail "blkdiscard --zeroout failed"
 check blkdiscard-zeroout 1
+
+# Compare, as `nvme compare` sends it (a passthrough command): equal data
+# passes, other data fails with a compare failure; one block (in the capsule)
+# and 64 KiB (by R2T).
+if [ $(( oncs & 1 )) -eq 1 ]; then
+  fill
+  for n in "$LBS" 65536; do
+    mark "compare bytes=$n"
+    dd if=/tmp/b of=/tmp/same bs="$n" count=1 2>/dev/null
+    dd if=/tmp/c of=/tmp/other bs="$n" count=1 2>/dev/null
+    cnt=$(( n / LBS - 1 ))
+    nvme compare "$DEV" --start-block="$SLBA_B" --block-count="$cnt" --data-size="$n" --data=/tmp/same ||
+      fail "nvme compare of the data in place failed"
+    if nvme compare "$DEV" --start-block="$SLBA_B" --block-count="$cnt" --data-size="$n" --data=/tmp/other \
+      >/tmp/cmpout 2>&1; then
+      fail "nvme compare of other data passed"
+    fi
+    grep -qi "compare" /tmp/cmpout || fail "nvme compare of other data failed otherwise: $(cat /tmp/cmpout)"
+    mark "compare bytes=$n ok ($(tr "\n" " " </tmp/cmpout | head -c 120))"
+  done
+  check_intact() { read_range "$SLBA_B" /tmp/rb; cmp -s /tmp/rb /tmp/b || fail "a compare changed the data"; }
+  check_intact
+elif [ "${COMPARE:-0}" = 1 ]; then
+  fail "the controller does not announce Compare (oncs=$oncs)"
+else
+  mark "compare not announced (oncs=$oncs): skipped"
+fi
 
 mark "flush"
 fill

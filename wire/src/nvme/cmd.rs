@@ -124,6 +124,12 @@ impl Command {
         (self.cdw12 & 0xffff) + 1
     }
 
+    /// Fused operation (CDW0 bits 9:8): 0 normal, 1 first and 2 second command of a
+    /// fused pair, 3 reserved.
+    pub fn fuse(&self) -> u8 {
+        self.flags & 0x3
+    }
+
     /// Force Unit Access bit of a read or write (CDW12 bit 30).
     pub fn fua(&self) -> bool {
         self.cdw12 & (1 << 30) != 0

@@ -31,6 +31,8 @@ pub const NVM_FLUSH: u8 = 0x00;
 pub const NVM_WRITE: u8 = 0x01;
 /// NVM: Read.
 pub const NVM_READ: u8 = 0x02;
+/// NVM: Compare.
+pub const NVM_COMPARE: u8 = 0x05;
 /// NVM: Write Zeroes.
 pub const NVM_WRITE_ZEROES: u8 = 0x08;
 /// NVM: Dataset Management.

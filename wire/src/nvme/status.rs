@@ -113,6 +113,9 @@ impl Status {
     /// Media: write fault.
     pub const WRITE_FAULT: Status = Status { sct: SCT_MEDIA, sc: 0x80, dnr: false, more: false };
 
+    /// Media: compare failure (the data differs from what the Compare carried).
+    pub const COMPARE_FAILURE: Status = Status { sct: SCT_MEDIA, sc: 0x85, dnr: false, more: false };
+
     /// Path: asymmetric access inaccessible.
     pub const ANA_INACCESSIBLE: Status = Status { sct: SCT_PATH, sc: 0x02, dnr: false, more: false };
     /// Path: asymmetric access transition (retryable on this or another path).

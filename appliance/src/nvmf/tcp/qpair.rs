@@ -329,6 +329,13 @@ impl TcpQpair {
                     }
                     let vol = self.q.ctrlr.as_ref().and_then(|c| c.volume);
                     crate::volume::io::release_locks(&mut self.reqs, idx, vol, ctx);
+                    if self.reqs.req(idx).cmp_swapped {
+                        io::compare_done(&mut self.reqs, idx);
+                        let r = self.reqs.req_mut(idx);
+                        for b in r.cmp_bufs.drain(..) {
+                            ctx.pool.put(b);
+                        }
+                    }
                     self.reqs.set_state(idx, ReqState::ReadyToComplete);
                 }
                 // Parked with more to submit; `resume` moves it on.
@@ -364,7 +371,8 @@ impl TcpQpair {
         let align = ctx.dev_memory_align.max(1);
         let in_place =
             !io_write || ((seg.addr as u64) | u64::from(seg.len)).is_multiple_of(align) || self.all_remote(idx, ctx);
-        let next = if in_place { ReqState::ReadyToExecute } else { ReqState::NeedBuffer };
+        // A Compare's data never reaches a device, but its read needs buffers.
+        let next = if in_place && !self.is_compare(idx) { ReqState::ReadyToExecute } else { ReqState::NeedBuffer };
         self.admit(idx, next, ctx);
         self.process(idx, ctx);
     }
@@ -441,11 +449,12 @@ impl TcpQpair {
             self.reqs.set_state(idx, ReqState::ReadyToComplete);
             return;
         }
+        let compare = self.is_compare(idx);
         if self.reqs.req(idx).xfer == Xfer::InCapsule {
-            self.copy_in_capsule(idx, ctx);
+            self.copy_in_capsule(idx, compare, ctx);
             return;
         }
-        if !take_buffers(&mut self.reqs, idx, ctx) {
+        if !take_buffers(&mut self.reqs, idx, compare, ctx) {
             ctx.buf_waiters.push_back(self.rref(idx));
             return;
         }
@@ -465,9 +474,12 @@ impl TcpQpair {
     }
 
     /// In-capsule data the device cannot take where it landed (its memory alignment):
-    /// copied once into a buffer of its own, and counted.
-    fn copy_in_capsule(&mut self, idx: u16, ctx: &mut ReactorCtx) {
-        let Some(mut b) = ctx.pool.get() else {
+    /// copied once into a buffer of its own, and counted. A Compare's data stays where
+    /// it landed (it is only compared): it takes the buffers its read will fill.
+    fn copy_in_capsule(&mut self, idx: u16, compare: bool, ctx: &mut ReactorCtx) {
+        let got =
+            if compare { take_cmp_buffers(&mut self.reqs, idx, ctx).then_some(None) } else { ctx.pool.get().map(Some) };
+        let Some(got) = got else {
             if self.reqs.count(ReqState::AwaitingH2C) > 0 {
                 // Waiting could deadlock: this connection's R2T writes hold buffers and
                 // need its receive path, whose chunk this request's data pins. Drop the
@@ -481,6 +493,10 @@ impl TcpQpair {
             }
             return;
         };
+        let Some(mut b) = got else {
+            self.reqs.set_state(idx, ReqState::ReadyToExecute);
+            return;
+        };
         let r = self.reqs.req_mut(idx);
         let view = r.bufs.pop().expect("in-capsule data is a view");
         let n = view.len();
@@ -491,8 +507,20 @@ impl TcpQpair {
         self.reqs.set_state(idx, ReqState::ReadyToExecute);
     }
 
+    /// True when request `idx` is a Compare on an I/O queue.
+    fn is_compare(&self, idx: u16) -> bool {
+        let cmd = &self.reqs.req(idx).cmd;
+        self.q.qid.is_some_and(|q| q != 0) && cmd.opcode == opcode::NVM_COMPARE
+    }
+
     fn execute(&mut self, idx: u16, ctx: &mut ReactorCtx) {
         let cmd = self.reqs.req(idx).cmd;
+        if cmd.fuse() != 0 && self.reqs.req(idx).status.is_success() {
+            // Fused operations are not supported (Identify Controller's FUSES is 0):
+            // executing the two halves of a Compare and Write apart would write
+            // whatever the compare found.
+            self.reqs.req_mut(idx).fail(Status::INVALID_FIELD.with_dnr());
+        }
         if !self.reqs.req(idx).status.is_success() {
             self.reqs.set_state(idx, ReqState::Executing);
             return;
@@ -925,16 +953,34 @@ impl TcpQpair {
     }
 }
 
-/// Takes enough pool buffers for request `idx`'s data; all or nothing.
-fn take_buffers(reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> bool {
+/// Takes enough pool buffers for request `idx`'s data, and for a Compare as many
+/// again for its read (`Req::cmp_bufs`); all or nothing.
+fn take_buffers(reqs: &mut ReqTable, idx: u16, compare: bool, ctx: &mut ReactorCtx) -> bool {
     let r = reqs.req_mut(idx);
     let chunk = ctx.pool.chunk_size();
     let need = (r.data_len as usize).div_ceil(chunk).max(1);
-    if ctx.pool.available() < need {
+    if ctx.pool.available() < need * (1 + usize::from(compare)) {
         return false;
     }
     for _ in 0..need {
         r.bufs.push(ctx.pool.get().expect("counted above"));
+        if compare {
+            r.cmp_bufs.push(ctx.pool.get().expect("counted above"));
+        }
+    }
+    true
+}
+
+/// Takes the buffers a Compare's read fills (`Req::cmp_bufs`), its data being in
+/// the capsule; all or nothing.
+fn take_cmp_buffers(reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> bool {
+    let r = reqs.req_mut(idx);
+    let need = (r.data_len as usize).div_ceil(ctx.pool.chunk_size()).max(1);
+    if ctx.pool.available() < need {
+        return false;
+    }
+    for _ in 0..need {
+        r.cmp_bufs.push(ctx.pool.get().expect("counted above"));
     }
     true
 }
@@ -942,7 +988,7 @@ fn take_buffers(reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) -> bool {
 /// Gives request `idx`'s buffers back to the pool.
 pub fn release_buffers(reqs: &mut ReqTable, idx: u16, ctx: &mut ReactorCtx) {
     let r = reqs.req_mut(idx);
-    for b in r.bufs.drain(..) {
+    for b in r.bufs.drain(..).chain(r.cmp_bufs.drain(..)) {
         ctx.pool.put(b);
     }
 }

@@ -199,6 +199,13 @@ pub struct Req {
     pub c2h_len: u32,
     /// Buffers holding the data, in order; each is the pool's chunk size.
     pub bufs: Vec<DmaBuf>,
+    /// A Compare's other buffers. Until it executes they are the empty buffers its
+    /// read will fill, and `bufs` holds the host's data; from then on (`cmp_swapped`)
+    /// the two are swapped: the read goes into `bufs` through the paths every read
+    /// takes, and this holds the host's data to compare with.
+    pub cmp_bufs: Vec<DmaBuf>,
+    /// `bufs` and `cmp_bufs` of a Compare were swapped (see `cmp_bufs`).
+    pub cmp_swapped: bool,
     /// Completion status.
     pub status: Status,
     /// Completion dword 0.
@@ -260,6 +267,8 @@ impl Req {
             h2c_done: 0,
             c2h_len: 0,
             bufs: Vec::with_capacity(bufs_max),
+            cmp_bufs: Vec::with_capacity(bufs_max),
+            cmp_swapped: false,
             status: Status::SUCCESS,
             dw0: 0,
             dw1: 0,
@@ -322,6 +331,31 @@ impl Req {
         if self.status.is_success() {
             self.status = status;
         }
+    }
+
+    /// A Compare's verdict, once its read is in `bufs`: true when the `len` bytes read
+    /// equal the host's data in `cmp_bufs`.
+    pub fn compare_matches(&self, len: usize) -> bool {
+        assert!(self.cmp_swapped, "a Compare's read is in `bufs` only once swapped");
+        // Both are runs of buffers, not always of one size (the host's data may be one
+        // in-capsule view): compare the overlapping stretches.
+        let (mut a, mut b) = (self.bufs.iter().map(DmaBuf::as_slice), self.cmp_bufs.iter().map(DmaBuf::as_slice));
+        let (mut sa, mut sb): (&[u8], &[u8]) = (&[], &[]);
+        let mut left = len;
+        while left > 0 {
+            if sa.is_empty() {
+                sa = a.next().expect("the read fills `len` bytes");
+            }
+            if sb.is_empty() {
+                sb = b.next().expect("the host sent `len` bytes");
+            }
+            let n = left.min(sa.len()).min(sb.len());
+            if sa[..n] != sb[..n] {
+                return false;
+            }
+            (sa, sb, left) = (&sa[n..], &sb[n..], left - n);
+        }
+        true
     }
 
     /// Fills `len` bytes at data offset `off` with zeroes.
@@ -431,8 +465,9 @@ impl ReqTable {
         let idx = self.free.pop()?;
         let r = &mut self.reqs[usize::from(idx)];
         assert_eq!(r.state, ReqState::Free);
-        assert!(r.bufs.is_empty());
+        assert!(r.bufs.is_empty() && r.cmp_bufs.is_empty());
         r.cmd = cmd;
+        r.cmp_swapped = false;
         r.xfer = Xfer::None;
         r.data_len = 0;
         r.h2c_done = 0;
@@ -474,7 +509,10 @@ impl ReqTable {
         assert!(r.state.may_become(state, closing), "request {idx}: no transition {:?} -> {state:?}", r.state);
         match state {
             ReqState::Free => {
-                assert!(r.bufs.is_empty(), "request {idx}: buffers must go back to the pool before the slot is freed");
+                assert!(
+                    r.bufs.is_empty() && r.cmp_bufs.is_empty(),
+                    "request {idx}: buffers must go back to the pool before the slot is freed"
+                );
                 assert!(!r.outstanding(), "request {idx}: freed with work outstanding: {r:?}");
                 assert!(r.locks.is_empty(), "request {idx}: freed holding pieces: {r:?}");
             }
