@@ -300,6 +300,8 @@ enum Kind {
     Zeroes,
     Deallocate,
     Flush,
+    /// A Copy to `lba` of `nlb` blocks from `src` (as two source ranges).
+    Copy,
 }
 
 struct InFlight {
@@ -307,6 +309,8 @@ struct InFlight {
     kind: Kind,
     lba: u64,
     nlb: u64,
+    /// A Copy's source (its `nlb` blocks from here).
+    src: u64,
     /// Another command overlapping this one was in flight at some point.
     tainted: bool,
     /// Tag of the first block written.
@@ -315,11 +319,18 @@ struct InFlight {
 
 impl InFlight {
     fn mutates(&self) -> bool {
-        matches!(self.kind, Kind::Write | Kind::Zeroes | Kind::Deallocate)
+        matches!(self.kind, Kind::Write | Kind::Zeroes | Kind::Deallocate | Kind::Copy)
     }
 
-    fn overlaps(&self, lba: u64, nlb: u64) -> bool {
-        self.nlb > 0 && nlb > 0 && self.lba < lba + nlb && lba < self.lba + self.nlb
+    /// The ranges the command touches: its own, and a Copy's source.
+    fn ranges(&self) -> [(u64, u64); 2] {
+        let src = if self.kind == Kind::Copy { (self.src, self.nlb) } else { (0, 0) };
+        [(self.lba, self.nlb), src]
+    }
+
+    fn overlaps(&self, other: &InFlight) -> bool {
+        let hit = |(a, n): (u64, u64), (b, m): (u64, u64)| n > 0 && m > 0 && a < b + m && b < a + n;
+        self.ranges().iter().any(|&x| other.ranges().iter().any(|&y| hit(x, y)))
     }
 }
 
@@ -346,8 +357,13 @@ fn worker(addr: std::net::SocketAddr, seed: u64, first: u64, blocks: u64, ops: u
     let settle = |f: &InFlight, ok: bool, data: &[u8], model: &mut Vec<Block>| {
         let range = (f.lba - first) as usize..(f.lba - first + f.nlb) as usize;
         match f.kind {
-            Kind::Write | Kind::Zeroes | Kind::Deallocate if !ok || f.tainted => {
+            Kind::Write | Kind::Zeroes | Kind::Deallocate | Kind::Copy if !ok || f.tainted => {
                 model[range].iter_mut().for_each(|b| *b = Block::Unknown)
+            }
+            Kind::Copy => {
+                let src = (f.src - first) as usize;
+                let from: Vec<Block> = model[src..src + f.nlb as usize].to_vec();
+                model[range].copy_from_slice(&from);
             }
             Kind::Write => {
                 for (i, b) in model[range].iter_mut().enumerate() {
@@ -381,17 +397,18 @@ fn worker(addr: std::net::SocketAddr, seed: u64, first: u64, blocks: u64, ops: u
             drop(host);
             host = connect();
         }
-        let kind = match rng.below(20) {
+        let kind = match rng.below(21) {
             0..=7 => Kind::Write,
             8..=14 => Kind::Read,
             15 | 16 => Kind::Zeroes,
             17 | 18 => Kind::Deallocate,
-            _ => Kind::Flush,
+            19 => Kind::Flush,
+            _ => Kind::Copy,
         };
         // Lengths mostly small, sometimes a page or more; starts often near a page
         // boundary so that commands split.
         let max = match kind {
-            Kind::Write | Kind::Read => 256,
+            Kind::Write | Kind::Read | Kind::Copy => 256,
             _ => 3 * BPP,
         };
         let nlb = match rng.below(10) {
@@ -407,9 +424,10 @@ fn worker(addr: std::net::SocketAddr, seed: u64, first: u64, blocks: u64, ops: u
             rng.below(blocks - nlb + 1)
         } + first;
         let (lba, nlb) = if kind == Kind::Flush { (first, 0) } else { (lba, nlb) };
-        let mut f = InFlight { cid: 0, kind, lba, nlb, tainted: false, tag: next_tag };
+        let src = first + rng.below(blocks - nlb + 1);
+        let mut f = InFlight { cid: 0, kind, lba, nlb, src, tainted: false, tag: next_tag };
         for g in inflight.iter_mut() {
-            if g.overlaps(lba, nlb) && (g.mutates() || f.mutates()) {
+            if g.overlaps(&f) && (g.mutates() || f.mutates()) {
                 g.tainted = true;
                 f.tainted = true;
             }
@@ -444,6 +462,17 @@ fn worker(addr: std::net::SocketAddr, seed: u64, first: u64, blocks: u64, ops: u
                 let cmd = quire_wire::nvme::dsm::DsmCommand { ranges: 2, idr: false, idw: false, deallocate: true }
                     .to_command(0, 1);
                 io.submit(cmd, Some(buf), 0)
+            }
+            Kind::Copy => {
+                use quire_wire::nvme::copy::{write_ranges, CopyCommand, CopyRange};
+                // The source in one or two ranges.
+                let cut = 1 + rng.below(nlb);
+                let mut ranges = vec![CopyRange { slba: src, nlb: cut as u32 }];
+                if cut < nlb {
+                    ranges.push(CopyRange { slba: src + cut, nlb: (nlb - cut) as u32 });
+                }
+                let cmd = CopyCommand { sdlba: lba, ranges: ranges.len(), format: 0, fua: rng.below(4) == 0 };
+                io.submit(cmd.to_command(1), Some(write_ranges(&ranges)), 0)
             }
             Kind::Flush => {
                 let mut c = io.rw_cmd(opcode::NVM_FLUSH, 0, 1);
@@ -514,6 +543,9 @@ const NOT_EXPECTED: &[(&str, &str)] = &[
     ("WaitingOrder", "Free"),
     ("WaitingOrder", "ReadyToExecute"),
     ("WaitingOrder", "Executing"),
+    // A Copy waiting for buffers for its data: `protocol.rs`,
+    // `a_copy_short_of_buffers_waits_for_them_and_completes`.
+    ("ReadyToExecute", "NeedBuffer"),
 ];
 
 /// One seeded run of three hosts over a misbehaving device; every block a host saw

@@ -725,3 +725,131 @@ fn a_fused_pair_is_refused_and_its_write_never_lands() {
     drop(h);
     t.wait_quiet();
 }
+
+fn copy_cmd(sdlba: u64, ranges: &[(u64, u32)], fua: bool) -> (Command, Vec<u8>) {
+    use quire_wire::nvme::copy::{write_ranges, CopyCommand, CopyRange};
+    let list: Vec<CopyRange> = ranges.iter().map(|&(slba, nlb)| CopyRange { slba, nlb }).collect();
+    let c = CopyCommand { sdlba, ranges: list.len(), format: 0, fua };
+    (c.to_command(1), write_ranges(&list))
+}
+
+fn copy(io: &mut Conn, sdlba: u64, ranges: &[(u64, u32)]) -> Status {
+    let (cmd, list) = copy_cmd(sdlba, ranges, false);
+    io.exec(cmd, Some(list), 0).status()
+}
+
+#[test]
+fn copy_moves_ranges_within_the_volume_across_pages() {
+    let t = TestTarget::start();
+    let mut h = Host::connect(t.io_addr, "demo");
+    let id = ident::parse_controller(&h.admin.identify(ident::CNS_CONTROLLER, 0));
+    assert!(id.oncs & ident::ONCS_COPY != 0 && id.ocfs & ident::OCFS_FORMAT_0 != 0, "Copy is announced");
+    let ns = ident::parse_namespace(&h.admin.identify(ident::CNS_NAMESPACE, 1));
+    let mdts_blocks = (MDTS_BYTES / 4096) as u32;
+    assert_eq!((ns.mssrl, ns.mcl, ns.msrc), (mdts_blocks as u16, mdts_blocks, 255), "Copy's limits are MDTS's");
+    let io = h.io();
+    // Three sources: one across the boundary of pages 0 and 1, one on a page never
+    // written (zeroes), one on page 3; the destination straddles pages 5 and 6.
+    let a = pattern(1, 6 * 4096);
+    io.write(256 - 3, &a).ok();
+    let c = pattern(2, 40 * 4096);
+    io.write(3 * 256 + 17, &c).ok();
+    let dest = 6 * 256 - 20;
+    assert_eq!(copy(io, dest, &[(256 - 3, 6), (4 * 256 + 9, 2), (3 * 256 + 17, 40)]), Status::SUCCESS);
+    let mut want = a.clone();
+    want.extend(vec![0u8; 2 * 4096]);
+    want.extend(&c);
+    assert!(io.read(dest, 48).ok().data == want, "the destination holds the sources, in order");
+    assert!(io.read(dest - 1, 1).ok().data == [0u8; 4096] && io.read(dest + 48, 1).ok().data == [0u8; 4096]);
+    assert!(io.read(256 - 3, 6).ok().data == a, "the source is unchanged");
+    // Overlapping source and destination: the source as it was before the command.
+    let o = pattern(3, 16 * 4096);
+    io.write(8 * 256, &o).ok();
+    assert_eq!(copy(io, 8 * 256 + 4, &[(8 * 256, 16)]), Status::SUCCESS);
+    let got = io.read(8 * 256, 20).ok().data;
+    assert!(got[..4 * 4096] == o[..4 * 4096] && got[4 * 4096..] == o[..], "an overlapping copy");
+    // The largest copy (MCL blocks, in 2 ranges), with FUA.
+    let big = pattern(4, MDTS_BYTES);
+    io.write(10 * 256, &big).ok();
+    let (cmd, list) = copy_cmd(12 * 256 + 100, &[(10 * 256 + 128, 128), (10 * 256, 128)], true);
+    assert_eq!(io.exec(cmd, Some(list), 0).status(), Status::SUCCESS);
+    let got = io.read(12 * 256 + 100, 256).ok().data;
+    assert!(got[..MDTS_BYTES / 2] == big[MDTS_BYTES / 2..] && got[MDTS_BYTES / 2..] == big[..MDTS_BYTES / 2]);
+
+    // What is refused, and how; nothing written by any of them.
+    let too_long = Status::COMMAND_SIZE_LIMIT_EXCEEDED.with_dnr();
+    let out = Status::LBA_OUT_OF_RANGE.with_dnr();
+    assert_eq!(copy(io, 20 * 256, &[(0, 200), (0, 57)]), too_long, "over MCL");
+    assert_eq!(copy(io, 20 * 256, &[(16384 - 4, 8)]), out, "a source past the end");
+    assert_eq!(copy(io, 16384 - 4, &[(0, 8)]), out, "a destination past the end");
+    let (mut cmd, list) = copy_cmd(20 * 256, &[(0, 8)], false);
+    cmd.cdw12 |= 1 << 8;
+    assert_eq!(io.exec(cmd, Some(list), 0).status(), Status::INVALID_FIELD.with_dnr(), "format 1");
+    let (cmd, list) = copy_cmd(20 * 256, &[(0, 8), (8, 8)], false);
+    assert_eq!(io.exec(cmd, Some(list[..40].to_vec()), 0).status(), Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+    assert!(io.read(20 * 256, 8).ok().data == vec![0u8; 8 * 4096]);
+    let stats = t.rpc("stats_volumes", json!({}));
+    let demo = stats.as_array().unwrap().iter().find(|v| v["name"] == "demo").unwrap().clone();
+    assert!(demo["other_ops"].as_u64().unwrap() >= 3, "copies counted: {demo}");
+    drop(h);
+    t.wait_quiet();
+}
+
+#[test]
+fn a_copy_short_of_buffers_waits_for_them_and_completes() {
+    use quire_wire::tcp::{DataHeader, Pdu};
+    // One reactor with 24 buffers of 128 KiB: two held 1 MiB writes leave too few for a
+    // 1 MiB copy, which waits for them without failing.
+    let t = TestTarget::start_with(|c| {
+        c.reactors.count = Some(1);
+        c.buffers.count = 24;
+    });
+    let mut h = Host::connect(t.io_addr, "demo");
+    let io = h.io();
+    let src = pattern(5, MDTS_BYTES);
+    io.write(0, &src).ok();
+    let (w1, w2) = (pattern(6, MDTS_BYTES), pattern(7, MDTS_BYTES));
+    let c1 = io.submit(io.rw_cmd(opcode::NVM_WRITE, 2 * 256, 256), Some(w1.clone()), 0);
+    let c2 = io.submit(io.rw_cmd(opcode::NVM_WRITE, 3 * 256, 256), Some(w2.clone()), 0);
+    // Their R2Ts: their buffers are taken; the data is held back.
+    let mut r2ts = Vec::new();
+    while r2ts.len() < 2 {
+        match io.recv().expect("an R2T").pdu {
+            Pdu::R2T(r) => r2ts.push(r),
+            other => panic!("expected R2T, got {other:?}"),
+        }
+    }
+    let (cmd, list) = copy_cmd(5 * 256, &[(0, 256)], false);
+    let cc = io.submit(cmd, Some(list), 0);
+    wait_until("the copy waits for buffers", || {
+        let list = t.rpc("stats_requests", json!({}));
+        list.as_array().unwrap().iter().any(|e| e["from"] == "ReadyToExecute" && e["to"] == "NeedBuffer")
+    });
+    assert!(io.try_take(cc).is_none());
+    for r in r2ts {
+        let data = if r.cccid == c1 { &w1 } else { &w2 };
+        let mut off = r.r2to as usize;
+        let end = off + r.r2tl as usize;
+        while off < end {
+            let n = (end - off).min(io.maxh2cdata as usize);
+            let hdr = DataHeader {
+                cccid: r.cccid,
+                ttag: r.ttag,
+                datao: off as u32,
+                datal: n as u32,
+                last: off + n == end,
+                success: false,
+            };
+            let bytes = io.h2c_bytes(&hdr, &data[off..off + n]);
+            io.send_raw(&bytes).expect("send H2CData");
+            off += n;
+        }
+    }
+    assert_eq!(io.wait(c1).status(), Status::SUCCESS);
+    assert_eq!(io.wait(c2).status(), Status::SUCCESS);
+    assert_eq!(io.wait(cc).status(), Status::SUCCESS);
+    assert!(io.read(5 * 256, 256).ok().data == src);
+    assert!(io.read(2 * 256, 256).ok().data == w1 && io.read(3 * 256, 256).ok().data == w2);
+    drop(h);
+    t.wait_quiet();
+}

@@ -528,6 +528,14 @@ impl Client {
         self.run(cmd, quire_perf::initiator::DataDir::ToController, data, 0).map(|_| ())
     }
 
+    /// Copies `ranges` (first block, blocks), in order, to `dest` with a Copy.
+    pub fn copy(&mut self, dest: u64, ranges: &[(u64, u32)]) -> Result<(), quire_wire::nvme::Status> {
+        use quire_wire::nvme::copy::{write_ranges, CopyCommand, CopyRange};
+        let list: Vec<CopyRange> = ranges.iter().map(|&(slba, nlb)| CopyRange { slba, nlb }).collect();
+        let cmd = CopyCommand { sdlba: dest, ranges: list.len(), format: 0, fua: false }.to_command(1);
+        self.run(cmd, quire_perf::initiator::DataDir::ToController, &write_ranges(&list), 0).map(|_| ())
+    }
+
     /// Flush.
     pub fn flush(&mut self) -> Result<(), quire_wire::nvme::Status> {
         self.run(quire_perf::initiator::flush(1), quire_perf::initiator::DataDir::None, &[], 0).map(|_| ())

@@ -122,9 +122,11 @@ fn write_zeroes_deallocate_flush() {
     let t = Target::start();
     let mut env = t.env();
     env.push(("COMPARE".into(), "1".into()));
+    env.push(("COPY".into(), "1".into()));
     let r = run_guest_script("zeroes-dealloc-flush.sh", &env_refs(&env), Duration::from_secs(300));
-    r.assert_success("write zeroes, deallocate, compare, flush");
+    r.assert_success("write zeroes, deallocate, compare, copy, flush");
     assert!(r.marks().iter().any(|m| m.starts_with("compare bytes=65536 ok")), "compare ran: {:?}", r.marks());
+    assert!(r.marks().contains(&"copy ok"), "copy ran: {:?}", r.marks());
     let stats = t.cli(&["stats", "volumes"]);
     assert!(stats[0]["other_ops"].as_u64().unwrap() >= 3, "flush/zeroes/dsm counted: {stats}");
 }

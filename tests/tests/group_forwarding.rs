@@ -97,6 +97,13 @@ fn any_peer_serves_any_io_and_forwards_without_copying() {
         c.compare(lba, &data).unwrap_or_else(|s| panic!("compare through {}: {s:?}", peers[i].name));
         assert_eq!(c.compare(lba, &off), Err(Status::COMPARE_FAILURE.with_dnr()), "through {}", peers[i].name);
     }
+    // Copy through c: two source ranges on pages of different owners to a
+    // destination across two more pages; read back through a.
+    let dest = 16 * 16 - 3; // pages 15 and 16
+    clients[2].copy(dest, &[(lba + 30, 6), (lba, 4)]).expect("copy through c");
+    let got = clients[0].read(dest, 10).expect("read the copy through a");
+    assert!(got[..6 * BLOCK] == data[30 * BLOCK..] && got[6 * BLOCK..] == data[..4 * BLOCK], "copied data");
+    clients[0].write_zeroes(dest, 10, true).expect("zero the copy again");
     // Write Zeroes through b and Deallocate through c, across owners.
     clients[1].write_zeroes(lba, 4, false).expect("write zeroes through b");
     clients[2].deallocate(&[(lba + 20, 12)]).expect("deallocate through c");

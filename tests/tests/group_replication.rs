@@ -301,6 +301,12 @@ fn a_scrub_finds_and_repairs_a_piece_corrupted_on_one_copy_behind_its_back() {
     let mut via_x = Client::connect(&peers[x], "rep", Duration::from_secs(15));
     assert_eq!(via_x.read(lba, 16).expect("read through x again"), data, "x's copy repaired");
     via_x.compare(lba, &data).expect("compare through x after the repair");
+    // A Copy on the replicated page, asked through b: written to every copy.
+    let mut via_b = Client::connect(&peers[1], "rep", Duration::from_secs(15));
+    via_b.copy(lba + 64, &[(lba + 8, 8), (lba, 8)]).expect("copy through b");
+    let mut want = data[8 * 4096..].to_vec();
+    want.extend_from_slice(&data[..8 * 4096]);
+    assert_eq!(via_x.read(lba + 64, 16).expect("read the copy through x"), want);
     same_everywhere(&peers, "rep");
 }
 

@@ -337,7 +337,8 @@ fn controller_identity(c: &NvmfController, ctx: &ReactorCtx) -> ControllerIdenti
         nn: 1,
         // Linux rejects an ANA-reporting controller whose MNAN is 0 or above NN.
         mnan: 1,
-        oncs: ident::ONCS_COMPARE | ident::ONCS_DSM | ident::ONCS_WRITE_ZEROES,
+        oncs: ident::ONCS_COMPARE | ident::ONCS_DSM | ident::ONCS_WRITE_ZEROES | ident::ONCS_COPY,
+        ocfs: ident::OCFS_FORMAT_0,
         vwc: ident::VWC_PRESENT | ident::VWC_FLUSH_ALL_UNSUPPORTED,
         sgls: ident::SGLS_SUPPORTED | ident::SGLS_OFFSET | ident::SGLS_TRANSPORT_DATA_BLOCK,
         subnqn: c.subnqn.clone(),
@@ -351,6 +352,7 @@ fn controller_identity(c: &NvmfController, ctx: &ReactorCtx) -> ControllerIdenti
         id.nn = 0;
         id.mnan = 0;
         id.oncs = 0;
+        id.ocfs = 0;
         id.vwc = 0;
         id.anacap = 0;
         id.anagrpmax = 0;
@@ -378,7 +380,7 @@ fn identify(c: &NvmfController, reqs: &mut ReqTable, idx: u16, ctx: &mut Reactor
                     let info = &v.view.info;
                     let allocated = v.view.pages.allocated() * info.blocks_per_page();
                     let page_bytes = u32::try_from(info.page_size).unwrap_or(1 << 30);
-                    let ns = NamespaceIdentity::thin_shared(
+                    let mut ns = NamespaceIdentity::thin_shared(
                         info.num_blocks(),
                         allocated,
                         info.block_size,
@@ -386,6 +388,11 @@ fn identify(c: &NvmfController, reqs: &mut ReqTable, idx: u16, ctx: &mut Reactor
                         ctx.registry.ana_group(),
                         info.nguid,
                     );
+                    let limits =
+                        crate::nvmf::copy::CopyLimits::new(ctx.registry.params.max_transfer_size, info.block_size);
+                    ns.mssrl = u16::try_from(limits.mssrl).expect("clamped to u16");
+                    ns.mcl = u32::try_from(limits.mcl).unwrap_or(u32::MAX);
+                    ns.msrc = u8::try_from(limits.ranges - 1).expect("at most 256 ranges");
                     ident::build_namespace(&ns)
                 }
                 Some(_) => Box::new([0u8; ident::IDENTIFY_DATA_SIZE]),

@@ -1,5 +1,5 @@
 //! NVM command execution: Read, Write, Flush, Compare, Write Zeroes, Dataset
-//! Management.
+//! Management, Copy (`nvmf::copy`).
 //!
 //! The target's half: a command is decoded and checked (controller enabled,
 //! namespace, LBA range, transfer length), counted, and its range handed to the
@@ -139,6 +139,10 @@ fn check_and_run(
                 reqs.req_mut(idx).flush_after = true;
             }
             dataset_management(reqs, idx, rref, vol_id, ctx)
+        }
+        opcode::NVM_COPY => {
+            let cache_on = ctrlr.write_cache_enabled();
+            crate::nvmf::copy::execute(reqs, idx, rref, vol_id, cache_on, ctx)
         }
         _ => Err(Status::INVALID_OPCODE.with_dnr()),
     }

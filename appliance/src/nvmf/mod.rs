@@ -7,12 +7,14 @@
 //!   error log.
 //! - [`admin`]: admin and Fabrics command execution (Connect, Property Get/Set,
 //!   Identify, Get Log Page, features, keep-alive, AER, abort).
-//! - [`io`]: NVM command execution (Read, Write, Flush, Write Zeroes, Dataset
-//!   Management) over the page-partitioned volume.
+//! - [`io`]: NVM command execution (Read, Write, Flush, Compare, Write Zeroes,
+//!   Dataset Management, Copy) over the page-partitioned volume; [`copy`]: Copy's
+//!   range list and its two phases.
 //! - [`tcp`]: the NVMe/TCP transport: one [`tcp::qpair::TcpQpair`] per connection, its
 //!   PDU receive and send machinery and its request state machine.
 
 pub mod admin;
+pub mod copy;
 pub mod ctrlr;
 pub mod io;
 pub mod subsystem;

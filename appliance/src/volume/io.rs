@@ -198,7 +198,9 @@ fn run_parts(
             }
             (bpp, bs, n)
         };
-        let window = Window { lba: slba + done_here, blocks: nlb - done_here, done: done_here, bpp, bs };
+        // The data of this range follows that of the `base` blocks before it (a Copy
+        // reads several ranges into one run of buffers).
+        let window = Window { lba: slba + done_here, blocks: nlb - done_here, done: base + done_here, bpp, bs };
         let parts = Parts { routes: &routes[..n], slots: &slots[..n], sets: &sets[..n] };
         match run_window(reqs, idx, rref, (vol_id, origin), &window, &parts, kind, ctx) {
             Step::Continue => assert!(reqs.req(idx).cursor > cursor, "a window of parts always advances the cursor"),

@@ -1,13 +1,14 @@
 # zeroes-dealloc-flush.sh: Write Zeroes, Dataset Management (deallocate),
-# blkdiscard (discard and zero-out through the block layer), Compare and Flush.
+# blkdiscard (discard and zero-out through the block layer), Compare, Copy and
+# Flush.
 # Each check writes random data over three adjacent ranges A|B|C, applies the
 # operation to B only, and verifies B reads back as zeroes while A and C keep
 # their data (catching off-by-one LBA ranges).  Reads use O_DIRECT so they
 # come from the target, not the page cache.
 # Env: PORT, NQN (see lib.sh); RANGE_KB (size of each range, default 1024);
 # DEALLOC_ZEROES=0 to only warn (not fail) when deallocated blocks do not
-# read back as zeroes. Compare is checked when the controller announces it (ONCS
-# bit 0); COMPARE=1 fails the run when it does not.
+# read back as zeroes. Compare and Copy are checked when the controller announces
+# them (ONCS bits 0 and 8); COMPARE=1 and COPY=1 fail the run when it does not.
 . ./lib.sh
 need_env PORT NQN
 RANGE_KB=${RANGE_KB:-1024}
@@ -100,6 +101,29 @@ elif [ "${COMPARE:-0}" = 1 ]; then
   fail "the controller does not announce Compare (oncs=$oncs)"
 else
   mark "compare not announced (oncs=$oncs): skipped"
+fi
+
+# Copy, as `nvme copy` sends it: the first 16 blocks of B, its halves swapped,
+# over the start of A.
+if [ $(( oncs & 256 )) -ne 0 ]; then
+  mark "copy"
+  fill
+  CN=16
+  [ "$NLB" -ge "$CN" ] || fail "RANGE_KB too small for the copy check"
+  H=$(( CN / 2 ))
+  nvme copy "$DEV" --sdlba="$SLBA_A" --slbs="$(( SLBA_B + H )),$SLBA_B" --blocks="$(( H - 1 )),$(( H - 1 ))" ||
+    fail "nvme copy failed"
+  dd if=/tmp/b of=/tmp/want bs="$LBS" skip="$H" count="$H" 2>/dev/null
+  dd if=/tmp/b bs="$LBS" count="$H" 2>/dev/null >>/tmp/want
+  dd if=/tmp/a bs="$LBS" skip="$CN" count=$(( NLB - CN )) 2>/dev/null >>/tmp/want
+  read_range "$SLBA_A" /tmp/ra; cmp -s /tmp/ra /tmp/want || fail "the copy's destination differs"
+  read_range "$SLBA_B" /tmp/rb; cmp -s /tmp/rb /tmp/b || fail "a copy changed its source"
+  read_range "$SLBA_C" /tmp/rc; cmp -s /tmp/rc /tmp/c || fail "a copy changed the range after"
+  mark "copy ok"
+elif [ "${COPY:-0}" = 1 ]; then
+  fail "the controller does not announce Copy (oncs=$oncs)"
+else
+  mark "copy not announced (oncs=$oncs): skipped"
 fi
 
 mark "flush"

@@ -108,6 +108,8 @@ pub mod ctrl_off {
     pub const AWUN: usize = 526;
     /// Atomic Write Unit Power Fail (2 bytes, 0-based blocks).
     pub const AWUPF: usize = 528;
+    /// Optional Copy Formats Supported (2 bytes).
+    pub const OCFS: usize = 534;
     /// SGL Support (4 bytes).
     pub const SGLS: usize = 536;
     /// Maximum Number of Allowed Namespaces (4 bytes).
@@ -164,6 +166,12 @@ pub mod ns_off {
     pub const NPDA: usize = 70;
     /// Namespace Optimal Write Size (2 bytes, 0-based blocks).
     pub const NOWS: usize = 72;
+    /// Maximum Single Source Range Length of a Copy (2 bytes, blocks).
+    pub const MSSRL: usize = 74;
+    /// Maximum Copy Length (4 bytes, blocks).
+    pub const MCL: usize = 76;
+    /// Maximum Source Range Count of a Copy (0-based).
+    pub const MSRC: usize = 80;
     /// ANA Group Identifier (4 bytes).
     pub const ANAGRPID: usize = 92;
     /// Namespace Attributes.
@@ -250,6 +258,10 @@ pub const ONCS_TIMESTAMP: u16 = 1 << 6;
 /// ONCS bit: Verify.
 pub const ONCS_VERIFY: u16 = 1 << 7;
 
+/// ONCS bit: Copy.
+pub const ONCS_COPY: u16 = 1 << 8;
+/// OCFS bit: Copy source range descriptor format 0.
+pub const OCFS_FORMAT_0: u16 = 1 << 0;
 /// FUSES bit: Compare and Write fused operation.
 pub const FUSES_COMPARE_AND_WRITE: u16 = 1 << 0;
 
@@ -384,6 +396,8 @@ pub struct ControllerIdentity {
     pub oncs: u16,
     /// Fused operations (`FUSES_*`).
     pub fuses: u16,
+    /// Copy source range formats (`OCFS_*`).
+    pub ocfs: u16,
     /// Format NVM attributes (`FNA_*`).
     pub fna: u8,
     /// Volatile write cache (`VWC_*`).
@@ -452,6 +466,7 @@ impl Default for ControllerIdentity {
             nn: 0,
             oncs: 0,
             fuses: 0,
+            ocfs: 0,
             fna: 0,
             vwc: 0,
             awun: 0,
@@ -540,6 +555,7 @@ pub fn write_controller(id: &ControllerIdentity, out: &mut [u8; IDENTIFY_DATA_SI
     put_u32(out, o::NN, id.nn);
     put_u16(out, o::ONCS, id.oncs);
     put_u16(out, o::FUSES, id.fuses);
+    put_u16(out, o::OCFS, id.ocfs);
     out[o::FNA] = id.fna;
     out[o::VWC] = id.vwc;
     put_u16(out, o::AWUN, id.awun);
@@ -613,6 +629,7 @@ pub fn parse_controller(b: &[u8]) -> ControllerIdentity {
         nn: get_u32(b, o::NN),
         oncs: get_u16(b, o::ONCS),
         fuses: get_u16(b, o::FUSES),
+        ocfs: get_u16(b, o::OCFS),
         fna: b[o::FNA],
         vwc: b[o::VWC],
         awun: get_u16(b, o::AWUN),
@@ -697,6 +714,12 @@ pub struct NamespaceIdentity {
     pub npda: u16,
     /// Optimal write size, 0-based blocks.
     pub nows: u16,
+    /// Copy: most blocks in one source range (0: Copy not supported).
+    pub mssrl: u16,
+    /// Copy: most blocks in all source ranges together.
+    pub mcl: u32,
+    /// Copy: most source ranges, 0-based.
+    pub msrc: u8,
     /// ANA group of the namespace.
     pub anagrpid: u32,
     /// Namespace attributes (bit 0: write protected).
@@ -745,6 +768,9 @@ impl NamespaceIdentity {
             npdg: page_blocks_0,
             npda: page_blocks_0,
             nows: page_blocks_0,
+            mssrl: 0,
+            mcl: 0,
+            msrc: 0,
             anagrpid,
             nsattr: 0,
             nguid,
@@ -782,6 +808,9 @@ pub fn write_namespace(ns: &NamespaceIdentity, out: &mut [u8; IDENTIFY_DATA_SIZE
     put_u16(out, o::NPDG, ns.npdg);
     put_u16(out, o::NPDA, ns.npda);
     put_u16(out, o::NOWS, ns.nows);
+    put_u16(out, o::MSSRL, ns.mssrl);
+    put_u32(out, o::MCL, ns.mcl);
+    out[o::MSRC] = ns.msrc;
     put_u32(out, o::ANAGRPID, ns.anagrpid);
     out[o::NSATTR] = ns.nsattr;
     out[o::NGUID..o::NGUID + 16].copy_from_slice(&ns.nguid);
@@ -827,6 +856,9 @@ pub fn parse_namespace(b: &[u8]) -> NamespaceIdentity {
         npdg: get_u16(b, o::NPDG),
         npda: get_u16(b, o::NPDA),
         nows: get_u16(b, o::NOWS),
+        mssrl: get_u16(b, o::MSSRL),
+        mcl: get_u32(b, o::MCL),
+        msrc: b[o::MSRC],
         anagrpid: get_u32(b, o::ANAGRPID),
         nsattr: b[o::NSATTR],
         nguid,
@@ -1020,7 +1052,7 @@ mod tests {
         ("anagrpmax", 4), ("nanagrpid", 4), ("rsvd352", 160), ("sqes", 1), ("cqes", 1),
         ("maxcmd", 2), ("nn", 4), ("oncs", 2), ("fuses", 2), ("fna", 1), ("vwc", 1),
         ("awun", 2), ("awupf", 2), ("nvscc", 1), ("nwpc", 1), ("acwu", 2),
-        ("rsvd534", 2), ("sgls", 4), ("mnan", 4), ("rsvd544", 224), ("subnqn", 256),
+        ("ocfs", 2), ("sgls", 4), ("mnan", 4), ("rsvd544", 224), ("subnqn", 256),
         ("rsvd1024", 768), ("ioccsz", 4), ("iorcsz", 4), ("icdoff", 2), ("ctrattr", 1),
         ("msdbd", 1), ("rsvd1804", 2), ("dctype", 1), ("rsvd1807", 241), ("psd", 1024),
         ("vs", 1024),
@@ -1033,7 +1065,8 @@ mod tests {
         ("mc", 1), ("dpc", 1), ("dps", 1), ("nmic", 1), ("rescap", 1), ("fpi", 1),
         ("dlfeat", 1), ("nawun", 2), ("nawupf", 2), ("nacwu", 2), ("nabsn", 2),
         ("nabo", 2), ("nabspf", 2), ("noiob", 2), ("nvmcap", 16), ("npwg", 2),
-        ("npwa", 2), ("npdg", 2), ("npda", 2), ("nows", 2), ("rsvd74", 18),
+        ("npwa", 2), ("npdg", 2), ("npda", 2), ("nows", 2), ("mssrl", 2), ("mcl", 4),
+        ("msrc", 1), ("rsvd81", 11),
         ("anagrpid", 4), ("rsvd96", 3), ("nsattr", 1), ("nvmsetid", 2), ("endgid", 2),
         ("nguid", 16), ("eui64", 8), ("lbaf", 256), ("vs", 3712),
     ];
@@ -1071,7 +1104,7 @@ mod tests {
             ("nanagrpid", o::NANAGRPID), ("sqes", o::SQES), ("cqes", o::CQES),
             ("maxcmd", o::MAXCMD), ("nn", o::NN), ("oncs", o::ONCS), ("fuses", o::FUSES),
             ("fna", o::FNA), ("vwc", o::VWC), ("awun", o::AWUN), ("awupf", o::AWUPF),
-            ("sgls", o::SGLS), ("mnan", o::MNAN), ("subnqn", o::SUBNQN),
+            ("ocfs", o::OCFS), ("sgls", o::SGLS), ("mnan", o::MNAN), ("subnqn", o::SUBNQN),
             ("ioccsz", o::IOCCSZ), ("iorcsz", o::IORCSZ), ("icdoff", o::ICDOFF),
             ("ctrattr", o::FCATT), ("msdbd", o::MSDBD), ("psd", o::PSD0),
         ];
@@ -1094,6 +1127,7 @@ mod tests {
             ("rescap", o::RESCAP), ("dlfeat", o::DLFEAT), ("nawun", o::NAWUN),
             ("nawupf", o::NAWUPF), ("noiob", o::NOIOB), ("npwg", o::NPWG),
             ("npwa", o::NPWA), ("npdg", o::NPDG), ("npda", o::NPDA), ("nows", o::NOWS),
+            ("mssrl", o::MSSRL), ("mcl", o::MCL), ("msrc", o::MSRC),
             ("anagrpid", o::ANAGRPID), ("nsattr", o::NSATTR), ("nguid", o::NGUID),
             ("eui64", o::EUI64), ("lbaf", o::LBAF0),
         ];
@@ -1140,6 +1174,7 @@ mod tests {
             nn: 1024,
             oncs: ONCS_DSM | ONCS_WRITE_ZEROES,
             fuses: 0,
+            ocfs: 0,
             fna: 0,
             vwc: VWC_PRESENT | VWC_FLUSH_ALL_SUPPORTED,
             awun: 7,

@@ -441,8 +441,8 @@ impl Default for CommandEffects {
 
 impl CommandEffects {
     /// What a Quire I/O controller supports: the admin commands of a fabrics I/O
-    /// controller, and Read, Write, Flush, Compare, Write Zeroes and Dataset
-    /// Management.
+    /// controller, and Read, Write, Flush, Compare, Write Zeroes, Dataset Management
+    /// and Copy.
     pub fn io_controller() -> CommandEffects {
         use crate::nvme::opcode as op;
         let mut e = CommandEffects::default();
@@ -460,7 +460,7 @@ impl CommandEffects {
         e.io[usize::from(op::NVM_READ)] = EFFECTS_CSUPP;
         e.io[usize::from(op::NVM_FLUSH)] = EFFECTS_CSUPP;
         e.io[usize::from(op::NVM_COMPARE)] = EFFECTS_CSUPP;
-        for opc in [op::NVM_WRITE, op::NVM_WRITE_ZEROES, op::NVM_DATASET_MANAGEMENT] {
+        for opc in [op::NVM_WRITE, op::NVM_WRITE_ZEROES, op::NVM_DATASET_MANAGEMENT, op::NVM_COPY] {
             e.io[usize::from(opc)] = EFFECTS_CSUPP | EFFECTS_LBCC;
         }
         e
@@ -890,7 +890,7 @@ mod tests {
         assert_eq!(get_u32(&b[..], 1024 + 4), EFFECTS_CSUPP | EFFECTS_LBCC, "Write");
         assert_eq!(get_u32(&b[..], 1024 + 0x02 * 4), EFFECTS_CSUPP, "Read");
         assert_eq!(get_u32(&b[..], 1024 + 0x05 * 4), EFFECTS_CSUPP, "Compare: supported, changes nothing");
-        assert_eq!(get_u32(&b[..], 1024 + 0x19 * 4), 0, "Copy unsupported");
+        assert_eq!(get_u32(&b[..], 1024 + 0x19 * 4), EFFECTS_CSUPP | EFFECTS_LBCC, "Copy");
         assert_eq!(CommandEffects::parse(&b[..]).unwrap(), e);
     }
 

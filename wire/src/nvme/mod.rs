@@ -1,8 +1,9 @@
 //! NVMe base and NVMe over Fabrics formats: 64-byte commands, 16-byte completions,
-//! status codes, opcodes, Identify data structures, log pages, features and Dataset
-//! Management ranges.
+//! status codes, opcodes, Identify data structures, log pages, features, Dataset
+//! Management ranges and Copy source ranges.
 
 pub mod cmd;
+pub mod copy;
 pub mod cpl;
 pub mod dsm;
 pub mod fabrics;

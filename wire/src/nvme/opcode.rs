@@ -37,6 +37,8 @@ pub const NVM_COMPARE: u8 = 0x05;
 pub const NVM_WRITE_ZEROES: u8 = 0x08;
 /// NVM: Dataset Management.
 pub const NVM_DATASET_MANAGEMENT: u8 = 0x09;
+/// NVM: Copy.
+pub const NVM_COPY: u8 = 0x19;
 
 /// Fabrics command type: Property Set.
 pub const FCTYPE_PROPERTY_SET: u8 = 0x00;

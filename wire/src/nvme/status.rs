@@ -107,6 +107,8 @@ impl Status {
     pub const CONNECT_INVALID_HOST: Status = specific(0x84);
     /// Conflicting attributes (DSM / write zeroes).
     pub const CONFLICTING_ATTRIBUTES: Status = specific(0x80);
+    /// Command size limits exceeded (a Copy over MSSRL, MCL or MSRC).
+    pub const COMMAND_SIZE_LIMIT_EXCEEDED: Status = specific(0x83);
 
     /// Media: unrecovered read error.
     pub const UNRECOVERED_READ_ERROR: Status = Status { sct: SCT_MEDIA, sc: 0x81, dnr: false, more: false };

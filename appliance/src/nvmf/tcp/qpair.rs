@@ -329,6 +329,11 @@ impl TcpQpair {
                     }
                     let vol = self.q.ctrlr.as_ref().and_then(|c| c.volume);
                     crate::volume::io::release_locks(&mut self.reqs, idx, vol, ctx);
+                    if self.state == ConnState::Ready && crate::nvmf::copy::next_phase(&mut self.reqs, idx) {
+                        // A Copy's reads are in: now its write.
+                        self.reqs.set_state(idx, ReqState::ReadyToExecute);
+                        continue;
+                    }
                     if self.reqs.req(idx).cmp_swapped {
                         io::compare_done(&mut self.reqs, idx);
                         let r = self.reqs.req_mut(idx);
@@ -447,6 +452,15 @@ impl TcpQpair {
             // A closing connection takes no more buffers.
             release_buffers(&mut self.reqs, idx, ctx);
             self.reqs.set_state(idx, ReqState::ReadyToComplete);
+            return;
+        }
+        if self.reqs.req(idx).copy.is_some() {
+            // A Copy whose range list was read, waiting for buffers for its data.
+            if crate::nvmf::copy::take_buffers(&mut self.reqs, idx, ctx) {
+                self.reqs.set_state(idx, ReqState::ReadyToExecute);
+            } else {
+                ctx.buf_waiters.push_back(self.rref(idx));
+            }
             return;
         }
         let compare = self.is_compare(idx);

@@ -16,9 +16,11 @@
 //!                     Executing (everything submitted; waits for what is out) ──► ReadyToComplete ─► Transmitting ─► Free
 //! ```
 //!
-//! One arrow the picture leaves out: `Executing ─► WaitingDevice`, when the flush that
+//! Arrows the picture leaves out: `Executing ─► WaitingDevice`, when the flush that
 //! ends a Write Zeroes or Deallocate on a controller with its write cache off finds
-//! the device queue full (`flush_after`).
+//! the device queue full (`flush_after`); and a Copy's two (`nvmf::copy`):
+//! `ReadyToExecute ─► NeedBuffer` once its range list is read, to wait for buffers for
+//! its data, and `Executing ─► ReadyToExecute` from its reads to its write.
 //!
 //! What a request waits on outside its connection is counted apart, so that each
 //! answer knows what it completes: `dev_inflight` device parts, `fwd_inflight` parts
@@ -127,6 +129,10 @@ impl ReqState {
                 ReadyToExecute,
                 Executing | WaitingDevice | WaitingControl | WaitingOrder | AwaitingEvent | ReadyToComplete,
             ) => true,
+            // A Copy, its range list read, waits for buffers for the data it moves.
+            (ReadyToExecute, NeedBuffer) => true,
+            // A Copy's reads are in: on to its write (`nvmf::copy`).
+            (Executing, ReadyToExecute) => true,
             (WaitingDevice | WaitingControl | WaitingOrder, ReadyToExecute | Executing) => true,
             (Executing, ReadyToComplete) => true,
             // The flush that follows a command's zeroes (write cache off) found the
@@ -206,6 +212,8 @@ pub struct Req {
     pub cmp_bufs: Vec<DmaBuf>,
     /// `bufs` and `cmp_bufs` of a Compare were swapped (see `cmp_bufs`).
     pub cmp_swapped: bool,
+    /// A Copy's parsed ranges and phase (`nvmf::copy`), once its range list was read.
+    pub copy: Option<Box<crate::nvmf::copy::CopyPlan>>,
     /// Completion status.
     pub status: Status,
     /// Completion dword 0.
@@ -269,6 +277,7 @@ impl Req {
             bufs: Vec::with_capacity(bufs_max),
             cmp_bufs: Vec::with_capacity(bufs_max),
             cmp_swapped: false,
+            copy: None,
             status: Status::SUCCESS,
             dw0: 0,
             dw1: 0,
@@ -468,6 +477,7 @@ impl ReqTable {
         assert!(r.bufs.is_empty() && r.cmp_bufs.is_empty());
         r.cmd = cmd;
         r.cmp_swapped = false;
+        r.copy = None;
         r.xfer = Xfer::None;
         r.data_len = 0;
         r.h2c_done = 0;
