@@ -797,7 +797,7 @@ fn copy_moves_ranges_within_the_volume_across_pages() {
 
 #[test]
 fn a_copy_short_of_buffers_waits_for_them_and_completes() {
-    use quire_wire::tcp::{DataHeader, Pdu};
+    use quire_wire::tcp::Pdu;
     // One reactor with 24 buffers of 128 KiB: two held 1 MiB writes leave too few for a
     // 1 MiB copy, which waits for them without failing.
     let t = TestTarget::start_with(|c| {
@@ -827,23 +827,7 @@ fn a_copy_short_of_buffers_waits_for_them_and_completes() {
     });
     assert!(io.try_take(cc).is_none());
     for r in r2ts {
-        let data = if r.cccid == c1 { &w1 } else { &w2 };
-        let mut off = r.r2to as usize;
-        let end = off + r.r2tl as usize;
-        while off < end {
-            let n = (end - off).min(io.maxh2cdata as usize);
-            let hdr = DataHeader {
-                cccid: r.cccid,
-                ttag: r.ttag,
-                datao: off as u32,
-                datal: n as u32,
-                last: off + n == end,
-                success: false,
-            };
-            let bytes = io.h2c_bytes(&hdr, &data[off..off + n]);
-            io.send_raw(&bytes).expect("send H2CData");
-            off += n;
-        }
+        io.answer_r2t(&r);
     }
     assert_eq!(io.wait(c1).status(), Status::SUCCESS);
     assert_eq!(io.wait(c2).status(), Status::SUCCESS);

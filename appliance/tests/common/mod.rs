@@ -537,32 +537,37 @@ impl Conn {
         }
     }
 
+    /// Sends the H2CData PDUs R2T `r` asks for, from its pending write's data (a test
+    /// that took the R2T with [`Conn::recv`] to hold a write's data back sends it with
+    /// this when it wants).
+    pub fn answer_r2t(&mut self, r: &quire_wire::tcp::R2t) {
+        let p = self.pending.get(&r.cccid).expect("R2T for a pending command");
+        let w = p.write.clone().expect("R2T for a write");
+        assert!(r.r2to as usize + r.r2tl as usize <= w.len(), "R2T inside the transfer");
+        let (mut off, end) = (r.r2to as usize, (r.r2to + r.r2tl) as usize);
+        let mut out = Vec::new();
+        while off < end {
+            let n = (end - off).min(self.maxh2cdata as usize);
+            let hdr = DataHeader {
+                cccid: r.cccid,
+                ttag: r.ttag,
+                datao: off as u32,
+                datal: n as u32,
+                last: off + n == end,
+                success: false,
+            };
+            out.extend(self.h2c_bytes(&hdr, &w[off..off + n]));
+            off += n;
+        }
+        self.send_raw(&out).expect("send H2CData");
+    }
+
     /// Handles one received PDU: R2T → H2CData, C2HData → data, CapsuleResp → done.
     /// A termination request is an error here.
     pub fn step(&mut self) -> Result<(), RecvError> {
         let rx = self.recv()?;
         match rx.pdu {
-            Pdu::R2T(r) => {
-                let p = self.pending.get(&r.cccid).expect("R2T for a pending command");
-                let w = p.write.clone().expect("R2T for a write");
-                assert!(r.r2to as usize + r.r2tl as usize <= w.len(), "R2T inside the transfer");
-                let (mut off, end) = (r.r2to as usize, (r.r2to + r.r2tl) as usize);
-                let mut out = Vec::new();
-                while off < end {
-                    let n = (end - off).min(self.maxh2cdata as usize);
-                    let hdr = DataHeader {
-                        cccid: r.cccid,
-                        ttag: r.ttag,
-                        datao: off as u32,
-                        datal: n as u32,
-                        last: off + n == end,
-                        success: false,
-                    };
-                    out.extend(self.h2c_bytes(&hdr, &w[off..off + n]));
-                    off += n;
-                }
-                self.send_raw(&out).expect("send H2CData");
-            }
+            Pdu::R2T(r) => self.answer_r2t(&r),
             Pdu::C2HData(h) => {
                 assert!(rx.ddgst_ok, "C2HData data digest");
                 let p = self.pending.get_mut(&h.cccid).expect("C2HData for a pending command");
