@@ -608,13 +608,16 @@ fn commands_over_a_limit_wait_and_complete_and_a_closed_queue_leaves_nothing() {
     let io = h.io();
     let start = std::time::Instant::now();
     let mut cids = Vec::new();
+    // Writes, reads, Compares and Copies all count.
     for i in 0..30u64 {
-        let cid = if i % 3 == 0 {
-            let cmd = io.rw_cmd(opcode::NVM_WRITE, i * 8, 1);
-            io.submit(cmd, Some(pattern(i as u32, 4096)), 0)
-        } else {
-            let cmd = io.rw_cmd(opcode::NVM_READ, i * 8, 1);
-            io.submit(cmd, None, 4096)
+        let cid = match i % 6 {
+            0 | 3 => io.submit(io.rw_cmd(opcode::NVM_WRITE, i * 8, 1), Some(pattern(i as u32, 4096)), 0),
+            1 => io.submit(io.rw_cmd(opcode::NVM_COMPARE, i * 8, 1), Some(vec![0; 4096]), 0),
+            2 => {
+                let (cmd, list) = copy_cmd(i * 8 + 1, &[(i * 8, 1)], false);
+                io.submit(cmd, Some(list), 0)
+            }
+            _ => io.submit(io.rw_cmd(opcode::NVM_READ, i * 8, 1), None, 4096),
         };
         cids.push(cid);
     }

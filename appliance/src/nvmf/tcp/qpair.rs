@@ -396,13 +396,17 @@ impl TcpQpair {
         }
     }
 
-    /// When request `idx` may go, if its volume's limits hold it back: reads, writes
-    /// and Write Zeroes of an I/O queue count (bytes for reads and writes).
+    /// When request `idx` may go, if its volume's limits hold it back: reads, writes,
+    /// Compares, Copies and Write Zeroes of an I/O queue count (bytes for the data the
+    /// host sends or receives: reads, writes and Compares; a Copy, like Write Zeroes,
+    /// moves none over the fabric).
     fn qos_due(&mut self, idx: u16, ctx: &ReactorCtx) -> Option<(std::time::Instant, crate::volume::VolumeId)> {
         let cmd = self.reqs.req(idx).cmd;
-        if self.q.qid.unwrap_or(0) == 0
-            || !matches!(cmd.opcode, opcode::NVM_READ | opcode::NVM_WRITE | opcode::NVM_WRITE_ZEROES)
-        {
+        let limited = matches!(
+            cmd.opcode,
+            opcode::NVM_READ | opcode::NVM_WRITE | opcode::NVM_COMPARE | opcode::NVM_COPY | opcode::NVM_WRITE_ZEROES
+        );
+        if self.q.qid.unwrap_or(0) == 0 || !limited {
             return None;
         }
         let c = self.q.ctrlr.as_ref()?;
@@ -417,7 +421,7 @@ impl TcpQpair {
         }
         let host = self.q.qos_host.get_or_insert_with(|| qos.host(&c.hostnqn));
         let bytes = match cmd.opcode {
-            opcode::NVM_WRITE_ZEROES => 0,
+            opcode::NVM_WRITE_ZEROES | opcode::NVM_COPY => 0,
             _ => u64::from(cmd.nlb()) * u64::from(*block_size),
         };
         qos.admit(std::time::Instant::now(), Some(host), bytes).map(|at| (at, id))
