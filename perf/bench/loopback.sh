@@ -12,13 +12,18 @@
 # median of the per-pair ratios, because core speed here drifts from moment to
 # moment. Without SPDK_DIR it measures Quire alone.
 #
+# With QUIRE_B (another build of quire, e.g. of the commit before a change) instead,
+# it alternates this build and that one the same way: an A/B of a change.
+#
 #   perf/bench/loopback.sh                      # Quire only, 10 s per run
 #   SPDK_DIR=/work/spdk-build/spdk PAIRS=5 TIME=10 perf/bench/loopback.sh
+#   QUIRE_B=/tmp/quire-before PAIRS=5 TIME=5 perf/bench/loopback.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 TIME=${TIME:-10}
 PAIRS=${PAIRS:-3}
 SPDK_DIR=${SPDK_DIR:-}
+QUIRE_B=${QUIRE_B:-}
 PORT=${PORT:-$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')}
 SPDK_PORT=${SPDK_PORT:-$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')}
 BENCH=loopback
@@ -39,8 +44,9 @@ discovery_port = 0
 hugepages = true
 TOML
 
+# start_quire [BINARY]: this build, or another
 start_quire() {
-  "$QUIRE" serve --config "$WORK/quire.toml" > "$WORK/quire.log" 2>&1 &
+  "${1:-$QUIRE}" serve --config "$WORK/quire.toml" > "$WORK/quire.log" 2>&1 &
   QPID=$!; PIDS+=("$QPID"); wait_port "$PORT"
   # Write the whole volume once so reads hit allocated pages, as they would on SPDK's Malloc bdev.
   "$PERF" -q 32 -o 1M -w write -t 600 -d 1024 -c 0x2 -r "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:nqn.2026-11.io.quire:bench" > /dev/null
@@ -90,16 +96,21 @@ for pair in $(seq "$PAIRS"); do
     set -- $w
     start_quire; q=$(run quire "$PORT" nqn.2026-11.io.quire:bench "$1" "$2"); stop_quire
     printf '%-14s %-8s %12s %10s %9s %9s %9s\n' "$1 qd$2" quire $q
-    if [ -n "$SPDK_DIR" ]; then
+    if [ -n "$QUIRE_B" ]; then
+      start_quire "$QUIRE_B"; s=$(run quire-b "$PORT" nqn.2026-11.io.quire:bench "$1" "$2"); stop_quire
+      printf '%-14s %-8s %12s %10s %9s %9s %9s\n' "$1 qd$2" quire-b $s
+      RATIOS["$1 qd$2"]+="$(awk -v a="${q%% *}" -v b="${s%% *}" 'BEGIN{printf "%.3f ", a/b}')"
+    elif [ -n "$SPDK_DIR" ]; then
       start_spdk; s=$(run spdk "$SPDK_PORT" nqn.2016-06.io.spdk:bench "$1" "$2"); stop_spdk
       printf '%-14s %-8s %12s %10s %9s %9s %9s\n' "$1 qd$2" spdk $s
       RATIOS["$1 qd$2"]+="$(awk -v a="${q%% *}" -v b="${s%% *}" 'BEGIN{printf "%.3f ", a/b}')"
     fi
   done
-  [ -n "$SPDK_DIR" ] || break
+  [ -n "$SPDK_DIR$QUIRE_B" ] || break
 done
-if [ -n "$SPDK_DIR" ]; then
-  echo; echo "median over $PAIRS pairs of Quire IOPS / SPDK IOPS:"
+if [ -n "$SPDK_DIR$QUIRE_B" ]; then
+  other=SPDK; [ -n "$QUIRE_B" ] && other="quire-b ($QUIRE_B)"
+  echo; echo "median over $PAIRS pairs of Quire IOPS / $other IOPS:"
   for w in "${WORKLOADS[@]}"; do
     set -- $w
     echo "${RATIOS["$1 qd$2"]}" | tr ' ' '\n' | grep . | sort -g | awk -v n="$1 qd$2" '{a[NR]=$1} END{printf "  %-14s %.3f  (pairs: %d)\n", n, (NR%2?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2), NR}'

@@ -225,10 +225,12 @@ impl LatencyHistogram {
     }
 }
 
-/// Adds `n` to a single-writer counter.
+/// Adds `n` to a single-writer counter: a plain load and store, not a locked
+/// read-modify-write (readers on other threads see some recent value; nobody else
+/// writes it, so no addition is lost).
 #[inline]
 pub fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 /// Reads a counter.

@@ -116,6 +116,9 @@ pub struct TcpQpair {
     pub q: QueueInfo,
     pub(crate) rx: Rx,
     pub(crate) tx: Tx,
+    /// What the last flush sent and freed (kept so that its list is not allocated
+    /// anew per flush; empty between flushes).
+    flushed: Flushed,
     pub(crate) reqs: ReqTable,
     /// Why the connection closed (for the log).
     pub close_reason: Option<String>,
@@ -165,6 +168,7 @@ impl TcpQpair {
             },
             rx: Rx::new(p.in_capsule_data_size as usize),
             tx,
+            flushed: Flushed { freed: Vec::with_capacity(slots), ..Flushed::default() },
             reqs: ReqTable::new(slots, bufs_max),
             close_reason: None,
             closing_since: None,
@@ -711,7 +715,12 @@ impl TcpQpair {
         if matches!(self.state, ConnState::Draining | ConnState::Closed) {
             return;
         }
-        let mut out = Flushed::default();
+        // The record of what went out is kept from flush to flush: no allocation per
+        // flush for the list of requests it freed.
+        let mut out = std::mem::take(&mut self.flushed);
+        out.bytes = 0;
+        out.close = false;
+        debug_assert!(out.freed.is_empty());
         if !self.tx.held.is_empty() && (self.tx.zc_ready || self.tx.held.len() >= ZC_REAP_BATCH) {
             self.tx.reap(self.sock.as_raw_fd(), &self.reqs, &mut out.freed);
         }
@@ -723,7 +732,7 @@ impl TcpQpair {
         };
         add(&ctx.stats.tx_bytes, out.bytes as u64);
         add(&ctx.stats.zero_copy_sends, self.tx.zc_sends - zc_before);
-        for idx in out.freed {
+        for idx in out.freed.drain(..) {
             // A request whose bytes went out zero-copy keeps its buffers until the kernel
             // is done with them.
             // A request reaches `freed` once from the send path (never held before) or
@@ -737,10 +746,12 @@ impl TcpQpair {
             release_buffers(&mut self.reqs, idx, ctx);
             self.reqs.set_state(idx, ReqState::Free);
         }
+        let close = out.close;
+        self.flushed = out;
         if let Err(e) = res {
             self.begin_close(format!("send failed: {e}"));
             self.shutdown_socket();
-        } else if out.close || (self.state == ConnState::Terminating && self.tx.is_empty()) {
+        } else if close || (self.state == ConnState::Terminating && self.tx.is_empty()) {
             // A closing connection (host termination request, Disconnect) closes as
             // soon as its last queued PDU is out, not at the 2 s fallback in `tick`
             // (found by tests/fuzz_conn.rs: every such case took 2 s).
