@@ -14,6 +14,7 @@ use std::time::Instant;
 use quire_wire::nvme::fabrics::{CC_EN, CC_SHN_SHIFT, CSTS_CFS, CSTS_RDY, CSTS_SHST_COMPLETE};
 use quire_wire::nvme::Status;
 
+use crate::reactor::stats::add;
 use crate::volume::VolumeId;
 
 /// Most Asynchronous Event Requests a host may keep outstanding (AERL + 1).
@@ -101,10 +102,10 @@ impl HostIo {
     /// A read or write of `bytes` completed after `ns`.
     #[inline]
     pub fn record(&self, bytes: u64, ns: u64) {
-        let bump = |c: &AtomicU64, n: u64| c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
-        bump(&self.ops, 1);
-        bump(&self.bytes, bytes);
-        bump(&self.latency_ns, ns);
+        // Single-writer counters: the queue's reactor.
+        add(&self.ops, 1);
+        add(&self.bytes, bytes);
+        add(&self.latency_ns, ns);
     }
 }
 

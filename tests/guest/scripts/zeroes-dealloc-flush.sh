@@ -95,8 +95,7 @@ if [ $(( oncs & 1 )) -eq 1 ]; then
     grep -qi "compare" /tmp/cmpout || fail "nvme compare of other data failed otherwise: $(cat /tmp/cmpout)"
     mark "compare bytes=$n ok ($(tr "\n" " " </tmp/cmpout | head -c 120))"
   done
-  check_intact() { read_range "$SLBA_B" /tmp/rb; cmp -s /tmp/rb /tmp/b || fail "a compare changed the data"; }
-  check_intact
+  read_range "$SLBA_B" /tmp/rb; cmp -s /tmp/rb /tmp/b || fail "a compare changed the data"
 elif [ "${COMPARE:-0}" = 1 ]; then
   fail "the controller does not announce Compare (oncs=$oncs)"
 else

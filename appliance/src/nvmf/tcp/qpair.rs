@@ -499,34 +499,32 @@ impl TcpQpair {
     /// copied once into a buffer of its own, and counted. A Compare's data stays where
     /// it landed (it is only compared): it takes the buffers its read will fill.
     fn copy_in_capsule(&mut self, idx: u16, compare: bool, ctx: &mut ReactorCtx) {
-        let got =
-            if compare { take_cmp_buffers(&mut self.reqs, idx, ctx).then_some(None) } else { ctx.pool.get().map(Some) };
-        let Some(got) = got else {
-            if self.reqs.count(ReqState::AwaitingH2C) > 0 {
-                // Waiting could deadlock: this connection's R2T writes hold buffers and
-                // need its receive path, whose chunk this request's data pins. Drop the
-                // data and let the host retry.
-                let r = self.reqs.req_mut(idx);
-                r.fail(COMMAND_INTERRUPTED);
-                release_buffers(&mut self.reqs, idx, ctx);
-                self.reqs.set_state(idx, ReqState::ReadyToComplete);
-            } else {
-                ctx.buf_waiters.push_back(self.rref(idx));
-            }
-            return;
+        let ready = if compare {
+            take_cmp_buffers(&mut self.reqs, idx, ctx)
+        } else if let Some(mut b) = ctx.pool.get() {
+            let r = self.reqs.req_mut(idx);
+            let view = r.bufs.pop().expect("in-capsule data is a view");
+            let n = view.len();
+            b.as_mut_slice()[..n].copy_from_slice(view.as_slice());
+            ctx.pool.put(view);
+            r.bufs.push(b);
+            add(&ctx.stats.rx_copied_bytes, n as u64);
+            true
+        } else {
+            false
         };
-        let Some(mut b) = got else {
+        if ready {
             self.reqs.set_state(idx, ReqState::ReadyToExecute);
-            return;
-        };
-        let r = self.reqs.req_mut(idx);
-        let view = r.bufs.pop().expect("in-capsule data is a view");
-        let n = view.len();
-        b.as_mut_slice()[..n].copy_from_slice(view.as_slice());
-        ctx.pool.put(view);
-        r.bufs.push(b);
-        add(&ctx.stats.rx_copied_bytes, n as u64);
-        self.reqs.set_state(idx, ReqState::ReadyToExecute);
+        } else if self.reqs.count(ReqState::AwaitingH2C) > 0 {
+            // Waiting could deadlock: this connection's R2T writes hold buffers and need
+            // its receive path, whose chunk this request's data pins. Drop the data and
+            // let the host retry.
+            self.reqs.req_mut(idx).fail(COMMAND_INTERRUPTED);
+            release_buffers(&mut self.reqs, idx, ctx);
+            self.reqs.set_state(idx, ReqState::ReadyToComplete);
+        } else {
+            ctx.buf_waiters.push_back(self.rref(idx));
+        }
     }
 
     /// True when request `idx` is a Compare on an I/O queue.
